@@ -1,0 +1,1 @@
+"""Apache Beam batch captioning pipeline: match, decode, batch, infer, write Parquet."""

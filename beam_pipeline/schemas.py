@@ -1,0 +1,47 @@
+"""Arrow schemas of the pipeline outputs: the contract with DuckDB / Spark / pyarrow readers.
+
+``captions/*.parquet`` holds one row per captioned image, ``errors/*.parquet`` one row per input
+that could not be captioned; see README "Output schemas".
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+EMBEDDING_COLUMN = "embedding"
+
+CAPTION_FIELDS = [
+    pa.field("image_uri", pa.string(), nullable=False),
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("caption", pa.string(), nullable=False),
+    pa.field("score", pa.float64(), nullable=False),  # mean token log-probability, <= 0
+    pa.field("decode", pa.string(), nullable=False),  # e.g. "beam(k=3,alpha=0.7,max_len=34)"
+    pa.field("model_id", pa.string(), nullable=False),
+    pa.field("encoder", pa.string(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),  # upright size of the original image
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("processed_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+    pa.field("references", pa.list_(pa.string()), nullable=True),
+    pa.field("bleu1", pa.float64(), nullable=True),
+    pa.field("bleu2", pa.float64(), nullable=True),
+    pa.field("bleu3", pa.float64(), nullable=True),
+    pa.field("bleu4", pa.float64(), nullable=True),
+]
+
+ERROR_FIELDS = [
+    pa.field("image_uri", pa.string(), nullable=False),
+    pa.field("image_id", pa.string(), nullable=True),
+    pa.field("stage", pa.string(), nullable=False),  # match / read / decode / infer
+    pa.field("error_type", pa.string(), nullable=False),
+    pa.field("message", pa.string(), nullable=False),
+    pa.field("processed_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+]
+
+ERROR_SCHEMA = pa.schema(ERROR_FIELDS)
+
+
+def caption_schema(emit_embeddings: bool = False) -> pa.Schema:
+    """Schema of caption rows; the embedding column exists only with ``--emit_embeddings``."""
+    fields = list(CAPTION_FIELDS)
+    if emit_embeddings:
+        fields.append(pa.field(EMBEDDING_COLUMN, pa.list_(pa.float32()), nullable=True))
+    return pa.schema(fields)
