@@ -1,5 +1,9 @@
 """Caption model core: text cleaning, vocabulary, encoder, decoder, decoding and the model artifact.
 
-Submodules are imported lazily by callers so that the pure-Python parts (``model.text``,
-``model.vocabulary``, ``model.bleu``, ``model.decoding``) work without importing TensorFlow.
+The pure-Python parts (``model.text``, ``model.vocabulary``, ``model.bleu``, ``model.decoding``)
+import without TensorFlow; ``model.encoder``, ``model.decoder`` and ``model.artifact`` need it.
 """
+import os as _os
+
+# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) hides real messages.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,0 +1,220 @@
+"""The self-contained model artifact: a directory (local or any fsspec URI) holding
+
+* ``config.json``  encoder name, weights source, image size, preprocessing, decoder sizes,
+  decoding defaults, library versions, training data and metrics;
+* ``vocab.json``   the vocabulary;
+* ``decoder.weights.h5``  decoder weights (HDF5, weights only);
+* ``encoder.weights.h5``  optional encoder weights (config ``"weights": "artifact"``);
+* ``manifest.json``  size and SHA-256 of every file and the ``model_id`` (a hash of them).
+
+Loading never executes code from the artifact: no pickle, no Keras model deserialisation, only
+JSON and HDF5 weight arrays, each checked against the manifest before use.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from model import storage
+from model.decoding import DecodeSettings
+from model.vocabulary import Vocabulary, VocabularyError
+
+ARTIFACT_FORMAT = "image-caption-model/1"
+CONFIG = "config.json"
+VOCAB = "vocab.json"
+DECODER_WEIGHTS = "decoder.weights.h5"
+ENCODER_WEIGHTS = "encoder.weights.h5"
+MANIFEST = "manifest.json"
+ENCODER_WEIGHTS_IN_ARTIFACT = "artifact"
+REQUIRED_FILES = (CONFIG, VOCAB, DECODER_WEIGHTS)
+
+
+class ArtifactError(ValueError):
+    """The model artifact is missing, incomplete, tampered with or inconsistent."""
+
+
+def compute_model_id(file_hashes: dict[str, str]) -> str:
+    """Content hash of the artifact: SHA-256 over the sorted (name, file SHA-256) pairs."""
+    lines = "".join(f"{name}\0{digest}\n" for name, digest in sorted(file_hashes.items()))
+    return storage.sha256_hex(lines.encode())[:16]
+
+
+def library_versions() -> dict[str, str]:
+    import keras
+    import numpy
+    import tensorflow
+
+    return {"python": platform.python_version(), "tensorflow": tensorflow.__version__,
+            "keras": keras.__version__, "numpy": numpy.__version__}
+
+
+def save_artifact(uri: str, *, decoder: Any, vocab: Vocabulary, encoder: dict[str, Any],
+                  decoding: DecodeSettings, training: dict[str, Any] | None = None,
+                  encoder_model: Any = None, extra_files: dict[str, bytes] | None = None) -> str:
+    """Write an artifact and return its ``model_id``.
+
+    ``encoder`` is the config block (``name``, ``weights``, ``image_size``); pass the built
+    ``encoder_model`` to embed its weights (the config then says ``"weights": "artifact"``).
+    """
+    if len(vocab) != decoder.config.vocab_size:
+        raise ArtifactError(f"vocabulary has {len(vocab)} tokens but the decoder expects {decoder.config.vocab_size}")
+    from model.encoder import get_backbone
+
+    backbone = get_backbone(encoder["name"])
+    encoder_block = {
+        "name": encoder["name"],
+        "weights": ENCODER_WEIGHTS_IN_ARTIFACT if encoder_model is not None else encoder.get("weights", "imagenet"),
+        "image_size": list(encoder.get("image_size") or (backbone.default_size, backbone.default_size)),
+        "preprocessing": f"keras.applications.{backbone.preprocessing}.preprocess_input",
+        "feature_dim": decoder.config.feature_dim,
+        "resize": "bilinear",
+    }
+    config = {
+        "format": ARTIFACT_FORMAT,
+        "encoder": encoder_block,
+        "decoder": decoder.config.to_dict(),
+        "decoding": {"method": decoding.method, "beam_width": decoding.beam_width,
+                     "length_alpha": decoding.length_alpha},
+        "versions": library_versions(),
+        "training": training or {},
+    }
+    files: dict[str, bytes] = {
+        CONFIG: json.dumps(config, indent=2, sort_keys=True).encode(),
+        VOCAB: vocab.to_json().encode(),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        decoder.save_weights(os.path.join(tmp, DECODER_WEIGHTS))
+        if encoder_model is not None:
+            encoder_model.save_weights(os.path.join(tmp, ENCODER_WEIGHTS))
+        for name in os.listdir(tmp):
+            with open(os.path.join(tmp, name), "rb") as f:
+                files[name] = f.read()
+    files.update(extra_files or {})
+    hashes = {name: storage.sha256_hex(data) for name, data in files.items()}
+    model_id = compute_model_id(hashes)
+    manifest = {"format": ARTIFACT_FORMAT, "model_id": model_id,
+                "files": {name: {"sha256": hashes[name], "bytes": len(data)} for name, data in files.items()}}
+    for name, data in files.items():
+        storage.write_bytes(storage.join(uri, name), data)
+    storage.write_bytes(storage.join(uri, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True).encode())
+    return model_id
+
+
+@dataclass
+class ArtifactContents:
+    """A validated artifact: parsed JSON plus local paths of the weight files."""
+
+    uri: str
+    model_id: str
+    config: dict[str, Any]
+    vocab: Vocabulary
+    decoder_weights_path: str
+    encoder_weights: str | None  # resolved weights setting for the encoder
+    _tmp: Any = field(default=None, repr=False)
+
+    def decode_settings(self, **overrides: Any) -> DecodeSettings:
+        d = dict(self.config.get("decoding", {}))
+        d["max_length"] = self.config["decoder"]["max_length"]
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        return DecodeSettings(**d)
+
+
+def _read(uri: str, name: str) -> bytes:
+    path = storage.join(uri, name)
+    try:
+        return storage.read_bytes(path)
+    except FileNotFoundError:
+        raise ArtifactError(f"model artifact {uri} is incomplete: {name} is missing") from None
+    except Exception as exc:  # noqa: BLE001 - any storage failure names the file
+        raise ArtifactError(f"cannot read {name} of model artifact {uri}: {type(exc).__name__}: {exc}") from exc
+
+
+def _json(uri: str, name: str, data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{name} of model artifact {uri} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ArtifactError(f"{name} of model artifact {uri} must hold a JSON object")
+    return value
+
+
+def read_artifact(uri: str, *, expected_model_id: str | None = None,
+                  encoder_weights: str | None = None) -> ArtifactContents:
+    """Read and verify an artifact without building any model.
+
+    Checks, in order: the manifest, every file's size and SHA-256, the ``model_id`` (and the
+    expected one if given), the config format and decoder sizes, the vocabulary and its size,
+    and that weight files are HDF5. ``encoder_weights`` overrides the config's weights source.
+    """
+    uri = uri.rstrip("/")
+    manifest = _json(uri, MANIFEST, _read(uri, MANIFEST))
+    listed = manifest.get("files")
+    if manifest.get("format") != ARTIFACT_FORMAT or not isinstance(listed, dict):
+        raise ArtifactError(f"{MANIFEST} of model artifact {uri} is not an {ARTIFACT_FORMAT} manifest")
+    for name in REQUIRED_FILES:
+        if name not in listed:
+            raise ArtifactError(f"{MANIFEST} of model artifact {uri} does not list {name}")
+    contents: dict[str, bytes] = {}
+    hashes: dict[str, str] = {}
+    for name, meta in sorted(listed.items()):
+        if "/" in name or name.startswith("."):
+            raise ArtifactError(f"{MANIFEST} of model artifact {uri} lists an unsafe file name {name!r}")
+        data = _read(uri, name)
+        if len(data) != meta.get("bytes"):
+            raise ArtifactError(f"{name} of model artifact {uri} has {len(data)} bytes but the manifest "
+                                f"records {meta.get('bytes')} (truncated or replaced)")
+        digest = storage.sha256_hex(data)
+        if digest != meta.get("sha256"):
+            raise ArtifactError(f"{name} of model artifact {uri} does not match its SHA-256 in the manifest (tampered or corrupt)")
+        hashes[name] = digest
+        if name in (CONFIG, VOCAB, DECODER_WEIGHTS, ENCODER_WEIGHTS):
+            contents[name] = data
+    model_id = compute_model_id(hashes)
+    if manifest.get("model_id") != model_id:
+        raise ArtifactError(f"{MANIFEST} of model artifact {uri} records model_id {manifest.get('model_id')} "
+                            f"but the files hash to {model_id}")
+    if expected_model_id and expected_model_id != model_id:
+        raise ArtifactError(f"model artifact {uri} has model_id {model_id}, expected {expected_model_id}")
+
+    config = _json(uri, CONFIG, contents[CONFIG])
+    if config.get("format") != ARTIFACT_FORMAT:
+        raise ArtifactError(f"{CONFIG} of model artifact {uri} is not {ARTIFACT_FORMAT} (format={config.get('format')!r})")
+    for key in ("encoder", "decoder"):
+        if not isinstance(config.get(key), dict):
+            raise ArtifactError(f"{CONFIG} of model artifact {uri} has no '{key}' section")
+    from model.decoder import DecoderConfig  # noqa: WPS433 - only here so read_artifact stays light
+
+    try:
+        decoder_config = DecoderConfig.from_dict(config["decoder"])
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(f"{CONFIG} of model artifact {uri} has an invalid decoder section: {exc}") from None
+    try:
+        vocab = Vocabulary.from_json(contents[VOCAB].decode("utf-8"))
+    except (VocabularyError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{VOCAB} of model artifact {uri} is invalid: {exc}") from None
+    if len(vocab) != decoder_config.vocab_size:
+        raise ArtifactError(f"{CONFIG} of model artifact {uri} says vocab_size={decoder_config.vocab_size} "
+                            f"but {VOCAB} has {len(vocab)} tokens")
+
+    tmp = tempfile.TemporaryDirectory(prefix="caption-artifact-")
+    local: dict[str, str] = {}
+    for name in (DECODER_WEIGHTS, ENCODER_WEIGHTS):
+        if name in contents:
+            if not contents[name].startswith(storage.HDF5_MAGIC):
+                raise ArtifactError(f"{name} of model artifact {uri} is not an HDF5 weights file (refused)")
+            local[name] = os.path.join(tmp.name, name)
+            with open(local[name], "wb") as f:
+                f.write(contents[name])
+    weights = encoder_weights if encoder_weights is not None else config["encoder"].get("weights", "imagenet")
+    if weights == ENCODER_WEIGHTS_IN_ARTIFACT:
+        if ENCODER_WEIGHTS not in local:
+            raise ArtifactError(f"{CONFIG} of model artifact {uri} says the encoder weights are in the "
+                                f"artifact but {ENCODER_WEIGHTS} is not listed in its manifest")
+        weights = local[ENCODER_WEIGHTS]
+    return ArtifactContents(uri=uri, model_id=model_id, config=config, vocab=vocab,
+                            decoder_weights_path=local[DECODER_WEIGHTS], encoder_weights=weights, _tmp=tmp)

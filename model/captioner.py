@@ -1,0 +1,96 @@
+"""CaptionModel: encoder + decoder + vocabulary, loaded from an artifact, captioning batches."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from model.artifact import ArtifactContents, ArtifactError, read_artifact
+from model.decoder import DecoderConfig, MergeDecoder
+from model.decoding import DecodeSettings, decode_batch, strip_end
+from model.encoder import ImageEncoder
+from model.vocabulary import Vocabulary
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    """One caption: text, its words, and the mean token log-probability as a confidence."""
+
+    caption: str
+    tokens: tuple[str, ...]
+    score: float
+
+
+class CaptionModel:
+    """A ready-to-run captioner; build it with ``load_caption_model``."""
+
+    def __init__(self, encoder: ImageEncoder | None, decoder: MergeDecoder, vocab: Vocabulary,
+                 model_id: str, config: dict[str, Any], default_settings: DecodeSettings) -> None:
+        self.encoder = encoder
+        self.decoder = decoder
+        self.step_decoder = decoder.stepwise()
+        self.vocab = vocab
+        self.model_id = model_id
+        self.config = config
+        self.default_settings = default_settings
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        h, w = self.config["encoder"]["image_size"]
+        return int(h), int(w)
+
+    @property
+    def encoder_name(self) -> str:
+        return str(self.config["encoder"]["name"])
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """Features of a batch of uint8 RGB images at ``image_size``."""
+        if self.encoder is None:
+            raise RuntimeError("this CaptionModel was loaded without an encoder")
+        return self.encoder(images)
+
+    def caption_features(self, features: np.ndarray, settings: DecodeSettings | None = None) -> list[CaptionResult]:
+        """Decode captions for a batch of encoder feature vectors."""
+        settings = settings or self.default_settings
+        hyps = decode_batch(self.step_decoder, np.asarray(features, np.float32), self.vocab.start_id,
+                            self.vocab.end_id, settings)
+        results = []
+        for hyp in hyps:
+            words = tuple(self.vocab.decode(strip_end(hyp.token_ids, self.vocab.end_id)))
+            results.append(CaptionResult(" ".join(words), words, float(hyp.score)))
+        return results
+
+    def caption_images(self, images: np.ndarray, settings: DecodeSettings | None = None) -> tuple[np.ndarray, list[CaptionResult]]:
+        """Encode and caption a batch; returns the features too (for ``--emit_embeddings``)."""
+        features = self.encode(images)
+        return features, self.caption_features(features, settings)
+
+
+def build_decoder(contents: ArtifactContents) -> MergeDecoder:
+    """The decoder of a verified artifact with its weights loaded."""
+    decoder = MergeDecoder(DecoderConfig.from_dict(contents.config["decoder"]))
+    try:
+        decoder.load_weights(contents.decoder_weights_path)
+    except Exception as exc:  # noqa: BLE001 - Keras raises several types for bad weights
+        raise ArtifactError(f"decoder.weights.h5 of model artifact {contents.uri} does not fit the "
+                            f"configured decoder: {type(exc).__name__}: {exc}") from None
+    return decoder
+
+
+def load_caption_model(uri: str, *, encoder_weights: str | None = None, expected_model_id: str | None = None,
+                       with_encoder: bool = True, precision: str = "float32") -> CaptionModel:
+    """Verify and load an artifact (see ``model.artifact``) into a CaptionModel."""
+    contents = read_artifact(uri, expected_model_id=expected_model_id, encoder_weights=encoder_weights)
+    decoder = build_decoder(contents)
+    if decoder.config.feature_dim != int(contents.config["encoder"].get("feature_dim", decoder.config.feature_dim)):
+        raise ArtifactError(f"config.json of model artifact {uri}: encoder feature_dim does not match the decoder")
+    encoder = None
+    if with_encoder:
+        enc = contents.config["encoder"]
+        encoder = ImageEncoder(enc["name"], contents.encoder_weights, tuple(enc["image_size"]), precision=precision)
+        if encoder.feature_dim != decoder.config.feature_dim:
+            raise ArtifactError(f"encoder {enc['name']} gives {encoder.feature_dim}-d features but the decoder "
+                                f"of model artifact {uri} expects {decoder.config.feature_dim}")
+    return CaptionModel(encoder, decoder, contents.vocab, contents.model_id, contents.config,
+                        contents.decode_settings())

@@ -1,0 +1,161 @@
+"""The merge CNN-LSTM caption decoder, in its training, per-prefix and step-wise forms.
+
+One set of Keras layers serves three graphs:
+
+* ``training_model``: whole captions with teacher forcing (the LSTM returns sequences and the
+  image branch is added at every step), so one caption is one training example;
+* ``build_prefix_model``: the classic tutorials' formulation (one example per prefix, the LSTM
+  returns its last output) used to prove equivalence and as the benchmark baseline;
+* ``StepwiseDecoder``: inference one word at a time carrying the LSTM state (im2txt style), so a
+  caption of L words costs L LSTM steps.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import keras
+import tensorflow as tf
+from keras import layers
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Sizes of the merge decoder; stored in the artifact's config.json."""
+
+    vocab_size: int
+    max_length: int  # max caption tokens including <start> and <end>
+    feature_dim: int = 2048
+    embedding_dim: int = 256
+    units: int = 256
+    image_dense: tuple[int, ...] = (256,)  # image branch Dense sizes; the last must equal units
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_dense", tuple(int(u) for u in self.image_dense))
+        if not self.image_dense or self.image_dense[-1] != self.units:
+            raise ValueError(f"image_dense must end with units={self.units}, got {self.image_dense}")
+        if self.vocab_size < 5:
+            raise ValueError(f"vocab_size {self.vocab_size} is too small")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["image_dense"] = list(self.image_dense)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DecoderConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown decoder config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+class MergeDecoder:
+    """Owns the decoder layers; builds the graphs that share them."""
+
+    def __init__(self, config: DecoderConfig) -> None:
+        self.config = config
+        c = config
+        self.image_dropout = layers.Dropout(c.dropout, name="image_dropout")
+        self.image_dense = [layers.Dense(u, activation="relu", name=f"image_dense_{i + 1}")
+                            for i, u in enumerate(c.image_dense)]
+        self.embedding = layers.Embedding(c.vocab_size, c.embedding_dim, mask_zero=True, name="word_embedding")
+        self.word_dropout = layers.Dropout(c.dropout, name="word_dropout")
+        self.lstm = layers.LSTM(c.units, return_sequences=True, name="caption_lstm")
+        self.merge_dense = layers.Dense(c.units, activation="relu", name="merge_dense")
+        self.word_probs = layers.Dense(c.vocab_size, activation="softmax", name="word_probs")
+        self.training_model = self._build_training_model()
+
+    def _image_branch(self, features: Any) -> Any:
+        x = self.image_dropout(features)
+        for dense in self.image_dense:
+            x = dense(x)
+        return x
+
+    def _build_training_model(self) -> keras.Model:
+        c = self.config
+        features = keras.Input((c.feature_dim,), name="features")
+        words = keras.Input((None,), dtype="int32", name="caption_in")
+        image = self._image_branch(features)
+        seq = self.lstm(self.word_dropout(self.embedding(words)))
+        merged = layers.Add(name="merge")([seq, layers.Reshape((1, c.units), name="image_per_step")(image)])
+        probs = self.word_probs(self.merge_dense(merged))
+        return keras.Model([features, words], probs, name="merge_decoder")
+
+    def count_params(self) -> int:
+        return int(self.training_model.count_params())
+
+    def save_weights(self, path: str) -> None:
+        """Write the decoder weights (HDF5 ``.weights.h5``; no code, no pickle)."""
+        self.training_model.save_weights(path)
+
+    def load_weights(self, path: str) -> None:
+        self.training_model.load_weights(path)
+
+    def stepwise(self) -> "StepwiseDecoder":
+        return StepwiseDecoder(self)
+
+
+def build_prefix_model(config: DecoderConfig) -> keras.Model:
+    """The classic tutorial formulation: input is a (pre-)padded prefix, output the next word.
+
+    Layer names match ``MergeDecoder`` so weights can be copied with ``copy_weights``.
+    """
+    c = config
+    features = keras.Input((c.feature_dim,), name="features")
+    prefix = keras.Input((c.max_length,), dtype="int32", name="prefix")
+    x = layers.Dropout(c.dropout, name="image_dropout")(features)
+    for i, u in enumerate(c.image_dense):
+        x = layers.Dense(u, activation="relu", name=f"image_dense_{i + 1}")(x)
+    e = layers.Embedding(c.vocab_size, c.embedding_dim, mask_zero=True, name="word_embedding")(prefix)
+    e = layers.Dropout(c.dropout, name="word_dropout")(e)
+    h = layers.LSTM(c.units, name="caption_lstm")(e)
+    merged = layers.Add(name="merge")([h, x])
+    out = layers.Dense(c.units, activation="relu", name="merge_dense")(merged)
+    out = layers.Dense(c.vocab_size, activation="softmax", name="word_probs")(out)
+    return keras.Model([features, prefix], out, name="prefix_decoder")
+
+
+def copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Copy weights layer by layer, matching layer names."""
+    src = {layer.name: layer for layer in source.layers if layer.weights}
+    for layer in target.layers:
+        if layer.weights:
+            layer.set_weights(src[layer.name].get_weights())
+
+
+class StepwiseDecoder:
+    """Inference graph: image embedding once, then one LSTM step per word (``StepDecoder``)."""
+
+    def __init__(self, decoder: MergeDecoder) -> None:
+        self._d = decoder
+        units = decoder.config.units
+        fdim = decoder.config.feature_dim
+        self._image = tf.function(self._image_fn, input_signature=[tf.TensorSpec([None, fdim], tf.float32)])
+        self._step = tf.function(self._step_fn, input_signature=[
+            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, units], tf.float32),
+            tf.TensorSpec([None, units], tf.float32), tf.TensorSpec([None, units], tf.float32)])
+
+    def _image_fn(self, features: tf.Tensor) -> tf.Tensor:
+        return self._d._image_branch(features)
+
+    def _step_fn(self, word_ids: tf.Tensor, h: tf.Tensor, c: tf.Tensor, image: tf.Tensor):
+        d = self._d
+        emb = tf.gather(d.embedding.embeddings, word_ids)  # no mask: every step word is real
+        out, (h2, c2) = d.lstm.cell(emb, [h, c], training=False)
+        hidden = d.merge_dense(out + image)
+        logits = tf.matmul(hidden, d.word_probs.kernel) + d.word_probs.bias
+        return tf.nn.log_softmax(logits), h2, c2
+
+    def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
+        image = self._image(np.asarray(features, dtype=np.float32)).numpy()
+        zeros = np.zeros((len(features), self._d.config.units), dtype=np.float32)
+        return (zeros, zeros.copy(), image)
+
+    def step(self, word_ids: np.ndarray, state: tuple[np.ndarray, ...]):
+        h, c, image = state
+        logp, h2, c2 = self._step(np.asarray(word_ids, dtype=np.int32), h, c, image)
+        return logp.numpy(), (h2.numpy(), c2.numpy(), image)

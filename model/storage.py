@@ -1,0 +1,73 @@
+"""fsspec helpers: read/write bytes at local paths or URIs, and make a local copy when a
+library (Keras' HDF5 loader) needs a real file."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+
+import fsspec
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def join(base: str, name: str) -> str:
+    """Join a path or URI with a file name."""
+    return base.rstrip("/") + "/" + name
+
+
+def is_local(uri: str) -> bool:
+    fs, _ = fsspec.core.url_to_fs(uri)
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def local_path(uri: str) -> str:
+    """The OS path of a local URI (``file://x`` or a plain path)."""
+    _, path = fsspec.core.url_to_fs(uri)
+    return path
+
+
+def read_bytes(uri: str) -> bytes:
+    with fsspec.open(uri, "rb") as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = fsspec.core.url_to_fs(uri)
+    parent = os.path.dirname(path.rstrip("/"))
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "wb") as f:
+        f.write(data)
+
+
+def exists(uri: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs.exists(path)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def materialise(uri: str, cache_dir: str | None = None) -> str:
+    """Return a local file path holding the content of ``uri`` (downloaded once per URI)."""
+    if is_local(uri):
+        return local_path(uri)
+    cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "image-captioning-cache")
+    os.makedirs(cache_dir, exist_ok=True)
+    name = hashlib.sha256(uri.encode()).hexdigest()[:24] + "-" + os.path.basename(uri.rstrip("/"))
+    target = os.path.join(cache_dir, name)
+    if not os.path.exists(target):
+        tmp = target + f".part{os.getpid()}"
+        with fsspec.open(uri, "rb") as src, open(tmp, "wb") as dst:
+            while chunk := src.read(8 << 20):
+                dst.write(chunk)
+        os.replace(tmp, target)
+    return target
+
+
+def is_hdf5(path: str) -> bool:
+    """True if the local file starts with the HDF5 signature (weights files must)."""
+    with open(path, "rb") as f:
+        return f.read(len(HDF5_MAGIC)) == HDF5_MAGIC
