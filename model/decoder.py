@@ -11,7 +11,8 @@ One set of Keras layers serves three graphs:
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -93,7 +94,15 @@ class MergeDecoder:
         self.training_model.save_weights(path)
 
     def load_weights(self, path: str) -> None:
-        self.training_model.load_weights(path)
+        """Load weights strictly: Keras only warns when a layer finds no weights in the file
+        and keeps its random initialisation; here that is an error."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.training_model.load_weights(path)
+        skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)
+                   or "freshly-initialized" in str(w.message)]
+        if skipped:
+            raise ValueError(f"weights file does not cover every decoder layer: {skipped[0]}")
 
     def stepwise(self) -> "StepwiseDecoder":
         return StepwiseDecoder(self)

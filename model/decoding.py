@@ -90,7 +90,11 @@ def greedy_decode(decoder: StepDecoder, features: np.ndarray, start_id: int, end
 def beam_search(decoder: StepDecoder, features: np.ndarray, start_id: int, end_id: int,
                 max_length: int, beam_width: int = 3, length_alpha: float = 0.7) -> list[Hypothesis]:
     """Keep the ``beam_width`` best partial captions per image; finished ones are ranked by
-    ``logprob / len ** length_alpha``. All live beams of all images advance in one decoder call."""
+    ``logprob / len ** length_alpha``. All live beams of all images advance in one decoder call.
+
+    An ending counts only when it ranks among the top ``beam_width`` extensions (so width 1 is
+    exactly greedy); an image stops when its best finished caption scores at least as well as
+    its best live beam would at the current length."""
     n = len(features)
     k = beam_width
     base = decoder.initial_state(features)
@@ -138,11 +142,14 @@ def beam_search(decoder: StepDecoder, features: np.ndarray, start_id: int, end_i
                 new_logp.append(float(flat[idx]))
                 new_image.append(int(image))
                 kept += 1
-            if len(finished[image]) >= k:
-                # Enough finished captions: this image leaves the batch.
-                drop = [i for i, im in enumerate(new_image) if im == image]
-                for i in reversed(drop):
-                    del keep_rows[i], keep_words[i], new_tokens[i], new_logp[i], new_image[i]
+            live = [lp for lp, im in zip(new_logp, new_image) if im == image]
+            if finished[image] and live:
+                # HF-style stop: the best finished caption beats what the live beams score now.
+                cur_len = step + 1
+                if max(map(normalised, finished[image])) >= max(live) / cur_len ** length_alpha:
+                    drop = [i for i, im in enumerate(new_image) if im == image]
+                    for i in reversed(drop):
+                        del keep_rows[i], keep_words[i], new_tokens[i], new_logp[i], new_image[i]
         if not keep_rows:
             break
         state = _select(state, np.asarray(keep_rows))

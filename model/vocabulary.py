@@ -91,7 +91,7 @@ class Vocabulary:
         except json.JSONDecodeError as exc:
             raise VocabularyError(f"not valid JSON: {exc}") from exc
         if not isinstance(data, dict) or data.get("format") != VOCAB_FORMAT:
-            raise VocabularyError(f"not a {VOCAB_FORMAT} file")
+            raise VocabularyError(f"not a {VOCAB_FORMAT} file (missing or wrong 'format' key)")
         tokens = data.get("tokens")
         if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
             raise VocabularyError("'tokens' must be a list of strings")

@@ -1,0 +1,42 @@
+"""Shared fixtures: paths to the real data beside the checkout and a tiny model artifact."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CAPTION_SHARED_DIR", REPO.parent / "shared"))
+XCEPTION_WEIGHTS = SHARED / "models" / "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
+FLICKR8K = SHARED / "data" / "flickr8k"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "browser: renders HTML in headless Chromium")
+    config.addinivalue_line("markers", "slow: runs a real model or a multi-process pipeline")
+
+
+@pytest.fixture(scope="session")
+def xception_weights() -> Path:
+    """The real ImageNet Xception weights; tests skip (with this reason) only when absent."""
+    if not XCEPTION_WEIGHTS.is_file():
+        pytest.skip(f"real ImageNet Xception weights not found at {XCEPTION_WEIGHTS}")
+    return XCEPTION_WEIGHTS
+
+
+@pytest.fixture(scope="session")
+def flickr8k() -> Path:
+    if not (FLICKR8K / "Flickr8k.token.txt").is_file():
+        pytest.skip(f"Flickr8k data not found at {FLICKR8K}")
+    return FLICKR8K
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small self-contained artifact (MobileNetV3Small encoder weights embedded)."""
+    from tests.factories import make_tiny_artifact
+
+    path = tmp_path_factory.mktemp("tiny-model") / "model"
+    make_tiny_artifact(str(path))
+    return str(path)
