@@ -53,6 +53,7 @@ _REFUSED_FORMATS = frozenset({"EPS"})
 
 _JPEG_FORMATS = frozenset({"JPEG", "MPO"})  # MPO (camera multi-picture) is a JPEG subclass
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+_PREMULTIPLIED_MODES = {"La": "LA", "RGBa": "RGBA"}
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that rotate by 90 degrees
 _EXIF_ORIENTATION_TAG = 0x0112
 _PREVIEW_BYTES = 24  # how many leading bytes an error message quotes
@@ -69,6 +70,7 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"II+\x00", "BigTIFF"),
     (b"MM\x00+", "BigTIFF"),
 )
+# BMP: "BM" plus a known DIB header size at offset 14, so text starting with "BM" is not a BMP.
 _BMP_HEADER_SIZES = tuple(n.to_bytes(4, "little") for n in (12, 40, 52, 56, 64, 108, 124))
 _ISO_BMFF_IMAGE_BRANDS = (b"heic", b"heix", b"heif", b"mif1", b"msf1", b"avif", b"avis")
 _BOMB_PIXELS_RE = re.compile(r"Image size \((\d+) pixels\) exceeds limit of (\d+) pixels")
@@ -227,7 +229,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return img
     if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F"):
         return Image.fromarray(_wide_grey_to_uint8(np.asarray(img), img.mode)).convert("RGB")
-    if img.has_transparency_data:  # RGBA, LA, PA, RGBa, La, or a "transparency" entry in info
+    if img.mode in _PREMULTIPLIED_MODES:  # Pillow only converts La to LA, so un-premultiply first
+        img = img.convert(_PREMULTIPLIED_MODES[img.mode])
+    if img.has_transparency_data:  # RGBA, LA, PA, or a "transparency" entry in info
         return _composite_on_white(img.convert("RGBA"))
     return img.convert("RGB")  # 1, L, P, CMYK, YCbCr, LAB, HSV, RGBX, ...
 
