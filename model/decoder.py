@@ -90,8 +90,11 @@ class MergeDecoder:
         return int(self.training_model.count_params())
 
     def save_weights(self, path: str) -> None:
-        """Write the decoder weights (HDF5 ``.weights.h5``; no code, no pickle)."""
-        self.training_model.save_weights(path)
+        """Write the decoder weights (HDF5 ``.weights.h5``; no code, no pickle). Saved from an
+        uncompiled twin, because Keras also writes a compiled model's optimizer state."""
+        twin = MergeDecoder(self.config)
+        twin.training_model.set_weights(self.training_model.get_weights())
+        twin.training_model.save_weights(path)
 
     def load_weights(self, path: str) -> None:
         """Load weights strictly: Keras only warns when a layer finds no weights in the file

@@ -3,6 +3,7 @@ library (Keras' HDF5 loader) needs a real file."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tempfile
 
@@ -71,3 +72,22 @@ def is_hdf5(path: str) -> bool:
     """True if the local file starts with the HDF5 signature (weights files must)."""
     with open(path, "rb") as f:
         return f.read(len(HDF5_MAGIC)) == HDF5_MAGIC
+
+
+def read_table(uri: str) -> "pyarrow.Table":
+    """A Parquet/CSV/TSV/JSONL table as a pyarrow Table (read through fsspec)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+    import pyarrow.parquet as pq
+
+    lower = uri.lower()
+    with fsspec.open(uri, "rb") as f:
+        data = f.read()
+    if lower.endswith((".parquet", ".pq")):
+        return pq.read_table(io.BytesIO(data))
+    if lower.endswith((".jsonl", ".ndjson", ".json")):
+        return pajson.read_json(io.BytesIO(data))
+    if lower.endswith((".csv", ".tsv")):
+        delimiter = "\t" if lower.endswith(".tsv") else ","
+        return pacsv.read_csv(io.BytesIO(data), parse_options=pacsv.ParseOptions(delimiter=delimiter))
+    raise ValueError(f"unsupported table format for {uri}: use .parquet, .csv, .tsv or .jsonl")

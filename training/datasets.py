@@ -4,13 +4,14 @@ Paths and URIs go through fsspec, so a dataset can live on local disk, gs:// or 
 """
 from __future__ import annotations
 
-import io
 import posixpath
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable
 
 import fsspec
+
+from model.storage import read_table
 
 TOKEN_FILE = "Flickr8k.token.txt"
 SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "dev": "Flickr_8k.devImages.txt",
@@ -76,27 +77,9 @@ def read_flickr8k(root: str, split: str | None = "train", images_dir: str = "ima
     return out
 
 
-def _read_table(uri: str):
-    import pyarrow.csv as pacsv
-    import pyarrow.json as pajson
-    import pyarrow.parquet as pq
-
-    lower = uri.lower()
-    with fsspec.open(uri, "rb") as f:
-        data = f.read()
-    if lower.endswith(".parquet") or lower.endswith(".pq"):
-        return pq.read_table(io.BytesIO(data))
-    if lower.endswith(".jsonl") or lower.endswith(".json") or lower.endswith(".ndjson"):
-        return pajson.read_json(io.BytesIO(data))
-    if lower.endswith(".csv") or lower.endswith(".tsv"):
-        opts = pacsv.ParseOptions(delimiter="\t" if lower.endswith(".tsv") else ",")
-        return pacsv.read_csv(io.BytesIO(data), parse_options=opts)
-    raise ValueError(f"unsupported table format for {uri}: use .csv, .tsv, .jsonl or .parquet")
-
-
 def read_table_column_rows(uri: str, columns: list[str]) -> list[dict]:
     """Rows of a CSV/JSONL/Parquet table as dicts of the given columns (all must exist)."""
-    table = _read_table(uri)
+    table = read_table(uri)
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise ValueError(f"table {uri} has no column(s) {missing}; it has {table.column_names}")

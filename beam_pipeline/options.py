@@ -1,0 +1,55 @@
+"""Command-line options of the captioning pipeline (a PipelineOptions subclass, so every
+standard Beam flag such as --runner, --direct_num_workers or Dataflow's flags also works)."""
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from model.image_decoding import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+
+
+def default_model_uri() -> str:
+    """The shipped default model (``models/flickr8k-xception``, installed with the package)."""
+    from models import DEFAULT_MODEL_DIR
+
+    return str(DEFAULT_MODEL_DIR)
+
+
+class CaptionOptions(PipelineOptions):
+    """Flags of ``run_pipeline.py``; see README "Command line"."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:  # noqa: ANN001 - Beam's signature
+        g = parser.add_argument_group("captioning")
+        g.add_argument("--input", action="append", default=None,
+                       help="glob of images on any Beam filesystem (local, gs://, s3://); repeatable")
+        g.add_argument("--input_manifest", default=None,
+                       help="table (Parquet/CSV/TSV/JSONL) listing image URIs, one per row")
+        g.add_argument("--manifest_uri_column", default="image_uri")
+        g.add_argument("--manifest_id_column", default=None, help="image id column (default: file name)")
+        g.add_argument("--manifest_references_column", default=None,
+                       help="column of reference captions (a string or a list of strings)")
+        g.add_argument("--output", required=False, default=None, help="output directory (local or URI)")
+        g.add_argument("--model", default=None, help="model artifact directory or URI (default: shipped model)")
+        g.add_argument("--encoder_weights", default=None,
+                       help="encoder weights: 'imagenet', or a path/URI to an HDF5 file (default: what the model config names)")
+        g.add_argument("--expected_model_id", default=None, help="refuse to run unless the model has this id")
+        g.add_argument("--references", default=None,
+                       help="reference captions: a Flickr8k token file, or a table of image id + caption")
+        g.add_argument("--references_id_column", default="image_id")
+        g.add_argument("--references_caption_column", default="caption")
+        g.add_argument("--decode", choices=["greedy", "beam"], default=None, help="default: the model config's")
+        g.add_argument("--beam_width", type=int, default=None)
+        g.add_argument("--length_alpha", type=float, default=None)
+        g.add_argument("--batch_size", type=int, default=32, help="images per encoder batch")
+        g.add_argument("--min_batch_size", type=int, default=None, help="smallest batch (default: batch_size)")
+        g.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                       help="encoder precision; bfloat16 needs AMX/AVX-512 BF16 CPUs or a GPU to pay off")
+        g.add_argument("--resume", action="store_true",
+                       help="skip images already in OUTPUT/captions or OUTPUT/errors; add the rest")
+        g.add_argument("--emit_embeddings", action="store_true", help="add the encoder feature vector to each row")
+        g.add_argument("--max_image_bytes", type=int, default=DEFAULT_MAX_BYTES)
+        g.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS)
+        g.add_argument("--progress_seconds", type=float, default=10.0,
+                       help="log a progress line with images/s this often (per worker process)")
+        g.add_argument("--report", action="store_true", help="write OUTPUT/report.html at the end")
+        g.add_argument("--report_sample", type=int, default=500)

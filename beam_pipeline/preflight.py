@@ -1,0 +1,68 @@
+"""Checks made in the driver before any image is read: where the output may go, and which
+earlier outputs a ``--resume`` run builds on."""
+from __future__ import annotations
+
+import os
+import re
+
+import fsspec
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+class PreflightError(ValueError):
+    """The run is refused before it starts; the message says why."""
+
+
+def _normalise(uri: str) -> str:
+    if "://" not in uri or uri.startswith("file://"):
+        path = uri[len("file://"):] if uri.startswith("file://") else uri
+        return os.path.realpath(os.path.abspath(path)).rstrip("/") or "/"
+    return uri.rstrip("/")
+
+
+def input_root(pattern: str) -> str:
+    """The fixed directory part of a glob: ``imgs/**/*.jpg`` -> ``imgs``."""
+    match = _GLOB_CHARS.search(pattern)
+    fixed = pattern[: match.start()] if match else pattern
+    if match or not fixed.endswith("/"):
+        fixed = fixed.rsplit("/", 1)[0] if "/" in fixed else "."
+    return _normalise(fixed or "/")
+
+
+def check_output(output: str, inputs: list[str], resume: bool) -> None:
+    """Refuse an output that is an input directory or inside one, and an existing non-empty
+    output unless ``--resume`` (never silently mix two runs)."""
+    out = _normalise(output)
+    for pattern in inputs:
+        root = input_root(pattern)
+        if out == root or out.startswith(root.rstrip("/") + "/"):
+            raise PreflightError(f"output {output} is inside the input directory {root} (from {pattern}); "
+                                 "choose an output outside the inputs")
+    fs, path = fsspec.core.url_to_fs(output)
+    if fs.exists(path):
+        if not fs.isdir(path):
+            raise PreflightError(f"output {output} exists and is not a directory")
+        if fs.ls(path) and not resume:
+            raise PreflightError(f"output {output} exists and is not empty; use --resume to add to it, "
+                                 "or choose a new output directory")
+
+
+def existing_outputs(output: str) -> list[str]:
+    """Parquet files of earlier runs (captions and errors): their images are skipped on resume."""
+    fs, path = fsspec.core.url_to_fs(output)
+    files = []
+    for sub in ("captions", "errors"):
+        files.extend(fs.glob(f"{path.rstrip('/')}/{sub}/*.parquet"))
+    return sorted(fs.unstrip_protocol(f) if "://" in output else f for f in files)
+
+
+def remove_stale_temp_dirs(output: str) -> list[str]:
+    """Delete Beam's unfinished write directories left by a crashed earlier run."""
+    fs, path = fsspec.core.url_to_fs(output)
+    stale = []
+    for sub in ("captions", "errors"):
+        stale.extend(fs.glob(f"{path.rstrip('/')}/{sub}/beam-temp-*"))
+    for d in stale:
+        fs.rm(d, recursive=True)
+    return stale

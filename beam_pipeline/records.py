@@ -1,0 +1,102 @@
+"""Plain data that flows through the pipeline, and the output rows built from it.
+
+Pure Python (no Beam, no TensorFlow), so the row logic is tested on its own.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import posixpath
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+STAGE_MATCH = "match"
+STAGE_READ = "read"
+STAGE_DECODE = "decode"
+STAGE_INFER = "infer"
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One input: where the image is, its id (join key for references), optional references."""
+
+    uri: str
+    image_id: str
+    size_bytes: int | None = None
+    references: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class ImageRecord:
+    """A decoded image ready for the encoder."""
+
+    ref: ImageRef
+    pixels: np.ndarray
+    width: int
+    height: int
+
+
+def image_id_from_uri(uri: str) -> str:
+    """Default image id: the file name (Flickr8k references are keyed that way)."""
+    return posixpath.basename(uri.rstrip("/"))
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def error_row(uri: str, image_id: str | None, stage: str, error_type: str, message: str) -> dict[str, Any]:
+    """An ``errors/*.parquet`` row (schema: beam_pipeline.schemas.ERROR_SCHEMA)."""
+    return {"image_uri": uri, "image_id": image_id, "stage": stage, "error_type": error_type,
+            "message": message[:2000], "processed_at": now_utc()}
+
+
+def exception_row(ref: ImageRef, stage: str, exc: BaseException) -> dict[str, Any]:
+    return error_row(ref.uri, ref.image_id, stage, type(exc).__name__, str(exc) or repr(exc))
+
+
+def caption_row(record: ImageRecord, caption: str, score: float, decode: str, model_id: str, encoder: str,
+                embedding: np.ndarray | None = None) -> dict[str, Any]:
+    """A ``captions/*.parquet`` row; references and BLEU are filled in by ``with_references``."""
+    row = {"image_uri": record.ref.uri, "image_id": record.ref.image_id, "caption": caption,
+           "score": float(score), "decode": decode, "model_id": model_id, "encoder": encoder,
+           "width": int(record.width), "height": int(record.height), "processed_at": now_utc(),
+           "references": None, "bleu1": None, "bleu2": None, "bleu3": None, "bleu4": None}
+    if record.ref.references is not None:
+        row["references"] = list(record.ref.references)
+    if embedding is not None:
+        row["embedding"] = [float(x) for x in np.asarray(embedding, np.float32)]
+    return row
+
+
+def with_references(row: dict[str, Any], references: Sequence[str] | None) -> dict[str, Any]:
+    """Attach reference captions and smoothed sentence BLEU-1..4 to a caption row."""
+    from model.bleu import bleu_tokens, sentence_bleu_scores
+
+    refs = list(references) if references else (row.get("references") or [])
+    row = dict(row)
+    if not refs:
+        return row
+    row["references"] = refs
+    scores = sentence_bleu_scores(bleu_tokens(row["caption"]), [bleu_tokens(r) for r in refs])
+    row.update(scores)
+    return row
+
+
+def bleu_pair(row: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(hypothesis tokens, reference token lists) for corpus BLEU."""
+    from model.bleu import bleu_tokens
+
+    return bleu_tokens(row["caption"]), [bleu_tokens(r) for r in row["references"]]
+
+
+def parse_references_column(value: Any) -> tuple[str, ...] | None:
+    """A manifest's reference cell: a list of captions, one caption, or captions split by ``|``."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        refs = tuple(str(v) for v in value if v)
+    else:
+        refs = tuple(part.strip() for part in str(value).split("|") if part.strip())
+    return refs or None

@@ -1,0 +1,44 @@
+"""Batch image captioning for data lakes: Xception + merge LSTM captions, Apache Beam, Parquet."""
+from setuptools import find_packages, setup
+
+setup(
+    name="batch-image-captioning",
+    version="0.1.0",
+    description="Caption millions of stored images to Parquet with Apache Beam (Xception + merge CNN-LSTM).",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["model", "model.*", "training", "training.*", "beam_pipeline",
+                                    "beam_pipeline.*", "models", "models.*"]),
+    py_modules=["run_pipeline"],
+    # The shipped default model travels with the package (sdist and wheel), so a cloud runner's
+    # workers get it through --setup_file.
+    package_data={"models": ["*/*.json", "*/*.h5", "*/*.png"]},
+    include_package_data=True,
+    install_requires=[
+        "apache-beam>=2.60,<3",
+        "tensorflow>=2.16,<2.22",  # the CPU wheel is enough; GPUs are used when present
+        "keras>=3.3,<4",
+        "numpy>=1.26,<3",
+        "pillow>=10.1,<13",
+        "pyarrow>=14",
+        "nltk>=3.8,<4",
+        "fsspec>=2024.2",
+        "gensim>=4.3,<5",  # Word2Vec embeddings for training
+        "matplotlib>=3.8,<4",  # training curves
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "gcp": ["apache-beam[gcp]>=2.60,<3", "gcsfs>=2024.2"],
+        "aws": ["apache-beam[aws]>=2.60,<3", "s3fs>=2024.2"],
+        "test": ["pytest>=8", "moto[server]>=5", "apache-beam[aws]>=2.60,<3", "s3fs>=2024.2", "psutil>=5.9"],
+    },
+    entry_points={
+        "console_scripts": [
+            "caption-images=run_pipeline:main",
+            "caption-train=training.train:main",
+            "caption-evaluate=training.evaluate:main",
+            "caption-report=beam_pipeline.report:main",
+        ],
+    },
+)
