@@ -186,7 +186,7 @@ def plan_run(options: CaptionOptions) -> Plan:
         raise PreflightError("--batch_size must be >= 1")
     inputs = list(options.input or [])
     output = options.output.rstrip("/")
-    check_output(output, inputs + ([options.input_manifest] if options.input_manifest else []), options.resume)
+    check_output(output, inputs, options.resume)  # a manifest may list images anywhere
     model_uri = options.model or default_model_uri()
     contents = read_artifact(model_uri, expected_model_id=options.expected_model_id,
                              encoder_weights=options.encoder_weights)
