@@ -7,12 +7,25 @@ Every standard Beam flag works too. See README "Command line".
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
 from typing import Sequence
 
 import model  # noqa: F401 - quiets TensorFlow's start-up logging before it is imported
+
+
+def print_help() -> None:
+    """Our flags (Beam's own PipelineOptions parser does not print them)."""
+    from beam_pipeline.options import CaptionOptions
+
+    parser = argparse.ArgumentParser(
+        prog="run_pipeline.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Every standard Beam flag is accepted too: --runner, --direct_running_mode, "
+               "--direct_num_workers, --setup_file, Dataflow's --project/--region/--temp_location ...")
+    CaptionOptions._add_argparse_args(parser)
+    parser.print_help()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,8 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from model.artifact import ArtifactError
     from model.encoder import EncoderError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or any(a in ("-h", "--help") for a in argv):
+        print_help()
+        return 0 if argv else 2
     try:
-        summary = run(list(sys.argv[1:] if argv is None else argv))
+        summary = run(argv)
     except (PreflightError, ArtifactError, EncoderError) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2

@@ -2,6 +2,8 @@
 standard Beam flag such as --runner, --direct_num_workers or Dataflow's flags also works)."""
 from __future__ import annotations
 
+import os
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from model.image_decoding import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
@@ -30,8 +32,9 @@ class CaptionOptions(PipelineOptions):
                        help="column of reference captions (a string or a list of strings)")
         g.add_argument("--output", required=False, default=None, help="output directory (local or URI)")
         g.add_argument("--model", default=None, help="model artifact directory or URI (default: shipped model)")
-        g.add_argument("--encoder_weights", default=None,
-                       help="encoder weights: 'imagenet', or a path/URI to an HDF5 file (default: what the model config names)")
+        g.add_argument("--encoder_weights", default=os.environ.get("CAPTION_ENCODER_WEIGHTS"),
+                       help="encoder weights: 'imagenet' (Keras download), or a path/URI to an HDF5 file "
+                            "(default: $CAPTION_ENCODER_WEIGHTS, else what the model config names)")
         g.add_argument("--expected_model_id", default=None, help="refuse to run unless the model has this id")
         g.add_argument("--references", default=None,
                        help="reference captions: a Flickr8k token file, or a table of image id + caption")

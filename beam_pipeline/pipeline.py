@@ -176,7 +176,7 @@ def plan_run(options: CaptionOptions) -> Plan:
     """Validate flags, output directory and model before anything is read (refuse early)."""
     from model.artifact import read_artifact
     from model.captioner import build_decoder
-    from model.encoder import resolve_weights
+    from model.encoder import check_weights_available
 
     if not options.output:
         raise PreflightError("--output is required")
@@ -191,7 +191,7 @@ def plan_run(options: CaptionOptions) -> Plan:
     contents = read_artifact(model_uri, expected_model_id=options.expected_model_id,
                              encoder_weights=options.encoder_weights)
     build_decoder(contents)  # the decoder weights must fit the config
-    resolve_weights(contents.encoder_weights)  # the encoder weights must exist and be HDF5
+    check_weights_available(contents.config["encoder"]["name"], contents.encoder_weights)
     done_files: list[str] = []
     if options.resume:
         remove_stale_temp_dirs(output)
@@ -213,6 +213,16 @@ def _metric(result: Any, name: str) -> int | None:
     return int(sum((c.committed if c.committed is not None else c.attempted) or 0 for c in counters))
 
 
+def _load_seconds(result: Any) -> float | None:
+    """Total time worker processes spent loading the model (from the model_load_ms metric)."""
+    try:
+        dists = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE).with_name("model_load_ms"))["distributions"]
+    except Exception:  # noqa: BLE001 - some runners do not report metrics
+        return None
+    total = sum(((d.committed or d.attempted).sum if (d.committed or d.attempted) else 0) for d in dists)
+    return round(total / 1000, 2)
+
+
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the pipeline to completion and return (and write) the run summary."""
     options = PipelineOptions(argv)
@@ -232,6 +242,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     summary = {
         "run_id": plan.run_id, **stats,
         "model_loads": _metric(result, "model_loads"),
+        "model_load_seconds": _load_seconds(result),
         "images_per_second": round(stats["captioned"] / wall, 3) if wall > 0 else None,
         "wall_seconds": round(wall, 2), "model_id": plan.model_id, "model": plan.model_uri,
         "decode": plan.decode, "encoder_precision": caption_options.precision,

@@ -65,6 +65,22 @@ def resolve_weights(weights: str | None) -> str | None:
     return path
 
 
+def check_weights_available(name: str, weights: str | None) -> None:
+    """Fail early (in the driver, before any image is read) when the weights cannot be had:
+    a missing or non-HDF5 file, or an ``imagenet`` download that does not work offline."""
+    resolved = resolve_weights(weights)
+    if resolved != "imagenet":
+        return
+    import keras
+
+    try:
+        getattr(keras.applications, get_backbone(name).constructor)(include_top=False, weights="imagenet", pooling="avg")
+    except Exception as exc:  # noqa: BLE001 - network errors come in many types
+        raise EncoderError(f"could not get the ImageNet weights of {name} (Keras download; no internet?): "
+                           f"{type(exc).__name__}: {exc}. Pass --encoder_weights PATH_OR_URI "
+                           "(or set CAPTION_ENCODER_WEIGHTS) to use a local copy.") from None
+
+
 def weights_fingerprint(weights: str | None) -> str:
     """A short content hash of the weights (for feature-cache keys); ``imagenet``/``none`` as is."""
     resolved = resolve_weights(weights)

@@ -1,0 +1,242 @@
+"""Throughput, decoding cost, bf16 and memory of the captioning pipeline on real Flickr8k photos.
+
+Reproduce (on an otherwise idle machine)::
+
+    python bench/bench_throughput.py --images 480 --repeats 3            # sections 1-5
+    python bench/bench_throughput.py --only memory --memory-sizes 500 5000
+
+Sections (each prints a Markdown table):
+  encoder   (1) bare Xception forward pass, compiled, on pre-decoded 299x299 batches
+  pipeline  (2) run_pipeline.py end to end on the DirectRunner (read, decode, resize, encode,
+                beam-3 captions, Parquet), timed from its own summary
+  seed      (3) the seed-style loop of the tutorials -- COMPARISON BASELINE written here, not
+                project code: one image at a time, model.predict for the features, then one
+                model.predict per generated word over the padded prefix
+  decoding  greedy and beam-3 decode time per image as a share of encoder time
+  bf16      the encoder under mixed bfloat16 vs float32: speed, caption agreement, BLEU
+  memory    peak RSS of a pipeline run over N images for several N
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from bench.common import FLICKR8K, REPO, XCEPTION_WEIGHTS, machine, median_time, python, run_with_rss, table  # noqa: E402
+
+
+def dev_images(n: int) -> list[Path]:
+    """The first n images of the Flickr8k dev split that are present (then train, if needed)."""
+    names = (FLICKR8K / "Flickr_8k.devImages.txt").read_text().split() + \
+        (FLICKR8K / "Flickr_8k.trainImages.txt").read_text().split()
+    paths = [FLICKR8K / "images" / name for name in names]
+    present = [p for p in paths if p.exists()]
+    if not present:
+        raise SystemExit(f"no Flickr8k images under {FLICKR8K}")
+    return [present[i % len(present)] for i in range(n)]
+
+
+def link_dir(paths: list[Path], root: Path) -> Path:
+    """A folder of uniquely named symlinks (so N may exceed the number of distinct photos)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i, p in enumerate(paths):
+        (root / f"{i:06d}_{p.name}").symlink_to(p)
+    return root
+
+
+def decode_all(paths: list[Path], size: tuple[int, int]) -> np.ndarray:
+    from model.image_decoding import decode_image
+
+    return np.stack([decode_image(p.read_bytes(), size).pixels for p in paths])
+
+
+def bench_encoder(enc, pixels: np.ndarray, batch: int, repeats: int) -> float:
+    enc(pixels[:batch])  # trace + warm up
+    def once():
+        for i in range(0, len(pixels), batch):
+            enc(pixels[i:i + batch])
+    med, _ = median_time(once, repeats)
+    return len(pixels) / med
+
+
+def run_pipeline_once(image_dir: Path, args, extra=()) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [python(), str(REPO / "run_pipeline.py"), "--input", f"{image_dir}/*.jpg", "--output", f"{tmp}/out",
+               "--encoder_weights", str(args.encoder_weights), "--batch_size", str(args.batch_size),
+               "--progress_seconds", "0", *extra]
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        if res.returncode != 0:
+            raise SystemExit(f"pipeline failed:\n{res.stderr[-3000:]}")
+        return json.loads(res.stdout[res.stdout.index("{"):])
+
+
+def seed_style_loop(paths: list[Path], model_dir: str, weights: str) -> float:
+    """COMPARISON BASELINE (the tutorials' loop), not how the project captions images."""
+    import keras
+    from keras.applications.xception import preprocess_input
+    from keras.utils import img_to_array, load_img, pad_sequences
+
+    from model.artifact import read_artifact
+    from model.captioner import build_decoder
+    from model.decoder import build_prefix_model, copy_weights
+
+    contents = read_artifact(model_dir)
+    decoder = build_decoder(contents)
+    prefix_model = build_prefix_model(decoder.config)
+    copy_weights(decoder.training_model, prefix_model)
+    cnn = keras.applications.Xception(weights=weights, include_top=False, pooling="avg")
+    vocab, max_len = contents.vocab, decoder.config.max_length
+    started = time.perf_counter()
+    for path in paths:
+        image = img_to_array(load_img(path, target_size=(299, 299)))
+        photo = cnn.predict(preprocess_input(image[None]), verbose=0)
+        seq = [vocab.start_id]
+        for _ in range(max_len - 1):
+            padded = pad_sequences([seq], maxlen=max_len)
+            word = int(np.argmax(prefix_model.predict([photo, padded], verbose=0)))
+            if word == vocab.end_id:
+                break
+            seq.append(word)
+    return len(paths) / (time.perf_counter() - started)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=480)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--seed-images", type=int, default=20, help="images for the (slow) seed-style loop")
+    ap.add_argument("--bf16-images", type=int, default=480)
+    ap.add_argument("--memory-sizes", type=int, nargs="+", default=[500, 5000])
+    ap.add_argument("--model", default=str(REPO / "models" / "flickr8k-xception"))
+    ap.add_argument("--encoder-weights", default=str(XCEPTION_WEIGHTS))
+    ap.add_argument("--only", nargs="+", default=["encoder", "pipeline", "seed", "decoding", "bf16"],
+                    choices=["encoder", "pipeline", "seed", "decoding", "bf16", "memory"])
+    args = ap.parse_args()
+    print(f"machine: {machine()}")
+    print(f"command: {' '.join(sys.argv)}\n")
+    results: dict[str, float] = {}
+    paths = dev_images(args.images)
+    work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+    enc = None
+    pixels = None
+    if {"encoder", "decoding", "bf16"} & set(args.only):
+        from model.encoder import ImageEncoder
+
+        enc = ImageEncoder("xception", args.encoder_weights)
+        pixels = decode_all(paths, enc.image_size)
+
+    if "encoder" in args.only:
+        results["encoder"] = bench_encoder(enc, pixels, args.batch_size, args.repeats)
+    if "pipeline" in args.only:
+        image_dir = link_dir(paths, work / "pipeline")
+        runs = [run_pipeline_once(image_dir, args) for _ in range(args.repeats)]
+        results["pipeline"] = statistics.median(r["images_per_second"] for r in runs)
+        results["pipeline_excl_load"] = statistics.median(
+            r["captioned"] / (r["wall_seconds"] - (r.get("model_load_seconds") or 0)) for r in runs)
+        print(table(["run", "captioned", "wall s", "model load s", "images/s", "images/s excl. load"],
+                    [[i + 1, r["captioned"], r["wall_seconds"], r.get("model_load_seconds"), r["images_per_second"],
+                      r["captioned"] / (r["wall_seconds"] - (r.get("model_load_seconds") or 0))] for i, r in enumerate(runs)]))
+        print()
+    if "seed" in args.only:
+        rates = [seed_style_loop(paths[: args.seed_images], args.model, args.encoder_weights) for _ in range(args.repeats)]
+        results["seed"] = statistics.median(rates)
+    if {"encoder", "pipeline", "seed"} & set(args.only):
+        rows = []
+        labels = {"encoder": "(1) bare encoder (compiled, batch %d)" % args.batch_size,
+                  "pipeline": "(2) pipeline end to end (DirectRunner, beam-3)",
+                  "pipeline_excl_load": "(2') pipeline, model load excluded",
+                  "seed": "(3) seed-style loop (baseline, %d images)" % args.seed_images}
+        for key in ("encoder", "pipeline", "pipeline_excl_load", "seed"):
+            if key in results:
+                rows.append([labels[key], round(results[key], 2)])
+        print(table(["what (median of %d runs, %d images)" % (args.repeats, args.images), "images/s"], rows))
+        ratios = []
+        if "pipeline" in results and "encoder" in results:
+            ratios.append(["(2)/(1)", round(results["pipeline"] / results["encoder"], 3), ">= 0.90"])
+            ratios.append(["(2')/(1)", round(results["pipeline_excl_load"] / results["encoder"], 3), ""])
+        if "pipeline" in results and "seed" in results:
+            ratios.append(["(2)/(3)", round(results["pipeline"] / results["seed"], 1), ">= 15"])
+        if ratios:
+            print()
+            print(table(["ratio", "value", "goal"], ratios))
+        print()
+
+    if "decoding" in args.only:
+        from model.captioner import load_caption_model
+        from model.decoding import DecodeSettings
+
+        model = load_caption_model(args.model, encoder_weights=args.encoder_weights, with_encoder=False)
+        feats = np.concatenate([enc(pixels[i:i + args.batch_size]) for i in range(0, len(pixels), args.batch_size)])
+        enc_rate = results.get("encoder") or bench_encoder(enc, pixels, args.batch_size, 1)
+        enc_ms = 1000 / enc_rate
+        rows = []
+        for settings in (DecodeSettings("greedy", max_length=model.default_settings.max_length),
+                         DecodeSettings("beam", 3, 0.7, model.default_settings.max_length)):
+            def once(settings=settings):
+                for i in range(0, len(feats), args.batch_size):
+                    model.caption_features(feats[i:i + args.batch_size], settings)
+            once()
+            med, _ = median_time(once, args.repeats)
+            per = 1000 * med / len(feats)
+            rows.append([settings.describe(), round(per, 3), round(enc_ms, 2), f"{100 * per / enc_ms:.1f} %"])
+        print(table(["decoding (batch %d)" % args.batch_size, "ms / image", "encoder ms / image", "share of encoder"], rows))
+        print()
+
+    if "bf16" in args.only:
+        from model.bleu import bleu_tokens, corpus_bleu_scores
+        from model.captioner import load_caption_model
+        from model.encoder import ImageEncoder
+        from training.datasets import parse_token_file
+
+        n = min(args.bf16_images, len(pixels))
+        px = pixels[:n]
+        enc16 = ImageEncoder("xception", args.encoder_weights, precision="bfloat16")
+        rate32 = bench_encoder(enc, px, args.batch_size, args.repeats)
+        rate16 = bench_encoder(enc16, px, args.batch_size, args.repeats)
+        model = load_caption_model(args.model, encoder_weights=args.encoder_weights, with_encoder=False)
+        caps = {}
+        for name, e in (("float32", enc), ("bfloat16", enc16)):
+            feats = np.concatenate([e(px[i:i + args.batch_size]) for i in range(0, n, args.batch_size)])
+            caps[name] = [r.caption for r in model.caption_features(feats)]
+        refs_by_id = parse_token_file((FLICKR8K / "Flickr8k.token.txt").read_text())
+        refs = [[bleu_tokens(c) for c in refs_by_id[p.name]] for p in paths[:n]]
+        bleu = {k: corpus_bleu_scores([bleu_tokens(c) for c in v], refs) for k, v in caps.items()}
+        same = sum(a == b for a, b in zip(caps["float32"], caps["bfloat16"])) / n
+        print(table(["encoder precision", "images/s (median of %d)" % args.repeats, "speed-up", "BLEU-1", "BLEU-4"],
+                    [["float32", round(rate32, 2), 1.0, round(bleu["float32"]["bleu1"], 4), round(bleu["float32"]["bleu4"], 4)],
+                     ["mixed bfloat16", round(rate16, 2), round(rate16 / rate32, 3), round(bleu["bfloat16"]["bleu1"], 4),
+                      round(bleu["bfloat16"]["bleu4"], 4)]]))
+        print(f"\nidentical captions: {100 * same:.1f} % of {n} images (goal >= 95 %); "
+              f"corpus BLEU-4 difference: {abs(bleu['float32']['bleu4'] - bleu['bfloat16']['bleu4']):.4f} (goal <= 0.005)\n")
+
+    if "memory" in args.only:
+        rows = []
+        for n in args.memory_sizes:
+            image_dir = link_dir(dev_images(n), work / f"memory-{n}")
+            with tempfile.TemporaryDirectory() as tmp:
+                cmd = [python(), str(REPO / "run_pipeline.py"), "--input", f"{image_dir}/*.jpg", "--output", f"{tmp}/out",
+                       "--encoder_weights", str(args.encoder_weights), "--batch_size", str(args.batch_size),
+                       "--progress_seconds", "0"]
+                res, peak, samples = run_with_rss(cmd, cwd=REPO)
+                if res.returncode != 0:
+                    raise SystemExit(res.stderr[-3000:])
+                summary = json.loads(res.stdout[res.stdout.index("{"):])
+                rows.append([n, summary["captioned"], summary["wall_seconds"], summary["images_per_second"], round(peak, 1)])
+        print(table(["images", "captioned", "wall s", "images/s", "peak RSS MiB (process tree)"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
