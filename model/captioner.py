@@ -54,7 +54,7 @@ class CaptionModel:
         """Decode captions for a batch of encoder feature vectors."""
         settings = settings or self.default_settings
         hyps = decode_batch(self.step_decoder, np.asarray(features, np.float32), self.vocab.start_id,
-                            self.vocab.end_id, settings)
+                            self.vocab.end_id, settings, self.vocab.never_generated)
         results = []
         for hyp in hyps:
             words = tuple(self.vocab.decode(strip_end(hyp.token_ids, self.vocab.end_id)))

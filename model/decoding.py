@@ -161,11 +161,34 @@ def beam_search(decoder: StepDecoder, features: np.ndarray, start_id: int, end_i
     return results
 
 
+class BannedWords:
+    """Wrap a step decoder so some ids (padding, start, unknown word) are never generated; the
+    remaining log-probabilities are renormalised, so scores stay proper log-probabilities."""
+
+    def __init__(self, decoder: StepDecoder, banned_ids: Sequence[int]) -> None:
+        self.decoder = decoder
+        self.banned = np.asarray(sorted(set(banned_ids)), dtype=np.int64)
+
+    def initial_state(self, features: np.ndarray) -> State:
+        return self.decoder.initial_state(features)
+
+    def step(self, word_ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        logp, state = self.decoder.step(word_ids, state)
+        logp = np.array(logp, dtype=np.float64)
+        logp[:, self.banned] = -np.inf
+        top = logp.max(axis=1, keepdims=True)
+        logp -= top + np.log(np.exp(logp - top).sum(axis=1, keepdims=True))
+        return logp, state
+
+
 def decode_batch(decoder: StepDecoder, features: np.ndarray, start_id: int, end_id: int,
-                 settings: DecodeSettings) -> list[Hypothesis]:
-    """Decode a batch of image feature vectors with the given settings."""
+                 settings: DecodeSettings, banned_ids: Sequence[int] = ()) -> list[Hypothesis]:
+    """Decode a batch of image feature vectors with the given settings; ``banned_ids`` are
+    never generated (callers ban padding, <start> and <unk>)."""
     if len(features) == 0:
         return []
+    if len(banned_ids):
+        decoder = BannedWords(decoder, banned_ids)
     if settings.method == "greedy":
         return greedy_decode(decoder, features, start_id, end_id, settings.max_length)
     return beam_search(decoder, features, start_id, end_id, settings.max_length,

@@ -50,6 +50,11 @@ class Vocabulary:
             words = words[: max(0, max_size - len(SPECIAL_TOKENS))]
         return cls(list(SPECIAL_TOKENS) + words, min_count=min_count)
 
+    @property
+    def never_generated(self) -> tuple[int, int, int]:
+        """Ids a caption must not contain: padding, <start> and the unknown word."""
+        return (self.pad_id, self.start_id, self.unk_id)
+
     def __len__(self) -> int:
         return len(self.tokens)
 

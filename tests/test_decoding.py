@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from model.decoding import DecodeSettings, Hypothesis, beam_search, decode_batch, greedy_decode, strip_end
+from model.decoding import BannedWords, DecodeSettings, Hypothesis, beam_search, decode_batch, greedy_decode, strip_end
 
 START, END = 1, 2
 
@@ -108,3 +108,21 @@ def test_finished_images_leave_the_batch():
 def test_strip_end_and_hypothesis_score():
     assert strip_end([5, 6, END, 7], END) == [5, 6]
     assert Hypothesis((5, END), -2.0).score == -1.0
+
+
+def test_banned_words_are_never_generated_and_scores_renormalised():
+    v = 6
+    t = np.full((1, v, v), 0.01)
+    t[0, :, 3] = 0.9  # word 3 (say <unk>) is always the most likely
+    t[0, 4, END] = 0.5
+    t /= t.sum(axis=2, keepdims=True)
+    dec = TableDecoder(t)
+    for settings in (DecodeSettings("greedy", max_length=6), DecodeSettings("beam", 3, 0.7, 6)):
+        (free,) = decode_batch(dec, np.zeros((1, 1), int), START, END, settings)
+        assert 3 in free.token_ids
+        (h,) = decode_batch(dec, np.zeros((1, 1), int), START, END, settings, banned_ids=(0, START, 3))
+        assert not {0, START, 3} & set(h.token_ids)
+        assert h.logprob <= 0 and np.isfinite(h.logprob)
+    wrapped = BannedWords(dec, [3])
+    logp, _ = wrapped.step(np.array([START]), wrapped.initial_state(np.zeros((1, 1), int)))
+    assert np.exp(logp).sum() == pytest.approx(1.0) and logp[0, 3] == -np.inf

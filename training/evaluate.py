@@ -25,7 +25,8 @@ def generate_captions(step_decoder, vocab: Vocabulary, features: np.ndarray, set
     """Decode captions (as word lists) for a matrix of encoder features, in batches."""
     out: list[list[str]] = []
     for start in range(0, len(features), batch_size):
-        hyps = decode_batch(step_decoder, features[start:start + batch_size], vocab.start_id, vocab.end_id, settings)
+        hyps = decode_batch(step_decoder, features[start:start + batch_size], vocab.start_id, vocab.end_id, settings,
+                            vocab.never_generated)
         out.extend(vocab.decode(strip_end(h.token_ids, vocab.end_id)) for h in hyps)
     return out
 
