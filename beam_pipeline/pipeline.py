@@ -243,6 +243,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "run_id": plan.run_id, **stats,
         "model_loads": _metric(result, "model_loads"),
         "model_load_seconds": _load_seconds(result),
+        "counters": {name: _metric(result, name) for name in
+                     ("images_read", "images_captioned", "images_failed", "batches", "bytes_read", "model_loads")},
         "images_per_second": round(stats["captioned"] / wall, 3) if wall > 0 else None,
         "wall_seconds": round(wall, 2), "model_id": plan.model_id, "model": plan.model_uri,
         "decode": plan.decode, "encoder_precision": caption_options.precision,

@@ -30,6 +30,15 @@ def input_root(pattern: str) -> str:
     return _normalise(fixed or "/")
 
 
+def _output_fs(output: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem of ``output`` with fresh listings: fsspec reuses one instance per process and
+    s3fs/gcsfs cache directory listings in it, so a later run in the same process would otherwise
+    miss files an earlier run wrote (and re-caption them on ``--resume``)."""
+    fs, path = fsspec.core.url_to_fs(output)
+    fs.invalidate_cache()
+    return fs, path
+
+
 def check_output(output: str, inputs: list[str], resume: bool) -> None:
     """Refuse an output that is an input directory or inside one, and an existing non-empty
     output unless ``--resume`` (never silently mix two runs)."""
@@ -39,7 +48,7 @@ def check_output(output: str, inputs: list[str], resume: bool) -> None:
         if out == root or out.startswith(root.rstrip("/") + "/"):
             raise PreflightError(f"output {output} is inside the input directory {root} (from {pattern}); "
                                  "choose an output outside the inputs")
-    fs, path = fsspec.core.url_to_fs(output)
+    fs, path = _output_fs(output)
     if fs.exists(path):
         if not fs.isdir(path):
             raise PreflightError(f"output {output} exists and is not a directory")
@@ -50,7 +59,7 @@ def check_output(output: str, inputs: list[str], resume: bool) -> None:
 
 def existing_outputs(output: str) -> list[str]:
     """Parquet files of earlier runs (captions and errors): their images are skipped on resume."""
-    fs, path = fsspec.core.url_to_fs(output)
+    fs, path = _output_fs(output)
     files = []
     for sub in ("captions", "errors"):
         files.extend(fs.glob(f"{path.rstrip('/')}/{sub}/*.parquet"))
@@ -59,7 +68,7 @@ def existing_outputs(output: str) -> list[str]:
 
 def remove_stale_temp_dirs(output: str) -> list[str]:
     """Delete Beam's unfinished write directories left by a crashed earlier run."""
-    fs, path = fsspec.core.url_to_fs(output)
+    fs, path = _output_fs(output)
     stale = []
     for sub in ("captions", "errors"):
         stale.extend(fs.glob(f"{path.rstrip('/')}/{sub}/beam-temp-*"))

@@ -6,6 +6,8 @@ every failure becomes an error row on the ``errors`` output, never an exception.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
@@ -70,7 +72,25 @@ class ReadManifest(beam.DoFn):
                 yield ImageRef(uri, image_id, None, refs)
 
 
+class NotARegularFile(OSError):
+    """A local input that is a FIFO, socket or device (a glob matches those too)."""
+
+
+def _refuse_special_local_file(uri: str) -> None:
+    """open() on a FIFO blocks until a writer appears (the job would hang forever) and a device
+    such as /dev/zero never ends: refuse local non-regular files before opening them."""
+    if "://" in uri and not uri.startswith("file://"):
+        return
+    try:
+        mode = os.stat(uri[len("file://"):] if uri.startswith("file://") else uri).st_mode
+    except OSError:
+        return  # missing / not permitted: the open below reports it
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise NotARegularFile(f"{uri} is not a regular file (a FIFO, socket or device); not opened")
+
+
 def _read_limited(uri: str, max_bytes: int) -> bytes:
+    _refuse_special_local_file(uri)
     with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         data = f.read(max_bytes + 1)
     return data
@@ -78,6 +98,8 @@ def _read_limited(uri: str, max_bytes: int) -> bytes:
 
 def _read_error_type(exc: BaseException) -> str:
     text = str(exc)
+    if isinstance(exc, NotARegularFile):
+        return "NotARegularFile"
     if isinstance(exc, FileNotFoundError) or "No such file" in text or "Not Found" in text or "NoSuchKey" in text \
             or "404" in text:
         return "FileNotFound"

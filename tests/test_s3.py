@@ -1,0 +1,290 @@
+"""The pipeline on S3: a real S3-compatible server (moto's server mode, a separate process on
+127.0.0.1) holds the images, the model artifact, the reference captions and the output.
+
+Both S3 clients the project uses are pointed at it through the standard AWS environment
+variables, which botocore (Beam's S3 filesystem, via boto3) and aiobotocore (fsspec's s3fs:
+model artifact, references, preflight) both honour: ``AWS_ENDPOINT_URL_S3`` /
+``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``.
+No ``--s3_*`` pipeline flag is needed. Every socket connect of the test process is checked to
+go to 127.0.0.1 only.
+"""
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+try:
+    import boto3
+    import moto.server  # noqa: F401 - the server is started as ``python -m moto.server``
+except ImportError as exc:  # pragma: no cover - both come with the project's ``test`` extra
+    pytest.skip(f"S3 tests need boto3 and moto[server] (pip install -e '.[test]'): {exc}", allow_module_level=True)
+
+from tests.factories import write_jpeg
+from tests.pipeline_helpers import run_pipeline, write_token_file
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+BUCKET = "caption-test"
+IMAGES = [f"img{i}.jpg" for i in range(6)]
+BROKEN = "broken.jpg"
+REFERENCES = {name: ["a dog runs on the grass", f"a man rides a bike number {i}"]
+              for i, name in enumerate(IMAGES) if i % 2 == 0}
+
+
+class _LoopbackOnly:
+    """Wraps ``socket.socket.connect``/``connect_ex`` in this process: records every IP
+    destination and refuses (and records) any that is not a loopback address."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+        self.refused: list[tuple[str, int]] = []
+
+    def install(self, mp: pytest.MonkeyPatch) -> None:
+        real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+        def check(sock: socket.socket, address: Any) -> None:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                return
+            host, port = address[0], address[1]
+            self.seen.append((host, port))
+            try:
+                loopback = ipaddress.ip_address(host).is_loopback
+            except ValueError:  # a host name: connect() would resolve it; only localhost is fine
+                loopback = host == "localhost"
+            if not loopback:
+                self.refused.append((host, port))
+                raise ConnectionRefusedError(f"test network guard: connection to {host}:{port} refused")
+
+        def connect(sock: socket.socket, address: Any) -> None:
+            check(sock, address)
+            return real_connect(sock, address)
+
+        def connect_ex(sock: socket.socket, address: Any) -> int:
+            check(sock, address)
+            return real_connect_ex(sock, address)
+
+        mp.setattr(socket.socket, "connect", connect)
+        mp.setattr(socket.socket, "connect_ex", connect_ex)
+
+    def assert_only_to(self, port: int) -> None:
+        assert not self.refused, f"requests tried to leave 127.0.0.1: {self.refused}"
+        assert (("127.0.0.1", port) in self.seen), f"no connection to the S3 server at port {port}: {self.seen}"
+
+
+def _start_moto(log_path: Path) -> tuple[subprocess.Popen, int]:
+    """``python -m moto.server`` on 127.0.0.1 with a free port chosen by the OS (port 0); the
+    port is read from the server's start-up line. Output goes to a file, so a full pipe can
+    never block the server."""
+    log = log_path.open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    log.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = re.search(rb"Running on http://127\.0\.0\.1:(\d+)", log_path.read_bytes())
+        if found:
+            return proc, int(found.group(1))
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    _stop(proc)
+    raise RuntimeError(f"moto server did not start: {log_path.read_text(errors='replace')[-2000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+def _clear_s3fs_instances() -> None:
+    """fsspec caches filesystem instances (and s3fs their listings): none may outlive the server."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A running moto S3 server, the AWS environment pointing at it, and a loopback-only
+    network guard; everything is undone at the end of the module."""
+    tmp = tmp_path_factory.mktemp("moto")
+    proc, port = _start_moto(tmp / "moto.log")
+    endpoint = f"http://127.0.0.1:{port}"
+    guard = _LoopbackOnly()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                         "AWS_REGION", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "AWS_CA_BUNDLE",
+                         "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+                mp.delenv(name, raising=False)
+            mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+            mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+            mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            mp.setenv("AWS_ENDPOINT_URL", endpoint)
+            mp.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+            mp.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask 169.254.169.254 for credentials
+            mp.setenv("AWS_CONFIG_FILE", str(tmp / "no-aws-config"))
+            mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp / "no-aws-credentials"))
+            mp.setenv("NO_PROXY", "127.0.0.1,localhost")
+            mp.setenv("no_proxy", "127.0.0.1,localhost")
+            guard.install(mp)
+            _clear_s3fs_instances()
+            client = boto3.client("s3")
+            deadline = time.monotonic() + 30
+            while True:  # the port is bound before the line is printed; still, wait until it answers
+                try:
+                    client.list_buckets()
+                    break
+                except Exception:  # noqa: BLE001 - not answering yet
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise
+                    time.sleep(0.2)
+            assert client.meta.endpoint_url == endpoint
+            yield {"endpoint": endpoint, "port": port, "client": client, "guard": guard, "proc": proc}
+            _clear_s3fs_instances()
+    finally:
+        _stop(proc)
+    assert proc.returncode is not None
+
+
+def _upload_dir(client: Any, local: Path, prefix: str) -> None:
+    for path in sorted(local.iterdir()):
+        client.upload_file(str(path), BUCKET, f"{prefix}/{path.name}")
+
+
+@pytest.fixture(scope="module")
+def bucket(s3, tiny_artifact, tmp_path_factory) -> dict[str, Any]:
+    """6 JPEGs and a text file named .jpg under images/, the tiny artifact under models/tiny/,
+    a Flickr8k token file at refs.txt."""
+    client = s3["client"]
+    client.create_bucket(Bucket=BUCKET)
+    local = tmp_path_factory.mktemp("upload")
+    for i, name in enumerate(IMAGES):
+        write_jpeg(local / "images" / name, size=(80 + 4 * i, 60 + 2 * i), seed=i)
+    (local / "images" / BROKEN).write_text("<!DOCTYPE html><html>not an image</html>")
+    _upload_dir(client, local / "images", "images")
+    _upload_dir(client, Path(tiny_artifact), "models/tiny")
+    client.upload_file(str(write_token_file(local / "refs.txt", REFERENCES)), BUCKET, "refs.txt")
+    model_id = json.loads((Path(tiny_artifact) / "manifest.json").read_text())["model_id"]
+    return {"client": client, "model_id": model_id, "artifact": Path(tiny_artifact)}
+
+
+def _keys(client: Any, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+def _rows(client: Any, prefix: str) -> list[dict[str, Any]]:
+    """All rows of the Parquet files under s3://BUCKET/PREFIX/ (downloaded with boto3)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(io.BytesIO(client.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
+              for key in _keys(client, prefix + "/") if key.endswith(".parquet")]
+    return pa.concat_tables(tables).to_pylist() if tables else []
+
+
+def _json(client: Any, key: str) -> dict[str, Any]:
+    return json.loads(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+
+def _args(out: str, model: str = "models/tiny", images: str = "*.jpg") -> list[str]:
+    return ["--input", f"s3://{BUCKET}/images/{images}", "--model", f"s3://{BUCKET}/{model}",
+            "--output", f"s3://{BUCKET}/{out}", "--references", f"s3://{BUCKET}/refs.txt", "--batch_size", "4"]
+
+
+@pytest.fixture(scope="module")
+def first_run(s3, bucket) -> dict[str, Any]:
+    return run_pipeline(_args("out"))
+
+
+def test_pipeline_reads_model_images_references_from_s3_and_writes_parquet_there(s3, bucket, first_run):
+    client, summary = bucket["client"], first_run
+    captions, errors = _rows(client, "out/captions"), _rows(client, "out/errors")
+
+    assert sorted(r["image_uri"] for r in captions) == [f"s3://{BUCKET}/images/{n}" for n in IMAGES]
+    assert {r["image_id"] for r in captions} == set(IMAGES)
+    assert all(r["model_id"] == bucket["model_id"] and r["caption"] for r in captions)
+    with_refs = {r["image_id"]: r for r in captions if r["references"]}
+    assert set(with_refs) == set(REFERENCES)
+    assert all(with_refs[n]["references"] == REFERENCES[n] and 0 <= with_refs[n]["bleu4"] <= 1 for n in REFERENCES)
+    (error,) = errors
+    assert error["image_uri"] == f"s3://{BUCKET}/images/{BROKEN}"
+    assert error["error_type"] == "NotAnImage" and error["stage"] == "decode"
+
+    assert summary["matched"] == 7 and summary["captioned"] == 6 and summary["failed"] == 1
+    assert summary["matched"] == summary["captioned"] + summary["failed"]
+    assert summary["skipped_resume"] == 0 and summary["resumed_from_files"] == 0
+    assert summary["bleu"] is not None and all(0 <= summary["bleu"][f"bleu{n}"] <= 1 for n in range(1, 5))
+    assert summary["bleu_segments"] == len(REFERENCES)
+    assert summary["model_id"] == bucket["model_id"] and summary["model"] == f"s3://{BUCKET}/models/tiny"
+    assert summary["output"] == f"s3://{BUCKET}/out"
+    # the run's own copy (the top-level summary.json is the latest run's, see the resume test)
+    assert _json(client, f"out/_runs/{summary['run_id']}/summary.json") == summary
+    assert f"out/_runs/{summary['run_id']}/stats.json" in _keys(client, "out/_runs/")
+    assert "out/summary.json" in _keys(client, "out/")
+    assert not [k for k in _keys(client, "out/") if "beam-temp" in k]  # Beam's temp files were finalised
+    s3["guard"].assert_only_to(s3["port"])
+
+
+def test_resume_on_s3_adds_only_new_images_and_then_skips_everything(s3, bucket):
+    """Three runs in one process: a subset, a --resume over all images (after a crashed run's
+    temp files were left behind), and a --resume that must skip all 7 inputs. The third run only
+    sees the second run's files if no stale S3 listing from the second run is reused."""
+    from beam_pipeline.preflight import PreflightError
+
+    client = bucket["client"]
+    first = run_pipeline(_args("resume", images="img[0-2].jpg"))
+    assert first["captioned"] == 3 and first["failed"] == 0
+    with pytest.raises(PreflightError, match="not empty; use --resume"):
+        run_pipeline(_args("resume"))
+    stale = "resume/captions/beam-temp-part-crashed-0123456789/00000000-0000.parquet"
+    client.put_object(Bucket=BUCKET, Key=stale, Body=b"half-written by a crashed run")
+
+    second = run_pipeline(_args("resume") + ["--resume"])
+    assert second["skipped_resume"] == 3 and second["captioned"] == 3 and second["failed"] == 1
+    assert second["matched"] == second["captioned"] + second["failed"] + second["skipped_resume"] == 7
+    assert not [k for k in _keys(client, "resume/") if "beam-temp" in k]  # the stale temp files are gone
+
+    before = _keys(client, "resume/captions/") + _keys(client, "resume/errors/")
+    third = run_pipeline(_args("resume") + ["--resume"])
+    assert third["skipped_resume"] == 7 and third["resumed_from_files"] == len(before) >= 3
+    assert third["captioned"] == 0 and third["failed"] == 0 and third["matched"] == 7
+    assert third["bleu"] is None
+    assert _json(client, "resume/summary.json") == third
+    captions, errors = _rows(client, "resume/captions"), _rows(client, "resume/errors")
+    uris = [r["image_uri"] for r in captions + errors]
+    assert len(captions) == 6 and len(errors) == 1 and len(uris) == len(set(uris)) == 7
+    assert {r["image_id"] for r in captions} == set(IMAGES)
+    runs = {k.split("/")[2] for k in _keys(client, "resume/_runs/")}
+    assert runs == {first["run_id"], second["run_id"], third["run_id"]}
+    s3["guard"].assert_only_to(s3["port"])
+
+
+def test_tampered_artifact_on_s3_is_refused_before_any_output(s3, bucket):
+    from model.artifact import ArtifactError
+
+    client = bucket["client"]
+    for path in sorted(bucket["artifact"].iterdir()):
+        client.upload_file(str(path), BUCKET, f"models/tampered/{path.name}")
+    client.put_object(Bucket=BUCKET, Key="models/tampered/vocab.json",
+                      Body=b'{"format": "image-caption-vocab/1", "tokens": []}')
+    with pytest.raises(ArtifactError, match="vocab.json"):
+        run_pipeline(_args("tampered-out", model="models/tampered"))
+    assert _keys(client, "tampered-out") == []
+    s3["guard"].assert_only_to(s3["port"])
