@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from bench.common import REPO, machine, python, table  # noqa: E402
+from bench.common import REPO, machine, process_tree_rss_mib, python, table  # noqa: E402
 
 PROGRESS = re.compile(r"progress \(pid \d+\): (\d+) images captioned")
 
@@ -91,26 +91,13 @@ class Sampler:
         self.progress: list[tuple[float, int]] = []  # (seconds since start, images captioned)
 
     def run(self) -> tuple[int, str, float]:
-        import psutil
-
         start = time.monotonic()
         proc = subprocess.Popen(self.cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         done = threading.Event()
 
         def sample() -> None:
-            parent = psutil.Process(proc.pid)
             while not done.is_set():
-                try:
-                    procs = [parent] + parent.children(recursive=True)
-                    total = 0
-                    for p in procs:
-                        try:
-                            total += p.memory_info().rss
-                        except psutil.Error:
-                            pass
-                    self.rss.append((time.monotonic() - start, total / 2**20))
-                except psutil.Error:
-                    pass
+                self.rss.append((time.monotonic() - start, process_tree_rss_mib(proc.pid)))
                 done.wait(self.interval)
 
         def read_stderr() -> None:

@@ -49,24 +49,34 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells[1:]])
 
 
-def run_with_rss(cmd: Sequence[str], interval: float = 0.5, **kwargs: Any) -> tuple[subprocess.CompletedProcess, float, list[tuple[float, float]]]:
-    """Run a command; sample the RSS of its whole process tree. Returns (result, peak MiB, samples)."""
+def process_tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and all its children, in MiB (0 once it has gone)."""
     import psutil
 
+    try:
+        parent = psutil.Process(pid)
+        procs = [parent] + parent.children(recursive=True)
+    except psutil.Error:
+        return 0.0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
+
+
+def run_with_rss(cmd: Sequence[str], interval: float = 0.5, **kwargs: Any) -> tuple[subprocess.CompletedProcess, float, list[tuple[float, float]]]:
+    """Run a command; sample the RSS of its whole process tree. Returns (result, peak MiB, samples)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
     samples: list[tuple[float, float]] = []
     start = time.monotonic()
     done = threading.Event()
 
     def sample() -> None:
-        parent = psutil.Process(proc.pid)
         while not done.is_set():
-            try:
-                procs = [parent] + parent.children(recursive=True)
-                rss = sum(p.memory_info().rss for p in procs if p.is_running())
-                samples.append((time.monotonic() - start, rss / 2**20))
-            except psutil.Error:
-                pass
+            samples.append((time.monotonic() - start, process_tree_rss_mib(proc.pid)))
             done.wait(interval)
 
     t = threading.Thread(target=sample, daemon=True)

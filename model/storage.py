@@ -7,6 +7,8 @@ import io
 import os
 import tempfile
 
+from typing import Any
+
 import fsspec
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -74,7 +76,7 @@ def is_hdf5(path: str) -> bool:
         return f.read(len(HDF5_MAGIC)) == HDF5_MAGIC
 
 
-def read_table(uri: str) -> "pyarrow.Table":
+def read_table(uri: str) -> Any:
     """A Parquet/CSV/TSV/JSONL table as a pyarrow Table (read through fsspec)."""
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson

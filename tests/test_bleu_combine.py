@@ -4,34 +4,23 @@ from __future__ import annotations
 import itertools
 import pickle
 import random
-import warnings
 
 import apache_beam as beam
 import pytest
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
-from nltk.translate.bleu_score import corpus_bleu
 
 from beam_pipeline.bleu_combine import CorpusBleuFn
 from model.bleu import BleuStats
 
-NAMES = ("bleu1", "bleu2", "bleu3", "bleu4")
-NLTK_WEIGHTS = {
-    "bleu1": (1, 0, 0, 0),
-    "bleu2": (1 / 2, 1 / 2, 0, 0),
-    "bleu3": (1 / 3,) * 3,
-    "bleu4": (1 / 4,) * 4,
-}
+from tests.test_bleu import NAMES
+from tests.test_bleu import nltk_scores as nltk_corpus_scores
 
 
 def nltk_scores(segments) -> dict[str, float]:
     """nltk corpus_bleu per weight vector on (hypothesis, references) pairs."""
-    hyps = [h for h, _ in segments]
-    refs = [r for _, r in segments]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return {n: float(corpus_bleu(refs, hyps, weights=w)) for n, w in NLTK_WEIGHTS.items()}
+    return nltk_corpus_scores([h for h, _ in segments], [r for _, r in segments])
 
 
 def random_segments(seed: int, n: int) -> list[tuple[list[str], list[list[str]]]]:

@@ -3,8 +3,6 @@ with a small real model artifact, generated images and real Parquet output."""
 from __future__ import annotations
 
 import csv
-import json
-import os
 from pathlib import Path
 
 import pytest
