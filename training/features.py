@@ -72,7 +72,9 @@ class FeatureCache:
             return
         n = len(glob.glob(os.path.join(self.dir, "part-*.npz")))
         final = os.path.join(self.dir, f"part-{n:05d}-{os.getpid()}.npz")
-        tmp = final + ".tmp.npz"
+        # The temporary name must not match "part-*.npz": a write cut short (crash, kill) must
+        # never be loaded as a part, and a reader must not see a part before it is complete.
+        tmp = os.path.join(self.dir, f"incomplete-{os.path.basename(final)}")
         np.savez(tmp, ids=np.asarray(ids, dtype=str), features=np.asarray(features, np.float32))
         os.replace(tmp, final)
         for image_id, vec in zip(ids, features):

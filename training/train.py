@@ -23,7 +23,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from model.bleu import bleu_tokens
 from model.text import clean_tokens
 from model.vocabulary import Vocabulary
 from training.datasets import CaptionedImage, read_caption_table, read_flickr8k
@@ -73,7 +72,15 @@ def load_split_features(args: argparse.Namespace, split: str, encoder_name: str,
     cache = FeatureCache(args.cache_dir, cache_key(encoder_name, image_size, weights_fingerprint(weights)))
     todo = [it for it in items if it.image_id not in cache]
     if todo and encoder is None:
-        encoder = ImageEncoder(encoder_name, weights, image_size)
+        # Built on first use only: when every uncached image is missing or undecodable (they are
+        # retried, and reported, on every run) no encoder is needed at all.
+        built: list[ImageEncoder] = []
+
+        def encoder(images: np.ndarray) -> np.ndarray:
+            if not built:
+                built.append(ImageEncoder(encoder_name, weights, image_size))
+            return built[0](images)
+
     report = extract_features(items, encoder, image_size, cache, batch_size=args.extract_batch_size,
                               progress=not args.no_progress) if todo else ExtractionReport(cached=len(items))
     kept = [it for it in items if it.image_id in cache]
