@@ -4,6 +4,7 @@ Reproduce (on an otherwise idle machine)::
 
     python bench/bench_throughput.py --images 480 --repeats 3            # sections 1-5
     python bench/bench_throughput.py --only memory --memory-sizes 500 5000
+    python bench/bench_throughput.py --only pipeline --precision bfloat16
 
 Sections (each prints a Markdown table):
   encoder   (1) bare Xception forward pass, compiled, on pre-decoded 299x299 batches
@@ -119,6 +120,8 @@ def main() -> int:
     ap.add_argument("--seed-images", type=int, default=20, help="images for the (slow) seed-style loop")
     ap.add_argument("--bf16-images", type=int, default=480)
     ap.add_argument("--memory-sizes", type=int, nargs="+", default=[500, 5000])
+    ap.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
+                    help="encoder precision of the pipeline runs (section pipeline)")
     ap.add_argument("--model", default=str(REPO / "models" / "flickr8k-xception"))
     ap.add_argument("--encoder-weights", default=str(XCEPTION_WEIGHTS))
     ap.add_argument("--only", nargs="+", default=["encoder", "pipeline", "seed", "decoding", "bf16"],
@@ -141,7 +144,7 @@ def main() -> int:
         results["encoder"] = bench_encoder(enc, pixels, args.batch_size, args.repeats)
     if "pipeline" in args.only:
         image_dir = link_dir(paths, work / "pipeline")
-        runs = [run_pipeline_once(image_dir, args) for _ in range(args.repeats)]
+        runs = [run_pipeline_once(image_dir, args, ["--precision", args.precision]) for _ in range(args.repeats)]
         results["pipeline"] = statistics.median(r["images_per_second"] for r in runs)
         results["pipeline_excl_load"] = statistics.median(
             r["captioned"] / (r["wall_seconds"] - (r.get("model_load_seconds") or 0)) for r in runs)
