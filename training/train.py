@@ -54,9 +54,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, with_dev: bool = True) -
 def read_split(args: argparse.Namespace, split: str) -> list[CaptionedImage]:
     if args.flickr8k:
         return read_flickr8k(args.flickr8k, split, images_dir=args.images_dir)
-    table = args.table if split in ("train", "test") or not getattr(args, "dev_table", None) else args.dev_table
-    if split == "dev" and getattr(args, "dev_table", None):
-        table = args.dev_table
+    table = args.dev_table if split == "dev" and getattr(args, "dev_table", None) else args.table
     if not table:
         raise SystemExit("give --flickr8k ROOT or --table FILE (and --dev-table FILE for training)")
     return read_caption_table(table, args.image_column, args.caption_column, args.id_column)
