@@ -219,8 +219,8 @@ def _load_seconds(result: Any) -> float | None:
         dists = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE).with_name("model_load_ms"))["distributions"]
     except Exception:  # noqa: BLE001 - some runners do not report metrics
         return None
-    total = sum(((d.committed or d.attempted).sum if (d.committed or d.attempted) else 0) for d in dists)
-    return round(total / 1000, 2)
+    results = [d.committed or d.attempted for d in dists]
+    return round(sum(r.sum for r in results if r) / 1000, 2)
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
