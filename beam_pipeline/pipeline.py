@@ -21,7 +21,8 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from beam_pipeline.bleu_combine import CorpusBleuFn
 from beam_pipeline.inference import CaptionBatches
 from beam_pipeline.options import CaptionOptions, default_model_uri
-from beam_pipeline.preflight import PreflightError, check_output, existing_outputs, remove_stale_temp_dirs
+from beam_pipeline.preflight import (PreflightError, check_output, check_resume_model, existing_outputs,
+                                    remove_stale_temp_dirs)
 from beam_pipeline.records import STAGE_MATCH, ImageRef, bleu_pair, error_row, with_references
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
 from beam_pipeline.sources import ERRORS, NAMESPACE, MatchGlob, ReadAndDecode, ReadManifest, read_references
@@ -196,6 +197,7 @@ def plan_run(options: CaptionOptions) -> Plan:
     if options.resume:
         remove_stale_temp_dirs(output)
         done_files = existing_outputs(output)
+        check_resume_model(done_files, contents.model_id)
     size = contents.config["encoder"]["image_size"]
     settings = contents.decode_settings(method=options.decode, beam_width=options.beam_width,
                                         length_alpha=options.length_alpha)

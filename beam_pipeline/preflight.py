@@ -75,3 +75,19 @@ def remove_stale_temp_dirs(output: str) -> list[str]:
     for d in stale:
         fs.rm(d, recursive=True)
     return stale
+
+
+def check_resume_model(done_files: list[str], model_id: str) -> None:
+    """Refuse to resume into an output captioned by another model: one output, one model."""
+    import pyarrow.parquet as pq
+
+    for uri in done_files:
+        if "/captions/" not in uri:
+            continue
+        fs, path = fsspec.core.url_to_fs(uri)
+        with fs.open(path, "rb") as f:
+            ids = set(pq.read_table(f, columns=["model_id"]).column("model_id").unique().to_pylist())
+        other = ids - {model_id}
+        if other:
+            raise PreflightError(f"output already holds captions of model {sorted(other)[0]} ({uri}); this run "
+                                 f"uses model {model_id}. Resume with the same model, or use a new --output")

@@ -121,6 +121,19 @@ def test_resume_skips_done_work(images, tmp_path, tiny_artifact):
     assert len(list((out / "_runs").iterdir())) == 3
 
 
+def test_resume_with_another_model_is_refused(images, tmp_path, tiny_artifact):
+    from beam_pipeline.preflight import PreflightError
+    from tests.factories import make_tiny_artifact
+
+    out = tmp_path / "out"
+    run_pipeline(["--input", f"{images}/img0[0-1].jpg", "--output", str(out), "--model", tiny_artifact])
+    other = tmp_path / "other-model"
+    make_tiny_artifact(str(other), seed=7)
+    with pytest.raises(PreflightError, match="already holds captions of model"):
+        run_pipeline(["--input", f"{images}/*.jpg", "--output", str(out), "--model", str(other), "--resume"])
+    assert len(read_rows(out, "captions")) == 2
+
+
 def test_output_inside_input_is_refused(images, tiny_artifact):
     from beam_pipeline.preflight import PreflightError
 
