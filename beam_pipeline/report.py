@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from model import storage
 from model.image_decoding import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image
 from beam_pipeline.schemas import CAPTION_FIELDS, ERROR_FIELDS
 
@@ -137,11 +138,6 @@ class ReportData:
 # --------------------------------------------------------------------------- loading
 
 
-def _join(base: str, *parts: str) -> str:
-    """Join URL/path parts with '/' (fsspec paths are always '/'-separated)."""
-    return posixpath.join(base.rstrip("/") or "/", *parts)
-
-
 def list_parquet_files(directory: str) -> list[str]:
     """Sorted fsspec URLs of the ``*.parquet`` files under ``directory`` (recursively), skipping
     hidden/temporary entries (names starting with '.' or '_'); [] when the directory is missing."""
@@ -166,7 +162,7 @@ def list_parquet_files(directory: str) -> list[str]:
 
 def load_summary(out_dir: str) -> tuple[dict[str, Any], str | None]:
     """``OUT_DIR/summary.json`` as a dict ({} if missing) and a note when it is absent or bad."""
-    uri = _join(out_dir, "summary.json")
+    uri = storage.join(out_dir, "summary.json")
     try:
         with fsspec.open(uri, "rb") as f:
             data = json.loads(f.read().decode("utf-8"))
@@ -249,7 +245,7 @@ def load_captions(out_dir: str, *, sample: int = DEFAULT_SAMPLE, seed: int = 0) 
     if sample < 0:
         raise ValueError(f"sample must be >= 0, got {sample}")
     unreadable: list[str] = []
-    paths = list_parquet_files(_join(out_dir, "captions"))
+    paths = list_parquet_files(storage.join(out_dir, "captions"))
     kept: pa.Table | None = None
     kept_keys = np.empty(0, dtype=np.uint64)
     total = 0
@@ -284,7 +280,7 @@ def load_errors(out_dir: str, *, max_errors: int = DEFAULT_MAX_ERRORS) -> ErrorR
     if max_errors < 0:
         raise ValueError(f"max_errors must be >= 0, got {max_errors}")
     unreadable: list[str] = []
-    paths = list_parquet_files(_join(out_dir, "errors"))
+    paths = list_parquet_files(storage.join(out_dir, "errors"))
     rows: list[ErrorRow] = []
     by_type: Counter = Counter()
     total = 0
@@ -780,12 +776,8 @@ def write_report(out_dir: str, *, sample: int = DEFAULT_SAMPLE, seed: int = 0,
         generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
     )
     page = render_html(data, thumbnail_px=thumbnail_px)
-    target = output or _join(out_dir, REPORT_NAME)
-    fs, path = fsspec.core.url_to_fs(target)
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-        fs.makedirs(posixpath.dirname(path) or ".", exist_ok=True)
-    with fs.open(path, "wb") as f:
-        f.write(page.encode("utf-8"))
+    target = output or storage.join(out_dir, REPORT_NAME)
+    storage.write_bytes(target, page.encode("utf-8"))
     return target
 
 

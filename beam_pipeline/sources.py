@@ -18,7 +18,7 @@ from apache_beam.metrics import Metrics
 from beam_pipeline.records import (STAGE_DECODE, STAGE_MATCH, STAGE_READ, ImageRecord, ImageRef, error_row,
                                    exception_row, image_id_from_uri, parse_references_column)
 from model.image_decoding import ImageDecodeError, decode_image
-from model.storage import read_table
+from model.storage import read_table, read_text
 
 log = logging.getLogger(__name__)
 NAMESPACE = "captioning"
@@ -155,12 +155,9 @@ def read_references(uri: str, id_column: str = "image_id", caption_column: str =
     """(image id, [captions]) from a Flickr8k token file or a table of image id + caption rows."""
     lower = uri.lower()
     if lower.endswith(".txt") or lower.endswith(".token"):
-        import fsspec
-
         from training.datasets import parse_token_file
 
-        with fsspec.open(uri, "rt", encoding="utf-8") as f:
-            return list(parse_token_file(f.read()).items())
+        return list(parse_token_file(read_text(uri)).items())
     table = read_table(uri)
     missing = [c for c in (id_column, caption_column) if c not in table.column_names]
     if missing:

@@ -35,6 +35,11 @@ def read_bytes(uri: str) -> bytes:
         return f.read()
 
 
+def read_text(uri: str) -> str:
+    """A UTF-8 text file at a path or URI."""
+    return read_bytes(uri).decode("utf-8")
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     fs, path = fsspec.core.url_to_fs(uri)
     parent = os.path.dirname(path.rstrip("/"))

@@ -9,9 +9,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable
 
-import fsspec
-
-from model.storage import read_table
+from model.storage import read_table, read_text
 
 TOKEN_FILE = "Flickr8k.token.txt"
 SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "dev": "Flickr_8k.devImages.txt",
@@ -31,11 +29,6 @@ def _join(base: str, name: str) -> str:
     if "://" in name or name.startswith("/"):
         return name
     return base.rstrip("/") + "/" + name
-
-
-def _read_text(uri: str) -> str:
-    with fsspec.open(uri, "rt", encoding="utf-8") as f:
-        return f.read()
 
 
 def parse_token_file(text: str) -> "OrderedDict[str, list[str]]":
@@ -61,13 +54,13 @@ def read_flickr8k(root: str, split: str | None = "train", images_dir: str = "ima
     """The images of one standard split (``train``/``dev``/``test``; ``None`` = all captioned
     images) with their captions. Listed images may be missing on disk: feature extraction skips
     and reports them."""
-    captions = parse_token_file(_read_text(_join(root, token_file)))
+    captions = parse_token_file(read_text(_join(root, token_file)))
     if split is None:
         names: Iterable[str] = captions.keys()
     else:
         if split not in SPLIT_FILES:
             raise ValueError(f"unknown split {split!r}; known: {sorted(SPLIT_FILES)}")
-        names = parse_split_file(_read_text(_join(root, SPLIT_FILES[split])))
+        names = parse_split_file(read_text(_join(root, SPLIT_FILES[split])))
     base = _join(root, images_dir)
     out = []
     for name in names:
