@@ -19,6 +19,7 @@ setup(
         "apache-beam>=2.60,<3",
         "tensorflow>=2.16,<2.22",  # the CPU wheel is enough; GPUs are used when present
         "keras>=3.3,<4",
+        "openvino>=2025.0,<2027",  # runs the encoder on CPUs (faster than TensorFlow there)
         "numpy>=1.26,<3",
         "pillow>=10.1,<13",
         "pyarrow>=14",

@@ -7,14 +7,16 @@ Reproduce (on an otherwise idle machine)::
     python bench/bench_throughput.py --only pipeline --precision bfloat16
 
 Sections (each prints a Markdown table):
-  encoder   (1) bare Xception forward pass, compiled, on pre-decoded 299x299 batches
+  encoder   (1) bare Xception forward pass, compiled, on pre-decoded 299x299 batches, in the
+                runtime the pipeline uses (--runtime) and, for reference, in the other one
   pipeline  (2) run_pipeline.py end to end on the DirectRunner (read, decode, resize, encode,
                 beam-3 captions, Parquet), timed from its own summary
   seed      (3) the seed-style loop of the tutorials -- COMPARISON BASELINE written here, not
                 project code: one image at a time, model.predict for the features, then one
                 model.predict per generated word over the padded prefix
   decoding  greedy and beam-3 decode time per image as a share of encoder time
-  bf16      the encoder under mixed bfloat16 vs float32: speed, caption agreement, BLEU
+  bf16      the encoder in bfloat16 (float32 stem, as shipped, and all-bf16) vs float32:
+                speed, caption agreement, BLEU
   memory    peak RSS of a pipeline run over N images for several N
 """
 from __future__ import annotations
@@ -122,6 +124,8 @@ def main() -> int:
     ap.add_argument("--memory-sizes", type=int, nargs="+", default=[500, 5000])
     ap.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
                     help="encoder precision of the pipeline runs (section pipeline)")
+    ap.add_argument("--runtime", default="openvino", choices=["openvino", "tensorflow"],
+                    help="encoder runtime of the pipeline runs and of (1)")
     ap.add_argument("--model", default=str(REPO / "models" / "flickr8k-xception"))
     ap.add_argument("--encoder-weights", default=str(XCEPTION_WEIGHTS))
     ap.add_argument("--only", nargs="+", default=["encoder", "pipeline", "seed", "decoding", "bf16"],
@@ -137,14 +141,18 @@ def main() -> int:
     if {"encoder", "decoding", "bf16"} & set(args.only):
         from model.encoder import ImageEncoder
 
-        enc = ImageEncoder("xception", args.encoder_weights)
+        enc = ImageEncoder("xception", args.encoder_weights, runtime=args.runtime)
         pixels = decode_all(paths, enc.image_size)
 
     if "encoder" in args.only:
         results["encoder"] = bench_encoder(enc, pixels, args.batch_size, args.repeats)
+        other = "tensorflow" if args.runtime == "openvino" else "openvino"
+        results["encoder_other"] = bench_encoder(ImageEncoder("xception", args.encoder_weights, runtime=other),
+                                                 pixels, args.batch_size, args.repeats)
     if "pipeline" in args.only:
         image_dir = link_dir(paths, work / "pipeline")
-        runs = [run_pipeline_once(image_dir, args, ["--precision", args.precision]) for _ in range(args.repeats)]
+        runs = [run_pipeline_once(image_dir, args, ["--precision", args.precision,
+                                                  "--encoder_runtime", args.runtime]) for _ in range(args.repeats)]
         results["pipeline"] = statistics.median(r["images_per_second"] for r in runs)
         results["pipeline_excl_load"] = statistics.median(
             r["captioned"] / (r["wall_seconds"] - (r.get("model_load_seconds") or 0)) for r in runs)
@@ -157,11 +165,13 @@ def main() -> int:
         results["seed"] = statistics.median(rates)
     if {"encoder", "pipeline", "seed"} & set(args.only):
         rows = []
-        labels = {"encoder": "(1) bare encoder (compiled, batch %d)" % args.batch_size,
+        other = "tensorflow" if args.runtime == "openvino" else "openvino"
+        labels = {"encoder": "(1) bare encoder (%s, compiled, batch %d)" % (args.runtime, args.batch_size),
+                  "encoder_other": "(1, for reference) bare encoder in %s" % other,
                   "pipeline": "(2) pipeline end to end (DirectRunner, beam-3)",
                   "pipeline_excl_load": "(2') pipeline, model load excluded",
                   "seed": "(3) seed-style loop (baseline, %d images)" % args.seed_images}
-        for key in ("encoder", "pipeline", "pipeline_excl_load", "seed"):
+        for key in ("encoder", "encoder_other", "pipeline", "pipeline_excl_load", "seed"):
             if key in results:
                 rows.append([labels[key], round(results[key], 2)])
         print(table(["what (median of %d runs, %d images)" % (args.repeats, args.images), "images/s"], rows))
@@ -205,24 +215,34 @@ def main() -> int:
 
         n = min(args.bf16_images, len(pixels))
         px = pixels[:n]
-        enc16 = ImageEncoder("xception", args.encoder_weights, precision="bfloat16")
-        rate32 = bench_encoder(enc, px, args.batch_size, args.repeats)
-        rate16 = bench_encoder(enc16, px, args.batch_size, args.repeats)
         model = load_caption_model(args.model, encoder_weights=args.encoder_weights, with_encoder=False)
-        caps = {}
-        for name, e in (("float32", enc), ("bfloat16", enc16)):
-            feats = np.concatenate([e(px[i:i + args.batch_size]) for i in range(0, n, args.batch_size)])
-            caps[name] = [r.caption for r in model.caption_features(feats)]
         refs_by_id = parse_token_file((FLICKR8K / "Flickr8k.token.txt").read_text())
         refs = [[bleu_tokens(c) for c in refs_by_id[p.name]] for p in paths[:n]]
-        bleu = {k: corpus_bleu_scores([bleu_tokens(c) for c in v], refs) for k, v in caps.items()}
-        same = sum(a == b for a, b in zip(caps["float32"], caps["bfloat16"])) / n
-        print(table(["encoder precision", "images/s (median of %d)" % args.repeats, "speed-up", "BLEU-1", "BLEU-4"],
-                    [["float32", round(rate32, 2), 1.0, round(bleu["float32"]["bleu1"], 4), round(bleu["float32"]["bleu4"], 4)],
-                     ["mixed bfloat16", round(rate16, 2), round(rate16 / rate32, 3), round(bleu["bfloat16"]["bleu1"], 4),
-                      round(bleu["bfloat16"]["bleu4"], 4)]]))
-        print(f"\nidentical captions: {100 * same:.1f} % of {n} images (goal >= 95 %); "
-              f"corpus BLEU-4 difference: {abs(bleu['float32']['bleu4'] - bleu['bfloat16']['bleu4']):.4f} (goal <= 0.005)\n")
+        variants = [("float32", "tensorflow", True), ("float32", "openvino", True),
+                    ("bfloat16", "tensorflow", True), ("bfloat16", "tensorflow", False),
+                    ("bfloat16", "openvino", True), ("bfloat16", "openvino", False)]
+        rows, base_caps, base_rate = [], None, {}
+        for precision, runtime, stem in variants:
+            e = enc if (precision, runtime) == ("float32", args.runtime) else \
+                ImageEncoder("xception", args.encoder_weights, precision=precision, runtime=runtime, float32_stem=stem)
+            rate = bench_encoder(e, px, args.batch_size, args.repeats)
+            feats = np.concatenate([e(px[i:i + args.batch_size]) for i in range(0, n, args.batch_size)])
+            caps = [r.caption for r in model.caption_features(feats)]
+            if base_caps is None:
+                base_caps = caps  # float32 TensorFlow: the reference captions
+            if precision == "float32":
+                base_rate[runtime] = rate
+            bleu = corpus_bleu_scores([bleu_tokens(c) for c in caps], refs)
+            same = sum(a == b for a, b in zip(base_caps, caps)) / n
+            label = precision if precision == "float32" else \
+                "bfloat16, " + ("float32 stem (shipped)" if stem else "all layers (not offered)")
+            rows.append([runtime, label, round(rate, 2), round(rate / base_rate["tensorflow"], 3),
+                         round(rate / base_rate.get(runtime, rate), 3), f"{100 * same:.1f} %",
+                         round(bleu["bleu1"], 4), round(bleu["bleu4"], 4)])
+        print(table(["runtime", "encoder precision", "images/s (median of %d)" % args.repeats,
+                     "speed-up vs TF float32", "speed-up vs same runtime float32",
+                     "captions identical to TF float32 (%d images)" % n, "BLEU-1", "BLEU-4"], rows))
+        print("\ngoals: speed-up >= 1.8, identical captions >= 95 %, BLEU-4 within 0.005 of float32\n")
 
     if "memory" in args.only:
         rows = []

@@ -79,7 +79,8 @@ def build_decoder(contents: ArtifactContents) -> MergeDecoder:
 
 
 def load_caption_model(uri: str, *, encoder_weights: str | None = None, expected_model_id: str | None = None,
-                       with_encoder: bool = True, precision: str = "float32") -> CaptionModel:
+                       with_encoder: bool = True, precision: str = "float32",
+                       runtime: str = "auto") -> CaptionModel:
     """Verify and load an artifact (see ``model.artifact``) into a CaptionModel."""
     contents = read_artifact(uri, expected_model_id=expected_model_id, encoder_weights=encoder_weights)
     decoder = build_decoder(contents)
@@ -88,7 +89,8 @@ def load_caption_model(uri: str, *, encoder_weights: str | None = None, expected
     encoder = None
     if with_encoder:
         enc = contents.config["encoder"]
-        encoder = ImageEncoder(enc["name"], contents.encoder_weights, tuple(enc["image_size"]), precision=precision)
+        encoder = ImageEncoder(enc["name"], contents.encoder_weights, tuple(enc["image_size"]), precision=precision,
+                               runtime=runtime)
         if encoder.feature_dim != decoder.config.feature_dim:
             raise ArtifactError(f"encoder {enc['name']} gives {encoder.feature_dim}-d features but the decoder "
                                 f"of model artifact {uri} expects {decoder.config.feature_dim}")

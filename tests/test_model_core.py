@@ -16,7 +16,7 @@ from model.artifact import (ArtifactError, CONFIG, DECODER_WEIGHTS, MANIFEST, VO
 from model.captioner import load_caption_model
 from model.decoder import DecoderConfig, MergeDecoder, build_prefix_model, copy_weights
 from model.decoding import DecodeSettings, beam_search, greedy_decode
-from model.encoder import EncoderError, ImageEncoder
+from model.encoder import EncoderError, ImageEncoder, choose_runtime
 from model import storage
 
 CFG = DecoderConfig(vocab_size=40, max_length=9, feature_dim=24, embedding_dim=12, units=16,
@@ -89,6 +89,24 @@ def test_xception_encoder_with_real_imagenet_weights(xception_weights):
     np.testing.assert_allclose(enc(images[:1]), feats[:1], rtol=1e-4, atol=1e-5)
 
 
+def test_openvino_and_tensorflow_runtimes_give_the_same_features():
+    images = np.random.default_rng(1).integers(0, 255, (3, 96, 96, 3), dtype=np.uint8)
+    feats = {rt: ImageEncoder("mobilenet_v3_small", None, (96, 96), runtime=rt)(images)
+             for rt in ("openvino", "tensorflow")}
+    assert feats["openvino"].shape == (3, 576) and feats["openvino"].dtype == np.float32
+    np.testing.assert_allclose(feats["openvino"], feats["tensorflow"], rtol=1e-3, atol=1e-4)
+
+
+def test_auto_runtime_is_openvino_on_cpus():
+    import tensorflow as tf
+
+    expected = "tensorflow" if tf.config.list_physical_devices("GPU") else "openvino"
+    assert choose_runtime("auto") == expected
+    assert choose_runtime("tensorflow") == "tensorflow"
+    with pytest.raises(EncoderError, match="runtime must be one of"):
+        choose_runtime("onnx")
+
+
 def test_encoder_refusals(tmp_path):
     with pytest.raises(EncoderError, match="unknown encoder"):
         ImageEncoder("vgg99", None)
@@ -100,6 +118,8 @@ def test_encoder_refusals(tmp_path):
         ImageEncoder("xception", str(fake))
     with pytest.raises(EncoderError, match="at least"):
         ImageEncoder("xception", None, (32, 32))
+    with pytest.raises(EncoderError, match="precision must be"):
+        ImageEncoder("mobilenet_v3_small", None, (64, 64), precision="float16")
 
 
 def _images(n: int, size: int = 64) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 from nltk.translate.bleu_score import corpus_bleu
 
@@ -149,6 +150,22 @@ def test_emit_embeddings(images, tmp_path, tiny_artifact):
                   "--emit_embeddings"])
     rows = read_rows(out, "captions")
     assert len(rows) == 3 and all(len(r["embedding"]) == 576 for r in rows)
+
+
+def test_both_encoder_runtimes_give_the_same_captions(images, tmp_path, tiny_artifact):
+    """OpenVINO (the CPU default) and TensorFlow run the same Keras graph: same rows, recorded."""
+    rows = {}
+    for runtime in ("openvino", "tensorflow"):
+        out = tmp_path / runtime
+        summary = run_pipeline(["--input", f"{images}/*.jpg", "--output", str(out), "--model", tiny_artifact,
+                                "--encoder_runtime", runtime, "--emit_embeddings"])
+        assert summary["encoder_runtime"] == runtime and summary["captioned"] == 12
+        rows[runtime] = {r["image_uri"]: r for r in read_rows(out, "captions")}
+    assert rows["openvino"].keys() == rows["tensorflow"].keys()
+    for uri, row in rows["openvino"].items():
+        other = rows["tensorflow"][uri]
+        assert row["caption"] == other["caption"]
+        np.testing.assert_allclose(row["embedding"], other["embedding"], rtol=1e-3, atol=1e-4)
 
 
 def test_multi_threading_loads_the_model_once(images, tmp_path, tiny_artifact):
