@@ -186,6 +186,10 @@ class ImageEncoder:
         stem_end = self.backbone.float32_stem_end if float32_stem else None
         self.float32_stem_end = stem_end if precision == "bfloat16" else None
         uint8_images = tf.TensorSpec([None, *shape], tf.uint8)
+        cut = stem = None
+        if self.float32_stem_end is not None:
+            cut = self.model.get_layer(self.float32_stem_end).input
+            stem = keras.Model(self.model.input, cut)
 
         def stage(graph: Any, spec: tf.TensorSpec, with_preprocessing: bool) -> Any:
             def forward(x: tf.Tensor) -> tf.Tensor:
@@ -196,11 +200,9 @@ class ImageEncoder:
 
         if self.runtime == "openvino":
             # OpenVINO sets precision per compiled model, so a float32 stem is its own stage.
-            if self.float32_stem_end is None:
+            if stem is None:
                 stages = [(stage(self.model, uint8_images, True), precision)]
             else:
-                cut = self.model.get_layer(self.float32_stem_end).input
-                stem = keras.Model(self.model.input, cut)
                 rest = keras.Model(cut, self.model.output)
                 stages = [(stage(stem, uint8_images, True), "float32"),
                           (stage(rest, tf.TensorSpec([None, *cut.shape[1:]], tf.float32), False), precision)]
@@ -217,9 +219,7 @@ class ImageEncoder:
                 keras.config.set_dtype_policy(previous_policy)
             twin.set_weights(self.model.get_weights())
             graph = twin
-            if self.float32_stem_end is not None:
-                cut = self.model.get_layer(self.float32_stem_end).input
-                stem = keras.Model(self.model.input, cut)
+            if stem is not None:
                 twin_cut = twin.get_layer(self.float32_stem_end).input
                 rest = keras.Model(twin_cut, twin.output)
                 graph = lambda x, training: rest(stem(x, training=training), training=training)  # noqa: E731
