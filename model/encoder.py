@@ -122,6 +122,13 @@ def choose_runtime(runtime: str) -> str:
     return "openvino"
 
 
+def openvino_cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin has bf16 kernels here (AVX-512 BF16 or AMX); else it runs f32."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 class _OpenVinoStages:
     """tf.functions converted to OpenVINO and compiled for the CPU, each at its own precision.
 
@@ -131,8 +138,7 @@ class _OpenVinoStages:
         import openvino as ov
 
         core = ov.Core()
-        if any(p == "bfloat16" for _, p in stages) and \
-                "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        if any(p == "bfloat16" for _, p in stages) and not openvino_cpu_has_bf16():
             import logging
 
             logging.getLogger(__name__).warning("this CPU has no bf16 instructions; OpenVINO runs bfloat16 "
@@ -183,8 +189,8 @@ class ImageEncoder:
         except (ValueError, OSError) as exc:
             raise EncoderError(f"could not load {name} weights from {weights}: {exc}") from exc
         preprocess = getattr(keras.applications, self.backbone.preprocessing).preprocess_input
-        stem_end = self.backbone.float32_stem_end if float32_stem else None
-        self.float32_stem_end = stem_end if precision == "bfloat16" else None
+        self.float32_stem_end = self.backbone.float32_stem_end \
+            if float32_stem and precision == "bfloat16" else None
         uint8_images = tf.TensorSpec([None, *shape], tf.uint8)
         cut = stem = None
         if self.float32_stem_end is not None:
