@@ -60,7 +60,7 @@ class CaptionBatches(beam.DoFn):
 
     def __init__(self, model_uri: str, encoder_weights: str | None, expected_model_id: str | None,
                  decode_overrides: dict[str, Any], emit_embeddings: bool = False, precision: str = "float32",
-                 runtime: str = "auto",
+                 runtime: str = "auto", model_cache_dir: str | None = None,
                  progress_seconds: float = 10.0) -> None:
         self.model_uri = model_uri
         self.encoder_weights = encoder_weights
@@ -69,6 +69,7 @@ class CaptionBatches(beam.DoFn):
         self.emit_embeddings = emit_embeddings
         self.precision = precision
         self.runtime = runtime
+        self.model_cache_dir = model_cache_dir
         self.progress_seconds = progress_seconds
         self._shared = shared.Shared()
         self.loads = Metrics.counter(NAMESPACE, "model_loads")
@@ -84,7 +85,7 @@ class CaptionBatches(beam.DoFn):
         started = time.monotonic()
         model = load_caption_model(self.model_uri, encoder_weights=self.encoder_weights,
                                    expected_model_id=self.expected_model_id, precision=self.precision,
-                                   runtime=self.runtime)
+                                   runtime=self.runtime, cache=self.model_cache_dir)
         settings = model.default_settings
         overrides = {k: v for k, v in self.decode_overrides.items() if v is not None}
         if overrides:

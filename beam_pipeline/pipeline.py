@@ -123,7 +123,7 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
         plan.model_uri, o.encoder_weights, plan.model_id,
         {"method": o.decode, "beam_width": o.beam_width, "length_alpha": o.length_alpha},
         emit_embeddings=o.emit_embeddings, precision=o.precision,
-        runtime=o.encoder_runtime,
+        runtime=o.encoder_runtime, model_cache_dir=o.model_cache_dir,
         progress_seconds=o.progress_seconds)).with_outputs(ERRORS, main="rows")
 
     rows = captioned.rows
@@ -251,7 +251,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "images_per_second": round(stats["captioned"] / wall, 3) if wall > 0 else None,
         "wall_seconds": round(wall, 2), "model_id": plan.model_id, "model": plan.model_uri,
         "decode": plan.decode, "encoder_precision": caption_options.precision,
-        "encoder_runtime": caption_options.encoder_runtime,
+        "encoder_runtime": caption_options.encoder_runtime, "batch_size": caption_options.batch_size,
         "inputs": plan.inputs, "input_manifest": plan.manifest, "references": caption_options.references,
         "output": plan.output, "resumed_from_files": len(plan.done_files),
         "runner": runner_name or "DirectRunner",

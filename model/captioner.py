@@ -26,10 +26,13 @@ class CaptionModel:
     """A ready-to-run captioner; build it with ``load_caption_model``."""
 
     def __init__(self, encoder: ImageEncoder | None, decoder: MergeDecoder, vocab: Vocabulary,
-                 model_id: str, config: dict[str, Any], default_settings: DecodeSettings) -> None:
+                 model_id: str, config: dict[str, Any], default_settings: DecodeSettings,
+                 cache: str | None = None) -> None:
         self.encoder = encoder
         self.decoder = decoder
-        self.step_decoder = decoder.stepwise()
+        # The decoder runs where the encoder runs: one runtime's thread pool per process.
+        runtime = encoder.runtime if encoder is not None else "tensorflow"
+        self.step_decoder = decoder.stepwise(runtime, model_id, cache)
         self.vocab = vocab
         self.model_id = model_id
         self.config = config
@@ -80,8 +83,9 @@ def build_decoder(contents: ArtifactContents) -> MergeDecoder:
 
 def load_caption_model(uri: str, *, encoder_weights: str | None = None, expected_model_id: str | None = None,
                        with_encoder: bool = True, precision: str = "float32",
-                       runtime: str = "auto") -> CaptionModel:
-    """Verify and load an artifact (see ``model.artifact``) into a CaptionModel."""
+                       runtime: str = "auto", cache: str | None = None) -> CaptionModel:
+    """Verify and load an artifact (see ``model.artifact``) into a CaptionModel. ``cache``: where
+    converted OpenVINO graphs are kept (``model.openvino_runtime.cache_dir``; "none" for nowhere)."""
     contents = read_artifact(uri, expected_model_id=expected_model_id, encoder_weights=encoder_weights)
     decoder = build_decoder(contents)
     if decoder.config.feature_dim != int(contents.config["encoder"].get("feature_dim", decoder.config.feature_dim)):
@@ -90,9 +94,9 @@ def load_caption_model(uri: str, *, encoder_weights: str | None = None, expected
     if with_encoder:
         enc = contents.config["encoder"]
         encoder = ImageEncoder(enc["name"], contents.encoder_weights, tuple(enc["image_size"]), precision=precision,
-                               runtime=runtime)
+                               runtime=runtime, cache=cache)
         if encoder.feature_dim != decoder.config.feature_dim:
             raise ArtifactError(f"encoder {enc['name']} gives {encoder.feature_dim}-d features but the decoder "
                                 f"of model artifact {uri} expects {decoder.config.feature_dim}")
     return CaptionModel(encoder, decoder, contents.vocab, contents.model_id, contents.config,
-                        contents.decode_settings())
+                        contents.decode_settings(), cache)

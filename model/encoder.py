@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -122,54 +121,16 @@ def choose_runtime(runtime: str) -> str:
     return "openvino"
 
 
-def openvino_cpu_has_bf16() -> bool:
-    """Whether OpenVINO's CPU plugin has bf16 kernels here (AVX-512 BF16 or AMX); else it runs f32."""
-    import openvino as ov
-
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-
-
-class _OpenVinoStages:
-    """tf.functions converted to OpenVINO and compiled for the CPU, each at its own precision.
-
-    One infer request per thread (a request is not thread-safe; the compiled model is)."""
-
-    def __init__(self, stages: list[tuple[Any, str]]) -> None:
-        import openvino as ov
-
-        core = ov.Core()
-        if any(p == "bfloat16" for _, p in stages) and not openvino_cpu_has_bf16():
-            import logging
-
-            logging.getLogger(__name__).warning("this CPU has no bf16 instructions; OpenVINO runs bfloat16 "
-                                                "stages in float32")
-        self._compiled = [core.compile_model(ov.convert_model(fn.get_concrete_function()), "CPU",
-                                             {"INFERENCE_PRECISION_HINT": "bf16" if p == "bfloat16" else "f32"})
-                          for fn, p in stages]
-        self._local = threading.local()
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        requests = getattr(self._local, "requests", None)
-        if requests is None:
-            requests = self._local.requests = [c.create_infer_request() for c in self._compiled]
-        x = images
-        for request in requests:
-            x = request.infer({0: x})[0]
-        return np.asarray(x, dtype=np.float32)
-
-
 class ImageEncoder:
     """Compiled batch feature extractor: uint8 RGB images -> pooled feature vectors."""
 
     def __init__(self, name: str = "xception", weights: str | None = "imagenet",
                  image_size: tuple[int, int] | None = None, precision: str = "float32",
-                 runtime: str = "auto", float32_stem: bool = True) -> None:
+                 runtime: str = "auto", float32_stem: bool = True, cache: str | None = None) -> None:
         """``precision="bfloat16"`` runs the backbone in bf16 except its float32 stem (see
         ``Backbone.float32_stem_end``; ``float32_stem=False`` makes it all bf16, for benchmarks).
-        ``runtime`` picks who executes the graph: OpenVINO or TensorFlow (see ``choose_runtime``)."""
-        import keras
-        import tensorflow as tf
-
+        ``runtime`` picks who executes the graph: OpenVINO or TensorFlow (see ``choose_runtime``).
+        ``cache``: folder for converted OpenVINO graphs (``model.openvino_runtime.cache_dir``)."""
         self.name = name
         self.backbone = get_backbone(name)
         size = image_size or (self.backbone.default_size, self.backbone.default_size)
@@ -181,60 +142,109 @@ class ImageEncoder:
         self.precision = precision
         self.weights = weights
         self.runtime = choose_runtime(runtime)
-        resolved = resolve_weights(weights)
-        constructor: Callable[..., Any] = getattr(keras.applications, self.backbone.constructor)
-        shape = (*self.image_size, 3)
-        try:
-            self.model = constructor(include_top=False, weights=resolved, pooling="avg", input_shape=shape)
-        except (ValueError, OSError) as exc:
-            raise EncoderError(f"could not load {name} weights from {weights}: {exc}") from exc
-        preprocess = getattr(keras.applications, self.backbone.preprocessing).preprocess_input
+        self._resolved_weights = resolve_weights(weights)
+        self._model: Any = None
         self.float32_stem_end = self.backbone.float32_stem_end \
             if float32_stem and precision == "bfloat16" else None
-        uint8_images = tf.TensorSpec([None, *shape], tf.uint8)
-        cut = stem = None
-        if self.float32_stem_end is not None:
-            cut = self.model.get_layer(self.float32_stem_end).input
-            stem = keras.Model(self.model.input, cut)
-
-        def stage(graph: Any, spec: tf.TensorSpec, with_preprocessing: bool) -> Any:
-            def forward(x: tf.Tensor) -> tf.Tensor:
-                if with_preprocessing:
-                    x = preprocess(tf.cast(x, tf.float32))
-                return tf.cast(graph(x, training=False), tf.float32)
-            return tf.function(forward, input_signature=[spec])
-
         if self.runtime == "openvino":
-            # OpenVINO sets precision per compiled model, so a float32 stem is its own stage.
-            if stem is None:
-                stages = [(stage(self.model, uint8_images, True), precision)]
-            else:
-                rest = keras.Model(cut, self.model.output)
-                stages = [(stage(stem, uint8_images, True), "float32"),
-                          (stage(rest, tf.TensorSpec([None, *cut.shape[1:]], tf.float32), False), precision)]
-            self._forward = _OpenVinoStages(stages)
-            return
+            self._forward = self._openvino_forward(cache)
+        else:
+            self._forward = self._tensorflow_forward()
+
+    @property
+    def model(self) -> Any:
+        """The Keras model (built on first use: a cached OpenVINO graph does not need it)."""
+        if self._model is None:
+            import keras
+
+            constructor: Callable[..., Any] = getattr(keras.applications, self.backbone.constructor)
+            try:
+                self._model = constructor(include_top=False, weights=self._resolved_weights, pooling="avg",
+                                          input_shape=(*self.image_size, 3))
+            except (ValueError, OSError) as exc:
+                raise EncoderError(f"could not load {self.name} weights from {self.weights}: {exc}") from exc
+        return self._model
+
+    def _traced(self, graph: Any, input_shape: tuple, with_preprocessing: bool) -> Any:
+        """A tf.function over ``graph`` (uint8 images in when ``with_preprocessing``), float32 out."""
+        import keras
+        import tensorflow as tf
+
+        preprocess = getattr(keras.applications, self.backbone.preprocessing).preprocess_input
+
+        def forward(x: tf.Tensor) -> tf.Tensor:
+            if with_preprocessing:
+                x = preprocess(tf.cast(x, tf.float32))
+            return tf.cast(graph(x, training=False), tf.float32)
+        dtype = tf.uint8 if with_preprocessing else tf.float32
+        return tf.function(forward, input_signature=[tf.TensorSpec([None, *input_shape], dtype)])
+
+    def _stem_split(self, model: Any) -> tuple[Any, Any]:
+        """(stem, rest) Keras models of ``model`` cut at ``float32_stem_end``."""
+        import keras
+
+        cut = model.get_layer(self.float32_stem_end).input
+        return keras.Model(model.input, cut), keras.Model(cut, model.output)
+
+    def _openvino_forward(self, cache: str | None) -> Callable[[np.ndarray], np.ndarray]:
+        from model import openvino_runtime as ovr
+
+        if self.precision == "bfloat16" and not ovr.cpu_has_bf16():
+            import logging
+
+            logging.getLogger(__name__).warning("this CPU has no bf16 instructions; OpenVINO runs bfloat16 "
+                                                "stages in float32")
+        shape = (*self.image_size, 3)
+
+        def whole() -> Any:
+            return self._traced(self.model, shape, True).get_concrete_function()
+
+        def stem() -> Any:
+            return self._traced(self._stem_split(self.model)[0], shape, True).get_concrete_function()
+
+        def rest() -> Any:
+            part = self._stem_split(self.model)[1]
+            return self._traced(part, tuple(part.input.shape[1:]), False).get_concrete_function()
+
+        # OpenVINO sets precision per compiled model, so a float32 stem is its own stage.
+        stages = [("whole", whole, self.precision)] if self.float32_stem_end is None else \
+            [("stem", stem, "float32"), ("rest", rest, self.precision)]
+        # Random weights differ on every build, so only real weights are cached.
+        fingerprint = None if self._resolved_weights is None else weights_fingerprint(self.weights)
+        folder = ovr.cache_dir(cache)
+        compiled = [ovr.compile_traced(trace, precision,
+                                       None if fingerprint is None else ovr.cache_key(
+                                           graph="encoder", backbone=self.name, image_size=self.image_size,
+                                           stage=stage, stem_end=self.float32_stem_end, weights=fingerprint),
+                                       folder)
+                    for stage, trace, precision in stages]
+        return ovr.ThreadLocalRequests(compiled).chain
+
+    def _tensorflow_forward(self) -> Callable[[np.ndarray], np.ndarray]:
+        import keras
+
         graph = self.model
-        if precision == "bfloat16":
+        if self.precision == "bfloat16":
             # Keras mixed precision: a bf16 twin with the same weights; the stem stays float32.
+            constructor: Callable[..., Any] = getattr(keras.applications, self.backbone.constructor)
             previous_policy = keras.config.dtype_policy()
             try:
                 keras.config.set_dtype_policy("mixed_bfloat16")
-                twin = constructor(include_top=False, weights=None, pooling="avg", input_shape=shape)
+                twin = constructor(include_top=False, weights=None, pooling="avg", input_shape=(*self.image_size, 3))
             finally:
                 keras.config.set_dtype_policy(previous_policy)
             twin.set_weights(self.model.get_weights())
             graph = twin
-            if stem is not None:
-                twin_cut = twin.get_layer(self.float32_stem_end).input
-                rest = keras.Model(twin_cut, twin.output)
+            if self.float32_stem_end is not None:
+                stem = self._stem_split(self.model)[0]
+                rest = self._stem_split(twin)[1]
                 graph = lambda x, training: rest(stem(x, training=training), training=training)  # noqa: E731
-        compiled = stage(graph, uint8_images, True)
-        self._forward = lambda images: compiled(images).numpy()
+        compiled = self._traced(graph, (*self.image_size, 3), True)
+        return lambda images: compiled(images).numpy()
 
     @property
     def feature_dim(self) -> int:
-        return int(self.model.output_shape[-1])
+        return self.backbone.feature_dim
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Encode a batch ``(n, h, w, 3)`` of uint8 RGB images already at ``image_size``."""

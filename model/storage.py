@@ -58,11 +58,17 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def cache_root() -> str:
+    """Local folder for downloaded weights and converted models: ``$CAPTION_CACHE_DIR`` if set,
+    else ``image-captioning-cache`` in the temporary directory (per machine, per worker VM)."""
+    return os.environ.get("CAPTION_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "image-captioning-cache")
+
+
 def materialise(uri: str, cache_dir: str | None = None) -> str:
     """Return a local file path holding the content of ``uri`` (downloaded once per URI)."""
     if is_local(uri):
         return local_path(uri)
-    cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "image-captioning-cache")
+    cache_dir = cache_dir or cache_root()
     os.makedirs(cache_dir, exist_ok=True)
     name = hashlib.sha256(uri.encode()).hexdigest()[:24] + "-" + os.path.basename(uri.rstrip("/"))
     target = os.path.join(cache_dir, name)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,14 @@ FLICKR8K = SHARED / "data" / "flickr8k"
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "browser: renders HTML in headless Chromium")
     config.addinivalue_line("markers", "slow: runs a real model or a multi-process pipeline")
+    # Downloads and converted OpenVINO graphs go to a folder of this test run (pipelines started
+    # as subprocesses inherit it), not to the user's cache.
+    config._caption_cache = tempfile.mkdtemp(prefix="caption-tests-cache-")
+    os.environ["CAPTION_CACHE_DIR"] = config._caption_cache
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(getattr(config, "_caption_cache", ""), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

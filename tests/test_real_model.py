@@ -52,10 +52,11 @@ def test_bfloat16_with_float32_stem_stays_close_to_float32(runtime, xception_wei
     """bf16 keeps Xception's first blocks in float32: half the feature error of all-bf16."""
     import numpy as np
 
-    from model.encoder import ImageEncoder, openvino_cpu_has_bf16
+    from model.encoder import ImageEncoder
+    from model.openvino_runtime import cpu_has_bf16
     from model.image_decoding import decode_image
 
-    if runtime == "openvino" and not openvino_cpu_has_bf16():
+    if runtime == "openvino" and not cpu_has_bf16():
         pytest.skip("this CPU has no bf16 instructions; OpenVINO would run float32")
     names = (flickr8k / "Flickr_8k.devImages.txt").read_text().split()
     paths = [p for p in (flickr8k / "images" / n for n in names) if p.exists()][:8]

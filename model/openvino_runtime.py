@@ -1,0 +1,149 @@
+"""OpenVINO execution of traced TensorFlow functions, with an on-disk cache of converted models.
+
+Converting a traced Keras graph to OpenVINO takes 1-2 s per worker start (tracing plus the
+TensorFlow frontend); reading a converted model back takes ~0.1 s. The cache holds OpenVINO IR
+(XML graph + raw float32 weights: data, never code), one folder per key, written atomically and
+checked against SHA-256 sums before use; a damaged or foreign entry is rebuilt, never trusted.
+
+Callers name what a graph is made of in ``cache_key`` (weights content hash, shapes, versions);
+``None`` means "never cache" (e.g. random weights, which differ on every build).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import uuid
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from model import storage
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+_FILES = ("model.xml", "model.bin")
+
+
+def cache_dir(setting: str | None = None) -> str | None:
+    """Where converted models live: the folder ``setting`` names, ``"none"`` for no cache, or by
+    default ``openvino/`` under ``model.storage.cache_root()`` (``$CAPTION_CACHE_DIR`` moves it)."""
+    if setting is None:
+        return os.path.join(storage.cache_root(), "openvino")
+    if setting.strip().lower() in ("", "none", "off"):
+        return None
+    return setting
+
+
+def cache_key(**identity: Any) -> str:
+    """A stable key for a converted graph from what it is made of, plus the library versions
+    that shape the conversion."""
+    import keras
+    import openvino
+    import tensorflow as tf
+
+    full = {"format": CACHE_FORMAT, "openvino": openvino.__version__, "tensorflow": tf.__version__,
+            "keras": keras.__version__, **identity}
+    return hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_cached(core: Any, folder: str) -> Any | None:
+    """The cached model in ``folder`` if it is complete and unchanged, else None."""
+    try:
+        with open(os.path.join(folder, "manifest.json")) as f:
+            expected = json.load(f)["sha256"]
+        if any(_file_sha256(os.path.join(folder, name)) != expected[name] for name in _FILES):
+            log.warning("OpenVINO cache entry %s does not match its checksums; rebuilding it", folder)
+            return None
+        return core.read_model(os.path.join(folder, "model.xml"))
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - any unreadable entry is rebuilt
+        log.warning("OpenVINO cache entry %s is unreadable (%s: %s); rebuilding it", folder, type(exc).__name__, exc)
+        return None
+
+
+def _write_cached(model: Any, root: str, key: str) -> None:
+    """Save ``model`` under ``root/key`` atomically (a temporary folder renamed into place), so
+    a concurrent reader sees either nothing or a complete entry."""
+    import openvino as ov
+
+    os.makedirs(root, exist_ok=True)
+    tmp = os.path.join(root, f".tmp-{key}-{uuid.uuid4().hex}")
+    final = os.path.join(root, key)
+    try:
+        os.makedirs(tmp)
+        ov.save_model(model, os.path.join(tmp, "model.xml"), compress_to_fp16=False)  # keep float32 weights
+        sums = {name: _file_sha256(os.path.join(tmp, name)) for name in _FILES}
+        with open(os.path.join(tmp, "manifest.json"), "w") as f:
+            json.dump({"format": CACHE_FORMAT, "sha256": sums}, f)
+        if os.path.isdir(final):  # a damaged entry: replace it
+            shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
+    except OSError as exc:  # another process won the race, or the cache is not writable
+        log.info("OpenVINO cache entry %s not written (%s)", final, exc)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def compile_traced(trace: Callable[[], Any], precision: str, key: str | None, cache: str | None) -> Any:
+    """Compile a graph for the CPU: read from the cache under ``key`` when present, else call
+    ``trace()`` (a tf ConcreteFunction), convert it and store it. ``precision`` is float32 or
+    bfloat16 (OpenVINO's inference precision hint; it is not part of the stored graph)."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = None
+    folder = os.path.join(cache, key) if cache and key else None
+    if folder:
+        model = _read_cached(core, folder)
+    if model is None:
+        model = ov.convert_model(trace())
+        if folder:
+            _write_cached(model, cache, key)
+    return core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bfloat16" else "f32"})
+
+
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin has bf16 kernels here (AVX-512 BF16 or AMX); else it runs f32."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class ThreadLocalRequests:
+    """Runs compiled models with one infer request per thread (a request is not thread-safe;
+    a compiled model is)."""
+
+    def __init__(self, compiled: Sequence[Any]) -> None:
+        self._compiled = list(compiled)
+        self._local = threading.local()
+
+    def requests(self) -> list[Any]:
+        requests = getattr(self._local, "requests", None)
+        if requests is None:
+            requests = self._local.requests = [c.create_infer_request() for c in self._compiled]
+        return requests
+
+    def chain(self, x: np.ndarray) -> np.ndarray:
+        """Feed ``x`` through the compiled models in order (single input and output each)."""
+        for request in self.requests():
+            x = request.infer({0: x})[0]
+        return np.asarray(x, dtype=np.float32)
+
+    def run(self, index: int, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Run compiled model ``index`` on positional inputs; copies of all its outputs."""
+        result = self.requests()[index].infer(dict(enumerate(inputs)))
+        return [result[i] for i in range(len(result))]

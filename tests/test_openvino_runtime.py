@@ -1,0 +1,139 @@
+"""The OpenVINO runtime: converted-graph cache (hit, miss, damage, off) and the OpenVINO step
+decoder, with real (small) TensorFlow graphs and real files."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+pytest.importorskip("openvino")
+
+from model import openvino_runtime as ovr
+
+
+def _affine_trace(calls: list[int], scale: float = 2.0):
+    """A traced graph y = x @ W * scale + 1, counting how often it is traced."""
+    weights = tf.constant(np.arange(12, dtype=np.float32).reshape(4, 3) / 10)
+
+    def trace():
+        calls.append(1)
+        fn = tf.function(lambda x: tf.matmul(x, weights) * scale + 1.0,
+                         input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+        return fn.get_concrete_function()
+    return trace
+
+
+def _run(compiled, x):
+    return ovr.ThreadLocalRequests([compiled]).chain(x)
+
+
+X = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+EXPECTED = X @ (np.arange(12, dtype=np.float32).reshape(4, 3) / 10) * 2.0 + 1.0
+
+
+def test_cache_miss_writes_an_entry_and_a_hit_does_not_trace(tmp_path):
+    calls: list[int] = []
+    key = ovr.cache_key(graph="affine", weights="w1")
+    first = _run(ovr.compile_traced(_affine_trace(calls), "float32", key, str(tmp_path)), X)
+    assert calls == [1]
+    entry = tmp_path / key
+    assert sorted(os.listdir(entry)) == ["manifest.json", "model.bin", "model.xml"]
+    sums = json.loads((entry / "manifest.json").read_text())["sha256"]
+    assert set(sums) == {"model.xml", "model.bin"}
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]  # no temp folder left
+
+    second = _run(ovr.compile_traced(_affine_trace(calls), "float32", key, str(tmp_path)), X)
+    assert calls == [1]  # read back, not traced again
+    np.testing.assert_allclose(first, EXPECTED, rtol=1e-5)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_damaged_cache_entry_is_rebuilt_not_trusted(tmp_path, caplog):
+    calls: list[int] = []
+    key = ovr.cache_key(graph="affine", weights="w1")
+    ovr.compile_traced(_affine_trace(calls), "float32", key, str(tmp_path))
+    weights_file = tmp_path / key / "model.bin"
+    data = bytearray(weights_file.read_bytes())
+    data[:8] = np.full(2, 1e6, np.float32).tobytes()  # same size, different numbers
+    weights_file.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="model.openvino_runtime"):
+        out = _run(ovr.compile_traced(_affine_trace(calls), "float32", key, str(tmp_path)), X)
+    assert calls == [1, 1] and "does not match its checksums" in caplog.text
+    np.testing.assert_allclose(out, EXPECTED, rtol=1e-5)
+    # The rebuilt entry is whole again: the next load reads it without tracing.
+    ovr.compile_traced(_affine_trace(calls), "float32", key, str(tmp_path))
+    assert calls == [1, 1]
+
+    (tmp_path / key / "model.xml").write_text("<not a model")
+    (tmp_path / key / "manifest.json").write_text("{}")
+    out = _run(ovr.compile_traced(_affine_trace(calls), "float32", key, str(tmp_path)), X)
+    assert calls == [1, 1, 1]
+    np.testing.assert_allclose(out, EXPECTED, rtol=1e-5)
+
+
+def test_keys_separate_what_differs_and_none_turns_caching_off(tmp_path, monkeypatch):
+    assert ovr.cache_key(graph="a", weights="w1") == ovr.cache_key(weights="w1", graph="a")
+    assert ovr.cache_key(graph="a", weights="w1") != ovr.cache_key(graph="a", weights="w2")
+    calls: list[int] = []
+    ovr.compile_traced(_affine_trace(calls, 2.0), "float32", ovr.cache_key(g="s2"), str(tmp_path))
+    out = _run(ovr.compile_traced(_affine_trace(calls, 3.0), "float32", ovr.cache_key(g="s3"), str(tmp_path)), X)
+    assert calls == [1, 1]
+    np.testing.assert_allclose(out, (EXPECTED - 1.0) * 1.5 + 1.0, rtol=1e-5)
+
+    assert ovr.cache_dir("none") is None and ovr.cache_dir("") is None
+    monkeypatch.setenv("CAPTION_CACHE_DIR", str(tmp_path / "root"))
+    assert ovr.cache_dir() == str(tmp_path / "root" / "openvino")
+    ovr.compile_traced(_affine_trace(calls), "float32", ovr.cache_key(g="x"), ovr.cache_dir("none"))
+    ovr.compile_traced(_affine_trace(calls), "float32", None, str(tmp_path / "unused"))
+    assert not (tmp_path / "root").exists() and not (tmp_path / "unused").exists()
+
+
+def test_cached_encoder_skips_keras_and_gives_the_same_features(tiny_artifact, tmp_path):
+    """An encoder whose converted graph is cached never builds its Keras model; random weights
+    (which differ on every build) are never cached."""
+    from model.artifact import read_artifact
+    from model.encoder import ImageEncoder
+
+    contents = read_artifact(tiny_artifact)  # holds the embedded weights' local copy open
+    weights = contents.encoder_weights
+    images = np.random.default_rng(3).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    cold = ImageEncoder("mobilenet_v3_small", weights, (64, 64), runtime="openvino", cache=str(tmp_path))
+    assert cold._model is not None and len(os.listdir(tmp_path)) == 1
+    warm = ImageEncoder("mobilenet_v3_small", weights, (64, 64), runtime="openvino", cache=str(tmp_path))
+    assert warm._model is None
+    np.testing.assert_array_equal(cold(images), warm(images))
+    reference = ImageEncoder("mobilenet_v3_small", weights, (64, 64), runtime="tensorflow")(images)
+    np.testing.assert_allclose(warm(images), reference, rtol=1e-3, atol=1e-4)
+    assert warm.feature_dim == 576 and warm.model.count_params() > 0  # Keras still there on demand
+
+    ImageEncoder("mobilenet_v3_small", None, (64, 64), runtime="openvino", cache=str(tmp_path / "random"))
+    assert not (tmp_path / "random").exists()
+
+
+def test_openvino_step_decoder_matches_tensorflow(tiny_artifact, tmp_path):
+    from model.captioner import load_caption_model
+    from model.decoder import OpenVinoStepDecoder, StepwiseDecoder
+
+    images = np.random.default_rng(4).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
+    ov_model = load_caption_model(tiny_artifact, runtime="openvino", cache=str(tmp_path))
+    tf_model = load_caption_model(tiny_artifact, runtime="tensorflow")
+    assert isinstance(ov_model.step_decoder, OpenVinoStepDecoder)
+    assert type(tf_model.step_decoder) is StepwiseDecoder
+    feats = tf_model.encode(images)
+    ov_state, tf_state = ov_model.step_decoder.initial_state(feats), tf_model.step_decoder.initial_state(feats)
+    words = np.array([1, 2, 3, 4], np.int32)
+    for _ in range(3):
+        (ov_logp, ov_state), (tf_logp, tf_state) = (ov_model.step_decoder.step(words, ov_state),
+                                                    tf_model.step_decoder.step(words, tf_state))
+        np.testing.assert_allclose(ov_logp, tf_logp, rtol=1e-4, atol=1e-4)
+        words = tf_logp.argmax(axis=1).astype(np.int32)
+    assert [r.caption for r in ov_model.caption_features(feats)] == \
+        [r.caption for r in tf_model.caption_features(feats)]
+    # Decoder graphs are cached under the artifact's model_id: a second load reads them back.
+    entries = set(os.listdir(tmp_path))
+    load_caption_model(tiny_artifact, runtime="openvino", cache=str(tmp_path))
+    assert set(os.listdir(tmp_path)) == entries and len(entries) == 3  # encoder + 2 decoder graphs
