@@ -3,6 +3,7 @@ with a small real model artifact, generated images and real Parquet output."""
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,28 @@ def test_both_encoder_runtimes_give_the_same_captions(images, tmp_path, tiny_art
         other = rows["tensorflow"][uri]
         assert row["caption"] == other["caption"]
         np.testing.assert_allclose(row["embedding"], other["embedding"], rtol=1e-3, atol=1e-4)
+
+
+def test_model_cache_dir_cold_and_warm_starts_give_the_same_rows(images, tmp_path, tiny_artifact):
+    """--model_cache_dir: the first run fills it (encoder + two decoder graphs), the second
+    reads it back and writes the same rows; "none" writes nothing anywhere."""
+    cache = tmp_path / "model-cache"
+    rows = []
+    for i in range(2):
+        out = tmp_path / f"out{i}"
+        summary = run_pipeline(["--input", f"{images}/*.jpg", "--output", str(out), "--model", tiny_artifact,
+                                "--encoder_runtime", "openvino", "--model_cache_dir", str(cache),
+                                "--emit_embeddings"])
+        assert summary["captioned"] == 12 and summary["batch_size"] == 16
+        assert len([p for p in cache.iterdir() if (p / "model.xml").is_file()]) == 3
+        rows.append({r["image_uri"]: (r["caption"], r["score"], r["embedding"]) for r in read_rows(out, "captions")})
+    assert rows[0] == rows[1]
+
+    before = sorted(Path(os.environ["CAPTION_CACHE_DIR"]).rglob("*"))
+    summary = run_pipeline(["--input", f"{images}/*.jpg", "--output", str(tmp_path / "out-none"),
+                            "--model", tiny_artifact, "--encoder_runtime", "openvino", "--model_cache_dir", "none"])
+    assert summary["captioned"] == 12
+    assert sorted(Path(os.environ["CAPTION_CACHE_DIR"]).rglob("*")) == before
 
 
 def test_multi_threading_loads_the_model_once(images, tmp_path, tiny_artifact):
