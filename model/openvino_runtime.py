@@ -3,7 +3,8 @@
 Converting a traced Keras graph to OpenVINO takes 1-2 s per worker start (tracing plus the
 TensorFlow frontend); reading a converted model back takes ~0.1 s. The cache holds OpenVINO IR
 (XML graph + raw float32 weights: data, never code), one folder per key, written atomically and
-checked against SHA-256 sums before use; a damaged or foreign entry is rebuilt, never trusted.
+checked against SHA-256 sums before use; a damaged or foreign entry is rebuilt, never trusted,
+and a cache folder that other users could write to is not used at all.
 
 Callers name what a graph is made of in ``cache_key`` (weights content hash, shapes, versions);
 ``None`` means "never cache" (e.g. random weights, which differ on every build).
@@ -80,7 +81,6 @@ def _write_cached(model: Any, root: str, key: str) -> None:
     a concurrent reader sees either nothing or a complete entry."""
     import openvino as ov
 
-    os.makedirs(root, exist_ok=True)
     tmp = os.path.join(root, f".tmp-{key}-{uuid.uuid4().hex}")
     final = os.path.join(root, key)
     try:
@@ -98,6 +98,22 @@ def _write_cached(model: Any, root: str, key: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _private_folder(root: str) -> bool:
+    """Create ``root`` (mode 0700) if needed; True only if it is ours and no one else can write
+    to it, so another user of a shared machine (``/tmp``) cannot plant graphs for us to run."""
+    try:
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        st = os.stat(root)
+    except OSError as exc:
+        log.warning("OpenVINO cache %s is not usable (%s); converting in memory", root, exc)
+        return False
+    if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
+        log.warning("OpenVINO cache %s is not private to this user (owner uid %d, mode %o); not using it",
+                    root, st.st_uid, st.st_mode & 0o777)
+        return False
+    return True
+
+
 def compile_traced(trace: Callable[[], Any], precision: str, key: str | None, cache: str | None) -> Any:
     """Compile a graph for the CPU: read from the cache under ``key`` when present, else call
     ``trace()`` (a tf ConcreteFunction), convert it and store it. ``precision`` is float32 or
@@ -106,7 +122,7 @@ def compile_traced(trace: Callable[[], Any], precision: str, key: str | None, ca
 
     core = ov.Core()
     model = None
-    folder = os.path.join(cache, key) if cache and key else None
+    folder = os.path.join(cache, key) if cache and key and _private_folder(cache) else None
     if folder:
         model = _read_cached(core, folder)
     if model is None:

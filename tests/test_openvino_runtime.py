@@ -137,3 +137,20 @@ def test_openvino_step_decoder_matches_tensorflow(tiny_artifact, tmp_path):
     entries = set(os.listdir(tmp_path))
     load_caption_model(tiny_artifact, runtime="openvino", cache=str(tmp_path))
     assert set(os.listdir(tmp_path)) == entries and len(entries) == 3  # encoder + 2 decoder graphs
+
+
+def test_cache_folder_others_can_write_to_is_not_used(tmp_path, caplog):
+    """On a shared machine another user must not be able to plant graphs for us to run."""
+    calls: list[int] = []
+    key = ovr.cache_key(graph="affine", weights="w1")
+    cache = tmp_path / "cache"
+    ovr.compile_traced(_affine_trace(calls), "float32", key, str(cache))
+    assert (cache / key / "model.xml").is_file() and oct(cache.stat().st_mode & 0o777) == "0o700"
+    cache.chmod(0o777)
+    with caplog.at_level(logging.WARNING, logger="model.openvino_runtime"):
+        out = _run(ovr.compile_traced(_affine_trace(calls), "float32", key, str(cache)), X)
+    assert calls == [1, 1] and "not private to this user" in caplog.text  # converted again, cache ignored
+    np.testing.assert_allclose(out, EXPECTED, rtol=1e-5)
+    cache.chmod(0o700)
+    ovr.compile_traced(_affine_trace(calls), "float32", key, str(cache))
+    assert calls == [1, 1]
