@@ -10,6 +10,7 @@ AVX-512 BF16 CPUs (docs/PERFORMANCE.md). TensorFlow executes it when it sees a G
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -199,11 +200,13 @@ class ImageEncoder:
         def whole() -> Any:
             return self._traced(self.model, shape, True).get_concrete_function()
 
+        split = functools.cache(lambda: self._stem_split(self.model))  # built once, only on a cache miss
+
         def stem() -> Any:
-            return self._traced(self._stem_split(self.model)[0], shape, True).get_concrete_function()
+            return self._traced(split()[0], shape, True).get_concrete_function()
 
         def rest() -> Any:
-            part = self._stem_split(self.model)[1]
+            part = split()[1]
             return self._traced(part, tuple(part.input.shape[1:]), False).get_concrete_function()
 
         # OpenVINO sets precision per compiled model, so a float32 stem is its own stage.
