@@ -11,7 +11,6 @@ AVX-512 BF16 CPUs (docs/PERFORMANCE.md). TensorFlow executes it when it sees a G
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -95,11 +94,7 @@ def weights_fingerprint(weights: str | None) -> str:
     resolved = resolve_weights(weights)
     if resolved in (None, "imagenet"):
         return str(resolved).lower()
-    h = hashlib.sha256()
-    with open(resolved, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    return storage.file_sha256(resolved)[:16]
 
 
 RUNTIMES = ("auto", "openvino", "tensorflow")

@@ -52,20 +52,12 @@ def cache_key(**identity: Any) -> str:
     return hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_cached(core: Any, folder: str) -> Any | None:
     """The cached model in ``folder`` if it is complete and unchanged, else None."""
     try:
         with open(os.path.join(folder, "manifest.json")) as f:
             expected = json.load(f)["sha256"]
-        if any(_file_sha256(os.path.join(folder, name)) != expected[name] for name in _FILES):
+        if any(storage.file_sha256(os.path.join(folder, name)) != expected[name] for name in _FILES):
             log.warning("OpenVINO cache entry %s does not match its checksums; rebuilding it", folder)
             return None
         return core.read_model(os.path.join(folder, "model.xml"))
@@ -86,7 +78,7 @@ def _write_cached(model: Any, root: str, key: str) -> None:
     try:
         os.makedirs(tmp)
         ov.save_model(model, os.path.join(tmp, "model.xml"), compress_to_fp16=False)  # keep float32 weights
-        sums = {name: _file_sha256(os.path.join(tmp, name)) for name in _FILES}
+        sums = {name: storage.file_sha256(os.path.join(tmp, name)) for name in _FILES}
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump({"format": CACHE_FORMAT, "sha256": sums}, f)
         if os.path.isdir(final):  # a damaged entry: replace it

@@ -58,6 +58,15 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_sha256(path: str) -> str:
+    """SHA-256 of a local file, read in 8 MiB chunks (weights files are ~100 MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def cache_root() -> str:
     """Local folder for downloaded weights and converted models: ``$CAPTION_CACHE_DIR`` if set,
     else ``image-captioning-cache`` in the temporary directory (per machine, per worker VM)."""
