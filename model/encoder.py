@@ -207,9 +207,10 @@ class ImageEncoder:
         # OpenVINO sets precision per compiled model, so a float32 stem is its own stage.
         stages = [("whole", whole, self.precision)] if self.float32_stem_end is None else \
             [("stem", stem, "float32"), ("rest", rest, self.precision)]
-        # Random weights differ on every build, so only real weights are cached.
-        fingerprint = None if self._resolved_weights is None else weights_fingerprint(self.weights)
+        # Random weights differ on every build, so only real weights are cached (and hashed only
+        # when there is a cache to key).
         folder = ovr.cache_dir(cache)
+        fingerprint = None if self._resolved_weights is None or folder is None else weights_fingerprint(self.weights)
         compiled = [ovr.compile_traced(trace, precision,
                                        None if fingerprint is None else ovr.cache_key(
                                            graph="encoder", backbone=self.name, image_size=self.image_size,
