@@ -78,15 +78,23 @@ def bench_encoder(enc, pixels: np.ndarray, batch: int, repeats: int) -> float:
     return len(pixels) / med
 
 
+def pipeline_command(image_dir: Path, out: str, args, extra=()) -> list[str]:
+    """run_pipeline.py over the images of ``image_dir`` with the benchmark's settings."""
+    return [python(), str(REPO / "run_pipeline.py"), "--input", f"{image_dir}/*.jpg", "--output", out,
+            "--encoder_weights", str(args.encoder_weights), "--batch_size", str(args.batch_size),
+            "--model_cache_dir", str(args.model_cache_dir), "--progress_seconds", "0", *extra]
+
+
+def pipeline_summary(res: subprocess.CompletedProcess) -> dict:
+    if res.returncode != 0:
+        raise SystemExit(f"pipeline failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout[res.stdout.index("{"):])
+
+
 def run_pipeline_once(image_dir: Path, args, extra=()) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [python(), str(REPO / "run_pipeline.py"), "--input", f"{image_dir}/*.jpg", "--output", f"{tmp}/out",
-               "--encoder_weights", str(args.encoder_weights), "--batch_size", str(args.batch_size),
-               "--model_cache_dir", str(args.model_cache_dir), "--progress_seconds", "0", *extra]
-        res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-        if res.returncode != 0:
-            raise SystemExit(f"pipeline failed:\n{res.stderr[-3000:]}")
-        return json.loads(res.stdout[res.stdout.index("{"):])
+        return pipeline_summary(subprocess.run(pipeline_command(image_dir, f"{tmp}/out", args, extra),
+                                               capture_output=True, text=True, cwd=REPO))
 
 
 def seed_style_loop(paths: list[Path], model_dir: str, weights: str) -> float:
@@ -271,13 +279,8 @@ def main() -> int:
         for n in args.memory_sizes:
             image_dir = link_dir(dev_images(n), work / f"memory-{n}")
             with tempfile.TemporaryDirectory() as tmp:
-                cmd = [python(), str(REPO / "run_pipeline.py"), "--input", f"{image_dir}/*.jpg", "--output", f"{tmp}/out",
-                       "--encoder_weights", str(args.encoder_weights), "--batch_size", str(args.batch_size),
-                       "--model_cache_dir", str(args.model_cache_dir), "--progress_seconds", "0"]
-                res, peak, samples = run_with_rss(cmd, cwd=REPO)
-                if res.returncode != 0:
-                    raise SystemExit(res.stderr[-3000:])
-                summary = json.loads(res.stdout[res.stdout.index("{"):])
+                res, peak, samples = run_with_rss(pipeline_command(image_dir, f"{tmp}/out", args), cwd=REPO)
+                summary = pipeline_summary(res)
                 rows.append([n, summary["captioned"], summary["wall_seconds"], summary["images_per_second"], int(round(peak))])
         print(table(["images", "captioned", "wall s", "images/s", "peak RSS MiB (process tree)"], rows))
     return 0
