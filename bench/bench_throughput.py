@@ -217,11 +217,15 @@ def main() -> int:
         enc_rate = results.get("encoder") or bench_encoder(enc, pixels, args.batch_size, 1)
         enc_ms = 1000 / enc_rate
         rows = []
+        from model.decoder import stepwise_decoder
+
         step_decoders = {"tensorflow": model.step_decoder,
-                         "openvino": model.decoder.stepwise("openvino", model.model_id, str(args.model_cache_dir))}
+                         "openvino": stepwise_decoder(model.decoders, "openvino", model.model_id,
+                                                      str(args.model_cache_dir), model.step_decoder.combine)}
+        # Greedy, and the model's default search (what the pipeline runs without flags).
         for runtime, settings in [(r, s) for r in ("openvino", "tensorflow") for s in (
                 DecodeSettings("greedy", max_length=model.default_settings.max_length),
-                DecodeSettings("beam", 3, 0.7, model.default_settings.max_length))]:
+                model.default_settings)]:
             model.step_decoder = step_decoders[runtime]
 
             def once(settings=settings):

@@ -10,7 +10,7 @@ Reproduce (from the repository root, after a training run has filled the feature
    sizes (the shipped defaults: 256-d embedding, 256 LSTM units, dropout 0.5), optimiser and
    batch size in captions:
 
-   * whole caption (``training.train.make_dataset`` + ``MergeDecoder.training_model``): one
+   * whole caption (``training.fit.make_dataset`` + ``MergeDecoder.training_model``): one
      example per caption, teacher forcing over all its words at once;
    * per prefix (``model.decoder.build_prefix_model``), as the classic tutorials do: one example
      per word, its prefix pre-padded to ``max_length``, the image features repeated for every
@@ -185,7 +185,7 @@ def compile_model(model, args: argparse.Namespace) -> None:
 
 
 def whole_caption_dataset(data: Data, args: argparse.Namespace, n: int | None = None):
-    from training.train import make_dataset
+    from training.fit import make_dataset
 
     n = len(data.index) if n is None else n
     return make_dataset(data.features, data.index[:n], data.captions[:n], args.batch_size, True, args.seed)

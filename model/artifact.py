@@ -3,7 +3,8 @@
 * ``config.json``  encoder name, weights source, image size, preprocessing, decoder sizes,
   decoding defaults, library versions, training data and metrics;
 * ``vocab.json``   the vocabulary;
-* ``decoder.weights.h5``  decoder weights (HDF5, weights only);
+* ``decoder.weights.h5``  decoder weights (HDF5, weights only); an ensemble adds
+  ``decoder-2.weights.h5`` … (same sizes, other seeds), named in config ``"ensemble"``;
 * ``encoder.weights.h5``  optional encoder weights (config ``"weights": "artifact"``);
 * ``manifest.json``  size and SHA-256 of every file and the ``model_id`` (a hash of them).
 
@@ -23,7 +24,9 @@ from model import storage
 from model.decoding import DecodeSettings
 from model.vocabulary import Vocabulary, VocabularyError
 
-ARTIFACT_FORMAT = "image-caption-model/1"
+ARTIFACT_FORMAT = "image-caption-model/1"  # one decoder: what every reader since the first can load
+ENSEMBLE_FORMAT = "image-caption-model/2"  # several decoders (config "ensemble")
+READABLE_FORMATS = (ARTIFACT_FORMAT, ENSEMBLE_FORMAT)
 CONFIG = "config.json"
 VOCAB = "vocab.json"
 DECODER_WEIGHTS = "decoder.weights.h5"
@@ -52,14 +55,26 @@ def library_versions() -> dict[str, str]:
             "keras": keras.__version__, "numpy": numpy.__version__}
 
 
+def member_file(index: int) -> str:
+    """File name of ensemble member ``index`` (0 is ``decoder.weights.h5``)."""
+    return DECODER_WEIGHTS if index == 0 else f"decoder-{index + 1}.weights.h5"
+
+
 def save_artifact(uri: str, *, decoder: Any, vocab: Vocabulary, encoder: dict[str, Any],
                   decoding: DecodeSettings, training: dict[str, Any] | None = None,
-                  encoder_model: Any = None, extra_files: dict[str, bytes] | None = None) -> str:
+                  encoder_model: Any = None, extra_files: dict[str, bytes] | None = None,
+                  combine: str = "mean_logprob") -> str:
     """Write an artifact and return its ``model_id``.
 
-    ``encoder`` is the config block (``name``, ``weights``, ``image_size``); pass the built
-    ``encoder_model`` to embed its weights (the config then says ``"weights": "artifact"``).
+    ``decoder`` is one ``MergeDecoder`` or a list of them (an ensemble of the same sizes whose
+    log-probabilities are combined with ``combine`` in every search step). ``encoder`` is the
+    config block (``name``, ``weights``, ``image_size``); pass the built ``encoder_model`` to
+    embed its weights (the config then says ``"weights": "artifact"``).
     """
+    members = list(decoder) if isinstance(decoder, (list, tuple)) else [decoder]
+    decoder = members[0]
+    if any(m.config != decoder.config for m in members):
+        raise ArtifactError("ensemble members must share one decoder config")
     if len(vocab) != decoder.config.vocab_size:
         raise ArtifactError(f"vocabulary has {len(vocab)} tokens but the decoder expects {decoder.config.vocab_size}")
     from model.encoder import get_backbone
@@ -74,7 +89,7 @@ def save_artifact(uri: str, *, decoder: Any, vocab: Vocabulary, encoder: dict[st
         "resize": "bilinear",
     }
     config = {
-        "format": ARTIFACT_FORMAT,
+        "format": ARTIFACT_FORMAT if len(members) == 1 else ENSEMBLE_FORMAT,
         "encoder": encoder_block,
         "decoder": decoder.config.to_dict(),
         "decoding": {"method": decoding.method, "beam_width": decoding.beam_width,
@@ -82,12 +97,15 @@ def save_artifact(uri: str, *, decoder: Any, vocab: Vocabulary, encoder: dict[st
         "versions": library_versions(),
         "training": training or {},
     }
+    if len(members) > 1:
+        config["ensemble"] = {"members": [member_file(i) for i in range(len(members))], "combine": combine}
     files: dict[str, bytes] = {
         CONFIG: json.dumps(config, indent=2, sort_keys=True).encode(),
         VOCAB: vocab.to_json().encode(),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        decoder.save_weights(os.path.join(tmp, DECODER_WEIGHTS))
+        for i, member in enumerate(members):
+            member.save_weights(os.path.join(tmp, member_file(i)))
         if encoder_model is not None:
             encoder_model.save_weights(os.path.join(tmp, ENCODER_WEIGHTS))
         for name in os.listdir(tmp):
@@ -96,7 +114,7 @@ def save_artifact(uri: str, *, decoder: Any, vocab: Vocabulary, encoder: dict[st
     files.update(extra_files or {})
     hashes = {name: storage.sha256_hex(data) for name, data in files.items()}
     model_id = compute_model_id(hashes)
-    manifest = {"format": ARTIFACT_FORMAT, "model_id": model_id,
+    manifest = {"format": config["format"], "model_id": model_id,
                 "files": {name: {"sha256": hashes[name], "bytes": len(data)} for name, data in files.items()}}
     for name, data in files.items():
         storage.write_bytes(storage.join(uri, name), data)
@@ -112,9 +130,17 @@ class ArtifactContents:
     model_id: str
     config: dict[str, Any]
     vocab: Vocabulary
-    decoder_weights_path: str
+    decoder_weights_paths: list[str]  # one per ensemble member, member 0 first
     encoder_weights: str | None  # resolved weights setting for the encoder
     _tmp: Any = field(default=None, repr=False)
+
+    @property
+    def decoder_weights_path(self) -> str:
+        return self.decoder_weights_paths[0]
+
+    @property
+    def ensemble_combine(self) -> str:
+        return str(self.config.get("ensemble", {}).get("combine", "mean_logprob"))
 
     def decode_settings(self, **overrides: Any) -> DecodeSettings:
         d = dict(self.config.get("decoding", {}))
@@ -154,8 +180,10 @@ def read_artifact(uri: str, *, expected_model_id: str | None = None,
     uri = uri.rstrip("/")
     manifest = _json(uri, MANIFEST, _read(uri, MANIFEST))
     listed = manifest.get("files")
-    if manifest.get("format") != ARTIFACT_FORMAT or not isinstance(listed, dict):
-        raise ArtifactError(f"{MANIFEST} of model artifact {uri} is not an {ARTIFACT_FORMAT} manifest")
+    if manifest.get("format") not in READABLE_FORMATS or not isinstance(listed, dict):
+        raise ArtifactError(f"{MANIFEST} of model artifact {uri} is not an {' or '.join(READABLE_FORMATS)} "
+                            f"manifest (format={manifest.get('format')!r}; a newer artifact needs a newer version "
+                            f"of this package)")
     for name in REQUIRED_FILES:
         if name not in listed:
             raise ArtifactError(f"{MANIFEST} of model artifact {uri} does not list {name}")
@@ -172,7 +200,7 @@ def read_artifact(uri: str, *, expected_model_id: str | None = None,
         if digest != meta.get("sha256"):
             raise ArtifactError(f"{name} of model artifact {uri} does not match its SHA-256 in the manifest (tampered or corrupt)")
         hashes[name] = digest
-        if name in (CONFIG, VOCAB, DECODER_WEIGHTS, ENCODER_WEIGHTS):
+        if name in (CONFIG, VOCAB, ENCODER_WEIGHTS) or name.endswith(".weights.h5"):
             contents[name] = data
     model_id = compute_model_id(hashes)
     if manifest.get("model_id") != model_id:
@@ -182,8 +210,10 @@ def read_artifact(uri: str, *, expected_model_id: str | None = None,
         raise ArtifactError(f"model artifact {uri} has model_id {model_id}, expected {expected_model_id}")
 
     config = _json(uri, CONFIG, contents[CONFIG])
-    if config.get("format") != ARTIFACT_FORMAT:
-        raise ArtifactError(f"{CONFIG} of model artifact {uri} is not {ARTIFACT_FORMAT} (format={config.get('format')!r})")
+    if config.get("format") != manifest.get("format"):
+        raise ArtifactError(f"{CONFIG} of model artifact {uri} is not {manifest.get('format')} "
+                            f"(format={config.get('format')!r})")
+    members = _ensemble_members(uri, config, listed)
     for key in ("encoder", "decoder"):
         if not isinstance(config.get(key), dict):
             raise ArtifactError(f"{CONFIG} of model artifact {uri} has no '{key}' section")
@@ -203,7 +233,7 @@ def read_artifact(uri: str, *, expected_model_id: str | None = None,
 
     tmp = tempfile.TemporaryDirectory(prefix="caption-artifact-")
     local: dict[str, str] = {}
-    for name in (DECODER_WEIGHTS, ENCODER_WEIGHTS):
+    for name in (*members, ENCODER_WEIGHTS):
         if name in contents:
             if not contents[name].startswith(storage.HDF5_MAGIC):
                 raise ArtifactError(f"{name} of model artifact {uri} is not an HDF5 weights file (refused)")
@@ -217,4 +247,26 @@ def read_artifact(uri: str, *, expected_model_id: str | None = None,
                                 f"artifact but {ENCODER_WEIGHTS} is not listed in its manifest")
         weights = local[ENCODER_WEIGHTS]
     return ArtifactContents(uri=uri, model_id=model_id, config=config, vocab=vocab,
-                            decoder_weights_path=local[DECODER_WEIGHTS], encoder_weights=weights, _tmp=tmp)
+                            decoder_weights_paths=[local[m] for m in members], encoder_weights=weights, _tmp=tmp)
+
+
+def _ensemble_members(uri: str, config: dict[str, Any], listed: dict[str, Any]) -> list[str]:
+    """Decoder weight files named by the config (one ``decoder.weights.h5`` without an ensemble)."""
+    if config["format"] == ARTIFACT_FORMAT:
+        if "ensemble" in config:
+            raise ArtifactError(f"{CONFIG} of model artifact {uri} has an ensemble but format {ARTIFACT_FORMAT}")
+        return [DECODER_WEIGHTS]
+    ensemble = config.get("ensemble")
+    names = ensemble.get("members") if isinstance(ensemble, dict) else None
+    if not isinstance(names, list) or not names or names[0] != DECODER_WEIGHTS \
+            or any(not isinstance(n, str) or not n.endswith(".weights.h5") for n in names) \
+            or len(set(names)) != len(names):
+        raise ArtifactError(f"{CONFIG} of model artifact {uri} has an invalid 'ensemble' section: {ensemble!r}")
+    missing = [n for n in names if n not in listed]
+    if missing:
+        raise ArtifactError(f"{MANIFEST} of model artifact {uri} does not list ensemble member(s) {missing}")
+    from model.decoder import ENSEMBLE_COMBINE  # noqa: WPS433
+
+    if ensemble.get("combine", "mean_logprob") not in ENSEMBLE_COMBINE:
+        raise ArtifactError(f"{CONFIG} of model artifact {uri}: unknown ensemble combine {ensemble.get('combine')!r}")
+    return list(names)

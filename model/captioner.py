@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from model.artifact import ArtifactContents, ArtifactError, read_artifact
-from model.decoder import DecoderConfig, MergeDecoder
+from model.decoder import DecoderConfig, MergeDecoder, StepwiseDecoder, stepwise_decoder
 from model.decoding import DecodeSettings, decode_batch, strip_end
 from model.encoder import ImageEncoder
 from model.vocabulary import Vocabulary
@@ -25,14 +25,14 @@ class CaptionResult:
 class CaptionModel:
     """A ready-to-run captioner; build it with ``load_caption_model``."""
 
-    def __init__(self, encoder: ImageEncoder | None, decoder: MergeDecoder, vocab: Vocabulary,
+    def __init__(self, encoder: ImageEncoder | None, decoders: list[MergeDecoder], vocab: Vocabulary,
                  model_id: str, config: dict[str, Any], default_settings: DecodeSettings,
-                 cache: str | None = None) -> None:
+                 cache: str | None = None, combine: str = "mean_logprob") -> None:
         self.encoder = encoder
-        self.decoder = decoder
+        self.decoders = decoders
         # The decoder runs where the encoder runs: one runtime's thread pool per process.
         runtime = encoder.runtime if encoder is not None else "tensorflow"
-        self.step_decoder = decoder.stepwise(runtime, model_id, cache)
+        self.step_decoder = stepwise_decoder(decoders, runtime, model_id, cache, combine)
         self.vocab = vocab
         self.model_id = model_id
         self.config = config
@@ -70,15 +70,32 @@ class CaptionModel:
         return features, self.caption_features(features, settings)
 
 
+def build_decoders(contents: ArtifactContents) -> list[MergeDecoder]:
+    """The decoder(s) of a verified artifact with their weights loaded (one per ensemble member)."""
+    import os
+
+    config = DecoderConfig.from_dict(contents.config["decoder"])
+    decoders = []
+    for path in contents.decoder_weights_paths:
+        decoder = MergeDecoder(config)
+        try:
+            decoder.load_weights(path)
+        except Exception as exc:  # noqa: BLE001 - Keras raises several types for bad weights
+            raise ArtifactError(f"{os.path.basename(path)} of model artifact {contents.uri} does not fit the "
+                                f"configured decoder: {type(exc).__name__}: {exc}") from None
+        decoders.append(decoder)
+    return decoders
+
+
 def build_decoder(contents: ArtifactContents) -> MergeDecoder:
-    """The decoder of a verified artifact with its weights loaded."""
-    decoder = MergeDecoder(DecoderConfig.from_dict(contents.config["decoder"]))
-    try:
-        decoder.load_weights(contents.decoder_weights_path)
-    except Exception as exc:  # noqa: BLE001 - Keras raises several types for bad weights
-        raise ArtifactError(f"decoder.weights.h5 of model artifact {contents.uri} does not fit the "
-                            f"configured decoder: {type(exc).__name__}: {exc}") from None
-    return decoder
+    """The first (or only) decoder of a verified artifact with its weights loaded."""
+    return build_decoders(contents)[0]
+
+
+def build_step_decoder(contents: ArtifactContents, runtime: str = "tensorflow",
+                       cache: str | None = None) -> StepwiseDecoder:
+    """The artifact's step-wise decoder: its one decoder, or all members combined as it says."""
+    return stepwise_decoder(build_decoders(contents), runtime, contents.model_id, cache, contents.ensemble_combine)
 
 
 def load_caption_model(uri: str, *, encoder_weights: str | None = None, expected_model_id: str | None = None,
@@ -87,7 +104,8 @@ def load_caption_model(uri: str, *, encoder_weights: str | None = None, expected
     """Verify and load an artifact (see ``model.artifact``) into a CaptionModel. ``cache``: where
     converted OpenVINO graphs are kept (``model.openvino_runtime.cache_dir``; "none" for nowhere)."""
     contents = read_artifact(uri, expected_model_id=expected_model_id, encoder_weights=encoder_weights)
-    decoder = build_decoder(contents)
+    decoders = build_decoders(contents)
+    decoder = decoders[0]
     if decoder.config.feature_dim != int(contents.config["encoder"].get("feature_dim", decoder.config.feature_dim)):
         raise ArtifactError(f"config.json of model artifact {uri}: encoder feature_dim does not match the decoder")
     encoder = None
@@ -98,5 +116,5 @@ def load_caption_model(uri: str, *, encoder_weights: str | None = None, expected
         if encoder.feature_dim != decoder.config.feature_dim:
             raise ArtifactError(f"encoder {enc['name']} gives {encoder.feature_dim}-d features but the decoder "
                                 f"of model artifact {uri} expects {decoder.config.feature_dim}")
-    return CaptionModel(encoder, decoder, contents.vocab, contents.model_id, contents.config,
-                        contents.decode_settings(), cache)
+    return CaptionModel(encoder, decoders, contents.vocab, contents.model_id, contents.config,
+                        contents.decode_settings(), cache, contents.ensemble_combine)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import keras
@@ -113,11 +113,20 @@ class MergeDecoder:
                  cache: str | None = None) -> "StepwiseDecoder":
         """The step-wise inference graph run by TensorFlow or OpenVINO (``runtime``); an OpenVINO
         graph is cached under ``cache_identity`` (the artifact's model_id) when given."""
-        if runtime == "openvino":
-            return OpenVinoStepDecoder(self, cache_identity, cache)
-        if runtime != "tensorflow":
-            raise ValueError(f"decoder runtime must be tensorflow or openvino, not {runtime!r}")
-        return StepwiseDecoder(self)
+        return stepwise_decoder([self], runtime, cache_identity, cache)
+
+
+ENSEMBLE_COMBINE = ("mean_logprob", "mean_prob")
+
+
+def stepwise_decoder(members: Sequence[MergeDecoder], runtime: str = "tensorflow", cache_identity: str | None = None,
+                     cache: str | None = None, combine: str = "mean_logprob") -> "StepwiseDecoder":
+    """One step-wise graph over one decoder or an ensemble of decoders (see ``StepwiseDecoder``)."""
+    if runtime == "openvino":
+        return OpenVinoStepDecoder(members, cache_identity, cache, combine)
+    if runtime != "tensorflow":
+        raise ValueError(f"decoder runtime must be tensorflow or openvino, not {runtime!r}")
+    return StepwiseDecoder(members, combine)
 
 
 def build_prefix_model(config: DecoderConfig) -> keras.Model:
@@ -149,31 +158,61 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
 
 
 class StepwiseDecoder:
-    """Inference graph: image embedding once, then one LSTM step per word (``StepDecoder``)."""
+    """Inference graph: image embedding once, then one LSTM step per word (``StepDecoder``).
 
-    def __init__(self, decoder: MergeDecoder) -> None:
-        self._d = decoder
-        units = decoder.config.units
-        fdim = decoder.config.feature_dim
+    With several decoders (an ensemble of the same sizes, trained with different seeds) every
+    member runs inside the same graph: the state holds the members' LSTM states side by side
+    (``rows x members*units``) and a step returns the members' next-word log-probabilities
+    combined: ``mean_logprob`` (renormalised geometric mean of the distributions) or
+    ``mean_prob`` (arithmetic mean). One decoder gives exactly its own log-softmax."""
+
+    def __init__(self, members: MergeDecoder | Sequence[MergeDecoder], combine: str = "mean_logprob") -> None:
+        self._members = [members] if isinstance(members, MergeDecoder) else list(members)
+        if not self._members:
+            raise ValueError("a step-wise decoder needs at least one decoder")
+        configs = {m.config for m in self._members}
+        if len(configs) != 1:
+            raise ValueError("ensemble members must have the same decoder config")
+        if combine not in ENSEMBLE_COMBINE:
+            raise ValueError(f"ensemble combine must be one of {ENSEMBLE_COMBINE}, not {combine!r}")
+        self._d = self._members[0]
+        self.combine = combine
+        self.width = decoder_width = self._d.config.units * len(self._members)
+        fdim = self._d.config.feature_dim
         self._image = tf.function(self._image_fn, input_signature=[tf.TensorSpec([None, fdim], tf.float32)])
         self._step = tf.function(self._step_fn, input_signature=[
-            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, units], tf.float32),
-            tf.TensorSpec([None, units], tf.float32), tf.TensorSpec([None, units], tf.float32)])
+            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, decoder_width], tf.float32),
+            tf.TensorSpec([None, decoder_width], tf.float32), tf.TensorSpec([None, decoder_width], tf.float32)])
+
+    @property
+    def members(self) -> int:
+        return len(self._members)
 
     def _image_fn(self, features: tf.Tensor) -> tf.Tensor:
-        return self._d._image_branch(features)
+        return tf.concat([m._image_branch(features) for m in self._members], axis=1)
 
     def _step_fn(self, word_ids: tf.Tensor, h: tf.Tensor, c: tf.Tensor, image: tf.Tensor):
-        d = self._d
-        emb = tf.gather(d.embedding.embeddings, word_ids)  # no mask: every step word is real
-        out, (h2, c2) = d.lstm.cell(emb, [h, c], training=False)
-        hidden = d.merge_dense(out + image)
-        logits = tf.matmul(hidden, d.word_probs.kernel) + d.word_probs.bias
-        return tf.nn.log_softmax(logits), h2, c2
+        n = len(self._members)
+        hs, cs, images = tf.split(h, n, axis=1), tf.split(c, n, axis=1), tf.split(image, n, axis=1)
+        logps, new_h, new_c = [], [], []
+        for d, h1, c1, img in zip(self._members, hs, cs, images):
+            emb = tf.gather(d.embedding.embeddings, word_ids)  # no mask: every step word is real
+            out, (h2, c2) = d.lstm.cell(emb, [h1, c1], training=False)
+            hidden = d.merge_dense(out + img)
+            logps.append(tf.nn.log_softmax(tf.matmul(hidden, d.word_probs.kernel) + d.word_probs.bias))
+            new_h.append(h2)
+            new_c.append(c2)
+        if n == 1:
+            logp = logps[0]
+        elif self.combine == "mean_logprob":
+            logp = tf.nn.log_softmax(tf.add_n(logps) / n)
+        else:
+            logp = tf.reduce_logsumexp(tf.stack(logps), axis=0) - np.log(n)
+        return logp, tf.concat(new_h, axis=1), tf.concat(new_c, axis=1)
 
     def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
         image = self._image(np.asarray(features, dtype=np.float32)).numpy()
-        zeros = np.zeros((len(features), self._d.config.units), dtype=np.float32)
+        zeros = np.zeros((len(features), self.width), dtype=np.float32)
         return (zeros, zeros.copy(), image)
 
     def step(self, word_ids: np.ndarray, state: tuple[np.ndarray, ...]):
@@ -185,20 +224,21 @@ class StepwiseDecoder:
 class OpenVinoStepDecoder(StepwiseDecoder):
     """``StepwiseDecoder``'s traced graphs converted to OpenVINO (same weights, same maths)."""
 
-    def __init__(self, decoder: MergeDecoder, cache_identity: str | None, cache: str | None = None) -> None:
+    def __init__(self, members: MergeDecoder | Sequence[MergeDecoder], cache_identity: str | None,
+                 cache: str | None = None, combine: str = "mean_logprob") -> None:
         from model import openvino_runtime as ovr
 
-        super().__init__(decoder)
+        super().__init__(members, combine)
         folder = ovr.cache_dir(cache)
         key = (lambda graph: None) if cache_identity is None else \
-            (lambda graph: ovr.cache_key(graph=graph, model_id=cache_identity))
+            (lambda graph: ovr.cache_key(graph=graph, model_id=cache_identity, combine=combine))
         self._run = ovr.ThreadLocalRequests([
             ovr.compile_traced(self._image.get_concrete_function, "float32", key("decoder-image"), folder),
             ovr.compile_traced(self._step.get_concrete_function, "float32", key("decoder-step"), folder)])
 
     def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
         (image,) = self._run.run(0, [np.asarray(features, dtype=np.float32)])
-        zeros = np.zeros((len(features), self._d.config.units), dtype=np.float32)
+        zeros = np.zeros((len(features), self.width), dtype=np.float32)
         return (zeros, zeros.copy(), image)
 
     def step(self, word_ids: np.ndarray, state: tuple[np.ndarray, ...]):

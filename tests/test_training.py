@@ -336,15 +336,15 @@ def test_evaluate_cli_prints_greedy_and_beam_bleu(random_run: Run, shapes: Shape
     assert printed["images"] == N_DEV and printed["split"] == "dev"
     assert printed["model_id"] == read_artifact(str(random_run.model)).model_id
     greedy, beam = printed["greedy(max_len=7)"], printed["beam(k=3,alpha=0.7,max_len=7)"]
-    assert set(greedy) == set(beam) == {"bleu1", "bleu2", "bleu3", "bleu4"}
-    assert greedy == pytest.approx(random_run.summary["dev_bleu"]["greedy(max_len=7)"], rel=1e-9)
+    assert set(greedy) == set(beam) == {"bleu1", "bleu2", "bleu3", "bleu4", "cider_d", "rouge_l"}
+    assert greedy == pytest.approx(random_run.summary["dev_metrics"]["greedy(max_len=7)"], rel=1e-9)
 
     assert training_evaluate.main(["--model", str(random_run.model), "--table", str(shapes.dev_table),
                                    "--split", "dev", "--cache-dir", str(random_run.cache), "--no-progress",
                                    "--decode", "greedy", "--limit", "10"]) == 0
     limited = json.loads(capsys.readouterr().out)
     assert limited["images"] == 10 and list(k for k in limited if k.startswith("beam")) == []
-    assert set(limited["greedy(max_len=7)"]) == {"bleu1", "bleu2", "bleu3", "bleu4"}
+    assert set(limited["greedy(max_len=7)"]) == {"bleu1", "bleu2", "bleu3", "bleu4", "cider_d", "rouge_l"}
 
 
 # --------------------------------------------------------------------------- feature cache
@@ -572,3 +572,35 @@ def test_training_with_a_text_vectors_file(random_run: Run, shapes: Shapes, tmp_
     assert t["embedding"] == {"source": str(path), "coverage": round(len(covered) / vocab_words, 4)}
     assert "dev_bleu1" not in t["history"]  # --bleu-sample 0 turns the per-epoch sample off
     assert not math.isnan(t["best_dev_loss"])
+
+
+# --------------------------------------------------------------------------- ensembles, tuning, resume
+
+
+def test_ensemble_training_tunes_decoding_and_reuses_finished_members(shapes: Shapes, tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture):
+    common = ["--flickr8k", str(shapes.root), "--encoder", "mobilenet_v3_small", "--image-size", "64",
+              "--encoder-weights", "none", "--artifact-encoder-weights", "none", "--cache-dir", str(tmp_path / "cache"),
+              "--work-dir", str(tmp_path / "work"), "--epochs", "2", "--learning-rate", "0.01", "--bleu-sample", "10",
+              *SMALL_DECODER]
+    run_training([*common, "--output", str(tmp_path / "one")])
+    with caplog.at_level("INFO", logger="training"):
+        run_training([*common, "--ensemble", "2", "--tune-decoding", "--tune-widths", "1", "2",
+                      "--tune-alphas", "0.0", "0.9", "--output", str(tmp_path / "two")])
+    assert "already trained" in caplog.text  # member 1 came from the first run, only member 2 was fitted
+    one, two = config_of(tmp_path / "one"), config_of(tmp_path / "two")
+    assert two["ensemble"]["members"] == ["decoder.weights.h5", "decoder-2.weights.h5"]
+    assert (tmp_path / "one" / "decoder.weights.h5").read_bytes() == (tmp_path / "two" / "decoder.weights.h5").read_bytes()
+    t = two["training"]
+    assert [m["seed"] for m in t["members"]] == [0, 1] and t["hyperparameters"]["ensemble"] == 2
+    grid = t["decoding_tuning"]["grid"]
+    assert [(g["beam_width"], g["length_alpha"]) for g in grid] == [(1, 0.0), (2, 0.0), (2, 0.9)]
+    best = max(grid, key=lambda g: g["bleu1"] + g["bleu4"])
+    assert two["decoding"] == {"method": "beam", "beam_width": best["beam_width"], "length_alpha": best["length_alpha"]}
+    assert t["decoding_tuning"]["chosen"] == best["decode"]
+    chosen = t["dev_metrics"][best["decode"]]
+    assert {k: chosen[k] for k in ("bleu1", "bleu4", "cider_d", "rouge_l")} == \
+        pytest.approx({k: best[k] for k in ("bleu1", "bleu4", "cider_d", "rouge_l")}, rel=1e-9)
+    assert one["format"] == "image-caption-model/1" and two["format"] == "image-caption-model/2"
+    model = load_caption_model(str(tmp_path / "two"))
+    assert model.step_decoder.members == 2

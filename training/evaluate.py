@@ -1,4 +1,5 @@
-"""Corpus BLEU-1..4 of a model on a dataset split, paper style (see ``model.bleu``).
+"""Corpus BLEU-1..4, CIDEr-D and ROUGE-L of a model on a dataset split, paper style
+(``model.bleu``, ``model.caption_metrics``; one tokenisation for all of them).
 
 CLI: ``python -m training.evaluate --model DIR --flickr8k ROOT --split dev``.
 """
@@ -13,6 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from model.bleu import bleu_tokens, corpus_bleu_scores
+from model.caption_metrics import cider_d, rouge_l
 from model.decoding import DecodeSettings, decode_batch, strip_end
 from model.vocabulary import Vocabulary
 from training.datasets import CaptionedImage
@@ -31,23 +33,55 @@ def generate_captions(step_decoder, vocab: Vocabulary, features: np.ndarray, set
     return out
 
 
-def bleu_on(step_decoder, vocab: Vocabulary, items: Sequence[CaptionedImage], features: np.ndarray,
-            settings: DecodeSettings) -> dict[str, float]:
-    """Corpus BLEU-1..4 of generated captions against each image's reference captions."""
-    hyps = generate_captions(step_decoder, vocab, features, settings)
+def caption_scores(hypotheses: Sequence[Sequence[str]], items: Sequence[CaptionedImage],
+                   extended: bool = True) -> dict[str, float]:
+    """Corpus BLEU-1..4 (and with ``extended`` CIDEr-D and ROUGE-L) of captions (word lists)
+    against each image's reference captions."""
+    hyps = [bleu_tokens(h) for h in hypotheses]
     refs = [[bleu_tokens(c) for c in item.captions] for item in items]
-    return corpus_bleu_scores([bleu_tokens(h) for h in hyps], refs)
+    scores = corpus_bleu_scores(hyps, refs)
+    if extended:
+        scores["cider_d"] = cider_d(hyps, refs)
+        scores["rouge_l"] = rouge_l(hyps, refs)
+    return scores
+
+
+def bleu_on(step_decoder, vocab: Vocabulary, items: Sequence[CaptionedImage], features: np.ndarray,
+            settings: DecodeSettings, extended: bool = False) -> dict[str, float]:
+    """Corpus BLEU-1..4 (and with ``extended`` CIDEr-D and ROUGE-L) of generated captions."""
+    return caption_scores(generate_captions(step_decoder, vocab, features, settings), items, extended)
+
+
+def objective(scores: dict[str, float], metric: str) -> float:
+    """Value of a tuning metric such as ``bleu4``, ``cider_d`` or a sum like ``bleu1+bleu4``."""
+    return sum(scores[name.strip()] for name in metric.split("+"))
+
+
+def tune_decoding(step_decoder, vocab: Vocabulary, items: Sequence[CaptionedImage], features: np.ndarray,
+                  max_length: int, widths: Sequence[int], alphas: Sequence[float],
+                  metric: str = "bleu4") -> tuple[DecodeSettings, list[dict]]:
+    """Score every beam width x length alpha on ``items`` (a dev split: never the test split)
+    and return the best settings by ``metric`` with the whole grid."""
+    grid = []
+    for width in widths:
+        for alpha in (alphas if width > 1 else alphas[:1]):  # alpha only ranks finished beams
+            settings = DecodeSettings("beam", width, alpha, max_length)
+            scores = bleu_on(step_decoder, vocab, items, features, settings, extended=True)
+            grid.append({"decode": settings.describe(), "beam_width": width, "length_alpha": alpha, **scores})
+            log.info("tuning %s: %s", settings.describe(), " ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+    best = max(grid, key=lambda row: objective(row, metric))
+    return DecodeSettings("beam", best["beam_width"], best["length_alpha"], max_length), grid
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from training.train import add_data_arguments, load_split_features
+    from training.splits import add_data_arguments, load_split_features
 
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model artifact directory or URI")
     parser.add_argument("--split", default="dev", help="split to score (Flickr8k: train/dev/test)")
     parser.add_argument("--decode", nargs="+", default=["greedy", "beam"], choices=["greedy", "beam"])
-    parser.add_argument("--beam-width", type=int, default=3)
+    parser.add_argument("--beam-width", type=int, default=None, help="default: the model config's")
     parser.add_argument("--length-alpha", type=float, default=None)
     parser.add_argument("--limit", type=int, default=None, help="score only the first N images")
     parser.add_argument("--output-json", default=None, help="also write the scores here")
@@ -56,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
     from model.artifact import read_artifact
-    from model.captioner import build_decoder
+    from model.captioner import build_step_decoder
 
     contents = read_artifact(args.model, encoder_weights=args.encoder_weights)
     enc = contents.config["encoder"]
@@ -64,13 +98,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                tuple(enc["image_size"]))
     if args.limit:
         items, feats = items[: args.limit], feats[: args.limit]
-    step = build_decoder(contents).stepwise()
+    step = build_step_decoder(contents)
     results = {"model_id": contents.model_id, "split": args.split, "images": len(items),
                "skipped": report.summary()}
     for method in args.decode:
         settings = contents.decode_settings(method=method, beam_width=args.beam_width if method == "beam" else None,
                                             length_alpha=args.length_alpha)
-        results[settings.describe()] = bleu_on(step, contents.vocab, items, feats, settings)
+        results[settings.describe()] = bleu_on(step, contents.vocab, items, feats, settings, extended=True)
     text = json.dumps(results, indent=2)
     print(text)
     if args.output_json:

@@ -1,18 +1,21 @@
-"""Train the merge caption decoder on cached encoder features and export a model artifact.
+"""Train the merge caption decoder(s) on cached encoder features and export a model artifact.
 
-Example (the shipped default model)::
+Example (the shipped default model: see README "Training" for the exact command)::
 
     python -m training.train --flickr8k ../shared/data/flickr8k \\
         --encoder-weights ../shared/models/xception_weights_tf_dim_ordering_tf_kernels_notop.h5 \\
-        --output models/flickr8k-xception
+        --ensemble 4 --tune-decoding --output models/flickr8k-xception
 
 One caption is one training example (teacher forcing over the whole caption); early stopping
-on dev loss restores the best weights; per epoch the dev BLEU of a sample is logged; a PNG of
-the curves is stored next to the artifact.
+on dev loss keeps the best weights; per epoch the dev BLEU of a sample is logged; a PNG of the
+curves is stored in the artifact. ``--ensemble N`` trains N decoders with seeds seed..seed+N-1
+whose log-probabilities are combined in every search step. Every finished epoch is saved in
+``--work-dir``, so an interrupted run continues where it stopped when started again.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -25,70 +28,14 @@ import numpy as np
 
 from model.text import clean_tokens
 from model.vocabulary import Vocabulary
-from training.datasets import CaptionedImage, read_caption_table, read_flickr8k
-from training.features import ExtractionReport, FeatureCache, cache_key, extract_features
+from training.datasets import CaptionedImage
+from training.splits import add_data_arguments, load_split_features
 
 log = logging.getLogger("training")
 
-DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "image-captioning", "features")
-
-
-def add_data_arguments(parser: argparse.ArgumentParser, with_dev: bool = True) -> None:
-    """Dataset, encoder and feature-cache flags shared by train and evaluate."""
-    g = parser.add_argument_group("data")
-    g.add_argument("--flickr8k", help="Flickr8k root (Flickr8k.token.txt, split lists, images/)")
-    g.add_argument("--images-dir", default="images", help="image folder inside the Flickr8k root")
-    g.add_argument("--table", help="caption table (CSV/TSV/JSONL/Parquet) for the split being read")
-    if with_dev:
-        g.add_argument("--dev-table", help="caption table of the dev split (with --table)")
-    g.add_argument("--image-column", default="image")
-    g.add_argument("--caption-column", default="caption")
-    g.add_argument("--id-column", default=None)
-    g.add_argument("--encoder-weights", default=None,
-                   help="encoder weights: 'imagenet' (download), a path or fsspec URI to an HDF5 file")
-    g.add_argument("--cache-dir", default=DEFAULT_CACHE, help="feature cache directory")
-    g.add_argument("--extract-batch-size", type=int, default=32)
-    g.add_argument("--no-progress", action="store_true")
-
-
-def read_split(args: argparse.Namespace, split: str) -> list[CaptionedImage]:
-    if args.flickr8k:
-        return read_flickr8k(args.flickr8k, split, images_dir=args.images_dir)
-    table = args.dev_table if split == "dev" and getattr(args, "dev_table", None) else args.table
-    if not table:
-        raise SystemExit("give --flickr8k ROOT or --table FILE (and --dev-table FILE for training)")
-    return read_caption_table(table, args.image_column, args.caption_column, args.id_column)
-
-
-def load_split_features(args: argparse.Namespace, split: str, encoder_name: str, weights: str | None,
-                        image_size: tuple[int, int], encoder: Any = None
-                        ) -> tuple[list[CaptionedImage], np.ndarray, ExtractionReport]:
-    """Items of a split that have features, their feature matrix, and what was skipped."""
-    from model.encoder import ImageEncoder, weights_fingerprint
-
-    items = read_split(args, split)
-    cache = FeatureCache(args.cache_dir, cache_key(encoder_name, image_size, weights_fingerprint(weights)))
-    todo = [it for it in items if it.image_id not in cache]
-    if todo and encoder is None:
-        # Built on first use only: when every uncached image is missing or undecodable (they are
-        # retried, and reported, on every run) no encoder is needed at all.
-        built: list[ImageEncoder] = []
-
-        def encoder(images: np.ndarray) -> np.ndarray:
-            if not built:
-                built.append(ImageEncoder(encoder_name, weights, image_size))
-            return built[0](images)
-
-    report = extract_features(items, encoder, image_size, cache, batch_size=args.extract_batch_size,
-                              progress=not args.no_progress) if todo else ExtractionReport(cached=len(items))
-    kept = [it for it in items if it.image_id in cache]
-    skipped = len(items) - len(kept)
-    log.info("%s: %d images listed, %d with features, %d skipped (missing %d, undecodable %d)", split,
-             len(items), len(kept), skipped, len(report.missing), len(report.undecodable))
-    if not kept:
-        raise SystemExit(f"no usable images in the {split} split")
-    feats = np.stack([cache.get(it.image_id) for it in kept]).astype(np.float32)
-    return kept, feats, report
+# Flags that do not change what is trained (so a resumed run may differ in them).
+NOT_IDENTITY = ("output", "work_dir", "no_progress", "extract_batch_size", "cache_dir", "tune_decoding",
+                "tune_widths", "tune_alphas", "tune_metric", "ensemble", "artifact_encoder_weights")
 
 
 def caption_arrays(items: Sequence[CaptionedImage], vocab: Vocabulary, max_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,49 +51,31 @@ def caption_arrays(items: Sequence[CaptionedImage], vocab: Vocabulary, max_lengt
     return np.asarray(index, np.int32), np.asarray(rows, np.int32)
 
 
-def make_dataset(features: np.ndarray, index: np.ndarray, captions: np.ndarray, batch_size: int,
-                 shuffle: bool, seed: int):
-    """tf.data over whole captions: inputs (features, caption[:-1]), target caption[1:], and a
-    per-token weight that masks padding and normalises the loss to a mean over real tokens."""
-    import tensorflow as tf
-
-    table = tf.constant(features)
-    ds = tf.data.Dataset.from_tensor_slices((index, captions))
-    if shuffle:
-        ds = ds.shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
-
-    def to_example(i, c):
-        target = c[:, 1:]
-        mask = tf.cast(target > 0, tf.float32)
-        weight = mask / tf.reduce_mean(mask)
-        return (tf.gather(table, i), c[:, :-1]), target, weight
-
-    return ds.batch(batch_size).map(to_example, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
-
-
 def choose_max_length(items: Sequence[CaptionedImage], percentile: float = 99.0, cap: int = 40) -> int:
     """Caption length (incl. start/end) covering ``percentile`` % of training captions."""
     lengths = [len(clean_tokens(c)) + 2 for it in items for c in it.captions if clean_tokens(c)]
     return int(min(cap, max(4, np.ceil(np.percentile(lengths, percentile)))))
 
 
-def plot_curves(history: dict[str, list[float]], path: str) -> None:
-    """Loss and dev BLEU per epoch as a PNG."""
+def plot_curves(histories: Sequence[dict[str, list[float]]], path: str) -> None:
+    """Loss and dev BLEU per epoch of every ensemble member as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = range(1, len(history["loss"]) + 1)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, history["loss"], label="train loss")
-    ax1.plot(epochs, history["val_loss"], label="dev loss")
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("cross-entropy per token"), ax1.legend(), ax1.grid(alpha=.3)
-    for n in range(1, 5):
-        key = f"dev_bleu{n}"
-        if key in history:
-            ax2.plot(epochs, history[key], label=f"BLEU-{n}")
-    ax2.set_xlabel("epoch"), ax2.set_ylabel("dev BLEU (greedy, sample)"), ax2.legend(), ax2.grid(alpha=.3)
+    for m, history in enumerate(histories):
+        epochs = range(1, len(history["loss"]) + 1)
+        tag = f" (member {m + 1})" if len(histories) > 1 else ""
+        ax1.plot(epochs, history["loss"], label="train loss" + tag)
+        ax1.plot(epochs, history["val_loss"], label="dev loss" + tag)
+        for n in (1, 4) if len(histories) > 1 else range(1, 5):
+            key = f"dev_bleu{n}"
+            if key in history:
+                ax2.plot(epochs, history[key], label=f"BLEU-{n}" + tag)
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("cross-entropy per token"), ax1.legend(fontsize=7), ax1.grid(alpha=.3)
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("dev BLEU (greedy, sample)"), ax2.legend(fontsize=7), ax2.grid(alpha=.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -176,11 +105,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bleu-sample", type=int, default=200, help="dev images scored per epoch (0 = off)")
     p.add_argument("--beam-width", type=int, default=3)
     p.add_argument("--length-alpha", type=float, default=0.7)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the first ensemble member (member i: seed + i)")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--ensemble", type=int, default=1, help="number of decoders trained and combined")
+    p.add_argument("--ensemble-combine", choices=["mean_logprob", "mean_prob"], default="mean_logprob")
+    p.add_argument("--tune-decoding", action="store_true",
+                   help="choose beam width and length alpha on the dev split (grid below)")
+    p.add_argument("--tune-widths", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    p.add_argument("--tune-alphas", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7, 0.9, 1.1, 1.3])
+    p.add_argument("--tune-metric", default="bleu1+bleu4", help="metric, or sum of metrics, to maximise")
+    p.add_argument("--work-dir", default=None,
+                   help="where finished epochs and members are kept for resuming (default: training/ under "
+                        "$CAPTION_CACHE_DIR or ~/.cache/image-captioning, in a folder named by a hash of "
+                        "the training flags)")
     p.add_argument("--artifact-encoder-weights", default="imagenet",
                    help="encoder weights source recorded in config.json (weights are not copied into the "
                         "artifact); 'imagenet' lets each user resolve them (download or --encoder_weights)")
     return p
+
+
+def default_work_dir(args: argparse.Namespace) -> str:
+    """A folder per training identity: the same flags resume the same run."""
+    identity = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_IDENTITY}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    root = os.environ.get("CAPTION_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "image-captioning")
+    return os.path.join(root, "training", digest)
 
 
 def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
@@ -188,14 +137,16 @@ def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     import keras
 
     from model.artifact import save_artifact
-    from model.decoder import DecoderConfig, MergeDecoder
+    from model.decoder import DecoderConfig, MergeDecoder, stepwise_decoder
     from model.decoding import DecodeSettings
     from model.encoder import get_backbone
     from training.embeddings import embedding_matrix, load_text_vectors, train_word2vec
-    from training.evaluate import bleu_on
+    from training.evaluate import bleu_on, tune_decoding
+    from training.fit import FitSettings, fit_member, make_dataset
 
     started = time.time()
-    keras.utils.set_random_seed(args.seed)
+    work_dir = args.work_dir or default_work_dir(args)
+    log.info("work folder (resume state): %s", work_dir)
     backbone = get_backbone(args.encoder)
     size = args.image_size or backbone.default_size
     image_size = (size, size)
@@ -210,59 +161,63 @@ def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     cfg = DecoderConfig(vocab_size=len(vocab), max_length=max_length, feature_dim=train_feats.shape[1],
                         embedding_dim=args.embedding_dim, units=args.units,
                         image_dense=tuple(args.image_dense or (args.units,)), dropout=args.dropout)
-    decoder = MergeDecoder(cfg)
-
-    embedding_info: dict[str, Any] = {"source": args.embedding}
-    if args.embedding != "learned":
-        if args.embedding == "word2vec":
-            vectors = train_word2vec((clean_tokens(c) for it in train_items for c in it.captions),
-                                     args.embedding_dim, seed=args.seed)
-        else:
-            vectors = load_text_vectors(args.embedding, vocab)
-        matrix, coverage = embedding_matrix(vocab, vectors, args.embedding_dim, seed=args.seed)
-        decoder.embedding.set_weights([matrix])
-        embedding_info["coverage"] = round(coverage, 4)
-        log.info("embedding initialised from %s (%.1f%% of words covered)", args.embedding, 100 * coverage)
-
     tr_index, tr_caps = caption_arrays(train_items, vocab, max_length)
     dv_index, dv_caps = caption_arrays(dev_items, vocab, max_length)
-    train_ds = make_dataset(train_feats, tr_index, tr_caps, args.batch_size, True, args.seed)
     dev_ds = make_dataset(dev_feats, dv_index, dv_caps, 256, False, args.seed)
-
-    model = decoder.training_model
-    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy())
-    step_decoder = decoder.stepwise()
     greedy = DecodeSettings("greedy", max_length=max_length)
     rng = np.random.default_rng(args.seed)
     sample = np.sort(rng.choice(len(dev_items), size=min(args.bleu_sample, len(dev_items)), replace=False))
 
-    class DevBleu(keras.callbacks.Callback):
-        """Greedy corpus BLEU of a fixed dev sample after every epoch."""
+    members, records = [], []
+    embedding_info: dict[str, Any] = {"source": args.embedding}
+    for i in range(args.ensemble):
+        seed = args.seed + i
+        keras.utils.set_random_seed(seed)
+        decoder = MergeDecoder(cfg)
+        if args.embedding != "learned":
+            if args.embedding == "word2vec":
+                vectors = train_word2vec((clean_tokens(c) for it in train_items for c in it.captions),
+                                         args.embedding_dim, seed=seed)
+            else:
+                vectors = load_text_vectors(args.embedding, vocab)
+            matrix, coverage = embedding_matrix(vocab, vectors, args.embedding_dim, seed=seed)
+            decoder.embedding.set_weights([matrix])
+            embedding_info["coverage"] = round(coverage, 4)
+        step_decoder = decoder.stepwise()
 
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            if logs is None or not len(sample):
+        def dev_bleu(epoch: int, logs: dict, step_decoder=step_decoder, member=i) -> None:
+            if not len(sample):
                 return
-            scores = bleu_on(step_decoder, vocab, [dev_items[i] for i in sample], dev_feats[sample], greedy)
+            scores = bleu_on(step_decoder, vocab, [dev_items[j] for j in sample], dev_feats[sample], greedy)
             for k, v in scores.items():
                 logs[f"dev_{k}"] = v
-            log.info("epoch %d: loss %.4f dev loss %.4f dev BLEU-1 %.3f BLEU-4 %.3f", epoch + 1, logs["loss"],
-                     logs["val_loss"], scores["bleu1"], scores["bleu4"])
+            log.info("member %d epoch %d: loss %.4f dev loss %.4f dev BLEU-1 %.3f BLEU-4 %.3f", member + 1, epoch + 1,
+                     logs["loss"], logs["val_loss"], scores["bleu1"], scores["bleu4"])
 
-    callbacks = [DevBleu(),
-                 keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience, restore_best_weights=True)]
-    fit = model.fit(train_ds, validation_data=dev_ds, epochs=args.epochs, callbacks=callbacks,
-                    verbose=0 if args.no_progress else 2)
-    history = {k: [float(x) for x in v] for k, v in fit.history.items()}
-    best_epoch = int(np.argmin(history["val_loss"])) + 1
+        settings = FitSettings(args.epochs, args.patience, args.batch_size, args.learning_rate, args.label_smoothing, seed)
+        train_ds = make_dataset(train_feats, tr_index, tr_caps, args.batch_size, True, seed)
+        record = fit_member(decoder, train_ds, dev_ds, settings, os.path.join(work_dir, f"member-{i + 1}"),
+                            on_epoch=dev_bleu, verbose=0 if args.no_progress else 2)
+        members.append(decoder)
+        records.append({"seed": seed, "epochs_run": record["epoch"], "best_epoch": record["best_epoch"],
+                        "best_dev_loss": record["best_loss"], "fit_seconds": record["seconds"],
+                        "history": record["history"]})
     trained = time.time()
 
+    ensemble = stepwise_decoder(members, combine=args.ensemble_combine)
     beam = DecodeSettings("beam", args.beam_width, args.length_alpha, max_length)
-    dev_bleu = {greedy.describe(): bleu_on(step_decoder, vocab, dev_items, dev_feats, greedy),
-                beam.describe(): bleu_on(step_decoder, vocab, dev_items, dev_feats, beam)}
-    for name, scores in dev_bleu.items():
+    tuning = None
+    if args.tune_decoding:
+        beam, grid = tune_decoding(ensemble, vocab, dev_items, dev_feats, max_length, args.tune_widths,
+                                   args.tune_alphas, args.tune_metric)
+        tuning = {"split": args.dev_split, "metric": args.tune_metric, "chosen": beam.describe(), "grid": grid}
+        log.info("decoding chosen on %s by %s: %s", args.dev_split, args.tune_metric, beam.describe())
+    dev_metrics = {s.describe(): bleu_on(ensemble, vocab, dev_items, dev_feats, s, extended=True)
+                   for s in (greedy, beam)}
+    for name, scores in dev_metrics.items():
         log.info("dev %s: %s", name, " ".join(f"{k}={v:.4f}" for k, v in scores.items()))
-
+    bleu_keys = ("bleu1", "bleu2", "bleu3", "bleu4")
+    history = records[0]["history"]
     summary = {
         "command": "python -m training.train " + shlex.join(argv),
         "data": {"source": args.flickr8k or args.table, "train_split": args.train_split, "dev_split": args.dev_split,
@@ -271,24 +226,28 @@ def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
                  "skipped": {"train": train_report.summary(), "dev": dev_report.summary()}},
         "embedding": embedding_info,
         "hyperparameters": {k: getattr(args, k) for k in ("epochs", "patience", "batch_size", "learning_rate",
-                                                           "min_count", "seed", "dropout")},
-        "epochs_run": len(history["loss"]), "best_epoch": best_epoch,
-        "best_dev_loss": float(min(history["val_loss"])),
-        "dev_bleu": dev_bleu, "history": history,
+                                                           "min_count", "seed", "dropout", "label_smoothing",
+                                                           "ensemble", "ensemble_combine")},
+        "epochs_run": records[0]["epochs_run"], "best_epoch": records[0]["best_epoch"],
+        "best_dev_loss": records[0]["best_dev_loss"],
+        "dev_bleu": {name: {k: scores[k] for k in bleu_keys} for name, scores in dev_metrics.items()},
+        "dev_metrics": dev_metrics, "decoding_tuning": tuning, "history": history,
+        "members": records if len(records) > 1 else None,
         "seconds": {"features": round(features_done - started, 1), "fit": round(trained - features_done, 1),
-                    "total": round(time.time() - started, 1)},
+                    "fit_members": [r["fit_seconds"] for r in records], "total": round(time.time() - started, 1)},
     }
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         png = os.path.join(tmp, "training_curves.png")
-        plot_curves(history, png)
+        plot_curves([r["history"] for r in records], png)
         with open(png, "rb") as f:
             curves = f.read()
-    model_id = save_artifact(args.output, decoder=decoder, vocab=vocab,
+    model_id = save_artifact(args.output, decoder=members, vocab=vocab,
                              encoder={"name": args.encoder, "weights": args.artifact_encoder_weights,
                                       "image_size": list(image_size)},
-                             decoding=beam, training=summary, extra_files={"training_curves.png": curves})
+                             decoding=beam, training=summary, extra_files={"training_curves.png": curves},
+                             combine=args.ensemble_combine)
     summary["model_id"] = model_id
     log.info("wrote %s (model_id %s) in %.0f s", args.output, model_id, time.time() - started)
     return summary
