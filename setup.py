@@ -32,7 +32,8 @@ setup(
     extras_require={
         "gcp": ["apache-beam[gcp]>=2.60,<3", "gcsfs>=2024.2"],
         "aws": ["apache-beam[aws]>=2.60,<3", "s3fs>=2024.2"],
-        "test": ["pytest>=8", "moto[server]>=5", "apache-beam[aws]>=2.60,<3", "s3fs>=2024.2", "psutil>=5.9"],
+        "test": ["pytest>=8", "moto[server]>=5", "apache-beam[aws]>=2.60,<3", "s3fs>=2024.2", "psutil>=5.9",
+                 "pycocoevalcap>=1.2"],  # the reference CIDEr-D / ROUGE-L our metrics are tested against
     },
     entry_points={
         "console_scripts": [
