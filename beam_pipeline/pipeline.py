@@ -177,7 +177,7 @@ def new_run_id() -> str:
 def plan_run(options: CaptionOptions) -> Plan:
     """Validate flags, output directory and model before anything is read (refuse early)."""
     from model.artifact import read_artifact
-    from model.captioner import build_decoder
+    from model.captioner import build_decoders
     from model.encoder import check_weights_available
 
     if not options.output:
@@ -192,7 +192,7 @@ def plan_run(options: CaptionOptions) -> Plan:
     model_uri = options.model or default_model_uri()
     contents = read_artifact(model_uri, expected_model_id=options.expected_model_id,
                              encoder_weights=options.encoder_weights)
-    build_decoder(contents)  # the decoder weights must fit the config
+    build_decoders(contents)  # every decoder weights file must fit the config
     check_weights_available(contents.config["encoder"]["name"], contents.encoder_weights)
     done_files: list[str] = []
     if options.resume:
