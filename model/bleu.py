@@ -36,10 +36,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from model.text import clean_tokens
-
-START, END, PAD, UNK = "<start>", "<end>", "<pad>", "<unk>"
-SPECIAL_TOKENS = (START, END, PAD, UNK)
+from model.text import END, PAD, SPECIAL_TOKENS, START, UNK, clean_tokens  # noqa: F401 - re-exported
 # Stripped before scoring. <unk> is kept: it is a real model output that matches no reference
 # word (references are cleaned text, which can never contain "<" or ">").
 STRIPPED_TOKENS = frozenset({START, END, PAD})

@@ -8,6 +8,10 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
+# The decoder's special tokens (one definition: the vocabulary and BLEU both use these).
+PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
+SPECIAL_TOKENS = (PAD, START, END, UNK)  # vocabulary ids 0..3, in this order
+
 _NON_LETTERS = re.compile(r"[^a-z\s]+")
 KEEP_SINGLE_LETTERS = frozenset({"a"})
 

@@ -9,13 +9,8 @@ import json
 from collections import Counter
 from typing import Iterable, Sequence
 
-from model.text import clean_tokens
+from model.text import END, PAD, SPECIAL_TOKENS, START, UNK, clean_tokens  # noqa: F401 - re-exported
 
-PAD = "<pad>"
-START = "<start>"
-END = "<end>"
-UNK = "<unk>"
-SPECIAL_TOKENS = (PAD, START, END, UNK)
 VOCAB_FORMAT = "image-caption-vocab/1"
 
 

@@ -67,7 +67,10 @@ def random_corpus(rng: random.Random, vocab_size: int, n_segments: int, max_len:
 
 def test_weights_match_the_paper_recipe():
     assert BLEU_WEIGHTS == {name: tuple(float(x) for x in w) for name, w in NLTK_WEIGHTS.items()}
-    assert SPECIAL_TOKENS == ("<start>", "<end>", "<pad>", "<unk>")
+    assert set(SPECIAL_TOKENS) == {"<start>", "<end>", "<pad>", "<unk>"}
+    from model.vocabulary import SPECIAL_TOKENS as VOCAB_SPECIAL
+
+    assert SPECIAL_TOKENS is VOCAB_SPECIAL  # one definition of the special tokens
 
 
 @pytest.mark.parametrize("seed", range(12))

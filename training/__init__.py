@@ -1,4 +1,3 @@
-"""Offline training: datasets, feature cache, embeddings, fitting, BLEU evaluation, export."""
-import os as _os
+"""Offline training: datasets, feature cache, embeddings, fitting, BLEU evaluation, export.
 
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+(TensorFlow's log level is set once, by ``model/__init__``, which every training module imports.)"""
