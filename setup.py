@@ -13,7 +13,7 @@ setup(
     py_modules=["run_pipeline"],
     # The shipped default model travels with the package (sdist and wheel), so a cloud runner's
     # workers get it through --setup_file.
-    package_data={"models": ["*/*.json", "*/*.h5", "*/*.png"]},
+    package_data={"models": ["*/*.json", "*/*.h5", "*/*.png", "*/*.xml", "*/*.bin"]},
     include_package_data=True,
     install_requires=[
         "apache-beam>=2.60,<3",
@@ -32,8 +32,11 @@ setup(
     extras_require={
         "gcp": ["apache-beam[gcp]>=2.60,<3", "gcsfs>=2024.2"],
         "aws": ["apache-beam[aws]>=2.60,<3", "s3fs>=2024.2"],
+        # NNCF builds the INT8 encoder (training.quantize); running one needs only openvino.
+        "int8": ["nncf>=2.14,<4"],
         "test": ["pytest>=8", "moto[server]>=5", "apache-beam[aws]>=2.60,<3", "s3fs>=2024.2", "psutil>=5.9",
-                 "pycocoevalcap>=1.2"],  # the reference CIDEr-D / ROUGE-L our metrics are tested against
+                 "nncf>=2.14,<4",
+                 "pycocoevalcap>=1.2"],  # pycocoevalcap: the reference CIDEr-D / ROUGE-L are tested against
     },
     entry_points={
         "console_scripts": [

@@ -47,9 +47,10 @@ class CaptionOptions(PipelineOptions):
                        help="images per encoder batch (16 is as fast as larger batches on CPUs and needs less "
                             "memory; raise it on GPUs)")
         g.add_argument("--min_batch_size", type=int, default=None, help="smallest batch (default: batch_size)")
-        g.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+        g.add_argument("--precision", choices=["float32", "bfloat16", "int8"], default="float32",
                        help="encoder precision; bfloat16 (the first blocks stay float32) needs AMX/AVX-512 "
-                            "BF16 CPUs or a GPU to pay off")
+                            "BF16 CPUs or a GPU to pay off; int8 runs the artifact's INT8 encoder (NNCF "
+                            "post-training quantisation, built by training.quantize) on OpenVINO CPUs")
         g.add_argument("--encoder_runtime", choices=["auto", "openvino", "tensorflow"], default="auto",
                        help="who runs the encoder: auto = TensorFlow when it sees a GPU, else OpenVINO")
         g.add_argument("--model_cache_dir", default=None,

@@ -177,8 +177,7 @@ def new_run_id() -> str:
 def plan_run(options: CaptionOptions) -> Plan:
     """Validate flags, output directory and model before anything is read (refuse early)."""
     from model.artifact import read_artifact
-    from model.captioner import build_decoders
-    from model.encoder import check_weights_available
+    from model.captioner import build_decoders, check_encoder_ready
 
     if not options.output:
         raise PreflightError("--output is required")
@@ -193,7 +192,7 @@ def plan_run(options: CaptionOptions) -> Plan:
     contents = read_artifact(model_uri, expected_model_id=options.expected_model_id,
                              encoder_weights=options.encoder_weights)
     build_decoders(contents)  # every decoder weights file must fit the config
-    check_weights_available(contents.config["encoder"]["name"], contents.encoder_weights)
+    check_encoder_ready(contents, options.precision, options.encoder_runtime)
     done_files: list[str] = []
     if options.resume:
         remove_stale_temp_dirs(output)

@@ -6,10 +6,13 @@
 * ``decoder.weights.h5``  decoder weights (HDF5, weights only); an ensemble adds
   ``decoder-2.weights.h5`` … (same sizes, other seeds), named in config ``"ensemble"``;
 * ``encoder.weights.h5``  optional encoder weights (config ``"weights": "artifact"``);
+* ``encoder.int8.xml`` + ``encoder.int8.bin``  optional INT8 encoder (OpenVINO IR, built by
+  ``training.quantize``; config ``encoder.int8`` records its source weights and calibration);
 * ``manifest.json``  size and SHA-256 of every file and the ``model_id`` (a hash of them).
 
 Loading never executes code from the artifact: no pickle, no Keras model deserialisation, only
-JSON and HDF5 weight arrays, each checked against the manifest before use.
+JSON, HDF5 weight arrays and OpenVINO IR (an XML graph and raw weights), each checked against
+the manifest before use.
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ VOCAB = "vocab.json"
 DECODER_WEIGHTS = "decoder.weights.h5"
 ENCODER_WEIGHTS = "encoder.weights.h5"
 MANIFEST = "manifest.json"
+INT8_ENCODER_XML = "encoder.int8.xml"
+INT8_ENCODER_BIN = "encoder.int8.bin"
 ENCODER_WEIGHTS_IN_ARTIFACT = "artifact"
 REQUIRED_FILES = (CONFIG, VOCAB, DECODER_WEIGHTS)
 
@@ -112,14 +117,7 @@ def save_artifact(uri: str, *, decoder: Any, vocab: Vocabulary, encoder: dict[st
             with open(os.path.join(tmp, name), "rb") as f:
                 files[name] = f.read()
     files.update(extra_files or {})
-    hashes = {name: storage.sha256_hex(data) for name, data in files.items()}
-    model_id = compute_model_id(hashes)
-    manifest = {"format": config["format"], "model_id": model_id,
-                "files": {name: {"sha256": hashes[name], "bytes": len(data)} for name, data in files.items()}}
-    for name, data in files.items():
-        storage.write_bytes(storage.join(uri, name), data)
-    storage.write_bytes(storage.join(uri, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True).encode())
-    return model_id
+    return write_files(uri, files)
 
 
 @dataclass
@@ -132,6 +130,7 @@ class ArtifactContents:
     vocab: Vocabulary
     decoder_weights_paths: list[str]  # one per ensemble member, member 0 first
     encoder_weights: str | None  # resolved weights setting for the encoder
+    int8_encoder: tuple[bytes, bytes] | None = None  # verified OpenVINO IR (xml, bin), if the artifact has one
     _tmp: Any = field(default=None, repr=False)
 
     @property
@@ -200,7 +199,7 @@ def read_artifact(uri: str, *, expected_model_id: str | None = None,
         if digest != meta.get("sha256"):
             raise ArtifactError(f"{name} of model artifact {uri} does not match its SHA-256 in the manifest (tampered or corrupt)")
         hashes[name] = digest
-        if name in (CONFIG, VOCAB, ENCODER_WEIGHTS) or name.endswith(".weights.h5"):
+        if name in (CONFIG, VOCAB, ENCODER_WEIGHTS, INT8_ENCODER_XML, INT8_ENCODER_BIN) or name.endswith(".weights.h5"):
             contents[name] = data
     model_id = compute_model_id(hashes)
     if manifest.get("model_id") != model_id:
@@ -231,6 +230,7 @@ def read_artifact(uri: str, *, expected_model_id: str | None = None,
         raise ArtifactError(f"{CONFIG} of model artifact {uri} says vocab_size={decoder_config.vocab_size} "
                             f"but {VOCAB} has {len(vocab)} tokens")
 
+    int8 = _int8_encoder(uri, config, contents)
     tmp = tempfile.TemporaryDirectory(prefix="caption-artifact-")
     local: dict[str, str] = {}
     for name in (*members, ENCODER_WEIGHTS):
@@ -247,7 +247,8 @@ def read_artifact(uri: str, *, expected_model_id: str | None = None,
                                 f"artifact but {ENCODER_WEIGHTS} is not listed in its manifest")
         weights = local[ENCODER_WEIGHTS]
     return ArtifactContents(uri=uri, model_id=model_id, config=config, vocab=vocab,
-                            decoder_weights_paths=[local[m] for m in members], encoder_weights=weights, _tmp=tmp)
+                            decoder_weights_paths=[local[m] for m in members], encoder_weights=weights,
+                            int8_encoder=int8, _tmp=tmp)
 
 
 def _ensemble_members(uri: str, config: dict[str, Any], listed: dict[str, Any]) -> list[str]:
@@ -270,3 +271,63 @@ def _ensemble_members(uri: str, config: dict[str, Any], listed: dict[str, Any]) 
     if ensemble.get("combine", "mean_logprob") not in ENSEMBLE_COMBINE:
         raise ArtifactError(f"{CONFIG} of model artifact {uri}: unknown ensemble combine {ensemble.get('combine')!r}")
     return list(names)
+
+
+def _int8_encoder(uri: str, config: dict[str, Any], contents: dict[str, bytes]) -> tuple[bytes, bytes] | None:
+    """The verified INT8 IR (xml, bin) the config's ``encoder.int8`` block announces, else None.
+    The XML must be an OpenVINO IR graph made for this encoder's name and image size."""
+    block = config["encoder"].get("int8")
+    if block is None:
+        return None
+    if not isinstance(block, dict):
+        raise ArtifactError(f"{CONFIG} of model artifact {uri}: encoder.int8 must be an object")
+    for name in (INT8_ENCODER_XML, INT8_ENCODER_BIN):
+        if name not in contents:
+            raise ArtifactError(f"{CONFIG} of model artifact {uri} announces an INT8 encoder but {name} is not "
+                                f"listed in its manifest")
+    xml = contents[INT8_ENCODER_XML]
+    if not xml.lstrip().startswith(b"<?xml") or b"<net " not in xml[:4096]:
+        raise ArtifactError(f"{INT8_ENCODER_XML} of model artifact {uri} is not an OpenVINO IR graph (refused)")
+    encoder = config["encoder"]
+    if block.get("encoder") != encoder.get("name") or list(block.get("image_size", [])) != list(encoder["image_size"]):
+        raise ArtifactError(f"the INT8 encoder of model artifact {uri} was built for {block.get('encoder')} at "
+                            f"{block.get('image_size')}, not {encoder.get('name')} at {encoder['image_size']}")
+    return xml, contents[INT8_ENCODER_BIN]
+
+
+def artifact_files(uri: str) -> dict[str, bytes]:
+    """Every file an artifact's manifest lists, verified (see ``read_artifact``), as bytes."""
+    read_artifact(uri)
+    uri = uri.rstrip("/")
+    listed = _json(uri, MANIFEST, _read(uri, MANIFEST))["files"]
+    files = {name: _read(uri, name) for name in listed}
+    for name, data in files.items():
+        if storage.sha256_hex(data) != listed[name]["sha256"]:
+            raise ArtifactError(f"{name} of model artifact {uri} changed while it was being read")
+    return files
+
+
+def write_files(uri: str, files: dict[str, bytes]) -> str:
+    """Write ``files`` and a manifest (last) for them; returns the new ``model_id``."""
+    hashes = {name: storage.sha256_hex(data) for name, data in files.items()}
+    model_id = compute_model_id(hashes)
+    fmt = json.loads(files[CONFIG]).get("format", ARTIFACT_FORMAT) if CONFIG in files else ARTIFACT_FORMAT
+    manifest = {"format": fmt, "model_id": model_id,
+                "files": {name: {"sha256": hashes[name], "bytes": len(data)} for name, data in files.items()}}
+    for name, data in files.items():
+        storage.write_bytes(storage.join(uri, name), data)
+    storage.write_bytes(storage.join(uri, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True).encode())
+    return model_id
+
+
+def with_int8_encoder(source: str, target: str, xml: bytes, weights: bytes, block: dict[str, Any]) -> str:
+    """Write a copy of artifact ``source`` to ``target`` (may be the same place) holding the
+    INT8 encoder IR and its ``encoder.int8`` config block; returns the new ``model_id``. The
+    manifest is written last, so an interrupted write is refused on load, never half-trusted."""
+    files = artifact_files(source)
+    config = json.loads(files[CONFIG])
+    config["encoder"]["int8"] = block
+    files[CONFIG] = json.dumps(config, indent=2, sort_keys=True).encode()
+    files[INT8_ENCODER_XML] = xml
+    files[INT8_ENCODER_BIN] = weights
+    return write_files(target, files)

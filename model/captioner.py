@@ -98,6 +98,20 @@ def build_step_decoder(contents: ArtifactContents, runtime: str = "tensorflow",
     return stepwise_decoder(build_decoders(contents), runtime, contents.model_id, cache, contents.ensemble_combine)
 
 
+def check_encoder_ready(contents: ArtifactContents, precision: str, runtime: str) -> None:
+    """Refuse early (in the driver) an encoder that cannot be built: INT8 needs an artifact with
+    an INT8 encoder and OpenVINO (no weights file); float32/bfloat16 need the weights."""
+    from model.encoder import check_weights_available, choose_runtime
+
+    if precision == "int8":
+        choose_runtime(runtime, precision)  # refuses TensorFlow
+        if contents.int8_encoder is None:
+            raise ArtifactError(f"model artifact {contents.uri} has no INT8 encoder (--precision int8); build one "
+                                f"with: python -m training.quantize --model {contents.uri} ...")
+        return
+    check_weights_available(contents.config["encoder"]["name"], contents.encoder_weights)
+
+
 def load_caption_model(uri: str, *, encoder_weights: str | None = None, expected_model_id: str | None = None,
                        with_encoder: bool = True, precision: str = "float32",
                        runtime: str = "auto", cache: str | None = None) -> CaptionModel:
@@ -112,7 +126,8 @@ def load_caption_model(uri: str, *, encoder_weights: str | None = None, expected
     if with_encoder:
         enc = contents.config["encoder"]
         encoder = ImageEncoder(enc["name"], contents.encoder_weights, tuple(enc["image_size"]), precision=precision,
-                               runtime=runtime, cache=cache)
+                               runtime=runtime, cache=cache,
+                               int8_ir=contents.int8_encoder if precision == "int8" else None)
         if encoder.feature_dim != decoder.config.feature_dim:
             raise ArtifactError(f"encoder {enc['name']} gives {encoder.feature_dim}-d features but the decoder "
                                 f"of model artifact {uri} expects {decoder.config.feature_dim}")

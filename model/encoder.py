@@ -100,10 +100,19 @@ def weights_fingerprint(weights: str | None) -> str:
 RUNTIMES = ("auto", "openvino", "tensorflow")
 
 
-def choose_runtime(runtime: str) -> str:
-    """``auto``: TensorFlow when it sees a GPU, else OpenVINO (faster on CPUs), else TensorFlow."""
+PRECISIONS = ("float32", "bfloat16", "int8")
+
+
+def choose_runtime(runtime: str, precision: str = "float32") -> str:
+    """``auto``: TensorFlow when it sees a GPU, else OpenVINO (faster on CPUs), else TensorFlow.
+    INT8 exists only as an OpenVINO CPU graph: ``auto`` picks OpenVINO, ``tensorflow`` is refused."""
     if runtime not in RUNTIMES:
         raise EncoderError(f"encoder runtime must be one of {RUNTIMES}, not {runtime!r}")
+    if precision == "int8":
+        if runtime == "tensorflow":
+            raise EncoderError("--precision int8 runs only on OpenVINO (CPU): use --encoder_runtime openvino or "
+                               "auto, or float32/bfloat16 with TensorFlow (GPUs)")
+        return "openvino"
     if runtime != "auto":
         return runtime
     import tensorflow as tf
@@ -122,9 +131,12 @@ class ImageEncoder:
 
     def __init__(self, name: str = "xception", weights: str | None = "imagenet",
                  image_size: tuple[int, int] | None = None, precision: str = "float32",
-                 runtime: str = "auto", float32_stem: bool = True, cache: str | None = None) -> None:
+                 runtime: str = "auto", float32_stem: bool = True, cache: str | None = None,
+                 int8_ir: tuple[bytes, bytes] | None = None) -> None:
         """``precision="bfloat16"`` runs the backbone in bf16 except its float32 stem (see
         ``Backbone.float32_stem_end``; ``float32_stem=False`` makes it all bf16, for benchmarks).
+        ``precision="int8"`` runs ``int8_ir``, the quantised OpenVINO IR (xml, bin) of a verified
+        artifact (``training.quantize`` builds it); the Keras weights are then not needed.
         ``runtime`` picks who executes the graph: OpenVINO or TensorFlow (see ``choose_runtime``).
         ``cache``: folder for converted OpenVINO graphs (``model.openvino_runtime.cache_dir``)."""
         self.name = name
@@ -133,15 +145,24 @@ class ImageEncoder:
         self.image_size = (int(size[0]), int(size[1]))
         if min(self.image_size) < self.backbone.min_size:
             raise EncoderError(f"{name} needs images of at least {self.backbone.min_size}px, got {self.image_size}")
-        if precision not in ("float32", "bfloat16"):
-            raise EncoderError(f"precision must be float32 or bfloat16, not {precision!r}")
+        if precision not in PRECISIONS:
+            raise EncoderError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         self.precision = precision
         self.weights = weights
-        self.runtime = choose_runtime(runtime)
-        self._resolved_weights = resolve_weights(weights)
+        self.runtime = choose_runtime(runtime, precision)
         self._model: Any = None
         self.float32_stem_end = self.backbone.float32_stem_end \
             if float32_stem and precision == "bfloat16" else None
+        if precision == "int8":
+            if int8_ir is None:
+                raise EncoderError("this model artifact has no INT8 encoder; build one with "
+                                   "python -m training.quantize --model ARTIFACT ...")
+            from model import openvino_runtime as ovr
+
+            self._resolved_weights = None  # the IR carries its own (quantised) weights
+            self._forward = ovr.ThreadLocalRequests([ovr.compile_ir(*int8_ir)]).chain
+            return
+        self._resolved_weights = resolve_weights(weights)
         if self.runtime == "openvino":
             self._forward = self._openvino_forward(cache)
         else:
@@ -174,6 +195,13 @@ class ImageEncoder:
             return tf.cast(graph(x, training=False), tf.float32)
         dtype = tf.uint8 if with_preprocessing else tf.float32
         return tf.function(forward, input_signature=[tf.TensorSpec([None, *input_shape], dtype)])
+
+    def openvino_float32_graph(self) -> Any:
+        """The whole encoder (uint8 images in, features out) as an uncompiled float32 OpenVINO
+        model: what ``training.quantize`` hands to NNCF."""
+        import openvino as ov
+
+        return ov.convert_model(self._traced(self.model, (*self.image_size, 3), True).get_concrete_function())
 
     def _stem_split(self, model: Any) -> tuple[Any, Any]:
         """(stem, rest) Keras models of ``model`` cut at ``float32_stem_end``."""

@@ -124,6 +124,18 @@ def compile_traced(trace: Callable[[], Any], precision: str, key: str | None, ca
     return core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bfloat16" else "f32"})
 
 
+def compile_ir(xml: bytes, weights: bytes) -> Any:
+    """Compile an OpenVINO IR held in memory (an INT8 encoder from a verified model artifact):
+    the XML graph and its raw weights are data, read without any file or code of the artifact.
+    Quantised operations run in INT8 (VNNI/AMX when the CPU has them, else emulated with the
+    AVX2/AVX-512 integer instructions); the few layers left unquantised run in float32."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(xml.decode("utf-8"), ov.Tensor(np.frombuffer(weights, dtype=np.uint8).copy()))
+    return core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+
 def cpu_has_bf16() -> bool:
     """Whether OpenVINO's CPU plugin has bf16 kernels here (AVX-512 BF16 or AMX); else it runs f32."""
     import openvino as ov

@@ -1,0 +1,159 @@
+"""Quality gate of a quantised encoder: captions from its features against captions from its
+float32 source's features, on a split the calibration never saw (dev).
+
+Reports identical captions, corpus BLEU-1..4 of both and their differences, and the cosine
+between the two feature vectors of each image (median, min). ``training.quantize`` runs the
+same comparison before it writes an INT8 encoder and refuses one that fails the gate.
+
+CLI: ``python -m training.compare_precision --model DIR --flickr8k ROOT --split dev --encoder-weights W``
+(exit status 1 when the gate fails).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from model.bleu import bleu_tokens, corpus_bleu_scores
+from model.storage import sha256_hex
+from training.datasets import CaptionedImage
+
+log = logging.getLogger(__name__)
+
+BLEU_KEYS = ("bleu1", "bleu2", "bleu3", "bleu4")
+DEFAULT_MAX_BLEU_DROP = 0.005
+DEFAULT_MIN_IDENTICAL = 0.90
+
+
+def feature_cosines(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of ``other`` with the same row of ``reference``."""
+    a = np.asarray(reference, np.float64)
+    b = np.asarray(other, np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)
+
+
+def caption_agreement(reference: Sequence[Sequence[str]], other: Sequence[Sequence[str]],
+                      references: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """Identical-caption share and corpus BLEU-1..4 of two caption lists (word lists) against
+    the same reference captions, with ``other - reference`` BLEU differences."""
+    if len(reference) != len(other) or len(reference) != len(references):
+        raise ValueError("caption lists and references must have one entry per image")
+    refs = [[bleu_tokens(c) for c in caps] for caps in references]
+    bleu_ref = corpus_bleu_scores([bleu_tokens(" ".join(h)) for h in reference], refs)
+    bleu_other = corpus_bleu_scores([bleu_tokens(" ".join(h)) for h in other], refs)
+    same = sum(list(a) == list(b) for a, b in zip(reference, other))
+    return {"images": len(reference), "identical_captions": same / max(1, len(reference)),
+            "bleu_float32": bleu_ref, "bleu_quantised": bleu_other,
+            "bleu_delta": {k: bleu_other[k] - bleu_ref[k] for k in BLEU_KEYS}}
+
+
+def gate_failures(report: dict[str, Any], max_bleu_drop: float, min_identical: float) -> list[str]:
+    """Why a comparison report fails the gate (empty when it passes): any BLEU-n lower than
+    float32's by more than ``max_bleu_drop``, or fewer identical captions than ``min_identical``."""
+    failures = [f"{k} drops by {-delta:.4f} (> {max_bleu_drop})"
+                for k, delta in report["bleu_delta"].items() if -delta > max_bleu_drop]
+    if report["identical_captions"] < min_identical:
+        failures.append(f"identical captions {100 * report['identical_captions']:.1f} % (< {100 * min_identical:.1f} %)")
+    return failures
+
+
+def ir_fingerprint(xml: bytes, weights: bytes) -> str:
+    """Content hash of an OpenVINO IR (keys its features in the feature cache)."""
+    return sha256_hex(sha256_hex(xml).encode() + sha256_hex(weights).encode())[:16]
+
+
+def int8_split_features(args: argparse.Namespace, items: Sequence[CaptionedImage], encoder_name: str,
+                        image_size: tuple[int, int], ir: tuple[bytes, bytes]) -> dict[str, np.ndarray]:
+    """Features of ``items`` from the INT8 IR, through the feature cache (keyed by the IR's hash,
+    so a re-run of the gate on the same IR does not run the encoder again)."""
+    from model.encoder import ImageEncoder
+    from training.features import FeatureCache, cache_key, extract_features
+
+    cache = FeatureCache(args.cache_dir, cache_key(f"{encoder_name}-int8", image_size, ir_fingerprint(*ir)))
+    built: list[ImageEncoder] = []
+
+    def encode(images: np.ndarray) -> np.ndarray:
+        if not built:
+            built.append(ImageEncoder(encoder_name, None, image_size, precision="int8", int8_ir=ir))
+        return built[0](images)
+
+    extract_features(items, encode, image_size, cache, batch_size=16, progress=not args.no_progress)
+    return {it.image_id: cache.get(it.image_id) for it in items if it.image_id in cache}
+
+
+def compare_int8(args: argparse.Namespace, contents: Any, ir: tuple[bytes, bytes], split: str,
+                 limit: int | None = None) -> dict[str, Any]:
+    """Compare the artifact's decoder on float32 features and on INT8 features of ``split``."""
+    from model.captioner import build_step_decoder
+    from training.evaluate import generate_captions
+    from training.splits import load_split_features
+
+    enc = contents.config["encoder"]
+    size = (int(enc["image_size"][0]), int(enc["image_size"][1]))
+    items, feats32, report = load_split_features(args, split, enc["name"], contents.encoder_weights, size)
+    if limit:
+        items, feats32 = items[:limit], feats32[:limit]
+    by_id = int8_split_features(args, items, enc["name"], size, ir)
+    keep = [i for i, it in enumerate(items) if it.image_id in by_id]
+    items = [items[i] for i in keep]
+    feats32 = feats32[keep]
+    feats8 = np.stack([by_id[it.image_id] for it in items]).astype(np.float32)
+    settings = contents.decode_settings()
+    step = build_step_decoder(contents)
+    captions32 = generate_captions(step, contents.vocab, feats32, settings)
+    captions8 = generate_captions(step, contents.vocab, feats8, settings)
+    cos = feature_cosines(feats32, feats8)
+    result = {"split": split, "decode": settings.describe(), "model_id": contents.model_id,
+              **caption_agreement(captions32, captions8, [it.captions for it in items]),
+              "feature_cosine": {"median": float(np.median(cos)), "min": float(np.min(cos)),
+                                 "mean": float(np.mean(cos))},
+              "skipped": report.summary()["missing"] + report.summary()["undecodable"]}
+    return result
+
+
+def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The gate's margins (shared with ``training.quantize``)."""
+    g = parser.add_argument_group("quality gate")
+    g.add_argument("--max-bleu-drop", type=float, default=DEFAULT_MAX_BLEU_DROP,
+                   help="refuse when any corpus BLEU-1..4 is lower than float32's by more than this")
+    g.add_argument("--min-identical", type=float, default=DEFAULT_MIN_IDENTICAL,
+                   help="refuse when fewer captions than this share are identical to float32's")
+    g.add_argument("--gate-images", type=int, default=None, help="compare only the first N images of the split")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from model.artifact import read_artifact
+    from training.splits import add_data_arguments
+
+    parser = argparse.ArgumentParser(prog="python -m training.compare_precision", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="model artifact holding an INT8 encoder")
+    parser.add_argument("--split", default="dev", help="split to compare on (never the calibration split)")
+    parser.add_argument("--output-json", default=None, help="also write the report here")
+    add_gate_arguments(parser)
+    add_data_arguments(parser, with_dev=False)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    contents = read_artifact(args.model, encoder_weights=args.encoder_weights)
+    if contents.int8_encoder is None:
+        print(f"model artifact {args.model} has no INT8 encoder (build one with training.quantize)", file=sys.stderr)
+        return 2
+    report = compare_int8(args, contents, contents.int8_encoder, args.split, args.gate_images)
+    failures = gate_failures(report, args.max_bleu_drop, args.min_identical)
+    report["gate"] = {"passed": not failures, "failures": failures, "max_bleu_drop": args.max_bleu_drop,
+                      "min_identical": args.min_identical}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output_json:
+        with open(args.output_json, "w") as f:
+            f.write(text + "\n")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Build the INT8 encoder of a model artifact: NNCF post-training quantisation of its float32
+OpenVINO encoder graph, calibrated on training photos, checked by the quality gate on dev
+(``training.compare_precision``) and written into the artifact as OpenVINO IR
+(``encoder.int8.xml`` + ``encoder.int8.bin``, listed in the manifest with SHA-256; the
+calibration is recorded in ``config.json`` under ``encoder.int8``). Workers only load the IR.
+
+The INT8 encoder depends on the encoder weights only, not on the decoder: ``--from-artifact``
+copies the IR of another artifact whose encoder (name, image size, weights hash) is the same,
+so a retrained decoder gets its INT8 encoder back without quantising again (the gate still
+runs, with the new decoder).
+
+CLI::
+
+    python -m training.quantize --model models/flickr8k-xception --flickr8k ../shared/data/flickr8k \\
+      --encoder-weights ../shared/models/xception_weights_tf_dim_ordering_tf_kernels_notop.h5 \\
+      --calibration-images 300 --seed 0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from model.artifact import ArtifactContents, read_artifact, with_int8_encoder
+from training.compare_precision import add_gate_arguments, compare_int8, gate_failures
+from training.datasets import CaptionedImage
+from training.features import _load_image
+
+log = logging.getLogger(__name__)
+
+# Layers kept in float32: the first N weighted layers (convolutions) in graph order, and/or every
+# node of some OpenVINO op types. The converted graph's node names do not keep the Keras layer
+# names, so a scope is a count. Xception: block1 has 2 convolutions, blocks 2 and 3 have 5 each
+# (two separable convolutions, each depthwise + pointwise, and the residual 1x1); "depthwise"
+# keeps all depthwise (GroupConvolution) layers in float32. Chosen on dev caption agreement
+# (docs/PERFORMANCE.md, "INT8"); "none" quantises every layer NNCF can quantise.
+IGNORED_SCOPES: dict[str, tuple[int, tuple[str, ...]]] = {
+    "none": (0, ()), "block1": (2, ()), "blocks1-3": (12, ()), "depthwise": (0, ("GroupConvolution",)),
+    "block1+depthwise": (2, ("GroupConvolution",)),
+}
+DEFAULT_IGNORED_SCOPE = "none"
+_WEIGHTED_OPS = ("Convolution", "GroupConvolution", "MatMul")
+
+
+def first_weighted_ops(graph: Any, count: int) -> list[str]:
+    """Friendly names of the first ``count`` convolution / matmul nodes in topological order."""
+    names = [op.get_friendly_name() for op in graph.get_ordered_ops() if op.get_type_name() in _WEIGHTED_OPS]
+    return names[:count]
+
+
+def calibration_sample(items: Sequence[CaptionedImage], count: int, seed: int,
+                       image_size: tuple[int, int]) -> tuple[list[str], np.ndarray, int]:
+    """``count`` decoded training photos drawn at random (``seed``) from ``items``; listed
+    photos that are missing or undecodable are skipped (and counted), the draw goes on."""
+    order = list(items)
+    random.Random(seed).shuffle(order)
+    ids: list[str] = []
+    pixels: list[np.ndarray] = []
+    skipped = 0
+    for item in order:
+        if len(ids) >= count:
+            break
+        image_id, image, _, _ = _load_image(item, image_size)
+        if image is None:
+            skipped += 1
+            continue
+        ids.append(image_id)
+        pixels.append(image)
+    if not ids:
+        raise SystemExit("no usable calibration images")
+    return ids, np.stack(pixels), skipped
+
+
+def quantize_graph(float32_graph: Any, images: np.ndarray, ignored_names: Sequence[str],
+                   fast_bias_correction: bool = True, ignored_types: Sequence[str] = ()) -> tuple[bytes, bytes]:
+    """NNCF post-training quantisation of an OpenVINO model (uint8 images in) -> IR (xml, bin);
+    the nodes ``ignored_names`` and those of ``ignored_types`` stay float32."""
+    import nncf
+    import openvino as ov
+
+    dataset = nncf.Dataset([images[i:i + 1] for i in range(len(images))])
+    scope = nncf.IgnoredScope(names=list(ignored_names), types=list(ignored_types)) \
+        if ignored_names or ignored_types else None
+    kwargs = {"ignored_scope": scope} if scope is not None else {}
+    quantised = nncf.quantize(float32_graph, dataset, subset_size=len(images),
+                              fast_bias_correction=fast_bias_correction, **kwargs)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "encoder.int8.xml")
+        ov.save_model(quantised, path, compress_to_fp16=False)
+        with open(path, "rb") as f:
+            xml = f.read()
+        with open(os.path.join(tmp, "encoder.int8.bin"), "rb") as f:
+            weights = f.read()
+    return xml, weights
+
+
+def encoder_identity(contents: ArtifactContents) -> dict[str, Any]:
+    """What an INT8 encoder is derived from: encoder name, image size, source weights hash."""
+    from model.encoder import weights_fingerprint
+
+    enc = contents.config["encoder"]
+    return {"encoder": enc["name"], "image_size": [int(v) for v in enc["image_size"]],
+            "source_weights_sha256_16": weights_fingerprint(contents.encoder_weights)}
+
+
+def build_int8(args: argparse.Namespace, contents: ArtifactContents, identity: dict[str, Any]
+               ) -> tuple[tuple[bytes, bytes], dict[str, Any]]:
+    """Quantise the artifact's encoder; returns the IR and its config block (calibration record)."""
+    import nncf
+    import openvino
+
+    from model.encoder import ImageEncoder
+    from training.splits import read_split
+
+    if identity["source_weights_sha256_16"] in ("none", "imagenet"):
+        raise SystemExit("quantising needs the encoder weights as a file: pass --encoder-weights PATH_OR_URI")
+    size = (identity["image_size"][0], identity["image_size"][1])
+    train = read_split(args, args.calibration_split)
+    ids, images, skipped = calibration_sample(train, args.calibration_images, args.seed, size)
+    encoder = ImageEncoder(identity["encoder"], contents.encoder_weights, size, runtime="openvino", cache="none")
+    graph = encoder.openvino_float32_graph()
+    first, types = IGNORED_SCOPES[args.ignored_scope]
+    ignored = first_weighted_ops(graph, first)
+    started = time.monotonic()
+    ir = quantize_graph(graph, images, ignored, not args.full_bias_correction, types)
+    seconds = time.monotonic() - started
+    log.info("quantised %s on %d calibration images in %.1f s", identity["encoder"], len(ids), seconds)
+    block = {**identity, "method": "nncf.quantize (post-training, min-max + bias correction)",
+             "preset": "performance (symmetric int8 weights and activations)",
+             "fast_bias_correction": not args.full_bias_correction,
+             "ignored_scope": {"name": args.ignored_scope, "first_weighted_layers_float32": len(ignored),
+                               "node_names": ignored, "op_types": list(types)},
+             "calibration": {"split": args.calibration_split, "count": len(ids), "seed": args.seed,
+                             "skipped_unreadable": skipped, "image_ids": ids},
+             "versions": {"nncf": nncf.__version__, "openvino": openvino.__version__},
+             "quantisation_seconds": round(seconds, 1)}
+    return ir, block
+
+
+def reuse_int8(other_uri: str, identity: dict[str, Any]) -> tuple[tuple[bytes, bytes], dict[str, Any]]:
+    """The INT8 IR of another artifact, if it was built from the same encoder (else refused)."""
+    other = read_artifact(other_uri)
+    block = other.config["encoder"].get("int8")
+    if other.int8_encoder is None or block is None:
+        raise SystemExit(f"model artifact {other_uri} has no INT8 encoder to copy")
+    theirs = {k: block.get(k) for k in identity}
+    if theirs != identity:
+        raise SystemExit(f"the INT8 encoder of {other_uri} was built from another encoder ({theirs}); this "
+                         f"artifact's is {identity}: quantise again instead")
+    copied = {k: v for k, v in block.items() if k != "quality_gate"}
+    return other.int8_encoder, {**copied, "copied_from_model_id": other.model_id}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from training.splits import add_data_arguments
+
+    parser = argparse.ArgumentParser(prog="python -m training.quantize", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="model artifact (float32 source) to add the INT8 encoder to")
+    parser.add_argument("--output", default=None, help="where to write the artifact (default: in place)")
+    parser.add_argument("--from-artifact", default=None,
+                        help="copy the INT8 encoder of this artifact (same encoder weights) instead of quantising")
+    parser.add_argument("--calibration-images", type=int, default=300)
+    parser.add_argument("--calibration-split", default="train", help="split the calibration photos come from")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
+    parser.add_argument("--ignored-scope", choices=sorted(IGNORED_SCOPES), default=DEFAULT_IGNORED_SCOPE,
+                        help="layers kept in float32: none, block1 (first 2 convolutions), blocks1-3 (first 12), "
+                             "depthwise (every depthwise convolution), block1+depthwise")
+    parser.add_argument("--full-bias-correction", action="store_true", help="NNCF's slower, exact bias correction")
+    parser.add_argument("--gate-split", default="dev", help="split the quality gate compares on (not calibration)")
+    add_gate_arguments(parser)
+    add_data_arguments(parser, with_dev=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.gate_split == args.calibration_split:
+        raise SystemExit("the quality gate must run on another split than the calibration (e.g. --gate-split dev)")
+    contents = read_artifact(args.model, encoder_weights=args.encoder_weights)
+    identity = encoder_identity(contents)
+    ir, block = reuse_int8(args.from_artifact, identity) if args.from_artifact else build_int8(args, contents, identity)
+    report = compare_int8(args, contents, ir, args.gate_split, args.gate_images)
+    failures = gate_failures(report, args.max_bleu_drop, args.min_identical)
+    report["gate"] = {"passed": not failures, "failures": failures, "max_bleu_drop": args.max_bleu_drop,
+                      "min_identical": args.min_identical}
+    print(json.dumps(report, indent=2))
+    if failures:
+        log.error("INT8 encoder refused, nothing written: %s", "; ".join(failures))
+        return 3
+    block["quality_gate"] = report
+    target = args.output or args.model
+    model_id = with_int8_encoder(args.model, target, ir[0], ir[1], block)
+    print(json.dumps({"written": target, "model_id": model_id, "int8_bytes": len(ir[1])}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
