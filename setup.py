@@ -32,7 +32,10 @@ setup(
     extras_require={
         "gcp": ["apache-beam[gcp]>=2.60,<3", "gcsfs>=2024.2"],
         "aws": ["apache-beam[aws]>=2.60,<3", "s3fs>=2024.2"],
-        "test": ["pytest>=8", "moto[server]>=5", "apache-beam[aws]>=2.60,<3", "s3fs>=2024.2", "psutil>=5.9"],
+        # --runner DaskRunner (beam_pipeline/dask_runner.py works around bugs of Beam 2.77's runner)
+        "dask": ["apache-beam[dask]>=2.60,<3", "distributed>=2024.8"],
+        "test": ["pytest>=8", "moto[server]>=5", "apache-beam[aws]>=2.60,<3", "s3fs>=2024.2", "psutil>=5.9",
+                 "apache-beam[dask]>=2.60,<3", "distributed>=2024.8"],
     },
     entry_points={
         "console_scripts": [

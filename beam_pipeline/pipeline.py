@@ -32,8 +32,10 @@ from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
 from beam_pipeline.sources import NAMESPACE, MatchGlob, ReadAndDecode, ReadManifest, read_references
 
 log = logging.getLogger(__name__)
-# Short runner names Beam itself does not resolve -> the class path it does.
-RUNNER_ALIASES = {"DaskRunner": "apache_beam.runners.dask.dask_runner.DaskRunner"}
+# Runner names -> the class to use: the short name Beam does not resolve, and Beam's own Dask
+# runner replaced by ours, which works around its bugs (see beam_pipeline/dask_runner.py).
+RUNNER_ALIASES = {"DaskRunner": "beam_pipeline.dask_runner.DaskRunner",
+                  "apache_beam.runners.dask.dask_runner.DaskRunner": "beam_pipeline.dask_runner.DaskRunner"}
 
 
 @dataclass
