@@ -15,7 +15,8 @@ Found by running this pipeline on a real ``dask scheduler`` + ``dask worker --nw
    orphaned temp folders from the recomputed writes.
 
 Here a ParDo's side inputs are dependencies in the task graph (computed once, shared), its
-bundle results are taken after ``finish_bundle``, and every sink is computed. The fourth bug,
+bundle results are taken after ``finish_bundle``, every sink is computed, and GroupByKey
+spreads its output over ``--dask_npartitions`` partitions. The fourth bug,
 tagged outputs merged into the main output (``bags`` is keyed by the producing transform, and
 one receiver list collects every tag), is avoided by the pipeline itself: each DoFn has one
 output (``beam_pipeline.outcomes``). The runner reports no metrics (``metrics()`` raises); the
@@ -30,6 +31,7 @@ from typing import Any, Iterator
 import apache_beam
 from apache_beam.runners.dask import dask_runner as beam_dask
 from apache_beam.runners.dask import transform_evaluator as te
+from apache_beam.runners.dask.overrides import _GroupByKeyOnly
 from apache_beam.transforms.sideinputs import SideInputMap
 
 
@@ -81,16 +83,36 @@ class ParDo(te.ParDo):
             run_bundle, invoker_args, invoker_kwargs, receivers, specs, *values)
 
 
+def _key(item: tuple[Any, Any]) -> Any:
+    return item[0]
+
+
+def _values(item: tuple[Any, list[Any]]) -> tuple[Any, list[Any]]:
+    key, pairs = item
+    return key, [te.defenestrate(pair[1]) for pair in pairs]
+
+
+class GroupByKey(te.GroupByKey):
+    """Beam's GroupByKey translation, but grouping into ``--dask_npartitions`` partitions: Beam's
+    keeps the input's partition count, so a job that starts from one glob ran in one partition
+    (one worker process) from start to end."""
+
+    def apply(self, input_bag: Any, side_inputs: Any = None) -> Any:
+        npartitions = self.bag_kwargs.get("npartitions") or input_bag.npartitions
+        return input_bag.groupby(_key, npartitions=npartitions).map(_values)
+
+
 @contextlib.contextmanager
-def _translations_with_fixed_pardo() -> Iterator[None]:
-    """Beam's visitor looks the ParDo translation up in its module's table while building the
-    graph (in this process only); use ours for that time."""
-    original = te.TRANSLATIONS[apache_beam.ParDo]
-    te.TRANSLATIONS[apache_beam.ParDo] = ParDo
+def _translations_with_fixes() -> Iterator[None]:
+    """Beam's visitor looks translations up in its module's table while building the graph (in
+    this process only); use ours for that time."""
+    fixed = {apache_beam.ParDo: ParDo, _GroupByKeyOnly: GroupByKey}
+    original = {kind: te.TRANSLATIONS[kind] for kind in fixed}
+    te.TRANSLATIONS.update(fixed)
     try:
         yield
     finally:
-        te.TRANSLATIONS[apache_beam.ParDo] = original
+        te.TRANSLATIONS.update(original)
 
 
 def sink_bags(bags: dict[Any, Any]) -> list[Any]:
@@ -100,6 +122,18 @@ def sink_bags(bags: dict[Any, Any]) -> list[Any]:
         consumed.update(pcoll.producer for pcoll in node.inputs if hasattr(pcoll, "producer"))
         consumed.update(si.pvalue.producer for si in node.side_inputs)
     return [bag for node, bag in bags.items() if node not in consumed]
+
+
+class DaskRunnerResult(beam_dask.DaskRunnerResult):
+    """Beam's result, closing the Dask client once the job is over (Beam's leaves it open, and it
+    logs reconnection errors after the cluster is gone)."""
+
+    def wait_until_finish(self, duration: Any = None) -> str:
+        try:
+            return super().wait_until_finish(duration)
+        finally:
+            if self._state != beam_dask.PipelineState.RUNNING:
+                self.client.close()
 
 
 class DaskRunner(beam_dask.DaskRunner):
@@ -114,7 +148,7 @@ class DaskRunner(beam_dask.DaskRunner):
         client = ddist.Client(**dask_options)
         pipeline.replace_all(beam_dask.dask_overrides())
         visitor = self.to_dask_bag_visitor(bag_kwargs)
-        with _translations_with_fixed_pardo():
+        with _translations_with_fixes():
             pipeline.visit(visitor)
         sinks = dask.optimize(*sink_bags(visitor.bags))
-        return beam_dask.DaskRunnerResult(client, client.compute(list(sinks)))
+        return DaskRunnerResult(client, client.compute(list(sinks)))

@@ -1,10 +1,12 @@
 """Batched captioning DoFn: the model is loaded once per worker process and shared by its
-threads (``apache_beam.utils.shared.Shared``); a failing batch is retried image by image so one
-bad image costs only itself.
+threads (``apache_beam.utils.shared.Shared``), or once per machine and shared by its processes
+(``MultiProcessShared``, ``--share_model_across_processes``); a failing batch is retried image by
+image so one bad image costs only itself.
 
 Why not RunInference: our inference is two models plus a Python beam-search loop with per-row
-outputs and per-image fallback; a DoFn holding a ``Shared`` handle gives exactly RunInference's
-load-once behaviour with less indirection, and keeps error rows in the same single output (see ``outcomes``).
+outputs and per-image fallback; a DoFn holding a ``Shared`` / ``MultiProcessShared`` handle gives
+exactly RunInference's load-once behaviour with less indirection, and keeps error rows in the
+same single output (see ``outcomes``).
 """
 from __future__ import annotations
 

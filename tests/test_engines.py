@@ -70,7 +70,7 @@ def test_dask_cluster_gives_the_direct_runner_rows(photos, tiny_artifact, direct
     out = tmp_path / "out"
     with dask_cluster(tmp_path / "logs", workers=2) as address:
         summary = run_pipeline(_args(photos, out, tiny_artifact)
-                               + ["--runner", "DaskRunner", "--dask_client_address", address])
+                               + ["--runner", "DaskRunner", "--dask_client_address", address, "--dask_npartitions", "2"])
     _check_same_as_direct(summary, out, direct, photos, processes=2)
     assert summary["runner"] == "DaskRunner"
     assert summary["counters"]["images_captioned"] is None  # the Dask runner reports no metrics
