@@ -1,11 +1,11 @@
 """Every DoFn of the pipeline emits ONE PCollection; side results travel in it as small wrapper
-objects and are split off with ``beam.Filter`` (``SplitOutcomes``).
+objects and are split off with ``beam.Filter`` / ``beam.FlatMap`` (``pipeline.split``).
 
-Why not tagged outputs: Beam's Dask runner (2.6x) routes every output of a multi-output ParDo
-into the main PCollection (its ``ParDo`` translation ignores the output tags), so error rows
-reached ``CaptionBatches`` as plain dicts. ``beam.Partition`` is itself a ParDo with tagged
-outputs, so it has the same problem; ``Filter`` is a single-output ParDo and is correct on
-every runner. See docs/DEPLOY.md ("Runner notes").
+Why not tagged outputs: Beam's Dask runner (2.77) hands every output of a multi-output ParDo to
+every consumer (its bags are keyed by the producing transform, and one receiver list collects
+all tags), so error rows reached ``CaptionBatches`` as plain dicts. ``beam.Partition`` is
+itself a ParDo with tagged outputs, so it has the same problem; ``Filter`` is a single-output
+ParDo and is correct on every runner. See docs/DEPLOY.md ("Runner notes").
 
 The wrappers are plain frozen dataclasses (no Beam import), pickled by Beam's default coder.
 """
