@@ -34,8 +34,10 @@ setup(
         "aws": ["apache-beam[aws]>=2.60,<3", "s3fs>=2024.2"],
         # NNCF builds the INT8 encoder (training.quantize); running one needs only openvino.
         "int8": ["nncf>=2.14,<4"],
+        # --runner DaskRunner (beam_pipeline/dask_runner.py works around bugs of Beam 2.77's runner)
+        "dask": ["apache-beam[dask]>=2.60,<3", "distributed>=2024.8"],
         "test": ["pytest>=8", "moto[server]>=5", "apache-beam[aws]>=2.60,<3", "s3fs>=2024.2", "psutil>=5.9",
-                 "nncf>=2.14,<4",
+                 "nncf>=2.14,<4", "apache-beam[dask]>=2.60,<3", "distributed>=2024.8",
                  "pycocoevalcap>=1.2"],  # pycocoevalcap: the reference CIDEr-D / ROUGE-L are tested against
     },
     entry_points={

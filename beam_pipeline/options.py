@@ -57,6 +57,10 @@ class CaptionOptions(PipelineOptions):
                        help="folder for converted OpenVINO graphs, so a worker starts in ~0.4 s instead of ~3 s "
                             "(default: openvino/ under $CAPTION_CACHE_DIR or the temp dir's image-captioning-cache; "
                             "'none' turns it off)")
+        g.add_argument("--share_model_across_processes", action="store_true",
+                       help="one model copy per machine, shared by all its SDK worker processes "
+                            "(Beam's MultiProcessShared, as RunInference's share_model_across_processes): for "
+                            "GPU workers that need many processes to decode JPEGs but have room for one model")
         g.add_argument("--resume", action="store_true",
                        help="skip images already in OUTPUT/captions or OUTPUT/errors; add the rest")
         g.add_argument("--emit_embeddings", action="store_true", help="add the encoder feature vector to each row")

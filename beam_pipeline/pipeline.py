@@ -2,6 +2,8 @@
 captions -> references/BLEU -> Parquet captions, Parquet errors, run statistics.
 
 ``run(argv)`` is what ``run_pipeline.py`` calls; ``build(p, plan)`` composes the transforms.
+Each DoFn has one output; error rows and other side results ride in it (``outcomes``) and are
+split off here with single-output transforms, which every runner executes correctly.
 """
 from __future__ import annotations
 
@@ -17,18 +19,23 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquet, WriteToParquet
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.runners.runner import create_runner
 
 from beam_pipeline.bleu_combine import CorpusBleuFn
 from beam_pipeline.inference import CaptionBatches
 from beam_pipeline.options import CaptionOptions, default_model_uri
+from beam_pipeline.outcomes import Failed, ModelLoaded, Skipped, failed, is_main, load_summary
 from beam_pipeline.preflight import (PreflightError, check_output, check_resume_model, existing_outputs,
                                     remove_stale_temp_dirs)
 from beam_pipeline.records import STAGE_MATCH, ImageRef, bleu_pair, error_row, with_references
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
-from beam_pipeline.sources import ERRORS, NAMESPACE, MatchGlob, ReadAndDecode, ReadManifest, read_references
+from beam_pipeline.sources import NAMESPACE, MatchGlob, ReadAndDecode, ReadManifest, read_references
 
 log = logging.getLogger(__name__)
-SKIPPED = "skipped"
+# Runner names -> the class to use: the short name Beam does not resolve, and Beam's own Dask
+# runner replaced by ours, which works around its bugs (see beam_pipeline/dask_runner.py).
+RUNNER_ALIASES = {"DaskRunner": "beam_pipeline.dask_runner.DaskRunner",
+                  "apache_beam.runners.dask.dask_runner.DaskRunner": "beam_pipeline.dask_runner.DaskRunner"}
 
 
 @dataclass
@@ -62,13 +69,34 @@ class DedupeAndResume(beam.DoFn):
             return
         if list(groups.get("done", [])):
             for _ in refs:
-                yield beam.pvalue.TaggedOutput(SKIPPED, 1)
+                yield Skipped(uri)
             return
         yield refs[0]
         for dup in refs[1:]:
-            yield beam.pvalue.TaggedOutput(ERRORS, error_row(
+            yield failed(error_row(
                 uri, dup.image_id, STAGE_MATCH, "DuplicateInput",
                 "the same image URI was given more than once; it is captioned once"))
+
+
+def _error_rows(element: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(element, Failed):
+        yield element.row
+
+
+def _skipped(element: Any) -> Iterator[str]:
+    if isinstance(element, Skipped):
+        yield element.uri
+
+
+def _loads(element: Any) -> Iterator[tuple[str, float, int, str]]:
+    if isinstance(element, ModelLoaded):
+        yield element.load_id, element.seconds, element.pid, element.host
+
+
+def split(outcomes: Any, label: str) -> tuple[Any, Any]:
+    """(main elements, error rows) of a DoFn's single output, by two single-output steps."""
+    return (outcomes | f"{label}.ok" >> beam.Filter(is_main),
+            outcomes | f"{label}.errors" >> beam.FlatMap(_error_rows))
 
 
 def _attach_references(element: tuple[str, dict[str, list]]) -> Iterator[dict[str, Any]]:
@@ -79,10 +107,10 @@ def _attach_references(element: tuple[str, dict[str, list]]) -> Iterator[dict[st
 
 
 def _write_stats(_: Any, path: str, matched: int, captioned: int, failed: int, skipped: int,
-                 bleu: dict | None) -> None:
+                 bleu: dict | None, loads: list[tuple[str, float, int, str]]) -> None:
     stats = {"matched": matched, "captioned": captioned, "failed": failed, "skipped_resume": skipped,
              "bleu": None if bleu is None else {k: bleu[k] for k in ("bleu1", "bleu2", "bleu3", "bleu4")},
-             "bleu_segments": None if bleu is None else bleu.get("segments")}
+             "bleu_segments": None if bleu is None else bleu.get("segments"), **load_summary(loads)}
     with FileSystems.create(path) as f:
         f.write(json.dumps(stats).encode())
 
@@ -92,16 +120,17 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     o = plan.options
     ref_lists, error_lists = [], []
     if plan.inputs:
-        matched = (p | "Globs" >> beam.Create(plan.inputs)
-                   | "Match" >> beam.ParDo(MatchGlob()).with_outputs(ERRORS, main="refs"))
-        ref_lists.append(matched.refs)
-        error_lists.append(matched[ERRORS])
+        matched, match_failed = split(p | "Globs" >> beam.Create(plan.inputs)
+                                      | "Match" >> beam.ParDo(MatchGlob()), "Match")
+        ref_lists.append(matched)
+        error_lists.append(match_failed)
     if plan.manifest:
-        listed = (p | "Manifest" >> beam.Create([plan.manifest])
-                  | "ReadManifest" >> beam.ParDo(ReadManifest(o.manifest_uri_column, o.manifest_id_column,
-                                                              o.manifest_references_column)).with_outputs(ERRORS, main="refs"))
-        ref_lists.append(listed.refs)
-        error_lists.append(listed[ERRORS])
+        listed, listed_failed = split(p | "Manifest" >> beam.Create([plan.manifest])
+                                      | "ReadManifest" >> beam.ParDo(ReadManifest(
+                                          o.manifest_uri_column, o.manifest_id_column, o.manifest_references_column)),
+                                      "ReadManifest")
+        ref_lists.append(listed)
+        error_lists.append(listed_failed)
     refs = ref_lists | "AllRefs" >> beam.Flatten()
     match_errors = error_lists | "MatchErrors" >> beam.Flatten()
 
@@ -112,21 +141,24 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
                           | "ReadDone" >> ReadAllFromParquet(columns=["image_uri"])
                           | "KeyDone" >> beam.Map(lambda row: (row["image_uri"], True)))
     # The grouping also spreads work over workers after matching (it is a shuffle).
-    unique = (groups | "GroupByUri" >> beam.CoGroupByKey()
-              | "Dedupe" >> beam.ParDo(DedupeAndResume()).with_outputs(ERRORS, SKIPPED, main="todo"))
+    deduped = groups | "GroupByUri" >> beam.CoGroupByKey() | "Dedupe" >> beam.ParDo(DedupeAndResume())
+    todo, duplicates = split(deduped, "Dedupe")
+    skipped = deduped | "Skipped" >> beam.FlatMap(_skipped)
 
-    decoded = unique.todo | "ReadDecode" >> beam.ParDo(
-        ReadAndDecode(plan.image_size, o.max_image_bytes, o.max_image_pixels)).with_outputs(ERRORS, main="records")
-    batches = decoded.records | "Batch" >> beam.BatchElements(
+    records, read_failed = split(todo | "ReadDecode" >> beam.ParDo(
+        ReadAndDecode(plan.image_size, o.max_image_bytes, o.max_image_pixels)), "ReadDecode")
+    batches = records | "Batch" >> beam.BatchElements(
         min_batch_size=o.min_batch_size or o.batch_size, max_batch_size=o.batch_size)
+    share_tag = f"caption-model-{plan.model_id}-{plan.run_id}" if o.share_model_across_processes else None
     captioned = batches | "Caption" >> beam.ParDo(CaptionBatches(
         plan.model_uri, o.encoder_weights, plan.model_id,
         {"method": o.decode, "beam_width": o.beam_width, "length_alpha": o.length_alpha},
         emit_embeddings=o.emit_embeddings, precision=o.precision,
         runtime=o.encoder_runtime, model_cache_dir=o.model_cache_dir,
-        progress_seconds=o.progress_seconds)).with_outputs(ERRORS, main="rows")
-
-    rows = captioned.rows
+        progress_seconds=o.progress_seconds, share_tag=share_tag))
+    rows, caption_failed = split(captioned, "Caption")
+    loads = (captioned | "ModelLoads" >> beam.FlatMap(_loads) | "DistinctLoads" >> beam.Distinct()
+             | "AllLoads" >> beam.combiners.ToList())
     if o.references:
         reference_table = (p | "ReferencesFile" >> beam.Create([o.references])
                            | "ReadReferences" >> beam.FlatMap(read_references, o.references_id_column,
@@ -137,7 +169,7 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     elif o.manifest_references_column:
         rows = rows | "ManifestReferences" >> beam.Map(with_references, None)
 
-    errors = [match_errors, unique[ERRORS], decoded[ERRORS], captioned[ERRORS]] | "AllErrors" >> beam.Flatten()
+    errors = [match_errors, duplicates, read_failed, caption_failed] | "AllErrors" >> beam.Flatten()
     rows | "WriteCaptions" >> WriteToParquet(
         FileSystems.join(plan.output, "captions", f"part-{plan.run_id}"), caption_schema(o.emit_embeddings),
         file_name_suffix=".parquet")
@@ -153,8 +185,8 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
             | "CorpusBleu" >> beam.CombineGlobally(CorpusBleuFn()))
     (p | "Stats" >> beam.Create([None])
      | "WriteStats" >> beam.Map(_write_stats, plan.stats_path, count(inputs, "Matched"), count(rows, "Captioned"),
-                                count(errors, "Failed"), count(unique[SKIPPED], "Skipped"),
-                                beam.pvalue.AsSingleton(bleu)))
+                                count(errors, "Failed"), count(skipped, "Skipped"),
+                                beam.pvalue.AsSingleton(bleu), beam.pvalue.AsSingleton(loads)))
 
 
 def local_runner(options: PipelineOptions) -> Any:
@@ -168,6 +200,19 @@ def local_runner(options: PipelineOptions) -> Any:
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
     return fn_runner.FnApiRunner(provision_info=info)
+
+
+def make_runner(name: str | None, options: PipelineOptions) -> Any:
+    """The runner object for ``--runner``: our local FnApiRunner for the DirectRunner, the class
+    path for short names Beam does not resolve (``DaskRunner``), else None (Beam resolves it)."""
+    if name in (None, "DirectRunner", "direct"):
+        return local_runner(options)
+    if name in RUNNER_ALIASES:
+        try:
+            return create_runner(RUNNER_ALIASES[name])
+        except ImportError as exc:
+            raise PreflightError(f"--runner {name} needs extra packages: pip install -e '.[dask]' ({exc})") from exc
+    return None
 
 
 def new_run_id() -> str:
@@ -215,16 +260,6 @@ def _metric(result: Any, name: str) -> int | None:
     return int(sum((c.committed if c.committed is not None else c.attempted) or 0 for c in counters))
 
 
-def _load_seconds(result: Any) -> float | None:
-    """Total time worker processes spent loading the model (from the model_load_ms metric)."""
-    try:
-        dists = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE).with_name("model_load_ms"))["distributions"]
-    except Exception:  # noqa: BLE001 - some runners do not report metrics
-        return None
-    results = [d.committed or d.attempted for d in dists]
-    return round(sum(r.sum for r in results if r) / 1000, 2)
-
-
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the pipeline to completion and return (and write) the run summary."""
     options = PipelineOptions(argv)
@@ -232,7 +267,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     plan = plan_run(caption_options)
     log.info("run %s: model %s, output %s", plan.run_id, plan.model_id, plan.output)
     runner_name = options.view_as(StandardOptions).runner
-    runner = local_runner(options) if runner_name in (None, "DirectRunner", "direct") else None
+    runner = make_runner(runner_name, options)
     started = time.time()
     p = beam.Pipeline(runner=runner, options=options)
     build(p, plan)
@@ -241,10 +276,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     wall = time.time() - started
     with FileSystems.open(plan.stats_path) as f:
         stats = json.loads(f.read())
+    # Counts (matched ... model_loads) come from the data; "counters" are the runner's metrics,
+    # null where a runner reports none (e.g. Dask).
     summary = {
         "run_id": plan.run_id, **stats,
-        "model_loads": _metric(result, "model_loads"),
-        "model_load_seconds": _load_seconds(result),
         "counters": {name: _metric(result, name) for name in
                      ("images_read", "images_captioned", "images_failed", "batches", "bytes_read", "model_loads")},
         "images_per_second": round(stats["captioned"] / wall, 3) if wall > 0 else None,

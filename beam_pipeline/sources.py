@@ -1,7 +1,7 @@
 """Inputs: glob matching, manifest tables, image reading/decoding and reference captions.
 
 Reading uses Beam's ``FileSystems`` (local, gs://, s3:// … whatever Beam is installed with);
-every failure becomes an error row on the ``errors`` output, never an exception.
+every failure becomes an error row (wrapped by ``outcomes.failed``), never an exception.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from beam_pipeline.outcomes import failed
 from beam_pipeline.records import (STAGE_DECODE, STAGE_MATCH, STAGE_READ, ImageRecord, ImageRef, error_row,
                                    exception_row, image_id_from_uri, parse_references_column)
 from model.image_decoding import ImageDecodeError, decode_image
@@ -22,7 +23,6 @@ from model.storage import read_table, read_text
 
 log = logging.getLogger(__name__)
 NAMESPACE = "captioning"
-ERRORS = "errors"
 
 
 class MatchGlob(beam.DoFn):
@@ -33,12 +33,12 @@ class MatchGlob(beam.DoFn):
             results = FileSystems.match([pattern])
             files = [m for r in results for m in r.metadata_list]
         except Exception as exc:  # noqa: BLE001 - e.g. bucket missing, permission denied
-            yield beam.pvalue.TaggedOutput(ERRORS, error_row(pattern, None, STAGE_MATCH, type(exc).__name__,
-                                                             f"cannot match {pattern}: {exc}"))
+            yield failed(error_row(pattern, None, STAGE_MATCH, type(exc).__name__,
+                                   f"cannot match {pattern}: {exc}"))
             return
         if not files:
-            yield beam.pvalue.TaggedOutput(ERRORS, error_row(pattern, None, STAGE_MATCH, "NoMatch",
-                                                             f"no file matches {pattern}"))
+            yield failed(error_row(pattern, None, STAGE_MATCH, "NoMatch",
+                                   f"no file matches {pattern}"))
             return
         for meta in files:
             yield ImageRef(meta.path, image_id_from_uri(meta.path), int(meta.size_in_bytes))
@@ -62,8 +62,8 @@ class ReadManifest(beam.DoFn):
             for row in batch.to_pylist():
                 uri = row[self.uri_column]
                 if not uri:
-                    yield beam.pvalue.TaggedOutput(ERRORS, error_row(f"{manifest_uri}#<empty>", None, STAGE_MATCH,
-                                                                     "EmptyUri", "manifest row has an empty image URI"))
+                    yield failed(error_row(f"{manifest_uri}#<empty>", None, STAGE_MATCH,
+                                           "EmptyUri", "manifest row has an empty image URI"))
                     continue
                 uri = str(uri)
                 image_id = str(row[self.id_column]) if self.id_column and row[self.id_column] is not None \
@@ -124,7 +124,7 @@ class ReadAndDecode(beam.DoFn):
     def process(self, ref: ImageRef) -> Iterator[Any]:
         if ref.size_bytes is not None and ref.size_bytes > self.max_bytes:
             self.failed_counter.inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, error_row(
+            yield failed(error_row(
                 ref.uri, ref.image_id, STAGE_READ, "TooLarge",
                 f"file has {ref.size_bytes} bytes, over the limit of {self.max_bytes} (--max_image_bytes)"))
             return
@@ -132,8 +132,8 @@ class ReadAndDecode(beam.DoFn):
             data = _read_limited(ref.uri, self.max_bytes)
         except Exception as exc:  # noqa: BLE001 - every storage failure is an error row
             self.failed_counter.inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, error_row(ref.uri, ref.image_id, STAGE_READ,
-                                                             _read_error_type(exc), f"cannot read: {exc}"))
+            yield failed(error_row(ref.uri, ref.image_id, STAGE_READ,
+                                   _read_error_type(exc), f"cannot read: {exc}"))
             return
         self.read_counter.inc()
         self.bytes_counter.inc(len(data))
@@ -141,12 +141,12 @@ class ReadAndDecode(beam.DoFn):
             decoded = decode_image(data, self.image_size, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
         except ImageDecodeError as exc:
             self.failed_counter.inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, error_row(ref.uri, ref.image_id, STAGE_DECODE,
-                                                             exc.error_type, exc.message))
+            yield failed(error_row(ref.uri, ref.image_id, STAGE_DECODE,
+                                   exc.error_type, exc.message))
             return
         except Exception as exc:  # noqa: BLE001 - defensive: decode_image promises not to, but never crash
             self.failed_counter.inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, exception_row(ref, STAGE_DECODE, exc))
+            yield failed(exception_row(ref, STAGE_DECODE, exc))
             return
         yield ImageRecord(ref, decoded.pixels, decoded.width, decoded.height)
 

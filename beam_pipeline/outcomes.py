@@ -1,0 +1,59 @@
+"""Every DoFn of the pipeline emits ONE PCollection; side results travel in it as small wrapper
+objects and are split off with ``beam.Filter`` / ``beam.FlatMap`` (``pipeline.split``).
+
+Why not tagged outputs: Beam's Dask runner (2.77) hands every output of a multi-output ParDo to
+every consumer (its bags are keyed by the producing transform, and one receiver list collects
+all tags), so error rows reached ``CaptionBatches`` as plain dicts. ``beam.Partition`` is
+itself a ParDo with tagged outputs, so it has the same problem; ``Filter`` is a single-output
+ParDo and is correct on every runner. See docs/DEPLOY.md ("Runner notes").
+
+The wrappers are plain frozen dataclasses (no Beam import), pickled by Beam's default coder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Failed:
+    """An input that could not be captioned: ``row`` is its ``errors/*.parquet`` row."""
+
+    row: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An input skipped because an earlier run already holds a row for it (``--resume``)."""
+
+    uri: str
+
+
+@dataclass(frozen=True)
+class ModelLoaded:
+    """One captioning DoFn instance got a model: ``load_id`` names the load it got (the same id
+    for every instance that shares the copy), so distinct ids count the loads from the data,
+    whether or not the runner reports metrics. ``pid`` is the process that captions."""
+
+    load_id: str
+    seconds: float
+    pid: int
+    host: str
+
+
+def failed(row: dict[str, Any]) -> Failed:
+    """Wrap an error row so that it rides in a DoFn's single output (see module docstring)."""
+    return Failed(row)
+
+
+def is_main(element: Any) -> bool:
+    """True for the DoFn's real output (not a Failed / Skipped / ModelLoaded side result)."""
+    return not isinstance(element, (Failed, Skipped, ModelLoaded))
+
+
+def load_summary(loads: list[tuple[str, float, int, str]]) -> dict[str, Any]:
+    """Distinct ``(load_id, seconds, pid, host)`` tuples -> model_loads, load seconds, captioning
+    processes."""
+    by_id = {load_id: seconds for load_id, seconds, _, _ in loads}
+    return {"model_loads": len(by_id), "model_load_seconds": round(sum(by_id.values()), 2),
+            "worker_processes": len({(host, pid) for _, _, pid, host in loads})}
