@@ -103,11 +103,17 @@ def _uris(client: Any, bucket: str, prefix: str) -> list[str]:
                                      columns=["image_uri"]).column("image_uri").to_pylist()]
 
 
-def test_output_store_failing_fails_the_job_loudly_and_resume_completes_it(faulty_s3):
+def test_output_store_failing_fails_the_job_loudly_and_resume_completes_it(faulty_s3, monkeypatch):
     """The S3 server starts answering 500 to every Parquet PUT after the first two commits: the
     run fails with the reason (after retries), writes no summary, and --resume then adds exactly
     the rows that were not committed."""
+    from tests.test_s3 import _clear_s3fs_instances
+
     client, proxy, bucket = faulty_s3["client"], faulty_s3["proxy"], faulty_s3["bucket"]
+    # botocore would retry each 500 itself (5 tries, up to ~15 s of backoff); one try each keeps
+    # this test short and makes the pipeline's own retries (--commit_attempts) the ones tested.
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    _clear_s3fs_instances()
     allowed = [2]
 
     def fault(method: str, path: str) -> bool:
@@ -124,9 +130,11 @@ def test_output_store_failing_fails_the_job_loudly_and_resume_completes_it(fault
             "--output", f"s3://{bucket}/failing", "--batch_size", "2", "--commit_every", "2",
             "--commit_attempts", "2"]
     started = time.monotonic()
-    with pytest.raises(Exception, match=r"(?s)could not commit .* after 2 attempts.*InternalError") as failure:
+    reason = r"could not commit .* after 2 attempts: OSError: .*injected by the test.s fault proxy"
+    with pytest.raises(Exception, match=reason) as failure:
         run_pipeline(args)
     failed_after = time.monotonic() - started
+    print(f"failed after {failed_after:.1f} s, {len(proxy.faults)} faults")
     assert proxy.faults, "no request was answered with a fault"
     keys = _keys(client, bucket, "failing/")
     assert "failing/summary.json" not in keys, f"a failed run reported a summary ({failure.value})"
@@ -134,7 +142,9 @@ def test_output_store_failing_fails_the_job_loudly_and_resume_completes_it(fault
     assert len(committed) == len(set(committed)) <= 4, committed  # only the two commits that got through
 
     proxy.fault = lambda method, path: False
+    started = time.monotonic()
     summary = run_pipeline(args + ["--resume"])
+    print(f"resume {time.monotonic() - started:.1f} s")
     assert summary["matched"] == 13 == summary["captioned"] + summary["failed"] + summary["skipped_resume"]
     assert summary["skipped_resume"] == summary["skipped_from_interrupted"] == len(committed)
     uris = _uris(client, bucket, "failing/captions/") + _uris(client, bucket, "failing/errors/")
@@ -142,4 +152,5 @@ def test_output_store_failing_fails_the_job_loudly_and_resume_completes_it(fault
                                   [f"img{i:02d}.jpg" for i in range(12)] + ["broken.jpg"])
     assert summary["counters"]["rows_committed"] == 13 - len(committed)
     assert failed_after < 120
+    _clear_s3fs_instances()
     faulty_s3["guard"].assert_only_to(proxy.port)
