@@ -154,3 +154,22 @@ def test_output_store_failing_fails_the_job_loudly_and_resume_completes_it(fault
     assert failed_after < 120
     _clear_s3fs_instances()
     faulty_s3["guard"].assert_only_to(proxy.port)
+
+
+def test_resume_counts_an_image_once_when_two_files_hold_it(tmp_path, tiny_artifact):
+    """Should a retry ever leave one image in two files, --resume still skips it once."""
+    import shutil
+
+    images = tmp_path / "images"
+    for i in range(3):
+        write_jpeg(images / f"img{i}.jpg", size=(64, 64), seed=i)
+    out = tmp_path / "out"
+    args = ["--input", f"{images}/*.jpg", "--output", str(out), "--model", tiny_artifact]
+    first = run_pipeline(args)
+    assert first["captioned"] == 3 and first["skipped_from_interrupted"] == 0
+    (committed,) = sorted((out / "captions").glob("*.parquet"))
+    shutil.copy(committed, committed.with_name(f"part-{first['run_id']}-{'0' * 32}.parquet"))
+    second = run_pipeline(args + ["--resume"])
+    assert second["matched"] == 3 == second["skipped_resume"] and second["captioned"] == second["failed"] == 0
+    assert second["skipped_from_interrupted"] == 0 and second["resumed_from_files"] == 2  # run 1 had finished
+    assert read_summary(out) == second

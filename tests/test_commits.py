@@ -123,3 +123,23 @@ def test_writer_failure_raises_after_retries_and_commits_nothing(tmp_path: Path)
     list(writer.process(_error("a.jpg")))
     with pytest.raises(CommitError, match="could not commit 2 errors-read rows .* after 2 attempts"):
         list(writer.process(_error("b.jpg")))
+
+
+def test_resume_listing_skips_temp_files_removes_them_and_finds_interrupted_runs(tmp_path: Path):
+    from beam_pipeline.preflight import existing_outputs, interrupted_outputs, remove_stale_temp_dirs
+
+    finished, killed = RUN, "20261127T160000Z-def456"
+    data = parquet_bytes([_error("a.jpg")], ERROR_SCHEMA)
+    for run in (finished, killed):
+        write_atomically(str(tmp_path / "errors"), commit_file_name(run, "errors-read", [run]), data)
+    (tmp_path / "errors" / f".tmp-part-{killed}-half.parquet-0123abcd").write_bytes(b"PAR1 half")
+    (tmp_path / "_runs" / finished).mkdir(parents=True)
+    (tmp_path / "_runs" / finished / "summary.json").write_text("{}")
+    (tmp_path / "_runs" / killed).mkdir(parents=True)  # stats only: it never finished
+
+    done = existing_outputs(str(tmp_path))
+    assert [run_id_of(f) for f in done] == sorted([finished, killed]) and all(is_committed_name(f) for f in done)
+    assert [run_id_of(f) for f in interrupted_outputs(str(tmp_path), done)] == [killed]
+    removed = remove_stale_temp_dirs(str(tmp_path))
+    assert [Path(r).name for r in removed] == [f".tmp-part-{killed}-half.parquet-0123abcd"]
+    assert sorted(os.listdir(tmp_path / "errors")) == sorted(Path(f).name for f in done)
