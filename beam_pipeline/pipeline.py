@@ -290,6 +290,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "runner": runner_name or "DirectRunner",
         "direct_running_mode": options.view_as(DirectOptions).direct_running_mode,
     }
+    committed = summary["counters"]["rows_committed"]
+    if committed is not None and committed < stats["captioned"] + stats["failed"]:
+        raise RuntimeError(f"run {plan.run_id}: {stats['captioned'] + stats['failed']} rows were made but only "
+                           f"{committed} committed; not reporting success (rerun with --resume)")
     text = json.dumps(summary, indent=2).encode()
     for path in (FileSystems.join(plan.output, "summary.json"), FileSystems.join(plan.output, "_runs", plan.run_id, "summary.json")):
         with FileSystems.create(path) as f:

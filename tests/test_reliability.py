@@ -382,6 +382,7 @@ def test_sigkill_mid_run_then_resume_holds_every_image_once(tmp_path, tiny_artif
     reader = threading.Thread(target=read_progress, daemon=True)
     reader.start()
     deadline = time.monotonic() + 240  # never hang the suite
+    seen_before_kill = None
     try:
         while proc.poll() is None and time.monotonic() < deadline:
             if len(_committed_rows(out)[0]) >= 3 * every:  # poll the output: rows are committed
@@ -395,7 +396,7 @@ def test_sigkill_mid_run_then_resume_holds_every_image_once(tmp_path, tiny_artif
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         reader.join(timeout=10)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
+    assert seen_before_kill is not None and proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
     assert not (out / "summary.json").exists()  # it really died mid-run
     captions, errors = _committed_rows(out)  # every committed file reads
     committed = {r["image_uri"] for r in captions + errors}
