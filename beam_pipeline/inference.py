@@ -175,5 +175,7 @@ class CaptionBatches(beam.DoFn):
                     self.failed.inc()
                     yield failed(exception_row(record.ref, STAGE_INFER, single_exc))
         self.captioned.inc(len(rows))
-        self._progress.add(len(rows))
         yield from rows
+        # Counted after the rows went downstream (the commit writer is fused with this step), so a
+        # progress line never counts rows that have not reached the writer yet.
+        self._progress.add(len(rows))

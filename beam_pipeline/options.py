@@ -63,6 +63,12 @@ class CaptionOptions(PipelineOptions):
                             "GPU workers that need many processes to decode JPEGs but have room for one model")
         g.add_argument("--resume", action="store_true",
                        help="skip images already in OUTPUT/captions or OUTPUT/errors; add the rest")
+        g.add_argument("--commit_every", type=int, default=1000,
+                       help="commit caption and error rows as a Parquet file at least every N rows per worker")
+        g.add_argument("--commit_seconds", type=float, default=300.0,
+                       help="... and at least every T seconds (checked as rows arrive; 0 = only by count)")
+        g.add_argument("--commit_attempts", type=int, default=5,
+                       help="tries per commit (exponential backoff from 0.5 s) before the job fails")
         g.add_argument("--emit_embeddings", action="store_true", help="add the encoder feature vector to each row")
         g.add_argument("--max_image_bytes", type=int, default=DEFAULT_MAX_BYTES)
         g.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS)

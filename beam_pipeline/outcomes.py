@@ -24,9 +24,11 @@ class Failed:
 
 @dataclass(frozen=True)
 class Skipped:
-    """An input skipped because an earlier run already holds a row for it (``--resume``)."""
+    """An input skipped because an earlier run already holds a row for it (``--resume``);
+    ``interrupted``: only runs that never finished (crashed, killed) hold it."""
 
     uri: str
+    interrupted: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,8 @@
-"""The captioning pipeline: match -> dedupe/resume -> read+decode -> batch -> encode+decode
-captions -> references/BLEU -> Parquet captions, Parquet errors, run statistics.
+"""The captioning pipeline: match -> attach references -> dedupe/resume -> read+decode -> batch
+-> encode+decode captions -> BLEU -> incremental Parquet commits (captions, errors), run statistics.
+
+Nothing between captioning and the commit writers is a shuffle, so rows are committed while the
+run goes (see ``beam_pipeline.commit_writer``).
 
 ``run(argv)`` is what ``run_pipeline.py`` calls; ``build(p, plan)`` composes the transforms.
 Each DoFn has one output; error rows and other side results ride in it (``outcomes``) and are
@@ -16,18 +19,21 @@ from typing import Any, Iterator, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import ReadAllFromParquet, WriteToParquet
+from apache_beam.io.parquetio import ReadAllFromParquet
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import create_runner
 
 from beam_pipeline.bleu_combine import CorpusBleuFn
+from beam_pipeline.commit_writer import CommitRows
+from beam_pipeline.commits import RetryPolicy
 from beam_pipeline.inference import CaptionBatches
 from beam_pipeline.options import CaptionOptions, default_model_uri
 from beam_pipeline.outcomes import Failed, ModelLoaded, Skipped, failed, is_main, load_summary
 from beam_pipeline.preflight import (PreflightError, check_output, check_resume_model, existing_outputs,
-                                    remove_stale_temp_dirs)
-from beam_pipeline.records import STAGE_MATCH, ImageRef, bleu_pair, error_row, with_references
+                                    interrupted_outputs, remove_stale_temp_dirs)
+from beam_pipeline.records import STAGE_MATCH, ImageRef, bleu_pair, error_row, with_reference_captions, \
+    with_references
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
 from beam_pipeline.sources import NAMESPACE, MatchGlob, ReadAndDecode, ReadManifest, read_references
 
@@ -36,6 +42,7 @@ log = logging.getLogger(__name__)
 # runner replaced by ours, which works around its bugs (see beam_pipeline/dask_runner.py).
 RUNNER_ALIASES = {"DaskRunner": "beam_pipeline.dask_runner.DaskRunner",
                   "apache_beam.runners.dask.dask_runner.DaskRunner": "beam_pipeline.dask_runner.DaskRunner"}
+DONE, DONE_BY_INTERRUPTED = "done", "done-by-interrupted-run"
 
 
 @dataclass
@@ -52,6 +59,7 @@ class Plan:
     decode: str
     options: CaptionOptions
     done_files: list[str] = field(default_factory=list)
+    interrupted_files: list[str] = field(default_factory=list)  # subset of done_files
 
     @property
     def stats_path(self) -> str:
@@ -59,17 +67,20 @@ class Plan:
 
 
 class DedupeAndResume(beam.DoFn):
-    """Per image URI: skip it if an earlier run already has a row for it (``--resume``); else
-    keep the first input and turn repeats of the same URI into ``DuplicateInput`` error rows."""
+    """Per image URI: skip it if an earlier run already has a row for it (``--resume``; however
+    many files hold it, it counts once); else keep the first input and turn repeats of the same
+    URI into ``DuplicateInput`` error rows. A skipped input is tagged True when only interrupted
+    runs hold it (rows committed before a crash)."""
 
     def process(self, element: tuple[str, dict[str, list]]) -> Iterator[Any]:
         uri, groups = element
         refs: list[ImageRef] = list(groups["refs"])
         if not refs:
             return
-        if list(groups.get("done", [])):
+        marks = set(groups.get("done", []))
+        if marks:
             for _ in refs:
-                yield Skipped(uri)
+                yield Skipped(uri, marks == {DONE_BY_INTERRUPTED})
             return
         yield refs[0]
         for dup in refs[1:]:
@@ -83,9 +94,10 @@ def _error_rows(element: Any) -> Iterator[dict[str, Any]]:
         yield element.row
 
 
-def _skipped(element: Any) -> Iterator[str]:
+def _skipped(element: Any) -> Iterator[bool]:
+    """One item per skipped input: whether only interrupted runs held it."""
     if isinstance(element, Skipped):
-        yield element.uri
+        yield element.interrupted
 
 
 def _loads(element: Any) -> Iterator[tuple[str, float, int, str]]:
@@ -99,16 +111,17 @@ def split(outcomes: Any, label: str) -> tuple[Any, Any]:
             outcomes | f"{label}.errors" >> beam.FlatMap(_error_rows))
 
 
-def _attach_references(element: tuple[str, dict[str, list]]) -> Iterator[dict[str, Any]]:
+def _attach_references(element: tuple[str, dict[str, list]]) -> Iterator[ImageRef]:
     _, groups = element
-    refs = [r for refs in groups["refs"] for r in refs]
-    for row in groups["rows"]:
-        yield with_references(row, refs or None)
+    captions = [c for captions in groups["captions"] for c in captions]
+    for ref in groups["refs"]:
+        yield with_reference_captions(ref, captions)
 
 
 def _write_stats(_: Any, path: str, matched: int, captioned: int, failed: int, skipped: int,
-                 bleu: dict | None, loads: list[tuple[str, float, int, str]]) -> None:
+                 skipped_interrupted: int, bleu: dict | None, loads: list[tuple[str, float, int, str]]) -> None:
     stats = {"matched": matched, "captioned": captioned, "failed": failed, "skipped_resume": skipped,
+             "skipped_from_interrupted": skipped_interrupted,
              "bleu": None if bleu is None else {k: bleu[k] for k in ("bleu1", "bleu2", "bleu3", "bleu4")},
              "bleu_segments": None if bleu is None else bleu.get("segments"), **load_summary(loads)}
     with FileSystems.create(path) as f:
@@ -134,12 +147,25 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     refs = ref_lists | "AllRefs" >> beam.Flatten()
     match_errors = error_lists | "MatchErrors" >> beam.Flatten()
 
-    keyed = refs | "KeyByUri" >> beam.Map(lambda r: (r.uri, r))
+    with_refs = refs
+    if o.references:  # joined before reading, so no shuffle separates captioning from the commits
+        reference_table = (p | "ReferencesFile" >> beam.Create([o.references])
+                           | "ReadReferences" >> beam.FlatMap(read_references, o.references_id_column,
+                                                              o.references_caption_column))
+        with_refs = ({"refs": refs | "KeyById" >> beam.Map(lambda r: (r.image_id, r)), "captions": reference_table}
+                     | "JoinReferences" >> beam.CoGroupByKey()
+                     | "AttachReferences" >> beam.FlatMap(_attach_references))
+    keyed = with_refs | "KeyByUri" >> beam.Map(lambda r: (r.uri, r))
     groups: dict[str, Any] = {"refs": keyed}
-    if plan.done_files:
-        groups["done"] = (p | "DoneFiles" >> beam.Create(plan.done_files)
-                          | "ReadDone" >> ReadAllFromParquet(columns=["image_uri"])
-                          | "KeyDone" >> beam.Map(lambda row: (row["image_uri"], True)))
+    interrupted = set(plan.interrupted_files)
+    done_sets = [(DONE, [f for f in plan.done_files if f not in interrupted]),
+                 (DONE_BY_INTERRUPTED, plan.interrupted_files)]
+    done_marks = [p | f"DoneFiles{mark}" >> beam.Create(files)
+                  | f"ReadDone{mark}" >> ReadAllFromParquet(columns=["image_uri"])
+                  | f"KeyDone{mark}" >> beam.Map(lambda row, m=mark: (row["image_uri"], m))
+                  for mark, files in done_sets if files]
+    if done_marks:
+        groups["done"] = done_marks | "AllDone" >> beam.Flatten()
     # The grouping also spreads work over workers after matching (it is a shuffle).
     deduped = groups | "GroupByUri" >> beam.CoGroupByKey() | "Dedupe" >> beam.ParDo(DedupeAndResume())
     todo, duplicates = split(deduped, "Dedupe")
@@ -159,22 +185,22 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     rows, caption_failed = split(captioned, "Caption")
     loads = (captioned | "ModelLoads" >> beam.FlatMap(_loads) | "DistinctLoads" >> beam.Distinct()
              | "AllLoads" >> beam.combiners.ToList())
-    if o.references:
-        reference_table = (p | "ReferencesFile" >> beam.Create([o.references])
-                           | "ReadReferences" >> beam.FlatMap(read_references, o.references_id_column,
-                                                              o.references_caption_column))
-        rows = ({"rows": rows | "KeyById" >> beam.Map(lambda r: (r["image_id"], r)), "refs": reference_table}
-                | "JoinReferences" >> beam.CoGroupByKey()
-                | "AttachReferences" >> beam.FlatMap(_attach_references))
-    elif o.manifest_references_column:
-        rows = rows | "ManifestReferences" >> beam.Map(with_references, None)
+    if o.references or o.manifest_references_column:  # references came with the ImageRef
+        rows = rows | "SentenceBleu" >> beam.Map(with_references, None)
 
+    # One writer per source of rows, each fused with the step that makes its rows (a Flatten in
+    # front of a writer could put it in a stage that only runs once every source has finished).
+    policy = RetryPolicy(attempts=o.commit_attempts)
+
+    def commit(pcoll: Any, sub: str, label: str, schema: Any) -> None:
+        pcoll | f"Commit-{label}" >> beam.ParDo(CommitRows(
+            FileSystems.join(plan.output, sub), plan.run_id, label, schema, o.commit_every, o.commit_seconds, policy))
+
+    commit(rows, "captions", "captions", caption_schema(o.emit_embeddings))
+    for label, pcoll in (("match", match_errors), ("dedupe", duplicates), ("read", read_failed),
+                         ("infer", caption_failed)):
+        commit(pcoll, "errors", f"errors-{label}", ERROR_SCHEMA)
     errors = [match_errors, duplicates, read_failed, caption_failed] | "AllErrors" >> beam.Flatten()
-    rows | "WriteCaptions" >> WriteToParquet(
-        FileSystems.join(plan.output, "captions", f"part-{plan.run_id}"), caption_schema(o.emit_embeddings),
-        file_name_suffix=".parquet")
-    errors | "WriteErrors" >> WriteToParquet(
-        FileSystems.join(plan.output, "errors", f"part-{plan.run_id}"), ERROR_SCHEMA, file_name_suffix=".parquet")
 
     def count(pcoll: Any, name: str) -> Any:
         return beam.pvalue.AsSingleton(pcoll | f"Count{name}" >> beam.combiners.Count.Globally())
@@ -186,6 +212,7 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     (p | "Stats" >> beam.Create([None])
      | "WriteStats" >> beam.Map(_write_stats, plan.stats_path, count(inputs, "Matched"), count(rows, "Captioned"),
                                 count(errors, "Failed"), count(skipped, "Skipped"),
+                                count(skipped | "FromInterrupted" >> beam.Filter(bool), "SkippedInterrupted"),
                                 beam.pvalue.AsSingleton(bleu), beam.pvalue.AsSingleton(loads)))
 
 
@@ -230,6 +257,8 @@ def plan_run(options: CaptionOptions) -> Plan:
         raise PreflightError("give --input GLOB (repeatable) or --input_manifest TABLE")
     if options.batch_size < 1:
         raise PreflightError("--batch_size must be >= 1")
+    if options.commit_every < 1 or options.commit_seconds < 0 or options.commit_attempts < 1:
+        raise PreflightError("--commit_every and --commit_attempts must be >= 1, --commit_seconds >= 0")
     inputs = list(options.input or [])
     output = options.output.rstrip("/")
     check_output(output, inputs, options.resume)  # a manifest may list images anywhere
@@ -239,15 +268,17 @@ def plan_run(options: CaptionOptions) -> Plan:
     build_decoders(contents)  # every decoder weights file must fit the config
     check_encoder_ready(contents, options.precision, options.encoder_runtime)
     done_files: list[str] = []
+    interrupted: list[str] = []
     if options.resume:
         remove_stale_temp_dirs(output)
         done_files = existing_outputs(output)
         check_resume_model(done_files, contents.model_id)
+        interrupted = interrupted_outputs(output, done_files)
     size = contents.config["encoder"]["image_size"]
     settings = contents.decode_settings(method=options.decode, beam_width=options.beam_width,
                                         length_alpha=options.length_alpha)
     return Plan(new_run_id(), output, inputs, options.input_manifest, model_uri, contents.model_id,
-                (int(size[0]), int(size[1])), settings.describe(), options, done_files)
+                (int(size[0]), int(size[1])), settings.describe(), options, done_files, interrupted)
 
 
 def _metric(result: Any, name: str) -> int | None:
@@ -281,16 +312,23 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     summary = {
         "run_id": plan.run_id, **stats,
         "counters": {name: _metric(result, name) for name in
-                     ("images_read", "images_captioned", "images_failed", "batches", "bytes_read", "model_loads")},
+                     ("images_read", "images_captioned", "images_failed", "batches", "bytes_read", "model_loads",
+                      "rows_committed", "commits", "commit_retries")},
         "images_per_second": round(stats["captioned"] / wall, 3) if wall > 0 else None,
         "wall_seconds": round(wall, 2), "model_id": plan.model_id, "model": plan.model_uri,
         "decode": plan.decode, "encoder_precision": caption_options.precision,
         "encoder_runtime": caption_options.encoder_runtime, "batch_size": caption_options.batch_size,
         "inputs": plan.inputs, "input_manifest": plan.manifest, "references": caption_options.references,
         "output": plan.output, "resumed_from_files": len(plan.done_files),
+        "resumed_from_interrupted_files": len(plan.interrupted_files),
+        "commit_every": caption_options.commit_every, "commit_seconds": caption_options.commit_seconds,
         "runner": runner_name or "DirectRunner",
         "direct_running_mode": options.view_as(DirectOptions).direct_running_mode,
     }
+    committed = summary["counters"]["rows_committed"]
+    if committed is not None and committed < stats["captioned"] + stats["failed"]:
+        raise RuntimeError(f"run {plan.run_id}: {stats['captioned'] + stats['failed']} rows were made but only "
+                           f"{committed} committed; not reporting success (rerun with --resume)")
     text = json.dumps(summary, indent=2).encode()
     for path in (FileSystems.join(plan.output, "summary.json"), FileSystems.join(plan.output, "_runs", plan.run_id, "summary.json")):
         with FileSystems.create(path) as f:

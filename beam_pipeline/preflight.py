@@ -7,6 +7,8 @@ import re
 
 import fsspec
 
+from beam_pipeline.commits import TEMP_PREFIX, is_committed_name, run_id_of
+
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
@@ -58,23 +60,34 @@ def check_output(output: str, inputs: list[str], resume: bool) -> None:
 
 
 def existing_outputs(output: str) -> list[str]:
-    """Parquet files of earlier runs (captions and errors): their images are skipped on resume."""
+    """Committed Parquet files of earlier runs (captions and errors): their images are skipped on
+    resume. Temp names (leading ``.`` or ``_``) are not committed files and are left out."""
     fs, path = _output_fs(output)
     files = []
     for sub in ("captions", "errors"):
-        files.extend(fs.glob(f"{path.rstrip('/')}/{sub}/*.parquet"))
+        files.extend(f for f in fs.glob(f"{path.rstrip('/')}/{sub}/*.parquet") if is_committed_name(f))
     return sorted(fs.unstrip_protocol(f) if "://" in output else f for f in files)
 
 
 def remove_stale_temp_dirs(output: str) -> list[str]:
-    """Delete Beam's unfinished write directories left by a crashed earlier run."""
+    """Delete what a crashed earlier run left unfinished: Beam's ``beam-temp-*`` write folders
+    (runs before incremental commits) and half-written commit temp files (``.tmp-*``)."""
     fs, path = _output_fs(output)
     stale = []
     for sub in ("captions", "errors"):
         stale.extend(fs.glob(f"{path.rstrip('/')}/{sub}/beam-temp-*"))
+        stale.extend(fs.glob(f"{path.rstrip('/')}/{sub}/{TEMP_PREFIX}*"))
     for d in stale:
         fs.rm(d, recursive=True)
     return stale
+
+
+def interrupted_outputs(output: str, done_files: list[str]) -> list[str]:
+    """The files among ``done_files`` written by runs that never finished (no
+    ``_runs/RUNID/summary.json``): rows an interrupted run committed before it died."""
+    fs, path = _output_fs(output)
+    finished = {p.rstrip("/").split("/")[-2] for p in fs.glob(f"{path.rstrip('/')}/_runs/*/summary.json")}
+    return [f for f in done_files if run_id_of(f) is not None and run_id_of(f) not in finished]
 
 
 def check_resume_model(done_files: list[str], model_id: str) -> None:

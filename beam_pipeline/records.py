@@ -70,6 +70,14 @@ def caption_row(record: ImageRecord, caption: str, score: float, decode: str, mo
     return row
 
 
+def with_reference_captions(ref: ImageRef, captions: Sequence[str]) -> ImageRef:
+    """The ImageRef with reference captions from a references file (they replace a manifest's);
+    unchanged when the file has none for its image id."""
+    from dataclasses import replace
+
+    return replace(ref, references=tuple(captions)) if captions else ref
+
+
 def with_references(row: dict[str, Any], references: Sequence[str] | None) -> dict[str, Any]:
     """Attach reference captions and smoothed sentence BLEU-1..4 to a caption row."""
     from model.bleu import bleu_tokens, sentence_bleu_scores

@@ -13,16 +13,19 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.dataset as pads
 import pytest
 from PIL import Image, ImageOps
 
@@ -68,7 +71,8 @@ def _all_rows(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 
 def _stale_temp_dirs(out: Path) -> list[Path]:
-    return sorted(p for sub in ("captions", "errors") for p in (out / sub).glob("beam-temp-*"))
+    return sorted(p for sub in ("captions", "errors") for pattern in ("beam-temp-*", ".tmp-*")
+                  for p in (out / sub).glob(pattern))
 
 
 class FifoTripwire:
@@ -345,7 +349,16 @@ def test_file_deleted_between_matching_and_reading(tmp_path, tiny_artifact, monk
     assert summary["matched"] == 3 == summary["captioned"] + summary["failed"]
 
 
+def _committed_rows(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows of the committed files (a pyarrow dataset skips temp names starting with '.')."""
+    return tuple(pads.dataset(str(out / sub), format="parquet").to_table().to_pylist() if (out / sub).is_dir()
+                 else [] for sub in ("captions", "errors"))
+
+
 def test_sigkill_mid_run_then_resume_holds_every_image_once(tmp_path, tiny_artifact):
+    """kill -9 of the whole process group once rows are committed (found by polling the output),
+    then --resume: every input once, the committed rows are not redone, and at most one commit
+    interval of captioned rows was lost."""
     images = tmp_path / "images"
     for i in range(150):
         write_jpeg(images / f"img{i:03d}.jpg", size=(64, 64), seed=i)
@@ -353,27 +366,42 @@ def test_sigkill_mid_run_then_resume_holds_every_image_once(tmp_path, tiny_artif
     (images / "empty.jpg").write_bytes(b"")
     expected = sorted(str(p) for p in images.iterdir())
     out = tmp_path / "out"
+    every = 8
     args = ["--input", f"{images}/*.jpg", "--output", str(out), "--model", tiny_artifact, "--batch_size", "4",
-            "--progress_seconds", "0.1"]
+            "--commit_every", str(every), "--progress_seconds", "0.05"]
     proc = subprocess.Popen(_cli(args), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
-    watchdog = threading.Timer(240, lambda: os.killpg(proc.pid, signal.SIGKILL))  # never hang the suite
-    watchdog.start()
-    killed_after = None
+    progress: list[int] = []  # captioned counts of the progress lines, read as they come
+
+    def read_progress() -> None:
+        for line in proc.stderr:
+            found = re.search(r"progress \(pid \d+\): (\d+) images captioned", line)
+            if found:
+                progress.append(int(found.group(1)))
+
+    reader = threading.Thread(target=read_progress, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 240  # never hang the suite
+    seen_before_kill = None
     try:
-        for line in proc.stderr:  # the first progress line: the model is loaded and batches are done
-            if "progress (pid" in line:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if len(_committed_rows(out)[0]) >= 3 * every:  # poll the output: rows are committed
+                seen_before_kill = progress[-1] if progress else 0
                 os.killpg(proc.pid, signal.SIGKILL)
-                killed_after = line.strip()
                 break
-        proc.wait()
+            time.sleep(0.02)
+        proc.wait(timeout=60)
     finally:
-        watchdog.cancel()
-        proc.stderr.close()
-    assert killed_after is not None and proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        reader.join(timeout=10)
+    assert seen_before_kill is not None and proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
     assert not (out / "summary.json").exists()  # it really died mid-run
-    stale = _stale_temp_dirs(out)
-    assert stale, "expected Beam's unfinished write directories after the kill"
+    captions, errors = _committed_rows(out)  # every committed file reads
+    committed = {r["image_uri"] for r in captions + errors}
+    assert len(committed) == len(captions) + len(errors) < 152, "committed rows are duplicated, or nothing was left"
+    assert seen_before_kill - len(captions) < every, "more than one commit interval of captions was lost"
 
     rerun = subprocess.run(_cli(args + ["--resume"]), cwd=REPO, env=_env(), capture_output=True, text=True,
                            timeout=300)
@@ -384,9 +412,11 @@ def test_sigkill_mid_run_then_resume_holds_every_image_once(tmp_path, tiny_artif
     assert sorted(uris) == expected, "an image is missing"
     assert {Path(e["image_uri"]).name: e["error_type"] for e in errors} == {"text.jpg": "NotAnImage",
                                                                              "empty.jpg": "EmptyFile"}
-    assert not _stale_temp_dirs(out) and not any(p.exists() for p in stale)
+    assert not _stale_temp_dirs(out)
     s = read_summary(out)
     assert s["matched"] == 152 == s["captioned"] + s["failed"] + s["skipped_resume"]
+    assert s["skipped_resume"] == s["skipped_from_interrupted"] == len(committed)  # nothing committed is redone
+    assert s["captioned"] + s["failed"] == 152 - len(committed)
 
 
 # --------------------------------------------------------------------------- 3. artifacts, output dirs
@@ -461,8 +491,7 @@ def _refused(args: list[str], capsys: pytest.CaptureFixture) -> str:
 @pytest.mark.parametrize("case", sorted(TAMPERS) + ["expected_model_id_mismatch"])
 def test_bad_model_artifact_is_refused_before_any_image_is_read(case, tmp_path, tiny_artifact, guarded_inputs,
                                                                  capsys):
-    import re
-
+    
     images, fifo = guarded_inputs
     model = tmp_path / "model"
     shutil.copytree(tiny_artifact, model)

@@ -118,6 +118,40 @@ def _clear_s3fs_instances() -> None:
     s3fs.S3FileSystem.clear_instance_cache()
 
 
+def point_aws_at(mp: pytest.MonkeyPatch, endpoint: str, tmp: Path, guard: _LoopbackOnly,
+                 proc: subprocess.Popen) -> Any:
+    """Point both S3 clients (botocore, s3fs) of this process at ``endpoint`` through the AWS
+    environment, install the loopback-only guard, and return a boto3 client once it answers."""
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                 "AWS_REGION", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "AWS_CA_BUNDLE",
+                 "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        mp.delenv(name, raising=False)
+    mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+    mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    mp.setenv("AWS_ENDPOINT_URL", endpoint)
+    mp.setenv("AWS_ENDPOINT_URL_S3", endpoint)
+    mp.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask 169.254.169.254 for credentials
+    mp.setenv("AWS_CONFIG_FILE", str(tmp / "no-aws-config"))
+    mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp / "no-aws-credentials"))
+    mp.setenv("NO_PROXY", "127.0.0.1,localhost")
+    mp.setenv("no_proxy", "127.0.0.1,localhost")
+    guard.install(mp)
+    _clear_s3fs_instances()
+    client = boto3.client("s3")
+    deadline = time.monotonic() + 30
+    while True:  # the port is bound before the line is printed; still, wait until it answers
+        try:
+            client.list_buckets()
+            break
+        except Exception:  # noqa: BLE001 - not answering yet
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.2)
+    assert client.meta.endpoint_url == endpoint
+    return client
+
+
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A running moto S3 server, the AWS environment pointing at it, and a loopback-only
@@ -128,33 +162,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     guard = _LoopbackOnly()
     try:
         with pytest.MonkeyPatch.context() as mp:
-            for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                         "AWS_REGION", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "AWS_CA_BUNDLE",
-                         "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-                mp.delenv(name, raising=False)
-            mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-            mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-            mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-            mp.setenv("AWS_ENDPOINT_URL", endpoint)
-            mp.setenv("AWS_ENDPOINT_URL_S3", endpoint)
-            mp.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask 169.254.169.254 for credentials
-            mp.setenv("AWS_CONFIG_FILE", str(tmp / "no-aws-config"))
-            mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp / "no-aws-credentials"))
-            mp.setenv("NO_PROXY", "127.0.0.1,localhost")
-            mp.setenv("no_proxy", "127.0.0.1,localhost")
-            guard.install(mp)
-            _clear_s3fs_instances()
-            client = boto3.client("s3")
-            deadline = time.monotonic() + 30
-            while True:  # the port is bound before the line is printed; still, wait until it answers
-                try:
-                    client.list_buckets()
-                    break
-                except Exception:  # noqa: BLE001 - not answering yet
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise
-                    time.sleep(0.2)
-            assert client.meta.endpoint_url == endpoint
+            client = point_aws_at(mp, endpoint, tmp, guard, proc)
             yield {"endpoint": endpoint, "port": port, "client": client, "guard": guard, "proc": proc}
             _clear_s3fs_instances()
     finally:

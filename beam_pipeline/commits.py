@@ -1,0 +1,167 @@
+"""Incremental commits of output rows: when to commit, what a commit file is called, how it is
+written atomically, and how a failed write is retried.
+
+Pure Python (pyarrow + fsspec, no Beam, no TensorFlow), so each rule is tested on its own; the
+Beam DoFn that composes them is ``beam_pipeline.commit_writer.CommitRows``.
+
+Design (see README "Incremental commits"):
+
+* A commit file is a complete Parquet file written in one step: on a local disk under a temp name
+  starting with ``.`` in the same folder, then ``os.replace``-d to its final name; on an object
+  store as one ``pipe`` (one PUT, or a multipart upload that appears only when completed). Readers
+  (pyarrow, DuckDB, Spark) skip names starting with ``.`` or ``_`` and so never see half a file.
+* Its name is derived from its content: ``part-RUNID-<sha256 of the writer's label and the sorted
+  image URIs>.parquet``. A runner that retries a bundle writes the same rows to the same name and
+  overwrites the first attempt's file instead of adding a duplicate.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+COMMIT_PREFIX = "part-"
+TEMP_PREFIX = ".tmp-"  # readers skip names starting with "." (and "_")
+# Run ids are new_run_id()'s "20261127T152958Z-abc123"; Beam's WriteToParquet names of older runs
+# ("part-RUNID-00000-of-00001.parquet") carry the run id the same way.
+_RUN_ID_IN_NAME = re.compile(r"^part-(\d{8}T\d{6}Z-[0-9a-f]{6})-")
+
+
+class CommitError(RuntimeError):
+    """Rows could not be made durable after every retry; the job must fail (rows stay for --resume)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """``attempts`` tries in all, sleeping ``first_delay`` * 2**k (at most ``max_delay``) between them."""
+
+    attempts: int = 5
+    first_delay: float = 0.5
+    max_delay: float = 8.0
+
+    def delays(self) -> list[float]:
+        return [min(self.max_delay, self.first_delay * 2 ** k) for k in range(max(0, self.attempts - 1))]
+
+
+def with_retries(action: Callable[[], T], policy: RetryPolicy, what: str,
+                 sleep: Callable[[float], None] = time.sleep,
+                 on_retry: Callable[[int, BaseException], None] | None = None) -> T:
+    """Run ``action``; on an exception retry with exponential backoff; after the last attempt raise
+    ``CommitError`` naming ``what`` and the last error (never swallow it)."""
+    delays = policy.delays()
+    for attempt in range(len(delays) + 1):
+        try:
+            return action()
+        except Exception as exc:  # noqa: BLE001 - any storage error is retried, then reported
+            if attempt == len(delays):
+                raise CommitError(f"could not commit {what} after {attempt + 1} attempts: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+            log.warning("commit of %s failed (attempt %d of %d, retrying in %.1f s): %s: %s", what, attempt + 1,
+                        len(delays) + 1, delays[attempt], type(exc).__name__, exc)
+            if on_retry is not None:
+                on_retry(attempt + 1, exc)
+            sleep(delays[attempt])
+    raise AssertionError("unreachable")
+
+
+def commit_file_name(run_id: str, label: str, uris: Iterable[str]) -> str:
+    """``part-RUNID-HASH.parquet``: the hash covers the writer's label and the sorted URIs (with
+    repeats), so the same rows from the same writer always get the same name."""
+    h = hashlib.sha256(label.encode())
+    for uri in sorted(uris):
+        h.update(b"\0" + uri.encode())
+    return f"{COMMIT_PREFIX}{run_id}-{h.hexdigest()[:32]}.parquet"
+
+
+def run_id_of(file_name: str) -> str | None:
+    """The run id in a commit file's name (also Beam-written names of older runs), else None."""
+    found = _RUN_ID_IN_NAME.match(os.path.basename(file_name.rstrip("/")))
+    return found.group(1) if found else None
+
+
+def is_committed_name(file_name: str) -> bool:
+    """True for a finished Parquet file; temp names (leading ``.`` or ``_``) are not."""
+    base = os.path.basename(file_name.rstrip("/"))
+    return base.endswith(".parquet") and not base.startswith((".", "_"))
+
+
+def parquet_bytes(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> bytes:
+    """A whole Parquet file in memory (so it can be written in one step)."""
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(list(rows), schema=schema), buffer)
+    return buffer.getvalue()
+
+
+def write_atomically(directory: str, name: str, data: bytes) -> str:
+    """Write ``data`` as ``directory/name`` so that it appears whole or not at all; returns the URI.
+
+    Local: temp file (``.tmp-NAME-RANDOM``) in the same folder, fsync, ``os.replace``. Object
+    stores: one ``pipe_file`` (a single PUT, or a multipart upload that is invisible until done)."""
+    fs, path = fsspec.core.url_to_fs(directory)
+    path = path.rstrip("/")
+    target = f"{path}/{name}"
+    if _is_local(fs):
+        os.makedirs(path, exist_ok=True)
+        temp = f"{path}/{TEMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(temp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, target)
+        finally:
+            if os.path.exists(temp):
+                os.unlink(temp)
+        return target
+    fs.pipe_file(target, data)
+    return fs.unstrip_protocol(target)
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
+
+
+@dataclass
+class CommitBuffer:
+    """Rows waiting to be committed, and the rule for when: ``every`` rows, or once the oldest
+    waiting row is ``seconds`` old (checked whenever a row arrives). ``clock`` is injectable."""
+
+    every: int
+    seconds: float
+    clock: Callable[[], float] = time.monotonic
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    oldest: float | None = None
+
+    def add(self, row: dict[str, Any]) -> bool:
+        """Keep ``row``; True when the buffer is due to be committed."""
+        if not self.rows:
+            self.oldest = self.clock()
+        self.rows.append(row)
+        return self.due()
+
+    def due(self) -> bool:
+        if not self.rows:
+            return False
+        if self.every > 0 and len(self.rows) >= self.every:
+            return True
+        return self.seconds > 0 and self.oldest is not None and self.clock() - self.oldest >= self.seconds
+
+    def take(self) -> list[dict[str, Any]]:
+        """All waiting rows (the buffer is emptied)."""
+        rows, self.rows, self.oldest = self.rows, [], None
+        return rows

@@ -1,0 +1,68 @@
+"""Interleaved A/B of the pipeline section of bench_throughput.py: run_pipeline.py from another
+checkout (A, e.g. the commit before a change) and from this one (B), alternating A B A B ..., on
+the same photos with the same flags, warm starts (one shared OpenVINO graph cache, warmed first).
+
+Reproduce (A = an exported copy of the baseline commit)::
+
+    git archive 94b5a4f | tar -x -C /tmp/base   # the baseline, outside this checkout
+    python bench/bench_ab.py --baseline /tmp/base --images 480 --repeats 3
+
+Prints each run's images/s (from the run's own summary) and the medians; B/A < 1 means B is slower.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from bench.bench_throughput import dev_images, link_dir, pipeline_command, pipeline_summary  # noqa: E402
+from bench.common import REPO, SHARED, XCEPTION_WEIGHTS, machine, table  # noqa: E402
+
+
+def run_from(repo: Path, image_dir: Path, args: argparse.Namespace) -> dict:
+    """One run of ``repo``'s run_pipeline.py (its own packages first on the path)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = pipeline_command(image_dir, f"{tmp}/out", args, args.extra)
+        cmd[1] = str(repo / "run_pipeline.py")
+        env = dict(os.environ, PYTHONPATH=str(repo), CAPTION_SHARED_DIR=str(SHARED))
+        return pipeline_summary(subprocess.run(cmd, capture_output=True, text=True, cwd=repo, env=env))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--baseline", type=Path, required=True, help="checkout of the baseline (A)")
+    ap.add_argument("--images", type=int, default=480)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--extra", nargs="*", default=[], help="more run_pipeline.py flags, for both")
+    args = ap.parse_args()
+    args.encoder_weights = XCEPTION_WEIGHTS
+    print(f"machine: {machine()}\ncommand: {' '.join(sys.argv)}\n")
+    work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
+    args.model_cache_dir = work / "model-cache"
+    image_dir = link_dir(dev_images(args.images), work / "images")
+    run_from(REPO, image_dir, args)  # warm the shared graph cache (not counted)
+    rates: dict[str, list[float]] = {"A": [], "B": []}
+    rows = []
+    for i in range(args.repeats):
+        for label, repo in (("A", args.baseline.resolve()), ("B", REPO)):
+            s = run_from(repo, image_dir, args)
+            rates[label].append(s["images_per_second"])
+            rows.append([i + 1, label, s["captioned"], s["wall_seconds"], s["images_per_second"]])
+            print(f"run {i + 1} {label}: {s['images_per_second']} images/s", flush=True)
+    print(table(["round", "build", "captioned", "wall s", "images/s"], rows))
+    a, b = statistics.median(rates["A"]), statistics.median(rates["B"])
+    print()
+    print(table(["median images/s A (baseline)", "median images/s B (this checkout)", "B/A"], [[a, b, round(b / a, 3)]]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
