@@ -32,7 +32,11 @@ setup(
     extras_require={
         "gcp": ["apache-beam[gcp]>=2.60,<3", "gcsfs>=2024.2"],
         "aws": ["apache-beam[aws]>=2.60,<3", "s3fs>=2024.2"],
-        "test": ["pytest>=8", "moto[server]>=5", "apache-beam[aws]>=2.60,<3", "s3fs>=2024.2", "psutil>=5.9"],
+        # Iceberg tables (--iceberg_table): the SQL catalog on SQLite and the pyarrow writer; other
+        # catalogs add their own pyiceberg extra (glue, hive, ...); REST needs none.
+        "iceberg": ["pyiceberg[sql-sqlite,pyarrow]>=0.8,<1"],
+        "test": ["pytest>=8", "moto[server]>=5", "apache-beam[aws]>=2.60,<3", "s3fs>=2024.2", "psutil>=5.9",
+                 "pyiceberg[sql-sqlite,pyarrow]>=0.8,<1"],
     },
     entry_points={
         "console_scripts": [

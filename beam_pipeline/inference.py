@@ -135,7 +135,7 @@ class CaptionBatches(beam.DoFn):
                     rows.extend(self._rows([record]))
                 except Exception as single_exc:  # noqa: BLE001 - becomes an error row
                     self.failed.inc()
-                    yield beam.pvalue.TaggedOutput(ERRORS, exception_row(record.ref, STAGE_INFER, single_exc))
+                    yield beam.pvalue.TaggedOutput(ERRORS, exception_row(record.ref, STAGE_INFER, single_exc, record.sha256))
         self.captioned.inc(len(rows))
         self._loaded.progress.add(len(rows))
         yield from rows

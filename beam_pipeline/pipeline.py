@@ -24,6 +24,7 @@ from beam_pipeline.options import CaptionOptions, default_model_uri
 from beam_pipeline.preflight import (PreflightError, check_output, check_resume_model, existing_outputs,
                                     remove_stale_temp_dirs)
 from beam_pipeline.records import STAGE_MATCH, ImageRef, bleu_pair, error_row, with_references
+from beam_pipeline.same_content import copy_to_followers, files_with_columns, known_columns, split_by_content
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
 from beam_pipeline.sources import ERRORS, NAMESPACE, MatchGlob, ReadAndDecode, ReadManifest, read_references
 
@@ -45,6 +46,8 @@ class Plan:
     decode: str
     options: CaptionOptions
     done_files: list[str] = field(default_factory=list)
+    known_files: list[str] = field(default_factory=list)  # --skip_known_content: earlier caption files
+    known_rows: list[dict[str, Any]] = field(default_factory=list)  # ... and the Iceberg table's captions
 
     @property
     def stats_path(self) -> str:
@@ -117,7 +120,12 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
 
     decoded = unique.todo | "ReadDecode" >> beam.ParDo(
         ReadAndDecode(plan.image_size, o.max_image_bytes, o.max_image_pixels)).with_outputs(ERRORS, main="records")
-    batches = decoded.records | "Batch" >> beam.BatchElements(
+    records = decoded.records
+    if o.skip_known_content:
+        content = split_by_content(p, records, plan.model_id, plan.known_files, plan.known_rows,
+                                   known_columns(o.emit_embeddings))
+        records = content.leaders
+    batches = records | "Batch" >> beam.BatchElements(
         min_batch_size=o.min_batch_size or o.batch_size, max_batch_size=o.batch_size)
     captioned = batches | "Caption" >> beam.ParDo(CaptionBatches(
         plan.model_uri, o.encoder_weights, plan.model_id,
@@ -126,7 +134,10 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
         runtime=o.encoder_runtime, model_cache_dir=o.model_cache_dir,
         progress_seconds=o.progress_seconds)).with_outputs(ERRORS, main="rows")
 
-    rows = captioned.rows
+    rows, error_lists = captioned.rows, [match_errors, unique[ERRORS], decoded[ERRORS], captioned[ERRORS]]
+    if o.skip_known_content:
+        rows, copy_errors = copy_to_followers(rows, content)
+        error_lists.append(copy_errors)
     if o.references:
         reference_table = (p | "ReferencesFile" >> beam.Create([o.references])
                            | "ReadReferences" >> beam.FlatMap(read_references, o.references_id_column,
@@ -137,7 +148,7 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     elif o.manifest_references_column:
         rows = rows | "ManifestReferences" >> beam.Map(with_references, None)
 
-    errors = [match_errors, unique[ERRORS], decoded[ERRORS], captioned[ERRORS]] | "AllErrors" >> beam.Flatten()
+    errors = error_lists | "AllErrors" >> beam.Flatten()
     rows | "WriteCaptions" >> WriteToParquet(
         FileSystems.join(plan.output, "captions", f"part-{plan.run_id}"), caption_schema(o.emit_embeddings),
         file_name_suffix=".parquet")
@@ -199,11 +210,13 @@ def plan_run(options: CaptionOptions) -> Plan:
         remove_stale_temp_dirs(output)
         done_files = existing_outputs(output)
         check_resume_model(done_files, contents.model_id)
+    known_files = files_with_columns([f for f in done_files if "/captions/" in f], known_columns(
+        options.emit_embeddings)) if options.skip_known_content else []
     size = contents.config["encoder"]["image_size"]
     settings = contents.decode_settings(method=options.decode, beam_width=options.beam_width,
                                         length_alpha=options.length_alpha)
     return Plan(new_run_id(), output, inputs, options.input_manifest, model_uri, contents.model_id,
-                (int(size[0]), int(size[1])), settings.describe(), options, done_files)
+                (int(size[0]), int(size[1])), settings.describe(), options, done_files, known_files)
 
 
 def _metric(result: Any, name: str) -> int | None:
@@ -231,6 +244,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     options = PipelineOptions(argv)
     caption_options = options.view_as(CaptionOptions)
     plan = plan_run(caption_options)
+    if caption_options.iceberg_table:
+        from beam_pipeline import lake_table
+
+        plan.known_rows = lake_table.prepare_table(
+            caption_options.iceberg_catalog, caption_options.iceberg_table, plan.model_id,
+            known_columns(caption_options.emit_embeddings) if caption_options.skip_known_content else None)
     log.info("run %s: model %s, output %s", plan.run_id, plan.model_id, plan.output)
     runner_name = options.view_as(StandardOptions).runner
     runner = local_runner(options) if runner_name in (None, "DirectRunner", "direct") else None
@@ -247,7 +266,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "model_loads": _metric(result, "model_loads"),
         "model_load_seconds": _load_seconds(result),
         "counters": {name: _metric(result, name) for name in
-                     ("images_read", "images_captioned", "images_failed", "batches", "bytes_read", "model_loads")},
+                     ("images_read", "images_captioned", "images_failed", "batches", "bytes_read", "model_loads",
+                      "images_same_content")},
         "images_per_second": round(stats["captioned"] / wall, 3) if wall > 0 else None,
         "wall_seconds": round(wall, 2), "model_id": plan.model_id, "model": plan.model_uri,
         "decode": plan.decode, "encoder_precision": caption_options.precision,
@@ -256,7 +276,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "output": plan.output, "resumed_from_files": len(plan.done_files),
         "runner": runner_name or "DirectRunner",
         "direct_running_mode": options.view_as(DirectOptions).direct_running_mode,
+        "skip_known_content": caption_options.skip_known_content,
     }
+    if caption_options.iceberg_table:  # after the Parquet files are committed: make the table agree
+        summary["iceberg"] = lake_table.sync_output_to_table(
+            caption_options.iceberg_catalog, caption_options.iceberg_table, plan.output,
+            caption_options.emit_embeddings)
     text = json.dumps(summary, indent=2).encode()
     for path in (FileSystems.join(plan.output, "summary.json"), FileSystems.join(plan.output, "_runs", plan.run_id, "summary.json")):
         with FileSystems.create(path) as f:
