@@ -34,9 +34,9 @@ setup(
         "aws": ["apache-beam[aws]>=2.60,<3", "s3fs>=2024.2"],
         # Iceberg tables (--iceberg_table): the SQL catalog on SQLite and the pyarrow writer; other
         # catalogs add their own pyiceberg extra (glue, hive, ...); REST needs none.
-        "iceberg": ["pyiceberg[sql-sqlite,pyarrow]>=0.8,<1"],
+        "iceberg": ["pyiceberg[sql-sqlite,pyarrow,pyiceberg-core]>=0.9,<1"],
         "test": ["pytest>=8", "moto[server]>=5", "apache-beam[aws]>=2.60,<3", "s3fs>=2024.2", "psutil>=5.9",
-                 "pyiceberg[sql-sqlite,pyarrow]>=0.8,<1"],
+                 "pyiceberg[sql-sqlite,pyarrow,pyiceberg-core]>=0.9,<1"],
     },
     entry_points={
         "console_scripts": [
