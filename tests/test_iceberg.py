@@ -170,11 +170,12 @@ def test_skip_known_content_captions_each_content_once(tmp_path, lake, flickr8k,
     assert one["captioned"] == 9 and one["counters"]["images_captioned"] == 6
     assert one["counters"]["images_same_content"] == 3
     rows = {r["image_id"]: r for r in read_rows(out, "captions")}
-    for photo in photos[:3]:
-        copy, original = rows[f"copy-of-{photo.name}"], rows[photo.name]
-        assert copy["caption_source"] == "same_content" and original["caption_source"] == "model"
-        assert (copy["caption"], copy["score"], copy["image_sha256"]) == \
-            (original["caption"], original["score"], original["image_sha256"])
+    for photo in photos[:3]:  # which of the two went through the model is up to the runner
+        pair = sorted((rows[f"copy-of-{photo.name}"], rows[photo.name]), key=lambda r: r["caption_source"])
+        assert [r["caption_source"] for r in pair] == ["model", "same_content"]
+        assert (pair[0]["caption"], pair[0]["score"], pair[0]["image_sha256"]) == \
+            (pair[1]["caption"], pair[1]["score"], pair[1]["image_sha256"])
+    assert all(rows[p.name]["caption_source"] == "model" for p in photos[3:])
 
     later = tmp_path / "later"  # copies of captioned photos arriving in a later --resume run
     later.mkdir()
