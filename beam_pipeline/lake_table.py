@@ -20,7 +20,6 @@ import pyarrow as pa
 
 from beam_pipeline.preflight import PreflightError, existing_outputs
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
-from model.storage import read_table
 
 log = logging.getLogger(__name__)
 ERRORS_SUFFIX = "_errors"
@@ -113,15 +112,20 @@ def _scan_column(table: Any, column: str) -> set:
 
 def _new_rows(files: list[str], schema: pa.Schema, known_uris: set) -> pa.Table:
     """Rows of ``files`` whose image_uri is not in ``known_uris`` (first one per URI), as ``schema``."""
+    import fsspec
+    import pyarrow.parquet as pq
+
     parts = []
     for uri in files:
-        rows = read_table(uri)
-        keep = []
-        for image_uri in rows.column("image_uri").to_pylist():
-            keep.append(image_uri not in known_uris)
-            known_uris.add(image_uri)
-        if any(keep):
-            parts.append(_conform(rows.filter(pa.array(keep)), schema))
+        fs, path = fsspec.core.url_to_fs(uri)
+        with fs.open(path, "rb") as f:  # the URI column first: files already in the table are not read whole
+            parquet = pq.ParquetFile(f)
+            keep = []
+            for image_uri in parquet.read(columns=["image_uri"]).column("image_uri").to_pylist():
+                keep.append(image_uri not in known_uris)
+                known_uris.add(image_uri)
+            if any(keep):
+                parts.append(_conform(parquet.read().filter(pa.array(keep)), schema))
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
