@@ -36,8 +36,12 @@ setup(
         "int8": ["nncf>=2.14,<4"],
         # --runner DaskRunner (beam_pipeline/dask_runner.py works around bugs of Beam 2.77's runner)
         "dask": ["apache-beam[dask]>=2.60,<3", "distributed>=2024.8"],
+        # Iceberg tables (--iceberg_table): the SQL catalog on SQLite and the pyarrow writer; other
+        # catalogs add their own pyiceberg extra (glue, hive, ...); REST needs none.
+        "iceberg": ["pyiceberg[sql-sqlite,pyarrow,pyiceberg-core]>=0.9,<1"],
         "test": ["pytest>=8", "moto[server]>=5", "apache-beam[aws]>=2.60,<3", "s3fs>=2024.2", "psutil>=5.9",
                  "nncf>=2.14,<4", "apache-beam[dask]>=2.60,<3", "distributed>=2024.8",
+                 "pyiceberg[sql-sqlite,pyarrow,pyiceberg-core]>=0.9,<1",
                  "pycocoevalcap>=1.2"],  # pycocoevalcap: the reference CIDEr-D / ROUGE-L are tested against
     },
     entry_points={

@@ -173,7 +173,7 @@ class CaptionBatches(beam.DoFn):
                     rows.extend(self._rows([record]))
                 except Exception as single_exc:  # noqa: BLE001 - becomes an error row
                     self.failed.inc()
-                    yield failed(exception_row(record.ref, STAGE_INFER, single_exc))
+                    yield failed(exception_row(record.ref, STAGE_INFER, single_exc, record.sha256))
         self.captioned.inc(len(rows))
         yield from rows
         # Counted after the rows went downstream (the commit writer is fused with this step), so a

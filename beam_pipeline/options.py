@@ -74,5 +74,15 @@ class CaptionOptions(PipelineOptions):
         g.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS)
         g.add_argument("--progress_seconds", type=float, default=10.0,
                        help="log a progress line with images/s this often (per worker process)")
+        g.add_argument("--iceberg_table", default=None,
+                       help="also commit the run's caption rows to this Apache Iceberg table (NAMESPACE.TABLE; "
+                            "error rows go to NAMESPACE.TABLE_errors); needs the 'iceberg' extra")
+        g.add_argument("--iceberg_catalog", default="default",
+                       help="pyiceberg catalog name; its settings come from ~/.pyiceberg.yaml or "
+                            "PYICEBERG_CATALOG__NAME__* environment variables")
+        g.add_argument("--skip_known_content", action="store_true",
+                       help="images whose bytes (SHA-256) already have a caption of this model in OUTPUT or the "
+                            "Iceberg table, or appear twice in this run, are captioned once; copies get "
+                            "caption_source=same_content")
         g.add_argument("--report", action="store_true", help="write OUTPUT/report.html at the end")
         g.add_argument("--report_sample", type=int, default=500)

@@ -34,6 +34,7 @@ from beam_pipeline.preflight import (PreflightError, check_output, check_resume_
                                     interrupted_outputs, remove_stale_temp_dirs)
 from beam_pipeline.records import STAGE_MATCH, ImageRef, bleu_pair, error_row, with_reference_captions, \
     with_references
+from beam_pipeline.same_content import copy_to_followers, files_with_columns, known_columns, split_by_content
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
 from beam_pipeline.sources import NAMESPACE, MatchGlob, ReadAndDecode, ReadManifest, read_references
 
@@ -60,6 +61,8 @@ class Plan:
     options: CaptionOptions
     done_files: list[str] = field(default_factory=list)
     interrupted_files: list[str] = field(default_factory=list)  # subset of done_files
+    known_files: list[str] = field(default_factory=list)  # --skip_known_content: earlier caption files
+    known_rows: list[dict[str, Any]] = field(default_factory=list)  # ... and the Iceberg table's captions
 
     @property
     def stats_path(self) -> str:
@@ -173,6 +176,10 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
 
     records, read_failed = split(todo | "ReadDecode" >> beam.ParDo(
         ReadAndDecode(plan.image_size, o.max_image_bytes, o.max_image_pixels)), "ReadDecode")
+    if o.skip_known_content:
+        content = split_by_content(p, records, plan.model_id, plan.known_files, plan.known_rows,
+                                   known_columns(o.emit_embeddings))
+        records = content.leaders
     batches = records | "Batch" >> beam.BatchElements(
         min_batch_size=o.min_batch_size or o.batch_size, max_batch_size=o.batch_size)
     share_tag = f"caption-model-{plan.model_id}-{plan.run_id}" if o.share_model_across_processes else None
@@ -196,11 +203,23 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
         pcoll | f"Commit-{label}" >> beam.ParDo(CommitRows(
             FileSystems.join(plan.output, sub), plan.run_id, label, schema, o.commit_every, o.commit_seconds, policy))
 
-    commit(rows, "captions", "captions", caption_schema(o.emit_embeddings))
-    for label, pcoll in (("match", match_errors), ("dedupe", duplicates), ("read", read_failed),
-                         ("infer", caption_failed)):
+    caption_sources = [("captions", rows)]
+    error_sources = [("match", match_errors), ("dedupe", duplicates), ("read", read_failed), ("infer", caption_failed)]
+    if o.skip_known_content:  # copies of earlier captions, and of this run's captions to its copies
+        follower_rows, follower_errors = copy_to_followers(rows, content)
+        with_refs = o.references or o.manifest_references_column
+        for label, pcoll in (("known", content.copied), ("followers", follower_rows)):
+            if with_refs:
+                pcoll = pcoll | f"SentenceBleu-{label}" >> beam.Map(with_references, None)
+            caption_sources.append((f"captions-{label}", pcoll))
+        error_sources.append(("same-content", follower_errors))
+    for label, pcoll in caption_sources:
+        commit(pcoll, "captions", label, caption_schema(o.emit_embeddings))
+    for label, pcoll in error_sources:
         commit(pcoll, "errors", f"errors-{label}", ERROR_SCHEMA)
-    errors = [match_errors, duplicates, read_failed, caption_failed] | "AllErrors" >> beam.Flatten()
+    if len(caption_sources) > 1:
+        rows = [pcoll for _, pcoll in caption_sources] | "AllCaptions" >> beam.Flatten()
+    errors = [pcoll for _, pcoll in error_sources] | "AllErrors" >> beam.Flatten()
 
     def count(pcoll: Any, name: str) -> Any:
         return beam.pvalue.AsSingleton(pcoll | f"Count{name}" >> beam.combiners.Count.Globally())
@@ -274,11 +293,13 @@ def plan_run(options: CaptionOptions) -> Plan:
         done_files = existing_outputs(output)
         check_resume_model(done_files, contents.model_id)
         interrupted = interrupted_outputs(output, done_files)
+    known_files = files_with_columns([f for f in done_files if "/captions/" in f], known_columns(
+        options.emit_embeddings)) if options.skip_known_content else []
     size = contents.config["encoder"]["image_size"]
     settings = contents.decode_settings(method=options.decode, beam_width=options.beam_width,
                                         length_alpha=options.length_alpha)
     return Plan(new_run_id(), output, inputs, options.input_manifest, model_uri, contents.model_id,
-                (int(size[0]), int(size[1])), settings.describe(), options, done_files, interrupted)
+                (int(size[0]), int(size[1])), settings.describe(), options, done_files, interrupted, known_files)
 
 
 def _metric(result: Any, name: str) -> int | None:
@@ -296,6 +317,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     options = PipelineOptions(argv)
     caption_options = options.view_as(CaptionOptions)
     plan = plan_run(caption_options)
+    if caption_options.iceberg_table:
+        from beam_pipeline import lake_table
+
+        plan.known_rows = lake_table.prepare_table(
+            caption_options.iceberg_catalog, caption_options.iceberg_table, plan.model_id,
+            known_columns(caption_options.emit_embeddings) if caption_options.skip_known_content else None)
     log.info("run %s: model %s, output %s", plan.run_id, plan.model_id, plan.output)
     runner_name = options.view_as(StandardOptions).runner
     runner = make_runner(runner_name, options)
@@ -313,7 +340,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "run_id": plan.run_id, **stats,
         "counters": {name: _metric(result, name) for name in
                      ("images_read", "images_captioned", "images_failed", "batches", "bytes_read", "model_loads",
-                      "rows_committed", "commits", "commit_retries")},
+                      "rows_committed", "commits", "commit_retries", "images_same_content")},
         "images_per_second": round(stats["captioned"] / wall, 3) if wall > 0 else None,
         "wall_seconds": round(wall, 2), "model_id": plan.model_id, "model": plan.model_uri,
         "decode": plan.decode, "encoder_precision": caption_options.precision,
@@ -324,11 +351,16 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "commit_every": caption_options.commit_every, "commit_seconds": caption_options.commit_seconds,
         "runner": runner_name or "DirectRunner",
         "direct_running_mode": options.view_as(DirectOptions).direct_running_mode,
+        "skip_known_content": caption_options.skip_known_content,
     }
     committed = summary["counters"]["rows_committed"]
     if committed is not None and committed < stats["captioned"] + stats["failed"]:
         raise RuntimeError(f"run {plan.run_id}: {stats['captioned'] + stats['failed']} rows were made but only "
                            f"{committed} committed; not reporting success (rerun with --resume)")
+    if caption_options.iceberg_table:  # after the Parquet files are committed: make the table agree
+        summary["iceberg"] = lake_table.sync_output_to_table(
+            caption_options.iceberg_catalog, caption_options.iceberg_table, plan.output,
+            caption_options.emit_embeddings)
     text = json.dumps(summary, indent=2).encode()
     for path in (FileSystems.join(plan.output, "summary.json"), FileSystems.join(plan.output, "_runs", plan.run_id, "summary.json")):
         with FileSystems.create(path) as f:

@@ -15,6 +15,8 @@ STAGE_MATCH = "match"
 STAGE_READ = "read"
 STAGE_DECODE = "decode"
 STAGE_INFER = "infer"
+SOURCE_MODEL = "model"  # caption_source: this image went through the model
+SOURCE_SAME_CONTENT = "same_content"  # copied from a caption of byte-identical content (--skip_known_content)
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class ImageRecord:
     pixels: np.ndarray
     width: int
     height: int
+    sha256: str | None = None  # hex SHA-256 of the bytes read (the image_sha256 column)
 
 
 def image_id_from_uri(uri: str) -> str:
@@ -46,14 +49,16 @@ def now_utc() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def error_row(uri: str, image_id: str | None, stage: str, error_type: str, message: str) -> dict[str, Any]:
-    """An ``errors/*.parquet`` row (schema: beam_pipeline.schemas.ERROR_SCHEMA)."""
+def error_row(uri: str, image_id: str | None, stage: str, error_type: str, message: str,
+              image_sha256: str | None = None) -> dict[str, Any]:
+    """An ``errors/*.parquet`` row (schema: beam_pipeline.schemas.ERROR_SCHEMA); ``image_sha256``
+    is null when no bytes were read (no match, missing file, too large)."""
     return {"image_uri": uri, "image_id": image_id, "stage": stage, "error_type": error_type,
-            "message": message[:2000], "processed_at": now_utc()}
+            "message": message[:2000], "processed_at": now_utc(), "image_sha256": image_sha256}
 
 
-def exception_row(ref: ImageRef, stage: str, exc: BaseException) -> dict[str, Any]:
-    return error_row(ref.uri, ref.image_id, stage, type(exc).__name__, str(exc) or repr(exc))
+def exception_row(ref: ImageRef, stage: str, exc: BaseException, image_sha256: str | None = None) -> dict[str, Any]:
+    return error_row(ref.uri, ref.image_id, stage, type(exc).__name__, str(exc) or repr(exc), image_sha256)
 
 
 def caption_row(record: ImageRecord, caption: str, score: float, decode: str, model_id: str, encoder: str,
@@ -62,7 +67,8 @@ def caption_row(record: ImageRecord, caption: str, score: float, decode: str, mo
     row = {"image_uri": record.ref.uri, "image_id": record.ref.image_id, "caption": caption,
            "score": float(score), "decode": decode, "model_id": model_id, "encoder": encoder,
            "width": int(record.width), "height": int(record.height), "processed_at": now_utc(),
-           "references": None, "bleu1": None, "bleu2": None, "bleu3": None, "bleu4": None}
+           "references": None, "bleu1": None, "bleu2": None, "bleu3": None, "bleu4": None,
+           "image_sha256": record.sha256, "caption_source": SOURCE_MODEL}
     if record.ref.references is not None:
         row["references"] = list(record.ref.references)
     if embedding is not None:
@@ -76,6 +82,15 @@ def with_reference_captions(ref: ImageRef, captions: Sequence[str]) -> ImageRef:
     from dataclasses import replace
 
     return replace(ref, references=tuple(captions)) if captions else ref
+
+
+def same_content_row(record: ImageRecord, earlier: dict[str, Any]) -> dict[str, Any]:
+    """A caption row for ``record`` copied from ``earlier``, a caption of byte-identical content
+    (``--skip_known_content``): its own URI, id, size and references; the earlier caption."""
+    row = caption_row(record, earlier["caption"], earlier["score"], earlier["decode"], earlier["model_id"],
+                      earlier["encoder"], earlier.get("embedding"))
+    row["caption_source"] = SOURCE_SAME_CONTENT
+    return row
 
 
 def with_references(row: dict[str, Any], references: Sequence[str] | None) -> dict[str, Any]:

@@ -25,6 +25,8 @@ CAPTION_FIELDS = [
     pa.field("bleu2", pa.float64(), nullable=True),
     pa.field("bleu3", pa.float64(), nullable=True),
     pa.field("bleu4", pa.float64(), nullable=True),
+    pa.field("image_sha256", pa.string(), nullable=True),  # hex SHA-256 of the bytes read
+    pa.field("caption_source", pa.string(), nullable=True),  # "model", or "same_content" (--skip_known_content)
 ]
 
 ERROR_FIELDS = [
@@ -34,6 +36,7 @@ ERROR_FIELDS = [
     pa.field("error_type", pa.string(), nullable=False),
     pa.field("message", pa.string(), nullable=False),
     pa.field("processed_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+    pa.field("image_sha256", pa.string(), nullable=True),  # null when no bytes were read
 ]
 
 ERROR_SCHEMA = pa.schema(ERROR_FIELDS)

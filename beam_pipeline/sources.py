@@ -19,7 +19,7 @@ from beam_pipeline.outcomes import failed
 from beam_pipeline.records import (STAGE_DECODE, STAGE_MATCH, STAGE_READ, ImageRecord, ImageRef, error_row,
                                    exception_row, image_id_from_uri, parse_references_column)
 from model.image_decoding import ImageDecodeError, decode_image
-from model.storage import read_table, read_text
+from model.storage import read_table, read_text, sha256_hex
 
 log = logging.getLogger(__name__)
 NAMESPACE = "captioning"
@@ -135,6 +135,7 @@ class ReadAndDecode(beam.DoFn):
             yield failed(error_row(ref.uri, ref.image_id, STAGE_READ,
                                    _read_error_type(exc), f"cannot read: {exc}"))
             return
+        sha256 = sha256_hex(data)  # the image_sha256 column of caption and error rows
         self.read_counter.inc()
         self.bytes_counter.inc(len(data))
         try:
@@ -142,13 +143,13 @@ class ReadAndDecode(beam.DoFn):
         except ImageDecodeError as exc:
             self.failed_counter.inc()
             yield failed(error_row(ref.uri, ref.image_id, STAGE_DECODE,
-                                   exc.error_type, exc.message))
+                                   exc.error_type, exc.message, sha256))
             return
         except Exception as exc:  # noqa: BLE001 - defensive: decode_image promises not to, but never crash
             self.failed_counter.inc()
-            yield failed(exception_row(ref, STAGE_DECODE, exc))
+            yield failed(exception_row(ref, STAGE_DECODE, exc, sha256))
             return
-        yield ImageRecord(ref, decoded.pixels, decoded.width, decoded.height)
+        yield ImageRecord(ref, decoded.pixels, decoded.width, decoded.height, sha256)
 
 
 def read_references(uri: str, id_column: str = "image_id", caption_column: str = "caption") -> Iterable[tuple[str, list[str]]]:

@@ -1,0 +1,180 @@
+"""Captions as an Apache Iceberg table (``--iceberg_table NAMESPACE.TABLE``, ``--iceberg_catalog NAME``).
+
+The commit is "make the table agree with the committed Parquet files under OUTPUT": read the
+caption / error Parquet files, drop every row whose ``image_uri`` the table already holds, and
+append the rest in one ``append`` (= one Iceberg snapshot per table). So ``--resume`` appends only
+new rows, a table never holds two rows for one image, and a crash between writing the files and
+committing the snapshot is repaired by the next run (it finds the rows missing and adds them).
+``sync_output_to_table`` can be called after every commit interval as well as at the end.
+
+The catalog's settings come only from pyiceberg's own configuration (``~/.pyiceberg.yaml`` or
+``PYICEBERG_CATALOG__NAME__*`` environment variables), so REST, Glue, Hive and SQL catalogs work
+without flags of ours. pyiceberg is imported only here, and this module only when a flag asks.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pyarrow as pa
+
+from beam_pipeline.preflight import PreflightError, existing_outputs
+from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
+
+log = logging.getLogger(__name__)
+ERRORS_SUFFIX = "_errors"
+# Runs append by time and readers ask "what is new since X": a day partition of processed_at
+# prunes those scans, keeps files few (one partition per day, not per run) and never changes
+# for a row. model_id is constant per table and image_uri would make one file per image.
+PARTITION_SOURCE, PARTITION_NAME = "processed_at", "processed_day"
+
+
+def table_names(table: str) -> tuple[str, str]:
+    """``NAMESPACE.TABLE`` -> (captions table, errors table) identifiers; refuses other shapes."""
+    namespace, _, name = table.rpartition(".")
+    if not namespace or not name or any(not part for part in namespace.split(".")):
+        raise PreflightError(f"--iceberg_table {table!r}: give NAMESPACE.TABLE, e.g. lake.captions")
+    return table, table + ERRORS_SUFFIX
+
+
+def open_catalog(name: str) -> Any:
+    """The pyiceberg catalog ``name``, configured by ``~/.pyiceberg.yaml`` or
+    ``PYICEBERG_CATALOG__NAME__*`` variables, read now (pyiceberg reads them once at import)."""
+    try:
+        from pyiceberg.catalog import load_catalog
+        from pyiceberg.utils.config import Config
+    except ImportError as exc:
+        raise PreflightError(f"--iceberg_table needs pyiceberg: pip install 'batch-image-captioning[iceberg]' ({exc})") \
+            from exc
+    properties = Config().get_catalog_config(name)
+    if not properties:
+        raise PreflightError(f"no pyiceberg catalog named {name!r}: configure it in ~/.pyiceberg.yaml or with "
+                             f"PYICEBERG_CATALOG__{name.upper()}__* environment variables (--iceberg_catalog)")
+    try:
+        return load_catalog(name, **properties)
+    except Exception as exc:  # noqa: BLE001 - a bad URI / missing driver: refuse before reading images
+        raise PreflightError(f"cannot open pyiceberg catalog {name!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def check_table_model(catalog: Any, table: str, model_id: str) -> None:
+    """Refuse a captions table that holds rows of another model: one table, one model."""
+    from pyiceberg.expressions import NotEqualTo
+
+    captions, _ = table_names(table)
+    if not catalog.table_exists(captions):
+        return
+    other = catalog.load_table(captions).scan(row_filter=NotEqualTo("model_id", model_id),
+                                               selected_fields=("model_id",), limit=1).to_arrow()
+    if other.num_rows:
+        raise PreflightError(f"Iceberg table {captions} already holds captions of model "
+                             f"{other.column('model_id')[0].as_py()}; this run uses model {model_id}. "
+                             "Use the same model, or another --iceberg_table")
+
+
+def _open_or_create(catalog: Any, identifier: str, schema: pa.Schema, partition: bool) -> Any:
+    """The table, created with ``schema`` (and the day partition) on first use; columns of
+    ``schema`` it lacks (e.g. ``embedding`` on a table made without --emit_embeddings) are added."""
+    from pyiceberg.transforms import DayTransform
+
+    namespace = identifier.rpartition(".")[0]
+    catalog.create_namespace_if_not_exists(namespace)
+    if not catalog.table_exists(identifier):
+        with catalog.create_table_transaction(identifier, schema=schema) as tx:
+            if partition:
+                with tx.update_spec() as spec:
+                    spec.add_field(PARTITION_SOURCE, DayTransform(), PARTITION_NAME)
+        log.info("created Iceberg table %s", identifier)
+    table = catalog.load_table(identifier)
+    have = {f.name for f in table.schema().fields}
+    missing = [f.name for f in schema if f.name not in have]
+    if missing:
+        with table.update_schema() as update:
+            update.union_by_name(schema)
+        log.info("Iceberg table %s: added column(s) %s", identifier, missing)
+        table = catalog.load_table(identifier)
+    return table
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns: casts, and nulls for columns an older file lacks."""
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            columns.append(table.column(field.name).cast(field.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _scan_column(table: Any, column: str) -> set:
+    return set(table.scan(selected_fields=(column,)).to_arrow().column(column).to_pylist())
+
+
+def _new_rows(files: list[str], schema: pa.Schema, known_uris: set) -> pa.Table:
+    """Rows of ``files`` whose image_uri is not in ``known_uris`` (first one per URI), as ``schema``."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    parts = []
+    for uri in files:
+        fs, path = fsspec.core.url_to_fs(uri)
+        with fs.open(path, "rb") as f:  # the URI column first: files already in the table are not read whole
+            parquet = pq.ParquetFile(f)
+            keep = []
+            for image_uri in parquet.read(columns=["image_uri"]).column("image_uri").to_pylist():
+                keep.append(image_uri not in known_uris)
+                known_uris.add(image_uri)
+            if any(keep):
+                parts.append(_conform(parquet.read().filter(pa.array(keep)), schema))
+    return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def _sync_one(catalog: Any, identifier: str, schema: pa.Schema, files: list[str]) -> dict[str, Any]:
+    table = _open_or_create(catalog, identifier, schema, partition=True)
+    target = table.schema().as_arrow()
+    new = _new_rows(files, target, _scan_column(table, "image_uri"))
+    if new.num_rows:
+        table.append(new)  # one snapshot
+        table = catalog.load_table(identifier)
+    snapshot = table.current_snapshot()
+    return {"table": identifier, "appended": new.num_rows,
+            "snapshot_id": snapshot.snapshot_id if snapshot else None}
+
+
+def sync_output_to_table(catalog_name: str, table: str, output: str, emit_embeddings: bool) -> dict[str, Any]:
+    """Make ``table`` and ``table``_errors agree with OUTPUT/captions and OUTPUT/errors: append the
+    rows the tables do not hold yet (one snapshot each). Returns what was appended, per table."""
+    catalog = open_catalog(catalog_name)
+    captions_id, errors_id = table_names(table)
+    files = existing_outputs(output)
+    return {
+        "captions": _sync_one(catalog, captions_id, caption_schema(emit_embeddings),
+                              [f for f in files if "/captions/" in f]),
+        "errors": _sync_one(catalog, errors_id, ERROR_SCHEMA, [f for f in files if "/errors/" in f]),
+    }
+
+
+def prepare_table(catalog_name: str, table: str, model_id: str,
+                  known_columns: list[str] | None = None) -> list[dict[str, Any]]:
+    """Before a run: open the catalog and refuse a table of another model (PreflightError); with
+    ``known_columns`` (--skip_known_content) return the table's known captions of this model."""
+    table_names(table)
+    catalog = open_catalog(catalog_name)
+    check_table_model(catalog, table, model_id)
+    return known_content(catalog, table, model_id, known_columns) if known_columns else []
+
+
+def known_content(catalog: Any, table: str, model_id: str, columns: list[str]) -> list[dict[str, Any]]:
+    """``columns`` of the table's caption rows of ``model_id`` that have an image_sha256 and every
+    other column non-null (for --skip_known_content); none when the table lacks a column."""
+    from pyiceberg.expressions import And, EqualTo, NotNull
+
+    captions, _ = table_names(table)
+    if not catalog.table_exists(captions):
+        return []
+    lake = catalog.load_table(captions)
+    if not set(columns) <= {f.name for f in lake.schema().fields}:
+        return []
+    rows = lake.scan(row_filter=And(EqualTo("model_id", model_id), NotNull("image_sha256")),
+                     selected_fields=tuple(columns)).to_arrow()
+    return [row for row in rows.to_pylist() if all(row[c] is not None for c in columns)]
