@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from beam_pipeline.bleu_combine import CorpusBleuFn
 from beam_pipeline.inference import CaptionBatches
-from beam_pipeline.options import CaptionOptions, default_model_uri
+from beam_pipeline.options import CaptionOptions, default_model_uri, read_settings
 from beam_pipeline.preflight import (PreflightError, check_output, check_resume_model, existing_outputs,
                                     remove_stale_temp_dirs)
 from beam_pipeline.records import STAGE_MATCH, ImageRef, bleu_pair, error_row, with_references
@@ -116,7 +116,7 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
               | "Dedupe" >> beam.ParDo(DedupeAndResume()).with_outputs(ERRORS, SKIPPED, main="todo"))
 
     decoded = unique.todo | "ReadDecode" >> beam.ParDo(
-        ReadAndDecode(plan.image_size, o.max_image_bytes, o.max_image_pixels)).with_outputs(ERRORS, main="records")
+        ReadAndDecode(plan.image_size, o.max_image_bytes, o.max_image_pixels, read_settings(o))).with_outputs(ERRORS, main="records")
     batches = decoded.records | "Batch" >> beam.BatchElements(
         min_batch_size=o.min_batch_size or o.batch_size, max_batch_size=o.batch_size)
     captioned = batches | "Caption" >> beam.ParDo(CaptionBatches(
@@ -186,6 +186,10 @@ def plan_run(options: CaptionOptions) -> Plan:
         raise PreflightError("give --input GLOB (repeatable) or --input_manifest TABLE")
     if options.batch_size < 1:
         raise PreflightError("--batch_size must be >= 1")
+    try:
+        read_settings(options)
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from exc
     inputs = list(options.input or [])
     output = options.output.rstrip("/")
     check_output(output, inputs, options.resume)  # a manifest may list images anywhere
