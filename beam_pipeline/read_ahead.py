@@ -57,6 +57,14 @@ class ReadAhead:
         while self._pending:
             yield from self._collect(block=True)
 
+    def discard(self) -> int:
+        """Wait for and drop every pending task (left over from a bundle that failed downstream,
+        whose elements the runner will process again); returns how many were dropped."""
+        dropped = len(self._pending)
+        wait(self._pending)
+        self._pending.clear()
+        return dropped
+
     @property
     def in_flight(self) -> int:
         return len(self._pending)

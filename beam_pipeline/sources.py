@@ -123,6 +123,10 @@ class ReadAndDecode(beam.DoFn):
         self._reader = ObjectReader(self.read_settings)
         self._reads = ReadAhead(self.read_settings.concurrency, self.read_settings.bytes_in_flight)
 
+    def start_bundle(self) -> None:
+        if self._reads is not None and self._reads.discard():
+            log.warning("dropped reads left over from a failed bundle (the runner retries its elements)")
+
     def _emit(self, done: Iterable[tuple[Any, tuple[str, Any, int | None]]]) -> Iterator[Any]:
         # Metrics are counted here, on the bundle's thread (Beam's metric containers are per thread).
         for (timestamp, window), (tag, value, nbytes) in done:

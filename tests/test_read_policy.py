@@ -175,3 +175,16 @@ def test_read_ahead_overlaps_slow_reads():
         reads.close()
     assert sorted(v for _, v in out) == list(range(16))
     assert time.perf_counter() - started < 1.0
+
+
+def test_read_ahead_discards_what_a_failed_bundle_left_behind():
+    reads = ReadAhead(max_count=4, max_bytes=100)
+    try:
+        for i in range(3):
+            for _ in reads.submit(lambda i=i: time.sleep(0.05) or i, 10, tag=i):
+                pass
+        leftover = reads.in_flight
+        assert reads.discard() == leftover and reads.in_flight == 0
+        assert list(reads.drain()) == [] and reads.budget.count == 0
+    finally:
+        reads.close()
