@@ -105,7 +105,9 @@ class ReadAndDecode(beam.DoFn):
     Up to ``--read_concurrency`` images (and ``--read_bytes_in_flight`` bytes) are read and
     decoded at once on a thread pool per DoFn instance (``ReadAhead``); results are emitted as
     they finish, with the window and timestamp of their own input, and ``finish_bundle`` drains
-    the rest, so the same code is correct on every runner."""
+    the rest, as the Beam model allows on every runner. (Beam 2.77's Dask runner collects a
+    bundle's outputs before it calls finish_bundle and so loses them, BatchElements' last batch
+    too; with ``--read_concurrency 1`` this DoFn emits everything from ``process``.)"""
 
     def __init__(self, image_size: tuple[int, int], max_bytes: int, max_pixels: int,
                  read_settings: ReadSettings | None = None) -> None:
@@ -146,6 +148,8 @@ class ReadAndDecode(beam.DoFn):
         cost = min(ref.size_bytes if ref.size_bytes is not None else self.max_bytes + 1, self.max_bytes + 1)
         task = functools.partial(read_one, ref, self._reader, self.image_size, self.max_bytes, self.max_pixels)
         yield from self._emit(self._reads.submit(task, max(cost, 1), (timestamp, window)))
+        if self.read_settings.concurrency == 1:  # one at a time: nothing is left for finish_bundle
+            yield from self._emit(self._reads.drain())
 
     def finish_bundle(self) -> Iterator[Any]:
         if self._reads is not None:

@@ -176,6 +176,21 @@ def test_glob_over_many_objects_is_listed_by_pages(s3):
     s3["guard"].assert_only_to(s3["proxy_port"])
 
 
+def test_read_concurrency_1_reads_one_at_a_time_from_process(tmp_path, tiny_artifact):
+    """--read_concurrency 1 (the fallback for a runner that drops finish_bundle outputs) gives
+    every image its one row too, on local files with their checks."""
+    images = tmp_path / "images"
+    for i in range(5):
+        write_jpeg(images / f"ok{i}.jpg", size=(40, 30), seed=i)
+    (images / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    summary = run_pipeline(["--input", f"{images}/*.jpg", "--output", str(out), "--model", tiny_artifact,
+                            "--read_concurrency", "1", "--read_bytes_in_flight", "1"])
+    assert sorted(r["image_id"] for r in read_rows(out, "captions")) == [f"ok{i}.jpg" for i in range(5)]
+    assert [(r["image_id"], r["error_type"]) for r in read_rows(out, "errors")] == [("empty.jpg", "EmptyFile")]
+    assert summary["matched"] == 6 == summary["captioned"] + summary["failed"]
+
+
 def test_read_settings_flags_are_checked_before_anything_is_read(tmp_path, tiny_artifact):
     from beam_pipeline.preflight import PreflightError
 
