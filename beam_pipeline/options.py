@@ -6,6 +6,7 @@ import os
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_pipeline.object_reads import ReadSettings
 from model.image_decoding import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 
@@ -72,6 +73,19 @@ class CaptionOptions(PipelineOptions):
         g.add_argument("--emit_embeddings", action="store_true", help="add the encoder feature vector to each row")
         g.add_argument("--max_image_bytes", type=int, default=DEFAULT_MAX_BYTES)
         g.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS)
+        r = parser.add_argument_group("reading images (see README 'Reading from object stores')")
+        r.add_argument("--read_concurrency", type=int, default=16,
+                       help="images read (and decoded) at once per DoFn instance; hides object-store latency")
+        r.add_argument("--read_bytes_in_flight", type=int, default=256 << 20,
+                       help="bound on the bytes of images being read at once per DoFn instance (a size "
+                            "unknown before reading counts as --max_image_bytes)")
+        r.add_argument("--read_retries", type=int, default=4,
+                       help="retries of a throttled / timed-out / reset read (503 SlowDown, 429, 5xx), "
+                            "with exponential backoff and jitter; 403 and 404 are never retried")
+        r.add_argument("--read_backoff_seconds", type=float, default=0.2,
+                       help="backoff before the first retry (doubles each retry, full jitter, at most 10 s)")
+        r.add_argument("--read_timeout_seconds", type=float, default=60.0,
+                       help="connect and read timeout of one object-store request")
         g.add_argument("--progress_seconds", type=float, default=10.0,
                        help="log a progress line with images/s this often (per worker process)")
         g.add_argument("--iceberg_table", default=None,
@@ -86,3 +100,14 @@ class CaptionOptions(PipelineOptions):
                             "caption_source=same_content")
         g.add_argument("--report", action="store_true", help="write OUTPUT/report.html at the end")
         g.add_argument("--report_sample", type=int, default=500)
+
+
+def read_settings(options: CaptionOptions) -> ReadSettings:
+    """The ``--read_*`` flags as the readers' settings (refuses nonsense values)."""
+    if options.read_concurrency < 1 or options.read_bytes_in_flight < 1 or options.read_retries < 0 \
+            or options.read_backoff_seconds < 0 or options.read_timeout_seconds <= 0:
+        raise ValueError("--read_concurrency and --read_bytes_in_flight must be >= 1, --read_retries and "
+                         "--read_backoff_seconds >= 0, --read_timeout_seconds > 0")
+    return ReadSettings(concurrency=options.read_concurrency, bytes_in_flight=options.read_bytes_in_flight,
+                        tries=options.read_retries + 1, backoff_seconds=options.read_backoff_seconds,
+                        timeout_seconds=options.read_timeout_seconds)

@@ -28,7 +28,7 @@ from beam_pipeline.bleu_combine import CorpusBleuFn
 from beam_pipeline.commit_writer import CommitRows
 from beam_pipeline.commits import RetryPolicy
 from beam_pipeline.inference import CaptionBatches
-from beam_pipeline.options import CaptionOptions, default_model_uri
+from beam_pipeline.options import CaptionOptions, default_model_uri, read_settings
 from beam_pipeline.outcomes import Failed, ModelLoaded, Skipped, failed, is_main, load_summary
 from beam_pipeline.preflight import (PreflightError, check_output, check_resume_model, existing_outputs,
                                     interrupted_outputs, remove_stale_temp_dirs)
@@ -175,7 +175,7 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     skipped = deduped | "Skipped" >> beam.FlatMap(_skipped)
 
     records, read_failed = split(todo | "ReadDecode" >> beam.ParDo(
-        ReadAndDecode(plan.image_size, o.max_image_bytes, o.max_image_pixels)), "ReadDecode")
+        ReadAndDecode(plan.image_size, o.max_image_bytes, o.max_image_pixels, read_settings(o))), "ReadDecode")
     if o.skip_known_content:
         content = split_by_content(p, records, plan.model_id, plan.known_files, plan.known_rows,
                                    known_columns(o.emit_embeddings))
@@ -278,6 +278,10 @@ def plan_run(options: CaptionOptions) -> Plan:
         raise PreflightError("--batch_size must be >= 1")
     if options.commit_every < 1 or options.commit_seconds < 0 or options.commit_attempts < 1:
         raise PreflightError("--commit_every and --commit_attempts must be >= 1, --commit_seconds >= 0")
+    try:
+        read_settings(options)
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from exc
     inputs = list(options.input or [])
     output = options.output.rstrip("/")
     check_output(output, inputs, options.resume)  # a manifest may list images anywhere

@@ -1,28 +1,34 @@
 """Inputs: glob matching, manifest tables, image reading/decoding and reference captions.
 
-Reading uses Beam's ``FileSystems`` (local, gs://, s3:// … whatever Beam is installed with);
-every failure becomes an error row (wrapped by ``outcomes.failed``), never an exception.
+Matching uses Beam's ``FileSystems`` (local, gs://, s3:// … whatever Beam is installed with;
+object stores are listed a page of up to 1,000 keys per request); image bytes are read by
+``beam_pipeline.object_reads`` (one GET per object) several at a time (``read_ahead``), with the
+retry policy of ``read_policy``. Every failure becomes an error row on the ``errors`` output,
+never an exception.
 """
 from __future__ import annotations
 
+import functools
 import logging
-import os
-import stat
 from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_pipeline.outcomes import failed
 from beam_pipeline.records import (STAGE_DECODE, STAGE_MATCH, STAGE_READ, ImageRecord, ImageRef, error_row,
                                    exception_row, image_id_from_uri, parse_references_column)
+from beam_pipeline.object_reads import ObjectReader, ReadSettings
+from beam_pipeline.read_ahead import ReadAhead
+from beam_pipeline.read_policy import ReadFailed
 from model.image_decoding import ImageDecodeError, decode_image
 from model.storage import read_table, read_text, sha256_hex
 
 log = logging.getLogger(__name__)
 NAMESPACE = "captioning"
+ERRORS = "errors"  # read_one's tag of an error row (ReadAndDecode wraps it with outcomes.failed)
 
 
 class MatchGlob(beam.DoFn):
@@ -72,84 +78,88 @@ class ReadManifest(beam.DoFn):
                 yield ImageRef(uri, image_id, None, refs)
 
 
-class NotARegularFile(OSError):
-    """A local input that is a FIFO, socket or device (a glob matches those too)."""
-
-
-def _refuse_special_local_file(uri: str) -> None:
-    """open() on a FIFO blocks until a writer appears (the job would hang forever) and a device
-    such as /dev/zero never ends: refuse local non-regular files before opening them."""
-    if "://" in uri and not uri.startswith("file://"):
-        return
+def read_one(ref: ImageRef, reader: ObjectReader, image_size: tuple[int, int], max_bytes: int,
+             max_pixels: int) -> tuple[str, Any, int | None]:
+    """Read and decode one image; never raises. Returns (tag, value, bytes read or None when
+    nothing was read): tag "records" with an ImageRecord, or ERRORS with the error row (which
+    carries the bytes' SHA-256 once they were read)."""
+    if ref.size_bytes is not None and ref.size_bytes > max_bytes:
+        return ERRORS, error_row(ref.uri, ref.image_id, STAGE_READ, "TooLarge",
+                                 f"file has {ref.size_bytes} bytes, over the limit of {max_bytes} (--max_image_bytes)"), None
     try:
-        mode = os.stat(uri[len("file://"):] if uri.startswith("file://") else uri).st_mode
-    except OSError:
-        return  # missing / not permitted: the open below reports it
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        raise NotARegularFile(f"{uri} is not a regular file (a FIFO, socket or device); not opened")
-
-
-def _read_limited(uri: str, max_bytes: int) -> bytes:
-    _refuse_special_local_file(uri)
-    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        data = f.read(max_bytes + 1)
-    return data
-
-
-def _read_error_type(exc: BaseException) -> str:
-    text = str(exc)
-    if isinstance(exc, NotARegularFile):
-        return "NotARegularFile"
-    if isinstance(exc, FileNotFoundError) or "No such file" in text or "Not Found" in text or "NoSuchKey" in text \
-            or "404" in text:
-        return "FileNotFound"
-    if isinstance(exc, PermissionError) or "Permission denied" in text or "AccessDenied" in text or "403" in text:
-        return "PermissionDenied"
-    if isinstance(exc, IsADirectoryError):
-        return "IsADirectory"
-    return type(exc).__name__
+        data = reader.read(ref.uri, max_bytes, ref.size_bytes)
+    except ReadFailed as exc:
+        retried = f" (gave up after {exc.tries} tries)" if exc.tries > 1 else ""
+        return ERRORS, error_row(ref.uri, ref.image_id, STAGE_READ, exc.error_type,
+                                 f"cannot read: {exc.cause}{retried}"), None
+    sha256 = sha256_hex(data)  # the image_sha256 column of caption and error rows
+    try:
+        decoded = decode_image(data, image_size, max_bytes=max_bytes, max_pixels=max_pixels)
+    except ImageDecodeError as exc:
+        return ERRORS, error_row(ref.uri, ref.image_id, STAGE_DECODE, exc.error_type, exc.message, sha256), len(data)
+    except Exception as exc:  # noqa: BLE001 - defensive: decode_image promises not to, but never crash
+        return ERRORS, exception_row(ref, STAGE_DECODE, exc, sha256), len(data)
+    return "records", ImageRecord(ref, decoded.pixels, decoded.width, decoded.height, sha256), len(data)
 
 
 class ReadAndDecode(beam.DoFn):
-    """ImageRef -> ImageRecord (RGB uint8 at the model's input size) or an error row."""
+    """ImageRef -> ImageRecord (RGB uint8 at the model's input size) or an error row.
 
-    def __init__(self, image_size: tuple[int, int], max_bytes: int, max_pixels: int) -> None:
+    Up to ``--read_concurrency`` images (and ``--read_bytes_in_flight`` bytes) are read and
+    decoded at once on a thread pool per DoFn instance (``ReadAhead``); results are emitted as
+    they finish, with the window and timestamp of their own input, and ``finish_bundle`` drains
+    the rest, as the Beam model allows on every runner. (Beam 2.77's Dask runner collects a
+    bundle's outputs before it calls finish_bundle and so loses them, BatchElements' last batch
+    too; with ``--read_concurrency 1`` this DoFn emits everything from ``process``.)"""
+
+    def __init__(self, image_size: tuple[int, int], max_bytes: int, max_pixels: int,
+                 read_settings: ReadSettings | None = None) -> None:
         self.image_size = tuple(image_size)
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
+        self.read_settings = read_settings or ReadSettings()
         self.read_counter = Metrics.counter(NAMESPACE, "images_read")
         self.failed_counter = Metrics.counter(NAMESPACE, "images_failed")
         self.bytes_counter = Metrics.counter(NAMESPACE, "bytes_read")
+        self._reads: ReadAhead | None = None
+        self._reader: ObjectReader | None = None
 
-    def process(self, ref: ImageRef) -> Iterator[Any]:
-        if ref.size_bytes is not None and ref.size_bytes > self.max_bytes:
-            self.failed_counter.inc()
-            yield failed(error_row(
-                ref.uri, ref.image_id, STAGE_READ, "TooLarge",
-                f"file has {ref.size_bytes} bytes, over the limit of {self.max_bytes} (--max_image_bytes)"))
-            return
-        try:
-            data = _read_limited(ref.uri, self.max_bytes)
-        except Exception as exc:  # noqa: BLE001 - every storage failure is an error row
-            self.failed_counter.inc()
-            yield failed(error_row(ref.uri, ref.image_id, STAGE_READ,
-                                   _read_error_type(exc), f"cannot read: {exc}"))
-            return
-        sha256 = sha256_hex(data)  # the image_sha256 column of caption and error rows
-        self.read_counter.inc()
-        self.bytes_counter.inc(len(data))
-        try:
-            decoded = decode_image(data, self.image_size, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
-        except ImageDecodeError as exc:
-            self.failed_counter.inc()
-            yield failed(error_row(ref.uri, ref.image_id, STAGE_DECODE,
-                                   exc.error_type, exc.message, sha256))
-            return
-        except Exception as exc:  # noqa: BLE001 - defensive: decode_image promises not to, but never crash
-            self.failed_counter.inc()
-            yield failed(exception_row(ref, STAGE_DECODE, exc, sha256))
-            return
-        yield ImageRecord(ref, decoded.pixels, decoded.width, decoded.height, sha256)
+    def setup(self) -> None:
+        self._reader = ObjectReader(self.read_settings)
+        self._reads = ReadAhead(self.read_settings.concurrency, self.read_settings.bytes_in_flight)
+
+    def start_bundle(self) -> None:
+        if self._reads is not None and self._reads.discard():
+            log.warning("dropped reads left over from a failed bundle (the runner retries its elements)")
+
+    def _emit(self, done: Iterable[tuple[Any, tuple[str, Any, int | None]]]) -> Iterator[Any]:
+        # Metrics are counted here, on the bundle's thread (Beam's metric containers are per thread).
+        for (timestamp, window), (tag, value, nbytes) in done:
+            if nbytes is not None:
+                self.read_counter.inc()
+                self.bytes_counter.inc(nbytes)
+            if tag == ERRORS:  # error rows ride in the one output (see beam_pipeline.outcomes)
+                self.failed_counter.inc()
+                value = failed(value)
+            yield WindowedValue(value, timestamp, (window,))
+
+    def process(self, ref: ImageRef, timestamp: Any = beam.DoFn.TimestampParam,
+                window: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
+        assert self._reads is not None and self._reader is not None
+        cost = min(ref.size_bytes if ref.size_bytes is not None else self.max_bytes + 1, self.max_bytes + 1)
+        task = functools.partial(read_one, ref, self._reader, self.image_size, self.max_bytes, self.max_pixels)
+        yield from self._emit(self._reads.submit(task, max(cost, 1), (timestamp, window)))
+        if self.read_settings.concurrency == 1:  # one at a time: nothing is left for finish_bundle
+            yield from self._emit(self._reads.drain())
+
+    def finish_bundle(self) -> Iterator[Any]:
+        if self._reads is not None:
+            yield from self._emit(self._reads.drain())
+
+    def teardown(self) -> None:
+        if self._reads is not None:
+            self._reads.close()
+            self._reads = None
 
 
 def read_references(uri: str, id_column: str = "image_id", caption_column: str = "caption") -> Iterable[tuple[str, list[str]]]:

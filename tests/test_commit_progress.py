@@ -68,8 +68,8 @@ def faulty_s3(tmp_path_factory: pytest.TempPathFactory, tiny_artifact: str) -> I
     one text file named .jpg under images/, the tiny model under models/tiny/."""
     if boto3 is None:
         pytest.skip("needs boto3 and moto[server] (pip install -e '.[test]')")
-    from tests.test_s3 import BUCKET, _clear_s3fs_instances, _LoopbackOnly, _start_moto, _stop, _upload_dir, \
-        point_aws_at
+    from tests.s3_server import LoopbackOnly as _LoopbackOnly, start_moto as _start_moto, stop_process as _stop
+    from tests.test_s3 import BUCKET, _clear_s3fs_instances, _upload_dir, point_aws_at
 
     tmp = tmp_path_factory.mktemp("faulty-s3")
     moto_proc, moto_port = _start_moto(tmp / "moto.log")

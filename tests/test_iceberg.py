@@ -197,7 +197,7 @@ def test_warehouse_on_moto_s3(tmp_path, monkeypatch, flickr8k, tiny_artifact):
     S3 FileIO is configured by the catalog's environment variables only."""
     import boto3
 
-    from tests.test_s3 import _start_moto, _stop
+    from tests.s3_server import start_moto as _start_moto, stop_process as _stop
 
     proc, port = _start_moto(tmp_path / "moto.log")
     try:

@@ -11,12 +11,7 @@ go to 127.0.0.1 only.
 from __future__ import annotations
 
 import io
-import ipaddress
 import json
-import re
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,6 +25,7 @@ except ImportError as exc:  # pragma: no cover - both come with the project's ``
     pytest.skip(f"S3 tests need boto3 and moto[server] (pip install -e '.[test]'): {exc}", allow_module_level=True)
 
 from tests.factories import write_jpeg
+from tests.s3_server import LoopbackOnly, point_aws_env_at, start_moto, stop_process
 from tests.pipeline_helpers import run_pipeline, write_token_file
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -41,76 +37,6 @@ REFERENCES = {name: ["a dog runs on the grass", f"a man rides a bike number {i}"
               for i, name in enumerate(IMAGES) if i % 2 == 0}
 
 
-class _LoopbackOnly:
-    """Wraps ``socket.socket.connect``/``connect_ex`` in this process: records every IP
-    destination and refuses (and records) any that is not a loopback address."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, int]] = []
-        self.refused: list[tuple[str, int]] = []
-
-    def install(self, mp: pytest.MonkeyPatch) -> None:
-        real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
-
-        def check(sock: socket.socket, address: Any) -> None:
-            if sock.family not in (socket.AF_INET, socket.AF_INET6):
-                return
-            host, port = address[0], address[1]
-            self.seen.append((host, port))
-            try:
-                loopback = ipaddress.ip_address(host).is_loopback
-            except ValueError:  # a host name: connect() would resolve it; only localhost is fine
-                loopback = host == "localhost"
-            if not loopback:
-                self.refused.append((host, port))
-                raise ConnectionRefusedError(f"test network guard: connection to {host}:{port} refused")
-
-        def connect(sock: socket.socket, address: Any) -> None:
-            check(sock, address)
-            return real_connect(sock, address)
-
-        def connect_ex(sock: socket.socket, address: Any) -> int:
-            check(sock, address)
-            return real_connect_ex(sock, address)
-
-        mp.setattr(socket.socket, "connect", connect)
-        mp.setattr(socket.socket, "connect_ex", connect_ex)
-
-    def assert_only_to(self, port: int) -> None:
-        assert not self.refused, f"requests tried to leave 127.0.0.1: {self.refused}"
-        assert (("127.0.0.1", port) in self.seen), f"no connection to the S3 server at port {port}: {self.seen}"
-
-
-def _start_moto(log_path: Path) -> tuple[subprocess.Popen, int]:
-    """``python -m moto.server`` on 127.0.0.1 with a free port chosen by the OS (port 0); the
-    port is read from the server's start-up line. Output goes to a file, so a full pipe can
-    never block the server."""
-    log = log_path.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    log.close()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found = re.search(rb"Running on http://127\.0\.0\.1:(\d+)", log_path.read_bytes())
-        if found:
-            return proc, int(found.group(1))
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    _stop(proc)
-    raise RuntimeError(f"moto server did not start: {log_path.read_text(errors='replace')[-2000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-
-
 def _clear_s3fs_instances() -> None:
     """fsspec caches filesystem instances (and s3fs their listings): none may outlive the server."""
     import s3fs
@@ -118,24 +44,11 @@ def _clear_s3fs_instances() -> None:
     s3fs.S3FileSystem.clear_instance_cache()
 
 
-def point_aws_at(mp: pytest.MonkeyPatch, endpoint: str, tmp: Path, guard: _LoopbackOnly,
-                 proc: subprocess.Popen) -> Any:
+def point_aws_at(mp: pytest.MonkeyPatch, endpoint: str, tmp: Path, guard: LoopbackOnly,
+                 proc: Any) -> Any:
     """Point both S3 clients (botocore, s3fs) of this process at ``endpoint`` through the AWS
     environment, install the loopback-only guard, and return a boto3 client once it answers."""
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                 "AWS_REGION", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "AWS_CA_BUNDLE",
-                 "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        mp.delenv(name, raising=False)
-    mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-    mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    mp.setenv("AWS_ENDPOINT_URL", endpoint)
-    mp.setenv("AWS_ENDPOINT_URL_S3", endpoint)
-    mp.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask 169.254.169.254 for credentials
-    mp.setenv("AWS_CONFIG_FILE", str(tmp / "no-aws-config"))
-    mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp / "no-aws-credentials"))
-    mp.setenv("NO_PROXY", "127.0.0.1,localhost")
-    mp.setenv("no_proxy", "127.0.0.1,localhost")
+    point_aws_env_at(mp, endpoint, tmp)
     guard.install(mp)
     _clear_s3fs_instances()
     client = boto3.client("s3")
@@ -157,16 +70,16 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A running moto S3 server, the AWS environment pointing at it, and a loopback-only
     network guard; everything is undone at the end of the module."""
     tmp = tmp_path_factory.mktemp("moto")
-    proc, port = _start_moto(tmp / "moto.log")
+    proc, port = start_moto(tmp / "moto.log")
     endpoint = f"http://127.0.0.1:{port}"
-    guard = _LoopbackOnly()
+    guard = LoopbackOnly()
     try:
         with pytest.MonkeyPatch.context() as mp:
             client = point_aws_at(mp, endpoint, tmp, guard, proc)
             yield {"endpoint": endpoint, "port": port, "client": client, "guard": guard, "proc": proc}
             _clear_s3fs_instances()
     finally:
-        _stop(proc)
+        stop_process(proc)
     assert proc.returncode is not None
 
 
