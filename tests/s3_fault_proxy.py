@@ -16,7 +16,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Callable, Any
 
 S3_ERRORS = {503: "SlowDown", 403: "AccessDenied", 404: "NoSuchKey", 500: "InternalError", 429: "TooManyRequests"}
 S3_MESSAGES = {503: "Please reduce your request rate.", 403: "Access Denied", 404: "The specified key does not exist.",
@@ -35,14 +35,21 @@ class Fault:
 
 
 class FaultProxy:
-    """``FaultProxy(upstream_port)``; ``start()`` -> port; ``stop()``. Thread-safe counters."""
+    """``FaultProxy(upstream_port)``; ``start()`` -> port; ``stop()`` (or ``with FaultProxy(p) as
+    proxy``: ``proxy.port``). Thread-safe counters. Two ways to inject faults: ``faults`` per
+    object key for GETs (reads), and ``fail(method, path)`` for any request (e.g. the PUTs of an
+    output store), answered with an S3 500 ``InternalError`` and listed in ``failed``."""
 
-    def __init__(self, upstream_port: int, latency: float = 0.0) -> None:
+    def __init__(self, upstream_port: int, latency: float = 0.0,
+                 fail: Callable[[str, str], bool] | None = None) -> None:
         self.upstream_port = upstream_port
         self.latency = latency
         self.faults: dict[str, Fault] = {}
+        self.fail = fail or (lambda method, path: False)
+        self.failed: list[tuple[str, str]] = []  # (method, path) answered by ``fail``
         self.requests: list[tuple[str, str, str]] = []  # (method, key, query)
-        self._lock = threading.Lock()
+        self._lock = self.lock = threading.Lock()
+        self.port: int | None = None
         self._gets_in_flight = 0
         self.peak_gets_in_flight = 0
         self._server: ThreadingHTTPServer | None = None
@@ -59,13 +66,21 @@ class FaultProxy:
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="s3-fault-proxy", daemon=True)
         self._thread.start()
-        return self._server.server_address[1]
+        self.port = self._server.server_address[1]
+        return self.port
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+    def __enter__(self) -> "FaultProxy":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def reset_counts(self) -> None:
         with self._lock:
@@ -131,6 +146,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         key = urllib.parse.unquote(segments[1]) if len(segments) > 1 else ""
         body = self._read_body()
         owner = self.owner
+        if owner.fail(self.command, parsed.path):
+            with owner.lock:
+                owner.failed.append((self.command, parsed.path))
+            self._send_s3_error(500, key)
+            return
         fault = owner._record(self.command, key, parsed.query)
         is_object_get = self.command == "GET" and bool(key)
         if is_object_get:

@@ -14,7 +14,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from tests.factories import write_jpeg
-from tests.fault_proxy import FaultProxy
+from tests.s3_fault_proxy import FaultProxy
 from tests.pipeline_helpers import read_rows, read_summary, run_pipeline
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -126,21 +126,21 @@ def test_output_store_failing_fails_the_job_loudly_and_resume_completes_it(fault
                 return False
         return True
 
-    proxy.fault = fault
+    proxy.fail = fault
     args = ["--input", f"s3://{bucket}/images/*.jpg", "--model", f"s3://{bucket}/models/tiny",
             "--output", f"s3://{bucket}/failing", "--batch_size", "2", "--commit_every", "2",
             "--commit_attempts", "2"]
-    reason = r"could not commit .* after 2 attempts: OSError: .*injected by the test.s fault proxy"
+    reason = r"could not commit .* after 2 attempts: OSError: .*internal error"
     with pytest.raises(Exception, match=reason) as failure:
         run_pipeline(args)
-    tries = Counter(path for _, path in proxy.faults)
+    tries = Counter(path for _, path in proxy.failed)
     assert tries and set(tries.values()) == {2}, f"each failing commit is tried --commit_attempts times: {tries}"
     keys = _keys(client, bucket, "failing/")
     assert "failing/summary.json" not in keys, f"a failed run reported a summary ({failure.value})"
     committed = _uris(client, bucket, "failing/captions/") + _uris(client, bucket, "failing/errors/")
     assert len(committed) == len(set(committed)) <= 4, committed  # only the two commits that got through
 
-    proxy.fault = lambda method, path: False
+    proxy.fail = lambda method, path: False
     summary = run_pipeline(args + ["--resume"])
     assert summary["matched"] == 13 == summary["captioned"] + summary["failed"] + summary["skipped_resume"]
     assert summary["skipped_resume"] == summary["skipped_from_interrupted"] == len(committed)
