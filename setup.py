@@ -39,7 +39,10 @@ setup(
         # Iceberg tables (--iceberg_table): the SQL catalog on SQLite and the pyarrow writer; other
         # catalogs add their own pyiceberg extra (glue, hive, ...); REST needs none.
         "iceberg": ["pyiceberg[sql-sqlite,pyarrow,pyiceberg-core]>=0.9,<1"],
-        "test": ["pytest>=8", "moto[server]>=5", "apache-beam[aws]>=2.60,<3", "s3fs>=2024.2", "psutil>=5.9",
+        # s3fs / aiobotocore lower bounds: without them pip's resolver backtracks through old
+        # aiobotocore/boto3 releases for more than 12 minutes on this extra (measured); with them, 15 s.
+        "test": ["pytest>=8", "moto[server]>=5", "apache-beam[aws]>=2.60,<3", "s3fs>=2026.9", "aiobotocore>=3.10",
+                 "psutil>=5.9",
                  "nncf>=2.14,<4", "apache-beam[dask]>=2.60,<3", "distributed>=2024.8",
                  "pyiceberg[sql-sqlite,pyarrow,pyiceberg-core]>=0.9,<1",
                  "pycocoevalcap>=1.2"],  # pycocoevalcap: the reference CIDEr-D / ROUGE-L are tested against
