@@ -1,18 +1,20 @@
 """Every DoFn of the pipeline emits ONE PCollection; side results travel in it as small wrapper
-objects and are split off with ``beam.Filter`` / ``beam.FlatMap`` (``pipeline.split``).
+objects and are split off with ``beam.Filter`` / ``beam.FlatMap`` (``split``).
 
 Why not tagged outputs: Beam's Dask runner (2.77) hands every output of a multi-output ParDo to
 every consumer (its bags are keyed by the producing transform, and one receiver list collects
-all tags), so error rows reached ``CaptionBatches`` as plain dicts. ``beam.Partition`` is
+all tags), so error rows reached the captioning step as plain dicts. ``beam.Partition`` is
 itself a ParDo with tagged outputs, so it has the same problem; ``Filter`` is a single-output
 ParDo and is correct on every runner. See docs/DEPLOY.md ("Runner notes").
 
-The wrappers are plain frozen dataclasses (no Beam import), pickled by Beam's default coder.
+The wrappers are plain frozen dataclasses, pickled by Beam's default coder.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
+
+import apache_beam as beam
 
 
 @dataclass(frozen=True)
@@ -59,3 +61,26 @@ def load_summary(loads: list[tuple[str, float, int, str]]) -> dict[str, Any]:
     by_id = {load_id: seconds for load_id, seconds, _, _ in loads}
     return {"model_loads": len(by_id), "model_load_seconds": round(sum(by_id.values()), 2),
             "worker_processes": len({(host, pid) for _, _, pid, host in loads})}
+
+
+def _error_rows(element: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(element, Failed):
+        yield element.row
+
+
+def split(outcomes: Any, label: str) -> tuple[Any, Any]:
+    """(main elements, error rows) of a DoFn's single output, by two single-output steps."""
+    return (outcomes | f"{label}.ok" >> beam.Filter(is_main),
+            outcomes | f"{label}.errors" >> beam.FlatMap(_error_rows))
+
+
+def skipped_flags(element: Any) -> Iterator[bool]:
+    """One item per skipped input: whether only interrupted runs held it."""
+    if isinstance(element, Skipped):
+        yield element.interrupted
+
+
+def load_tuples(element: Any) -> Iterator[tuple[str, float, int, str]]:
+    """``(load_id, seconds, pid, host)`` of a ModelLoaded (what ``load_summary`` takes)."""
+    if isinstance(element, ModelLoaded):
+        yield element.load_id, element.seconds, element.pid, element.host

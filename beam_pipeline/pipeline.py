@@ -1,12 +1,12 @@
-"""The captioning pipeline: match -> attach references -> dedupe/resume -> read+decode -> batch
--> encode+decode captions -> BLEU -> incremental Parquet commits (captions, errors), run statistics.
+"""The captioning pipeline, as a short chain of named steps (``beam_pipeline.transforms``):
+
+    MatchInputs -> [AttachReferences] -> SkipDoneAndDuplicates -> ReadImages
+    -> [SplitBySameContent] -> CaptionImages (RunInference) -> CommitOutputs ; RunStats
 
 Nothing between captioning and the commit writers is a shuffle, so rows are committed while the
-run goes (see ``beam_pipeline.commit_writer``).
-
-``run(argv)`` is what ``run_pipeline.py`` calls; ``build(p, plan)`` composes the transforms.
-Each DoFn has one output; error rows and other side results ride in it (``outcomes``) and are
-split off here with single-output transforms, which every runner executes correctly.
+run goes (see ``beam_pipeline.commit_writer``). ``plan_run`` decides everything in the driver
+before any image is read; ``build(p, plan)`` composes the steps; ``run(argv)`` is what
+``run_pipeline.py`` calls.
 """
 from __future__ import annotations
 
@@ -15,35 +15,29 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import ReadAllFromParquet
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
-from apache_beam.runners.runner import create_runner
 
-from beam_pipeline.bleu_combine import CorpusBleuFn
-from beam_pipeline.commit_writer import CommitRows
+from beam_pipeline.caption_handler import CaptionModelHandler, ModelSpec
 from beam_pipeline.commits import RetryPolicy
-from beam_pipeline.inference import CaptionBatches
 from beam_pipeline.options import CaptionOptions, default_model_uri, read_settings
-from beam_pipeline.outcomes import Failed, ModelLoaded, Skipped, failed, is_main, load_summary
 from beam_pipeline.preflight import (PreflightError, check_output, check_resume_model, existing_outputs,
                                     interrupted_outputs, remove_stale_temp_dirs)
-from beam_pipeline.records import STAGE_MATCH, ImageRef, bleu_pair, error_row, with_reference_captions, \
-    with_references
-from beam_pipeline.same_content import copy_to_followers, files_with_columns, known_columns, split_by_content
+from beam_pipeline.records import with_references
+from beam_pipeline.run_stats import RunStats
+from beam_pipeline.runners import make_runner
+from beam_pipeline.same_content import CopyCaptionsToFollowers, SplitBySameContent, files_with_columns, \
+    known_columns
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
-from beam_pipeline.sources import NAMESPACE, MatchGlob, ReadAndDecode, ReadManifest, read_references
+from beam_pipeline.sources import NAMESPACE
+from beam_pipeline.transforms import (AttachReferences, CaptionImages, CommitOutputs, MatchInputs, ReadImages,
+                                      SkipDoneAndDuplicates)
 
 log = logging.getLogger(__name__)
-# Runner names -> the class to use: the short name Beam does not resolve, and Beam's own Dask
-# runner replaced by ours, which works around its bugs (see beam_pipeline/dask_runner.py).
-RUNNER_ALIASES = {"DaskRunner": "beam_pipeline.dask_runner.DaskRunner",
-                  "apache_beam.runners.dask.dask_runner.DaskRunner": "beam_pipeline.dask_runner.DaskRunner"}
-DONE, DONE_BY_INTERRUPTED = "done", "done-by-interrupted-run"
 
 
 @dataclass
@@ -69,196 +63,55 @@ class Plan:
         return FileSystems.join(self.output, "_runs", self.run_id, "stats.json")
 
 
-class DedupeAndResume(beam.DoFn):
-    """Per image URI: skip it if an earlier run already has a row for it (``--resume``; however
-    many files hold it, it counts once); else keep the first input and turn repeats of the same
-    URI into ``DuplicateInput`` error rows. A skipped input is tagged True when only interrupted
-    runs hold it (rows committed before a crash)."""
-
-    def process(self, element: tuple[str, dict[str, list]]) -> Iterator[Any]:
-        uri, groups = element
-        refs: list[ImageRef] = list(groups["refs"])
-        if not refs:
-            return
-        marks = set(groups.get("done", []))
-        if marks:
-            for _ in refs:
-                yield Skipped(uri, marks == {DONE_BY_INTERRUPTED})
-            return
-        yield refs[0]
-        for dup in refs[1:]:
-            yield failed(error_row(
-                uri, dup.image_id, STAGE_MATCH, "DuplicateInput",
-                "the same image URI was given more than once; it is captioned once"))
-
-
-def _error_rows(element: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(element, Failed):
-        yield element.row
-
-
-def _skipped(element: Any) -> Iterator[bool]:
-    """One item per skipped input: whether only interrupted runs held it."""
-    if isinstance(element, Skipped):
-        yield element.interrupted
-
-
-def _loads(element: Any) -> Iterator[tuple[str, float, int, str]]:
-    if isinstance(element, ModelLoaded):
-        yield element.load_id, element.seconds, element.pid, element.host
-
-
-def split(outcomes: Any, label: str) -> tuple[Any, Any]:
-    """(main elements, error rows) of a DoFn's single output, by two single-output steps."""
-    return (outcomes | f"{label}.ok" >> beam.Filter(is_main),
-            outcomes | f"{label}.errors" >> beam.FlatMap(_error_rows))
-
-
-def _attach_references(element: tuple[str, dict[str, list]]) -> Iterator[ImageRef]:
-    _, groups = element
-    captions = [c for captions in groups["captions"] for c in captions]
-    for ref in groups["refs"]:
-        yield with_reference_captions(ref, captions)
-
-
-def _write_stats(_: Any, path: str, matched: int, captioned: int, failed: int, skipped: int,
-                 skipped_interrupted: int, bleu: dict | None, loads: list[tuple[str, float, int, str]]) -> None:
-    stats = {"matched": matched, "captioned": captioned, "failed": failed, "skipped_resume": skipped,
-             "skipped_from_interrupted": skipped_interrupted,
-             "bleu": None if bleu is None else {k: bleu[k] for k in ("bleu1", "bleu2", "bleu3", "bleu4")},
-             "bleu_segments": None if bleu is None else bleu.get("segments"), **load_summary(loads)}
-    with FileSystems.create(path) as f:
-        f.write(json.dumps(stats).encode())
+def caption_handler(plan: Plan) -> CaptionModelHandler:
+    """The ModelHandler for this run's model, decode overrides, precision and batch limits."""
+    o = plan.options
+    spec = ModelSpec(plan.model_uri, o.encoder_weights, plan.model_id, o.decode, o.beam_width, o.length_alpha,
+                     o.precision, o.encoder_runtime, o.model_cache_dir)
+    return CaptionModelHandler(spec, max_batch_size=o.batch_size, min_batch_size=o.min_batch_size,
+                               emit_embeddings=o.emit_embeddings,
+                               share_across_processes=bool(o.share_model_across_processes))
 
 
 def build(p: beam.Pipeline, plan: Plan) -> None:
     """Compose the pipeline on ``p`` (see module docstring)."""
     o = plan.options
-    ref_lists, error_lists = [], []
-    if plan.inputs:
-        matched, match_failed = split(p | "Globs" >> beam.Create(plan.inputs)
-                                      | "Match" >> beam.ParDo(MatchGlob()), "Match")
-        ref_lists.append(matched)
-        error_lists.append(match_failed)
-    if plan.manifest:
-        listed, listed_failed = split(p | "Manifest" >> beam.Create([plan.manifest])
-                                      | "ReadManifest" >> beam.ParDo(ReadManifest(
-                                          o.manifest_uri_column, o.manifest_id_column, o.manifest_references_column)),
-                                      "ReadManifest")
-        ref_lists.append(listed)
-        error_lists.append(listed_failed)
-    refs = ref_lists | "AllRefs" >> beam.Flatten()
-    match_errors = error_lists | "MatchErrors" >> beam.Flatten()
-
-    with_refs = refs
-    if o.references:  # joined before reading, so no shuffle separates captioning from the commits
-        reference_table = (p | "ReferencesFile" >> beam.Create([o.references])
-                           | "ReadReferences" >> beam.FlatMap(read_references, o.references_id_column,
-                                                              o.references_caption_column))
-        with_refs = ({"refs": refs | "KeyById" >> beam.Map(lambda r: (r.image_id, r)), "captions": reference_table}
-                     | "JoinReferences" >> beam.CoGroupByKey()
-                     | "AttachReferences" >> beam.FlatMap(_attach_references))
-    keyed = with_refs | "KeyByUri" >> beam.Map(lambda r: (r.uri, r))
-    groups: dict[str, Any] = {"refs": keyed}
-    interrupted = set(plan.interrupted_files)
-    done_sets = [(DONE, [f for f in plan.done_files if f not in interrupted]),
-                 (DONE_BY_INTERRUPTED, plan.interrupted_files)]
-    done_marks = [p | f"DoneFiles{mark}" >> beam.Create(files)
-                  | f"ReadDone{mark}" >> ReadAllFromParquet(columns=["image_uri"])
-                  | f"KeyDone{mark}" >> beam.Map(lambda row, m=mark: (row["image_uri"], m))
-                  for mark, files in done_sets if files]
-    if done_marks:
-        groups["done"] = done_marks | "AllDone" >> beam.Flatten()
-    # The grouping also spreads work over workers after matching (it is a shuffle).
-    deduped = groups | "GroupByUri" >> beam.CoGroupByKey() | "Dedupe" >> beam.ParDo(DedupeAndResume())
-    todo, duplicates = split(deduped, "Dedupe")
-    skipped = deduped | "Skipped" >> beam.FlatMap(_skipped)
-
-    records, read_failed = split(todo | "ReadDecode" >> beam.ParDo(
-        ReadAndDecode(plan.image_size, o.max_image_bytes, o.max_image_pixels, read_settings(o))), "ReadDecode")
+    with_refs = bool(o.references or o.manifest_references_column)  # references ride with the ImageRef
+    refs, match_errors = p | "MatchInputs" >> MatchInputs(
+        plan.inputs, plan.manifest, o.manifest_uri_column, o.manifest_id_column, o.manifest_references_column)
+    to_dedupe = refs
+    if o.references:
+        to_dedupe = refs | "AttachReferences" >> AttachReferences(
+            o.references, o.references_id_column, o.references_caption_column)
+    todo, duplicates, skipped = to_dedupe | "SkipDoneAndDuplicates" >> SkipDoneAndDuplicates(
+        plan.done_files, plan.interrupted_files)
+    records, read_errors = todo | "ReadImages" >> ReadImages(
+        plan.image_size, o.max_image_bytes, o.max_image_pixels, read_settings(o))
     if o.skip_known_content:
-        content = split_by_content(p, records, plan.model_id, plan.known_files, plan.known_rows,
-                                   known_columns(o.emit_embeddings))
-        records = content.leaders
-    batches = records | "Batch" >> beam.BatchElements(
-        min_batch_size=o.min_batch_size or o.batch_size, max_batch_size=o.batch_size)
-    share_tag = f"caption-model-{plan.model_id}-{plan.run_id}" if o.share_model_across_processes else None
-    captioned = batches | "Caption" >> beam.ParDo(CaptionBatches(
-        plan.model_uri, o.encoder_weights, plan.model_id,
-        {"method": o.decode, "beam_width": o.beam_width, "length_alpha": o.length_alpha},
-        emit_embeddings=o.emit_embeddings, precision=o.precision,
-        runtime=o.encoder_runtime, model_cache_dir=o.model_cache_dir,
-        progress_seconds=o.progress_seconds, share_tag=share_tag))
-    rows, caption_failed = split(captioned, "Caption")
-    loads = (captioned | "ModelLoads" >> beam.FlatMap(_loads) | "DistinctLoads" >> beam.Distinct()
-             | "AllLoads" >> beam.combiners.ToList())
-    if o.references or o.manifest_references_column:  # references came with the ImageRef
-        rows = rows | "SentenceBleu" >> beam.Map(with_references, None)
+        records, followers, copied = records | "SplitBySameContent" >> SplitBySameContent(
+            plan.model_id, plan.known_files, plan.known_rows, known_columns(o.emit_embeddings))
+    rows, caption_errors, loads = records | "CaptionImages" >> CaptionImages(
+        caption_handler(plan), f"caption-model-{plan.model_id}-{plan.run_id}", o.progress_seconds, with_refs)
 
-    # One writer per source of rows, each fused with the step that makes its rows (a Flatten in
-    # front of a writer could put it in a stage that only runs once every source has finished).
-    policy = RetryPolicy(attempts=o.commit_attempts)
-
-    def commit(pcoll: Any, sub: str, label: str, schema: Any) -> None:
-        pcoll | f"Commit-{label}" >> beam.ParDo(CommitRows(
-            FileSystems.join(plan.output, sub), plan.run_id, label, schema, o.commit_every, o.commit_seconds, policy))
-
-    caption_sources = [("captions", rows)]
-    error_sources = [("match", match_errors), ("dedupe", duplicates), ("read", read_failed), ("infer", caption_failed)]
+    captions = {"captions": rows}
+    errors = {"match": match_errors, "dedupe": duplicates, "read": read_errors, "infer": caption_errors}
     if o.skip_known_content:  # copies of earlier captions, and of this run's captions to its copies
-        follower_rows, follower_errors = copy_to_followers(rows, content)
-        with_refs = o.references or o.manifest_references_column
-        for label, pcoll in (("known", content.copied), ("followers", follower_rows)):
+        follower_rows, errors["same-content"] = {"rows": rows, "followers": followers} \
+            | "CopyCaptionsToFollowers" >> CopyCaptionsToFollowers()
+        for label, pcoll in (("known", copied), ("followers", follower_rows)):
             if with_refs:
                 pcoll = pcoll | f"SentenceBleu-{label}" >> beam.Map(with_references, None)
-            caption_sources.append((f"captions-{label}", pcoll))
-        error_sources.append(("same-content", follower_errors))
-    for label, pcoll in caption_sources:
-        commit(pcoll, "captions", label, caption_schema(o.emit_embeddings))
-    for label, pcoll in error_sources:
-        commit(pcoll, "errors", f"errors-{label}", ERROR_SCHEMA)
-    if len(caption_sources) > 1:
-        rows = [pcoll for _, pcoll in caption_sources] | "AllCaptions" >> beam.Flatten()
-    errors = [pcoll for _, pcoll in error_sources] | "AllErrors" >> beam.Flatten()
-
-    def count(pcoll: Any, name: str) -> Any:
-        return beam.pvalue.AsSingleton(pcoll | f"Count{name}" >> beam.combiners.Count.Globally())
-
-    inputs = [refs, match_errors] | "Inputs" >> beam.Flatten()
-    bleu = (rows | "WithReferences" >> beam.Filter(lambda r: bool(r.get("references")))
-            | "BleuPairs" >> beam.Map(bleu_pair)
-            | "CorpusBleu" >> beam.CombineGlobally(CorpusBleuFn()))
-    (p | "Stats" >> beam.Create([None])
-     | "WriteStats" >> beam.Map(_write_stats, plan.stats_path, count(inputs, "Matched"), count(rows, "Captioned"),
-                                count(errors, "Failed"), count(skipped, "Skipped"),
-                                count(skipped | "FromInterrupted" >> beam.Filter(bool), "SkippedInterrupted"),
-                                beam.pvalue.AsSingleton(bleu), beam.pvalue.AsSingleton(loads)))
-
-
-def local_runner(options: PipelineOptions) -> Any:
-    """Beam's FnApiRunner, which the DirectRunner picks for batch pipelines; chosen directly so
-    the DirectRunner never tries to download the Prism binary. Honours --direct_running_mode
-    (in_memory / multi_threading / multi_processing) and --direct_num_workers."""
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
-    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
-    return fn_runner.FnApiRunner(provision_info=info)
-
-
-def make_runner(name: str | None, options: PipelineOptions) -> Any:
-    """The runner object for ``--runner``: our local FnApiRunner for the DirectRunner, the class
-    path for short names Beam does not resolve (``DaskRunner``), else None (Beam resolves it)."""
-    if name in (None, "DirectRunner", "direct"):
-        return local_runner(options)
-    if name in RUNNER_ALIASES:
-        try:
-            return create_runner(RUNNER_ALIASES[name])
-        except ImportError as exc:
-            raise PreflightError(f"--runner {name} needs extra packages: pip install -e '.[dask]' ({exc})") from exc
-    return None
+            captions[f"captions-{label}"] = pcoll
+    policy = RetryPolicy(attempts=o.commit_attempts)
+    captions | "CommitCaptions" >> CommitOutputs(FileSystems.join(plan.output, "captions"), plan.run_id,
+                                                 caption_schema(o.emit_embeddings), o.commit_every,
+                                                 o.commit_seconds, policy)
+    errors | "CommitErrors" >> CommitOutputs(FileSystems.join(plan.output, "errors"), plan.run_id, ERROR_SCHEMA,
+                                             o.commit_every, o.commit_seconds, policy, label_prefix="errors-")
+    {"inputs": [refs, match_errors] | "Inputs" >> beam.Flatten(),
+     "captions": list(captions.values()) | "AllCaptions" >> beam.Flatten(),
+     "errors": list(errors.values()) | "AllErrors" >> beam.Flatten(),
+     "skipped": skipped, "loads": loads} | "RunStats" >> RunStats(plan.stats_path)
 
 
 def new_run_id() -> str:

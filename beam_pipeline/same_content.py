@@ -65,15 +65,6 @@ class Copied:
     row: dict[str, Any]
 
 
-@dataclass
-class ContentSplit:
-    """What ``split_by_content`` gives: records to caption, waiting followers, copied rows."""
-
-    leaders: Any
-    followers: Any
-    copied: Any
-
-
 class SplitByContent(beam.DoFn):
     """(sha, {"records", "known"}) -> leaders, ``Follower``s and ``Copied`` known captions."""
 
@@ -120,33 +111,44 @@ class CopyToFollowers(beam.DoFn):
                     sha))
 
 
-def split_by_content(p: beam.Pipeline, records: Any, model_id: str, known_files: list[str],
-                     known_rows: list[dict[str, Any]], columns: list[str]) -> Any:
-    """Group ``records`` by hash with earlier captions; returns the ParDo's outputs: ``leaders``
-    (to caption), ``followers`` (wait for a leader) and ``copied`` (rows copied from earlier captions)."""
-    groups: dict[str, Any] = {"records": records | "KeyByContent" >> beam.Map(lambda r: (r.sha256, r))}
-    known = []
-    if known_files:
-        known.append(p | "KnownFiles" >> beam.Create(known_files)
-                     | "ReadKnown" >> ReadAllFromParquet(columns=columns))
-    if known_rows:
-        known.append(p | "KnownTableRows" >> beam.Create(known_rows))
-    if known:
-        groups["known"] = (known | "AllKnown" >> beam.Flatten()
-                           | "KnownWithHash" >> beam.Filter(lambda row: row.get("image_sha256") is not None)
-                           | "KeyKnown" >> beam.Map(lambda row: (row["image_sha256"], row)))
-    out = (groups | "GroupByContent" >> beam.CoGroupByKey()
-           | "SplitByContent" >> beam.ParDo(SplitByContent(model_id)))
-    return ContentSplit(
-        leaders=out | "Leaders" >> beam.Filter(lambda e: isinstance(e, ImageRecord)),
-        followers=out | "Followers" >> beam.FlatMap(lambda e: [(e.sha256, e.record)] if isinstance(e, Follower) else []),
-        copied=out | "CopiedKnown" >> beam.FlatMap(lambda e: [e.row] if isinstance(e, Copied) else []))
+class SplitBySameContent(beam.PTransform):
+    """ImageRecords -> (leaders to caption, ``(sha, record)`` followers waiting for a leader,
+    caption rows copied from earlier captions of the same model): one grouping by hash together
+    with earlier caption files and the Iceberg table's captions."""
+
+    def __init__(self, model_id: str, known_files: list[str], known_rows: list[dict[str, Any]],
+                 columns: list[str]) -> None:
+        super().__init__()
+        self.model_id, self.known_files, self.known_rows, self.columns = model_id, known_files, known_rows, columns
+
+    def expand(self, records: Any) -> tuple[Any, Any, Any]:
+        p = records.pipeline
+        groups: dict[str, Any] = {"records": records | "KeyByContent" >> beam.Map(lambda r: (r.sha256, r))}
+        known = []
+        if self.known_files:
+            known.append(p | "KnownFiles" >> beam.Create(self.known_files)
+                         | "ReadKnown" >> ReadAllFromParquet(columns=self.columns))
+        if self.known_rows:
+            known.append(p | "KnownTableRows" >> beam.Create(self.known_rows))
+        if known:
+            groups["known"] = (known | "AllKnown" >> beam.Flatten()
+                               | "KnownWithHash" >> beam.Filter(lambda row: row.get("image_sha256") is not None)
+                               | "KeyKnown" >> beam.Map(lambda row: (row["image_sha256"], row)))
+        out = (groups | "GroupByContent" >> beam.CoGroupByKey()
+               | "SplitByContent" >> beam.ParDo(SplitByContent(self.model_id)))
+        return (out | "Leaders" >> beam.Filter(lambda e: isinstance(e, ImageRecord)),
+                out | "Followers" >> beam.FlatMap(
+                    lambda e: [(e.sha256, e.record)] if isinstance(e, Follower) else []),
+                out | "CopiedKnown" >> beam.FlatMap(lambda e: [e.row] if isinstance(e, Copied) else []))
 
 
-def copy_to_followers(rows: Any, split: ContentSplit) -> tuple[Any, Any]:
-    """Caption rows of leaders -> (rows copied to their followers, error rows of orphaned followers)."""
-    keyed = rows | "KeyRowsByContent" >> beam.Map(lambda r: (r["image_sha256"], r))
-    out = ({"rows": keyed, "followers": split.followers} | "GroupFollowers" >> beam.CoGroupByKey()
-           | "CopyToFollowers" >> beam.ParDo(CopyToFollowers()))
-    return (out | "FollowerRows" >> beam.Filter(lambda e: not isinstance(e, Failed)),
-            out | "FollowerErrors" >> beam.FlatMap(lambda e: [e.row] if isinstance(e, Failed) else []))
+class CopyCaptionsToFollowers(beam.PTransform):
+    """``{"rows": leaders' caption rows, "followers": (sha, record)}`` -> (rows copied to the
+    followers, error rows of followers whose leader failed)."""
+
+    def expand(self, inputs: dict[str, Any]) -> tuple[Any, Any]:
+        keyed = inputs["rows"] | "KeyRowsByContent" >> beam.Map(lambda r: (r["image_sha256"], r))
+        out = ({"rows": keyed, "followers": inputs["followers"]} | "GroupFollowers" >> beam.CoGroupByKey()
+               | "CopyToFollowers" >> beam.ParDo(CopyToFollowers()))
+        return (out | "FollowerRows" >> beam.Filter(lambda e: not isinstance(e, Failed)),
+                out | "FollowerErrors" >> beam.FlatMap(lambda e: [e.row] if isinstance(e, Failed) else []))

@@ -18,7 +18,7 @@ def test_sdist_contains_packages_and_default_model(tmp_path):
     with tarfile.open(archive) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     for module in ("run_pipeline.py", "setup.py", "model/decoder.py", "model/decoding.py", "model/artifact.py",
-                   "training/train.py", "beam_pipeline/pipeline.py", "beam_pipeline/inference.py",
+                   "training/train.py", "beam_pipeline/pipeline.py", "beam_pipeline/caption_handler.py",
                    "models/__init__.py"):
         assert module in names, module
     for model_file in ("config.json", "vocab.json", "decoder.weights.h5", "manifest.json"):

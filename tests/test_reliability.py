@@ -281,7 +281,7 @@ def _is_magenta(image: np.ndarray) -> bool:
 
 def test_worker_exception_costs_the_image_not_the_batch(tmp_path, tiny_artifact, monkeypatch):
     """No real image makes the encoder raise, so the fault is injected: CaptionModel.caption_images
-    (what CaptionBatches calls per batch) raises for any batch holding an all-magenta image.
+    (what the CaptionModelHandler calls per batch) raises for any batch holding an all-magenta image.
     Everything else -- reading, decoding, batching, the per-image retry, the Parquet sinks -- is
     the real pipeline on the in-process runner (same process, so the patch reaches the worker)."""
     from model.captioner import CaptionModel
@@ -322,7 +322,7 @@ def test_file_deleted_between_matching_and_reading(tmp_path, tiny_artifact, monk
     matched by the real MatchGlob (one stage), then the file is removed as its URI passes the
     dedupe step that runs after the shuffle and directly before ReadAndDecode. The only patched
     code is that hook; matching and reading are the real ones."""
-    from beam_pipeline.pipeline import DedupeAndResume
+    from beam_pipeline.dedupe import DedupeAndResume
 
     images = tmp_path / "images"
     for name in ("a.jpg", "b.jpg", "vanishing.jpg"):

@@ -1,0 +1,203 @@
+"""The pipeline's named steps, as composite ``PTransform``s: each composes the DoFns of one stage
+module and can be applied and tested on its own (tests/test_transforms.py).
+
+    MatchInputs -> AttachReferences -> SkipDoneAndDuplicates -> ReadImages -> CaptionImages
+    -> CommitRows (captions, errors) ; RunStats
+
+Every DoFn has one output; error rows and other side results ride in it (``outcomes``) and are
+split off with single-output steps, so a composite returns a tuple of PCollections.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, Iterator
+
+import apache_beam as beam
+from apache_beam.io.parquetio import ReadAllFromParquet
+from apache_beam.ml.inference.base import RunInference
+
+from beam_pipeline.caption_handler import CaptionModelHandler
+from beam_pipeline.commit_writer import CommitRows
+from beam_pipeline.commits import RetryPolicy
+from beam_pipeline.dedupe import DONE, DONE_BY_INTERRUPTED, DedupeAndResume
+from beam_pipeline.object_reads import ReadSettings
+from beam_pipeline.outcomes import load_tuples, skipped_flags, split
+from beam_pipeline.records import ImageRef, with_reference_captions, with_references
+from beam_pipeline.sources import MatchGlob, ReadAndDecode, ReadManifest, read_references
+
+log = logging.getLogger(__name__)
+
+
+class MatchInputs(beam.PTransform):
+    """Pipeline root -> (ImageRefs, match error rows): every ``--input`` glob and the rows of
+    ``--input_manifest``; a glob matching nothing or a broken manifest is an error row."""
+
+    def __init__(self, globs: list[str], manifest: str | None = None, uri_column: str = "image_uri",
+                 id_column: str | None = None, references_column: str | None = None) -> None:
+        super().__init__()
+        self.globs, self.manifest = list(globs), manifest
+        self.columns = (uri_column, id_column, references_column)
+
+    def expand(self, root: Any) -> tuple[Any, Any]:
+        refs, errors = [], []
+        if self.globs:
+            matched, failed = split(root | "Globs" >> beam.Create(self.globs)
+                                    | "Match" >> beam.ParDo(MatchGlob()), "Match")
+            refs.append(matched)
+            errors.append(failed)
+        if self.manifest:
+            listed, failed = split(root | "Manifest" >> beam.Create([self.manifest])
+                                   | "ReadManifest" >> beam.ParDo(ReadManifest(*self.columns)), "ReadManifest")
+            refs.append(listed)
+            errors.append(failed)
+        return refs | "AllRefs" >> beam.Flatten(), errors | "MatchErrors" >> beam.Flatten()
+
+
+def _attach(element: tuple[str, dict[str, list]]) -> Iterator[ImageRef]:
+    _, groups = element
+    captions = [c for captions in groups["captions"] for c in captions]
+    for ref in groups["refs"]:
+        yield with_reference_captions(ref, captions)
+
+
+class AttachReferences(beam.PTransform):
+    """ImageRefs -> the same refs carrying their reference captions from ``--references`` (a
+    Flickr8k token file or a table), joined by image id before reading, so that no shuffle
+    separates captioning from the commits."""
+
+    def __init__(self, references: str, id_column: str = "image_id", caption_column: str = "caption") -> None:
+        super().__init__()
+        self.references, self.id_column, self.caption_column = references, id_column, caption_column
+
+    def expand(self, refs: Any) -> Any:
+        table = (refs.pipeline | "ReferencesFile" >> beam.Create([self.references])
+                 | "ReadReferences" >> beam.FlatMap(read_references, self.id_column, self.caption_column))
+        return ({"refs": refs | "KeyById" >> beam.Map(lambda r: (r.image_id, r)), "captions": table}
+                | "JoinReferences" >> beam.CoGroupByKey()
+                | "Attach" >> beam.FlatMap(_attach))
+
+
+class SkipDoneAndDuplicates(beam.PTransform):
+    """ImageRefs -> (refs to read, ``DuplicateInput`` error rows, one bool per input skipped by
+    ``--resume``: True when only interrupted runs hold it). ``done_files`` are earlier runs'
+    caption and error files; ``interrupted_files`` the subset that runs which never finished
+    committed. The grouping by URI also spreads work over workers (it is a shuffle)."""
+
+    def __init__(self, done_files: list[str] = (), interrupted_files: list[str] = ()) -> None:
+        super().__init__()
+        self.done_files, self.interrupted_files = list(done_files), list(interrupted_files)
+
+    def expand(self, refs: Any) -> tuple[Any, Any, Any]:
+        p = refs.pipeline
+        groups: dict[str, Any] = {"refs": refs | "KeyByUri" >> beam.Map(lambda r: (r.uri, r))}
+        interrupted = set(self.interrupted_files)
+        done_sets = [(DONE, [f for f in self.done_files if f not in interrupted]),
+                     (DONE_BY_INTERRUPTED, self.interrupted_files)]
+        marks = [p | f"DoneFiles{mark}" >> beam.Create(files)
+                 | f"ReadDone{mark}" >> ReadAllFromParquet(columns=["image_uri"])
+                 | f"KeyDone{mark}" >> beam.Map(lambda row, m=mark: (row["image_uri"], m))
+                 for mark, files in done_sets if files]
+        if marks:
+            groups["done"] = marks | "AllDone" >> beam.Flatten()
+        deduped = groups | "GroupByUri" >> beam.CoGroupByKey() | "Dedupe" >> beam.ParDo(DedupeAndResume())
+        todo, duplicates = split(deduped, "Dedupe")
+        return todo, duplicates, deduped | "Skipped" >> beam.FlatMap(skipped_flags)
+
+
+class ReadImages(beam.PTransform):
+    """ImageRefs -> (ImageRecords at the model's input size, read/decode error rows)."""
+
+    def __init__(self, image_size: tuple[int, int], max_bytes: int, max_pixels: int,
+                 settings: ReadSettings | None = None) -> None:
+        super().__init__()
+        self.dofn = ReadAndDecode(image_size, max_bytes, max_pixels, settings)
+
+    def expand(self, refs: Any) -> tuple[Any, Any]:
+        return split(refs | "ReadDecode" >> beam.ParDo(self.dofn), "ReadDecode")
+
+
+class _Progress:
+    """One progress line per process: images captioned and images/s every ``interval`` seconds."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.lock = threading.Lock()
+        self.start = self.last = time.monotonic()
+        self.count = 0
+
+    def add(self, n: int) -> None:
+        with self.lock:
+            self.count += n
+            now = time.monotonic()
+            if self.interval > 0 and now - self.last >= self.interval:
+                self.last = now
+                rate = self.count / max(1e-9, now - self.start)
+                log.info("progress (pid %d): %d images captioned, %.1f images/s", os.getpid(), self.count, rate)
+
+
+_PROGRESS: dict[float, _Progress] = {}
+_PROGRESS_LOCK = threading.Lock()
+
+
+class CountProgress(beam.DoFn):
+    """Pass caption rows through and count them on the process's progress line. A row is counted
+    after it went downstream (the commit writer is fused with this step), so the line never
+    counts rows that have not reached the writer."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+
+    def setup(self) -> None:
+        with _PROGRESS_LOCK:
+            self._progress = _PROGRESS.setdefault(self.interval, _Progress(self.interval))
+
+    def process(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        yield row
+        self._progress.add(1)
+
+
+class CaptionImages(beam.PTransform):
+    """ImageRecords -> (caption rows, inference error rows, a singleton list of model loads).
+
+    ``RunInference`` with our ``CaptionModelHandler`` batches the records and captions them with
+    a model loaded once per process (or once per machine when the handler shares it across
+    processes); ``model_identifier`` names that shared copy. ``sentence_bleu``: add each row's
+    BLEU against the references it carries."""
+
+    def __init__(self, handler: CaptionModelHandler, model_identifier: str, progress_seconds: float = 10.0,
+                 sentence_bleu: bool = False) -> None:
+        super().__init__()
+        self.handler, self.model_identifier = handler, model_identifier
+        self.progress_seconds, self.sentence_bleu = progress_seconds, sentence_bleu
+
+    def expand(self, records: Any) -> tuple[Any, Any, Any]:
+        outcomes = records | "RunInference" >> RunInference(self.handler, model_identifier=self.model_identifier)
+        rows, errors = split(outcomes, "Caption")
+        rows = rows | "Progress" >> beam.ParDo(CountProgress(self.progress_seconds))
+        if self.sentence_bleu:
+            rows = rows | "SentenceBleu" >> beam.Map(with_references, None)
+        loads = (outcomes | "ModelLoads" >> beam.FlatMap(load_tuples) | "DistinctLoads" >> beam.Distinct()
+                 | "AllLoads" >> beam.combiners.ToList())
+        return rows, errors, loads
+
+
+class CommitOutputs(beam.PTransform):
+    """``{label: rows}`` -> nothing: each source of rows gets its own incremental commit writer
+    (``CommitRows``) under ``directory``, fused with the step that makes its rows (a Flatten in
+    front of one writer could put it in a stage that only runs once every source has finished)."""
+
+    def __init__(self, directory: str, run_id: str, schema: Any, every: int, seconds: float,
+                 policy: RetryPolicy | None = None, label_prefix: str = "") -> None:
+        super().__init__()
+        self.directory, self.run_id, self.schema = directory, run_id, schema
+        self.every, self.seconds, self.policy, self.label_prefix = every, seconds, policy, label_prefix
+
+    def expand(self, sources: dict[str, Any]) -> Any:
+        for label, rows in sources.items():
+            name = self.label_prefix + label
+            rows | f"Commit-{name}" >> beam.ParDo(CommitRows(
+                self.directory, self.run_id, name, self.schema, self.every, self.seconds, self.policy))
+        return beam.pvalue.PDone(next(iter(sources.values())).pipeline) if sources else None
