@@ -52,7 +52,7 @@ setup(
             "caption-images=run_pipeline:main",
             "caption-train=training.train:main",
             "caption-evaluate=training.evaluate:main",
-            "caption-report=beam_pipeline.report:main",
+            "caption-report=caption_report.cli:main",
         ],
     },
 )
