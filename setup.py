@@ -9,11 +9,13 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["model", "model.*", "training", "training.*", "beam_pipeline",
-                                    "beam_pipeline.*", "models", "models.*"]),
+                                    "beam_pipeline.*", "caption_report", "caption_report.*",
+                                    "models", "models.*"]),
     py_modules=["run_pipeline"],
     # The shipped default model travels with the package (sdist and wheel), so a cloud runner's
     # workers get it through --setup_file.
-    package_data={"models": ["*/*.json", "*/*.h5", "*/*.png", "*/*.xml", "*/*.bin"]},
+    package_data={"models": ["*/*.json", "*/*.h5", "*/*.png", "*/*.xml", "*/*.bin"],
+                  "caption_report": ["static/*.css", "static/*.js"]},  # the report's inline CSS / JS
     include_package_data=True,
     install_requires=[
         "apache-beam>=2.60,<3",
@@ -52,7 +54,7 @@ setup(
             "caption-images=run_pipeline:main",
             "caption-train=training.train:main",
             "caption-evaluate=training.evaluate:main",
-            "caption-report=beam_pipeline.report:main",
+            "caption-report=caption_report.cli:main",
         ],
     },
 )

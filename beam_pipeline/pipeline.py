@@ -223,7 +223,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         with FileSystems.create(path) as f:
             f.write(text)
     if caption_options.report:
-        from beam_pipeline.report import write_report
+        from caption_report import write_report
 
         summary["report"] = write_report(plan.output, sample=caption_options.report_sample)
     return summary

@@ -137,6 +137,25 @@ def sniff_is_image(data: bytes) -> bool:
     return _sniff_format(data) is not None
 
 
+def upright_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of the image as shown upright (EXIF orientation applied), from the header
+    only: no pixels are decoded. The same size :func:`decode_image` reports.
+
+    Raises :class:`ImageDecodeError` when the header cannot be parsed.
+    """
+    try:
+        with _open(bytes(data)) as img:
+            width, height = img.size
+            swaps = _exif_orientation(img) in _SWAPPING_ORIENTATIONS
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(DECOMPRESSION_BOMB, f"Pillow refused the image header: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - any Pillow failure on bad bytes
+        raise _classify_load_error(exc) from exc
+    return (height, width) if swaps else (width, height)
+
+
 # --------------------------------------------------------------------------- input checks
 
 

@@ -22,6 +22,7 @@ from model.image_decoding import (
     ImageDecodeError,
     decode_image,
     sniff_is_image,
+    upright_size,
 )
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -197,8 +198,21 @@ def test_exif_orientations(orientation: int, top_left: tuple, bottom_right: tupl
     decoded = decode_image(data, (16, 16))
     swapped = orientation in (5, 6, 7, 8)
     assert (decoded.width, decoded.height) == ((32, 64) if swapped else (64, 32))
+    assert upright_size(data) == (decoded.width, decoded.height)  # from the header alone
     _assert_close(decoded.pixels[1, 1], top_left, tol=12)
     _assert_close(decoded.pixels[14, 14], bottom_right, tol=12)
+
+
+def test_upright_size_reads_the_header_only_and_classifies_bad_bytes() -> None:
+    assert upright_size(CASES["exif_rotated_6.jpg"][0]) == corpus.EXIF_UPRIGHT_SIZE
+    truncated = corpus._photo((40, 30), "JPEG")[:-200]  # header intact, pixels missing
+    assert upright_size(truncated) == (40, 30)
+    with pytest.raises(ImageDecodeError) as exc:
+        upright_size(b"plain text, not an image")
+    assert exc.value.error_type == "NotAnImage"
+    with pytest.raises(ImageDecodeError) as exc:
+        upright_size(corpus.bomb_png())
+    assert exc.value.error_type == "DecompressionBomb"
 
 
 # --------------------------------------------------------------------------- modes

@@ -222,3 +222,13 @@ def test_run_pipeline_cli_refuses_tampered_model(images, tmp_path, tiny_artifact
     assert cli.main(["--input", f"{images}/*.jpg", "--output", str(out), "--model", str(bad)]) == 2
     assert "vocab.json" in capsys.readouterr().err
     assert not out.exists()  # refused before anything was read or written
+
+
+def test_report_flag_writes_the_gallery(images, tmp_path, tiny_artifact):
+    out = tmp_path / "out"
+    summary = run_pipeline(["--input", f"{images}/img0[0-2].jpg", "--input", f"{images}/empty.jpg",
+                            "--output", str(out), "--model", tiny_artifact, "--report", "--report_sample", "2"])
+    assert summary["report"] == str(out / "report.html")
+    page = (out / "report.html").read_text()
+    assert "Showing 2 of 3 captions" in page and 'id="error-table"' in page and "EmptyFile" in page
+    assert page.count('<article class="card"') == 2 and page.count('src="data:image/jpeg;base64,') == 2

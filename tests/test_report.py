@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
@@ -18,10 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from beam_pipeline import report
-from beam_pipeline.report import (CaptionRow, CaptionSample, ErrorRows, ReportData,
-                                  load_captions, load_errors, load_summary, make_thumbnail,
-                                  make_thumbnails, render_html, write_report)
+from caption_report import cli
+from caption_report import data as report_data
+from caption_report import (CaptionRow, CaptionSample, ErrorRows, ReportData, load_captions,
+                            load_errors, load_summary, make_thumbnail, make_thumbnails, render_html,
+                            write_report)
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
 from tests.factories import write_jpeg
 
@@ -217,7 +219,7 @@ def test_loads_all_files_least_confident_first_without_the_embedding(run_dir: Pa
     assert sample.unreadable == []
     scores = [r.score for r in sample.rows]
     assert scores == sorted(scores) and scores[0] == -3.41
-    assert "embedding" not in report.CAPTION_COLUMNS
+    assert "embedding" not in report_data.CAPTION_COLUMNS
     dog = next(r for r in sample.rows if r.image_id == "dog")
     assert dog.references == tuple(RUN1[0][2]) and dog.bleu4 == pytest.approx(0.3)
     assert next(r for r in sample.rows if r.image_id == "bike").references is None
@@ -249,7 +251,7 @@ def test_sampling_count_determinism_and_independence_from_file_layout(tmp_path: 
 
 def test_sampling_streams_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With tiny record batches the reservoir never holds more than sample rows + one batch."""
-    monkeypatch.setattr(report, "_BATCH_ROWS", 16)
+    monkeypatch.setattr(report_data, "_BATCH_ROWS", 16)
     write_parquet(_many_rows(400), caption_schema(), tmp_path / "captions" / "a.parquet")
     seen = []
     real_concat = pa.concat_tables
@@ -412,15 +414,21 @@ def test_empty_run(tmp_path: Path) -> None:
 
 def test_cli(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exc:
-        report.main(["--help"])
+        cli.main(["--help"])
     assert exc.value.code == 0 and "--sample" in capsys.readouterr().out
     target = tmp_path / "cli.html"
-    assert report.main([str(run_dir), "--sample", "3", "--seed", "1", "--output", str(target)]) == 0
+    assert cli.main([str(run_dir), "--sample", "3", "--seed", "1", "--output", str(target)]) == 0
     assert capsys.readouterr().out.strip() == str(target)
     assert len(Dom(target.read_text()).cards) == 3
-    assert report.main([str(tmp_path / "nope")]) == 1
+    assert cli.main([str(tmp_path / "nope")]) == 1
     with pytest.raises(SystemExit):
-        report.main([str(run_dir), "--sample", "-1"])
+        cli.main([str(run_dir), "--sample", "-1"])
+    proc = subprocess.run([sys.executable, "-m", "caption_report", str(run_dir), "--sample", "2",
+                           "--output", str(tmp_path / "module.html")], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tmp_path / "module.html")
+    assert len(Dom((tmp_path / "module.html").read_text()).cards) == 2
 
 
 # --------------------------------------------------------------------------- real browser
