@@ -15,8 +15,9 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from beam_pipeline.commits import CommitBuffer, RetryPolicy, commit_file_name, parquet_bytes, with_retries, \
+from beam_pipeline.commits import CommitBuffer, commit_file_name, parquet_bytes, with_retries, \
     write_atomically
+from beam_pipeline.retries import RetryPolicy
 from beam_pipeline.sources import NAMESPACE
 
 

@@ -30,6 +30,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from beam_pipeline.retries import GaveUp, RetryPolicy, call_with_retries
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -45,37 +47,23 @@ class CommitError(RuntimeError):
     """Rows could not be made durable after every retry; the job must fail (rows stay for --resume)."""
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """``attempts`` tries in all, sleeping ``first_delay`` * 2**k (at most ``max_delay``) between them."""
-
-    attempts: int = 5
-    first_delay: float = 0.5
-    max_delay: float = 8.0
-
-    def delays(self) -> list[float]:
-        return [min(self.max_delay, self.first_delay * 2 ** k) for k in range(max(0, self.attempts - 1))]
-
-
 def with_retries(action: Callable[[], T], policy: RetryPolicy, what: str,
                  sleep: Callable[[float], None] = time.sleep,
                  on_retry: Callable[[int, BaseException], None] | None = None) -> T:
-    """Run ``action``; on an exception retry with exponential backoff; after the last attempt raise
-    ``CommitError`` naming ``what`` and the last error (never swallow it)."""
-    delays = policy.delays()
-    for attempt in range(len(delays) + 1):
-        try:
-            return action()
-        except Exception as exc:  # noqa: BLE001 - any storage error is retried, then reported
-            if attempt == len(delays):
-                raise CommitError(f"could not commit {what} after {attempt + 1} attempts: "
-                                  f"{type(exc).__name__}: {exc}") from exc
-            log.warning("commit of %s failed (attempt %d of %d, retrying in %.1f s): %s: %s", what, attempt + 1,
-                        len(delays) + 1, delays[attempt], type(exc).__name__, exc)
-            if on_retry is not None:
-                on_retry(attempt + 1, exc)
-            sleep(delays[attempt])
-    raise AssertionError("unreachable")
+    """Run ``action`` under the pipeline's retry loop (every failure retried, plain doubling);
+    after the last attempt raise ``CommitError`` naming ``what`` and the last error."""
+
+    def note(failed: int, exc: BaseException, delay: float) -> None:
+        log.warning("commit of %s failed (attempt %d of %d, retrying in %.1f s): %s: %s", what, failed,
+                    policy.tries, delay, type(exc).__name__, exc)
+        if on_retry is not None:
+            on_retry(failed, exc)
+
+    try:
+        return call_with_retries(action, policy, sleep=sleep, on_retry=note)
+    except GaveUp as exc:
+        raise CommitError(f"could not commit {what} after {exc.tries} attempts: "
+                          f"{type(exc.cause).__name__}: {exc.cause}") from exc.cause
 
 
 def commit_file_name(run_id: str, label: str, uris: Iterable[str]) -> str:

@@ -22,7 +22,8 @@ import fsspec
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from beam_pipeline.read_policy import RetryPolicy, call_with_retries
+from beam_pipeline.read_policy import classify_read_error
+from beam_pipeline.retries import RetryPolicy, call_with_retries
 
 
 class NotARegularFile(OSError):
@@ -41,7 +42,7 @@ class ReadSettings:
 
     @property
     def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(tries=self.tries, base_delay=self.backoff_seconds)
+        return RetryPolicy(tries=self.tries, base_delay=self.backoff_seconds, max_delay=10.0, jitter=True)
 
 
 def is_remote(uri: str) -> bool:
@@ -119,5 +120,6 @@ class ObjectReader:
             raise
 
     def read(self, uri: str, max_bytes: int, size_hint: int | None = None) -> bytes:
-        """``get_once`` under the retry policy; raises ``read_policy.ReadFailed``."""
-        return call_with_retries(lambda: self.get_once(uri, max_bytes, size_hint), self.policy)
+        """``get_once`` under the retry policy; raises ``retries.GaveUp`` with the read error type."""
+        return call_with_retries(lambda: self.get_once(uri, max_bytes, size_hint), self.policy,
+                                 classify=classify_read_error)

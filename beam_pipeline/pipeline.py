@@ -23,7 +23,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from beam_pipeline.caption_handler import CaptionModelHandler, ModelSpec
-from beam_pipeline.commits import RetryPolicy
+from beam_pipeline.retries import RetryPolicy
 from beam_pipeline.options import CaptionOptions, default_model_uri, read_settings
 from beam_pipeline.preflight import (PreflightError, check_output, check_resume_model, existing_outputs,
                                     interrupted_outputs, remove_stale_temp_dirs)
@@ -102,7 +102,7 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
             if with_refs:
                 pcoll = pcoll | f"SentenceBleu-{label}" >> beam.Map(with_references, None)
             captions[f"captions-{label}"] = pcoll
-    policy = RetryPolicy(attempts=o.commit_attempts)
+    policy = RetryPolicy(tries=o.commit_attempts)
     captions | "CommitCaptions" >> CommitOutputs(FileSystems.join(plan.output, "captions"), plan.run_id,
                                                  caption_schema(o.emit_embeddings), o.commit_every,
                                                  o.commit_seconds, policy)

@@ -6,21 +6,15 @@ Pure Python (no Beam, no cloud SDK imports), so the policy is tested on its own:
   ``ConnectionError``, ``ServerError``, ``PermissionDenied``, ``FileNotFound`` …) and says whether
   it is transient. Exceptions of s3fs/aiobotocore, gcsfs, adlfs and the OS are recognised by
   their type names, HTTP status and error codes, not by importing those libraries.
-* ``RetryPolicy`` / ``call_with_retries``: exponential backoff with full jitter and a bounded
-  number of tries; permanent failures (403, 404, …) are raised at once.
+* ``READ_RETRIES``: reads use the pipeline's one retry loop (``beam_pipeline.retries``) with full
+  jitter and a bounded number of tries; permanent failures (403, 404, …) are raised at once.
 * ``InFlightBudget``: a count-and-bytes bound on concurrent reads, so memory stays flat on huge
   images (an object larger than the whole budget is still read, but alone).
 """
 from __future__ import annotations
 
 import errno
-import random
 import threading
-import time
-from dataclasses import dataclass
-from typing import Callable, TypeVar
-
-T = TypeVar("T")
 
 THROTTLED = "Throttled"
 READ_TIMEOUT = "ReadTimeout"
@@ -104,49 +98,6 @@ def classify_read_error(exc: BaseException) -> tuple[str, bool]:
         if kind is not None:
             return kind, kind in TRANSIENT
     return type(exc).__name__, False
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """``tries`` attempts in all; before try n+1 sleep a uniform random time in
-    [0, min(max_delay, base_delay * 2**n)] ("full jitter": clients throttled together do not
-    come back together)."""
-
-    tries: int = 5
-    base_delay: float = 0.2
-    max_delay: float = 10.0
-
-    def delay(self, failed_tries: int, rng: random.Random | None = None) -> float:
-        cap = min(self.max_delay, self.base_delay * (2 ** max(0, failed_tries - 1)))
-        return (rng or random).uniform(0.0, cap)
-
-
-class ReadFailed(Exception):
-    """A read that failed for good: its error_type, the number of tries and the last exception."""
-
-    def __init__(self, error_type: str, tries: int, cause: BaseException) -> None:
-        super().__init__(f"{error_type} after {tries} tr{'y' if tries == 1 else 'ies'}: "
-                         f"{type(cause).__name__}: {cause}")
-        self.error_type = error_type
-        self.tries = tries
-        self.cause = cause
-
-
-def call_with_retries(fn: Callable[[], T], policy: RetryPolicy, *, sleep: Callable[[float], None] = time.sleep,
-                      rng: random.Random | None = None,
-                      classify: Callable[[BaseException], tuple[str, bool]] = classify_read_error) -> T:
-    """``fn()``; transient failures are retried with backoff up to ``policy.tries`` tries in all,
-    permanent ones fail at once. Raises ``ReadFailed`` naming the error type."""
-    tries = 0
-    while True:
-        tries += 1
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - classified below
-            error_type, transient = classify(exc)
-            if not transient or tries >= policy.tries:
-                raise ReadFailed(error_type, tries, exc) from exc
-            sleep(policy.delay(tries, rng))
 
 
 class InFlightBudget:

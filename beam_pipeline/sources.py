@@ -22,7 +22,7 @@ from beam_pipeline.records import (STAGE_DECODE, STAGE_MATCH, STAGE_READ, ImageR
                                    exception_row, image_id_from_uri, parse_references_column)
 from beam_pipeline.object_reads import ObjectReader, ReadSettings
 from beam_pipeline.read_ahead import ReadAhead
-from beam_pipeline.read_policy import ReadFailed
+from beam_pipeline.retries import GaveUp
 from model.image_decoding import ImageDecodeError, decode_image
 from model.storage import read_table, read_text, sha256_hex
 
@@ -88,7 +88,7 @@ def read_one(ref: ImageRef, reader: ObjectReader, image_size: tuple[int, int], m
                                  f"file has {ref.size_bytes} bytes, over the limit of {max_bytes} (--max_image_bytes)"), None
     try:
         data = reader.read(ref.uri, max_bytes, ref.size_bytes)
-    except ReadFailed as exc:
+    except GaveUp as exc:
         retried = f" (gave up after {exc.tries} tries)" if exc.tries > 1 else ""
         return ERRORS, error_row(ref.uri, ref.image_id, STAGE_READ, exc.error_type,
                                  f"cannot read: {exc.cause}{retried}"), None

@@ -21,7 +21,7 @@ from apache_beam.ml.inference.base import RunInference
 
 from beam_pipeline.caption_handler import CaptionModelHandler
 from beam_pipeline.commit_writer import CommitRows
-from beam_pipeline.commits import RetryPolicy
+from beam_pipeline.retries import RetryPolicy
 from beam_pipeline.dedupe import DONE, DONE_BY_INTERRUPTED, DedupeAndResume
 from beam_pipeline.object_reads import ReadSettings
 from beam_pipeline.outcomes import load_tuples, skipped_flags, split

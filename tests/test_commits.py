@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline.commit_writer import CommitRows
-from beam_pipeline.commits import (CommitBuffer, CommitError, RetryPolicy, commit_file_name, is_committed_name,
+from beam_pipeline.commits import (CommitBuffer, CommitError, commit_file_name, is_committed_name,
                                    parquet_bytes, run_id_of, with_retries, write_atomically)
+from beam_pipeline.retries import RetryPolicy
 from beam_pipeline.schemas import ERROR_SCHEMA
 
 RUN = "20261127T152958Z-abc123"
@@ -78,7 +79,7 @@ def test_retries_back_off_then_fail_loudly_with_the_reason():
             raise ConnectionError("503 Slow Down")
         return "ok"
 
-    policy = RetryPolicy(attempts=4, first_delay=0.5, max_delay=1.0)
+    policy = RetryPolicy(tries=4, base_delay=0.5, max_delay=1.0)
     assert with_retries(flaky, policy, "x", sleep=slept.append, on_retry=lambda n, e: retried.append(n)) == "ok"
     assert slept == [0.5, 1.0] and retried == [1, 2]
 
@@ -118,7 +119,7 @@ def test_writer_failure_raises_after_retries_and_commits_nothing(tmp_path: Path)
     blocked = tmp_path / "errors"
     blocked.write_text("a file where the output folder should be")
     writer = CommitRows(str(blocked), RUN, "errors-read", ERROR_SCHEMA, every=2, seconds=0,
-                        policy=RetryPolicy(attempts=2, first_delay=0.01))
+                        policy=RetryPolicy(tries=2, base_delay=0.01))
     writer.start_bundle()
     list(writer.process(_error("a.jpg")))
     with pytest.raises(CommitError, match="could not commit 2 errors-read rows .* after 2 attempts"):

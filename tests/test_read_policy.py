@@ -10,8 +10,8 @@ import time
 import pytest
 
 from beam_pipeline.read_ahead import ReadAhead
-from beam_pipeline.read_policy import (InFlightBudget, ReadFailed, RetryPolicy, call_with_retries,
-                                       classify_read_error)
+from beam_pipeline.read_policy import InFlightBudget, classify_read_error
+from beam_pipeline.retries import GaveUp, RetryPolicy, call_with_retries
 
 
 class FakeClientError(Exception):
@@ -66,7 +66,7 @@ def test_classification_looks_through_wrapping_exceptions():
 
 
 def test_backoff_grows_exponentially_with_full_jitter_and_is_capped():
-    policy = RetryPolicy(tries=10, base_delay=0.1, max_delay=1.0)
+    policy = RetryPolicy(tries=10, base_delay=0.1, max_delay=1.0, jitter=True)
     rng = random.Random(0)
     for failed, cap in [(1, 0.1), (2, 0.2), (3, 0.4), (4, 0.8), (5, 1.0), (9, 1.0)]:
         delays = [policy.delay(failed, rng) for _ in range(200)]
@@ -89,7 +89,8 @@ def _flaky(failures: list[BaseException], result: str = "ok"):
 def test_transient_failures_are_retried_until_success():
     sleeps: list[float] = []
     fn, calls = _flaky([FakeClientError(503, "SlowDown"), ConnectionResetError("reset")])
-    assert call_with_retries(fn, RetryPolicy(tries=3, base_delay=0.5), sleep=sleeps.append,
+    assert call_with_retries(fn, RetryPolicy(tries=3, base_delay=0.5, jitter=True), classify=classify_read_error,
+                             sleep=sleeps.append,
                              rng=random.Random(1)) == "ok"
     assert len(calls) == 3 and len(sleeps) == 2
     assert 0 <= sleeps[0] <= 0.5 and 0 <= sleeps[1] <= 1.0
@@ -98,8 +99,9 @@ def test_transient_failures_are_retried_until_success():
 def test_retries_are_bounded_then_the_last_error_type_is_reported():
     sleeps: list[float] = []
     fn, calls = _flaky([FakeClientError(503, "SlowDown")] * 10)
-    with pytest.raises(ReadFailed) as info:
-        call_with_retries(fn, RetryPolicy(tries=4, base_delay=0.01), sleep=sleeps.append)
+    with pytest.raises(GaveUp) as info:
+        call_with_retries(fn, RetryPolicy(tries=4, base_delay=0.01), classify=classify_read_error,
+                          sleep=sleeps.append)
     assert len(calls) == 4 and len(sleeps) == 3
     assert info.value.error_type == "Throttled" and info.value.tries == 4
     assert "SlowDown" in str(info.value)
@@ -110,8 +112,8 @@ def test_retries_are_bounded_then_the_last_error_type_is_reported():
 def test_permanent_failures_are_not_retried(exc, error_type):
     sleeps: list[float] = []
     fn, calls = _flaky([exc] * 5)
-    with pytest.raises(ReadFailed) as info:
-        call_with_retries(fn, RetryPolicy(tries=5), sleep=sleeps.append)
+    with pytest.raises(GaveUp) as info:
+        call_with_retries(fn, RetryPolicy(tries=5), classify=classify_read_error, sleep=sleeps.append)
     assert len(calls) == 1 and sleeps == [] and info.value.error_type == error_type
 
 
