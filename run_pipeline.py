@@ -31,6 +31,9 @@ def print_help() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_pipeline.options import CaptionOptions
     from beam_pipeline.pipeline import run
     from beam_pipeline.preflight import PreflightError
     from model.artifact import ArtifactError
@@ -45,6 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PreflightError, ArtifactError, EncoderError) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
+    options = PipelineOptions(argv).view_as(CaptionOptions)
+    if options.report:  # the report reads the committed output; the pipeline does not depend on it
+        from caption_report import write_report
+
+        summary["report"] = write_report(summary["output"], sample=options.report_sample)
     print(json.dumps(summary, indent=2))
     return 0
 

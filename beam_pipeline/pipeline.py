@@ -222,9 +222,5 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for path in (FileSystems.join(plan.output, "summary.json"), FileSystems.join(plan.output, "_runs", plan.run_id, "summary.json")):
         with FileSystems.create(path) as f:
             f.write(text)
-    if caption_options.report:
-        from caption_report import write_report
-
-        summary["report"] = write_report(plan.output, sample=caption_options.report_sample)
     return summary
 

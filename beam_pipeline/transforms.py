@@ -159,6 +159,15 @@ class CountProgress(beam.DoFn):
         self._progress.add(1)
 
 
+class _Clock:
+    """RunInference's clock as an object: its default, the ``time`` module, cannot be deep-copied
+    (our Dask runner copies each DoFn per bundle) or pickled by the standard pickler."""
+
+    @staticmethod
+    def time_ns() -> int:
+        return time.time_ns()
+
+
 class CaptionImages(beam.PTransform):
     """ImageRecords -> (caption rows, inference error rows, a singleton list of model loads).
 
@@ -174,7 +183,8 @@ class CaptionImages(beam.PTransform):
         self.progress_seconds, self.sentence_bleu = progress_seconds, sentence_bleu
 
     def expand(self, records: Any) -> tuple[Any, Any, Any]:
-        outcomes = records | "RunInference" >> RunInference(self.handler, model_identifier=self.model_identifier)
+        outcomes = records | "RunInference" >> RunInference(
+            self.handler, clock=_Clock(), model_identifier=self.model_identifier)
         rows, errors = split(outcomes, "Caption")
         rows = rows | "Progress" >> beam.ParDo(CountProgress(self.progress_seconds))
         if self.sentence_bleu:
@@ -195,9 +205,12 @@ class CommitOutputs(beam.PTransform):
         self.directory, self.run_id, self.schema = directory, run_id, schema
         self.every, self.seconds, self.policy, self.label_prefix = every, seconds, policy, label_prefix
 
-    def expand(self, sources: dict[str, Any]) -> Any:
+    def expand(self, sources: dict[str, Any]) -> dict[str, Any]:
+        # The writers' (empty) outputs, not PDone: a PDone in the graph makes Beam skip its
+        # runner-API round trip, which the Dask runner needs for side inputs.
+        out = {}
         for label, rows in sources.items():
             name = self.label_prefix + label
-            rows | f"Commit-{name}" >> beam.ParDo(CommitRows(
+            out[name] = rows | f"Commit-{name}" >> beam.ParDo(CommitRows(
                 self.directory, self.run_id, name, self.schema, self.every, self.seconds, self.policy))
-        return beam.pvalue.PDone(next(iter(sources.values())).pipeline) if sources else None
+        return out

@@ -39,7 +39,10 @@ def service(args: Sequence[str], log: Path) -> Iterator[subprocess.Popen]:
     worker processes it started), SIGKILL if it does not stop within 10 s."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
-        proc = subprocess.Popen(list(args), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        # Workers that a service starts run "python": make that this interpreter even when the
+        # venv is not activated (else they die at "import apache_beam" and the job waits forever).
+        env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+        proc = subprocess.Popen(list(args), stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         yield proc
     finally:

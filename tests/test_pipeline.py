@@ -3,6 +3,7 @@ with a small real model artifact, generated images and real Parquet output."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -224,11 +225,14 @@ def test_run_pipeline_cli_refuses_tampered_model(images, tmp_path, tiny_artifact
     assert not out.exists()  # refused before anything was read or written
 
 
-def test_report_flag_writes_the_gallery(images, tmp_path, tiny_artifact):
+def test_report_flag_writes_the_gallery(images, tmp_path, tiny_artifact, capsys):
+    import run_pipeline as cli
+
     out = tmp_path / "out"
-    summary = run_pipeline(["--input", f"{images}/img0[0-2].jpg", "--input", f"{images}/empty.jpg",
-                            "--output", str(out), "--model", tiny_artifact, "--report", "--report_sample", "2"])
-    assert summary["report"] == str(out / "report.html")
+    assert cli.main(["--input", f"{images}/img0[0-2].jpg", "--input", f"{images}/empty.jpg", "--output", str(out),
+                     "--model", tiny_artifact, "--report", "--report_sample", "2", "--progress_seconds", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{"):])["report"] == str(out / "report.html")
     page = (out / "report.html").read_text()
     assert "Showing 2 of 3 captions" in page and 'id="error-table"' in page and "EmptyFile" in page
     assert page.count('<article class="card"') == 2 and page.count('src="data:image/jpeg;base64,') == 2
