@@ -14,7 +14,7 @@ Memory stays bounded on big runs: only the needed columns are read (never the em
 rows stream through a bottom-k sample (the ``sample`` rows with the smallest seeded hash of their
 ``image_uri``, so the choice does not depend on file or batch order), and at most ``max_errors``
 error rows are kept. Thumbnail bytes are fetched a few at a time by threads and decoded one by one
-with :func:`model.image_decoding.decode_image` (same size/bomb/EXIF handling as the
+with :func:`model.image_loading.decode_image` (same size/bomb/EXIF handling as the
 pipeline).
 
 The pieces are pure functions, testable without a browser: :func:`load_summary`,
@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from model import storage
-from model.image_decoding import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image
+from model.image_loading import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, decode_image
 from beam_pipeline.schemas import CAPTION_FIELDS, ERROR_FIELDS
 
 log = logging.getLogger(__name__)
@@ -327,7 +327,7 @@ def thumbnail_from_bytes(data: bytes, px: int = DEFAULT_THUMBNAIL_PX, *,
                          max_bytes: int = DEFAULT_MAX_BYTES,
                          max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     """A ``data:image/jpeg;base64,...`` URI of ``data`` shrunk to fit ``px`` (upright, RGB).
-    Raises :class:`~model.image_decoding.ImageDecodeError` on bad bytes."""
+    Raises :class:`~model.image_loading.ImageDecodeError` on bad bytes."""
     if px <= 0:
         raise ValueError(f"thumbnail size must be positive, got {px}")
     size = _upright_size(data)

@@ -23,7 +23,7 @@ from beam_pipeline.records import (STAGE_DECODE, STAGE_MATCH, STAGE_READ, ImageR
 from beam_pipeline.object_reads import ObjectReader, ReadSettings
 from beam_pipeline.read_ahead import ReadAhead
 from beam_pipeline.read_policy import ReadFailed
-from model.image_decoding import ImageDecodeError, decode_image
+from model.image_loading import ImageDecodeError, decode_image
 from model.storage import read_table, read_text, sha256_hex
 
 log = logging.getLogger(__name__)

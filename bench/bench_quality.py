@@ -22,8 +22,8 @@ from bench.common import FLICKR8K, XCEPTION_WEIGHTS, machine, median_time, table
 def main(argv: list[str] | None = None) -> int:
     from model.artifact import read_artifact
     from model.captioner import build_decoders
-    from model.decoder import stepwise_decoder
-    from model.decoding import DecodeSettings
+    from model.lstm_decoder import make_step_model
+    from model.caption_search import DecodeSettings
     from training.evaluate import bleu_on, generate_captions
     from training.splits import add_data_arguments, load_split_features
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     timing = feats[: args.timing_images]
     for k in range(1, len(decoders) + 1):
-        step = stepwise_decoder(decoders[:k], "openvino", None, "none", contents.ensemble_combine)
+        step = make_step_model(decoders[:k], "openvino", None, "none", contents.ensemble_combine)
         for settings in searches:
             scores = bleu_on(step, contents.vocab, items, feats, settings, extended=True)
 

@@ -1,7 +1,7 @@
 """Caption model core: text cleaning, vocabulary, encoder, decoder, decoding and the model artifact.
 
-The pure-Python parts (``model.text``, ``model.vocabulary``, ``model.bleu``, ``model.decoding``)
-import without TensorFlow; ``model.encoder``, ``model.decoder`` and ``model.artifact`` need it.
+The pure-Python parts (``model.text``, ``model.vocabulary``, ``model.bleu``, ``model.caption_search``)
+import without TensorFlow; ``model.encoder``, ``model.lstm_decoder`` and ``model.artifact`` need it.
 """
 import os as _os
 

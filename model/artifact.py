@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model import storage
-from model.decoding import DecodeSettings
+from model.caption_search import DecodeSettings
 from model.vocabulary import Vocabulary, VocabularyError
 
 ARTIFACT_FORMAT = "image-caption-model/1"  # one decoder: what every reader since the first can load
@@ -216,7 +216,7 @@ def read_artifact(uri: str, *, expected_model_id: str | None = None,
     for key in ("encoder", "decoder"):
         if not isinstance(config.get(key), dict):
             raise ArtifactError(f"{CONFIG} of model artifact {uri} has no '{key}' section")
-    from model.decoder import DecoderConfig  # noqa: WPS433 - only here so read_artifact stays light
+    from model.lstm_decoder import DecoderConfig  # noqa: WPS433 - only here so read_artifact stays light
 
     try:
         decoder_config = DecoderConfig.from_dict(config["decoder"])
@@ -266,7 +266,7 @@ def _ensemble_members(uri: str, config: dict[str, Any], listed: dict[str, Any]) 
     missing = [n for n in names if n not in listed]
     if missing:
         raise ArtifactError(f"{MANIFEST} of model artifact {uri} does not list ensemble member(s) {missing}")
-    from model.decoder import ENSEMBLE_COMBINE  # noqa: WPS433
+    from model.lstm_decoder import ENSEMBLE_COMBINE  # noqa: WPS433
 
     if ensemble.get("combine", "mean_logprob") not in ENSEMBLE_COMBINE:
         raise ArtifactError(f"{CONFIG} of model artifact {uri}: unknown ensemble combine {ensemble.get('combine')!r}")

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from model.artifact import ArtifactContents, ArtifactError, read_artifact
-from model.decoder import DecoderConfig, MergeDecoder, StepwiseDecoder, stepwise_decoder
-from model.decoding import DecodeSettings, decode_batch, strip_end
+from model.lstm_decoder import DecoderConfig, MergeDecoder, KerasStepModel, make_step_model
+from model.caption_search import DecodeSettings, decode_batch, strip_end
 from model.encoder import ImageEncoder
 from model.vocabulary import Vocabulary
 
@@ -32,7 +32,7 @@ class CaptionModel:
         self.decoders = decoders
         # The decoder runs where the encoder runs: one runtime's thread pool per process.
         runtime = encoder.runtime if encoder is not None else "tensorflow"
-        self.step_decoder = stepwise_decoder(decoders, runtime, model_id, cache, combine)
+        self.step_model = make_step_model(decoders, runtime, model_id, cache, combine)
         self.vocab = vocab
         self.model_id = model_id
         self.config = config
@@ -56,7 +56,7 @@ class CaptionModel:
     def caption_features(self, features: np.ndarray, settings: DecodeSettings | None = None) -> list[CaptionResult]:
         """Decode captions for a batch of encoder feature vectors."""
         settings = settings or self.default_settings
-        hyps = decode_batch(self.step_decoder, np.asarray(features, np.float32), self.vocab.start_id,
+        hyps = decode_batch(self.step_model, np.asarray(features, np.float32), self.vocab.start_id,
                             self.vocab.end_id, settings, self.vocab.never_generated)
         results = []
         for hyp in hyps:
@@ -92,10 +92,10 @@ def build_decoder(contents: ArtifactContents) -> MergeDecoder:
     return build_decoders(contents)[0]
 
 
-def build_step_decoder(contents: ArtifactContents, runtime: str = "tensorflow",
-                       cache: str | None = None) -> StepwiseDecoder:
+def build_step_model(contents: ArtifactContents, runtime: str = "tensorflow",
+                     cache: str | None = None) -> KerasStepModel:
     """The artifact's step-wise decoder: its one decoder, or all members combined as it says."""
-    return stepwise_decoder(build_decoders(contents), runtime, contents.model_id, cache, contents.ensemble_combine)
+    return make_step_model(build_decoders(contents), runtime, contents.model_id, cache, contents.ensemble_combine)
 
 
 def check_encoder_ready(contents: ArtifactContents, precision: str, runtime: str) -> None:

@@ -19,8 +19,8 @@ def make_tiny_artifact(uri: str, *, seed: int = 0, image_size: int = 64, max_len
     import keras
 
     from model.artifact import save_artifact
-    from model.decoder import DecoderConfig, MergeDecoder
-    from model.decoding import DecodeSettings
+    from model.lstm_decoder import DecoderConfig, MergeDecoder
+    from model.caption_search import DecodeSettings
     from model.encoder import ImageEncoder
     from model.vocabulary import Vocabulary
 

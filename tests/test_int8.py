@@ -85,7 +85,7 @@ def test_gate_refuses_and_writes_nothing(tiny_artifact, photo_tables, tmp_path):
 def test_int8_artifact_records_calibration_and_runs(int8_artifact, tiny_artifact, photo_tables):
     from model.artifact import INT8_ENCODER_BIN, INT8_ENCODER_XML, read_artifact
     from model.captioner import load_caption_model
-    from model.image_decoding import decode_image
+    from model.image_loading import decode_image
 
     contents = read_artifact(int8_artifact)
     block = contents.config["encoder"]["int8"]

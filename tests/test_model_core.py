@@ -14,8 +14,8 @@ keras = pytest.importorskip("keras")
 from model.artifact import (ArtifactError, CONFIG, DECODER_WEIGHTS, MANIFEST, VOCAB, compute_model_id,
                             read_artifact)
 from model.captioner import load_caption_model
-from model.decoder import DecoderConfig, MergeDecoder, build_prefix_model, copy_weights
-from model.decoding import DecodeSettings, beam_search, greedy_decode
+from model.lstm_decoder import DecoderConfig, MergeDecoder, build_prefix_model, copy_weights
+from model.caption_search import DecodeSettings, beam_search, greedy_decode
 from model.encoder import EncoderError, ImageEncoder, choose_runtime
 from model import storage
 
@@ -57,7 +57,7 @@ def test_per_prefix_and_whole_caption_formulations_agree():
     captions[:, 0] = 1
     captions[2, 5:] = 0  # a shorter caption, padded
     whole = dec.training_model([feats, captions], training=False).numpy()
-    step = dec.stepwise()
+    step = dec.step_model()
     state = step.initial_state(feats)
     for t in range(5):
         prefix = np.zeros((4, CFG.max_length), np.int32)  # pre-padded, as the tutorials do
@@ -70,7 +70,7 @@ def test_per_prefix_and_whole_caption_formulations_agree():
 
 def test_greedy_equals_beam_one_on_real_decoder():
     keras.utils.set_random_seed(2)
-    step = MergeDecoder(CFG).stepwise()
+    step = MergeDecoder(CFG).step_model()
     feats = np.random.default_rng(1).normal(size=(6, 24)).astype(np.float32) * 3
     g = greedy_decode(step, feats, 1, 2, CFG.max_length)
     b = beam_search(step, feats, 1, 2, CFG.max_length, beam_width=1)

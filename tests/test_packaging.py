@@ -17,7 +17,7 @@ def test_sdist_contains_packages_and_default_model(tmp_path):
     (archive,) = tmp_path.glob("*.tar.gz")
     with tarfile.open(archive) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    for module in ("run_pipeline.py", "setup.py", "model/decoder.py", "model/decoding.py", "model/artifact.py",
+    for module in ("run_pipeline.py", "setup.py", "model/lstm_decoder.py", "model/caption_search.py", "model/artifact.py",
                    "training/train.py", "beam_pipeline/pipeline.py", "beam_pipeline/inference.py",
                    "models/__init__.py"):
         assert module in names, module

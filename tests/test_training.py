@@ -32,8 +32,8 @@ from PIL import Image, ImageDraw  # noqa: E402
 from model.artifact import read_artifact  # noqa: E402
 from model.bleu import bleu_tokens, corpus_bleu_scores  # noqa: E402
 from model.captioner import build_decoder, load_caption_model  # noqa: E402
-from model.decoding import DecodeSettings  # noqa: E402
-from model.image_decoding import decode_image  # noqa: E402
+from model.caption_search import DecodeSettings  # noqa: E402
+from model.image_loading import decode_image  # noqa: E402
 from model.vocabulary import Vocabulary  # noqa: E402
 from training import datasets, embeddings, features, train as training_train  # noqa: E402
 from training import evaluate as training_evaluate  # noqa: E402
@@ -303,7 +303,7 @@ def test_our_bleu_equals_nltk_corpus_bleu_on_generated_captions(which: str, shap
                                                                 request: pytest.FixtureRequest):
     run: Run = request.getfixturevalue(which)
     contents = read_artifact(str(run.model))
-    step = build_decoder(contents).stepwise()
+    step = build_decoder(contents).step_model()
     enc = contents.config["encoder"]
     items, feats = dev_features(run, shapes, enc["name"], contents.encoder_weights, enc["image_size"][0])
     refs = [[bleu_tokens(c) for c in item.captions] for item in items]
@@ -372,7 +372,7 @@ class CountingEncoder:
 
 def test_interrupted_extraction_resumes_with_the_remaining_images(shapes: Shapes, tmp_path: Path):
     items = fake_items(shapes)
-    key = features.cache_key("fake", (32, 32), "none")
+    key = features.feature_cache_key("fake", (32, 32), "none")
     first = CountingEncoder(fail_on_call=4)
     with pytest.raises(KeyboardInterrupt):
         features.extract_features(items, first, (32, 32), features.FeatureCache(str(tmp_path), key),
@@ -401,7 +401,7 @@ def test_interrupted_extraction_resumes_with_the_remaining_images(shapes: Shapes
 def test_a_write_cut_short_never_corrupts_the_cache(shapes: Shapes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A process killed while writing a part leaves a partial file; loading must ignore it."""
     items = fake_items(shapes)[:25]
-    key = features.cache_key("fake", (32, 32), "none")
+    key = features.feature_cache_key("fake", (32, 32), "none")
     real_savez = np.savez
     writes = []
 
@@ -429,10 +429,11 @@ def test_a_write_cut_short_never_corrupts_the_cache(shapes: Shapes, tmp_path: Pa
 
 
 def test_feature_cache_key_separates_encoders():
-    a = features.cache_key("xception", (299, 299), "abc")
-    assert a == features.cache_key("xception", (299, 299), "abc")
-    assert len({a, features.cache_key("xception", (96, 96), "abc"), features.cache_key("xception", (299, 299), "abd"),
-                features.cache_key("resnet50", (299, 299), "abc")}) == 4
+    a = features.feature_cache_key("xception", (299, 299), "abc")
+    assert a == features.feature_cache_key("xception", (299, 299), "abc")
+    assert len({a, features.feature_cache_key("xception", (96, 96), "abc"),
+                features.feature_cache_key("xception", (299, 299), "abd"),
+                features.feature_cache_key("resnet50", (299, 299), "abc")}) == 4
 
 
 # --------------------------------------------------------------------------- datasets
@@ -603,4 +604,4 @@ def test_ensemble_training_tunes_decoding_and_reuses_finished_members(shapes: Sh
         pytest.approx({k: best[k] for k in ("bleu1", "bleu4", "cider_d", "rouge_l")}, rel=1e-9)
     assert one["format"] == "image-caption-model/1" and two["format"] == "image-caption-model/2"
     model = load_caption_model(str(tmp_path / "two"))
-    assert model.step_decoder.members == 2
+    assert model.step_model.members == 2

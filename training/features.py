@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Sequence
 import fsspec
 import numpy as np
 
-from model.image_decoding import ImageDecodeError, decode_image
+from model.image_loading import ImageDecodeError, decode_image
 from training.datasets import CaptionedImage
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ class ExtractionReport:
                 "undecodable_examples": dict(sorted(self.undecodable.items())[:10])}
 
 
-def cache_key(encoder_name: str, image_size: Sequence[int], weights_fingerprint: str) -> str:
+def feature_cache_key(encoder_name: str, image_size: Sequence[int], weights_fingerprint: str) -> str:
+    """The folder name of one encoder configuration's features in the feature cache."""
     raw = f"{encoder_name}|{image_size[0]}x{image_size[1]}|{weights_fingerprint}"
     return f"{encoder_name}-{image_size[0]}x{image_size[1]}-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
 

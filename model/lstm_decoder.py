@@ -1,4 +1,6 @@
-"""The merge CNN-LSTM caption decoder, in its training, per-prefix and step-wise forms.
+"""The merge CNN-LSTM caption decoder network, in its training, per-prefix and step-wise forms.
+
+(The caption *search* over the step-wise form is ``model.caption_search``.)
 
 One set of Keras layers serves three graphs:
 
@@ -6,8 +8,8 @@ One set of Keras layers serves three graphs:
   image branch is added at every step), so one caption is one training example;
 * ``build_prefix_model``: the classic tutorials' formulation (one example per prefix, the LSTM
   returns its last output) used to prove equivalence and as the benchmark baseline;
-* ``StepwiseDecoder``: inference one word at a time carrying the LSTM state (im2txt style), so a
-  caption of L words costs L LSTM steps; ``OpenVinoStepDecoder`` runs the same two traced
+* ``KerasStepModel``: inference one word at a time carrying the LSTM state (im2txt style), so a
+  caption of L words costs L LSTM steps; ``OpenVinoStepModel`` runs the same two traced
   graphs with OpenVINO (used with the OpenVINO encoder: half the per-step cost, and one thread
   pool in the process instead of two competing ones).
 """
@@ -109,24 +111,24 @@ class MergeDecoder:
         if skipped:
             raise ValueError(f"weights file does not cover every decoder layer: {skipped[0]}")
 
-    def stepwise(self, runtime: str = "tensorflow", cache_identity: str | None = None,
-                 cache: str | None = None) -> "StepwiseDecoder":
+    def step_model(self, runtime: str = "tensorflow", cache_identity: str | None = None,
+                   cache: str | None = None) -> "KerasStepModel":
         """The step-wise inference graph run by TensorFlow or OpenVINO (``runtime``); an OpenVINO
         graph is cached under ``cache_identity`` (the artifact's model_id) when given."""
-        return stepwise_decoder([self], runtime, cache_identity, cache)
+        return make_step_model([self], runtime, cache_identity, cache)
 
 
 ENSEMBLE_COMBINE = ("mean_logprob", "mean_prob")
 
 
-def stepwise_decoder(members: Sequence[MergeDecoder], runtime: str = "tensorflow", cache_identity: str | None = None,
-                     cache: str | None = None, combine: str = "mean_logprob") -> "StepwiseDecoder":
-    """One step-wise graph over one decoder or an ensemble of decoders (see ``StepwiseDecoder``)."""
+def make_step_model(members: Sequence[MergeDecoder], runtime: str = "tensorflow", cache_identity: str | None = None,
+                    cache: str | None = None, combine: str = "mean_logprob") -> "KerasStepModel":
+    """One step-wise graph over one decoder or an ensemble of decoders (see ``KerasStepModel``)."""
     if runtime == "openvino":
-        return OpenVinoStepDecoder(members, cache_identity, cache, combine)
+        return OpenVinoStepModel(members, cache_identity, cache, combine)
     if runtime != "tensorflow":
         raise ValueError(f"decoder runtime must be tensorflow or openvino, not {runtime!r}")
-    return StepwiseDecoder(members, combine)
+    return KerasStepModel(members, combine)
 
 
 def build_prefix_model(config: DecoderConfig) -> keras.Model:
@@ -157,8 +159,9 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
             layer.set_weights(src[layer.name].get_weights())
 
 
-class StepwiseDecoder:
-    """Inference graph: image embedding once, then one LSTM step per word (``StepDecoder``).
+class KerasStepModel:
+    """Inference graph run by TensorFlow: image embedding once, then one LSTM step per word; it
+    implements ``model.caption_search.StepModel`` (``OpenVinoStepModel`` runs the same graphs on OpenVINO).
 
     With several decoders (an ensemble of the same sizes, trained with different seeds) every
     member runs inside the same graph: the state holds the members' LSTM states side by side
@@ -221,8 +224,8 @@ class StepwiseDecoder:
         return logp.numpy(), (h2.numpy(), c2.numpy(), image)
 
 
-class OpenVinoStepDecoder(StepwiseDecoder):
-    """``StepwiseDecoder``'s traced graphs converted to OpenVINO (same weights, same maths)."""
+class OpenVinoStepModel(KerasStepModel):
+    """``KerasStepModel``'s traced graphs converted to OpenVINO (same weights, same maths)."""
 
     def __init__(self, members: MergeDecoder | Sequence[MergeDecoder], cache_identity: str | None,
                  cache: str | None = None, combine: str = "mean_logprob") -> None:
@@ -231,7 +234,7 @@ class OpenVinoStepDecoder(StepwiseDecoder):
         super().__init__(members, combine)
         folder = ovr.cache_dir(cache)
         key = (lambda graph: None) if cache_identity is None else \
-            (lambda graph: ovr.cache_key(graph=graph, model_id=cache_identity, combine=combine))
+            (lambda graph: ovr.compiled_graph_key(graph=graph, model_id=cache_identity, combine=combine))
         self._run = ovr.ThreadLocalRequests([
             ovr.compile_traced(self._image.get_concrete_function, "float32", key("decoder-image"), folder),
             ovr.compile_traced(self._step.get_concrete_function, "float32", key("decoder-step"), folder)])
