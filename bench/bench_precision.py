@@ -100,7 +100,7 @@ def pipeline_section(args, paths: list[Path], work: Path) -> None:
 def gate_section(args) -> None:
     from model.artifact import read_artifact
 
-    gate = (read_artifact(args.model).config["encoder"].get("int8") or {}).get("quality_gate")
+    gate = (read_artifact(args.model).config.encoder.int8 or {}).get("quality_gate")
     if not gate:
         print("(the artifact records no INT8 quality gate)\n")
         return

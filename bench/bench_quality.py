@@ -39,15 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     weights = args.encoder_weights or str(XCEPTION_WEIGHTS)
 
     contents = read_artifact(args.model, encoder_weights=weights)
-    enc = contents.config["encoder"]
-    items, feats, _ = load_split_features(args, "dev", enc["name"], contents.encoder_weights, tuple(enc["image_size"]))
+    enc = contents.config.encoder
+    items, feats, _ = load_split_features(args, "dev", enc.name, contents.encoder_weights, enc.image_size)
     decoders = build_decoders(contents)
     shipped = contents.decode_settings()
     max_len = shipped.max_length
     searches = [DecodeSettings("greedy", max_length=max_len), DecodeSettings("beam", 3, 0.7, max_len)]
     if shipped not in searches:
         searches.append(shipped)
-    members = contents.config.get("training", {}).get("members") or [{}]
+    members = contents.config.training.get("members") or [{}]
     print(f"machine: {machine()}; model {contents.model_id}; dev images {len(items)}\n")
 
     rows = []

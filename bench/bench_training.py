@@ -171,7 +171,7 @@ class Data:
         self.prefixes = int((self.captions[:, 1:] > 0).sum())  # one per predicted token (words + <end>)
 
     def decoder_config(self, args: argparse.Namespace):
-        from model.lstm_decoder import DecoderConfig
+        from model.artifact_config import DecoderConfig
 
         return DecoderConfig(vocab_size=len(self.vocab), max_length=self.max_length,
                              feature_dim=self.features.shape[1], embedding_dim=args.embedding_dim,

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 
 from model.artifact import ArtifactContents, ArtifactError, read_artifact
-from model.lstm_decoder import DecoderConfig, MergeDecoder, KerasStepModel, make_step_model
+from model.artifact_config import ArtifactConfig
 from model.caption_search import DecodeSettings, decode_batch, strip_end
+from model.lstm_decoder import KerasStepModel, MergeDecoder, make_step_model
 from model.encoder import ImageEncoder
 from model.vocabulary import Vocabulary
 
@@ -26,7 +25,7 @@ class CaptionModel:
     """A ready-to-run captioner; build it with ``load_caption_model``."""
 
     def __init__(self, encoder: ImageEncoder | None, decoders: list[MergeDecoder], vocab: Vocabulary,
-                 model_id: str, config: dict[str, Any], default_settings: DecodeSettings,
+                 model_id: str, config: ArtifactConfig, default_settings: DecodeSettings,
                  cache: str | None = None, combine: str = "mean_logprob") -> None:
         self.encoder = encoder
         self.decoders = decoders
@@ -40,12 +39,11 @@ class CaptionModel:
 
     @property
     def image_size(self) -> tuple[int, int]:
-        h, w = self.config["encoder"]["image_size"]
-        return int(h), int(w)
+        return self.config.encoder.image_size
 
     @property
     def encoder_name(self) -> str:
-        return str(self.config["encoder"]["name"])
+        return self.config.encoder.name
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """Features of a batch of uint8 RGB images at ``image_size``."""
@@ -74,7 +72,7 @@ def build_decoders(contents: ArtifactContents) -> list[MergeDecoder]:
     """The decoder(s) of a verified artifact with their weights loaded (one per ensemble member)."""
     import os
 
-    config = DecoderConfig.from_dict(contents.config["decoder"])
+    config = contents.config.decoder
     decoders = []
     for path in contents.decoder_weights_paths:
         decoder = MergeDecoder(config)
@@ -109,7 +107,7 @@ def check_encoder_ready(contents: ArtifactContents, precision: str, runtime: str
             raise ArtifactError(f"model artifact {contents.uri} has no INT8 encoder (--precision int8); build one "
                                 f"with: python -m training.quantize --model {contents.uri} ...")
         return
-    check_weights_available(contents.config["encoder"]["name"], contents.encoder_weights)
+    check_weights_available(contents.config.encoder.name, contents.encoder_weights)
 
 
 def load_caption_model(uri: str, *, encoder_weights: str | None = None, expected_model_id: str | None = None,
@@ -120,16 +118,16 @@ def load_caption_model(uri: str, *, encoder_weights: str | None = None, expected
     contents = read_artifact(uri, expected_model_id=expected_model_id, encoder_weights=encoder_weights)
     decoders = build_decoders(contents)
     decoder = decoders[0]
-    if decoder.config.feature_dim != int(contents.config["encoder"].get("feature_dim", decoder.config.feature_dim)):
+    encoder_config = contents.config.encoder
+    if encoder_config.feature_dim is not None and decoder.config.feature_dim != encoder_config.feature_dim:
         raise ArtifactError(f"config.json of model artifact {uri}: encoder feature_dim does not match the decoder")
     encoder = None
     if with_encoder:
-        enc = contents.config["encoder"]
-        encoder = ImageEncoder(enc["name"], contents.encoder_weights, tuple(enc["image_size"]), precision=precision,
-                               runtime=runtime, cache=cache,
+        encoder = ImageEncoder(encoder_config.name, contents.encoder_weights, encoder_config.image_size,
+                               precision=precision, runtime=runtime, cache=cache,
                                int8_ir=contents.int8_encoder if precision == "int8" else None)
         if encoder.feature_dim != decoder.config.feature_dim:
-            raise ArtifactError(f"encoder {enc['name']} gives {encoder.feature_dim}-d features but the decoder "
-                                f"of model artifact {uri} expects {decoder.config.feature_dim}")
+            raise ArtifactError(f"encoder {encoder_config.name} gives {encoder.feature_dim}-d features but the "
+                                f"decoder of model artifact {uri} expects {decoder.config.feature_dim}")
     return CaptionModel(encoder, decoders, contents.vocab, contents.model_id, contents.config,
                         contents.decode_settings(), cache, contents.ensemble_combine)

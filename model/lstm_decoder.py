@@ -16,7 +16,6 @@ One set of Keras layers serves three graphs:
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,38 +23,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-
-@dataclass(frozen=True)
-class DecoderConfig:
-    """Sizes of the merge decoder; stored in the artifact's config.json."""
-
-    vocab_size: int
-    max_length: int  # max caption tokens including <start> and <end>
-    feature_dim: int = 2048
-    embedding_dim: int = 256
-    units: int = 256
-    image_dense: tuple[int, ...] = (256,)  # image branch Dense sizes; the last must equal units
-    dropout: float = 0.5
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "image_dense", tuple(int(u) for u in self.image_dense))
-        if not self.image_dense or self.image_dense[-1] != self.units:
-            raise ValueError(f"image_dense must end with units={self.units}, got {self.image_dense}")
-        if self.vocab_size < 5:
-            raise ValueError(f"vocab_size {self.vocab_size} is too small")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["image_dense"] = list(self.image_dense)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DecoderConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown decoder config keys: {sorted(unknown)}")
-        return cls(**d)
+from model.artifact_config import ENSEMBLE_COMBINE, DecoderConfig
 
 
 class MergeDecoder:
@@ -116,9 +84,6 @@ class MergeDecoder:
         """The step-wise inference graph run by TensorFlow or OpenVINO (``runtime``); an OpenVINO
         graph is cached under ``cache_identity`` (the artifact's model_id) when given."""
         return make_step_model([self], runtime, cache_identity, cache)
-
-
-ENSEMBLE_COMBINE = ("mean_logprob", "mean_prob")
 
 
 def make_step_model(members: Sequence[MergeDecoder], runtime: str = "tensorflow", cache_identity: str | None = None,

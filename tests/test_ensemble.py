@@ -15,8 +15,9 @@ keras = pytest.importorskip("keras")
 from model.artifact import (ARTIFACT_FORMAT, ENSEMBLE_FORMAT, MANIFEST, ArtifactError, read_artifact,  # noqa: E402
                             save_artifact)
 from model.captioner import build_decoders, load_caption_model  # noqa: E402
-from model.lstm_decoder import DecoderConfig, MergeDecoder, make_step_model  # noqa: E402
+from model.artifact_config import DecoderConfig, EncoderConfig  # noqa: E402
 from model.caption_search import DecodeSettings, decode_batch  # noqa: E402
+from model.lstm_decoder import MergeDecoder, make_step_model  # noqa: E402
 from model.vocabulary import Vocabulary  # noqa: E402
 
 CFG = DecoderConfig(vocab_size=30, max_length=8, feature_dim=12, embedding_dim=8, units=16, image_dense=(16,),
@@ -81,7 +82,7 @@ def save(uri: str, ds: list[MergeDecoder], combine: str = "mean_logprob") -> str
     cfg_vocab = Vocabulary.build([" ".join(words)], min_count=1)
     assert len(cfg_vocab) == CFG.vocab_size
     return save_artifact(uri, decoder=ds if len(ds) > 1 else ds[0], vocab=cfg_vocab,
-                         encoder={"name": "mobilenet_v3_small", "weights": "none", "image_size": [32, 32]},
+                         encoder=EncoderConfig("mobilenet_v3_small", (32, 32), "none"),
                          decoding=DecodeSettings("beam", 2, 0.5, CFG.max_length), combine=combine)
 
 

@@ -1,6 +1,7 @@
 """Decoder formulations, encoder, and the verified model artifact (real Keras, small sizes)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import shutil
@@ -14,8 +15,9 @@ keras = pytest.importorskip("keras")
 from model.artifact import (ArtifactError, CONFIG, DECODER_WEIGHTS, MANIFEST, VOCAB, compute_model_id,
                             read_artifact)
 from model.captioner import load_caption_model
-from model.lstm_decoder import DecoderConfig, MergeDecoder, build_prefix_model, copy_weights
+from model.artifact_config import DecoderConfig
 from model.caption_search import DecodeSettings, beam_search, greedy_decode
+from model.lstm_decoder import MergeDecoder, build_prefix_model, copy_weights
 from model.encoder import EncoderError, ImageEncoder, choose_runtime
 from model import storage
 
@@ -266,3 +268,23 @@ def test_lambda_layer_model_in_place_of_weights_is_refused(damaged, tmp_path):
     with pytest.raises(ArtifactError, match="does not fit"):
         load_caption_model(str(damaged))
     assert not marker.exists()
+
+
+def test_shipped_config_parses_into_dataclasses_and_back_unchanged():
+    """config.json is parsed once (model.artifact_config); its blocks write back as they were."""
+    from model.artifact_config import ArtifactConfig, EncoderConfig
+
+    raw = json.loads((Path(__file__).parent.parent / "models" / "flickr8k-xception" / "config.json").read_text())
+    config = ArtifactConfig.from_dict(raw)
+    assert config.encoder.to_dict() == raw["encoder"]
+    assert config.decoder.to_dict() == raw["decoder"]
+    assert config.encoder.image_size == (299, 299) and config.encoder.name == "xception"
+    assert config.decoding.describe() == "beam(k=4,alpha=0.5,max_len=24)"
+    assert config.decode_settings(method="greedy", beam_width=None).describe() == "greedy(max_len=24)"
+    assert EncoderConfig.from_dict(config.encoder.to_dict()) == config.encoder
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.encoder.name = "resnet50"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="invalid encoder section"):
+        ArtifactConfig.from_dict({**raw, "encoder": {"name": "xception"}})
+    with pytest.raises(ValueError, match="invalid decoding section"):
+        ArtifactConfig.from_dict({**raw, "decoding": {"method": "sample"}})

@@ -32,6 +32,6 @@ def test_default_model_is_the_shipped_artifact():
     from model.artifact import read_artifact
 
     contents = read_artifact(default_model_uri())
-    assert contents.config["encoder"]["name"] == "xception"
-    assert contents.config["encoder"]["weights"] == "imagenet"  # weights are not shipped, only named
+    assert contents.config.encoder.name == "xception"
+    assert contents.config.encoder.weights == "imagenet"  # weights are not shipped, only named
     assert not (Path(default_model_uri()) / "encoder.weights.h5").exists()

@@ -196,8 +196,8 @@ def dev_features(run: Run, shapes: Shapes, encoder: str, weights: str, size: int
 
 def test_training_writes_a_loadable_artifact_with_curves_and_history(random_run: Run, shapes: Shapes):
     contents = read_artifact(str(random_run.model))
-    assert contents.config["encoder"]["name"] == "mobilenet_v3_small"
-    assert contents.config["encoder"]["image_size"] == [64, 64]
+    assert contents.config.encoder.name == "mobilenet_v3_small"
+    assert contents.config.encoder.image_size == (64, 64)
     png = (random_run.model / "training_curves.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert Image.open(io.BytesIO(png)).format == "PNG"
@@ -304,8 +304,8 @@ def test_our_bleu_equals_nltk_corpus_bleu_on_generated_captions(which: str, shap
     run: Run = request.getfixturevalue(which)
     contents = read_artifact(str(run.model))
     step = build_decoder(contents).step_model()
-    enc = contents.config["encoder"]
-    items, feats = dev_features(run, shapes, enc["name"], contents.encoder_weights, enc["image_size"][0])
+    enc = contents.config.encoder
+    items, feats = dev_features(run, shapes, enc.name, contents.encoder_weights, enc.image_size[0])
     refs = [[bleu_tokens(c) for c in item.captions] for item in items]
     for settings in (contents.decode_settings(method="greedy"), contents.decode_settings(method="beam")):
         hyps = training_train_generate(step, contents.vocab, feats, settings)

@@ -93,12 +93,12 @@ def compare_int8(args: argparse.Namespace, contents: Any, ir: tuple[bytes, bytes
     from training.evaluate import generate_captions
     from training.splits import load_split_features
 
-    enc = contents.config["encoder"]
-    size = (int(enc["image_size"][0]), int(enc["image_size"][1]))
-    items, feats32, report = load_split_features(args, split, enc["name"], contents.encoder_weights, size)
+    enc = contents.config.encoder
+    size = enc.image_size
+    items, feats32, report = load_split_features(args, split, enc.name, contents.encoder_weights, size)
     if limit:
         items, feats32 = items[:limit], feats32[:limit]
-    by_id = int8_split_features(args, items, enc["name"], size, ir)
+    by_id = int8_split_features(args, items, enc.name, size, ir)
     keep = [i for i, it in enumerate(items) if it.image_id in by_id]
     items = [items[i] for i in keep]
     feats32 = feats32[keep]

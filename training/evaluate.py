@@ -93,9 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from model.captioner import build_step_model
 
     contents = read_artifact(args.model, encoder_weights=args.encoder_weights)
-    enc = contents.config["encoder"]
-    items, feats, report = load_split_features(args, args.split, enc["name"], contents.encoder_weights,
-                                               tuple(enc["image_size"]))
+    enc = contents.config.encoder
+    items, feats, report = load_split_features(args, args.split, enc.name, contents.encoder_weights, enc.image_size)
     if args.limit:
         items, feats = items[: args.limit], feats[: args.limit]
     step = build_step_model(contents)

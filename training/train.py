@@ -137,8 +137,9 @@ def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     import keras
 
     from model.artifact import save_artifact
-    from model.lstm_decoder import DecoderConfig, MergeDecoder, make_step_model
+    from model.artifact_config import DecoderConfig, EncoderConfig
     from model.caption_search import DecodeSettings
+    from model.lstm_decoder import MergeDecoder, make_step_model
     from model.encoder import get_backbone
     from training.embeddings import embedding_matrix, load_text_vectors, train_word2vec
     from training.evaluate import bleu_on, tune_decoding
@@ -244,8 +245,7 @@ def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
         with open(png, "rb") as f:
             curves = f.read()
     model_id = save_artifact(args.output, decoder=members, vocab=vocab,
-                             encoder={"name": args.encoder, "weights": args.artifact_encoder_weights,
-                                      "image_size": list(image_size)},
+                             encoder=EncoderConfig(args.encoder, image_size, args.artifact_encoder_weights),
                              decoding=beam, training=summary, extra_files={"training_curves.png": curves},
                              combine=args.ensemble_combine)
     summary["model_id"] = model_id
