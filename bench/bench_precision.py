@@ -43,7 +43,7 @@ PRECISIONS = ("float32", "bfloat16", "int8")
 def encoder_section(args, paths: list[Path]) -> None:
     from model.bleu import bleu_tokens, corpus_bleu_scores
     from model.captioner import load_caption_model
-    from training.datasets import parse_token_file
+    from model.flickr8k import parse_token_file
 
     models = {p: load_caption_model(args.model, encoder_weights=args.encoder_weights, precision=p,
                                     runtime="openvino", cache=str(args.model_cache_dir)) for p in PRECISIONS}

@@ -243,7 +243,7 @@ def main() -> int:
         from model.bleu import bleu_tokens, corpus_bleu_scores
         from model.captioner import load_caption_model
         from model.encoder import ImageEncoder
-        from training.datasets import parse_token_file
+        from model.flickr8k import parse_token_file
 
         n = min(args.bf16_images, len(pixels))
         px = pixels[:n]

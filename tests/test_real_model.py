@@ -19,7 +19,7 @@ def _mentions_dog(text: str) -> bool:
 
 
 def test_shipped_model_captions_name_what_is_in_the_pictures(tmp_path, xception_weights, flickr8k):
-    from training.datasets import parse_token_file
+    from model.flickr8k import parse_token_file
 
     refs = parse_token_file((flickr8k / "Flickr8k.token.txt").read_text())
     dev = [n for n in (flickr8k / "Flickr_8k.devImages.txt").read_text().split() if (flickr8k / "images" / n).exists()]

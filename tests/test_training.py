@@ -29,6 +29,7 @@ keras = pytest.importorskip("keras")
 from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from model import flickr8k  # noqa: E402
 from model.artifact import read_artifact  # noqa: E402
 from model.bleu import bleu_tokens, corpus_bleu_scores  # noqa: E402
 from model.captioner import build_decoder, load_caption_model  # noqa: E402
@@ -102,12 +103,12 @@ def make_shapes(root: Path, seed: int = 0) -> Shapes:
     captions[CORRUPT] = captions_for("red", "circle", "large")
     captions[MISSING] = captions_for("blue", "square", "small")
     splits["train"][5:5] = [CORRUPT, MISSING]
-    with open(root / datasets.TOKEN_FILE, "w") as f:
+    with open(root / flickr8k.TOKEN_FILE, "w") as f:
         for name, caps in captions.items():
             for j, caption in enumerate(caps):
                 f.write(f"{name}#{j}\t{caption}\n")
     for split, names in splits.items():
-        (root / datasets.SPLIT_FILES[split]).write_text("\n".join(names) + "\n")
+        (root / flickr8k.SPLIT_FILES[split]).write_text("\n".join(names) + "\n")
     tables = root / "tables"
     tables.mkdir()
     train_table = tables / "train.csv"
@@ -441,12 +442,12 @@ def test_feature_cache_key_separates_encoders():
 
 def test_parse_token_file():
     text = "a.jpg#0\tA dog runs .\n\na.jpg#1\ta dog\twith a tab\nb#c.jpg#0\tsomething\n"
-    parsed = datasets.parse_token_file(text)
+    parsed = flickr8k.parse_token_file(text)
     assert list(parsed) == ["a.jpg", "b#c.jpg"]
     assert parsed["a.jpg"] == ["A dog runs .", "a dog\twith a tab"]
     with pytest.raises(ValueError, match="line 2 has no tab"):
-        datasets.parse_token_file("a.jpg#0\tok\nb.jpg#0 no tab here\n")
-    assert datasets.parse_split_file(" a.jpg \n\nb.jpg\n") == ["a.jpg", "b.jpg"]
+        flickr8k.parse_token_file("a.jpg#0\tok\nb.jpg#0 no tab here\n")
+    assert flickr8k.parse_split_file(" a.jpg \n\nb.jpg\n") == ["a.jpg", "b.jpg"]
 
 
 def test_read_flickr8k_splits(shapes: Shapes, tmp_path: Path):
@@ -460,8 +461,8 @@ def test_read_flickr8k_splits(shapes: Shapes, tmp_path: Path):
 
     root = tmp_path / "broken"
     root.mkdir()
-    (root / datasets.TOKEN_FILE).write_text("a.jpg#0\ta dog\n")
-    (root / datasets.SPLIT_FILES["train"]).write_text("a.jpg\nb.jpg\n")
+    (root / flickr8k.TOKEN_FILE).write_text("a.jpg#0\ta dog\n")
+    (root / flickr8k.SPLIT_FILES["train"]).write_text("a.jpg\nb.jpg\n")
     with pytest.raises(ValueError, match="b.jpg is listed in the train split but has no captions"):
         datasets.read_flickr8k(str(root), "train")
 
