@@ -12,6 +12,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from model.vocabulary import Vocabulary
+
 State = tuple[np.ndarray, ...]
 
 
@@ -205,3 +207,26 @@ def strip_end(token_ids: Sequence[int], end_id: int) -> list[int]:
             break
         out.append(int(t))
     return out
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    """One caption: text, its words, and the mean token log-probability as a confidence."""
+
+    caption: str
+    tokens: tuple[str, ...]
+    score: float
+
+
+def caption_features(step_model: StepModel, vocab: Vocabulary, features: np.ndarray,
+                     settings: DecodeSettings) -> list[CaptionResult]:
+    """Captions of a batch of encoder feature vectors: the one features -> captions path of the
+    project (``model.captioner.CaptionModel`` for the pipeline, ``training.evaluate`` for scores).
+    Padding, <start> and <unk> are never generated."""
+    hyps = decode_batch(step_model, np.asarray(features, np.float32), vocab.start_id, vocab.end_id, settings,
+                        vocab.never_generated)
+    results = []
+    for hyp in hyps:
+        words = tuple(vocab.decode(strip_end(hyp.token_ids, vocab.end_id)))
+        results.append(CaptionResult(" ".join(words), words, float(hyp.score)))
+    return results

@@ -1,24 +1,14 @@
 """CaptionModel: encoder + decoder + vocabulary, loaded from an artifact, captioning batches."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 import numpy as np
 
 from model.artifact import ArtifactContents, ArtifactError, read_artifact
 from model.artifact_config import ArtifactConfig
-from model.caption_search import DecodeSettings, decode_batch, strip_end
-from model.lstm_decoder import KerasStepModel, MergeDecoder, make_step_model
+from model.caption_search import CaptionResult, DecodeSettings, caption_features
 from model.encoder import ImageEncoder
+from model.lstm_decoder import KerasStepModel, MergeDecoder, make_step_model
 from model.vocabulary import Vocabulary
-
-
-@dataclass(frozen=True)
-class CaptionResult:
-    """One caption: text, its words, and the mean token log-probability as a confidence."""
-
-    caption: str
-    tokens: tuple[str, ...]
-    score: float
 
 
 class CaptionModel:
@@ -52,15 +42,8 @@ class CaptionModel:
         return self.encoder(images)
 
     def caption_features(self, features: np.ndarray, settings: DecodeSettings | None = None) -> list[CaptionResult]:
-        """Decode captions for a batch of encoder feature vectors."""
-        settings = settings or self.default_settings
-        hyps = decode_batch(self.step_model, np.asarray(features, np.float32), self.vocab.start_id,
-                            self.vocab.end_id, settings, self.vocab.never_generated)
-        results = []
-        for hyp in hyps:
-            words = tuple(self.vocab.decode(strip_end(hyp.token_ids, self.vocab.end_id)))
-            results.append(CaptionResult(" ".join(words), words, float(hyp.score)))
-        return results
+        """Captions for a batch of encoder feature vectors (``model.caption_search.caption_features``)."""
+        return caption_features(self.step_model, self.vocab, features, settings or self.default_settings)
 
     def caption_images(self, images: np.ndarray, settings: DecodeSettings | None = None) -> tuple[np.ndarray, list[CaptionResult]]:
         """Encode and caption a batch; returns the features too (for ``--emit_embeddings``)."""

@@ -7,7 +7,8 @@ checked against SHA-256 sums before use; a damaged or foreign entry is rebuilt, 
 and a cache folder that other users could write to is not used at all.
 
 Callers name what a graph is made of in ``compiled_graph_key`` (weights content hash, shapes,
-versions), the key of its folder in this cache; ``None`` means "never cache" (e.g. random weights, which differ on every build).
+versions), the key of its folder in this cache; ``None`` means "never cache" (e.g. random
+weights, which differ on every build).
 """
 from __future__ import annotations
 

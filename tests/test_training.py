@@ -321,6 +321,18 @@ def test_our_bleu_equals_nltk_corpus_bleu_on_generated_captions(which: str, shap
         assert run.summary["dev_bleu"][settings.describe()] == pytest.approx(ours, rel=1e-9)
 
 
+def test_evaluation_captions_come_from_the_model_core_caption_path(random_run: Run, shapes: Shapes):
+    """training.evaluate captions through the same features -> captions path as CaptionModel."""
+    contents = read_artifact(str(random_run.model))
+    model = load_caption_model(str(random_run.model), with_encoder=False)
+    enc = contents.config.encoder
+    items, feats = dev_features(random_run, shapes, enc.name, contents.encoder_weights, enc.image_size[0])
+    for settings in (contents.decode_settings(method="greedy"), contents.decode_settings()):
+        expected = [list(r.tokens) for r in model.caption_features(feats, settings)]
+        assert training_evaluate.generate_captions(model.step_model, contents.vocab, feats, settings,
+                                                   batch_size=3) == expected
+
+
 def training_train_generate(step, vocab: Vocabulary, feats: np.ndarray, settings: DecodeSettings) -> list[list[str]]:
     return [bleu_tokens(h) for h in training_evaluate.generate_captions(step, vocab, feats, settings)]
 

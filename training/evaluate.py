@@ -15,21 +15,21 @@ import numpy as np
 
 from model.bleu import bleu_tokens, corpus_bleu_scores
 from model.caption_metrics import cider_d, rouge_l
-from model.caption_search import DecodeSettings, decode_batch, strip_end
+from model.caption_search import DecodeSettings, StepModel, caption_features
 from model.vocabulary import Vocabulary
 from training.datasets import CaptionedImage
 
 log = logging.getLogger(__name__)
 
 
-def generate_captions(step_model, vocab: Vocabulary, features: np.ndarray, settings: DecodeSettings,
+def generate_captions(step_model: StepModel, vocab: Vocabulary, features: np.ndarray, settings: DecodeSettings,
                       batch_size: int = 128) -> list[list[str]]:
-    """Decode captions (as word lists) for a matrix of encoder features, in batches."""
+    """Captions (as word lists) for a matrix of encoder features, in batches, through the model
+    core's caption path (``model.caption_search.caption_features``, as ``CaptionModel``)."""
     out: list[list[str]] = []
     for start in range(0, len(features), batch_size):
-        hyps = decode_batch(step_model, features[start:start + batch_size], vocab.start_id, vocab.end_id, settings,
-                            vocab.never_generated)
-        out.extend(vocab.decode(strip_end(h.token_ids, vocab.end_id)) for h in hyps)
+        batch = caption_features(step_model, vocab, features[start:start + batch_size], settings)
+        out.extend(list(r.tokens) for r in batch)
     return out
 
 
@@ -46,7 +46,7 @@ def caption_scores(hypotheses: Sequence[Sequence[str]], items: Sequence[Captione
     return scores
 
 
-def bleu_on(step_model, vocab: Vocabulary, items: Sequence[CaptionedImage], features: np.ndarray,
+def bleu_on(step_model: StepModel, vocab: Vocabulary, items: Sequence[CaptionedImage], features: np.ndarray,
             settings: DecodeSettings, extended: bool = False) -> dict[str, float]:
     """Corpus BLEU-1..4 (and with ``extended`` CIDEr-D and ROUGE-L) of generated captions."""
     return caption_scores(generate_captions(step_model, vocab, features, settings), items, extended)
@@ -57,7 +57,7 @@ def objective(scores: dict[str, float], metric: str) -> float:
     return sum(scores[name.strip()] for name in metric.split("+"))
 
 
-def tune_decoding(step_model, vocab: Vocabulary, items: Sequence[CaptionedImage], features: np.ndarray,
+def tune_decoding(step_model: StepModel, vocab: Vocabulary, items: Sequence[CaptionedImage], features: np.ndarray,
                   max_length: int, widths: Sequence[int], alphas: Sequence[float],
                   metric: str = "bleu4") -> tuple[DecodeSettings, list[dict]]:
     """Score every beam width x length alpha on ``items`` (a dev split: never the test split)
