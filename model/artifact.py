@@ -174,6 +174,14 @@ def read_artifact(uri: str, *, expected_model_id: str | None = None,
     and that weight files are HDF5. ``encoder_weights`` overrides the config's weights source.
     """
     uri = uri.rstrip("/")
+    manifest, files, model_id = _read_verified_files(uri, expected_model_id)
+    return _checked_contents(uri, manifest, files, model_id, encoder_weights)
+
+
+def _read_verified_files(uri: str, expected_model_id: str | None = None
+                         ) -> tuple[dict[str, Any], dict[str, bytes], str]:
+    """The manifest, every file it lists (each read once, its size and SHA-256 checked) and the
+    ``model_id`` they hash to (checked against the manifest's and the expected one)."""
     manifest = _json(uri, MANIFEST, _read(uri, MANIFEST))
     listed = manifest.get("files")
     if manifest.get("format") not in READABLE_FORMATS or not isinstance(listed, dict):
@@ -196,15 +204,20 @@ def read_artifact(uri: str, *, expected_model_id: str | None = None,
         if digest != meta.get("sha256"):
             raise ArtifactError(f"{name} of model artifact {uri} does not match its SHA-256 in the manifest (tampered or corrupt)")
         hashes[name] = digest
-        if name in (CONFIG, VOCAB, ENCODER_WEIGHTS, INT8_ENCODER_XML, INT8_ENCODER_BIN) or name.endswith(".weights.h5"):
-            contents[name] = data
+        contents[name] = data
     model_id = compute_model_id(hashes)
     if manifest.get("model_id") != model_id:
         raise ArtifactError(f"{MANIFEST} of model artifact {uri} records model_id {manifest.get('model_id')} "
                             f"but the files hash to {model_id}")
     if expected_model_id and expected_model_id != model_id:
         raise ArtifactError(f"model artifact {uri} has model_id {model_id}, expected {expected_model_id}")
+    return manifest, contents, model_id
 
+
+def _checked_contents(uri: str, manifest: dict[str, Any], contents: dict[str, bytes], model_id: str,
+                      encoder_weights: str | None) -> ArtifactContents:
+    """Parse and check verified files (config, vocabulary, ensemble, INT8 IR, HDF5 weights)."""
+    listed = manifest["files"]
     raw_config = _json(uri, CONFIG, contents[CONFIG])
     if raw_config.get("format") != manifest.get("format"):
         raise ArtifactError(f"{CONFIG} of model artifact {uri} is not {manifest.get('format')} "
@@ -288,14 +301,11 @@ def _int8_encoder(uri: str, config: ArtifactConfig, contents: dict[str, bytes]) 
 
 
 def artifact_files(uri: str) -> dict[str, bytes]:
-    """Every file an artifact's manifest lists, verified (see ``read_artifact``), as bytes."""
-    read_artifact(uri)
+    """Every file an artifact's manifest lists, as bytes: each read once and verified as
+    ``read_artifact`` verifies it (the bytes returned are the bytes checked)."""
     uri = uri.rstrip("/")
-    listed = _json(uri, MANIFEST, _read(uri, MANIFEST))["files"]
-    files = {name: _read(uri, name) for name in listed}
-    for name, data in files.items():
-        if storage.sha256_hex(data) != listed[name]["sha256"]:
-            raise ArtifactError(f"{name} of model artifact {uri} changed while it was being read")
+    manifest, files, model_id = _read_verified_files(uri)
+    _checked_contents(uri, manifest, files, model_id, None)
     return files
 
 

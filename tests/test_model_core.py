@@ -288,3 +288,23 @@ def test_shipped_config_parses_into_dataclasses_and_back_unchanged():
         ArtifactConfig.from_dict({**raw, "encoder": {"name": "xception"}})
     with pytest.raises(ValueError, match="invalid decoding section"):
         ArtifactConfig.from_dict({**raw, "decoding": {"method": "sample"}})
+
+
+def test_artifact_files_reads_every_file_once(tiny_artifact, monkeypatch):
+    """The INT8 build copies an artifact through artifact_files: one read per file, verified."""
+    from collections import Counter
+
+    from model import artifact, storage
+
+    reads: Counter = Counter()
+    real = storage.read_bytes
+
+    def counting(uri, *args, **kwargs):
+        reads[uri.rsplit("/", 1)[-1]] += 1
+        return real(uri, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "read_bytes", counting)
+    files = artifact.artifact_files(tiny_artifact)
+    listed = json.loads((Path(tiny_artifact) / MANIFEST).read_text())["files"]
+    assert set(files) == set(listed)
+    assert reads == Counter({MANIFEST: 1, **{name: 1 for name in listed}})
