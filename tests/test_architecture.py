@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -178,3 +180,15 @@ def test_module_being_moved_is_still_over_400_lines(rel):
     if not path.exists():
         pytest.skip(f"{rel} is gone: drop it from OVERSIZED_BEING_MOVED")
     assert len(path.read_text().splitlines()) <= MAX_LINES
+
+
+LIGHT_MODULES = ("model.text", "model.vocabulary", "model.bleu", "model.caption_search", "model.artifact_config",
+                 "model.artifact", "model.storage", "model.tables", "model.flickr8k", "model.image_loading")
+
+
+def test_light_model_modules_import_neither_tensorflow_nor_beam():
+    """Reading and checking an artifact, searching captions and reading inputs need no TensorFlow."""
+    code = (f"import sys; import {', '.join(LIGHT_MODULES)}; "
+            "bad = [m for m in ('tensorflow', 'keras', 'apache_beam') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
