@@ -24,6 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.read_policy import classify_read_error
 from beam_pipeline.retries import RetryPolicy, call_with_retries
+from model.storage import is_invalid_range, read_limit
 
 
 class NotARegularFile(OSError):
@@ -67,7 +68,7 @@ def read_local_limited(uri: str, max_bytes: int) -> bytes:
     """At most max_bytes + 1 bytes of a local file (one more than allowed shows it is too large)."""
     refuse_special_local_file(uri)
     with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return f.read(max_bytes + 1)
+        return f.read(read_limit(max_bytes))
 
 
 def filesystem_options(protocol: str, settings: ReadSettings) -> dict[str, Any]:
@@ -79,12 +80,6 @@ def filesystem_options(protocol: str, settings: ReadSettings) -> dict[str, Any]:
             "connect_timeout": settings.timeout_seconds, "read_timeout": settings.timeout_seconds,
             "max_pool_connections": max(10, settings.concurrency)}}
     return {}  # gcsfs / adlfs: their defaults (see README "Reading from object stores")
-
-
-def _is_invalid_range(exc: BaseException) -> bool:
-    """S3 answers a range request on an empty object with 416 InvalidRange."""
-    text = str(exc)
-    return "InvalidRange" in text or "416" in text or "Requested Range Not Satisfiable" in text
 
 
 class ObjectReader:
@@ -113,9 +108,9 @@ class ObjectReader:
             return b""  # nothing to fetch; the decoder reports EmptyFile
         fs, path = self._filesystem(uri)
         try:
-            return fs.cat_file(path, start=0, end=max_bytes + 1)
+            return fs.cat_file(path, start=0, end=read_limit(max_bytes))
         except OSError as exc:
-            if _is_invalid_range(exc):
+            if is_invalid_range(exc):
                 return b""
             raise
 

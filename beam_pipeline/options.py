@@ -7,7 +7,7 @@ import os
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline.object_reads import ReadSettings
-from model.image_decoding import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from model.image_loading import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 
 def default_model_uri() -> str:

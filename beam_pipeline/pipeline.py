@@ -152,7 +152,7 @@ def plan_run(options: CaptionOptions) -> Plan:
         interrupted = interrupted_outputs(output, done_files)
     known_files = files_with_columns([f for f in done_files if "/captions/" in f], known_columns(
         options.emit_embeddings)) if options.skip_known_content else []
-    size = contents.config["encoder"]["image_size"]
+    size = contents.config.encoder.image_size
     settings = contents.decode_settings(method=options.decode, beam_width=options.beam_width,
                                         length_alpha=options.length_alpha)
     return Plan(new_run_id(), output, inputs, options.input_manifest, model_uri, contents.model_id,

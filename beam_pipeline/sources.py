@@ -23,8 +23,10 @@ from beam_pipeline.records import (STAGE_DECODE, STAGE_MATCH, STAGE_READ, ImageR
 from beam_pipeline.object_reads import ObjectReader, ReadSettings
 from beam_pipeline.read_ahead import ReadAhead
 from beam_pipeline.retries import GaveUp
-from model.image_decoding import ImageDecodeError, decode_image
-from model.storage import read_table, read_text, sha256_hex
+from model.image_loading import ImageDecodeError, decode_image
+from model.flickr8k import parse_token_file
+from model.storage import read_limit, read_text, sha256_hex
+from model.tables import read_columns
 
 log = logging.getLogger(__name__)
 NAMESPACE = "captioning"
@@ -59,12 +61,9 @@ class ReadManifest(beam.DoFn):
         self.references_column = references_column
 
     def process(self, manifest_uri: str) -> Iterator[Any]:
-        table = read_table(manifest_uri)
         wanted = [c for c in (self.uri_column, self.id_column, self.references_column) if c]
-        missing = [c for c in wanted if c not in table.column_names]
-        if missing:
-            raise ValueError(f"manifest {manifest_uri} has no column(s) {missing}; it has {table.column_names}")
-        for batch in table.select(wanted).to_batches(max_chunksize=10_000):
+        table = read_columns(manifest_uri, wanted, "manifest")
+        for batch in table.to_batches(max_chunksize=10_000):
             for row in batch.to_pylist():
                 uri = row[self.uri_column]
                 if not uri:
@@ -146,7 +145,8 @@ class ReadAndDecode(beam.DoFn):
     def process(self, ref: ImageRef, timestamp: Any = beam.DoFn.TimestampParam,
                 window: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
         assert self._reads is not None and self._reader is not None
-        cost = min(ref.size_bytes if ref.size_bytes is not None else self.max_bytes + 1, self.max_bytes + 1)
+        limit = read_limit(self.max_bytes)
+        cost = min(ref.size_bytes if ref.size_bytes is not None else limit, limit)
         task = functools.partial(read_one, ref, self._reader, self.image_size, self.max_bytes, self.max_pixels)
         yield from self._emit(self._reads.submit(task, max(cost, 1), (timestamp, window)))
         if self.read_settings.concurrency == 1:  # one at a time: nothing is left for finish_bundle
@@ -166,15 +166,9 @@ def read_references(uri: str, id_column: str = "image_id", caption_column: str =
     """(image id, [captions]) from a Flickr8k token file or a table of image id + caption rows."""
     lower = uri.lower()
     if lower.endswith(".txt") or lower.endswith(".token"):
-        from training.datasets import parse_token_file
-
         return list(parse_token_file(read_text(uri)).items())
-    table = read_table(uri)
-    missing = [c for c in (id_column, caption_column) if c not in table.column_names]
-    if missing:
-        raise ValueError(f"references table {uri} has no column(s) {missing}; it has {table.column_names}")
     grouped: dict[str, list[str]] = {}
-    for row in table.select([id_column, caption_column]).to_pylist():
+    for row in read_columns(uri, [id_column, caption_column], "references table").to_pylist():
         if row[id_column] is None or not row[caption_column]:
             continue
         grouped.setdefault(str(row[id_column]), []).append(str(row[caption_column]))

@@ -43,7 +43,7 @@ PRECISIONS = ("float32", "bfloat16", "int8")
 def encoder_section(args, paths: list[Path]) -> None:
     from model.bleu import bleu_tokens, corpus_bleu_scores
     from model.captioner import load_caption_model
-    from training.datasets import parse_token_file
+    from model.flickr8k import parse_token_file
 
     models = {p: load_caption_model(args.model, encoder_weights=args.encoder_weights, precision=p,
                                     runtime="openvino", cache=str(args.model_cache_dir)) for p in PRECISIONS}
@@ -100,7 +100,7 @@ def pipeline_section(args, paths: list[Path], work: Path) -> None:
 def gate_section(args) -> None:
     from model.artifact import read_artifact
 
-    gate = (read_artifact(args.model).config["encoder"].get("int8") or {}).get("quality_gate")
+    gate = (read_artifact(args.model).config.encoder.int8 or {}).get("quality_gate")
     if not gate:
         print("(the artifact records no INT8 quality gate)\n")
         return

@@ -22,8 +22,8 @@ from bench.common import FLICKR8K, XCEPTION_WEIGHTS, machine, median_time, table
 def main(argv: list[str] | None = None) -> int:
     from model.artifact import read_artifact
     from model.captioner import build_decoders
-    from model.decoder import stepwise_decoder
-    from model.decoding import DecodeSettings
+    from model.lstm_decoder import make_step_model
+    from model.caption_search import DecodeSettings
     from training.evaluate import bleu_on, generate_captions
     from training.splits import add_data_arguments, load_split_features
 
@@ -39,21 +39,21 @@ def main(argv: list[str] | None = None) -> int:
     weights = args.encoder_weights or str(XCEPTION_WEIGHTS)
 
     contents = read_artifact(args.model, encoder_weights=weights)
-    enc = contents.config["encoder"]
-    items, feats, _ = load_split_features(args, "dev", enc["name"], contents.encoder_weights, tuple(enc["image_size"]))
+    enc = contents.config.encoder
+    items, feats, _ = load_split_features(args, "dev", enc.name, contents.encoder_weights, enc.image_size)
     decoders = build_decoders(contents)
     shipped = contents.decode_settings()
     max_len = shipped.max_length
     searches = [DecodeSettings("greedy", max_length=max_len), DecodeSettings("beam", 3, 0.7, max_len)]
     if shipped not in searches:
         searches.append(shipped)
-    members = contents.config.get("training", {}).get("members") or [{}]
+    members = contents.config.training.get("members") or [{}]
     print(f"machine: {machine()}; model {contents.model_id}; dev images {len(items)}\n")
 
     rows = []
     timing = feats[: args.timing_images]
     for k in range(1, len(decoders) + 1):
-        step = stepwise_decoder(decoders[:k], "openvino", None, "none", contents.ensemble_combine)
+        step = make_step_model(decoders[:k], "openvino", None, "none", contents.ensemble_combine)
         for settings in searches:
             scores = bleu_on(step, contents.vocab, items, feats, settings, extended=True)
 

@@ -64,7 +64,7 @@ def link_dir(paths: list[Path], root: Path) -> Path:
 
 
 def decode_all(paths: list[Path], size: tuple[int, int]) -> np.ndarray:
-    from model.image_decoding import decode_image
+    from model.image_loading import decode_image
 
     return np.stack([decode_image(p.read_bytes(), size).pixels for p in paths])
 
@@ -105,7 +105,7 @@ def seed_style_loop(paths: list[Path], model_dir: str, weights: str) -> float:
 
     from model.artifact import read_artifact
     from model.captioner import build_decoder
-    from model.decoder import build_prefix_model, copy_weights
+    from model.lstm_decoder import build_prefix_model, copy_weights
 
     contents = read_artifact(model_dir)
     decoder = build_decoder(contents)
@@ -210,23 +210,23 @@ def main() -> int:
 
     if "decoding" in args.only:
         from model.captioner import load_caption_model
-        from model.decoding import DecodeSettings
+        from model.caption_search import DecodeSettings
 
         model = load_caption_model(args.model, encoder_weights=args.encoder_weights, with_encoder=False)
         feats = np.concatenate([enc(pixels[i:i + args.batch_size]) for i in range(0, len(pixels), args.batch_size)])
         enc_rate = results.get("encoder") or bench_encoder(enc, pixels, args.batch_size, 1)
         enc_ms = 1000 / enc_rate
         rows = []
-        from model.decoder import stepwise_decoder
+        from model.lstm_decoder import make_step_model
 
-        step_decoders = {"tensorflow": model.step_decoder,
-                         "openvino": stepwise_decoder(model.decoders, "openvino", model.model_id,
-                                                      str(args.model_cache_dir), model.step_decoder.combine)}
+        step_models = {"tensorflow": model.step_model,
+                       "openvino": make_step_model(model.decoders, "openvino", model.model_id,
+                                                    str(args.model_cache_dir), model.step_model.combine)}
         # Greedy, and the model's default search (what the pipeline runs without flags).
         for runtime, settings in [(r, s) for r in ("openvino", "tensorflow") for s in (
                 DecodeSettings("greedy", max_length=model.default_settings.max_length),
                 model.default_settings)]:
-            model.step_decoder = step_decoders[runtime]
+            model.step_model = step_models[runtime]
 
             def once(settings=settings):
                 for i in range(0, len(feats), args.batch_size):
@@ -243,7 +243,7 @@ def main() -> int:
         from model.bleu import bleu_tokens, corpus_bleu_scores
         from model.captioner import load_caption_model
         from model.encoder import ImageEncoder
-        from training.datasets import parse_token_file
+        from model.flickr8k import parse_token_file
 
         n = min(args.bf16_images, len(pixels))
         px = pixels[:n]

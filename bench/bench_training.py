@@ -12,7 +12,7 @@ Reproduce (from the repository root, after a training run has filled the feature
 
    * whole caption (``training.fit.make_dataset`` + ``MergeDecoder.training_model``): one
      example per caption, teacher forcing over all its words at once;
-   * per prefix (``model.decoder.build_prefix_model``), as the classic tutorials do: one example
+   * per prefix (``model.lstm_decoder.build_prefix_model``), as the classic tutorials do: one example
      per word, its prefix pre-padded to ``max_length``, the image features repeated for every
      prefix. The examples are streamed (``tf.data.Dataset.from_generator``), never materialised;
      a batch holds every prefix of ``--batch-size`` captions, as the tutorials' generator yields
@@ -132,7 +132,7 @@ class Data:
     def __init__(self, args: argparse.Namespace, n_captions: int, max_images: int | None = None) -> None:
         from model.vocabulary import Vocabulary
         from training.datasets import read_flickr8k
-        from training.features import FeatureCache, cache_key
+        from training.features import FeatureCache, feature_cache_key
         from training.train import caption_arrays, choose_max_length
 
         items = read_flickr8k(args.flickr8k, "train")
@@ -142,7 +142,7 @@ class Data:
         if os.path.isdir(args.cache_dir) and weights and os.path.isfile(weights):
             from model.encoder import weights_fingerprint
 
-            key = cache_key(args.encoder, (args.image_size, args.image_size), weights_fingerprint(weights))
+            key = feature_cache_key(args.encoder, (args.image_size, args.image_size), weights_fingerprint(weights))
             if os.path.isdir(os.path.join(args.cache_dir, key)):
                 cache = FeatureCache(args.cache_dir, key)
                 cached = [it for it in items if it.image_id in cache]
@@ -171,7 +171,7 @@ class Data:
         self.prefixes = int((self.captions[:, 1:] > 0).sum())  # one per predicted token (words + <end>)
 
     def decoder_config(self, args: argparse.Namespace):
-        from model.decoder import DecoderConfig
+        from model.artifact_config import DecoderConfig
 
         return DecoderConfig(vocab_size=len(self.vocab), max_length=self.max_length,
                              feature_dim=self.features.shape[1], embedding_dim=args.embedding_dim,
@@ -243,7 +243,7 @@ def speed(args: argparse.Namespace) -> None:
     import keras
     import tensorflow as tf
 
-    from model.decoder import MergeDecoder, build_prefix_model
+    from model.lstm_decoder import MergeDecoder, build_prefix_model
 
     data = Data(args, args.captions)
     cfg = data.decoder_config(args)
@@ -282,7 +282,7 @@ def memory_child(args: argparse.Namespace) -> None:
     """One whole-caption epoch over ``args.memory_child`` captions; prints a JSON line."""
     import keras
 
-    from model.decoder import MergeDecoder
+    from model.lstm_decoder import MergeDecoder
 
     data = Data(args, args.memory_child, args.memory_images)
     keras.utils.set_random_seed(args.seed)

@@ -1,9 +1,9 @@
 """Thumbnails for the gallery: read an image's bytes (bounded) and shrink it to a small upright
 RGB JPEG, embedded in the page as a ``data:`` URI.
 
-Decoding is the model core's (:func:`model.image_decoding.decode_image`: the same size, bomb, EXIF
+Decoding is the model core's (:func:`model.image_loading.decode_image`: the same size, bomb, EXIF
 orientation and colour-mode handling as the pipeline); the upright size comes from
-:func:`model.image_decoding.upright_size`. Bytes are fetched a few at a time by threads and
+:func:`model.image_loading.upright_size`. Bytes are fetched a few at a time by threads and
 decoded one by one on the calling thread.
 """
 from __future__ import annotations
@@ -14,26 +14,15 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
-import fsspec
 from PIL import Image
 
-from model.image_decoding import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError,
+from model.image_loading import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError,
                                   decode_image, upright_size)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_THUMBNAIL_PX = 160
 _FETCH_WORKERS = 8  # concurrent thumbnail reads (object stores are latency bound)
-
-
-def read_image_bytes(uri: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
-    """Bytes of ``uri`` via fsspec; reads at most ``max_bytes + 1`` so a huge file is not slurped
-    (decode_image then rejects it as too large).
-
-    The report's only byte reader: swap it for the model core's bounded reader
-    (``model.storage.read_bytes(uri, max_bytes=...)``) once that exists."""
-    with fsspec.open(uri, "rb") as f:
-        return f.read(max_bytes + 1)
 
 
 def fit(width: int, height: int, px: int) -> tuple[int, int]:
@@ -46,7 +35,7 @@ def thumbnail_from_bytes(data: bytes, px: int = DEFAULT_THUMBNAIL_PX, *,
                          max_bytes: int = DEFAULT_MAX_BYTES,
                          max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     """A ``data:image/jpeg;base64,...`` URI of ``data`` shrunk to fit ``px`` (upright, RGB).
-    Raises :class:`~model.image_decoding.ImageDecodeError` on bad bytes."""
+    Raises :class:`~model.image_loading.ImageDecodeError` on bad bytes."""
     if px <= 0:
         raise ValueError(f"thumbnail size must be positive, got {px}")
     try:
@@ -63,7 +52,7 @@ def make_thumbnail(uri: str, px: int = DEFAULT_THUMBNAIL_PX, *,
                    max_bytes: int = DEFAULT_MAX_BYTES) -> str | None:
     """Thumbnail data URI of the image at ``uri``, or None when it cannot be read or decoded."""
     try:
-        return thumbnail_from_bytes(read_image_bytes(uri, max_bytes), px, max_bytes=max_bytes)
+        return thumbnail_from_bytes(read_prefix(uri, max_bytes), px, max_bytes=max_bytes)
     except Exception as exc:  # noqa: BLE001 - a missing image becomes a placeholder
         log.info("no thumbnail for %s: %s", uri, exc)
         return None
@@ -78,7 +67,7 @@ def make_thumbnails(uris: Sequence[str], px: int = DEFAULT_THUMBNAIL_PX, *,
 
     def fetch(uri: str) -> bytes | Exception:
         try:
-            return read_image_bytes(uri, max_bytes)
+            return read_prefix(uri, max_bytes)
         except Exception as exc:  # noqa: BLE001
             return exc
 

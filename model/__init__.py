@@ -1,7 +1,11 @@
-"""Caption model core: text cleaning, vocabulary, encoder, decoder, decoding and the model artifact.
+"""Caption model core: text cleaning, vocabulary, image loading, encoder, LSTM decoder network,
+caption search, the model artifact and its config, and the readers (bytes, tables, Flickr8k)
+that both ``training`` and ``beam_pipeline`` use.
 
-The pure-Python parts (``model.text``, ``model.vocabulary``, ``model.bleu``, ``model.decoding``)
-import without TensorFlow; ``model.encoder``, ``model.decoder`` and ``model.artifact`` need it.
+The light parts (``model.text``, ``model.vocabulary``, ``model.bleu``, ``model.caption_search``,
+``model.artifact_config``, ``model.artifact``, ``model.storage``, ``model.tables``,
+``model.flickr8k``, ``model.image_loading``) import without TensorFlow; ``model.encoder`` (to build)
+and ``model.lstm_decoder`` need it.
 """
 import os as _os
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from model import storage
-from model.decoding import DecodeSettings
+from model.artifact_config import ENSEMBLE_COMBINE, ArtifactConfig, EncoderConfig
+from model.caption_search import DecodeSettings
 from model.vocabulary import Vocabulary, VocabularyError
 
 ARTIFACT_FORMAT = "image-caption-model/1"  # one decoder: what every reader since the first can load
@@ -65,15 +66,15 @@ def member_file(index: int) -> str:
     return DECODER_WEIGHTS if index == 0 else f"decoder-{index + 1}.weights.h5"
 
 
-def save_artifact(uri: str, *, decoder: Any, vocab: Vocabulary, encoder: dict[str, Any],
+def save_artifact(uri: str, *, decoder: Any, vocab: Vocabulary, encoder: EncoderConfig,
                   decoding: DecodeSettings, training: dict[str, Any] | None = None,
                   encoder_model: Any = None, extra_files: dict[str, bytes] | None = None,
                   combine: str = "mean_logprob") -> str:
     """Write an artifact and return its ``model_id``.
 
     ``decoder`` is one ``MergeDecoder`` or a list of them (an ensemble of the same sizes whose
-    log-probabilities are combined with ``combine`` in every search step). ``encoder`` is the
-    config block (``name``, ``weights``, ``image_size``); pass the built ``encoder_model`` to
+    log-probabilities are combined with ``combine`` in every search step). ``encoder`` names the
+    backbone, its input size and weights source (the other fields are filled in); pass the built ``encoder_model`` to
     embed its weights (the config then says ``"weights": "artifact"``).
     """
     members = list(decoder) if isinstance(decoder, (list, tuple)) else [decoder]
@@ -84,18 +85,15 @@ def save_artifact(uri: str, *, decoder: Any, vocab: Vocabulary, encoder: dict[st
         raise ArtifactError(f"vocabulary has {len(vocab)} tokens but the decoder expects {decoder.config.vocab_size}")
     from model.encoder import get_backbone
 
-    backbone = get_backbone(encoder["name"])
-    encoder_block = {
-        "name": encoder["name"],
-        "weights": ENCODER_WEIGHTS_IN_ARTIFACT if encoder_model is not None else encoder.get("weights", "imagenet"),
-        "image_size": list(encoder.get("image_size") or (backbone.default_size, backbone.default_size)),
-        "preprocessing": f"keras.applications.{backbone.preprocessing}.preprocess_input",
-        "feature_dim": decoder.config.feature_dim,
-        "resize": "bilinear",
-    }
+    backbone = get_backbone(encoder.name)
+    encoder_block = EncoderConfig(
+        name=encoder.name, image_size=encoder.image_size,
+        weights=ENCODER_WEIGHTS_IN_ARTIFACT if encoder_model is not None else encoder.weights,
+        preprocessing=f"keras.applications.{backbone.preprocessing}.preprocess_input",
+        feature_dim=decoder.config.feature_dim, resize="bilinear")
     config = {
         "format": ARTIFACT_FORMAT if len(members) == 1 else ENSEMBLE_FORMAT,
-        "encoder": encoder_block,
+        "encoder": encoder_block.to_dict(),
         "decoder": decoder.config.to_dict(),
         "decoding": {"method": decoding.method, "beam_width": decoding.beam_width,
                      "length_alpha": decoding.length_alpha},
@@ -122,11 +120,12 @@ def save_artifact(uri: str, *, decoder: Any, vocab: Vocabulary, encoder: dict[st
 
 @dataclass
 class ArtifactContents:
-    """A validated artifact: parsed JSON plus local paths of the weight files."""
+    """A validated artifact: its parsed config (``model.artifact_config``), vocabulary and local
+    paths of the weight files."""
 
     uri: str
     model_id: str
-    config: dict[str, Any]
+    config: ArtifactConfig
     vocab: Vocabulary
     decoder_weights_paths: list[str]  # one per ensemble member, member 0 first
     encoder_weights: str | None  # resolved weights setting for the encoder
@@ -139,13 +138,11 @@ class ArtifactContents:
 
     @property
     def ensemble_combine(self) -> str:
-        return str(self.config.get("ensemble", {}).get("combine", "mean_logprob"))
+        return self.config.ensemble_combine
 
     def decode_settings(self, **overrides: Any) -> DecodeSettings:
-        d = dict(self.config.get("decoding", {}))
-        d["max_length"] = self.config["decoder"]["max_length"]
-        d.update({k: v for k, v in overrides.items() if v is not None})
-        return DecodeSettings(**d)
+        """The artifact's default search with the given fields replaced (``None`` is ignored)."""
+        return self.config.decode_settings(**overrides)
 
 
 def _read(uri: str, name: str) -> bytes:
@@ -177,6 +174,14 @@ def read_artifact(uri: str, *, expected_model_id: str | None = None,
     and that weight files are HDF5. ``encoder_weights`` overrides the config's weights source.
     """
     uri = uri.rstrip("/")
+    manifest, files, model_id = _read_verified_files(uri, expected_model_id)
+    return _checked_contents(uri, manifest, files, model_id, encoder_weights)
+
+
+def _read_verified_files(uri: str, expected_model_id: str | None = None
+                         ) -> tuple[dict[str, Any], dict[str, bytes], str]:
+    """The manifest, every file it lists (each read once, its size and SHA-256 checked) and the
+    ``model_id`` they hash to (checked against the manifest's and the expected one)."""
     manifest = _json(uri, MANIFEST, _read(uri, MANIFEST))
     listed = manifest.get("files")
     if manifest.get("format") not in READABLE_FORMATS or not isinstance(listed, dict):
@@ -199,29 +204,33 @@ def read_artifact(uri: str, *, expected_model_id: str | None = None,
         if digest != meta.get("sha256"):
             raise ArtifactError(f"{name} of model artifact {uri} does not match its SHA-256 in the manifest (tampered or corrupt)")
         hashes[name] = digest
-        if name in (CONFIG, VOCAB, ENCODER_WEIGHTS, INT8_ENCODER_XML, INT8_ENCODER_BIN) or name.endswith(".weights.h5"):
-            contents[name] = data
+        contents[name] = data
     model_id = compute_model_id(hashes)
     if manifest.get("model_id") != model_id:
         raise ArtifactError(f"{MANIFEST} of model artifact {uri} records model_id {manifest.get('model_id')} "
                             f"but the files hash to {model_id}")
     if expected_model_id and expected_model_id != model_id:
         raise ArtifactError(f"model artifact {uri} has model_id {model_id}, expected {expected_model_id}")
+    return manifest, contents, model_id
 
-    config = _json(uri, CONFIG, contents[CONFIG])
-    if config.get("format") != manifest.get("format"):
+
+def _checked_contents(uri: str, manifest: dict[str, Any], contents: dict[str, bytes], model_id: str,
+                      encoder_weights: str | None) -> ArtifactContents:
+    """Parse and check verified files (config, vocabulary, ensemble, INT8 IR, HDF5 weights)."""
+    listed = manifest["files"]
+    raw_config = _json(uri, CONFIG, contents[CONFIG])
+    if raw_config.get("format") != manifest.get("format"):
         raise ArtifactError(f"{CONFIG} of model artifact {uri} is not {manifest.get('format')} "
-                            f"(format={config.get('format')!r})")
-    members = _ensemble_members(uri, config, listed)
+                            f"(format={raw_config.get('format')!r})")
+    members = _ensemble_members(uri, raw_config, listed)
     for key in ("encoder", "decoder"):
-        if not isinstance(config.get(key), dict):
+        if not isinstance(raw_config.get(key), dict):
             raise ArtifactError(f"{CONFIG} of model artifact {uri} has no '{key}' section")
-    from model.decoder import DecoderConfig  # noqa: WPS433 - only here so read_artifact stays light
-
     try:
-        decoder_config = DecoderConfig.from_dict(config["decoder"])
-    except (TypeError, ValueError) as exc:
-        raise ArtifactError(f"{CONFIG} of model artifact {uri} has an invalid decoder section: {exc}") from None
+        config = ArtifactConfig.from_dict(raw_config)
+    except ValueError as exc:
+        raise ArtifactError(f"{CONFIG} of model artifact {uri} has an {exc}") from None
+    decoder_config = config.decoder
     try:
         vocab = Vocabulary.from_json(contents[VOCAB].decode("utf-8"))
     except (VocabularyError, UnicodeDecodeError) as exc:
@@ -240,7 +249,7 @@ def read_artifact(uri: str, *, expected_model_id: str | None = None,
             local[name] = os.path.join(tmp.name, name)
             with open(local[name], "wb") as f:
                 f.write(contents[name])
-    weights = encoder_weights if encoder_weights is not None else config["encoder"].get("weights", "imagenet")
+    weights = encoder_weights if encoder_weights is not None else config.encoder.weights
     if weights == ENCODER_WEIGHTS_IN_ARTIFACT:
         if ENCODER_WEIGHTS not in local:
             raise ArtifactError(f"{CONFIG} of model artifact {uri} says the encoder weights are in the "
@@ -266,21 +275,17 @@ def _ensemble_members(uri: str, config: dict[str, Any], listed: dict[str, Any]) 
     missing = [n for n in names if n not in listed]
     if missing:
         raise ArtifactError(f"{MANIFEST} of model artifact {uri} does not list ensemble member(s) {missing}")
-    from model.decoder import ENSEMBLE_COMBINE  # noqa: WPS433
-
     if ensemble.get("combine", "mean_logprob") not in ENSEMBLE_COMBINE:
         raise ArtifactError(f"{CONFIG} of model artifact {uri}: unknown ensemble combine {ensemble.get('combine')!r}")
     return list(names)
 
 
-def _int8_encoder(uri: str, config: dict[str, Any], contents: dict[str, bytes]) -> tuple[bytes, bytes] | None:
+def _int8_encoder(uri: str, config: ArtifactConfig, contents: dict[str, bytes]) -> tuple[bytes, bytes] | None:
     """The verified INT8 IR (xml, bin) the config's ``encoder.int8`` block announces, else None.
     The XML must be an OpenVINO IR graph made for this encoder's name and image size."""
-    block = config["encoder"].get("int8")
+    block = config.encoder.int8
     if block is None:
         return None
-    if not isinstance(block, dict):
-        raise ArtifactError(f"{CONFIG} of model artifact {uri}: encoder.int8 must be an object")
     for name in (INT8_ENCODER_XML, INT8_ENCODER_BIN):
         if name not in contents:
             raise ArtifactError(f"{CONFIG} of model artifact {uri} announces an INT8 encoder but {name} is not "
@@ -288,22 +293,19 @@ def _int8_encoder(uri: str, config: dict[str, Any], contents: dict[str, bytes]) 
     xml = contents[INT8_ENCODER_XML]
     if not xml.lstrip().startswith(b"<?xml") or b"<net " not in xml[:4096]:
         raise ArtifactError(f"{INT8_ENCODER_XML} of model artifact {uri} is not an OpenVINO IR graph (refused)")
-    encoder = config["encoder"]
-    if block.get("encoder") != encoder.get("name") or list(block.get("image_size", [])) != list(encoder["image_size"]):
+    encoder = config.encoder
+    if block.get("encoder") != encoder.name or list(block.get("image_size", [])) != list(encoder.image_size):
         raise ArtifactError(f"the INT8 encoder of model artifact {uri} was built for {block.get('encoder')} at "
-                            f"{block.get('image_size')}, not {encoder.get('name')} at {encoder['image_size']}")
+                            f"{block.get('image_size')}, not {encoder.name} at {list(encoder.image_size)}")
     return xml, contents[INT8_ENCODER_BIN]
 
 
 def artifact_files(uri: str) -> dict[str, bytes]:
-    """Every file an artifact's manifest lists, verified (see ``read_artifact``), as bytes."""
-    read_artifact(uri)
+    """Every file an artifact's manifest lists, as bytes: each read once and verified as
+    ``read_artifact`` verifies it (the bytes returned are the bytes checked)."""
     uri = uri.rstrip("/")
-    listed = _json(uri, MANIFEST, _read(uri, MANIFEST))["files"]
-    files = {name: _read(uri, name) for name in listed}
-    for name, data in files.items():
-        if storage.sha256_hex(data) != listed[name]["sha256"]:
-            raise ArtifactError(f"{name} of model artifact {uri} changed while it was being read")
+    manifest, files, model_id = _read_verified_files(uri)
+    _checked_contents(uri, manifest, files, model_id, None)
     return files
 
 

@@ -1,38 +1,27 @@
 """CaptionModel: encoder + decoder + vocabulary, loaded from an artifact, captioning batches."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 
 from model.artifact import ArtifactContents, ArtifactError, read_artifact
-from model.decoder import DecoderConfig, MergeDecoder, StepwiseDecoder, stepwise_decoder
-from model.decoding import DecodeSettings, decode_batch, strip_end
+from model.artifact_config import ArtifactConfig
+from model.caption_search import CaptionResult, DecodeSettings, caption_features
 from model.encoder import ImageEncoder
+from model.lstm_decoder import KerasStepModel, MergeDecoder, make_step_model
 from model.vocabulary import Vocabulary
-
-
-@dataclass(frozen=True)
-class CaptionResult:
-    """One caption: text, its words, and the mean token log-probability as a confidence."""
-
-    caption: str
-    tokens: tuple[str, ...]
-    score: float
 
 
 class CaptionModel:
     """A ready-to-run captioner; build it with ``load_caption_model``."""
 
     def __init__(self, encoder: ImageEncoder | None, decoders: list[MergeDecoder], vocab: Vocabulary,
-                 model_id: str, config: dict[str, Any], default_settings: DecodeSettings,
+                 model_id: str, config: ArtifactConfig, default_settings: DecodeSettings,
                  cache: str | None = None, combine: str = "mean_logprob") -> None:
         self.encoder = encoder
         self.decoders = decoders
         # The decoder runs where the encoder runs: one runtime's thread pool per process.
         runtime = encoder.runtime if encoder is not None else "tensorflow"
-        self.step_decoder = stepwise_decoder(decoders, runtime, model_id, cache, combine)
+        self.step_model = make_step_model(decoders, runtime, model_id, cache, combine)
         self.vocab = vocab
         self.model_id = model_id
         self.config = config
@@ -40,12 +29,11 @@ class CaptionModel:
 
     @property
     def image_size(self) -> tuple[int, int]:
-        h, w = self.config["encoder"]["image_size"]
-        return int(h), int(w)
+        return self.config.encoder.image_size
 
     @property
     def encoder_name(self) -> str:
-        return str(self.config["encoder"]["name"])
+        return self.config.encoder.name
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """Features of a batch of uint8 RGB images at ``image_size``."""
@@ -54,15 +42,8 @@ class CaptionModel:
         return self.encoder(images)
 
     def caption_features(self, features: np.ndarray, settings: DecodeSettings | None = None) -> list[CaptionResult]:
-        """Decode captions for a batch of encoder feature vectors."""
-        settings = settings or self.default_settings
-        hyps = decode_batch(self.step_decoder, np.asarray(features, np.float32), self.vocab.start_id,
-                            self.vocab.end_id, settings, self.vocab.never_generated)
-        results = []
-        for hyp in hyps:
-            words = tuple(self.vocab.decode(strip_end(hyp.token_ids, self.vocab.end_id)))
-            results.append(CaptionResult(" ".join(words), words, float(hyp.score)))
-        return results
+        """Captions for a batch of encoder feature vectors (``model.caption_search.caption_features``)."""
+        return caption_features(self.step_model, self.vocab, features, settings or self.default_settings)
 
     def caption_images(self, images: np.ndarray, settings: DecodeSettings | None = None) -> tuple[np.ndarray, list[CaptionResult]]:
         """Encode and caption a batch; returns the features too (for ``--emit_embeddings``)."""
@@ -74,7 +55,7 @@ def build_decoders(contents: ArtifactContents) -> list[MergeDecoder]:
     """The decoder(s) of a verified artifact with their weights loaded (one per ensemble member)."""
     import os
 
-    config = DecoderConfig.from_dict(contents.config["decoder"])
+    config = contents.config.decoder
     decoders = []
     for path in contents.decoder_weights_paths:
         decoder = MergeDecoder(config)
@@ -92,10 +73,10 @@ def build_decoder(contents: ArtifactContents) -> MergeDecoder:
     return build_decoders(contents)[0]
 
 
-def build_step_decoder(contents: ArtifactContents, runtime: str = "tensorflow",
-                       cache: str | None = None) -> StepwiseDecoder:
+def build_step_model(contents: ArtifactContents, runtime: str = "tensorflow",
+                     cache: str | None = None) -> KerasStepModel:
     """The artifact's step-wise decoder: its one decoder, or all members combined as it says."""
-    return stepwise_decoder(build_decoders(contents), runtime, contents.model_id, cache, contents.ensemble_combine)
+    return make_step_model(build_decoders(contents), runtime, contents.model_id, cache, contents.ensemble_combine)
 
 
 def check_encoder_ready(contents: ArtifactContents, precision: str, runtime: str) -> None:
@@ -109,7 +90,7 @@ def check_encoder_ready(contents: ArtifactContents, precision: str, runtime: str
             raise ArtifactError(f"model artifact {contents.uri} has no INT8 encoder (--precision int8); build one "
                                 f"with: python -m training.quantize --model {contents.uri} ...")
         return
-    check_weights_available(contents.config["encoder"]["name"], contents.encoder_weights)
+    check_weights_available(contents.config.encoder.name, contents.encoder_weights)
 
 
 def load_caption_model(uri: str, *, encoder_weights: str | None = None, expected_model_id: str | None = None,
@@ -120,16 +101,16 @@ def load_caption_model(uri: str, *, encoder_weights: str | None = None, expected
     contents = read_artifact(uri, expected_model_id=expected_model_id, encoder_weights=encoder_weights)
     decoders = build_decoders(contents)
     decoder = decoders[0]
-    if decoder.config.feature_dim != int(contents.config["encoder"].get("feature_dim", decoder.config.feature_dim)):
+    encoder_config = contents.config.encoder
+    if encoder_config.feature_dim is not None and decoder.config.feature_dim != encoder_config.feature_dim:
         raise ArtifactError(f"config.json of model artifact {uri}: encoder feature_dim does not match the decoder")
     encoder = None
     if with_encoder:
-        enc = contents.config["encoder"]
-        encoder = ImageEncoder(enc["name"], contents.encoder_weights, tuple(enc["image_size"]), precision=precision,
-                               runtime=runtime, cache=cache,
+        encoder = ImageEncoder(encoder_config.name, contents.encoder_weights, encoder_config.image_size,
+                               precision=precision, runtime=runtime, cache=cache,
                                int8_ir=contents.int8_encoder if precision == "int8" else None)
         if encoder.feature_dim != decoder.config.feature_dim:
-            raise ArtifactError(f"encoder {enc['name']} gives {encoder.feature_dim}-d features but the decoder "
-                                f"of model artifact {uri} expects {decoder.config.feature_dim}")
+            raise ArtifactError(f"encoder {encoder_config.name} gives {encoder.feature_dim}-d features but the "
+                                f"decoder of model artifact {uri} expects {decoder.config.feature_dim}")
     return CaptionModel(encoder, decoders, contents.vocab, contents.model_id, contents.config,
                         contents.decode_settings(), cache, contents.ensemble_combine)

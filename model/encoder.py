@@ -240,7 +240,7 @@ class ImageEncoder:
         folder = ovr.cache_dir(cache)
         fingerprint = None if self._resolved_weights is None or folder is None else weights_fingerprint(self.weights)
         compiled = [ovr.compile_traced(trace, precision,
-                                       None if fingerprint is None else ovr.cache_key(
+                                       None if fingerprint is None else ovr.compiled_graph_key(
                                            graph="encoder", backbone=self.name, image_size=self.image_size,
                                            stage=stage, stem_end=self.float32_stem_end, weights=fingerprint),
                                        folder)

@@ -6,8 +6,9 @@ TensorFlow frontend); reading a converted model back takes ~0.1 s. The cache hol
 checked against SHA-256 sums before use; a damaged or foreign entry is rebuilt, never trusted,
 and a cache folder that other users could write to is not used at all.
 
-Callers name what a graph is made of in ``cache_key`` (weights content hash, shapes, versions);
-``None`` means "never cache" (e.g. random weights, which differ on every build).
+Callers name what a graph is made of in ``compiled_graph_key`` (weights content hash, shapes,
+versions), the key of its folder in this cache; ``None`` means "never cache" (e.g. random
+weights, which differ on every build).
 """
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ def cache_dir(setting: str | None = None) -> str | None:
     return setting
 
 
-def cache_key(**identity: Any) -> str:
-    """A stable key for a converted graph from what it is made of, plus the library versions
+def compiled_graph_key(**identity: Any) -> str:
+    """The key of a converted graph in the OpenVINO cache folder, from what it is made of, plus the library versions
     that shape the conversion."""
     import keras
     import openvino

@@ -1,13 +1,11 @@
-"""fsspec helpers: read/write bytes at local paths or URIs, and make a local copy when a
-library (Keras' HDF5 loader) needs a real file."""
+"""fsspec helpers: read/write bytes at local paths or URIs (with the one bounded reader of the
+project, ``read_bytes(uri, max_bytes)``), and make a local copy when a library (Keras' HDF5
+loader) needs a real file."""
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tempfile
-
-from typing import Any
 
 import fsspec
 
@@ -30,9 +28,48 @@ def local_path(uri: str) -> str:
     return path
 
 
-def read_bytes(uri: str) -> bytes:
-    with fsspec.open(uri, "rb") as f:
-        return f.read()
+class ObjectTooLarge(ValueError):
+    """A bounded read found more bytes than allowed."""
+
+    def __init__(self, uri: str, max_bytes: int) -> None:
+        super().__init__(f"{uri} is over the limit of {max_bytes} bytes")
+        self.uri = uri
+        self.max_bytes = max_bytes
+
+
+def read_limit(max_bytes: int) -> int:
+    """How many bytes a bounded read fetches: one more than allowed, which shows a file is too
+    large without reading all of it (the pipeline's readers use the same limit)."""
+    return max_bytes + 1
+
+
+def is_invalid_range(exc: BaseException) -> bool:
+    """S3 answers a range request on an empty object with 416 InvalidRange."""
+    text = str(exc)
+    return "InvalidRange" in text or "416" in text or "Requested Range Not Satisfiable" in text
+
+
+def read_prefix(uri: str, max_bytes: int) -> bytes:
+    """At most ``read_limit(max_bytes)`` bytes of a file or object, in one ranged read."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    try:
+        return fs.cat_file(path, start=0, end=read_limit(max_bytes))
+    except OSError as exc:
+        if "://" in uri and is_invalid_range(exc):
+            return b""
+        raise
+
+
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """The whole content of a file or object. With ``max_bytes`` at most that many bytes are
+    accepted (a ranged read of ``max_bytes + 1``): a larger one raises ``ObjectTooLarge``."""
+    if max_bytes is None:
+        with fsspec.open(uri, "rb") as f:
+            return f.read()
+    data = read_prefix(uri, max_bytes)
+    if len(data) > max_bytes:
+        raise ObjectTooLarge(uri, max_bytes)
+    return data
 
 
 def read_text(uri: str) -> str:
@@ -94,22 +131,3 @@ def is_hdf5(path: str) -> bool:
     """True if the local file starts with the HDF5 signature (weights files must)."""
     with open(path, "rb") as f:
         return f.read(len(HDF5_MAGIC)) == HDF5_MAGIC
-
-
-def read_table(uri: str) -> Any:
-    """A Parquet/CSV/TSV/JSONL table as a pyarrow Table (read through fsspec)."""
-    import pyarrow.csv as pacsv
-    import pyarrow.json as pajson
-    import pyarrow.parquet as pq
-
-    lower = uri.lower()
-    with fsspec.open(uri, "rb") as f:
-        data = f.read()
-    if lower.endswith((".parquet", ".pq")):
-        return pq.read_table(io.BytesIO(data))
-    if lower.endswith((".jsonl", ".ndjson", ".json")):
-        return pajson.read_json(io.BytesIO(data))
-    if lower.endswith((".csv", ".tsv")):
-        delimiter = "\t" if lower.endswith(".tsv") else ","
-        return pacsv.read_csv(io.BytesIO(data), parse_options=pacsv.ParseOptions(delimiter=delimiter))
-    raise ValueError(f"unsupported table format for {uri}: use .parquet, .csv, .tsv or .jsonl")

@@ -19,8 +19,9 @@ def make_tiny_artifact(uri: str, *, seed: int = 0, image_size: int = 64, max_len
     import keras
 
     from model.artifact import save_artifact
-    from model.decoder import DecoderConfig, MergeDecoder
-    from model.decoding import DecodeSettings
+    from model.artifact_config import DecoderConfig, EncoderConfig
+    from model.caption_search import DecodeSettings
+    from model.lstm_decoder import MergeDecoder
     from model.encoder import ImageEncoder
     from model.vocabulary import Vocabulary
 
@@ -31,7 +32,7 @@ def make_tiny_artifact(uri: str, *, seed: int = 0, image_size: int = 64, max_len
                         embedding_dim=16, units=32, image_dense=(64, 32), dropout=0.1)
     decoder = MergeDecoder(cfg)
     return save_artifact(uri, decoder=decoder, vocab=vocab,
-                         encoder={"name": "mobilenet_v3_small", "image_size": [image_size, image_size]},
+                         encoder=EncoderConfig("mobilenet_v3_small", (image_size, image_size)),
                          decoding=DecodeSettings("beam", 2, 0.7, max_length), encoder_model=encoder,
                          training={"note": "random weights, for tests"})
 

@@ -23,7 +23,7 @@ def reference_scores(hyps: list[list[str]], refs: list[list[list[str]]]) -> tupl
 
 def test_equal_to_pycocoevalcap_on_flickr8k_captions(flickr8k):
     """Hold out each image's first reference as the 'hypothesis' and score it against the other four."""
-    from training.datasets import parse_token_file
+    from model.flickr8k import parse_token_file
 
     captions = parse_token_file((flickr8k / "Flickr8k.token.txt").read_text())
     ids = sorted(captions)[:300]

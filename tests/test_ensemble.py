@@ -15,8 +15,9 @@ keras = pytest.importorskip("keras")
 from model.artifact import (ARTIFACT_FORMAT, ENSEMBLE_FORMAT, MANIFEST, ArtifactError, read_artifact,  # noqa: E402
                             save_artifact)
 from model.captioner import build_decoders, load_caption_model  # noqa: E402
-from model.decoder import DecoderConfig, MergeDecoder, stepwise_decoder  # noqa: E402
-from model.decoding import DecodeSettings, decode_batch  # noqa: E402
+from model.artifact_config import DecoderConfig, EncoderConfig  # noqa: E402
+from model.caption_search import DecodeSettings, decode_batch  # noqa: E402
+from model.lstm_decoder import MergeDecoder, make_step_model  # noqa: E402
 from model.vocabulary import Vocabulary  # noqa: E402
 
 CFG = DecoderConfig(vocab_size=30, max_length=8, feature_dim=12, embedding_dim=8, units=16, image_dense=(16,),
@@ -41,8 +42,8 @@ def test_ensemble_step_combines_its_members(combine: str):
     ds = members(3)
     feats = np.random.default_rng(0).normal(size=(5, CFG.feature_dim)).astype(np.float32)
     words = np.array([1, 3, 4, 5, 6], np.int32)
-    ensemble = stepwise_decoder(ds, combine=combine)
-    singles = [d.stepwise() for d in ds]
+    ensemble = make_step_model(ds, combine=combine)
+    singles = [d.step_model() for d in ds]
     state = ensemble.initial_state(feats)
     assert state[0].shape == (5, 3 * CFG.units)  # members' states side by side, rows first
     single_states = [s.initial_state(feats) for s in singles]
@@ -59,7 +60,7 @@ def test_ensemble_step_combines_its_members(combine: str):
         np.testing.assert_allclose(np.exp(logp).sum(axis=1), 1.0, atol=1e-5)
         words = logp.argmax(axis=1).astype(np.int32)
     # One member is exactly that decoder.
-    one = stepwise_decoder(ds[:1])
+    one = make_step_model(ds[:1])
     s1, s2 = one.initial_state(feats), singles[0].initial_state(feats)
     np.testing.assert_allclose(one.step(words, s1)[0], singles[0].step(words, s2)[0], atol=1e-6)
 
@@ -67,8 +68,8 @@ def test_ensemble_step_combines_its_members(combine: str):
 def test_ensemble_on_openvino_matches_tensorflow(tmp_path):
     ds = members(2, seed=5)
     feats = np.random.default_rng(1).normal(size=(4, CFG.feature_dim)).astype(np.float32)
-    tf_dec = stepwise_decoder(ds, "tensorflow")
-    ov_dec = stepwise_decoder(ds, "openvino", "test-ensemble", str(tmp_path))
+    tf_dec = make_step_model(ds, "tensorflow")
+    ov_dec = make_step_model(ds, "openvino", "test-ensemble", str(tmp_path))
     settings = DecodeSettings("beam", 3, 0.7, CFG.max_length)
     tf_hyps = decode_batch(tf_dec, feats, 1, 2, settings)
     ov_hyps = decode_batch(ov_dec, feats, 1, 2, settings)
@@ -81,7 +82,7 @@ def save(uri: str, ds: list[MergeDecoder], combine: str = "mean_logprob") -> str
     cfg_vocab = Vocabulary.build([" ".join(words)], min_count=1)
     assert len(cfg_vocab) == CFG.vocab_size
     return save_artifact(uri, decoder=ds if len(ds) > 1 else ds[0], vocab=cfg_vocab,
-                         encoder={"name": "mobilenet_v3_small", "weights": "none", "image_size": [32, 32]},
+                         encoder=EncoderConfig("mobilenet_v3_small", (32, 32), "none"),
                          decoding=DecodeSettings("beam", 2, 0.5, CFG.max_length), combine=combine)
 
 
@@ -102,9 +103,9 @@ def test_ensemble_artifact_round_trip(tmp_path):
         for a, b in zip(original.training_model.get_weights(), back.training_model.get_weights()):
             np.testing.assert_array_equal(a, b)
     model = load_caption_model(str(tmp_path / "ens"), with_encoder=False)
-    assert model.step_decoder.members == 3 and model.step_decoder.combine == "mean_prob"
+    assert model.step_model.members == 3 and model.step_model.combine == "mean_prob"
     feats = np.random.default_rng(2).normal(size=(3, CFG.feature_dim)).astype(np.float32)
-    expected = decode_batch(stepwise_decoder(ds, combine="mean_prob"), feats, contents.vocab.start_id,
+    expected = decode_batch(make_step_model(ds, combine="mean_prob"), feats, contents.vocab.start_id,
                             contents.vocab.end_id, model.default_settings, contents.vocab.never_generated)
     got = model.caption_features(feats)
     assert [r.caption for r in got] == [" ".join(contents.vocab.decode(

@@ -85,10 +85,10 @@ def test_gate_refuses_and_writes_nothing(tiny_artifact, photo_tables, tmp_path):
 def test_int8_artifact_records_calibration_and_runs(int8_artifact, tiny_artifact, photo_tables):
     from model.artifact import INT8_ENCODER_BIN, INT8_ENCODER_XML, read_artifact
     from model.captioner import load_caption_model
-    from model.image_decoding import decode_image
+    from model.image_loading import decode_image
 
     contents = read_artifact(int8_artifact)
-    block = contents.config["encoder"]["int8"]
+    block = contents.config.encoder.int8
     manifest = json.loads((Path(int8_artifact) / "manifest.json").read_text())
     assert {INT8_ENCODER_XML, INT8_ENCODER_BIN} <= set(manifest["files"])
     assert block["calibration"]["count"] == 6 and block["calibration"]["split"] == "train"
@@ -158,7 +158,7 @@ def test_from_artifact_copies_the_ir_only_for_the_same_encoder(int8_artifact, ti
                      "--max-bleu-drop", "1", "--min-identical", "0") == 0
     copied = read_artifact(str(model))
     assert copied.int8_encoder == read_artifact(int8_artifact).int8_encoder
-    assert copied.config["encoder"]["int8"]["copied_from_model_id"] == read_artifact(int8_artifact).model_id
+    assert copied.config.encoder.int8["copied_from_model_id"] == read_artifact(int8_artifact).model_id
     other = tmp_path / "other"
     make_tiny_artifact(str(other), seed=1)  # other encoder weights
     with pytest.raises(SystemExit, match="built from another encoder"):

@@ -1,6 +1,7 @@
 """Decoder formulations, encoder, and the verified model artifact (real Keras, small sizes)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import shutil
@@ -14,8 +15,9 @@ keras = pytest.importorskip("keras")
 from model.artifact import (ArtifactError, CONFIG, DECODER_WEIGHTS, MANIFEST, VOCAB, compute_model_id,
                             read_artifact)
 from model.captioner import load_caption_model
-from model.decoder import DecoderConfig, MergeDecoder, build_prefix_model, copy_weights
-from model.decoding import DecodeSettings, beam_search, greedy_decode
+from model.artifact_config import DecoderConfig
+from model.caption_search import DecodeSettings, beam_search, greedy_decode
+from model.lstm_decoder import MergeDecoder, build_prefix_model, copy_weights
 from model.encoder import EncoderError, ImageEncoder, choose_runtime
 from model import storage
 
@@ -57,7 +59,7 @@ def test_per_prefix_and_whole_caption_formulations_agree():
     captions[:, 0] = 1
     captions[2, 5:] = 0  # a shorter caption, padded
     whole = dec.training_model([feats, captions], training=False).numpy()
-    step = dec.stepwise()
+    step = dec.step_model()
     state = step.initial_state(feats)
     for t in range(5):
         prefix = np.zeros((4, CFG.max_length), np.int32)  # pre-padded, as the tutorials do
@@ -70,7 +72,7 @@ def test_per_prefix_and_whole_caption_formulations_agree():
 
 def test_greedy_equals_beam_one_on_real_decoder():
     keras.utils.set_random_seed(2)
-    step = MergeDecoder(CFG).stepwise()
+    step = MergeDecoder(CFG).step_model()
     feats = np.random.default_rng(1).normal(size=(6, 24)).astype(np.float32) * 3
     g = greedy_decode(step, feats, 1, 2, CFG.max_length)
     b = beam_search(step, feats, 1, 2, CFG.max_length, beam_width=1)
@@ -266,3 +268,43 @@ def test_lambda_layer_model_in_place_of_weights_is_refused(damaged, tmp_path):
     with pytest.raises(ArtifactError, match="does not fit"):
         load_caption_model(str(damaged))
     assert not marker.exists()
+
+
+def test_shipped_config_parses_into_dataclasses_and_back_unchanged():
+    """config.json is parsed once (model.artifact_config); its blocks write back as they were."""
+    from model.artifact_config import ArtifactConfig, EncoderConfig
+
+    raw = json.loads((Path(__file__).parent.parent / "models" / "flickr8k-xception" / "config.json").read_text())
+    config = ArtifactConfig.from_dict(raw)
+    assert config.encoder.to_dict() == raw["encoder"]
+    assert config.decoder.to_dict() == raw["decoder"]
+    assert config.encoder.image_size == (299, 299) and config.encoder.name == "xception"
+    assert config.decoding.describe() == "beam(k=4,alpha=0.5,max_len=24)"
+    assert config.decode_settings(method="greedy", beam_width=None).describe() == "greedy(max_len=24)"
+    assert EncoderConfig.from_dict(config.encoder.to_dict()) == config.encoder
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.encoder.name = "resnet50"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="invalid encoder section"):
+        ArtifactConfig.from_dict({**raw, "encoder": {"name": "xception"}})
+    with pytest.raises(ValueError, match="invalid decoding section"):
+        ArtifactConfig.from_dict({**raw, "decoding": {"method": "sample"}})
+
+
+def test_artifact_files_reads_every_file_once(tiny_artifact, monkeypatch):
+    """The INT8 build copies an artifact through artifact_files: one read per file, verified."""
+    from collections import Counter
+
+    from model import artifact, storage
+
+    reads: Counter = Counter()
+    real = storage.read_bytes
+
+    def counting(uri, *args, **kwargs):
+        reads[uri.rsplit("/", 1)[-1]] += 1
+        return real(uri, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "read_bytes", counting)
+    files = artifact.artifact_files(tiny_artifact)
+    listed = json.loads((Path(tiny_artifact) / MANIFEST).read_text())["files"]
+    assert set(files) == set(listed)
+    assert reads == Counter({MANIFEST: 1, **{name: 1 for name in listed}})

@@ -37,7 +37,7 @@ EXPECTED = X @ (np.arange(12, dtype=np.float32).reshape(4, 3) / 10) * 2.0 + 1.0
 
 def test_cache_miss_writes_an_entry_and_a_hit_does_not_trace(tmp_path):
     calls: list[int] = []
-    key = ovr.cache_key(graph="affine", weights="w1")
+    key = ovr.compiled_graph_key(graph="affine", weights="w1")
     first = _run(ovr.compile_traced(_affine_trace(calls), "float32", key, str(tmp_path)), X)
     assert calls == [1]
     entry = tmp_path / key
@@ -54,7 +54,7 @@ def test_cache_miss_writes_an_entry_and_a_hit_does_not_trace(tmp_path):
 
 def test_damaged_cache_entry_is_rebuilt_not_trusted(tmp_path, caplog):
     calls: list[int] = []
-    key = ovr.cache_key(graph="affine", weights="w1")
+    key = ovr.compiled_graph_key(graph="affine", weights="w1")
     ovr.compile_traced(_affine_trace(calls), "float32", key, str(tmp_path))
     weights_file = tmp_path / key / "model.bin"
     data = bytearray(weights_file.read_bytes())
@@ -76,18 +76,18 @@ def test_damaged_cache_entry_is_rebuilt_not_trusted(tmp_path, caplog):
 
 
 def test_keys_separate_what_differs_and_none_turns_caching_off(tmp_path, monkeypatch):
-    assert ovr.cache_key(graph="a", weights="w1") == ovr.cache_key(weights="w1", graph="a")
-    assert ovr.cache_key(graph="a", weights="w1") != ovr.cache_key(graph="a", weights="w2")
+    assert ovr.compiled_graph_key(graph="a", weights="w1") == ovr.compiled_graph_key(weights="w1", graph="a")
+    assert ovr.compiled_graph_key(graph="a", weights="w1") != ovr.compiled_graph_key(graph="a", weights="w2")
     calls: list[int] = []
-    ovr.compile_traced(_affine_trace(calls, 2.0), "float32", ovr.cache_key(g="s2"), str(tmp_path))
-    out = _run(ovr.compile_traced(_affine_trace(calls, 3.0), "float32", ovr.cache_key(g="s3"), str(tmp_path)), X)
+    ovr.compile_traced(_affine_trace(calls, 2.0), "float32", ovr.compiled_graph_key(g="s2"), str(tmp_path))
+    out = _run(ovr.compile_traced(_affine_trace(calls, 3.0), "float32", ovr.compiled_graph_key(g="s3"), str(tmp_path)), X)
     assert calls == [1, 1]
     np.testing.assert_allclose(out, (EXPECTED - 1.0) * 1.5 + 1.0, rtol=1e-5)
 
     assert ovr.cache_dir("none") is None and ovr.cache_dir("") is None
     monkeypatch.setenv("CAPTION_CACHE_DIR", str(tmp_path / "root"))
     assert ovr.cache_dir() == str(tmp_path / "root" / "openvino")
-    ovr.compile_traced(_affine_trace(calls), "float32", ovr.cache_key(g="x"), ovr.cache_dir("none"))
+    ovr.compile_traced(_affine_trace(calls), "float32", ovr.compiled_graph_key(g="x"), ovr.cache_dir("none"))
     ovr.compile_traced(_affine_trace(calls), "float32", None, str(tmp_path / "unused"))
     assert not (tmp_path / "root").exists() and not (tmp_path / "unused").exists()
 
@@ -116,19 +116,19 @@ def test_cached_encoder_skips_keras_and_gives_the_same_features(tiny_artifact, t
 
 def test_openvino_step_decoder_matches_tensorflow(tiny_artifact, tmp_path):
     from model.captioner import load_caption_model
-    from model.decoder import OpenVinoStepDecoder, StepwiseDecoder
+    from model.lstm_decoder import OpenVinoStepModel, KerasStepModel
 
     images = np.random.default_rng(4).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
     ov_model = load_caption_model(tiny_artifact, runtime="openvino", cache=str(tmp_path))
     tf_model = load_caption_model(tiny_artifact, runtime="tensorflow")
-    assert isinstance(ov_model.step_decoder, OpenVinoStepDecoder)
-    assert type(tf_model.step_decoder) is StepwiseDecoder
+    assert isinstance(ov_model.step_model, OpenVinoStepModel)
+    assert type(tf_model.step_model) is KerasStepModel
     feats = tf_model.encode(images)
-    ov_state, tf_state = ov_model.step_decoder.initial_state(feats), tf_model.step_decoder.initial_state(feats)
+    ov_state, tf_state = ov_model.step_model.initial_state(feats), tf_model.step_model.initial_state(feats)
     words = np.array([1, 2, 3, 4], np.int32)
     for _ in range(3):
-        (ov_logp, ov_state), (tf_logp, tf_state) = (ov_model.step_decoder.step(words, ov_state),
-                                                    tf_model.step_decoder.step(words, tf_state))
+        (ov_logp, ov_state), (tf_logp, tf_state) = (ov_model.step_model.step(words, ov_state),
+                                                    tf_model.step_model.step(words, tf_state))
         np.testing.assert_allclose(ov_logp, tf_logp, rtol=1e-4, atol=1e-4)
         words = tf_logp.argmax(axis=1).astype(np.int32)
     assert [r.caption for r in ov_model.caption_features(feats)] == \
@@ -142,7 +142,7 @@ def test_openvino_step_decoder_matches_tensorflow(tiny_artifact, tmp_path):
 def test_cache_folder_others_can_write_to_is_not_used(tmp_path, caplog):
     """On a shared machine another user must not be able to plant graphs for us to run."""
     calls: list[int] = []
-    key = ovr.cache_key(graph="affine", weights="w1")
+    key = ovr.compiled_graph_key(graph="affine", weights="w1")
     cache = tmp_path / "cache"
     ovr.compile_traced(_affine_trace(calls), "float32", key, str(cache))
     assert (cache / key / "model.xml").is_file() and oct(cache.stat().st_mode & 0o777) == "0o700"

@@ -24,7 +24,7 @@ def test_sdist_contains_packages_and_default_model(tmp_path):
     (archive,) = tmp_path.glob("*.tar.gz")
     with tarfile.open(archive) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    for module in ("run_pipeline.py", "setup.py", "model/decoder.py", "model/decoding.py", "model/artifact.py",
+    for module in ("run_pipeline.py", "setup.py", "model/lstm_decoder.py", "model/caption_search.py", "model/artifact.py",
                    "training/train.py", "beam_pipeline/pipeline.py", "beam_pipeline/caption_handler.py",
                    "models/__init__.py", *REPORT_FILES):
         assert module in names, module
@@ -58,6 +58,6 @@ def test_default_model_is_the_shipped_artifact():
     from model.artifact import read_artifact
 
     contents = read_artifact(default_model_uri())
-    assert contents.config["encoder"]["name"] == "xception"
-    assert contents.config["encoder"]["weights"] == "imagenet"  # weights are not shipped, only named
+    assert contents.config.encoder.name == "xception"
+    assert contents.config.encoder.weights == "imagenet"  # weights are not shipped, only named
     assert not (Path(default_model_uri()) / "encoder.weights.h5").exists()

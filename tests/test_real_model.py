@@ -19,7 +19,7 @@ def _mentions_dog(text: str) -> bool:
 
 
 def test_shipped_model_captions_name_what_is_in_the_pictures(tmp_path, xception_weights, flickr8k):
-    from training.datasets import parse_token_file
+    from model.flickr8k import parse_token_file
 
     refs = parse_token_file((flickr8k / "Flickr8k.token.txt").read_text())
     dev = [n for n in (flickr8k / "Flickr_8k.devImages.txt").read_text().split() if (flickr8k / "images" / n).exists()]
@@ -54,7 +54,7 @@ def test_bfloat16_with_float32_stem_stays_close_to_float32(runtime, xception_wei
 
     from model.encoder import ImageEncoder
     from model.openvino_runtime import cpu_has_bf16
-    from model.image_decoding import decode_image
+    from model.image_loading import decode_image
 
     if runtime == "openvino" and not cpu_has_bf16():
         pytest.skip("this CPU has no bf16 instructions; OpenVINO would run float32")

@@ -29,11 +29,12 @@ keras = pytest.importorskip("keras")
 from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from model import flickr8k  # noqa: E402
 from model.artifact import read_artifact  # noqa: E402
 from model.bleu import bleu_tokens, corpus_bleu_scores  # noqa: E402
 from model.captioner import build_decoder, load_caption_model  # noqa: E402
-from model.decoding import DecodeSettings  # noqa: E402
-from model.image_decoding import decode_image  # noqa: E402
+from model.caption_search import DecodeSettings  # noqa: E402
+from model.image_loading import decode_image  # noqa: E402
 from model.vocabulary import Vocabulary  # noqa: E402
 from training import datasets, embeddings, features, train as training_train  # noqa: E402
 from training import evaluate as training_evaluate  # noqa: E402
@@ -102,12 +103,12 @@ def make_shapes(root: Path, seed: int = 0) -> Shapes:
     captions[CORRUPT] = captions_for("red", "circle", "large")
     captions[MISSING] = captions_for("blue", "square", "small")
     splits["train"][5:5] = [CORRUPT, MISSING]
-    with open(root / datasets.TOKEN_FILE, "w") as f:
+    with open(root / flickr8k.TOKEN_FILE, "w") as f:
         for name, caps in captions.items():
             for j, caption in enumerate(caps):
                 f.write(f"{name}#{j}\t{caption}\n")
     for split, names in splits.items():
-        (root / datasets.SPLIT_FILES[split]).write_text("\n".join(names) + "\n")
+        (root / flickr8k.SPLIT_FILES[split]).write_text("\n".join(names) + "\n")
     tables = root / "tables"
     tables.mkdir()
     train_table = tables / "train.csv"
@@ -196,8 +197,8 @@ def dev_features(run: Run, shapes: Shapes, encoder: str, weights: str, size: int
 
 def test_training_writes_a_loadable_artifact_with_curves_and_history(random_run: Run, shapes: Shapes):
     contents = read_artifact(str(random_run.model))
-    assert contents.config["encoder"]["name"] == "mobilenet_v3_small"
-    assert contents.config["encoder"]["image_size"] == [64, 64]
+    assert contents.config.encoder.name == "mobilenet_v3_small"
+    assert contents.config.encoder.image_size == (64, 64)
     png = (random_run.model / "training_curves.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert Image.open(io.BytesIO(png)).format == "PNG"
@@ -303,9 +304,9 @@ def test_our_bleu_equals_nltk_corpus_bleu_on_generated_captions(which: str, shap
                                                                 request: pytest.FixtureRequest):
     run: Run = request.getfixturevalue(which)
     contents = read_artifact(str(run.model))
-    step = build_decoder(contents).stepwise()
-    enc = contents.config["encoder"]
-    items, feats = dev_features(run, shapes, enc["name"], contents.encoder_weights, enc["image_size"][0])
+    step = build_decoder(contents).step_model()
+    enc = contents.config.encoder
+    items, feats = dev_features(run, shapes, enc.name, contents.encoder_weights, enc.image_size[0])
     refs = [[bleu_tokens(c) for c in item.captions] for item in items]
     for settings in (contents.decode_settings(method="greedy"), contents.decode_settings(method="beam")):
         hyps = training_train_generate(step, contents.vocab, feats, settings)
@@ -318,6 +319,18 @@ def test_our_bleu_equals_nltk_corpus_bleu_on_generated_captions(which: str, shap
         assert corpus_bleu_scores(hyps, refs) == ours
         # The artifact recorded the same numbers at the end of training.
         assert run.summary["dev_bleu"][settings.describe()] == pytest.approx(ours, rel=1e-9)
+
+
+def test_evaluation_captions_come_from_the_model_core_caption_path(random_run: Run, shapes: Shapes):
+    """training.evaluate captions through the same features -> captions path as CaptionModel."""
+    contents = read_artifact(str(random_run.model))
+    model = load_caption_model(str(random_run.model), with_encoder=False)
+    enc = contents.config.encoder
+    items, feats = dev_features(random_run, shapes, enc.name, contents.encoder_weights, enc.image_size[0])
+    for settings in (contents.decode_settings(method="greedy"), contents.decode_settings()):
+        expected = [list(r.tokens) for r in model.caption_features(feats, settings)]
+        assert training_evaluate.generate_captions(model.step_model, contents.vocab, feats, settings,
+                                                   batch_size=3) == expected
 
 
 def training_train_generate(step, vocab: Vocabulary, feats: np.ndarray, settings: DecodeSettings) -> list[list[str]]:
@@ -372,7 +385,7 @@ class CountingEncoder:
 
 def test_interrupted_extraction_resumes_with_the_remaining_images(shapes: Shapes, tmp_path: Path):
     items = fake_items(shapes)
-    key = features.cache_key("fake", (32, 32), "none")
+    key = features.feature_cache_key("fake", (32, 32), "none")
     first = CountingEncoder(fail_on_call=4)
     with pytest.raises(KeyboardInterrupt):
         features.extract_features(items, first, (32, 32), features.FeatureCache(str(tmp_path), key),
@@ -401,7 +414,7 @@ def test_interrupted_extraction_resumes_with_the_remaining_images(shapes: Shapes
 def test_a_write_cut_short_never_corrupts_the_cache(shapes: Shapes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A process killed while writing a part leaves a partial file; loading must ignore it."""
     items = fake_items(shapes)[:25]
-    key = features.cache_key("fake", (32, 32), "none")
+    key = features.feature_cache_key("fake", (32, 32), "none")
     real_savez = np.savez
     writes = []
 
@@ -429,10 +442,11 @@ def test_a_write_cut_short_never_corrupts_the_cache(shapes: Shapes, tmp_path: Pa
 
 
 def test_feature_cache_key_separates_encoders():
-    a = features.cache_key("xception", (299, 299), "abc")
-    assert a == features.cache_key("xception", (299, 299), "abc")
-    assert len({a, features.cache_key("xception", (96, 96), "abc"), features.cache_key("xception", (299, 299), "abd"),
-                features.cache_key("resnet50", (299, 299), "abc")}) == 4
+    a = features.feature_cache_key("xception", (299, 299), "abc")
+    assert a == features.feature_cache_key("xception", (299, 299), "abc")
+    assert len({a, features.feature_cache_key("xception", (96, 96), "abc"),
+                features.feature_cache_key("xception", (299, 299), "abd"),
+                features.feature_cache_key("resnet50", (299, 299), "abc")}) == 4
 
 
 # --------------------------------------------------------------------------- datasets
@@ -440,12 +454,12 @@ def test_feature_cache_key_separates_encoders():
 
 def test_parse_token_file():
     text = "a.jpg#0\tA dog runs .\n\na.jpg#1\ta dog\twith a tab\nb#c.jpg#0\tsomething\n"
-    parsed = datasets.parse_token_file(text)
+    parsed = flickr8k.parse_token_file(text)
     assert list(parsed) == ["a.jpg", "b#c.jpg"]
     assert parsed["a.jpg"] == ["A dog runs .", "a dog\twith a tab"]
     with pytest.raises(ValueError, match="line 2 has no tab"):
-        datasets.parse_token_file("a.jpg#0\tok\nb.jpg#0 no tab here\n")
-    assert datasets.parse_split_file(" a.jpg \n\nb.jpg\n") == ["a.jpg", "b.jpg"]
+        flickr8k.parse_token_file("a.jpg#0\tok\nb.jpg#0 no tab here\n")
+    assert flickr8k.parse_split_file(" a.jpg \n\nb.jpg\n") == ["a.jpg", "b.jpg"]
 
 
 def test_read_flickr8k_splits(shapes: Shapes, tmp_path: Path):
@@ -459,8 +473,8 @@ def test_read_flickr8k_splits(shapes: Shapes, tmp_path: Path):
 
     root = tmp_path / "broken"
     root.mkdir()
-    (root / datasets.TOKEN_FILE).write_text("a.jpg#0\ta dog\n")
-    (root / datasets.SPLIT_FILES["train"]).write_text("a.jpg\nb.jpg\n")
+    (root / flickr8k.TOKEN_FILE).write_text("a.jpg#0\ta dog\n")
+    (root / flickr8k.SPLIT_FILES["train"]).write_text("a.jpg\nb.jpg\n")
     with pytest.raises(ValueError, match="b.jpg is listed in the train split but has no captions"):
         datasets.read_flickr8k(str(root), "train")
 
@@ -603,4 +617,4 @@ def test_ensemble_training_tunes_decoding_and_reuses_finished_members(shapes: Sh
         pytest.approx({k: best[k] for k in ("bleu1", "bleu4", "cider_d", "rouge_l")}, rel=1e-9)
     assert one["format"] == "image-caption-model/1" and two["format"] == "image-caption-model/2"
     model = load_caption_model(str(tmp_path / "two"))
-    assert model.step_decoder.members == 2
+    assert model.step_model.members == 2

@@ -72,9 +72,9 @@ def int8_split_features(args: argparse.Namespace, items: Sequence[CaptionedImage
     """Features of ``items`` from the INT8 IR, through the feature cache (keyed by the IR's hash,
     so a re-run of the gate on the same IR does not run the encoder again)."""
     from model.encoder import ImageEncoder
-    from training.features import FeatureCache, cache_key, extract_features
+    from training.features import FeatureCache, feature_cache_key, extract_features
 
-    cache = FeatureCache(args.cache_dir, cache_key(f"{encoder_name}-int8", image_size, ir_fingerprint(*ir)))
+    cache = FeatureCache(args.cache_dir, feature_cache_key(f"{encoder_name}-int8", image_size, ir_fingerprint(*ir)))
     built: list[ImageEncoder] = []
 
     def encode(images: np.ndarray) -> np.ndarray:
@@ -89,22 +89,22 @@ def int8_split_features(args: argparse.Namespace, items: Sequence[CaptionedImage
 def compare_int8(args: argparse.Namespace, contents: Any, ir: tuple[bytes, bytes], split: str,
                  limit: int | None = None) -> dict[str, Any]:
     """Compare the artifact's decoder on float32 features and on INT8 features of ``split``."""
-    from model.captioner import build_step_decoder
+    from model.captioner import build_step_model
     from training.evaluate import generate_captions
     from training.splits import load_split_features
 
-    enc = contents.config["encoder"]
-    size = (int(enc["image_size"][0]), int(enc["image_size"][1]))
-    items, feats32, report = load_split_features(args, split, enc["name"], contents.encoder_weights, size)
+    enc = contents.config.encoder
+    size = enc.image_size
+    items, feats32, report = load_split_features(args, split, enc.name, contents.encoder_weights, size)
     if limit:
         items, feats32 = items[:limit], feats32[:limit]
-    by_id = int8_split_features(args, items, enc["name"], size, ir)
+    by_id = int8_split_features(args, items, enc.name, size, ir)
     keep = [i for i, it in enumerate(items) if it.image_id in by_id]
     items = [items[i] for i in keep]
     feats32 = feats32[keep]
     feats8 = np.stack([by_id[it.image_id] for it in items]).astype(np.float32)
     settings = contents.decode_settings()
-    step = build_step_decoder(contents)
+    step = build_step_model(contents)
     captions32 = generate_captions(step, contents.vocab, feats32, settings)
     captions8 = generate_captions(step, contents.vocab, feats8, settings)
     cos = feature_cosines(feats32, feats8)

@@ -1,4 +1,6 @@
-"""Image/caption datasets: the Flickr8k format and plain tables (CSV, JSONL, Parquet).
+"""Image/caption datasets: Flickr8k splits and plain tables (CSV, JSONL, Parquet), as
+``CaptionedImage`` lists (the file formats themselves are read by ``model.flickr8k`` and
+``model.tables``).
 
 Paths and URIs go through fsspec, so a dataset can live on local disk, gs:// or s3://.
 """
@@ -9,11 +11,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable
 
-from model.storage import read_table, read_text
-
-TOKEN_FILE = "Flickr8k.token.txt"
-SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "dev": "Flickr_8k.devImages.txt",
-               "test": "Flickr_8k.testImages.txt"}
+from model.flickr8k import SPLIT_FILES, TOKEN_FILE, parse_split_file, parse_token_file
+from model.storage import read_text
+from model.tables import read_columns
 
 
 @dataclass(frozen=True)
@@ -29,24 +29,6 @@ def _join(base: str, name: str) -> str:
     if "://" in name or name.startswith("/"):
         return name
     return base.rstrip("/") + "/" + name
-
-
-def parse_token_file(text: str) -> "OrderedDict[str, list[str]]":
-    """Parse ``IMAGE.jpg#N<TAB>caption`` lines into ``{image_id: [captions]}`` (order kept)."""
-    out: OrderedDict[str, list[str]] = OrderedDict()
-    for line_no, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        key, sep, caption = line.partition("\t")
-        if not sep:
-            raise ValueError(f"token file line {line_no} has no tab: {line[:80]!r}")
-        image_id = key.rsplit("#", 1)[0].strip()
-        out.setdefault(image_id, []).append(caption.strip())
-    return out
-
-
-def parse_split_file(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def read_flickr8k(root: str, split: str | None = "train", images_dir: str = "images",
@@ -70,21 +52,12 @@ def read_flickr8k(root: str, split: str | None = "train", images_dir: str = "ima
     return out
 
 
-def read_table_column_rows(uri: str, columns: list[str]) -> list[dict]:
-    """Rows of a CSV/JSONL/Parquet table as dicts of the given columns (all must exist)."""
-    table = read_table(uri)
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise ValueError(f"table {uri} has no column(s) {missing}; it has {table.column_names}")
-    return table.select(columns).to_pylist()
-
-
 def read_caption_table(uri: str, image_column: str = "image", caption_column: str = "caption",
                        id_column: str | None = None, base_dir: str | None = None) -> list[CaptionedImage]:
     """A table with one (image, caption) pair per row; rows of the same image are grouped.
     Relative image paths are resolved against ``base_dir`` (default: the table's folder)."""
     columns = [image_column, caption_column] + ([id_column] if id_column else [])
-    rows = read_table_column_rows(uri, columns)
+    rows = read_columns(uri, columns).to_pylist()
     base = base_dir if base_dir is not None else posixpath.dirname(uri)
     grouped: OrderedDict[str, tuple[str, list[str]]] = OrderedDict()
     for row in rows:

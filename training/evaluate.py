@@ -15,21 +15,21 @@ import numpy as np
 
 from model.bleu import bleu_tokens, corpus_bleu_scores
 from model.caption_metrics import cider_d, rouge_l
-from model.decoding import DecodeSettings, decode_batch, strip_end
+from model.caption_search import DecodeSettings, StepModel, caption_features
 from model.vocabulary import Vocabulary
 from training.datasets import CaptionedImage
 
 log = logging.getLogger(__name__)
 
 
-def generate_captions(step_decoder, vocab: Vocabulary, features: np.ndarray, settings: DecodeSettings,
+def generate_captions(step_model: StepModel, vocab: Vocabulary, features: np.ndarray, settings: DecodeSettings,
                       batch_size: int = 128) -> list[list[str]]:
-    """Decode captions (as word lists) for a matrix of encoder features, in batches."""
+    """Captions (as word lists) for a matrix of encoder features, in batches, through the model
+    core's caption path (``model.caption_search.caption_features``, as ``CaptionModel``)."""
     out: list[list[str]] = []
     for start in range(0, len(features), batch_size):
-        hyps = decode_batch(step_decoder, features[start:start + batch_size], vocab.start_id, vocab.end_id, settings,
-                            vocab.never_generated)
-        out.extend(vocab.decode(strip_end(h.token_ids, vocab.end_id)) for h in hyps)
+        batch = caption_features(step_model, vocab, features[start:start + batch_size], settings)
+        out.extend(list(r.tokens) for r in batch)
     return out
 
 
@@ -46,10 +46,10 @@ def caption_scores(hypotheses: Sequence[Sequence[str]], items: Sequence[Captione
     return scores
 
 
-def bleu_on(step_decoder, vocab: Vocabulary, items: Sequence[CaptionedImage], features: np.ndarray,
+def bleu_on(step_model: StepModel, vocab: Vocabulary, items: Sequence[CaptionedImage], features: np.ndarray,
             settings: DecodeSettings, extended: bool = False) -> dict[str, float]:
     """Corpus BLEU-1..4 (and with ``extended`` CIDEr-D and ROUGE-L) of generated captions."""
-    return caption_scores(generate_captions(step_decoder, vocab, features, settings), items, extended)
+    return caption_scores(generate_captions(step_model, vocab, features, settings), items, extended)
 
 
 def objective(scores: dict[str, float], metric: str) -> float:
@@ -57,7 +57,7 @@ def objective(scores: dict[str, float], metric: str) -> float:
     return sum(scores[name.strip()] for name in metric.split("+"))
 
 
-def tune_decoding(step_decoder, vocab: Vocabulary, items: Sequence[CaptionedImage], features: np.ndarray,
+def tune_decoding(step_model: StepModel, vocab: Vocabulary, items: Sequence[CaptionedImage], features: np.ndarray,
                   max_length: int, widths: Sequence[int], alphas: Sequence[float],
                   metric: str = "bleu4") -> tuple[DecodeSettings, list[dict]]:
     """Score every beam width x length alpha on ``items`` (a dev split: never the test split)
@@ -66,7 +66,7 @@ def tune_decoding(step_decoder, vocab: Vocabulary, items: Sequence[CaptionedImag
     for width in widths:
         for alpha in (alphas if width > 1 else alphas[:1]):  # alpha only ranks finished beams
             settings = DecodeSettings("beam", width, alpha, max_length)
-            scores = bleu_on(step_decoder, vocab, items, features, settings, extended=True)
+            scores = bleu_on(step_model, vocab, items, features, settings, extended=True)
             grid.append({"decode": settings.describe(), "beam_width": width, "length_alpha": alpha, **scores})
             log.info("tuning %s: %s", settings.describe(), " ".join(f"{k}={v:.4f}" for k, v in scores.items()))
     best = max(grid, key=lambda row: objective(row, metric))
@@ -90,15 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
     from model.artifact import read_artifact
-    from model.captioner import build_step_decoder
+    from model.captioner import build_step_model
 
     contents = read_artifact(args.model, encoder_weights=args.encoder_weights)
-    enc = contents.config["encoder"]
-    items, feats, report = load_split_features(args, args.split, enc["name"], contents.encoder_weights,
-                                               tuple(enc["image_size"]))
+    enc = contents.config.encoder
+    items, feats, report = load_split_features(args, args.split, enc.name, contents.encoder_weights, enc.image_size)
     if args.limit:
         items, feats = items[: args.limit], feats[: args.limit]
-    step = build_step_decoder(contents)
+    step = build_step_model(contents)
     results = {"model_id": contents.model_id, "split": args.split, "images": len(items),
                "skipped": report.summary()}
     for method in args.decode:

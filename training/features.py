@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
-import fsspec
 import numpy as np
 
-from model.image_decoding import ImageDecodeError, decode_image
+from model.image_loading import DEFAULT_MAX_BYTES, TOO_LARGE, ImageDecodeError, decode_image
+from model.storage import ObjectTooLarge, read_bytes
 from training.datasets import CaptionedImage
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ class ExtractionReport:
                 "undecodable_examples": dict(sorted(self.undecodable.items())[:10])}
 
 
-def cache_key(encoder_name: str, image_size: Sequence[int], weights_fingerprint: str) -> str:
+def feature_cache_key(encoder_name: str, image_size: Sequence[int], weights_fingerprint: str) -> str:
+    """The folder name of one encoder configuration's features in the feature cache."""
     raw = f"{encoder_name}|{image_size[0]}x{image_size[1]}|{weights_fingerprint}"
     return f"{encoder_name}-{image_size[0]}x{image_size[1]}-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
 
@@ -81,17 +82,19 @@ class FeatureCache:
             self._features[image_id] = np.asarray(vec, np.float32)
 
 
-def _load_image(item: CaptionedImage, size: tuple[int, int]) -> tuple[str, np.ndarray | None, str | None, str | None]:
-    """Read and decode one image; returns (id, pixels, failure kind, message)."""
+def _load_image(item: CaptionedImage, size: tuple[int, int],
+                max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[str, np.ndarray | None, str | None, str | None]:
+    """Read (at most ``max_bytes``) and decode one image; returns (id, pixels, failure kind, message)."""
     try:
-        with fsspec.open(item.uri, "rb") as f:
-            data = f.read()
+        data = read_bytes(item.uri, max_bytes)
+    except ObjectTooLarge:
+        return item.image_id, None, "undecodable", f"{TOO_LARGE}: file is over the limit of {max_bytes} bytes"
     except FileNotFoundError:
         return item.image_id, None, "missing", f"file not found: {item.uri}"
     except OSError as exc:
         return item.image_id, None, "missing", f"cannot read {item.uri}: {exc}"
     try:
-        return item.image_id, decode_image(data, size).pixels, None, None
+        return item.image_id, decode_image(data, size, max_bytes=max_bytes).pixels, None, None
     except ImageDecodeError as exc:
         return item.image_id, None, "undecodable", f"{exc.error_type}: {exc.message}"
 

@@ -106,8 +106,8 @@ def encoder_identity(contents: ArtifactContents) -> dict[str, Any]:
     """What an INT8 encoder is derived from: encoder name, image size, source weights hash."""
     from model.encoder import weights_fingerprint
 
-    enc = contents.config["encoder"]
-    return {"encoder": enc["name"], "image_size": [int(v) for v in enc["image_size"]],
+    enc = contents.config.encoder
+    return {"encoder": enc.name, "image_size": list(enc.image_size),
             "source_weights_sha256_16": weights_fingerprint(contents.encoder_weights)}
 
 
@@ -148,7 +148,7 @@ def build_int8(args: argparse.Namespace, contents: ArtifactContents, identity: d
 def reuse_int8(other_uri: str, identity: dict[str, Any]) -> tuple[tuple[bytes, bytes], dict[str, Any]]:
     """The INT8 IR of another artifact, if it was built from the same encoder (else refused)."""
     other = read_artifact(other_uri)
-    block = other.config["encoder"].get("int8")
+    block = other.config.encoder.int8
     if other.int8_encoder is None or block is None:
         raise SystemExit(f"model artifact {other_uri} has no INT8 encoder to copy")
     theirs = {k: block.get(k) for k in identity}

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from training.datasets import CaptionedImage, read_caption_table, read_flickr8k
-from training.features import ExtractionReport, FeatureCache, cache_key, extract_features
+from training.features import ExtractionReport, FeatureCache, feature_cache_key, extract_features
 
 log = logging.getLogger("training")
 
@@ -50,7 +50,7 @@ def load_split_features(args: argparse.Namespace, split: str, encoder_name: str,
     from model.encoder import ImageEncoder, weights_fingerprint
 
     items = read_split(args, split)
-    cache = FeatureCache(args.cache_dir, cache_key(encoder_name, image_size, weights_fingerprint(weights)))
+    cache = FeatureCache(args.cache_dir, feature_cache_key(encoder_name, image_size, weights_fingerprint(weights)))
     todo = [it for it in items if it.image_id not in cache]
     if todo and encoder is None:
         # Built on first use only: when every uncached image is missing or undecodable (they are

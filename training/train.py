@@ -137,8 +137,9 @@ def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     import keras
 
     from model.artifact import save_artifact
-    from model.decoder import DecoderConfig, MergeDecoder, stepwise_decoder
-    from model.decoding import DecodeSettings
+    from model.artifact_config import DecoderConfig, EncoderConfig
+    from model.caption_search import DecodeSettings
+    from model.lstm_decoder import MergeDecoder, make_step_model
     from model.encoder import get_backbone
     from training.embeddings import embedding_matrix, load_text_vectors, train_word2vec
     from training.evaluate import bleu_on, tune_decoding
@@ -183,12 +184,12 @@ def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
             matrix, coverage = embedding_matrix(vocab, vectors, args.embedding_dim, seed=seed)
             decoder.embedding.set_weights([matrix])
             embedding_info["coverage"] = round(coverage, 4)
-        step_decoder = decoder.stepwise()
+        step_model = decoder.step_model()
 
-        def dev_bleu(epoch: int, logs: dict, step_decoder=step_decoder, member=i) -> None:
+        def dev_bleu(epoch: int, logs: dict, step_model=step_model, member=i) -> None:
             if not len(sample):
                 return
-            scores = bleu_on(step_decoder, vocab, [dev_items[j] for j in sample], dev_feats[sample], greedy)
+            scores = bleu_on(step_model, vocab, [dev_items[j] for j in sample], dev_feats[sample], greedy)
             for k, v in scores.items():
                 logs[f"dev_{k}"] = v
             log.info("member %d epoch %d: loss %.4f dev loss %.4f dev BLEU-1 %.3f BLEU-4 %.3f", member + 1, epoch + 1,
@@ -204,7 +205,7 @@ def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
                         "history": record["history"]})
     trained = time.time()
 
-    ensemble = stepwise_decoder(members, combine=args.ensemble_combine)
+    ensemble = make_step_model(members, combine=args.ensemble_combine)
     beam = DecodeSettings("beam", args.beam_width, args.length_alpha, max_length)
     tuning = None
     if args.tune_decoding:
@@ -244,8 +245,7 @@ def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
         with open(png, "rb") as f:
             curves = f.read()
     model_id = save_artifact(args.output, decoder=members, vocab=vocab,
-                             encoder={"name": args.encoder, "weights": args.artifact_encoder_weights,
-                                      "image_size": list(image_size)},
+                             encoder=EncoderConfig(args.encoder, image_size, args.artifact_encoder_weights),
                              decoding=beam, training=summary, extra_files={"training_curves.png": curves},
                              combine=args.ensemble_combine)
     summary["model_id"] = model_id

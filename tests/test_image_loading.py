@@ -1,4 +1,4 @@
-"""Tests for model.image_decoding: the bad-input corpus, modes, orientation, fuzzing."""
+"""Tests for model.image_loading: the bad-input corpus, modes, orientation, fuzzing."""
 from __future__ import annotations
 
 import io
@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, JpegImagePlugin
 
 from tests import image_corpus as corpus
-from model.image_decoding import (
+from model.image_loading import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
     ERROR_TYPES,
@@ -291,7 +291,7 @@ def test_every_mode_converts_to_rgb(mode: str) -> None:
     else:
         img = base.convert(mode)
     # Pillow cannot save most of these modes, so go through the private path on purpose.
-    from model.image_decoding import _to_rgb
+    from model.image_loading import _to_rgb
 
     rgb = _to_rgb(img)
     assert rgb.mode == "RGB" and rgb.size == (6, 4)
@@ -456,7 +456,7 @@ def test_sniff_is_image() -> None:
 
 def test_module_imports_neither_tensorflow_nor_beam() -> None:
     code = (
-        "import sys, model.image_decoding; "
+        "import sys, model.image_loading; "
         "heavy = ('tensorflow', 'apache_beam', 'keras'); "
         "bad = [m for m in sys.modules if m.split('.')[0] in heavy]; "
         "assert not bad, bad"

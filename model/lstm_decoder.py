@@ -1,4 +1,6 @@
-"""The merge CNN-LSTM caption decoder, in its training, per-prefix and step-wise forms.
+"""The merge CNN-LSTM caption decoder network, in its training, per-prefix and step-wise forms.
+
+(The caption *search* over the step-wise form is ``model.caption_search``.)
 
 One set of Keras layers serves three graphs:
 
@@ -6,15 +8,14 @@ One set of Keras layers serves three graphs:
   image branch is added at every step), so one caption is one training example;
 * ``build_prefix_model``: the classic tutorials' formulation (one example per prefix, the LSTM
   returns its last output) used to prove equivalence and as the benchmark baseline;
-* ``StepwiseDecoder``: inference one word at a time carrying the LSTM state (im2txt style), so a
-  caption of L words costs L LSTM steps; ``OpenVinoStepDecoder`` runs the same two traced
+* ``KerasStepModel``: inference one word at a time carrying the LSTM state (im2txt style), so a
+  caption of L words costs L LSTM steps; ``OpenVinoStepModel`` runs the same two traced
   graphs with OpenVINO (used with the OpenVINO encoder: half the per-step cost, and one thread
   pool in the process instead of two competing ones).
 """
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -22,38 +23,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-
-@dataclass(frozen=True)
-class DecoderConfig:
-    """Sizes of the merge decoder; stored in the artifact's config.json."""
-
-    vocab_size: int
-    max_length: int  # max caption tokens including <start> and <end>
-    feature_dim: int = 2048
-    embedding_dim: int = 256
-    units: int = 256
-    image_dense: tuple[int, ...] = (256,)  # image branch Dense sizes; the last must equal units
-    dropout: float = 0.5
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "image_dense", tuple(int(u) for u in self.image_dense))
-        if not self.image_dense or self.image_dense[-1] != self.units:
-            raise ValueError(f"image_dense must end with units={self.units}, got {self.image_dense}")
-        if self.vocab_size < 5:
-            raise ValueError(f"vocab_size {self.vocab_size} is too small")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["image_dense"] = list(self.image_dense)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DecoderConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown decoder config keys: {sorted(unknown)}")
-        return cls(**d)
+from model.artifact_config import ENSEMBLE_COMBINE, DecoderConfig
 
 
 class MergeDecoder:
@@ -109,24 +79,21 @@ class MergeDecoder:
         if skipped:
             raise ValueError(f"weights file does not cover every decoder layer: {skipped[0]}")
 
-    def stepwise(self, runtime: str = "tensorflow", cache_identity: str | None = None,
-                 cache: str | None = None) -> "StepwiseDecoder":
+    def step_model(self, runtime: str = "tensorflow", cache_identity: str | None = None,
+                   cache: str | None = None) -> "KerasStepModel":
         """The step-wise inference graph run by TensorFlow or OpenVINO (``runtime``); an OpenVINO
         graph is cached under ``cache_identity`` (the artifact's model_id) when given."""
-        return stepwise_decoder([self], runtime, cache_identity, cache)
+        return make_step_model([self], runtime, cache_identity, cache)
 
 
-ENSEMBLE_COMBINE = ("mean_logprob", "mean_prob")
-
-
-def stepwise_decoder(members: Sequence[MergeDecoder], runtime: str = "tensorflow", cache_identity: str | None = None,
-                     cache: str | None = None, combine: str = "mean_logprob") -> "StepwiseDecoder":
-    """One step-wise graph over one decoder or an ensemble of decoders (see ``StepwiseDecoder``)."""
+def make_step_model(members: Sequence[MergeDecoder], runtime: str = "tensorflow", cache_identity: str | None = None,
+                    cache: str | None = None, combine: str = "mean_logprob") -> "KerasStepModel":
+    """One step-wise graph over one decoder or an ensemble of decoders (see ``KerasStepModel``)."""
     if runtime == "openvino":
-        return OpenVinoStepDecoder(members, cache_identity, cache, combine)
+        return OpenVinoStepModel(members, cache_identity, cache, combine)
     if runtime != "tensorflow":
         raise ValueError(f"decoder runtime must be tensorflow or openvino, not {runtime!r}")
-    return StepwiseDecoder(members, combine)
+    return KerasStepModel(members, combine)
 
 
 def build_prefix_model(config: DecoderConfig) -> keras.Model:
@@ -157,8 +124,9 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
             layer.set_weights(src[layer.name].get_weights())
 
 
-class StepwiseDecoder:
-    """Inference graph: image embedding once, then one LSTM step per word (``StepDecoder``).
+class KerasStepModel:
+    """Inference graph run by TensorFlow: image embedding once, then one LSTM step per word; it
+    implements ``model.caption_search.StepModel`` (``OpenVinoStepModel`` runs the same graphs on OpenVINO).
 
     With several decoders (an ensemble of the same sizes, trained with different seeds) every
     member runs inside the same graph: the state holds the members' LSTM states side by side
@@ -221,8 +189,8 @@ class StepwiseDecoder:
         return logp.numpy(), (h2.numpy(), c2.numpy(), image)
 
 
-class OpenVinoStepDecoder(StepwiseDecoder):
-    """``StepwiseDecoder``'s traced graphs converted to OpenVINO (same weights, same maths)."""
+class OpenVinoStepModel(KerasStepModel):
+    """``KerasStepModel``'s traced graphs converted to OpenVINO (same weights, same maths)."""
 
     def __init__(self, members: MergeDecoder | Sequence[MergeDecoder], cache_identity: str | None,
                  cache: str | None = None, combine: str = "mean_logprob") -> None:
@@ -231,7 +199,7 @@ class OpenVinoStepDecoder(StepwiseDecoder):
         super().__init__(members, combine)
         folder = ovr.cache_dir(cache)
         key = (lambda graph: None) if cache_identity is None else \
-            (lambda graph: ovr.cache_key(graph=graph, model_id=cache_identity, combine=combine))
+            (lambda graph: ovr.compiled_graph_key(graph=graph, model_id=cache_identity, combine=combine))
         self._run = ovr.ThreadLocalRequests([
             ovr.compile_traced(self._image.get_concrete_function, "float32", key("decoder-image"), folder),
             ovr.compile_traced(self._step.get_concrete_function, "float32", key("decoder-step"), folder)])

@@ -1,7 +1,8 @@
-"""Batched greedy and beam-search caption decoding over a step-wise decoder.
+"""Caption search: batched greedy and beam search over a step model (``StepModel``).
 
-Pure NumPy, in the spirit of im2txt's ``caption_generator``: the decoder is any object with
-``initial_state(features)`` and ``step(word_ids, state)``; the state is a tuple of arrays whose
+Pure NumPy, in the spirit of im2txt's ``caption_generator``: the step model is any object with
+``initial_state(features)`` and ``step(word_ids, state)`` (``model.lstm_decoder.KerasStepModel``
+and ``OpenVinoStepModel`` are the real ones, tests use small fakes); the state is a tuple of arrays whose
 first axis is the row, so beams and finished images are handled by row selection.
 """
 from __future__ import annotations
@@ -11,11 +12,14 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from model.vocabulary import Vocabulary
+
 State = tuple[np.ndarray, ...]
 
 
-class StepDecoder(Protocol):
-    """A decoder that advances one word at a time and carries its recurrent state."""
+class StepModel(Protocol):
+    """What the search needs of a network: advance one word at a time, carrying the recurrent
+    state (implemented by ``model.lstm_decoder.KerasStepModel`` / ``OpenVinoStepModel``)."""
 
     def initial_state(self, features: np.ndarray) -> State: ...
 
@@ -64,7 +68,7 @@ def _select(state: State, rows: np.ndarray) -> State:
     return tuple(s[rows] for s in state)
 
 
-def greedy_decode(decoder: StepDecoder, features: np.ndarray, start_id: int, end_id: int,
+def greedy_decode(decoder: StepModel, features: np.ndarray, start_id: int, end_id: int,
                   max_length: int) -> list[Hypothesis]:
     """Pick the most likely next word at every step, for a whole batch of images at once."""
     n = len(features)
@@ -87,7 +91,7 @@ def greedy_decode(decoder: StepDecoder, features: np.ndarray, start_id: int, end
     return [Hypothesis(tuple(t), float(lp)) for t, lp in zip(tokens, logprobs)]
 
 
-def beam_search(decoder: StepDecoder, features: np.ndarray, start_id: int, end_id: int,
+def beam_search(decoder: StepModel, features: np.ndarray, start_id: int, end_id: int,
                 max_length: int, beam_width: int = 3, length_alpha: float = 0.7) -> list[Hypothesis]:
     """Keep the ``beam_width`` best partial captions per image; finished ones are ranked by
     ``logprob / len ** length_alpha``. All live beams of all images advance in one decoder call.
@@ -165,7 +169,7 @@ class BannedWords:
     """Wrap a step decoder so some ids (padding, start, unknown word) are never generated; the
     remaining log-probabilities are renormalised, so scores stay proper log-probabilities."""
 
-    def __init__(self, decoder: StepDecoder, banned_ids: Sequence[int]) -> None:
+    def __init__(self, decoder: StepModel, banned_ids: Sequence[int]) -> None:
         self.decoder = decoder
         self.banned = np.asarray(sorted(set(banned_ids)), dtype=np.int64)
 
@@ -181,7 +185,7 @@ class BannedWords:
         return logp, state
 
 
-def decode_batch(decoder: StepDecoder, features: np.ndarray, start_id: int, end_id: int,
+def decode_batch(decoder: StepModel, features: np.ndarray, start_id: int, end_id: int,
                  settings: DecodeSettings, banned_ids: Sequence[int] = ()) -> list[Hypothesis]:
     """Decode a batch of image feature vectors with the given settings; ``banned_ids`` are
     never generated (callers ban padding, <start> and <unk>)."""
@@ -203,3 +207,26 @@ def strip_end(token_ids: Sequence[int], end_id: int) -> list[int]:
             break
         out.append(int(t))
     return out
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    """One caption: text, its words, and the mean token log-probability as a confidence."""
+
+    caption: str
+    tokens: tuple[str, ...]
+    score: float
+
+
+def caption_features(step_model: StepModel, vocab: Vocabulary, features: np.ndarray,
+                     settings: DecodeSettings) -> list[CaptionResult]:
+    """Captions of a batch of encoder feature vectors: the one features -> captions path of the
+    project (``model.captioner.CaptionModel`` for the pipeline, ``training.evaluate`` for scores).
+    Padding, <start> and <unk> are never generated."""
+    hyps = decode_batch(step_model, np.asarray(features, np.float32), vocab.start_id, vocab.end_id, settings,
+                        vocab.never_generated)
+    results = []
+    for hyp in hyps:
+        words = tuple(vocab.decode(strip_end(hyp.token_ids, vocab.end_id)))
+        results.append(CaptionResult(" ".join(words), words, float(hyp.score)))
+    return results

@@ -1,0 +1,141 @@
+"""The artifact's ``config.json``, parsed once into frozen dataclasses (pure Python, no TensorFlow).
+
+* ``EncoderConfig``  the ``"encoder"`` block: backbone name, input size, weights source, and the
+  optional ``"int8"`` record of a quantised encoder;
+* ``DecoderConfig``  the ``"decoder"`` block: sizes of the merge LSTM network (``model.lstm_decoder``);
+* ``DecodeSettings`` the ``"decoding"`` block: the default caption search (``model.caption_search``;
+  its ``max_length`` is the decoder's);
+* ``ArtifactConfig`` all of it, with the format, the ensemble and the training/versions records.
+
+Readers use attributes (``config.encoder.image_size``), never string keys; the JSON on disk is
+written by ``model.artifact.save_artifact`` and is not changed by parsing it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Mapping
+
+from model.caption_search import DecodeSettings
+
+ENSEMBLE_COMBINE = ("mean_logprob", "mean_prob")
+DEFAULT_ENCODER_WEIGHTS = "imagenet"
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Sizes of the merge decoder; stored in the artifact's config.json."""
+
+    vocab_size: int
+    max_length: int  # max caption tokens including <start> and <end>
+    feature_dim: int = 2048
+    embedding_dim: int = 256
+    units: int = 256
+    image_dense: tuple[int, ...] = (256,)  # image branch Dense sizes; the last must equal units
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "image_dense", tuple(int(u) for u in self.image_dense))
+        if not self.image_dense or self.image_dense[-1] != self.units:
+            raise ValueError(f"image_dense must end with units={self.units}, got {self.image_dense}")
+        if self.vocab_size < 5:
+            raise ValueError(f"vocab_size {self.vocab_size} is too small")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["image_dense"] = list(self.image_dense)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "DecoderConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown decoder config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The encoder block of config.json. ``weights`` is the recorded source (``"imagenet"``, a
+    path or URI, or ``"artifact"`` for ``encoder.weights.h5``); ``int8`` is the record of the
+    artifact's INT8 encoder (source weights hash, calibration, quality gate) or None."""
+
+    name: str
+    image_size: tuple[int, int]
+    weights: str = DEFAULT_ENCODER_WEIGHTS
+    preprocessing: str | None = None
+    feature_dim: int | None = None
+    resize: str | None = None
+    int8: Mapping[str, Any] | None = field(default=None, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON block (fields that are None are left out)."""
+        d: dict[str, Any] = {"name": self.name, "weights": self.weights, "image_size": list(self.image_size)}
+        for key in ("preprocessing", "feature_dim", "resize", "int8"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "EncoderConfig":
+        name = d.get("name")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"encoder name must be a non-empty string, got {name!r}")
+        size = d.get("image_size")
+        if not isinstance(size, (list, tuple)) or len(size) != 2:
+            raise ValueError(f"encoder image_size must be [height, width], got {size!r}")
+        int8 = d.get("int8")
+        if int8 is not None and not isinstance(int8, dict):
+            raise ValueError("encoder.int8 must be an object")
+        feature_dim = d.get("feature_dim")
+        return cls(name=name, image_size=(int(size[0]), int(size[1])),
+                   weights=d.get("weights", DEFAULT_ENCODER_WEIGHTS),
+                   preprocessing=d.get("preprocessing"),
+                   feature_dim=None if feature_dim is None else int(feature_dim),
+                   resize=d.get("resize"), int8=int8)
+
+
+def decode_settings_from_dict(d: Mapping[str, Any], max_length: int) -> DecodeSettings:
+    """The ``"decoding"`` block (method, beam width, length alpha) with the decoder's max length."""
+    return DecodeSettings(**{**d, "max_length": max_length})
+
+
+@dataclass(frozen=True)
+class ArtifactConfig:
+    """The whole config.json of an artifact, parsed."""
+
+    format: str
+    encoder: EncoderConfig
+    decoder: DecoderConfig
+    decoding: DecodeSettings  # the artifact's default caption search
+    ensemble_members: tuple[str, ...] = ()  # decoder weight files of an ensemble (empty: one decoder)
+    ensemble_combine: str = "mean_logprob"
+    training: Mapping[str, Any] = field(default_factory=dict, compare=False)  # the training summary
+    versions: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ArtifactConfig":
+        """Parse config.json; raises ValueError naming the invalid section."""
+        try:
+            decoder = DecoderConfig.from_dict(d["decoder"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid decoder section: {exc}") from None
+        try:
+            encoder = EncoderConfig.from_dict(d["encoder"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid encoder section: {exc}") from None
+        try:
+            decoding = decode_settings_from_dict(d.get("decoding") or {}, decoder.max_length)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid decoding section: {exc}") from None
+        ensemble = d.get("ensemble") or {}
+        combine = str(ensemble.get("combine", "mean_logprob"))
+        if combine not in ENSEMBLE_COMBINE:
+            raise ValueError(f"unknown ensemble combine {combine!r}")
+        return cls(format=str(d.get("format")), encoder=encoder, decoder=decoder, decoding=decoding,
+                   ensemble_members=tuple(ensemble.get("members") or ()), ensemble_combine=combine,
+                   training=d.get("training") or {}, versions=d.get("versions") or {})
+
+    def decode_settings(self, **overrides: Any) -> DecodeSettings:
+        """The default search with the given fields replaced (``None`` values are ignored)."""
+        return replace(self.decoding, **{k: v for k, v in overrides.items() if v is not None})
