@@ -17,7 +17,9 @@ from typing import Sequence
 from PIL import Image
 
 from model.image_loading import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError,
-                                  decode_image, upright_size)
+                                 decode_image, upright_size)
+# The one bounded reader: at most max_bytes + 1 bytes, so decode_image reports a larger file as TooLarge.
+from model.storage import read_prefix
 
 log = logging.getLogger(__name__)
 
