@@ -59,20 +59,15 @@ def _name(uri: str | None) -> str | None:
 def normalise(out: Path, summary: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Rows and summary with paths reduced to file names (``<dir>`` in messages) and volatile
     fields removed."""
-    captions = []
-    for row in _rows(out, "captions"):
-        row = dict(row)
-        row["image_uri"] = _name(row["image_uri"])
-        for volatile in VOLATILE_COLUMNS:
-            row.pop(volatile, None)
-        captions.append(row)
-    errors = []
-    for row in _rows(out, "errors"):
-        row = dict(row)
-        row["image_uri"] = _name(row["image_uri"])
-        for volatile in VOLATILE_COLUMNS:
-            row.pop(volatile, None)
-        errors.append(row)
+    def rows(kind: str) -> list[dict[str, Any]]:
+        kept = []
+        for row in _rows(out, kind):
+            row = {k: v for k, v in row.items() if k not in VOLATILE_COLUMNS}
+            row["image_uri"] = _name(row["image_uri"])
+            kept.append(row)
+        return kept
+
+    captions, errors = rows("captions"), rows("errors")
     kept = {k: v for k, v in summary.items() if k not in SUMMARY_SKIP and k != "counters"}
     kept["counters"] = {k: summary.get("counters", {}).get(k) for k in COUNTERS}
     kept["summary_keys"] = sorted(summary)
