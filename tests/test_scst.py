@@ -17,8 +17,8 @@ from model.decoding import DecodeSettings, greedy_decode  # noqa: E402
 from tests.factories import TINY_CAPTIONS, make_tiny_decoder  # noqa: E402
 from training.datasets import CaptionedImage  # noqa: E402
 from training.evaluate import bleu_on  # noqa: E402
-from training.scst import CiderReward, Sampler, ScstSettings, advantages, make_train_step, scst_member, \
-    sequence_logprob  # noqa: E402
+from training.scst import CiderReward, Sampler, ScstSettings, advantages, make_train_step, scst_epoch, \
+    scst_member, sequence_logprob  # noqa: E402
 
 FEATURES = 24
 
@@ -138,6 +138,20 @@ def test_scst_member_raises_the_reward_keeps_the_best_epoch_and_resumes(tmp_path
     with pytest.raises(ValueError, match="other settings"):
         scst_member(again, vocab, train_items, train_feats, dev_items, dev_feats,
                     ScstSettings(**{**settings.__dict__, "learning_rate": 1e-3}), str(tmp_path))
+
+
+def test_an_epoch_with_the_greedy_baseline_rewards_samples_against_the_greedy_caption():
+    caps = [["a dog runs on the grass"] * 5, ["a man rides a bike"] * 5]
+    decoder, vocab = make_tiny_decoder(feature_dim=FEATURES, captions=[c[0] for c in caps], max_length=8)
+    feats = np.tile(features(2, seed=7), (4, 1))
+    reward = CiderReward(vocab, caps * 4)
+    sampler = Sampler(decoder, vocab)
+    greedy = reward(range(8), sampler(feats, greedy=True)).mean()
+    settings = ScstSettings(samples=3, batch_images=4, baseline="greedy")
+    stats = scst_epoch(decoder, sampler, make_train_step(decoder, keras.optimizers.Adam(1e-3)), reward, feats,
+                       settings, 1)
+    assert stats["baseline"] == pytest.approx(greedy, rel=1e-6)  # lr 1e-3: the two updates barely move it
+    assert stats["reward"] != pytest.approx(stats["baseline"])
 
 
 def test_settings_are_checked():
