@@ -61,27 +61,42 @@ def _cider_sim(hyp: tuple, ref: tuple) -> list[float]:
     return out
 
 
+class CiderD:
+    """CIDEr-D with document frequencies fixed by one reference corpus (``corpus``: a reference
+    set per image). Scoring a corpus against its own references is the COCO definition; SCST
+    rewards use the training references' frequencies instead (Rennie et al. 2017)."""
+
+    def __init__(self, corpus: Sequence[Sequence[Tokens]]) -> None:
+        if not corpus:
+            raise ValueError("CIDEr-D needs a non-empty reference corpus")
+        self.doc_freq: Counter = Counter()
+        for refs in corpus:
+            self.doc_freq.update({g for r in refs for g in _ngrams(r)})
+        self.log_corpus = math.log(float(len(corpus)))
+
+    def prepare(self, references: Sequence[Tokens]) -> list[tuple]:
+        """The TF-IDF vectors of one image's references (reused for every hypothesis of it)."""
+        if not references:
+            raise ValueError("every hypothesis needs at least one reference")
+        return [_tfidf(_ngrams(r), self.doc_freq, self.log_corpus) for r in references]
+
+    def score(self, hypothesis: Tokens, prepared: Sequence[tuple]) -> float:
+        """CIDEr-D of one hypothesis against ``prepare``-d references."""
+        h = _tfidf(_ngrams(hypothesis), self.doc_freq, self.log_corpus)
+        total = [0.0] * CIDER_N
+        for r in prepared:
+            total = [a + b for a, b in zip(total, _cider_sim(h, r))]
+        return sum(total) / CIDER_N / len(prepared) * 10.0
+
+
 def cider_d_segments(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> list[float]:
     """CIDEr-D of each hypothesis against its references (document frequencies over the corpus)."""
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference sets")
     if not hypotheses:
         raise ValueError("CIDEr-D of an empty corpus is undefined")
-    ref_counts = [[_ngrams(r) for r in refs] for refs in references]
-    doc_freq: Counter = Counter()
-    for refs in ref_counts:
-        doc_freq.update({g for counts in refs for g in counts})
-    log_corpus = math.log(float(len(references)))
-    scores = []
-    for hyp, refs in zip(hypotheses, ref_counts):
-        if not refs:
-            raise ValueError("every hypothesis needs at least one reference")
-        h = _tfidf(_ngrams(hyp), doc_freq, log_corpus)
-        total = [0.0] * CIDER_N
-        for r in refs:
-            total = [a + b for a, b in zip(total, _cider_sim(h, _tfidf(r, doc_freq, log_corpus)))]
-        scores.append(sum(total) / CIDER_N / len(refs) * 10.0)
-    return scores
+    scorer = CiderD(references)
+    return [scorer.score(hyp, scorer.prepare(refs)) for hyp, refs in zip(hypotheses, references)]
 
 
 def cider_d(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> float:

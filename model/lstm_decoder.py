@@ -147,8 +147,8 @@ class KerasStepModel:
         self.combine = combine
         self.width = decoder_width = self._d.config.units * len(self._members)
         fdim = self._d.config.feature_dim
-        self._image = tf.function(self._image_fn, input_signature=[tf.TensorSpec([None, fdim], tf.float32)])
-        self._step = tf.function(self._step_fn, input_signature=[
+        self._image = tf.function(self.project_image, input_signature=[tf.TensorSpec([None, fdim], tf.float32)])
+        self._step = tf.function(self.step_tensors, input_signature=[
             tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, decoder_width], tf.float32),
             tf.TensorSpec([None, decoder_width], tf.float32), tf.TensorSpec([None, decoder_width], tf.float32)])
 
@@ -156,10 +156,12 @@ class KerasStepModel:
     def members(self) -> int:
         return len(self._members)
 
-    def _image_fn(self, features: tf.Tensor) -> tf.Tensor:
+    def project_image(self, features: tf.Tensor) -> tf.Tensor:
+        """The image branch of every member, as tensors (differentiable; SCST trains through it)."""
         return tf.concat([m._image_branch(features) for m in self._members], axis=1)
 
-    def _step_fn(self, word_ids: tf.Tensor, h: tf.Tensor, c: tf.Tensor, image: tf.Tensor):
+    def step_tensors(self, word_ids: tf.Tensor, h: tf.Tensor, c: tf.Tensor, image: tf.Tensor):
+        """One step as tensors: (log-probabilities, h, c); differentiable (SCST trains through it)."""
         n = len(self._members)
         hs, cs, images = tf.split(h, n, axis=1), tf.split(c, n, axis=1), tf.split(image, n, axis=1)
         logps, new_h, new_c = [], [], []

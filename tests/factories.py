@@ -12,6 +12,22 @@ TINY_CAPTIONS = [
 ]
 
 
+def make_tiny_decoder(*, seed: int = 0, feature_dim: int = 24, max_length: int = 12,
+                      captions: list[str] | None = None):
+    """A small random-initialised (seeded) merge decoder and the vocabulary of ``captions``."""
+    import keras
+
+    from model.artifact_config import DecoderConfig
+    from model.lstm_decoder import MergeDecoder
+    from model.vocabulary import Vocabulary
+
+    keras.utils.set_random_seed(seed)
+    vocab = Vocabulary.build(captions or TINY_CAPTIONS, min_count=1)
+    cfg = DecoderConfig(vocab_size=len(vocab), max_length=max_length, feature_dim=feature_dim,
+                        embedding_dim=16, units=32, image_dense=(64, 32), dropout=0.1)
+    return MergeDecoder(cfg), vocab
+
+
 def make_tiny_artifact(uri: str, *, seed: int = 0, image_size: int = 64, max_length: int = 12,
                        captions: list[str] | None = None) -> str:
     """Write an artifact with a random-initialised (seeded) MobileNetV3Small encoder embedded and a

@@ -618,3 +618,29 @@ def test_ensemble_training_tunes_decoding_and_reuses_finished_members(shapes: Sh
     assert one["format"] == "image-caption-model/1" and two["format"] == "image-caption-model/2"
     model = load_caption_model(str(tmp_path / "two"))
     assert model.step_model.members == 2
+
+
+def test_scst_continues_the_cross_entropy_members_and_is_recorded(shapes: Shapes, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture):
+    common = ["--flickr8k", str(shapes.root), "--encoder", "mobilenet_v3_small", "--image-size", "64",
+              "--encoder-weights", "none", "--artifact-encoder-weights", "none", "--cache-dir", str(tmp_path / "cache"),
+              "--work-dir", str(tmp_path / "work"), "--epochs", "2", "--learning-rate", "0.01", "--bleu-sample", "10",
+              *SMALL_DECODER]
+    run_training([*common, "--output", str(tmp_path / "ce")])
+    scst = ["--scst-epochs", "1", "--scst-samples", "2", "--scst-batch-images", "8", "--scst-learning-rate", "0.01",
+            "--scst-beam-width", "2"]
+    with caplog.at_level("INFO", logger="training"):
+        run_training([*common, *scst, "--output", str(tmp_path / "scst")])
+    assert "already trained" in caplog.text  # the cross-entropy member was reused, not refitted
+    t = config_of(tmp_path / "scst")["training"]
+    assert "--scst-epochs 1" in t["command"]
+    assert t["scst"]["settings"] == {"epochs": 1, "learning_rate": 0.01, "samples": 2, "batch_images": 8,
+                                     "baseline": "mean", "select": "bleu4", "beam_width": 2, "length_alpha": 0.5,
+                                     "seed": 0}
+    (member,) = t["scst"]["members"]
+    assert [h["epoch"] for h in member["history"]] == [0, 1] and member["history"][1]["reward"] >= 0
+    assert t["seconds"]["scst_members"] == [member["seconds"]]
+    assert len(list((tmp_path / "work" / "member-1").glob("scst-*/state.json"))) == 1
+    same = (tmp_path / "ce" / "decoder.weights.h5").read_bytes() == (tmp_path / "scst" / "decoder.weights.h5").read_bytes()
+    assert same == (member["best_epoch"] == 0)  # the artifact holds the epoch chosen on dev
+    assert config_of(tmp_path / "ce")["training"]["scst"] is None

@@ -11,6 +11,10 @@ on dev loss keeps the best weights; per epoch the dev BLEU of a sample is logged
 curves is stored in the artifact. ``--ensemble N`` trains N decoders with seeds seed..seed+N-1
 whose log-probabilities are combined in every search step. Every finished epoch is saved in
 ``--work-dir``, so an interrupted run continues where it stopped when started again.
+``--scst-epochs N`` then fine-tunes every member with self-critical sequence training (CIDEr-D
+reward, ``training.scst``), keeping per member the epoch (0 = none) with the best dev score;
+its epochs are saved in the member's work folder too. ``CAPTION_TF_THREADS=N`` limits
+TensorFlow to N threads (a shared machine).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import asdict
 from typing import Any, Sequence
 
 import numpy as np
@@ -35,7 +40,9 @@ log = logging.getLogger("training")
 
 # Flags that do not change what is trained (so a resumed run may differ in them).
 NOT_IDENTITY = ("output", "work_dir", "no_progress", "extract_batch_size", "cache_dir", "tune_decoding",
-                "tune_widths", "tune_alphas", "tune_metric", "ensemble", "artifact_encoder_weights")
+                "tune_widths", "tune_alphas", "tune_metric", "ensemble", "artifact_encoder_weights",
+                "scst_epochs", "scst_learning_rate", "scst_samples", "scst_batch_images", "scst_baseline",
+                "scst_select", "scst_beam_width", "scst_length_alpha")
 
 
 def caption_arrays(items: Sequence[CaptionedImage], vocab: Vocabulary, max_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-widths", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     p.add_argument("--tune-alphas", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7, 0.9, 1.1, 1.3])
     p.add_argument("--tune-metric", default="bleu1+bleu4", help="metric, or sum of metrics, to maximise")
+    p.add_argument("--scst-epochs", type=int, default=0,
+                   help="self-critical sequence training epochs (CIDEr-D reward) after each member's "
+                        "cross-entropy fit; 0 = off (see training.scst)")
+    p.add_argument("--scst-learning-rate", type=float, default=5e-5)
+    p.add_argument("--scst-samples", type=int, default=5, help="captions sampled per image and update")
+    p.add_argument("--scst-batch-images", type=int, default=16, help="images per SCST update")
+    p.add_argument("--scst-baseline", choices=["mean", "greedy"], default="mean",
+                   help="reward baseline: mean of the image's other samples, or its greedy caption")
+    p.add_argument("--scst-select", default="bleu4", help="dev metric choosing each member's SCST epoch")
+    p.add_argument("--scst-beam-width", type=int, default=4, help="dev search of the SCST epoch choice")
+    p.add_argument("--scst-length-alpha", type=float, default=0.5)
     p.add_argument("--work-dir", default=None,
                    help="where finished epochs and members are kept for resuming (default: training/ under "
                         "$CAPTION_CACHE_DIR or ~/.cache/image-captioning, in a folder named by a hash of "
@@ -144,6 +162,7 @@ def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     from training.embeddings import embedding_matrix, load_text_vectors, train_word2vec
     from training.evaluate import bleu_on, tune_decoding
     from training.fit import FitSettings, fit_member, make_dataset
+    from training.scst import ScstSettings, scst_member
 
     started = time.time()
     work_dir = args.work_dir or default_work_dir(args)
@@ -169,7 +188,13 @@ def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
     sample = np.sort(rng.choice(len(dev_items), size=min(args.bleu_sample, len(dev_items)), replace=False))
 
-    members, records = [], []
+    scst = None
+    if args.scst_epochs > 0:
+        scst = ScstSettings(args.scst_epochs, args.scst_learning_rate, args.scst_samples, args.scst_batch_images,
+                            args.scst_baseline, args.scst_select, args.scst_beam_width, args.scst_length_alpha,
+                            args.seed)
+        scst_tag = "scst-" + hashlib.sha256(json.dumps(scst.identity(), sort_keys=True).encode()).hexdigest()[:12]
+    members, records, scst_records = [], [], []
     embedding_info: dict[str, Any] = {"source": args.embedding}
     for i in range(args.ensemble):
         seed = args.seed + i
@@ -203,6 +228,12 @@ def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
         records.append({"seed": seed, "epochs_run": record["epoch"], "best_epoch": record["best_epoch"],
                         "best_dev_loss": record["best_loss"], "fit_seconds": record["seconds"],
                         "history": record["history"]})
+        if scst is not None:
+            run = scst_member(decoder, vocab, train_items, train_feats, dev_items, dev_feats,
+                              ScstSettings(**{**asdict(scst), "seed": seed}),
+                              os.path.join(work_dir, f"member-{i + 1}", scst_tag))
+            scst_records.append({"seed": seed, "best_epoch": run["best_epoch"], "seconds": run["seconds"],
+                                 "history": run["history"]})
     trained = time.time()
 
     ensemble = make_step_model(members, combine=args.ensemble_combine)
@@ -229,13 +260,16 @@ def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
         "hyperparameters": {k: getattr(args, k) for k in ("epochs", "patience", "batch_size", "learning_rate",
                                                            "min_count", "seed", "dropout", "label_smoothing",
                                                            "ensemble", "ensemble_combine")},
+        "scst": {"settings": asdict(scst), "members": scst_records} if scst is not None else None,
         "epochs_run": records[0]["epochs_run"], "best_epoch": records[0]["best_epoch"],
         "best_dev_loss": records[0]["best_dev_loss"],
         "dev_bleu": {name: {k: scores[k] for k in bleu_keys} for name, scores in dev_metrics.items()},
         "dev_metrics": dev_metrics, "decoding_tuning": tuning, "history": history,
         "members": records if len(records) > 1 else None,
         "seconds": {"features": round(features_done - started, 1), "fit": round(trained - features_done, 1),
-                    "fit_members": [r["fit_seconds"] for r in records], "total": round(time.time() - started, 1)},
+                    "fit_members": [r["fit_seconds"] for r in records],
+                    "scst_members": [r["seconds"] for r in scst_records] or None,
+                    "total": round(time.time() - started, 1)},
     }
     import tempfile
 
@@ -257,6 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from training.scst import limit_threads_from_env
+
+    limit_threads_from_env()
     summary = train(args, argv)
     print(json.dumps({"model_id": summary["model_id"], "dev_bleu": summary["dev_bleu"],
                       "best_epoch": summary["best_epoch"], "seconds": summary["seconds"]}, indent=2))
