@@ -1,6 +1,7 @@
 """The same run before and after a re-layout of the code: a fixed set of real photos and bad
-inputs gives the rows, error rows and summary fields kept in tests/data/golden_run.json (made by
-``tests/golden_run.py`` from the code before the change; see its docstring to regenerate it)."""
+inputs gives the rows, error rows and summary fields kept in tests/data/golden_run.json, made by
+``tests/golden_run.py`` from the code before the re-layout of issue #12 (commit b75b23a) with the
+shipped model (see its docstring to regenerate it, e.g. after the shipped model changes)."""
 from __future__ import annotations
 
 import json

@@ -279,7 +279,9 @@ def test_shipped_config_parses_into_dataclasses_and_back_unchanged():
     assert config.encoder.to_dict() == raw["encoder"]
     assert config.decoder.to_dict() == raw["decoder"]
     assert config.encoder.image_size == (299, 299) and config.encoder.name == "xception"
-    assert config.decoding.describe() == "beam(k=4,alpha=0.5,max_len=24)"
+    d = raw["decoding"]
+    assert config.decoding.describe() == \
+        f"{d['method']}(k={d['beam_width']},alpha={d['length_alpha']:g},max_len={raw['decoder']['max_length']})"
     assert config.decode_settings(method="greedy", beam_width=None).describe() == "greedy(max_len=24)"
     assert EncoderConfig.from_dict(config.encoder.to_dict()) == config.encoder
     with pytest.raises(dataclasses.FrozenInstanceError):
