@@ -591,12 +591,17 @@ def test_training_with_a_text_vectors_file(random_run: Run, shapes: Shapes, tmp_
 # --------------------------------------------------------------------------- ensembles, tuning, resume
 
 
+def _small_training_args(shapes: Shapes, tmp_path: Path) -> list[str]:
+    """A quick training run on the shapes data set sharing one cache and work folder."""
+    return ["--flickr8k", str(shapes.root), "--encoder", "mobilenet_v3_small", "--image-size", "64",
+            "--encoder-weights", "none", "--artifact-encoder-weights", "none", "--cache-dir", str(tmp_path / "cache"),
+            "--work-dir", str(tmp_path / "work"), "--epochs", "2", "--learning-rate", "0.01", "--bleu-sample", "10",
+            *SMALL_DECODER]
+
+
 def test_ensemble_training_tunes_decoding_and_reuses_finished_members(shapes: Shapes, tmp_path: Path,
                                                                       caplog: pytest.LogCaptureFixture):
-    common = ["--flickr8k", str(shapes.root), "--encoder", "mobilenet_v3_small", "--image-size", "64",
-              "--encoder-weights", "none", "--artifact-encoder-weights", "none", "--cache-dir", str(tmp_path / "cache"),
-              "--work-dir", str(tmp_path / "work"), "--epochs", "2", "--learning-rate", "0.01", "--bleu-sample", "10",
-              *SMALL_DECODER]
+    common = _small_training_args(shapes, tmp_path)
     run_training([*common, "--output", str(tmp_path / "one")])
     with caplog.at_level("INFO", logger="training"):
         run_training([*common, "--ensemble", "2", "--tune-decoding", "--tune-widths", "1", "2",
@@ -622,10 +627,7 @@ def test_ensemble_training_tunes_decoding_and_reuses_finished_members(shapes: Sh
 
 def test_scst_continues_the_cross_entropy_members_and_is_recorded(shapes: Shapes, tmp_path: Path,
                                                                   caplog: pytest.LogCaptureFixture):
-    common = ["--flickr8k", str(shapes.root), "--encoder", "mobilenet_v3_small", "--image-size", "64",
-              "--encoder-weights", "none", "--artifact-encoder-weights", "none", "--cache-dir", str(tmp_path / "cache"),
-              "--work-dir", str(tmp_path / "work"), "--epochs", "2", "--learning-rate", "0.01", "--bleu-sample", "10",
-              *SMALL_DECODER]
+    common = _small_training_args(shapes, tmp_path)
     run_training([*common, "--output", str(tmp_path / "ce")])
     scst = ["--scst-epochs", "1", "--scst-samples", "2", "--scst-batch-images", "8", "--scst-learning-rate", "0.01",
             "--scst-beam-width", "2"]
