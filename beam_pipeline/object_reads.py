@@ -24,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.read_policy import classify_read_error
 from beam_pipeline.retries import RetryPolicy, call_with_retries
-from model.storage import is_invalid_range, read_limit
+from model.storage import cat_prefix, read_limit
 
 
 class NotARegularFile(OSError):
@@ -106,13 +106,8 @@ class ObjectReader:
             return read_local_limited(uri, max_bytes)
         if size_hint == 0:
             return b""  # nothing to fetch; the decoder reports EmptyFile
-        fs, path = self._filesystem(uri)
-        try:
-            return fs.cat_file(path, start=0, end=read_limit(max_bytes))
-        except OSError as exc:
-            if is_invalid_range(exc):
-                return b""
-            raise
+        fs, path = self._filesystem(uri)  # our client (one try per call), not fsspec's default
+        return cat_prefix(fs, path, max_bytes, remote=True)
 
     def read(self, uri: str, max_bytes: int, size_hint: int | None = None) -> bytes:
         """``get_once`` under the retry policy; raises ``retries.GaveUp`` with the read error type."""

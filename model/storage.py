@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from typing import Any
 
 import fsspec
 
@@ -49,15 +50,21 @@ def is_invalid_range(exc: BaseException) -> bool:
     return "InvalidRange" in text or "416" in text or "Requested Range Not Satisfiable" in text
 
 
-def read_prefix(uri: str, max_bytes: int) -> bytes:
-    """At most ``read_limit(max_bytes)`` bytes of a file or object, in one ranged read."""
-    fs, path = fsspec.core.url_to_fs(uri)
+def cat_prefix(fs: Any, path: str, max_bytes: int, remote: bool) -> bytes:
+    """At most ``read_limit(max_bytes)`` bytes of ``path`` on the fsspec filesystem ``fs``, in one
+    ranged read; an object store's 416 on an empty object reads as ``b""``."""
     try:
         return fs.cat_file(path, start=0, end=read_limit(max_bytes))
     except OSError as exc:
-        if "://" in uri and is_invalid_range(exc):
+        if remote and is_invalid_range(exc):
             return b""
         raise
+
+
+def read_prefix(uri: str, max_bytes: int) -> bytes:
+    """At most ``read_limit(max_bytes)`` bytes of a file or object, in one ranged read."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    return cat_prefix(fs, path, max_bytes, remote="://" in uri)
 
 
 def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
