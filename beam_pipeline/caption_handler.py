@@ -99,6 +99,8 @@ class CaptionModelHandler(ModelHandler[ImageRecord, Any, LoadedCaptioner]):
         self.emit_embeddings = emit_embeddings
         self._share_across_processes = share_across_processes
         self._reported_loads: set[str] = set()
+        self._info_of: Any = None  # the model whose info() is cached in self._info
+        self._info: dict[str, Any] = {}
         self._captioned = Metrics.counter(NAMESPACE, "images_captioned")
         self._failed = Metrics.counter(NAMESPACE, "images_failed")
         self._batches = Metrics.counter(NAMESPACE, "batches")
@@ -117,7 +119,9 @@ class CaptionModelHandler(ModelHandler[ImageRecord, Any, LoadedCaptioner]):
 
     def run_inference(self, batch: Sequence[ImageRecord], model: LoadedCaptioner,
                       inference_args: dict[str, Any] | None = None) -> Iterable[Any]:
-        info = model.info()
+        if model is not self._info_of:  # once per model, not per batch (a shared model is a proxy: a round trip)
+            self._info, self._info_of = model.info(), model
+        info = self._info
         out: list[Any] = list(self._report_load(info))
         self._batches.inc()
         try:
