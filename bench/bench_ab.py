@@ -1,6 +1,7 @@
 """Interleaved A/B of the pipeline section of bench_throughput.py: run_pipeline.py from another
 checkout (A, e.g. the commit before a change) and from this one (B), alternating A B A B ..., on
-the same photos with the same flags, warm starts (one shared OpenVINO graph cache, warmed first).
+the same photos with the same flags, warm starts (one shared OpenVINO graph cache, warmed first);
+the order alternates per round (A B, B A, A B, ...), so use an even number of rounds.
 
 Reproduce (A = an exported copy of the baseline commit)::
 
@@ -35,14 +36,20 @@ def run_from(repo: Path, image_dir: Path, args: argparse.Namespace) -> dict:
         return pipeline_summary(subprocess.run(cmd, capture_output=True, text=True, cwd=repo, env=env))
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (``--extra`` collects one run_pipeline.py argument per use, in order)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", type=Path, required=True, help="checkout of the baseline (A)")
     ap.add_argument("--images", type=int, default=480)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--extra", nargs="*", default=[], help="more run_pipeline.py flags, for both")
-    args = ap.parse_args()
+    ap.add_argument("--extra", action="append", default=[],
+                    help="one more run_pipeline.py argument for both builds; repeat it (--extra=--model --extra=DIR)")
+    return ap
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     args.encoder_weights = XCEPTION_WEIGHTS
     print(f"machine: {machine()}\ncommand: {' '.join(sys.argv)}\n")
     work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
@@ -50,14 +57,23 @@ def main() -> int:
     image_dir = link_dir(dev_images(args.images), work / "images")
     run_from(REPO, image_dir, args)  # warm the shared graph cache (not counted)
     rates: dict[str, list[float]] = {"A": [], "B": []}
+    models: dict[str, set[str]] = {"A": set(), "B": set()}
     rows = []
+    pair = (("A", args.baseline.resolve()), ("B", REPO))
     for i in range(args.repeats):
-        for label, repo in (("A", args.baseline.resolve()), ("B", REPO)):
+        # A B, then B A, ...: a build that always runs second in its round would carry any effect
+        # of the order (the previous run's leftovers in caches, the host's own rhythm) alone.
+        for label, repo in (pair if i % 2 == 0 else pair[::-1]):
             s = run_from(repo, image_dir, args)
             rates[label].append(s["images_per_second"])
+            models[label].add(f"{s.get('model_id')} ({s.get('decode')})")
             rows.append([i + 1, label, s["captioned"], s["wall_seconds"], s["images_per_second"]])
             print(f"run {i + 1} {label}: {s['images_per_second']} images/s", flush=True)
     print(table(["round", "build", "captioned", "wall s", "images/s"], rows))
+    print(f"models: A {sorted(models['A'])}, B {sorted(models['B'])}")
+    if models["A"] != models["B"]:
+        # Each build's default model is its own shipped one: comparing them times two models, not two builds.
+        print("WARNING: A and B captioned with different models (pass the same --extra=--model --extra=DIR to both)")
     a, b = statistics.median(rates["A"]), statistics.median(rates["B"])
     print()
     print(table(["median images/s A (baseline)", "median images/s B (this checkout)", "B/A"], [[a, b, round(b / a, 3)]]))
