@@ -110,6 +110,20 @@ def test_int8_artifact_records_calibration_and_runs(int8_artifact, tiny_artifact
     assert np.allclose(load_caption_model(int8_artifact, runtime="openvino", cache="none").encode(images), f32, atol=1e-4)
 
 
+def test_preset_reaches_nncf_and_is_recorded(int8_artifact, tiny_artifact, photo_tables, tmp_path):
+    """--preset performance (all symmetric) gives another graph than the default mixed preset,
+    and the artifact says which one it carries, with the layers kept in float32."""
+    from model.artifact import read_artifact
+
+    out = str(tmp_path / "model")
+    assert _quantize(tiny_artifact, photo_tables, tmp_path / "cache", "--output", out, "--preset", "performance",
+                     "--max-bleu-drop", "1", "--min-identical", "0") == 0
+    symmetric, mixed = read_artifact(out).config.encoder.int8, read_artifact(int8_artifact).config.encoder.int8
+    assert symmetric["preset"].startswith("performance") and mixed["preset"].startswith("mixed")
+    assert mixed["ignored_scope"]["name"] == "block1" and len(mixed["ignored_scope"]["node_names"]) == 2
+    assert read_artifact(out).int8_encoder[0] != read_artifact(int8_artifact).int8_encoder[0]
+
+
 @pytest.mark.parametrize("name", ["encoder.int8.bin", "encoder.int8.xml"])
 def test_tampered_int8_files_are_refused(int8_artifact, tmp_path, name):
     from model.artifact import ArtifactError

@@ -41,12 +41,13 @@ log = logging.getLogger(__name__)
 # names, so a scope is a count. Xception: block1 has 2 convolutions, blocks 2 and 3 have 5 each
 # (two separable convolutions, each depthwise + pointwise, and the residual 1x1); "depthwise"
 # keeps all depthwise (GroupConvolution) layers in float32. Chosen on dev caption agreement
-# (docs/PERFORMANCE.md, "INT8"); "none" quantises every layer NNCF can quantise.
+# (docs/PERFORMANCE.md, "INT8"): with the "mixed" preset, block1 in float32 is the only setting
+# measured to reach the gate's 90 % identical captions; "none" quantises every layer NNCF can.
 IGNORED_SCOPES: dict[str, tuple[int, tuple[str, ...]]] = {
     "none": (0, ()), "block1": (2, ()), "blocks1-3": (12, ()), "depthwise": (0, ("GroupConvolution",)),
     "block1+depthwise": (2, ("GroupConvolution",)),
 }
-DEFAULT_IGNORED_SCOPE = "none"
+DEFAULT_IGNORED_SCOPE = "block1"
 _WEIGHTED_OPS = ("Convolution", "GroupConvolution", "MatMul")
 
 
@@ -79,8 +80,17 @@ def calibration_sample(items: Sequence[CaptionedImage], count: int, seed: int,
     return ids, np.stack(pixels), skipped
 
 
+# NNCF presets: "performance" = symmetric INT8 weights and activations; "mixed" = symmetric weights,
+# asymmetric activations (a zero point per tensor: signed tensors whose range is lopsided, such as
+# the depthwise outputs and the residual sums, keep more of their 256 levels). Same speed here.
+PRESETS = {"performance": "performance (symmetric int8 weights and activations)",
+           "mixed": "mixed (symmetric int8 weights, asymmetric int8 activations)"}
+DEFAULT_PRESET = "mixed"
+
+
 def quantize_graph(float32_graph: Any, images: np.ndarray, ignored_names: Sequence[str],
-                   fast_bias_correction: bool = True, ignored_types: Sequence[str] = ()) -> tuple[bytes, bytes]:
+                   fast_bias_correction: bool = True, ignored_types: Sequence[str] = (),
+                   preset: str = DEFAULT_PRESET) -> tuple[bytes, bytes]:
     """NNCF post-training quantisation of an OpenVINO model (uint8 images in) -> IR (xml, bin);
     the nodes ``ignored_names`` and those of ``ignored_types`` stay float32."""
     import nncf
@@ -90,7 +100,7 @@ def quantize_graph(float32_graph: Any, images: np.ndarray, ignored_names: Sequen
     scope = nncf.IgnoredScope(names=list(ignored_names), types=list(ignored_types)) \
         if ignored_names or ignored_types else None
     kwargs = {"ignored_scope": scope} if scope is not None else {}
-    quantised = nncf.quantize(float32_graph, dataset, subset_size=len(images),
+    quantised = nncf.quantize(float32_graph, dataset, subset_size=len(images), preset=nncf.QuantizationPreset(preset),
                               fast_bias_correction=fast_bias_correction, **kwargs)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "encoder.int8.xml")
@@ -130,11 +140,11 @@ def build_int8(args: argparse.Namespace, contents: ArtifactContents, identity: d
     first, types = IGNORED_SCOPES[args.ignored_scope]
     ignored = first_weighted_ops(graph, first)
     started = time.monotonic()
-    ir = quantize_graph(graph, images, ignored, not args.full_bias_correction, types)
+    ir = quantize_graph(graph, images, ignored, not args.full_bias_correction, types, args.preset)
     seconds = time.monotonic() - started
     log.info("quantised %s on %d calibration images in %.1f s", identity["encoder"], len(ids), seconds)
     block = {**identity, "method": "nncf.quantize (post-training, min-max + bias correction)",
-             "preset": "performance (symmetric int8 weights and activations)",
+             "preset": PRESETS[args.preset],
              "fast_bias_correction": not args.full_bias_correction,
              "ignored_scope": {"name": args.ignored_scope, "first_weighted_layers_float32": len(ignored),
                                "node_names": ignored, "op_types": list(types)},
@@ -174,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ignored-scope", choices=sorted(IGNORED_SCOPES), default=DEFAULT_IGNORED_SCOPE,
                         help="layers kept in float32: none, block1 (first 2 convolutions), blocks1-3 (first 12), "
                              "depthwise (every depthwise convolution), block1+depthwise")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
+                        help="NNCF preset: mixed (asymmetric activations, default) or performance (all symmetric)")
     parser.add_argument("--full-bias-correction", action="store_true", help="NNCF's slower, exact bias correction")
     parser.add_argument("--gate-split", default="dev", help="split the quality gate compares on (not calibration)")
     add_gate_arguments(parser)
