@@ -102,6 +102,11 @@ RUNTIMES = ("auto", "openvino", "tensorflow")
 
 PRECISIONS = ("float32", "bfloat16", "int8")
 
+# Images per OpenVINO request: a batch runs as chunks of this size over the CPU plugin's
+# throughput streams (``model.openvino_runtime.ChunkedRequests``); chosen by measurement
+# (docs/PERFORMANCE.md). Overridable with $CAPTION_OPENVINO_CHUNK for experiments.
+OPENVINO_CHUNK = int(os.environ.get("CAPTION_OPENVINO_CHUNK", "2"))
+
 
 def choose_runtime(runtime: str, precision: str = "float32") -> str:
     """``auto``: TensorFlow when it sees a GPU, else OpenVINO (faster on CPUs), else TensorFlow.
@@ -160,7 +165,7 @@ class ImageEncoder:
             from model import openvino_runtime as ovr
 
             self._resolved_weights = None  # the IR carries its own (quantised) weights
-            self._forward = ovr.ThreadLocalRequests([ovr.compile_ir(*int8_ir)]).chain
+            self._forward = ovr.ChunkedRequests([ovr.compile_ir(*int8_ir, throughput=True)], OPENVINO_CHUNK).chain
             return
         self._resolved_weights = resolve_weights(weights)
         if self.runtime == "openvino":
@@ -243,9 +248,9 @@ class ImageEncoder:
                                        None if fingerprint is None else ovr.compiled_graph_key(
                                            graph="encoder", backbone=self.name, image_size=self.image_size,
                                            stage=stage, stem_end=self.float32_stem_end, weights=fingerprint),
-                                       folder)
+                                       folder, throughput=True)
                     for stage, trace, precision in stages]
-        return ovr.ThreadLocalRequests(compiled).chain
+        return ovr.ChunkedRequests(compiled, OPENVINO_CHUNK).chain
 
     def _tensorflow_forward(self) -> Callable[[np.ndarray], np.ndarray]:
         import keras

@@ -31,8 +31,13 @@ def _run(compiled, x):
     return ovr.ThreadLocalRequests([compiled]).chain(x)
 
 
+def _affine(x: np.ndarray) -> np.ndarray:
+    """What ``_affine_trace``'s graph computes."""
+    return x @ (np.arange(12, dtype=np.float32).reshape(4, 3) / 10) * 2.0 + 1.0
+
+
 X = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
-EXPECTED = X @ (np.arange(12, dtype=np.float32).reshape(4, 3) / 10) * 2.0 + 1.0
+EXPECTED = _affine(X)
 
 
 def test_cache_miss_writes_an_entry_and_a_hit_does_not_trace(tmp_path):
@@ -154,3 +159,47 @@ def test_cache_folder_others_can_write_to_is_not_used(tmp_path, caplog):
     cache.chmod(0o700)
     ovr.compile_traced(_affine_trace(calls), "float32", key, str(cache))
     assert calls == [1, 1]
+
+
+def test_compile_options_always_set_the_precision():
+    """Left unset, the CPU plugin may run float32 graphs in bf16; THROUGHPUT only when asked."""
+    assert ovr.compile_options("float32") == {"INFERENCE_PRECISION_HINT": "f32"}
+    assert ovr.compile_options("bfloat16") == {"INFERENCE_PRECISION_HINT": "bf16"}
+    assert ovr.compile_options("float32", throughput=True) == {"INFERENCE_PRECISION_HINT": "f32",
+                                                               "PERFORMANCE_HINT": "THROUGHPUT"}
+
+
+@pytest.mark.parametrize("rows", [0, 1, 2, 3, 7, 16])
+def test_chunked_requests_give_the_whole_batch_in_order(rows):
+    """A batch run as chunks over the plugin's streams equals the batch run in one request,
+    row for row, whatever the batch size (empty, one chunk, a partial last chunk)."""
+    import threading
+
+    x = np.random.default_rng(rows).normal(size=(rows, 4)).astype(np.float32)
+    expected = _affine(x)
+    compiled = ovr.compile_traced(_affine_trace([]), "float32", None, None, throughput=True)
+    assert compiled.get_property("PERFORMANCE_HINT") == "THROUGHPUT"
+    runner = ovr.ChunkedRequests([compiled], chunk=2)
+    assert runner.parallel == int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) >= 1
+    out = runner.chain(x)
+    assert out.shape == (rows, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out, ovr.ThreadLocalRequests([compiled]).chain(x))
+    streams = [t for t in threading.enumerate() if t.name.startswith("openvino-stream")]
+    if rows > 2 and runner.parallel > 1:  # more than one chunk: they ran on the stream threads
+        assert runner._pool is not None and streams
+    with pytest.raises(ValueError, match="chunk"):
+        ovr.ChunkedRequests([compiled], chunk=0)
+
+
+def test_chunked_requests_chain_several_graphs():
+    """A chain of graphs (the bf16 encoder's float32 stem, then the rest) runs chunk by chunk too."""
+    first = ovr.compile_traced(_affine_trace([]), "float32", None, None, throughput=True)
+
+    def second_trace():
+        fn = tf.function(lambda x: x * 3.0 - 1.0, input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        return fn.get_concrete_function()
+    second = ovr.compile_traced(second_trace, "float32", None, None, throughput=True)
+    x = np.random.default_rng(9).normal(size=(9, 4)).astype(np.float32)
+    out = ovr.ChunkedRequests([first, second], chunk=4).chain(x)
+    np.testing.assert_allclose(out, _affine(x) * 3.0 - 1.0, rtol=1e-5, atol=1e-5)
