@@ -205,17 +205,28 @@ class ChunkedRequests:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
-    def _executor(self) -> ThreadPoolExecutor:
+    def _executor(self) -> ThreadPoolExecutor | None:
+        """The stream threads, created on the first batch of several chunks. That batch's first
+        chunk runs on the calling thread before any stream thread starts: the OpenVINO bindings
+        set up their NumPy access once per process (pybind11's ``gil_safe_call_once``), and two
+        threads doing that first call together while a third imports a module (Pillow loading
+        its plugins on a read thread) deadlocked a Beam SDK worker here (PortableRunner test)."""
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="openvino-stream")
+                return None
             return self._pool
 
     def chain(self, x: np.ndarray) -> np.ndarray:
         """``ThreadLocalRequests.chain`` of the whole batch, computed chunk by chunk."""
-        if len(x) <= self.chunk or self.parallel == 1:
-            parts = [self._requests.chain(x[i:i + self.chunk]) for i in range(0, max(len(x), 1), self.chunk)]
+        chunks = [x[i:i + self.chunk] for i in range(0, max(len(x), 1), self.chunk)]
+        if len(chunks) == 1 or self.parallel == 1:
+            parts = [self._requests.chain(c) for c in chunks]
         else:
-            parts = list(self._executor().map(self._requests.chain,
-                                              [x[i:i + self.chunk] for i in range(0, len(x), self.chunk)]))
+            pool = self._executor()
+            if pool is None:  # the first batch: one chunk here first (see ``_executor``)
+                parts = [self._requests.chain(chunks[0])]
+                parts += list(self._executor().map(self._requests.chain, chunks[1:]))
+            else:
+                parts = list(pool.map(self._requests.chain, chunks))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -203,3 +203,27 @@ def test_chunked_requests_chain_several_graphs():
     x = np.random.default_rng(9).normal(size=(9, 4)).astype(np.float32)
     out = ovr.ChunkedRequests([first, second], chunk=4).chain(x)
     np.testing.assert_allclose(out, _affine(x) * 3.0 - 1.0, rtol=1e-5, atol=1e-5)
+
+
+def test_first_batch_runs_its_first_chunk_on_the_calling_thread():
+    """The bindings' one-time NumPy set-up must not run on two stream threads at once (it
+    deadlocked a Beam SDK worker): the first chunk of the first batch runs on the caller."""
+    import threading
+
+    compiled = ovr.compile_traced(_affine_trace([]), "float32", None, None, throughput=True)
+    runner = ovr.ChunkedRequests([compiled], chunk=2)
+    runner.parallel = 2  # as on a 2-core machine, whatever this one has
+    seen: list[str] = []
+    chain = runner._requests.chain
+
+    def recording(x):
+        seen.append(threading.current_thread().name)
+        return chain(x)
+    runner._requests.chain = recording
+    x = np.random.default_rng(5).normal(size=(6, 4)).astype(np.float32)
+    np.testing.assert_allclose(runner.chain(x), _affine(x), rtol=1e-5, atol=1e-6)
+    assert seen[0] == threading.current_thread().name and len(seen) == 3
+    assert all(name.startswith("openvino-stream") for name in seen[1:])
+    seen.clear()
+    runner.chain(x)  # later batches: every chunk on the stream threads
+    assert len(seen) == 3 and all(name.startswith("openvino-stream") for name in seen)
