@@ -117,7 +117,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=480)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=32, help="the pipeline's --batch_size (its default)")
     ap.add_argument("--model", default=str(REPO / "models" / "flickr8k-xception"))
     ap.add_argument("--encoder-weights", default=str(XCEPTION_WEIGHTS))
     ap.add_argument("--only", nargs="+", default=["gate", "encoder", "pipeline"], choices=["gate", "encoder", "pipeline"])

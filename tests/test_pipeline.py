@@ -180,7 +180,7 @@ def test_model_cache_dir_cold_and_warm_starts_give_the_same_rows(images, tmp_pat
         summary = run_pipeline(["--input", f"{images}/*.jpg", "--output", str(out), "--model", tiny_artifact,
                                 "--encoder_runtime", "openvino", "--model_cache_dir", str(cache),
                                 "--emit_embeddings"])
-        assert summary["captioned"] == 12 and summary["batch_size"] == 16
+        assert summary["captioned"] == 12 and summary["batch_size"] == 32
         assert len([p for p in cache.iterdir() if (p / "model.xml").is_file()]) == 3
         rows.append({r["image_uri"]: (r["caption"], r["score"], r["embedding"]) for r in read_rows(out, "captions")})
     assert rows[0] == rows[1]
