@@ -191,9 +191,15 @@ class ChunkedRequests:
     Why: measured on a 2-core AVX-512 VNNI machine (docs/PERFORMANCE.md), Xception runs faster on
     small chunks than on a batch of 16 (the INT8 graph 67 -> 77 images/s, float32 24.3 -> 25),
     and two single-thread streams beat one stream of two threads (INT8 79, float32 25.7). The
-    caller keeps its own batch size (the beam search is cheaper per image on large batches)."""
+    caller keeps its own batch size (the beam search is cheaper per image on large batches).
 
-    def __init__(self, compiled: Sequence[Any], chunk: int = 2) -> None:
+    The first batch of several chunks runs its first chunk on the calling thread before the
+    stream threads start: the OpenVINO bindings set up their NumPy access once per process
+    (pybind11's ``gil_safe_call_once``), and two threads doing that first call together while a
+    third imported a module (Pillow loading its plugins on a read thread) deadlocked a Beam SDK
+    worker here (PortableRunner test)."""
+
+    def __init__(self, compiled: Sequence[Any], chunk: int) -> None:
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, not {chunk}")
         self.chunk = chunk
@@ -205,28 +211,17 @@ class ChunkedRequests:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
-    def _executor(self) -> ThreadPoolExecutor | None:
-        """The stream threads, created on the first batch of several chunks. That batch's first
-        chunk runs on the calling thread before any stream thread starts: the OpenVINO bindings
-        set up their NumPy access once per process (pybind11's ``gil_safe_call_once``), and two
-        threads doing that first call together while a third imports a module (Pillow loading
-        its plugins on a read thread) deadlocked a Beam SDK worker here (PortableRunner test)."""
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="openvino-stream")
-                return None
-            return self._pool
-
     def chain(self, x: np.ndarray) -> np.ndarray:
         """``ThreadLocalRequests.chain`` of the whole batch, computed chunk by chunk."""
         chunks = [x[i:i + self.chunk] for i in range(0, max(len(x), 1), self.chunk)]
+        parts: list[np.ndarray] = []
         if len(chunks) == 1 or self.parallel == 1:
             parts = [self._requests.chain(c) for c in chunks]
         else:
-            pool = self._executor()
-            if pool is None:  # the first batch: one chunk here first (see ``_executor``)
-                parts = [self._requests.chain(chunks[0])]
-                parts += list(self._executor().map(self._requests.chain, chunks[1:]))
-            else:
-                parts = list(pool.map(self._requests.chain, chunks))
+            with self._pool_lock:
+                if self._pool is None:  # the first batch: one chunk here first (see the class)
+                    parts.append(self._requests.chain(chunks[0]))
+                    chunks = chunks[1:]
+                    self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="openvino-stream")
+            parts += self._pool.map(self._requests.chain, chunks)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
