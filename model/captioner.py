@@ -7,18 +7,17 @@ from model.artifact import ArtifactContents, ArtifactError, read_artifact
 from model.artifact_config import ArtifactConfig
 from model.caption_search import CaptionResult, DecodeSettings, caption_features
 from model.encoder import ImageEncoder
-from model.lstm_decoder import KerasStepModel, MergeDecoder, make_step_model
+from model.lstm_decoder import DecoderSource, KerasStepModel, MergeDecoder, make_step_model
 from model.vocabulary import Vocabulary
 
 
 class CaptionModel:
     """A ready-to-run captioner; build it with ``load_caption_model``."""
 
-    def __init__(self, encoder: ImageEncoder | None, decoders: list[MergeDecoder], vocab: Vocabulary,
+    def __init__(self, encoder: ImageEncoder | None, decoders: list[MergeDecoder] | DecoderSource, vocab: Vocabulary,
                  model_id: str, config: ArtifactConfig, default_settings: DecodeSettings,
                  cache: str | None = None, combine: str = "mean_logprob") -> None:
         self.encoder = encoder
-        self.decoders = decoders
         # The decoder runs where the encoder runs: one runtime's thread pool per process.
         runtime = encoder.runtime if encoder is not None else "tensorflow"
         self.step_model = make_step_model(decoders, runtime, model_id, cache, combine)
@@ -26,6 +25,11 @@ class CaptionModel:
         self.model_id = model_id
         self.config = config
         self.default_settings = default_settings
+
+    @property
+    def decoders(self) -> list[MergeDecoder]:
+        """The Keras decoders (built on first use: cached OpenVINO step graphs do not need them)."""
+        return self.step_model.member_decoders()
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -99,18 +103,20 @@ def load_caption_model(uri: str, *, encoder_weights: str | None = None, expected
     """Verify and load an artifact (see ``model.artifact``) into a CaptionModel. ``cache``: where
     converted OpenVINO graphs are kept (``model.openvino_runtime.cache_dir``; "none" for nowhere)."""
     contents = read_artifact(uri, expected_model_id=expected_model_id, encoder_weights=encoder_weights)
-    decoders = build_decoders(contents)
-    decoder = decoders[0]
+    # The Keras decoders are built when a step graph is traced: for TensorFlow now, for OpenVINO
+    # only on a cache miss (the cache key is the artifact's content hash, weights included).
+    decoders = DecoderSource(contents.config.decoder, len(contents.decoder_weights_paths),
+                             lambda: build_decoders(contents))
     encoder_config = contents.config.encoder
-    if encoder_config.feature_dim is not None and decoder.config.feature_dim != encoder_config.feature_dim:
+    if encoder_config.feature_dim is not None and decoders.config.feature_dim != encoder_config.feature_dim:
         raise ArtifactError(f"config.json of model artifact {uri}: encoder feature_dim does not match the decoder")
     encoder = None
     if with_encoder:
         encoder = ImageEncoder(encoder_config.name, contents.encoder_weights, encoder_config.image_size,
                                precision=precision, runtime=runtime, cache=cache,
                                int8_ir=contents.int8_encoder if precision == "int8" else None)
-        if encoder.feature_dim != decoder.config.feature_dim:
+        if encoder.feature_dim != decoders.config.feature_dim:
             raise ArtifactError(f"encoder {encoder_config.name} gives {encoder.feature_dim}-d features but the "
-                                f"decoder of model artifact {uri} expects {decoder.config.feature_dim}")
+                                f"decoder of model artifact {uri} expects {decoders.config.feature_dim}")
     return CaptionModel(encoder, decoders, contents.vocab, contents.model_id, contents.config,
                         contents.decode_settings(), cache, contents.ensemble_combine)

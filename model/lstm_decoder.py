@@ -15,8 +15,10 @@ One set of Keras layers serves three graphs:
 """
 from __future__ import annotations
 
+import functools
 import warnings
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import keras
@@ -86,14 +88,16 @@ class MergeDecoder:
         return make_step_model([self], runtime, cache_identity, cache)
 
 
-def make_step_model(members: Sequence[MergeDecoder], runtime: str = "tensorflow", cache_identity: str | None = None,
-                    cache: str | None = None, combine: str = "mean_logprob") -> "KerasStepModel":
-    """One step-wise graph over one decoder or an ensemble of decoders (see ``KerasStepModel``)."""
+def make_step_model(members: Sequence[MergeDecoder] | DecoderSource, runtime: str = "tensorflow",
+                    cache_identity: str | None = None, cache: str | None = None,
+                    combine: str = "mean_logprob") -> "KerasStepModel":
+    """One step-wise graph over one decoder or an ensemble of decoders (see ``KerasStepModel``).
+    A ``DecoderSource`` is built here for TensorFlow, and only on a cache miss for OpenVINO."""
     if runtime == "openvino":
         return OpenVinoStepModel(members, cache_identity, cache, combine)
     if runtime != "tensorflow":
         raise ValueError(f"decoder runtime must be tensorflow or openvino, not {runtime!r}")
-    return KerasStepModel(members, combine)
+    return KerasStepModel(members.decoders() if isinstance(members, DecoderSource) else members, combine)
 
 
 def build_prefix_model(config: DecoderConfig) -> keras.Model:
@@ -124,6 +128,24 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
             layer.set_weights(src[layer.name].get_weights())
 
 
+@dataclass(frozen=True)
+class DecoderSource:
+    """The decoders of a step model, built when a graph is first traced: their config and number
+    are known from the artifact, but the Keras layers and weights (0.2 s for four decoders) are
+    not needed when OpenVINO step graphs come from the cache (``OpenVinoStepModel``)."""
+
+    config: DecoderConfig
+    count: int
+    build: Callable[[], Sequence[MergeDecoder]]
+
+    def decoders(self) -> list[MergeDecoder]:
+        """Build them, checking that they are what the config and count promised."""
+        built = list(self.build())
+        if len(built) != self.count or any(d.config != self.config for d in built):
+            raise ValueError(f"expected {self.count} decoders with config {self.config}, got {len(built)}")
+        return built
+
+
 class KerasStepModel:
     """Inference graph run by TensorFlow: image embedding once, then one LSTM step per word; it
     implements ``model.caption_search.StepModel`` (``OpenVinoStepModel`` runs the same graphs on OpenVINO).
@@ -134,27 +156,41 @@ class KerasStepModel:
     combined: ``mean_logprob`` (renormalised geometric mean of the distributions) or
     ``mean_prob`` (arithmetic mean). One decoder gives exactly its own log-softmax."""
 
-    def __init__(self, members: MergeDecoder | Sequence[MergeDecoder], combine: str = "mean_logprob") -> None:
-        self._members = [members] if isinstance(members, MergeDecoder) else list(members)
-        if not self._members:
-            raise ValueError("a step-wise decoder needs at least one decoder")
-        configs = {m.config for m in self._members}
-        if len(configs) != 1:
-            raise ValueError("ensemble members must have the same decoder config")
+    def __init__(self, members: MergeDecoder | Sequence[MergeDecoder] | DecoderSource,
+                 combine: str = "mean_logprob") -> None:
+        """``members``: the decoders, or a ``DecoderSource`` that builds them on first trace."""
+        if isinstance(members, DecoderSource):
+            source = members
+        else:
+            built = [members] if isinstance(members, MergeDecoder) else list(members)
+            if not built:
+                raise ValueError("a step-wise decoder needs at least one decoder")
+            if len({m.config for m in built}) != 1:
+                raise ValueError("ensemble members must have the same decoder config")
+            source = DecoderSource(built[0].config, len(built), lambda: built)
         if combine not in ENSEMBLE_COMBINE:
             raise ValueError(f"ensemble combine must be one of {ENSEMBLE_COMBINE}, not {combine!r}")
-        self._d = self._members[0]
+        self._source = source
         self.combine = combine
-        self.width = decoder_width = self._d.config.units * len(self._members)
-        fdim = self._d.config.feature_dim
+        self.width = decoder_width = source.config.units * source.count
+        fdim = source.config.feature_dim
         self._image = tf.function(self.project_image, input_signature=[tf.TensorSpec([None, fdim], tf.float32)])
         self._step = tf.function(self.step_tensors, input_signature=[
             tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, decoder_width], tf.float32),
             tf.TensorSpec([None, decoder_width], tf.float32), tf.TensorSpec([None, decoder_width], tf.float32)])
 
+    @functools.cached_property
+    def _members(self) -> list[MergeDecoder]:
+        """The member decoders, built by the source on first use (tracing a graph)."""
+        return self._source.decoders()
+
     @property
     def members(self) -> int:
-        return len(self._members)
+        return self._source.count
+
+    def member_decoders(self) -> list[MergeDecoder]:
+        """The member decoders (built now if they were not yet)."""
+        return self._members
 
     def project_image(self, features: tf.Tensor) -> tf.Tensor:
         """The image branch of every member, as tensors (differentiable; SCST trains through it)."""
@@ -194,7 +230,7 @@ class KerasStepModel:
 class OpenVinoStepModel(KerasStepModel):
     """``KerasStepModel``'s traced graphs converted to OpenVINO (same weights, same maths)."""
 
-    def __init__(self, members: MergeDecoder | Sequence[MergeDecoder], cache_identity: str | None,
+    def __init__(self, members: MergeDecoder | Sequence[MergeDecoder] | DecoderSource, cache_identity: str | None,
                  cache: str | None = None, combine: str = "mean_logprob") -> None:
         from model import openvino_runtime as ovr
 
@@ -202,9 +238,15 @@ class OpenVinoStepModel(KerasStepModel):
         folder = ovr.cache_dir(cache)
         key = (lambda graph: None) if cache_identity is None else \
             (lambda graph: ovr.compiled_graph_key(graph=graph, model_id=cache_identity, combine=combine))
+
+        def trace(function: Any) -> Any:
+            # Build the decoders before tracing, so that their errors (an ArtifactError for
+            # weights that do not fit) reach the caller as they are, not wrapped by autograph.
+            return lambda: (self.member_decoders(), function.get_concrete_function())[1]
+
         self._run = ovr.ThreadLocalRequests([
-            ovr.compile_traced(self._image.get_concrete_function, "float32", key("decoder-image"), folder),
-            ovr.compile_traced(self._step.get_concrete_function, "float32", key("decoder-step"), folder)])
+            ovr.compile_traced(trace(self._image), "float32", key("decoder-image"), folder),
+            ovr.compile_traced(trace(self._step), "float32", key("decoder-step"), folder)])
 
     def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
         (image,) = self._run.run(0, [np.asarray(features, dtype=np.float32)])

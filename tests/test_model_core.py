@@ -216,6 +216,24 @@ def test_corrupt_json_is_named(damaged):
         read_artifact(str(damaged))
 
 
+def test_cached_openvino_step_graphs_need_no_keras_decoders(tiny_artifact, tmp_path, monkeypatch):
+    import model.captioner as captioner
+
+    built = []
+    real_build = captioner.build_decoders
+    monkeypatch.setattr(captioner, "build_decoders", lambda contents: built.append(1) or real_build(contents))
+    cache = str(tmp_path / "ov-cache")
+    images = _images(3)
+    first = load_caption_model(tiny_artifact, runtime="openvino", cache=cache)  # cache miss: traced
+    assert len(built) == 1
+    again = load_caption_model(tiny_artifact, runtime="openvino", cache=cache)  # cache hit
+    assert len(built) == 1
+    assert again.caption_images(images)[1] == first.caption_images(images)[1]
+    assert len(again.decoders) == 1 and len(built) == 2  # built when asked for
+    load_caption_model(tiny_artifact, runtime="tensorflow")  # TensorFlow needs them at load
+    assert len(built) == 3
+
+
 def test_weights_of_another_shape_are_refused(damaged, tmp_path):
     from tests.factories import make_tiny_artifact
 
