@@ -169,7 +169,8 @@ class _Clock:
 
 
 class CaptionImages(beam.PTransform):
-    """ImageRecords -> (caption rows, inference error rows, a singleton list of model loads).
+    """ImageRecords -> (caption rows, inference error rows, model loads: one ``(load_id, seconds, pid,
+    host)`` per handler copy, repeated for copies that share a load).
 
     ``RunInference`` with our ``CaptionModelHandler`` batches the records and captions them with
     a model loaded once per process (or once per machine when the handler shares it across
@@ -189,8 +190,7 @@ class CaptionImages(beam.PTransform):
         rows = rows | "Progress" >> beam.ParDo(CountProgress(self.progress_seconds))
         if self.sentence_bleu:
             rows = rows | "SentenceBleu" >> beam.Map(with_references, None)
-        loads = (outcomes | "ModelLoads" >> beam.FlatMap(load_tuples) | "DistinctLoads" >> beam.Distinct()
-                 | "AllLoads" >> beam.combiners.ToList())
+        loads = outcomes | "ModelLoads" >> beam.FlatMap(load_tuples)
         return rows, errors, loads
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import apache_beam as beam
@@ -112,7 +113,8 @@ def test_caption_images_runs_inference_through_the_handler(tmp_path, tiny_artifa
                     equal_to([(r.ref.image_id, model_id, True) for r in records]), label="Rows")
         assert_that(errors | beam.Map(lambda e: (e["image_id"], e["stage"])), equal_to([("broken.jpg", "infer")]),
                     label="Errors")
-        assert_that(loads | beam.Map(len), equal_to([1]), label="OneLoad")
+        assert_that(loads | beam.Map(lambda load: (len(load), load[2] == os.getpid())), equal_to([(4, True)]),
+                    label="OneLoad")
 
 
 def test_handler_declares_batching_and_sharing():
@@ -144,7 +146,7 @@ def test_run_stats_counts_from_the_data(tmp_path):
     with pipeline() as p:
         {"inputs": p | "Inputs" >> beam.Create(range(5)), "captions": p | "Captions" >> beam.Create(captions),
          "errors": p | "Errors" >> beam.Create([{"e": 1}]), "skipped": p | "Skipped" >> beam.Create([True, False]),
-         "loads": p | "Loads" >> beam.Create([[("id1", 1.5, 10, "h"), ("id2", 2.0, 11, "h")]])} \
+         "loads": p | "Loads" >> beam.Create([("id1", 1.5, 10, "h"), ("id2", 2.0, 11, "h"), ("id1", 1.5, 10, "h")])} \
             | RunStats(str(path))
     stats = json.loads(path.read_text())
     assert (stats["matched"], stats["captioned"], stats["failed"]) == (5, 2, 1)
