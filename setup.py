@@ -7,7 +7,7 @@ setup(
     description="Caption millions of stored images to Parquet with Apache Beam (Xception + merge CNN-LSTM).",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10,<3.13",
+    python_requires=">=3.11,<3.13",
     packages=find_packages(include=["model", "model.*", "training", "training.*", "beam_pipeline",
                                     "beam_pipeline.*", "caption_report", "caption_report.*",
                                     "models", "models.*"]),
@@ -36,8 +36,11 @@ setup(
         "aws": ["apache-beam[aws]>=2.60,<3", "s3fs>=2024.2"],
         # NNCF builds the INT8 encoder (training.quantize); running one needs only openvino.
         "int8": ["nncf>=2.14,<4"],
-        # --runner DaskRunner (beam_pipeline/dask_runner.py works around bugs of Beam 2.77's runner)
+        # --runner DaskRunner: beam_pipeline/dask_runner.py subclasses Beam's Dask runner internals and
+        # refuses a Beam outside the range it was tested with (runners.DASK_TESTED_BEAM; the lock pins one).
         "dask": ["apache-beam[dask]>=2.60,<3", "distributed>=2024.8"],
+        # --search_index and python -m caption_index: LanceDB (embedded BM25 full-text + vector index).
+        "search": ["lancedb>=0.25,<1"],
         # Iceberg tables (--iceberg_table): the SQL catalog on SQLite and the pyarrow writer; other
         # catalogs add their own pyiceberg extra (glue, hive, ...); REST needs none.
         "iceberg": ["pyiceberg[sql-sqlite,pyarrow,pyiceberg-core]>=0.9,<1"],
@@ -47,7 +50,10 @@ setup(
                  "psutil>=5.9",
                  "nncf>=2.14,<4", "apache-beam[dask]>=2.60,<3", "distributed>=2024.8",
                  "pyiceberg[sql-sqlite,pyarrow,pyiceberg-core]>=0.9,<1",
-                 "pycocoevalcap>=1.2"],  # pycocoevalcap: the reference CIDEr-D / ROUGE-L are tested against
+                 "pycocoevalcap>=1.2",
+                 "apache-beam[gcp]>=2.60,<3",  # the offline Dataflow job-graph test
+                 "lancedb>=0.25,<1",
+                 "ruff>=0.15"],  # pycocoevalcap: the reference CIDEr-D / ROUGE-L are tested against
     },
     entry_points={
         "console_scripts": [

@@ -173,6 +173,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the pipeline to completion and return (and write) the run summary."""
     options = PipelineOptions(argv)
     caption_options = options.view_as(CaptionOptions)
+    runner_name = options.view_as(StandardOptions).runner
+    runner = make_runner(runner_name, options)  # refuses an untested Beam for the Dask runner first
     plan = plan_run(caption_options)
     if caption_options.iceberg_table:
         from beam_pipeline import lake_table
@@ -181,8 +183,6 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             caption_options.iceberg_catalog, caption_options.iceberg_table, plan.model_id,
             known_columns(caption_options.emit_embeddings) if caption_options.skip_known_content else None)
     log.info("run %s: model %s, output %s", plan.run_id, plan.model_id, plan.output)
-    runner_name = options.view_as(StandardOptions).runner
-    runner = make_runner(runner_name, options)
     started = time.time()
     p = beam.Pipeline(runner=runner, options=options)
     build(p, plan)

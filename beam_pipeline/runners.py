@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import apache_beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import create_runner
 
@@ -13,6 +14,24 @@ from beam_pipeline.preflight import PreflightError
 # runner replaced by ours, which works around its bugs (see beam_pipeline/dask_runner.py).
 RUNNER_ALIASES = {"DaskRunner": "beam_pipeline.dask_runner.DaskRunner",
                   "apache_beam.runners.dask.dask_runner.DaskRunner": "beam_pipeline.dask_runner.DaskRunner"}
+
+# beam_pipeline/dask_runner.py subclasses private parts of Beam's Dask runner, which change between
+# Beam releases (2.78 changed how side inputs are computed); it runs only on the Beam versions it
+# was tested with: [lowest, first untested). requirements.lock pins one inside this range
+# (tests/test_dependency_lock.py checks that).
+DASK_TESTED_BEAM = ("2.78.0", "2.79.0")
+
+
+def check_dask_runner_beam(version: str | None = None) -> None:
+    """Refuse (``PreflightError``, exit 2) a Beam outside ``DASK_TESTED_BEAM`` for the Dask runner."""
+    from packaging.version import Version
+
+    installed = version or apache_beam.__version__
+    low, high = DASK_TESTED_BEAM
+    if not Version(low) <= Version(installed) < Version(high):
+        raise PreflightError(
+            f"--runner DaskRunner was tested with apache-beam >={low},<{high}, but {installed} is installed; "
+            "install the tested set: pip install -c requirements.lock -e '.[dask]'")
 
 
 def local_runner(options: PipelineOptions) -> Any:
@@ -34,6 +53,7 @@ def make_runner(name: str | None, options: PipelineOptions) -> Any:
     if name in (None, "DirectRunner", "direct"):
         return local_runner(options)
     if name in RUNNER_ALIASES:
+        check_dask_runner_beam()
         try:
             return create_runner(RUNNER_ALIASES[name])
         except ImportError as exc:
