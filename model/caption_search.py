@@ -36,6 +36,9 @@ class DecodeSettings:
     beam_width: int = 3
     length_alpha: float = 0.7  # beam ranking uses sum(logp) / len ** alpha
     max_length: int = 34  # max caption tokens including <start> and <end>
+    # MMI reranking of the beam's finished captions: (log p(c|image) - mmi_lambda * log p(c)) /
+    # len ** alpha, with log p(c) from a caption prior (``model.caption_prior``). 0 = off.
+    mmi_lambda: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in ("greedy", "beam"):
@@ -44,11 +47,24 @@ class DecodeSettings:
             raise ValueError("beam_width must be >= 1")
         if self.max_length < 2:
             raise ValueError("max_length must be >= 2")
+        if self.mmi_lambda < 0:
+            raise ValueError("mmi_lambda must be >= 0")
+        if self.mmi_lambda and self.method != "beam":
+            raise ValueError("MMI reranking needs beam search (it reranks the beam's candidates)")
 
     def describe(self) -> str:
         if self.method == "greedy":
             return f"greedy(max_len={self.max_length})"
-        return f"beam(k={self.beam_width},alpha={self.length_alpha:g},max_len={self.max_length})"
+        mmi = f",mmi={self.mmi_lambda:g}" if self.mmi_lambda else ""
+        return f"beam(k={self.beam_width},alpha={self.length_alpha:g}{mmi},max_len={self.max_length})"
+
+
+class CaptionPrior(Protocol):
+    """Log-probability of whole captions without the image (``model.caption_prior``)."""
+
+    def logprob(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """log p(c) of each caption (token ids after <start>, with <end> when reached)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,18 @@ def beam_search(decoder: StepModel, features: np.ndarray, start_id: int, end_id:
     An ending counts only when it ranks among the top ``beam_width`` extensions (so width 1 is
     exactly greedy); an image stops when its best finished caption scores at least as well as
     its best live beam would at the current length."""
+    candidates = beam_candidates(decoder, features, start_id, end_id, max_length, beam_width, length_alpha)
+    return [max(found, key=lambda h: _normalised(h, length_alpha)) for found in candidates]
+
+
+def _normalised(h: Hypothesis, length_alpha: float, logprob: float | None = None) -> float:
+    return (h.logprob if logprob is None else logprob) / max(1, len(h.token_ids)) ** length_alpha
+
+
+def beam_candidates(decoder: StepModel, features: np.ndarray, start_id: int, end_id: int,
+                    max_length: int, beam_width: int = 3, length_alpha: float = 0.7) -> list[list[Hypothesis]]:
+    """Every finished caption of :func:`beam_search`, per image, in the order they finished
+    (at least one per image); ``beam_search`` picks the best of each list."""
     n = len(features)
     k = beam_width
     base = decoder.initial_state(features)
@@ -111,7 +139,7 @@ def beam_search(decoder: StepModel, features: np.ndarray, start_id: int, end_id:
     finished: list[list[Hypothesis]] = [[] for _ in range(n)]
 
     def normalised(h: Hypothesis) -> float:
-        return h.logprob / max(1, len(h.token_ids)) ** length_alpha
+        return _normalised(h, length_alpha)
 
     for step in range(max_length - 1):
         logp, state = decoder.step(words, state)
@@ -159,10 +187,25 @@ def beam_search(decoder: StepModel, features: np.ndarray, start_id: int, end_id:
         state = _select(state, np.asarray(keep_rows))
         words = np.asarray(keep_words, dtype=np.int32)
         row_tokens, row_logp, row_image = new_tokens, np.asarray(new_logp), np.asarray(new_image)
-    results = []
-    for image in range(n):
-        results.append(max(finished[image], key=normalised))
-    return results
+    return finished
+
+
+def mmi_rerank(candidates: Sequence[Sequence[Hypothesis]], prior: CaptionPrior, mmi_lambda: float,
+               length_alpha: float) -> list[Hypothesis]:
+    """Per image, the candidate maximising ``(logprob - mmi_lambda * log p(c)) / len ** alpha``
+    (first of equals; lambda 0 gives the beam's own choice). Returned hypotheses keep their
+    conditional log-probability, so ``score`` stays a confidence in the image's caption."""
+    flat = [h.token_ids for found in candidates for h in found]
+    prior_lp = iter(np.asarray(prior.logprob(flat), np.float64) if flat else [])
+    out = []
+    for found in candidates:
+        best, best_value = None, -np.inf
+        for h in found:
+            value = _normalised(h, length_alpha, h.logprob - mmi_lambda * float(next(prior_lp)))
+            if best is None or value > best_value:
+                best, best_value = h, value
+        out.append(best)
+    return out
 
 
 class BannedWords:
@@ -186,15 +229,23 @@ class BannedWords:
 
 
 def decode_batch(decoder: StepModel, features: np.ndarray, start_id: int, end_id: int,
-                 settings: DecodeSettings, banned_ids: Sequence[int] = ()) -> list[Hypothesis]:
+                 settings: DecodeSettings, banned_ids: Sequence[int] = (),
+                 prior: CaptionPrior | None = None) -> list[Hypothesis]:
     """Decode a batch of image feature vectors with the given settings; ``banned_ids`` are
-    never generated (callers ban padding, <start> and <unk>)."""
+    never generated (callers ban padding, <start> and <unk>). ``prior`` is needed (and only
+    used) when ``settings.mmi_lambda`` > 0."""
+    if settings.mmi_lambda and prior is None:
+        raise ValueError("MMI reranking (mmi_lambda > 0) needs a caption prior")
     if len(features) == 0:
         return []
     if len(banned_ids):
         decoder = BannedWords(decoder, banned_ids)
     if settings.method == "greedy":
         return greedy_decode(decoder, features, start_id, end_id, settings.max_length)
+    if settings.mmi_lambda:
+        candidates = beam_candidates(decoder, features, start_id, end_id, settings.max_length,
+                                     settings.beam_width, settings.length_alpha)
+        return mmi_rerank(candidates, prior, settings.mmi_lambda, settings.length_alpha)
     return beam_search(decoder, features, start_id, end_id, settings.max_length,
                        settings.beam_width, settings.length_alpha)
 
@@ -219,12 +270,12 @@ class CaptionResult:
 
 
 def caption_features(step_model: StepModel, vocab: Vocabulary, features: np.ndarray,
-                     settings: DecodeSettings) -> list[CaptionResult]:
+                     settings: DecodeSettings, prior: CaptionPrior | None = None) -> list[CaptionResult]:
     """Captions of a batch of encoder feature vectors: the one features -> captions path of the
     project (``model.captioner.CaptionModel`` for the pipeline, ``training.evaluate`` for scores).
-    Padding, <start> and <unk> are never generated."""
+    Padding, <start> and <unk> are never generated; ``prior`` serves MMI reranking."""
     hyps = decode_batch(step_model, np.asarray(features, np.float32), vocab.start_id, vocab.end_id, settings,
-                        vocab.never_generated)
+                        vocab.never_generated, prior)
     results = []
     for hyp in hyps:
         words = tuple(vocab.decode(strip_end(hyp.token_ids, vocab.end_id)))
