@@ -69,12 +69,14 @@ def human_anchor(references: Sequence[Sequence[str]]) -> FindabilityReport:
 
 
 def caption_set_report(captions: Sequence[str | Sequence[str]], references: Sequence[Sequence[str]],
-                       training_captions: Iterable[str]) -> dict[str, float]:
+                       training_captions: Iterable[str] | None) -> dict[str, float]:
     """All columns at once, flat (JSON-ready): distinct_share, distinct_captions, words,
-    novel_share and findability as r_at_1, r_at_5, r_at_10, mrr, median_rank, queries."""
+    novel_share (left out when ``training_captions`` is None) and findability as r_at_1,
+    r_at_5, r_at_10, mrr, median_rank, queries."""
     found = caption_findability(captions, references)
-    return {"distinct_share": distinct_share(captions),
-            "distinct_captions": len({_as_text(c) for c in captions}),
-            "words": distinct_words(captions),
-            "novel_share": novel_share(captions, training_captions),
-            **asdict(found)}
+    report = {"distinct_share": distinct_share(captions),
+              "distinct_captions": len({_as_text(c) for c in captions}),
+              "words": distinct_words(captions)}
+    if training_captions is not None:
+        report["novel_share"] = novel_share(captions, training_captions)
+    return {**report, **asdict(found)}

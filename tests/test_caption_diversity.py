@@ -57,3 +57,4 @@ def test_report_has_every_column():
     assert report["queries"] == 6
     # Nothing indexes the dog image's words: its 2 queries score 0 everywhere and tie three ways.
     assert 0 < report["r_at_1"] < 1 and report["r_at_10"] == 1.0
+    assert "novel_share" not in caption_set_report(["a", "b", "c"], references(), None)

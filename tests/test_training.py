@@ -349,15 +349,29 @@ def test_evaluate_cli_prints_greedy_and_beam_bleu(random_run: Run, shapes: Shape
     assert printed["images"] == N_DEV and printed["split"] == "dev"
     assert printed["model_id"] == read_artifact(str(random_run.model)).model_id
     greedy, beam = printed["greedy(max_len=7)"], printed["beam(k=3,alpha=0.7,max_len=7)"]
-    assert set(greedy) == set(beam) == {"bleu1", "bleu2", "bleu3", "bleu4", "cider_d", "rouge_l"}
-    assert greedy == pytest.approx(random_run.summary["dev_metrics"]["greedy(max_len=7)"], rel=1e-9)
+    assert set(greedy) == set(beam) == SCORE_KEYS | FINDABILITY_KEYS
+    assert {k: greedy[k] for k in SCORE_KEYS} == \
+        pytest.approx(random_run.summary["dev_metrics"]["greedy(max_len=7)"], rel=1e-9)
+    assert set(printed["human_anchor"]) == FINDABILITY_KEYS and printed["human_anchor"]["distinct_share"] > 0
+    assert 0 <= greedy["r_at_1"] <= greedy["r_at_5"] <= greedy["r_at_10"] <= 1
+
+    assert training_evaluate.main(["--model", str(random_run.model), "--flickr8k", str(shapes.root),
+                                   "--split", "dev", "--cache-dir", str(random_run.cache), "--no-progress",
+                                   "--decode", "beam", "--mmi-lambda", "0.5", "--mmi-prior", "ngram"]) == 0
+    mmi = json.loads(capsys.readouterr().out)
+    assert set(mmi["beam(k=3,alpha=0.7,mmi=0.5,max_len=7)"]) == SCORE_KEYS | FINDABILITY_KEYS
 
     assert training_evaluate.main(["--model", str(random_run.model), "--table", str(shapes.dev_table),
                                    "--split", "dev", "--cache-dir", str(random_run.cache), "--no-progress",
                                    "--decode", "greedy", "--limit", "10"]) == 0
     limited = json.loads(capsys.readouterr().out)
     assert limited["images"] == 10 and list(k for k in limited if k.startswith("beam")) == []
-    assert set(limited["greedy(max_len=7)"]) == {"bleu1", "bleu2", "bleu3", "bleu4", "cider_d", "rouge_l"}
+    assert set(limited["greedy(max_len=7)"]) == SCORE_KEYS | FINDABILITY_KEYS - {"novel_share"}  # no train split
+
+
+SCORE_KEYS = {"bleu1", "bleu2", "bleu3", "bleu4", "cider_d", "rouge_l"}
+FINDABILITY_KEYS = {"distinct_share", "distinct_captions", "words", "novel_share", "r_at_1", "r_at_5", "r_at_10",
+                    "mrr", "median_rank", "queries"}
 
 
 # --------------------------------------------------------------------------- feature cache

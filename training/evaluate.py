@@ -1,5 +1,7 @@
 """Corpus BLEU-1..4, CIDEr-D and ROUGE-L of a model on a dataset split, paper style
-(``model.bleu``, ``model.caption_metrics``; one tokenisation for all of them).
+(``model.bleu``, ``model.caption_metrics``; one tokenisation for all of them), and whether the
+captions tell images apart (``model.caption_diversity``: distinct and novel captions, words, BM25
+findability with references #2-#5 as queries, beside the reference-#1 human anchor).
 
 CLI: ``python -m training.evaluate --model DIR --flickr8k ROOT --split dev``.
 """
@@ -14,8 +16,9 @@ from typing import Sequence
 import numpy as np
 
 from model.bleu import bleu_tokens, corpus_bleu_scores
+from model.caption_diversity import caption_set_report
 from model.caption_metrics import cider_d, rouge_l
-from model.caption_search import DecodeSettings, StepModel, caption_features
+from model.caption_search import CaptionPrior, DecodeSettings, StepModel, caption_features
 from model.vocabulary import Vocabulary
 from training.datasets import CaptionedImage
 
@@ -23,12 +26,13 @@ log = logging.getLogger(__name__)
 
 
 def generate_captions(step_model: StepModel, vocab: Vocabulary, features: np.ndarray, settings: DecodeSettings,
-                      batch_size: int = 128) -> list[list[str]]:
+                      batch_size: int = 128, prior: CaptionPrior | None = None) -> list[list[str]]:
     """Captions (as word lists) for a matrix of encoder features, in batches, through the model
-    core's caption path (``model.caption_search.caption_features``, as ``CaptionModel``)."""
+    core's caption path (``model.caption_search.caption_features``, as ``CaptionModel``);
+    ``prior`` serves MMI reranking (``settings.mmi_lambda``)."""
     out: list[list[str]] = []
     for start in range(0, len(features), batch_size):
-        batch = caption_features(step_model, vocab, features[start:start + batch_size], settings)
+        batch = caption_features(step_model, vocab, features[start:start + batch_size], settings, prior)
         out.extend(list(r.tokens) for r in batch)
     return out
 
@@ -44,6 +48,13 @@ def caption_scores(hypotheses: Sequence[Sequence[str]], items: Sequence[Captione
         scores["cider_d"] = cider_d(hyps, refs)
         scores["rouge_l"] = rouge_l(hyps, refs)
     return scores
+
+
+def findability_scores(hypotheses: Sequence[Sequence[str]], items: Sequence[CaptionedImage],
+                       training_captions: Sequence[str] | None = None) -> dict[str, float]:
+    """Distinct captions, words, novel captions (with ``training_captions``) and BM25 findability
+    of captions (word lists), queried with each image's references #2-#5."""
+    return caption_set_report(hypotheses, [item.captions for item in items], training_captions)
 
 
 def bleu_on(step_model: StepModel, vocab: Vocabulary, items: Sequence[CaptionedImage], features: np.ndarray,
@@ -74,6 +85,8 @@ def tune_decoding(step_model: StepModel, vocab: Vocabulary, items: Sequence[Capt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from model.caption_diversity import human_anchor
+    from training.caption_priors import add_prior_arguments, build_prior, training_captions
     from training.splits import add_data_arguments, load_split_features
 
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
@@ -85,7 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--length-alpha", type=float, default=None)
     parser.add_argument("--limit", type=int, default=None, help="score only the first N images")
     parser.add_argument("--output-json", default=None, help="also write the scores here")
+    parser.add_argument("--mmi-lambda", type=float, default=None, help="MMI reranking of beam candidates (0 = off)")
     add_data_arguments(parser, with_dev=False)
+    add_prior_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
@@ -98,12 +113,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.limit:
         items, feats = items[: args.limit], feats[: args.limit]
     step = build_step_model(contents)
+    train_captions = training_captions(args)
+    prior = build_prior(args.mmi_prior, args, contents, step, args.prior_images) if args.mmi_lambda else None
     results = {"model_id": contents.model_id, "split": args.split, "images": len(items),
-               "skipped": report.summary()}
+               "skipped": report.summary(),
+               "human_anchor": findability_scores([it.captions[0] for it in items], items, train_captions)}
     for method in args.decode:
         settings = contents.decode_settings(method=method, beam_width=args.beam_width if method == "beam" else None,
-                                            length_alpha=args.length_alpha)
-        results[settings.describe()] = bleu_on(step, contents.vocab, items, feats, settings, extended=True)
+                                            length_alpha=args.length_alpha,
+                                            mmi_lambda=args.mmi_lambda if method == "beam" else None)
+        captions = generate_captions(step, contents.vocab, feats, settings, prior=prior)
+        results[settings.describe()] = {**caption_scores(captions, items),
+                                        **findability_scores(captions, items, train_captions)}
     text = json.dumps(results, indent=2)
     print(text)
     if args.output_json:
