@@ -3,7 +3,8 @@ and the training captions that novelty is measured against.
 
 * ``decoder``: the artifact's own step model fed the mean float32 encoder feature of the first
   ``--prior-images`` training images (through training's feature cache);
-* ``ngram``: an interpolated Kneser-Ney trigram over the training captions' vocabulary ids.
+* ``ngram``: an interpolated Kneser-Ney trigram over the training captions' vocabulary ids;
+* ``unigram``: the same model of order 1 (word frequencies only: penalises common words).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from model.caption_search import CaptionPrior, StepModel
 
 log = logging.getLogger(__name__)
 
-PRIORS = ("decoder", "ngram")
+PRIORS = ("decoder", "ngram", "unigram")
 DEFAULT_PRIOR_IMAGES = 500
 
 
@@ -65,10 +66,11 @@ def build_prior(kind: str, args: argparse.Namespace, contents: Any, step_model: 
     vocab = contents.vocab
     if kind == "decoder":
         return DecoderPrior(step_model, mean_training_feature(args, contents, images), vocab.start_id)
-    if kind == "ngram":
+    if kind in ("ngram", "unigram"):
         captions = training_captions(args)
         if captions is None:
             raise SystemExit("the n-gram prior needs the Flickr8k training captions (--flickr8k)")
         max_len = contents.config.decoder.max_length
-        return NgramPrior((vocab.encode(c, max_len)[1:] for c in captions), len(vocab), vocab.start_id)
+        return NgramPrior((vocab.encode(c, max_len)[1:] for c in captions), len(vocab), vocab.start_id,
+                          order=3 if kind == "ngram" else 1)
     raise ValueError(f"unknown caption prior {kind!r}; known: {PRIORS}")
