@@ -7,7 +7,8 @@ n-gram scores, whether the captions tell images apart, and what each costs to de
 
 Studies: ``members`` (ensembles of the first 1..N members and every member alone, the shipped
 search), ``search`` (greedy, beam widths x length alphas), ``mmi`` (MMI reranking of the shipped
-ensemble's beam candidates, priors x widths x lambdas). Columns: BLEU-1..4, CIDEr-D, ROUGE-L,
+ensemble's beam candidates, priors x widths x lambdas; ``--mmi-modes step`` applies the unigram
+prior's word penalty inside the search instead). Columns: BLEU-1..4, CIDEr-D, ROUGE-L,
 distinct captions, distinct words, novel captions (not verbatim in the training captions), BM25
 findability (references #2-#5 of each image as queries: R@1/5/10, MRR, median rank), decoding
 ms/image (OpenVINO decoder, ``--batch-size`` images a call, median of ``--repeats``) and its share
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.5, 1.0])
     p.add_argument("--priors", nargs="+", choices=PRIORS, default=list(PRIORS))
     p.add_argument("--mmi-widths", type=int, nargs="+", default=[5, 10])
+    p.add_argument("--mmi-modes", nargs="+", choices=["rerank", "step"], default=["rerank"],
+                   help="step: the unigram prior's word penalty inside the search (other priors are skipped)")
     p.add_argument("--lambdas", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5, 0.7, 1.0])
     p.add_argument("--prior-images", type=int, default=500, help="training images averaged for the decoder prior")
     p.add_argument("--batch-size", type=int, default=16, help="images per decoding call (the pipeline's batch)")
@@ -172,10 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     if "mmi" in args.study:
         for name in args.priors:
             prior = build_prior(name, args, contents, step_of(everyone), args.prior_images)
-            for width in args.mmi_widths:
-                for lam in args.lambdas:
-                    settings = DecodeSettings("beam", width, shipped.length_alpha, shipped.max_length, lam)
-                    measure(f"{len(decoders)} (shipped)", everyone, settings, prior, name)
+            for mode in args.mmi_modes:
+                if mode == "step" and name != "unigram":
+                    continue
+                for width in args.mmi_widths:
+                    for lam in args.lambdas:
+                        settings = DecodeSettings("beam", width, shipped.length_alpha, shipped.max_length, lam, mode)
+                        measure(f"{len(decoders)} (shipped)", everyone, settings, prior, name)
     print()
     print(table(HEADERS, rows))
     return 0

@@ -111,6 +111,12 @@ class NgramPrior:
         self._cache[key] = p
         return p
 
+    def word_logprobs(self) -> np.ndarray:
+        """log p(word) for every id (order 1 only: a context-free prior for step-wise MMI)."""
+        if self.order != 1:
+            raise ValueError(f"word_logprobs needs a unigram prior, this one has order {self.order}")
+        return np.log([self._prob((), w) for w in range(self.vocab_size)])
+
     def logprob(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """Sum over tokens of log p(token | previous order-1 tokens)."""
         out = np.zeros(len(token_ids), np.float64)

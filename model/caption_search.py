@@ -7,7 +7,7 @@ first axis is the row, so beams and finished images are handled by row selection
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -39,6 +39,9 @@ class DecodeSettings:
     # MMI reranking of the beam's finished captions: (log p(c|image) - mmi_lambda * log p(c)) /
     # len ** alpha, with log p(c) from a caption prior (``model.caption_prior``). 0 = off.
     mmi_lambda: float = 0.0
+    # "rerank": the beam's finished captions; "step": every word's log-prob gets -mmi_lambda *
+    # log p(word) of a context-free (unigram) prior during the search itself (not <end>).
+    mmi_mode: str = "rerank"
 
     def __post_init__(self) -> None:
         if self.method not in ("greedy", "beam"):
@@ -49,13 +52,15 @@ class DecodeSettings:
             raise ValueError("max_length must be >= 2")
         if self.mmi_lambda < 0:
             raise ValueError("mmi_lambda must be >= 0")
-        if self.mmi_lambda and self.method != "beam":
+        if self.mmi_mode not in ("rerank", "step"):
+            raise ValueError(f"mmi_mode must be 'rerank' or 'step', not {self.mmi_mode!r}")
+        if self.mmi_lambda and self.mmi_mode == "rerank" and self.method != "beam":
             raise ValueError("MMI reranking needs beam search (it reranks the beam's candidates)")
 
     def describe(self) -> str:
+        mmi = f",{'mmi' if self.mmi_mode == 'rerank' else 'mmi_step'}={self.mmi_lambda:g}" if self.mmi_lambda else ""
         if self.method == "greedy":
-            return f"greedy(max_len={self.max_length})"
-        mmi = f",mmi={self.mmi_lambda:g}" if self.mmi_lambda else ""
+            return f"greedy({mmi[1:]}{',' if mmi else ''}max_len={self.max_length})"
         return f"beam(k={self.beam_width},alpha={self.length_alpha:g}{mmi},max_len={self.max_length})"
 
 
@@ -65,6 +70,22 @@ class CaptionPrior(Protocol):
     def logprob(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         """log p(c) of each caption (token ids after <start>, with <end> when reached)."""
         ...
+
+
+class WordPenalty:
+    """Wrap a step decoder so every word's log-probability gets ``bias[word]`` added (MMI during
+    the search: bias = -lambda * log p(word)); the result is a score, no longer normalised."""
+
+    def __init__(self, decoder: StepModel, bias: np.ndarray) -> None:
+        self.decoder = decoder
+        self.bias = np.asarray(bias, np.float64)
+
+    def initial_state(self, features: np.ndarray) -> State:
+        return self.decoder.initial_state(features)
+
+    def step(self, word_ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        logp, state = self.decoder.step(word_ids, state)
+        return np.asarray(logp, np.float64) + self.bias, state
 
 
 @dataclass(frozen=True)
@@ -240,6 +261,8 @@ def decode_batch(decoder: StepModel, features: np.ndarray, start_id: int, end_id
         return []
     if len(banned_ids):
         decoder = BannedWords(decoder, banned_ids)
+    if settings.mmi_lambda and settings.mmi_mode == "step":
+        return _step_mmi(decoder, features, start_id, end_id, settings, prior)
     if settings.method == "greedy":
         return greedy_decode(decoder, features, start_id, end_id, settings.max_length)
     if settings.mmi_lambda:
@@ -248,6 +271,20 @@ def decode_batch(decoder: StepModel, features: np.ndarray, start_id: int, end_id
         return mmi_rerank(candidates, prior, settings.mmi_lambda, settings.length_alpha)
     return beam_search(decoder, features, start_id, end_id, settings.max_length,
                        settings.beam_width, settings.length_alpha)
+
+
+def _step_mmi(decoder: StepModel, features: np.ndarray, start_id: int, end_id: int,
+              settings: DecodeSettings, prior: CaptionPrior) -> list[Hypothesis]:
+    """Search with each word penalised by -lambda * log p(word) (<end> is not penalised), then
+    give every hypothesis back its conditional log-probability."""
+    word_logprobs = getattr(prior, "word_logprobs", None)
+    if word_logprobs is None:
+        raise ValueError("step-wise MMI needs a context-free prior (word_logprobs), e.g. a unigram model")
+    bias = -settings.mmi_lambda * np.asarray(word_logprobs(), np.float64)
+    bias[end_id] = 0.0
+    plain = replace(settings, mmi_lambda=0.0, mmi_mode="rerank")
+    hyps = decode_batch(WordPenalty(decoder, bias), features, start_id, end_id, plain)
+    return [Hypothesis(h.token_ids, h.logprob - float(sum(bias[t] for t in h.token_ids))) for h in hyps]
 
 
 def strip_end(token_ids: Sequence[int], end_id: int) -> list[int]:

@@ -97,3 +97,44 @@ def test_ngram_prior_is_a_distribution_and_prefers_seen_captions():
     assert empty.logprob([(4, 5, END)])[0] == pytest.approx(3 * -np.log(vocab))  # uniform
     with pytest.raises(ValueError):
         NgramPrior(train, vocab, START, order=0)
+
+
+class UnigramPrior(FixedPrior):
+    """A hand-made context-free prior: log p(word) per id."""
+
+    def __init__(self, word_probs: list[float]) -> None:
+        super().__init__({})
+        self.word_probs = np.log(word_probs)
+
+    def word_logprobs(self) -> np.ndarray:
+        return self.word_probs
+
+
+def test_step_wise_mmi_penalises_common_words_during_the_search():
+    assert DecodeSettings("beam", 5, 0.0, 24, 0.5, "step").describe() == "beam(k=5,alpha=0,mmi_step=0.5,max_len=24)"
+    assert DecodeSettings("greedy", max_length=9, mmi_lambda=1, mmi_mode="step").describe() == \
+        "greedy(mmi_step=1,max_len=9)"
+    with pytest.raises(ValueError, match="mmi_mode"):
+        DecodeSettings(mmi_mode="other")
+    prior = UnigramPrior([0.01, 0.01, 0.01, 0.9, 0.05, 0.02])  # word 3 is common, 4 rare
+    feats = np.zeros((1, 1), int)
+    for method, width in (("greedy", 1), ("beam", 3)):
+        plain = decode_batch(generic_vs_specific(), feats, START, END, DecodeSettings(method, width, 0.0, 5))[0]
+        assert plain.token_ids == (3, END)
+        # lambda 1: word 3 scores log .5 - log .9 = -0.59, word 4 log .4 - log .05 = 2.08
+        step = decode_batch(generic_vs_specific(), feats, START, END,
+                            DecodeSettings(method, width, 0.0, 5, 1.0, "step"), prior=prior)[0]
+        assert step.token_ids == (4, END)
+        assert step.logprob == pytest.approx(np.log(0.4), abs=1e-6)  # the conditional log-prob again
+    with pytest.raises(ValueError, match="context-free"):
+        decode_batch(generic_vs_specific(), feats, START, END, DecodeSettings("beam", 3, 0.0, 5, 1.0, "step"),
+                     prior=FixedPrior({}))
+
+
+def test_unigram_word_logprobs_are_a_distribution():
+    lm = NgramPrior([(4, 5, END), (4, 6, END)], 9, START, order=1)
+    assert np.exp(lm.word_logprobs()).sum() == pytest.approx(1.0)
+    assert lm.word_logprobs()[4] > lm.word_logprobs()[6] > lm.word_logprobs()[7]
+    assert lm.logprob([(4, 6)])[0] == pytest.approx(lm.word_logprobs()[4] + lm.word_logprobs()[6])
+    with pytest.raises(ValueError, match="unigram"):
+        NgramPrior([(4, 5, END)], 9, START, order=2).word_logprobs()

@@ -99,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="score only the first N images")
     parser.add_argument("--output-json", default=None, help="also write the scores here")
     parser.add_argument("--mmi-lambda", type=float, default=None, help="MMI reranking of beam candidates (0 = off)")
+    parser.add_argument("--mmi-mode", choices=["rerank", "step"], default=None,
+                        help="rerank the beam's captions, or penalise words during the search (unigram prior)")
     add_data_arguments(parser, with_dev=False)
     add_prior_arguments(parser)
     args = parser.parse_args(argv)
@@ -121,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for method in args.decode:
         settings = contents.decode_settings(method=method, beam_width=args.beam_width if method == "beam" else None,
                                             length_alpha=args.length_alpha,
-                                            mmi_lambda=args.mmi_lambda if method == "beam" else None)
+                                            mmi_lambda=args.mmi_lambda if method == "beam" else None,
+                                            mmi_mode=args.mmi_mode)
         captions = generate_captions(step, contents.vocab, feats, settings, prior=prior)
         results[settings.describe()] = {**caption_scores(captions, items),
                                         **findability_scores(captions, items, train_captions)}
