@@ -85,7 +85,6 @@ def tune_decoding(step_model: StepModel, vocab: Vocabulary, items: Sequence[Capt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from model.caption_diversity import human_anchor
     from training.caption_priors import add_prior_arguments, build_prior, training_captions
     from training.splits import add_data_arguments, load_split_features
 
