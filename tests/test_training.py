@@ -360,6 +360,18 @@ def test_evaluate_cli_prints_greedy_and_beam_bleu(random_run: Run, shapes: Shape
                                    "--decode", "beam", "--mmi-lambda", "0.5", "--mmi-prior", "ngram"]) == 0
     mmi = json.loads(capsys.readouterr().out)
     assert set(mmi["beam(k=3,alpha=0.7,mmi=0.5,max_len=7)"]) == SCORE_KEYS | FINDABILITY_KEYS
+    # The decoder prior averages cached training features (the encoder is forbidden above; the
+    # first 8 training images include the corrupt and the missing one, skipped without it).
+    assert training_evaluate.main(["--model", str(random_run.model), "--flickr8k", str(shapes.root),
+                                   "--split", "dev", "--cache-dir", str(random_run.cache), "--no-progress",
+                                   "--decode", "beam", "--mmi-lambda", "0.3", "--mmi-prior", "decoder",
+                                   "--prior-images", "8"]) == 0
+    assert "beam(k=3,alpha=0.7,mmi=0.3,max_len=7)" in json.loads(capsys.readouterr().out)
+    assert training_evaluate.main(["--model", str(random_run.model), "--flickr8k", str(shapes.root),
+                                   "--split", "dev", "--cache-dir", str(random_run.cache), "--no-progress",
+                                   "--decode", "beam", "--mmi-lambda", "0.3", "--mmi-prior", "unigram",
+                                   "--mmi-mode", "step"]) == 0
+    assert "beam(k=3,alpha=0.7,mmi_step=0.3,max_len=7)" in json.loads(capsys.readouterr().out)
 
     assert training_evaluate.main(["--model", str(random_run.model), "--table", str(shapes.dev_table),
                                    "--split", "dev", "--cache-dir", str(random_run.cache), "--no-progress",

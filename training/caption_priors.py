@@ -50,7 +50,13 @@ def mean_training_feature(args: argparse.Namespace, contents: Any, images: int) 
     weights = contents.encoder_weights
     cache = FeatureCache(args.cache_dir, feature_cache_key(enc.name, enc.image_size, weights_fingerprint(weights)))
     if any(it.image_id not in cache for it in items):
-        encoder = ImageEncoder(enc.name, weights, enc.image_size)
+        built: list[ImageEncoder] = []  # built on first use: missing or undecodable images need none
+
+        def encoder(images: np.ndarray) -> np.ndarray:
+            if not built:
+                built.append(ImageEncoder(enc.name, weights, enc.image_size))
+            return built[0](images)
+
         extract_features(items, encoder, enc.image_size, cache, batch_size=args.extract_batch_size,
                          progress=not args.no_progress)
     feats = [cache.get(it.image_id) for it in items if it.image_id in cache]
