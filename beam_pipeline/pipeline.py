@@ -185,7 +185,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if caption_options.search_index:
         from beam_pipeline import search_index
 
-        search_index.prepare_index(caption_options.search_index, plan.model_id, caption_options.emit_embeddings)
+        search_index.in_child(search_index.prepare_index, caption_options.search_index, plan.model_id,
+                              caption_options.emit_embeddings)
     log.info("run %s: model %s, output %s", plan.run_id, plan.model_id, plan.output)
     started = time.time()
     p = beam.Pipeline(runner=runner, options=options)
@@ -223,7 +224,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             caption_options.iceberg_catalog, caption_options.iceberg_table, plan.output,
             caption_options.emit_embeddings)
     if caption_options.search_index:  # the same: after the commits, from the committed files
-        summary["search_index"] = search_index.sync_output_to_index(caption_options.search_index, plan.output)
+        summary["search_index"] = search_index.in_child(search_index.sync_output_to_index,
+                                                        caption_options.search_index, plan.output)
     text = json.dumps(summary, indent=2).encode()
     for path in (FileSystems.join(plan.output, "summary.json"), FileSystems.join(plan.output, "_runs", plan.run_id, "summary.json")):
         with FileSystems.create(path) as f:

@@ -15,6 +15,11 @@ Iceberg sync is (``beam_pipeline.lake_table``): read the caption files, keep the
 adds only new images, the index never holds a URI twice, and a crash between the Parquet commits
 and the sync is repaired by the next run. lancedb is imported only here and in ``caption_index``,
 and only when a flag asks.
+
+The pipeline calls ``prepare_index`` and ``sync_output_to_index`` through ``in_child``: in a spawned
+process, so lancedb is never loaded in the driver. lancedb's async runtime is not fork-safe (it
+warns of a possible deadlock in a forked child), and the driver forks worker processes after the
+preflight (and a process may run several pipelines, as the tests do).
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import logging
 import math
 import uuid
 from collections import defaultdict
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import pyarrow as pa
 
@@ -30,6 +35,7 @@ from beam_pipeline.preflight import PreflightError, existing_outputs
 from beam_pipeline.schemas import EMBEDDING_COLUMN
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TABLE = "captions"
 FLAGS_COLUMN = "flags"
@@ -49,6 +55,15 @@ INDEX_FIELDS = [
 INDEX_COLUMNS = tuple(f.name for f in INDEX_FIELDS)
 VECTOR_INDEX_MIN_ROWS = 10_000  # below: exact vector search (see module docstring)
 DISTANCE = "cosine"
+
+
+def in_child(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a freshly spawned process (its exception, e.g. PreflightError, re-raised here)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def index_schema(embedding_dim: int | None) -> pa.Schema:
