@@ -141,14 +141,15 @@ def _sync_one(catalog: Any, identifier: str, schema: pa.Schema, files: list[str]
             "snapshot_id": snapshot.snapshot_id if snapshot else None}
 
 
-def sync_output_to_table(catalog_name: str, table: str, output: str, emit_embeddings: bool) -> dict[str, Any]:
+def sync_output_to_table(catalog_name: str, table: str, output: str, emit_embeddings: bool,
+                         flags: bool = False) -> dict[str, Any]:
     """Make ``table`` and ``table``_errors agree with OUTPUT/captions and OUTPUT/errors: append the
     rows the tables do not hold yet (one snapshot each). Returns what was appended, per table."""
     catalog = open_catalog(catalog_name)
     captions_id, errors_id = table_names(table)
     files = existing_outputs(output)
     return {
-        "captions": _sync_one(catalog, captions_id, caption_schema(emit_embeddings),
+        "captions": _sync_one(catalog, captions_id, caption_schema(emit_embeddings, flags),
                               [f for f in files if "/captions/" in f]),
         "errors": _sync_one(catalog, errors_id, ERROR_SCHEMA, [f for f in files if "/errors/" in f]),
     }

@@ -42,9 +42,12 @@ ERROR_FIELDS = [
 ERROR_SCHEMA = pa.schema(ERROR_FIELDS)
 
 
-def caption_schema(emit_embeddings: bool = False) -> pa.Schema:
-    """Schema of caption rows; the embedding column exists only with ``--emit_embeddings``."""
+def caption_schema(emit_embeddings: bool = False, flags: bool = False) -> pa.Schema:
+    """Schema of caption rows; the embedding column exists only with ``--emit_embeddings``, the
+    flags column (watch-list categories, ``beam_pipeline.moderation``) only with ``--watchlist``."""
     fields = list(CAPTION_FIELDS)
     if emit_embeddings:
         fields.append(pa.field(EMBEDDING_COLUMN, pa.list_(pa.float32()), nullable=True))
+    if flags:
+        fields.append(pa.field("flags", pa.list_(pa.string()), nullable=True))
     return pa.schema(fields)

@@ -63,7 +63,7 @@ def text_search(table: Any, query: str, k: int = 10) -> list[Hit]:
 
     if not query.strip():
         return []
-    rows = table.search(MatchQuery(query, "caption"), query_type="fts").select(SHOWN_COLUMNS).limit(k).to_list()
+    rows = table.search(MatchQuery(query, "caption"), query_type="fts").select(SHOWN_COLUMNS + ["_score"]).limit(k).to_list()
     return _hits(rows, lambda r: r["_score"])
 
 
@@ -99,7 +99,7 @@ def like_search(table: Any, data: bytes, vector: np.ndarray | None, k: int = 10)
     if vector is None or len(hits) >= k:
         return hits[:k]
     search = table.search(np.asarray(vector, np.float32), vector_column_name=EMBEDDING_COLUMN) \
-        .distance_type(DISTANCE).select(SHOWN_COLUMNS).limit(k + len(hits))
+        .distance_type(DISTANCE).select(SHOWN_COLUMNS + ["_distance"]).limit(k + len(hits))
     if any(tuple(ix.columns) == (EMBEDDING_COLUMN,) for ix in table.list_indices()):
         search = search.refine_factor(REFINE_FACTOR)
     seen = {h.image_uri for h in hits}
