@@ -45,8 +45,12 @@ def test_review_reasons():
     assert review_reason({"score": -2.0}, None) is None
 
 
-def test_flags_and_review_rows_reach_the_captions_the_review_table_the_index_and_the_gallery(
-        tmp_path, flickr8k, tiny_artifact):
+def test_flags_and_review_rows_reach_the_captions_the_review_table_iceberg_the_index_and_the_gallery(
+        tmp_path, flickr8k, tiny_artifact, monkeypatch):
+    pytest.importorskip("pyiceberg")
+    for key, value in (("TYPE", "sql"), ("URI", f"sqlite:///{tmp_path}/catalog.db"),
+                       ("WAREHOUSE", f"file://{tmp_path}/warehouse")):
+        monkeypatch.setenv(f"PYICEBERG_CATALOG__LAKE__{key}", value)
     names = sorted(p.name for p in (flickr8k / "images").glob("*.jpg"))[30:36]
     images = tmp_path / "images"
     images.mkdir()
@@ -64,7 +68,8 @@ def test_flags_and_review_rows_reach_the_captions_the_review_table_the_index_and
 
     out, index = tmp_path / "out", str(tmp_path / "index")
     summary = run_pipeline(common + ["--output", str(out), "--watchlist", str(watchlist), "--review_below",
-                                     str(threshold), "--search_index", index, "--report"])
+                                     str(threshold), "--search_index", index, "--report",
+                                     "--iceberg_catalog", "lake", "--iceberg_table", "lake.captions"])
     captions = {r["image_uri"]: r for r in read_rows(out, "captions")}
     assert {u: r["caption"] for u, r in captions.items()} == {u: r["caption"] for u, r in plain.items()}
     expected_flags = {u: (["watched"] if watched in r["caption"].split() else []) for u, r in plain.items()}
@@ -83,6 +88,10 @@ def test_flags_and_review_rows_reach_the_captions_the_review_table_the_index_and
     from beam_pipeline.search_index import open_table
     from caption_report import write_report
 
+    from beam_pipeline.lake_table import open_catalog
+
+    lake = open_catalog("lake").load_table("lake.captions").scan().to_arrow().to_pylist()
+    assert {r["image_uri"]: r["flags"] for r in lake} == expected_flags
     indexed = open_table(index).search().limit(None).to_arrow().to_pylist()
     assert {r["image_uri"]: r["flags"] for r in indexed} == expected_flags
     page = Path(write_report(str(out))).read_text()

@@ -161,3 +161,43 @@ def test_the_search_command_is_strict_about_its_arguments(tmp_path, capsys):
     assert exc.value.code == 2
     assert index_main(["search", str(tmp_path / "nothing"), "dog"]) == 2
     assert "no caption index" in capsys.readouterr().err
+
+
+def test_bulk_files_parse_as_ndjson_and_round_trip_to_the_rows(tmp_path, capsys):
+    import hashlib
+
+    out, index = tmp_path / "out", str(tmp_path / "index")
+    rows = [{"image_uri": f"s3://bucket/img-{i:02d}.jpg", "image_id": f"img-{i:02d}.jpg", "caption": f"a dog number {i}",
+             "score": -0.5 - i / 100, "decode": "greedy", "model_id": "m1", "encoder": "tiny", "width": 10 + i,
+             "height": 20, "references": None, "bleu1": None, "bleu2": None, "bleu3": None, "bleu4": None,
+             "processed_at": dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.timezone.utc),
+             "image_sha256": hashlib.sha256(bytes([i])).hexdigest(), "caption_source": "model",
+             "embedding": [float(i), 0.5, -1.0], "flags": ["animal"] if i % 3 == 0 else []} for i in range(30)]
+    (out / "captions").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=caption_schema(emit_embeddings=True, flags=True)),
+                   out / "captions" / "part-x.parquet")
+    sync_output_to_index(index, str(out))
+    bulk = tmp_path / "bulk"
+    assert index_main(["export", index, "--format", "bulk-ndjson", str(bulk), "--max_mb", "0.002"]) == 0
+    files = sorted(bulk.glob("bulk-*.ndjson"))
+    assert capsys.readouterr().out.split() == [str(f) for f in files] and len(files) > 3
+    docs = {}
+    for f in files:
+        data = f.read_bytes()
+        assert len(data) <= 2000 and data.endswith(b"\n")
+        lines = [json.loads(line) for line in data.decode().splitlines()]  # every line is one JSON value
+        assert len(lines) % 2 == 0
+        for action, doc in zip(lines[::2], lines[1::2]):
+            assert action == {"index": {"_index": "captions", "_id": hashlib.sha1(doc["image_uri"].encode()).hexdigest()}}
+            docs[doc["image_uri"]] = doc
+    assert len(docs) == 30
+    for row in rows:
+        doc = docs[row["image_uri"]]
+        assert doc["processed_at"] == "2026-01-02T03:04:05.678Z"
+        assert doc["embedding"] == row["embedding"] and doc["flags"] == row["flags"]
+        assert {k: doc[k] for k in ("caption", "score", "image_id", "image_sha256", "width", "height", "model_id")} == \
+            {k: row[k] for k in ("caption", "score", "image_id", "image_sha256", "width", "height", "model_id")}
+    assert index_main(["export", index, "--format", "bulk-ndjson", str(bulk)]) == 2  # never mixed with old files
+    with pytest.raises(SystemExit) as exc:
+        index_main(["export", index, str(bulk)])  # --format is required
+    assert exc.value.code == 2
