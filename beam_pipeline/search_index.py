@@ -5,8 +5,8 @@ The index is a LanceDB database at URI (a local folder, ``s3://``, ``gs://``) ho
 ``--emit_embeddings``), a BM25 full-text index on ``caption`` and, from ``VECTOR_INDEX_MIN_ROWS``
 rows on, an IVF-PQ vector index on ``embedding`` (cosine). Below that, vector search is exact
 (brute force over every row), which is both correct and fast at that size; IVF-PQ trains 256
-centroids per sub-vector and sqrt(rows) partitions, and needs many more rows than that to
-train them well.
+centroids per sub-vector and ``ivf_partitions`` partitions on 256 sampled vectors each, and needs
+many more rows than that to train them well.
 
 The sync is "make the index agree with the committed Parquet files under OUTPUT", the way the
 Iceberg sync is (``beam_pipeline.lake_table``): read the caption files, keep the newest row
@@ -216,10 +216,16 @@ def ensure_indexes(table: Any) -> dict[str, bool]:
     if not vector and EMBEDDING_COLUMN in table.schema.names and table.count_rows() >= VECTOR_INDEX_MIN_ROWS:
         dim = table.schema.field(EMBEDDING_COLUMN).type.list_size
         table.create_index(metric=DISTANCE, vector_column_name=EMBEDDING_COLUMN, index_type="IVF_PQ",
-                           num_partitions=max(1, int(math.sqrt(table.count_rows()))),
+                           num_partitions=ivf_partitions(table.count_rows()),
                            num_sub_vectors=_sub_vectors(dim))
         vector = True
     return {"full_text": True, "vector": vector}
+
+
+def ivf_partitions(rows: int) -> int:
+    """sqrt(rows) IVF partitions, but no more than rows / 256: Lance trains each partition's centroid
+    on 256 sampled vectors and trains fewer partitions than asked when the rows are too few."""
+    return max(1, min(int(math.sqrt(rows)), rows // 256))
 
 
 def _sub_vectors(dim: int) -> int:

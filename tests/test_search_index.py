@@ -201,3 +201,34 @@ def test_bulk_files_parse_as_ndjson_and_round_trip_to_the_rows(tmp_path, capsys)
     with pytest.raises(SystemExit) as exc:
         index_main(["export", index, str(bulk)])  # --format is required
     assert exc.value.code == 2
+
+
+def test_a_big_enough_index_gets_an_ivf_pq_vector_index_and_still_finds_the_same_vector_first(tmp_path, monkeypatch):
+    import numpy as np
+
+    from beam_pipeline import search_index
+    from caption_index.query import like_search
+
+    monkeypatch.setattr(search_index, "VECTOR_INDEX_MIN_ROWS", 300)
+    assert search_index.ivf_partitions(400) == 1 and search_index.ivf_partitions(100_000) == 316
+    rng = np.random.default_rng(0)
+    vectors = rng.random((400, 32), dtype=np.float32)
+    out, index = tmp_path / "out", str(tmp_path / "index")
+    (out / "captions").mkdir(parents=True)
+    schema = caption_schema(emit_embeddings=True)
+    for part, rows in (("a", range(0, 200)), ("b", range(200, 400))):  # two syncs: 200 rows (exact), then 400
+        table = pa.Table.from_pylist([
+            {"image_uri": f"u{i}", "image_id": f"u{i}", "caption": f"photo {i}", "score": -1.0, "decode": "greedy",
+             "model_id": "m", "encoder": "e", "width": 1, "height": 1, "references": None, "bleu1": None,
+             "bleu2": None, "bleu3": None, "bleu4": None, "image_sha256": None, "caption_source": "model",
+             "processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), "embedding": vectors[i].tolist()}
+            for i in rows], schema=schema)
+        pq.write_table(table, out / "captions" / f"part-{part}.parquet")
+        result = sync_output_to_index(index, str(out))
+        assert result["indexes"]["vector"] is (part == "b")
+    assert result["rows"] == 400
+    assert any(ix.index_type.lower().startswith("ivf") for ix in open_table(index).list_indices())
+    table = open_table(index)
+    for i in (3, 250, 399):
+        hits = like_search(table, b"query bytes", vectors[i], k=5)
+        assert hits[0].image_uri == f"u{i}" and hits[0].score > 0.999  # re-ranked on the full vectors
