@@ -14,14 +14,15 @@ Reproduce::
    Flickr8k.token.txt; 4,000 queries), each looking for its own photo.
 3. Findability: the product (LanceDB's BM25 on the index, ranks as returned, top ``--depth``;
    and, as a check on tie order, each rank moved to the middle of its group of equal LanceDB
-   scores, passed as is to ``findability_of_ranks``) and the plain BM25 (k1 1.2, b 0.75, ties broken in expectation) over the same captions:
-   R@1/5/10, MRR, median rank. A query whose photo is not in LanceDB's top ``--depth`` gets the
+   scores, passed as is to ``findability_of_ranks``) and the plain BM25 (k1 1.2, b 0.75, ties
+   broken in expectation) over the same captions: R@1/5/10, MRR, median rank. A query whose photo is not in LanceDB's top ``--depth`` gets the
    rank midway between ``depth`` + 1 and the number of photos (it counts in no R@k).
 4. Speed: queries/s in batch mode (one process, one query after another, top 10), for the
    product on the dev index and on synthetic indexes of ``--latency_rows`` rows (the Flickr8k
    reference captions repeated under new URIs), and for the plain BM25 (NumPy) on the dev
    captions. Also ``--like`` look-alike queries/s (exact cosine search over the 2048-d
-   embeddings) on the dev index. Medians of ``--repeats`` passes.
+   embeddings) on the dev index, and on synthetic indexes of ``--like_rows`` random 2048-d
+   vectors (IVF-PQ). Text queries/s are medians of ``--repeats`` passes; --like rates one pass.
 """
 from __future__ import annotations
 
@@ -131,6 +132,36 @@ def synthetic_index(path: Path, rows: int) -> object:
     return tbl
 
 
+def synthetic_vectors(path: Path, rows: int, dim: int) -> object:
+    """An index of ``rows`` rows with random ``dim``-d embeddings (IVF-PQ from VECTOR_INDEX_MIN_ROWS)."""
+    import lancedb
+
+    from beam_pipeline.search_index import ensure_indexes, index_schema
+
+    rng = np.random.default_rng(0)
+    db = lancedb.connect(str(path))
+    schema = index_schema(dim)
+    now = dt.datetime.now(dt.timezone.utc)
+    tbl = None
+    for start in range(0, rows, 10_000):
+        n = min(10_000, rows - start)
+        vectors = rng.random((n, dim), dtype=np.float32)
+        batch = pa.Table.from_pydict({
+            "image_uri": [f"s3://synthetic/{i:07d}.jpg" for i in range(start, start + n)],
+            "image_id": [f"{i:07d}.jpg" for i in range(start, start + n)], "caption": ["a photo"] * n,
+            "score": [-1.0] * n, "model_id": ["synthetic"] * n, "image_sha256": [None] * n,
+            "processed_at": [now] * n, "width": [500] * n, "height": [375] * n, "flags": [None] * n,
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim)}, schema=schema)
+        if tbl is None:
+            tbl = db.create_table("captions", batch, mode="overwrite")
+        else:
+            tbl.add(batch)
+    started = time.perf_counter()
+    ensure_indexes(tbl)
+    print(f"indexes of {rows} x {dim}-d rows built in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return tbl, rng.random((200, dim), dtype=np.float32)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-search"))
@@ -140,6 +171,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency_rows", type=int, nargs="*", default=[1000, 100000])
     parser.add_argument("--like_queries", type=int, default=200)
+    parser.add_argument("--like_rows", type=int, nargs="*", default=[100000],
+                        help="synthetic indexes of random 2048-d vectors for --like latency (IVF-PQ from 10,000 rows)")
     args = parser.parse_args()
 
     from beam_pipeline.search_index import open_table
@@ -186,6 +219,13 @@ def main() -> None:
     like_qps = len(some) / (time.perf_counter() - start_like)
     latency.append([len(rows), "--like (sha256 + exact cosine), top 10, embedding given", round(like_qps),
                     round(1000 / like_qps, 2)])
+    for n in args.like_rows:
+        synthetic, probes = synthetic_vectors(args.work / f"synthetic-vectors-{n}", n, 2048)
+        start_like = time.perf_counter()
+        for vector in probes:
+            like_search(synthetic, b"", vector, 10)
+        qps = len(probes) / (time.perf_counter() - start_like)
+        latency.append([n, "--like on synthetic vectors (IVF-PQ, refine x10), top 10", round(qps), round(1000 / qps, 2)])
     print()
     print(table(["rows", "query", "queries/s", "ms/query"], latency))
 
