@@ -108,3 +108,42 @@ def test_a_malformed_watchlist_stops_the_run_before_any_image_is_read(tmp_path, 
                    "--watchlist", str(watchlist)])
     assert status == 2 and "line 2" in capsys.readouterr().err
     assert not out.exists() or read_rows(out, "captions") == []
+
+
+@pytest.mark.browser
+def test_the_gallery_needs_review_filter_in_headless_chromium(tmp_path):
+    import datetime as dt
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from beam_pipeline.moderation import REVIEW_SCHEMA
+    from beam_pipeline.schemas import caption_schema
+    from caption_report import write_report
+    from tests.test_report import Dom, run_chromium
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not browser:
+        pytest.skip("headless Chromium not found on PATH (apt-get install -y chromium)")
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    out = tmp_path / "out"
+    for sub in ("captions", "review"):
+        (out / sub).mkdir(parents=True)
+    captions = [{"image_uri": f"/nowhere/{i}.jpg", "image_id": f"{i}.jpg", "caption": f"caption {i}",
+                 "score": -0.5 * i, "decode": "greedy", "model_id": "m", "encoder": "e", "width": 1, "height": 1,
+                 "processed_at": now, "flags": ["animal"] if i == 1 else []} for i in range(4)]
+    pq.write_table(pa.Table.from_pylist(captions, schema=caption_schema(flags=True)), out / "captions" / "part-a.parquet")
+    review = [{**captions[1], "reason": "flagged"}, {**captions[3], "reason": "low_score"},
+              {**captions[3], "image_uri": "/nowhere/extra.jpg", "image_id": "extra.jpg", "reason": "low_score"}]
+    pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in REVIEW_SCHEMA.names} for r in review],
+                                        schema=REVIEW_SCHEMA), out / "review" / "part-a.parquet")
+    (out / "summary.json").write_text(json.dumps({"run_id": "r", "captioned": 4}))
+    url = Path(write_report(str(out))).resolve().as_uri()
+
+    dom = Dom(run_chromium(browser, tmp_path / "p1", "--dump-dom", url).stdout)
+    assert "hidden" not in dom.ids["controls"] and "needs-review" in dom.ids
+    assert dom.text("visible-count") == "5 of 5 shown"  # the review row outside the captions is added
+    dom = Dom(run_chromium(browser, tmp_path / "p2", "--dump-dom", url + "#review=1").stdout)
+    assert dom.text("visible-count") == "3 of 5 shown"
+    assert sorted(c["score"] for c in dom.cards if not c["hidden"]) == [-1.5, -1.5, -0.5]
