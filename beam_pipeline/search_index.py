@@ -204,11 +204,12 @@ def _embedding_dim(files: list[str]) -> int | None:
     return None
 
 
-def ensure_indexes(table: Any) -> dict[str, bool]:
+def ensure_indexes(table: Any, changed: bool = True) -> dict[str, bool]:
     """Create the full-text index on caption (and the vector index once the table is big enough)
-    when missing, and fold rows added since into the existing ones (``optimize``)."""
+    when missing, and, when rows were ``changed``, fold them into the existing ones (``optimize``).
+    Also repairs an index whose sync stopped between writing rows and indexing them."""
     names = {tuple(ix.columns) for ix in table.list_indices()}
-    if names:
+    if names and changed:
         table.optimize()  # rows added since into the existing indexes, small fragments merged
     if ("caption",) not in names:
         table.create_fts_index("caption", use_tantivy=False, replace=True)
@@ -253,9 +254,5 @@ def sync_output_to_index(uri: str, output: str) -> dict[str, Any]:
         if new.num_rows:
             table.merge_insert("image_uri").when_matched_update_all(
                 where="target.processed_at < source.processed_at").when_not_matched_insert_all().execute(new)
-    indexes = ensure_indexes(table) if new.num_rows else {"full_text": True, "vector": _has_vector_index(table)}
+    indexes = ensure_indexes(table, changed=bool(new.num_rows))
     return {"index": uri, "table": TABLE, "upserted": new.num_rows, "rows": table.count_rows(), "indexes": indexes}
-
-
-def _has_vector_index(table: Any) -> bool:
-    return any(tuple(ix.columns) == (EMBEDDING_COLUMN,) for ix in table.list_indices())

@@ -100,6 +100,9 @@ def test_the_newest_row_per_uri_is_what_the_index_holds(tmp_path):
     assert {r["image_uri"]: r["caption"] for r in _index_rows(index)} == {"u1": "new cat", "u2": "a newer dog"}
     assert sync_output_to_index(index, str(out))["upserted"] == 0
     assert len(_index_rows(index)) == 2
+    open_table(index).drop_index("caption_idx")  # as if a sync had stopped before indexing
+    assert sync_output_to_index(index, str(out))["upserted"] == 0
+    assert [ix.columns for ix in open_table(index).list_indices()] == [["caption"]]
 
 
 def test_like_finds_a_byte_identical_copy_first(tmp_path, flickr8k, tiny_artifact, capsys):
