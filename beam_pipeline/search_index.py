@@ -96,14 +96,15 @@ def open_table(uri: str) -> Any | None:
 
 
 def check_writable(uri: str) -> None:
-    """Create ``uri`` (a folder or prefix) and write and delete a probe object in it; refuse
+    """Create ``uri`` (a local folder) and write and delete a probe object in it; refuse
     (PreflightError) when that fails, so an unwritable index stops the run before any image is read."""
     import fsspec
 
     probe = f"{uri.rstrip('/')}/.write-probe-{uuid.uuid4().hex}"
     try:
         fs, path = fsspec.core.url_to_fs(probe)
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        if "file" in fs.protocol:  # object stores have no folders (and makedirs would create a bucket)
+            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         with fs.open(path, "wb") as f:
             f.write(b"probe")
         fs.rm(path)

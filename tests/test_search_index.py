@@ -140,14 +140,21 @@ def test_an_index_of_another_model_and_an_unwritable_index_are_refused(tmp_path,
     index = str(tmp_path / "index")
     run_pipeline(["--input", f"{images}/*.jpg", "--output", str(tmp_path / "out"), "--model", tiny_artifact,
                   "--search_index", index])
+    from tests.factories import make_tiny_artifact
+    from run_pipeline import main as pipeline_main
+
+    other = str(tmp_path / "other-model")
+    make_tiny_artifact(other, seed=1)
+    status = pipeline_main(["--input", f"{images}/*.jpg", "--output", str(tmp_path / "out-other"), "--model", other,
+                            "--search_index", index, "--progress_seconds", "0"])
+    assert status == 2 and "holds captions of model" in capsys.readouterr().err
+    assert read_rows(tmp_path / "out-other", "captions") == []
     with pytest.raises(PreflightError, match="holds captions of model"):
         prepare_index(index, "another-model", emit_embeddings=False)
     with pytest.raises(PreflightError, match="built without --emit_embeddings"):
         prepare_index(index, _index_rows(index)[0]["model_id"], emit_embeddings=True)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    from run_pipeline import main as pipeline_main
-
     out = tmp_path / "out2"
     status = pipeline_main(["--input", f"{images}/*.jpg", "--output", str(out), "--model", tiny_artifact,
                             "--search_index", str(blocker / "index"), "--progress_seconds", "0"])
@@ -235,3 +242,36 @@ def test_a_big_enough_index_gets_an_ivf_pq_vector_index_and_still_finds_the_same
     for i in (3, 250, 399):
         hits = like_search(table, b"query bytes", vectors[i], k=5)
         assert hits[0].image_uri == f"u{i}" and hits[0].score > 0.999  # re-ranked on the full vectors
+
+
+def test_an_index_on_s3_is_written_searched_and_an_unwritable_bucket_refused(tmp_path, flickr8k, tiny_artifact,
+                                                                             monkeypatch, capsys):
+    """LanceDB on a moto S3 server on 127.0.0.1 (the AWS environment of tests/s3_server.py)."""
+    pytest.importorskip("moto.server")
+    import s3fs
+
+    from run_pipeline import main as pipeline_main
+    from tests.test_s3 import LoopbackOnly, point_aws_at, start_moto, stop_process
+
+    proc, port = start_moto(tmp_path / "moto.log")
+    guard = LoopbackOnly()
+    try:
+        client = point_aws_at(monkeypatch, f"http://127.0.0.1:{port}", tmp_path, guard, proc)
+        monkeypatch.setenv("AWS_ALLOW_HTTP", "true")  # moto speaks http; LanceDB refuses http unless told
+        client.create_bucket(Bucket="caption-index")
+        images = _copy(_photos(flickr8k, 40, 3), tmp_path / "images")
+        uri = "s3://caption-index/lake/index"
+        common = ["--input", f"{images}/*.jpg", "--model", tiny_artifact]
+        summary = run_pipeline(common + ["--output", str(tmp_path / "out"), "--search_index", uri])
+        assert summary["search_index"]["rows"] == 3
+        word = _index_rows(uri)[0]["caption"].split()[-1]
+        assert index_main(["search", uri, word, "--json"]) == 0
+        (line,) = _json_lines(capsys)
+        assert line["results"] and all(word in h["caption"] for h in line["results"])
+        status = pipeline_main(common + ["--output", str(tmp_path / "out2"), "--search_index",
+                                         "s3://no-such-bucket/index", "--progress_seconds", "0"])
+        assert status == 2 and "is not writable" in capsys.readouterr().err
+        guard.assert_only_to(port)  # Python's clients; LanceDB's own (Rust) get only the AWS_* endpoint
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()  # no cached client may outlive the server
+        stop_process(proc)
