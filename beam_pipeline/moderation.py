@@ -30,9 +30,9 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from beam_pipeline.preflight import PreflightError
+from beam_pipeline.schemas import FLAGS_COLUMN
 from model.text import clean_tokens
 
-FLAGS_COLUMN = "flags"
 REASON_FLAGGED, REASON_LOW_SCORE = "flagged", "low_score"
 _CATEGORY = re.compile(r"^[a-z0-9_-]+$")
 

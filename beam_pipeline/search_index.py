@@ -32,13 +32,12 @@ from typing import Any, Callable, TypeVar
 import pyarrow as pa
 
 from beam_pipeline.preflight import PreflightError, existing_outputs
-from beam_pipeline.schemas import EMBEDDING_COLUMN
+from beam_pipeline.schemas import EMBEDDING_COLUMN, FLAGS_COLUMN, conform
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TABLE = "captions"
-FLAGS_COLUMN = "flags"
 # Caption-file columns the index keeps (flags is null where the run had no --watchlist).
 INDEX_FIELDS = [
     pa.field("image_uri", pa.string(), nullable=False),
@@ -167,7 +166,7 @@ def newest_rows(files: list[str], known: dict[str, int], schema: pa.Schema) -> p
         with _open(files[i]) as f:
             parquet = pq.ParquetFile(f)
             columns = [c for c in schema.names if c in parquet.schema_arrow.names]
-            parts.append(_conform(parquet.read(columns=columns).take(sorted(rows)), schema))
+            parts.append(conform(parquet.read(columns=columns).take(sorted(rows)), schema))
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
@@ -176,18 +175,6 @@ def _open(uri: str) -> Any:
 
     fs, path = fsspec.core.url_to_fs(uri)
     return fs.open(path, "rb")
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table`` with exactly ``schema``'s columns: casts (the embedding list to a fixed-size
-    vector), nulls for columns a file lacks (flags without --watchlist)."""
-    columns = []
-    for field in schema:
-        if field.name in table.column_names:
-            columns.append(table.column(field.name).cast(field.type))
-        else:
-            columns.append(pa.nulls(table.num_rows, field.type))
-    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _embedding_dim(files: list[str]) -> int | None:
