@@ -58,10 +58,10 @@ def _search(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("search: give exactly one of QUERY, --queries FILE or --like IMAGE")
     if args.k < 1:
         parser.error("--k must be >= 1")
-    table = q.open_index(args.index)
     if args.like:
-        results = [(args.like, _like(table, args))]
+        results = [(args.like, _like(args))]
     else:
+        table = q.open_index(args.index)
         queries = q.read_queries(args.queries) if args.queries else [args.query]
         results = [(text, q.text_search(table, text, args.k)) for text in queries]
     for text, hits in results:
@@ -81,7 +81,9 @@ def _search(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def _like(table, args: argparse.Namespace) -> list:  # noqa: ANN001
+def _like(args: argparse.Namespace) -> list:
+    """Look-alikes of --like. The model is loaded (and the image embedded) before LanceDB is opened:
+    OpenVINO forks a process when it converts a graph, and lancedb's runtime is not fork-safe."""
     from beam_pipeline.options import default_model_uri
     from caption_index import query as q
     from model.image_loading import DEFAULT_MAX_BYTES
@@ -91,14 +93,18 @@ def _like(table, args: argparse.Namespace) -> list:  # noqa: ANN001
         data = read_prefix(args.like, DEFAULT_MAX_BYTES)
     except (OSError, ValueError) as exc:
         raise PreflightError(f"--like {args.like}: cannot read it: {exc}") from exc
-    vector = None
-    if q.has_embeddings(table):
-        vector = q.embed_image(data, args.model or default_model_uri(), q.model_id_of(table),
-                               encoder_weights=args.encoder_weights, precision=args.precision,
-                               runtime=args.encoder_runtime)
-    else:
+    model_uri = args.model or default_model_uri()
+    vector, model_id = q.embed_image(data, model_uri, encoder_weights=args.encoder_weights,
+                                     precision=args.precision, runtime=args.encoder_runtime)
+    table = q.open_index(args.index)
+    if not q.has_embeddings(table):
         print("note: the index has no embeddings (built without --emit_embeddings): byte-identical copies only",
               file=sys.stderr)
+        vector = None
+    indexed_by = q.model_id_of(table)
+    if vector is not None and indexed_by not in (None, model_id):
+        raise PreflightError(f"--like: the index was built by model {indexed_by}, --model {model_uri} is {model_id}; "
+                             "embeddings of different models cannot be compared")
     return q.like_search(table, data, vector, args.k)
 
 

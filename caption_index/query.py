@@ -77,17 +77,16 @@ def has_embeddings(table: Any) -> bool:
     return EMBEDDING_COLUMN in table.schema.names
 
 
-def embed_image(data: bytes, model_uri: str, model_id: str | None, *, encoder_weights: str | None = None,
-                precision: str = "float32", runtime: str = "auto") -> np.ndarray:
-    """The model's encoder feature vector of the image ``data`` (decoded as the pipeline does).
-    The artifact must be the index's model (``model_id``), else ArtifactError."""
+def embed_image(data: bytes, model_uri: str, *, encoder_weights: str | None = None, precision: str = "float32",
+                runtime: str = "auto") -> tuple[np.ndarray, str]:
+    """(the encoder feature vector of the image ``data``, decoded as the pipeline does; the
+    artifact's model_id): compare the id with the index's before comparing vectors."""
     from model.captioner import load_caption_model
     from model.image_loading import decode_image
 
-    model = load_caption_model(model_uri, encoder_weights=encoder_weights, expected_model_id=model_id,
-                               precision=precision, runtime=runtime)
+    model = load_caption_model(model_uri, encoder_weights=encoder_weights, precision=precision, runtime=runtime)
     pixels = decode_image(data, model.image_size).pixels
-    return np.asarray(model.encode(np.stack([pixels]))[0], np.float32)
+    return np.asarray(model.encode(np.stack([pixels]))[0], np.float32), model.model_id
 
 
 def like_search(table: Any, data: bytes, vector: np.ndarray | None, k: int = 10) -> list[Hit]:

@@ -129,10 +129,18 @@ def test_like_finds_a_byte_identical_copy_first(tmp_path, flickr8k, tiny_artifac
     from caption_index.query import embed_image, like_search, model_id_of
 
     table = open_table(index)
-    vector = embed_image(query.read_bytes(), tiny_artifact, model_id_of(table))
+    vector, model_id = embed_image(query.read_bytes(), tiny_artifact)
+    assert model_id == model_id_of(table)
     nearest = like_search(table, b"not these bytes", vector, k=3)
     assert nearest[0].image_uri == str(images / photos[3].name) and nearest[0].score > 0.999
     assert nearest[1].score < nearest[0].score
+
+    from tests.factories import make_tiny_artifact
+
+    other = str(tmp_path / "other-model")
+    make_tiny_artifact(other, seed=1)
+    assert index_main(["search", index, "--like", str(query), "--model", other]) == 2
+    assert "cannot be compared" in capsys.readouterr().err
 
 
 def test_an_index_of_another_model_and_an_unwritable_index_are_refused(tmp_path, flickr8k, tiny_artifact, capsys):
