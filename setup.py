@@ -10,6 +10,7 @@ setup(
     python_requires=">=3.11,<3.13",
     packages=find_packages(include=["model", "model.*", "training", "training.*", "beam_pipeline",
                                     "beam_pipeline.*", "caption_report", "caption_report.*",
+                                    "caption_index", "caption_index.*",
                                     "models", "models.*"]),
     py_modules=["run_pipeline"],
     # The shipped default model travels with the package (sdist and wheel), so a cloud runner's
@@ -61,6 +62,7 @@ setup(
             "caption-train=training.train:main",
             "caption-evaluate=training.evaluate:main",
             "caption-report=caption_report.cli:main",
+            "caption-index=caption_index.cli:main",
         ],
     },
 )

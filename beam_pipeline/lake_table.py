@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from beam_pipeline.preflight import PreflightError, existing_outputs
-from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
+from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema, conform
 
 log = logging.getLogger(__name__)
 ERRORS_SUFFIX = "_errors"
@@ -95,17 +95,6 @@ def _open_or_create(catalog: Any, identifier: str, schema: pa.Schema, partition:
     return table
 
 
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table`` with exactly ``schema``'s columns: casts, and nulls for columns an older file lacks."""
-    columns = []
-    for field in schema:
-        if field.name in table.column_names:
-            columns.append(table.column(field.name).cast(field.type))
-        else:
-            columns.append(pa.nulls(table.num_rows, field.type))
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
 def _scan_column(table: Any, column: str) -> set:
     return set(table.scan(selected_fields=(column,)).to_arrow().column(column).to_pylist())
 
@@ -125,7 +114,7 @@ def _new_rows(files: list[str], schema: pa.Schema, known_uris: set) -> pa.Table:
                 keep.append(image_uri not in known_uris)
                 known_uris.add(image_uri)
             if any(keep):
-                parts.append(_conform(parquet.read().filter(pa.array(keep)), schema))
+                parts.append(conform(parquet.read().filter(pa.array(keep)), schema))
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
@@ -141,14 +130,15 @@ def _sync_one(catalog: Any, identifier: str, schema: pa.Schema, files: list[str]
             "snapshot_id": snapshot.snapshot_id if snapshot else None}
 
 
-def sync_output_to_table(catalog_name: str, table: str, output: str, emit_embeddings: bool) -> dict[str, Any]:
+def sync_output_to_table(catalog_name: str, table: str, output: str, emit_embeddings: bool,
+                         flags: bool = False) -> dict[str, Any]:
     """Make ``table`` and ``table``_errors agree with OUTPUT/captions and OUTPUT/errors: append the
     rows the tables do not hold yet (one snapshot each). Returns what was appended, per table."""
     catalog = open_catalog(catalog_name)
     captions_id, errors_id = table_names(table)
     files = existing_outputs(output)
     return {
-        "captions": _sync_one(catalog, captions_id, caption_schema(emit_embeddings),
+        "captions": _sync_one(catalog, captions_id, caption_schema(emit_embeddings, flags),
                               [f for f in files if "/captions/" in f]),
         "errors": _sync_one(catalog, errors_id, ERROR_SCHEMA, [f for f in files if "/errors/" in f]),
     }

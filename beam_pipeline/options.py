@@ -95,6 +95,14 @@ class CaptionOptions(PipelineOptions):
         g.add_argument("--iceberg_catalog", default="default",
                        help="pyiceberg catalog name; its settings come from ~/.pyiceberg.yaml or "
                             "PYICEBERG_CATALOG__NAME__* environment variables")
+        g.add_argument("--search_index", default=None,
+                       help="also keep the captions in this LanceDB search index (a folder, s3:// or gs:// URI): "
+                            "BM25 on caption, vectors with --emit_embeddings; read by python -m caption_index")
+        g.add_argument("--watchlist", default=None,
+                       help="CSV of category,phrase lines: captions containing a phrase get that category "
+                            "in a flags column and go to OUTPUT/review (README 'Moderation')")
+        g.add_argument("--review_below", type=float, default=None,
+                       help="captions scoring below SCORE (mean token log-probability) also go to OUTPUT/review")
         g.add_argument("--skip_known_content", action="store_true",
                        help="images whose bytes (SHA-256) already have a caption of this model in OUTPUT or the "
                             "Iceberg table, or appear twice in this run, are captioned once; copies get "

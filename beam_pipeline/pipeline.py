@@ -57,6 +57,7 @@ class Plan:
     interrupted_files: list[str] = field(default_factory=list)  # subset of done_files
     known_files: list[str] = field(default_factory=list)  # --skip_known_content: earlier caption files
     known_rows: list[dict[str, Any]] = field(default_factory=list)  # ... and the Iceberg table's captions
+    watchlist: Any = None  # --watchlist, parsed (beam_pipeline.moderation.Watchlist)
 
     @property
     def stats_path(self) -> str:
@@ -103,15 +104,33 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
                 pcoll = pcoll | f"SentenceBleu-{label}" >> beam.Map(with_references, None)
             captions[f"captions-{label}"] = pcoll
     policy = RetryPolicy(tries=o.commit_attempts)
+    if plan.watchlist is not None or o.review_below is not None:
+        captions = moderate(captions, plan, policy)
     captions | "CommitCaptions" >> CommitOutputs(FileSystems.join(plan.output, "captions"), plan.run_id,
-                                                 caption_schema(o.emit_embeddings), o.commit_every,
-                                                 o.commit_seconds, policy)
+                                                 caption_schema(o.emit_embeddings, plan.watchlist is not None),
+                                                 o.commit_every, o.commit_seconds, policy)
     errors | "CommitErrors" >> CommitOutputs(FileSystems.join(plan.output, "errors"), plan.run_id, ERROR_SCHEMA,
                                              o.commit_every, o.commit_seconds, policy, label_prefix="errors-")
     {"inputs": [refs, match_errors] | "Inputs" >> beam.Flatten(),
      "captions": list(captions.values()) | "AllCaptions" >> beam.Flatten(),
      "errors": list(errors.values()) | "AllErrors" >> beam.Flatten(),
      "skipped": skipped, "loads": loads} | "RunStats" >> RunStats(plan.stats_path)
+
+
+def moderate(captions: dict[str, Any], plan: Plan, policy: RetryPolicy) -> dict[str, Any]:
+    """--watchlist / --review_below: flag each source's caption rows, and commit the ones that need
+    review to OUTPUT/review as well (beam_pipeline.moderation). Returns the flagged sources."""
+    from beam_pipeline.moderation import REVIEW_SCHEMA, add_flags, review_rows
+
+    o, flagged, review = plan.options, {}, {}
+    for label, rows in captions.items():
+        if plan.watchlist is not None:
+            rows = rows | f"Flag-{label}" >> beam.Map(add_flags, plan.watchlist)
+        flagged[label] = rows
+        review[label] = rows | f"Review-{label}" >> beam.FlatMap(review_rows, o.review_below)
+    review | "CommitReview" >> CommitOutputs(FileSystems.join(plan.output, "review"), plan.run_id, REVIEW_SCHEMA,
+                                             o.commit_every, o.commit_seconds, policy, label_prefix="review-")
+    return flagged
 
 
 def new_run_id() -> str:
@@ -152,11 +171,17 @@ def plan_run(options: CaptionOptions) -> Plan:
         interrupted = interrupted_outputs(output, done_files)
     known_files = files_with_columns([f for f in done_files if "/captions/" in f], known_columns(
         options.emit_embeddings)) if options.skip_known_content else []
+    watchlist = None
+    if options.watchlist:
+        from beam_pipeline.moderation import load_watchlist
+
+        watchlist = load_watchlist(options.watchlist)
     size = contents.config.encoder.image_size
     settings = contents.decode_settings(method=options.decode, beam_width=options.beam_width,
                                         length_alpha=options.length_alpha)
     return Plan(new_run_id(), output, inputs, options.input_manifest, model_uri, contents.model_id,
-                (int(size[0]), int(size[1])), settings.describe(), options, done_files, interrupted, known_files)
+                (int(size[0]), int(size[1])), settings.describe(), options, done_files, interrupted, known_files,
+                watchlist=watchlist)
 
 
 def _metric(result: Any, name: str) -> int | None:
@@ -182,6 +207,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         plan.known_rows = lake_table.prepare_table(
             caption_options.iceberg_catalog, caption_options.iceberg_table, plan.model_id,
             known_columns(caption_options.emit_embeddings) if caption_options.skip_known_content else None)
+    if caption_options.search_index:
+        from beam_pipeline import search_index
+
+        search_index.in_child(search_index.prepare_index, caption_options.search_index, plan.model_id,
+                              caption_options.emit_embeddings)
     log.info("run %s: model %s, output %s", plan.run_id, plan.model_id, plan.output)
     started = time.time()
     p = beam.Pipeline(runner=runner, options=options)
@@ -217,7 +247,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if caption_options.iceberg_table:  # after the Parquet files are committed: make the table agree
         summary["iceberg"] = lake_table.sync_output_to_table(
             caption_options.iceberg_catalog, caption_options.iceberg_table, plan.output,
-            caption_options.emit_embeddings)
+            caption_options.emit_embeddings, bool(caption_options.watchlist))
+    if caption_options.search_index:  # the same: after the commits, from the committed files
+        summary["search_index"] = search_index.in_child(search_index.sync_output_to_index,
+                                                        caption_options.search_index, plan.output)
     text = json.dumps(summary, indent=2).encode()
     for path in (FileSystems.join(plan.output, "summary.json"), FileSystems.join(plan.output, "_runs", plan.run_id, "summary.json")):
         with FileSystems.create(path) as f:

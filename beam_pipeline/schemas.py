@@ -8,6 +8,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 EMBEDDING_COLUMN = "embedding"
+FLAGS_COLUMN = "flags"  # watch-list categories (--watchlist, beam_pipeline.moderation)
 
 CAPTION_FIELDS = [
     pa.field("image_uri", pa.string(), nullable=False),
@@ -42,9 +43,23 @@ ERROR_FIELDS = [
 ERROR_SCHEMA = pa.schema(ERROR_FIELDS)
 
 
-def caption_schema(emit_embeddings: bool = False) -> pa.Schema:
-    """Schema of caption rows; the embedding column exists only with ``--emit_embeddings``."""
+def caption_schema(emit_embeddings: bool = False, flags: bool = False) -> pa.Schema:
+    """Schema of caption rows; the embedding column exists only with ``--emit_embeddings``, the
+    flags column (watch-list categories, ``beam_pipeline.moderation``) only with ``--watchlist``."""
     fields = list(CAPTION_FIELDS)
     if emit_embeddings:
         fields.append(pa.field(EMBEDDING_COLUMN, pa.list_(pa.float32()), nullable=True))
+    if flags:
+        fields.append(pa.field(FLAGS_COLUMN, pa.list_(pa.string()), nullable=True))
     return pa.schema(fields)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns: casts, and nulls for columns an older file lacks."""
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            columns.append(table.column(field.name).cast(field.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)

@@ -14,7 +14,7 @@ import logging
 import math
 import posixpath
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -37,6 +37,9 @@ _BATCH_ROWS = 8192
 CAPTION_COLUMNS = ("image_uri", "image_id", "caption", "score", "decode", "model_id",
                    "width", "height", "references", "bleu4")
 ERROR_COLUMNS = ("image_uri", "image_id", "stage", "error_type", "message", "processed_at")
+REVIEW_COLUMNS = ("image_uri", "image_id", "caption", "score", "model_id", "flags", "reason")
+_REVIEW_TYPES = {"image_uri": pa.string(), "image_id": pa.string(), "caption": pa.string(), "score": pa.float64(),
+                 "model_id": pa.string(), "flags": pa.list_(pa.string()), "reason": pa.string()}
 _CAPTION_TYPES = {f.name: f.type for f in CAPTION_FIELDS}
 _ERROR_TYPES = {f.name: f.type for f in ERROR_FIELDS}
 
@@ -55,6 +58,8 @@ class CaptionRow:
     height: int | None = None
     references: tuple[str, ...] | None = None
     bleu4: float | None = None
+    review: str | None = None  # why it is in OUT_DIR/review ("flagged", "low_score", ...), None if not
+    flags: tuple[str, ...] | None = None  # watch-list categories (--watchlist)
 
 
 @dataclass(frozen=True)
@@ -258,3 +263,32 @@ def load_errors(out_dir: str, *, max_errors: int = DEFAULT_MAX_ERRORS) -> ErrorR
                     processed_at=d["processed_at"],
                 ))
     return ErrorRows(rows=rows, total=total, by_type=by_type, unreadable=unreadable)
+
+
+def load_review(out_dir: str, *, limit: int = DEFAULT_SAMPLE) -> tuple[list[CaptionRow], int]:
+    """The review queue (``OUT_DIR/review/*.parquet``, ``--watchlist`` / ``--review_below``): at most
+    ``limit`` rows as CaptionRows with their ``review`` reason and flags, and the total count."""
+    rows: list[CaptionRow] = []
+    total = 0
+    for batch in _iter_batches(list_parquet_files(storage.join(out_dir, "review")), REVIEW_COLUMNS,
+                               _REVIEW_TYPES, []):
+        total += batch.num_rows
+        for d in batch.slice(0, max(0, limit - len(rows))).to_pylist():
+            score = d.get("score")
+            rows.append(CaptionRow(image_uri=text(d["image_uri"]), image_id=text(d["image_id"]),
+                                   caption=text(d["caption"]), score=float("nan") if score is None else float(score),
+                                   model_id=text(d.get("model_id")), review=text(d["reason"]),
+                                   flags=tuple(d["flags"]) if d.get("flags") is not None else None))
+    return rows, total
+
+
+def with_review(sample: CaptionSample, review: list[CaptionRow]) -> CaptionSample:
+    """The sample with each row's review reason, and the review rows it lacks added (so the
+    gallery's "needs review" filter shows the whole queue, up to its limit); least confident first."""
+    reasons = {r.image_uri: r for r in review}
+    rows = [replace(r, review=reasons[r.image_uri].review, flags=reasons[r.image_uri].flags)
+            if r.image_uri in reasons else r for r in sample.rows]
+    have = {r.image_uri for r in rows}
+    rows += [r for r in review if r.image_uri not in have]
+    rows.sort(key=_score_sort_key)
+    return CaptionSample(rows=rows, total=sample.total, unreadable=sample.unreadable)

@@ -44,6 +44,7 @@ class ReportData:
     seed: int = 0
     generated_at: str = ""
     notes: list[str] = field(default_factory=list)
+    review_total: int = 0  # rows in OUT_DIR/review (the "needs review" queue)
 
 
 @lru_cache(maxsize=None)
@@ -180,10 +181,15 @@ def _render_card(rank: int, row: CaptionRow, thumb: str | None, show_model: bool
             f'<details class="refs"><summary>{len(row.references)} reference'
             f'{"" if len(row.references) == 1 else "s"} · BLEU-4 <span class="bleu4">{_e(bleu)}</span></summary>'
             f'<ol>{"".join(f"<li>{_e(_clip(r))}</li>" for r in refs)}{more}</ol></details>')
+    if row.review:
+        flags = f" ({', '.join(row.flags)})" if row.flags else ""
+        parts.append(f'<div class="review"><span class="badge review-badge">needs review: {_e(row.review)}'
+                     f'{_e(flags)}</span></div>')
     size = f" · {row.width}×{row.height}" if row.width and row.height else ""
     model = f" · model <code>{_e(row.model_id[:12])}</code> {_e(row.decode)}" if show_model else ""
     parts.append(f'<div class="uri" title="{_e(row.image_uri)}">{_e(_clip(row.image_uri, 300))}{_e(size)}{model}</div>')
-    return (f'<article class="card" data-score="{_e(score_attr)}" data-rank="{rank}">'
+    review = f' data-review="{_e(row.review)}"' if row.review else ""
+    return (f'<article class="card" data-score="{_e(score_attr)}" data-rank="{rank}"{review}>'
             f'{img}<div class="body">{"".join(parts)}</div></article>')
 
 
@@ -200,6 +206,9 @@ def _render_gallery(data: ReportData) -> str:
         if finite.size:
             head += (f' Scores in this sample: min {finite.min():.3f}, median {np.median(finite):.3f}, '
                      f'max {finite.max():.3f}.')
+    if data.review_total:
+        head += (f' <strong>{data.review_total:,} need review</strong> (<code>review/*.parquet</code>: flagged by '
+                 'the watch-list or below <code>--review_below</code>); those not in the sample are added.')
     head += "</p>"
     if not n:
         return f'<section id="gallery">{head}<p class="empty">No captions to show.</p></section>'
@@ -209,6 +218,8 @@ def _render_gallery(data: ReportData) -> str:
         '<option value="score-desc">most confident first (score ↓)</option></select></label>'
         '<label>min score <input id="min-score" type="number" step="0.1" placeholder="e.g. -3"></label>'
         '<label>max score <input id="max-score" type="number" step="0.1" placeholder="e.g. -0.5"></label>'
+        + ('<label><input id="needs-review" type="checkbox"> needs review only</label>'
+           if any(r.review for r in rows) else "") +
         '<button type="button" id="reset">Reset</button>'
         '<span class="muted" id="visible-count"></span></form>')
     show_model = len({(r.model_id, r.decode) for r in rows}) > 1

@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from beam_pipeline.lake_table import _conform, table_names
+from beam_pipeline.lake_table import table_names
 from beam_pipeline.preflight import PreflightError
 from beam_pipeline.records import (ImageRecord, ImageRef, caption_row, error_row, exception_row,
                                    same_content_row)
 from beam_pipeline.same_content import files_with_columns, known_columns
-from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
+from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema, conform
 
 
 def _record(uri: str, sha: str | None, refs: tuple[str, ...] | None = None) -> ImageRecord:
@@ -62,7 +62,7 @@ def test_conform_fills_columns_an_older_file_lacks():
     row = {"image_uri": "/a.jpg", "image_id": "a.jpg", "caption": "c", "score": -1.0, "decode": "g",
            "model_id": "m", "encoder": "e", "width": 1, "height": 2,
            "processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)}
-    conformed = _conform(pa.Table.from_pylist([row], schema=old_schema), target)
+    conformed = conform(pa.Table.from_pylist([row], schema=old_schema), target)
     assert conformed.schema == target
     (out,) = conformed.to_pylist()
     assert out["image_sha256"] is None and out["embedding"] is None and out["caption"] == "c"

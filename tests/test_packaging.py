@@ -26,7 +26,7 @@ def test_sdist_contains_packages_and_default_model(tmp_path):
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     for module in ("run_pipeline.py", "setup.py", "model/lstm_decoder.py", "model/caption_search.py", "model/artifact.py",
                    "training/train.py", "beam_pipeline/pipeline.py", "beam_pipeline/caption_handler.py",
-                   "models/__init__.py", *REPORT_FILES):
+                   "models/__init__.py", "caption_index/__main__.py", "caption_index/cli.py", *REPORT_FILES):
         assert module in names, module
     for model_file in ("config.json", "vocab.json", "decoder.weights.h5", "manifest.json"):
         assert f"models/flickr8k-xception/{model_file}" in names, model_file
@@ -50,6 +50,8 @@ def test_wheel_carries_the_report_static_files_and_entry_point(tmp_path):
         assert name in names, name
     assert "models/flickr8k-xception/config.json" in names
     assert "caption-report = caption_report.cli:main" in scripts
+    assert "caption-index = caption_index.cli:main" in scripts
+    assert "caption_index/query.py" in names
     assert "beam_pipeline/report.py" not in names
 
 

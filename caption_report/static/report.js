@@ -8,6 +8,7 @@
   var minIn = document.getElementById("min-score");
   var maxIn = document.getElementById("max-score");
   var shown = document.getElementById("visible-count");
+  var reviewOnly = document.getElementById("needs-review");  // only when some captions need review
   controls.hidden = false;
   controls.addEventListener("submit", function (ev) { ev.preventDefault(); });
 
@@ -36,6 +37,7 @@
     if (sortSel.value !== "score-asc") { parts.push("sort=" + sortSel.value); }
     if (bound(minIn) !== null) { parts.push("min=" + encodeURIComponent(minIn.value)); }
     if (bound(maxIn) !== null) { parts.push("max=" + encodeURIComponent(maxIn.value)); }
+    if (reviewOnly && reviewOnly.checked) { parts.push("review=1"); }
     var h = parts.length ? "#" + parts.join("&") : "";
     if (h !== location.hash) {
       try { history.replaceState(null, "", h || location.pathname + location.search); }
@@ -52,7 +54,8 @@
     var lo = bound(minIn), hi = bound(maxIn), visible = 0;
     sorted.forEach(function (card) {
       var s = score(card);
-      var hide = (lo !== null && s < lo) || (hi !== null && s > hi);
+      var hide = (lo !== null && s < lo) || (hi !== null && s > hi) ||
+        (reviewOnly !== null && reviewOnly.checked && !card.hasAttribute("data-review"));
       card.hidden = hide;
       if (!hide) { visible += 1; }
       grid.appendChild(card);
@@ -65,14 +68,17 @@
     sortSel.value = p.sort === "score-desc" ? "score-desc" : "score-asc";
     minIn.value = p.min !== undefined && !isNaN(parseFloat(p.min)) ? p.min : "";
     maxIn.value = p.max !== undefined && !isNaN(parseFloat(p.max)) ? p.max : "";
+    if (reviewOnly) { reviewOnly.checked = p.review === "1"; }
     apply();
   }
-  [sortSel, minIn, maxIn].forEach(function (el) {
+  [sortSel, minIn, maxIn, reviewOnly].filter(Boolean).forEach(function (el) {
     el.addEventListener("input", function () { apply(); writeHash(); });
     el.addEventListener("change", function () { apply(); writeHash(); });
   });
   document.getElementById("reset").addEventListener("click", function () {
-    sortSel.value = "score-asc"; minIn.value = ""; maxIn.value = ""; apply(); writeHash();
+    sortSel.value = "score-asc"; minIn.value = ""; maxIn.value = "";
+    if (reviewOnly) { reviewOnly.checked = false; }
+    apply(); writeHash();
   });
   window.addEventListener("hashchange", fromHash);
   fromHash();

@@ -1,0 +1,5 @@
+import sys
+
+from caption_index.cli import main
+
+sys.exit(main())
