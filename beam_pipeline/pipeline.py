@@ -30,8 +30,7 @@ from beam_pipeline.preflight import (PreflightError, check_output, check_resume_
 from beam_pipeline.records import with_references
 from beam_pipeline.run_stats import RunStats
 from beam_pipeline.runners import make_runner
-from beam_pipeline.same_content import CopyCaptionsToFollowers, SplitBySameContent, files_with_columns, \
-    known_columns
+from beam_pipeline.same_content import CopyCaptionsToFollowers, SplitBySameContent, known_columns
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
 from beam_pipeline.sources import NAMESPACE
 from beam_pipeline.transforms import (AttachReferences, CaptionImages, CommitOutputs, MatchInputs, ReadImages,
@@ -83,7 +82,7 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     if o.references:
         to_dedupe = refs | "AttachReferences" >> AttachReferences(
             o.references, o.references_id_column, o.references_caption_column)
-    todo, duplicates, skipped = to_dedupe | "SkipDoneAndDuplicates" >> SkipDoneAndDuplicates(
+    todo, duplicates, skipped, changed = to_dedupe | "SkipDoneAndDuplicates" >> SkipDoneAndDuplicates(
         plan.done_files, plan.interrupted_files)
     records, read_errors = todo | "ReadImages" >> ReadImages(
         plan.image_size, o.max_image_bytes, o.max_image_pixels, read_settings(o))
@@ -111,7 +110,7 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     {"inputs": [refs, match_errors] | "Inputs" >> beam.Flatten(),
      "captions": list(captions.values()) | "AllCaptions" >> beam.Flatten(),
      "errors": list(errors.values()) | "AllErrors" >> beam.Flatten(),
-     "skipped": skipped, "loads": loads} | "RunStats" >> RunStats(plan.stats_path)
+     "skipped": skipped, "loads": loads, "changed": changed} | "RunStats" >> RunStats(plan.stats_path)
 
 
 def new_run_id() -> str:
@@ -150,8 +149,8 @@ def plan_run(options: CaptionOptions) -> Plan:
         done_files = existing_outputs(output)
         check_resume_model(done_files, contents.model_id)
         interrupted = interrupted_outputs(output, done_files)
-    known_files = files_with_columns([f for f in done_files if "/captions/" in f], known_columns(
-        options.emit_embeddings)) if options.skip_known_content else []
+    # Read by the workers (no footer is read here); rows of files lacking a column are dropped there.
+    known_files = [f for f in done_files if "/captions/" in f] if options.skip_known_content else []
     size = contents.config.encoder.image_size
     settings = contents.decode_settings(method=options.decode, beam_width=options.beam_width,
                                         length_alpha=options.length_alpha)
