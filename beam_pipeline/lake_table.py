@@ -1,15 +1,18 @@
 """Captions as an Apache Iceberg table (``--iceberg_table NAMESPACE.TABLE``, ``--iceberg_catalog NAME``).
 
 The commit is "make the table agree with the committed Parquet files under OUTPUT": read the
-caption / error Parquet files, drop every row whose ``image_uri`` the table already holds, and
-append the rest in one ``append`` (= one Iceberg snapshot per table). So ``--resume`` appends only
-new rows, a table never holds two rows for one image, and a crash between writing the files and
-committing the snapshot is repaired by the next run (it finds the rows missing and adds them).
+caption / error Parquet files, keep each URI's latest row (``beam_pipeline.output_files``), drop
+every row the table already holds, and append the rest in one ``append`` (= one Iceberg snapshot
+per table); rows that replace an older row of the same URI (an input changed and was captioned
+again) go in one ``overwrite`` snapshot with the removal of the old row (``lake_upsert``). So
+``--resume`` adds only new rows, a table never holds two rows for one image, and a crash between
+writing the files and committing the snapshot is repaired by the next run (it finds the rows
+missing and adds them).
 ``sync_output_to_table`` can be called after every commit interval as well as at the end.
 
 The catalog's settings come only from pyiceberg's own configuration (``~/.pyiceberg.yaml`` or
 ``PYICEBERG_CATALOG__NAME__*`` environment variables), so REST, Glue, Hive and SQL catalogs work
-without flags of ours. pyiceberg is imported only here, and this module only when a flag asks.
+without flags of ours. pyiceberg is imported only here and in ``lake_upsert``, and only when a flag asks.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from beam_pipeline.lake_upsert import conform, latest_rows, plan_sync, replace_rows, table_rows
 from beam_pipeline.preflight import PreflightError, existing_outputs
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
 
@@ -95,49 +99,25 @@ def _open_or_create(catalog: Any, identifier: str, schema: pa.Schema, partition:
     return table
 
 
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table`` with exactly ``schema``'s columns: casts, and nulls for columns an older file lacks."""
-    columns = []
-    for field in schema:
-        if field.name in table.column_names:
-            columns.append(table.column(field.name).cast(field.type))
-        else:
-            columns.append(pa.nulls(table.num_rows, field.type))
-    return pa.Table.from_arrays(columns, schema=schema)
+_conform = conform  # tests/test_content_rows.py
 
 
-def _scan_column(table: Any, column: str) -> set:
-    return set(table.scan(selected_fields=(column,)).to_arrow().column(column).to_pylist())
-
-
-def _new_rows(files: list[str], schema: pa.Schema, known_uris: set) -> pa.Table:
-    """Rows of ``files`` whose image_uri is not in ``known_uris`` (first one per URI), as ``schema``."""
-    import fsspec
-    import pyarrow.parquet as pq
-
-    parts = []
-    for uri in files:
-        fs, path = fsspec.core.url_to_fs(uri)
-        with fs.open(path, "rb") as f:  # the URI column first: files already in the table are not read whole
-            parquet = pq.ParquetFile(f)
-            keep = []
-            for image_uri in parquet.read(columns=["image_uri"]).column("image_uri").to_pylist():
-                keep.append(image_uri not in known_uris)
-                known_uris.add(image_uri)
-            if any(keep):
-                parts.append(_conform(parquet.read().filter(pa.array(keep)), schema))
-    return pa.concat_tables(parts) if parts else schema.empty_table()
-
-
-def _sync_one(catalog: Any, identifier: str, schema: pa.Schema, files: list[str]) -> dict[str, Any]:
+def _sync_one(catalog: Any, identifier: str, schema: pa.Schema, kind: str, files: list[str],
+              latest: dict[str, tuple[int, str]]) -> dict[str, Any]:
+    """Make one table hold each URI's latest OUTPUT row of its kind (``lake_upsert``): new rows are
+    appended (one snapshot); rows that replace the table's rows of the same URIs go in one
+    overwrite snapshot with the removal of those rows."""
     table = _open_or_create(catalog, identifier, schema, partition=True)
-    target = table.schema().as_arrow()
-    new = _new_rows(files, target, _scan_column(table, "image_uri"))
-    if new.num_rows:
-        table.append(new)  # one snapshot
+    plan = plan_sync(kind, files, table.schema().as_arrow(), latest, table_rows(table))
+    if plan.replaced:
+        replace_rows(table, plan.replaced, plan.rows)
+    elif plan.rows.num_rows:
+        table.append(plan.rows)  # one snapshot
+    if plan.replaced or plan.rows.num_rows:
         table = catalog.load_table(identifier)
     snapshot = table.current_snapshot()
-    return {"table": identifier, "appended": new.num_rows,
+    # appended: rows written (new URIs and replacements); replaced: URIs whose earlier row was dropped
+    return {"table": identifier, "appended": plan.rows.num_rows, "replaced": len(plan.replaced),
             "snapshot_id": snapshot.snapshot_id if snapshot else None}
 
 
@@ -147,10 +127,12 @@ def sync_output_to_table(catalog_name: str, table: str, output: str, emit_embedd
     catalog = open_catalog(catalog_name)
     captions_id, errors_id = table_names(table)
     files = existing_outputs(output)
+    by_kind = {kind: [f for f in files if f"/{kind}/" in f] for kind in ("captions", "errors")}
+    latest = latest_rows(by_kind)  # OUTPUT's rule: the latest row of a URI wins, over both kinds
     return {
-        "captions": _sync_one(catalog, captions_id, caption_schema(emit_embeddings),
-                              [f for f in files if "/captions/" in f]),
-        "errors": _sync_one(catalog, errors_id, ERROR_SCHEMA, [f for f in files if "/errors/" in f]),
+        "captions": _sync_one(catalog, captions_id, caption_schema(emit_embeddings), "captions",
+                              by_kind["captions"], latest),
+        "errors": _sync_one(catalog, errors_id, ERROR_SCHEMA, "errors", by_kind["errors"], latest),
     }
 
 
