@@ -174,6 +174,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     caption_options = options.view_as(CaptionOptions)
     runner_name = options.view_as(StandardOptions).runner
     runner = make_runner(runner_name, options)  # refuses an untested Beam for the Dask runner first
+    if caption_options.inventory:  # no model, no captions (beam_pipeline.inventory)
+        from beam_pipeline.inventory import run_inventory
+
+        return run_inventory(options, runner, runner_name, new_run_id())
     plan = plan_run(caption_options)
     if caption_options.iceberg_table:
         from beam_pipeline import lake_table

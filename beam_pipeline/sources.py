@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -166,13 +166,17 @@ class ReadAndDecode(beam.DoFn):
                 value = failed(value)
             yield WindowedValue(value, timestamp, (window,))
 
+    def task(self, ref: ImageRef) -> Callable[[], tuple[str, Any, int | None]]:
+        """The work on one image, run on the read-ahead pool: ``read_one`` (a subclass may read
+        and inspect differently, e.g. ``beam_pipeline.inventory``)."""
+        return functools.partial(read_one, ref, self._reader, self.image_size, self.max_bytes, self.max_pixels)
+
     def process(self, ref: ImageRef, timestamp: Any = beam.DoFn.TimestampParam,
                 window: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
         assert self._reads is not None and self._reader is not None
         limit = read_limit(self.max_bytes)
         cost = min(ref.size_bytes if ref.size_bytes is not None else limit, limit)
-        task = functools.partial(read_one, ref, self._reader, self.image_size, self.max_bytes, self.max_pixels)
-        yield from self._emit(self._reads.submit(task, max(cost, 1), (timestamp, window)))
+        yield from self._emit(self._reads.submit(self.task(ref), max(cost, 1), (timestamp, window)))
         if self.read_settings.concurrency == 1:  # one at a time: nothing is left for finish_bundle
             yield from self._emit(self._reads.drain())
 
