@@ -136,19 +136,26 @@ def sync_output_to_table(catalog_name: str, table: str, output: str, emit_embedd
     }
 
 
-def prepare_table(catalog_name: str, table: str, model_id: str,
-                  known_columns: list[str] | None = None) -> list[dict[str, Any]]:
+def prepare_table(catalog_name: str, table: str, model_id: str, known_columns: list[str] | None = None,
+                  export_dir: str | None = None) -> list[str]:
     """Before a run: open the catalog and refuse a table of another model (PreflightError); with
-    ``known_columns`` (--skip_known_content) return the table's known captions of this model."""
+    ``known_columns`` (--skip_known_content) export the table's known captions of this model to a
+    Parquet file under ``export_dir`` for the workers to read, and return its URI ([] if none)."""
     table_names(table)
     catalog = open_catalog(catalog_name)
     check_table_model(catalog, table, model_id)
-    return known_content(catalog, table, model_id, known_columns) if known_columns else []
+    if not known_columns or export_dir is None:
+        return []
+    return export_known_content(catalog, table, model_id, known_columns, export_dir)
 
 
-def known_content(catalog: Any, table: str, model_id: str, columns: list[str]) -> list[dict[str, Any]]:
-    """``columns`` of the table's caption rows of ``model_id`` that have an image_sha256 and every
-    other column non-null (for --skip_known_content); none when the table lacks a column."""
+def export_known_content(catalog: Any, table: str, model_id: str, columns: list[str], export_dir: str) -> list[str]:
+    """Write ``columns`` of the table's caption rows of ``model_id`` that have an image_sha256 to
+    ``export_dir/known_content.parquet``, a record batch at a time (the driver never holds the
+    table: the pipeline reads the file on the workers, who keep rows with every column set).
+    Returns [] when the table is missing, lacks a column or has no such row."""
+    import fsspec
+    import pyarrow.parquet as pq
     from pyiceberg.expressions import And, EqualTo, NotNull
 
     captions, _ = table_names(table)
@@ -157,6 +164,14 @@ def known_content(catalog: Any, table: str, model_id: str, columns: list[str]) -
     lake = catalog.load_table(captions)
     if not set(columns) <= {f.name for f in lake.schema().fields}:
         return []
-    rows = lake.scan(row_filter=And(EqualTo("model_id", model_id), NotNull("image_sha256")),
-                     selected_fields=tuple(columns)).to_arrow()
-    return [row for row in rows.to_pylist() if all(row[c] is not None for c in columns)]
+    batches = lake.scan(row_filter=And(EqualTo("model_id", model_id), NotNull("image_sha256")),
+                        selected_fields=tuple(columns)).to_arrow_batch_reader()
+    uri = export_dir.rstrip("/") + "/known_content.parquet"
+    fs, path = fsspec.core.url_to_fs(uri)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    rows = 0
+    with fs.open(path, "wb") as f, pq.ParquetWriter(f, batches.schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    return [uri] if rows else []

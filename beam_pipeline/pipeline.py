@@ -55,7 +55,7 @@ class Plan:
     done_files: list[str] = field(default_factory=list)
     interrupted_files: list[str] = field(default_factory=list)  # subset of done_files
     known_files: list[str] = field(default_factory=list)  # --skip_known_content: earlier caption files
-    known_rows: list[dict[str, Any]] = field(default_factory=list)  # ... and the Iceberg table's captions
+    # (and the Iceberg table's known captions, exported to OUTPUT/_runs/RUN_ID/known_content.parquet)
 
     @property
     def stats_path(self) -> str:
@@ -88,7 +88,7 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
         plan.image_size, o.max_image_bytes, o.max_image_pixels, read_settings(o))
     if o.skip_known_content:
         records, followers, copied = records | "SplitBySameContent" >> SplitBySameContent(
-            plan.model_id, plan.known_files, plan.known_rows, known_columns(o.emit_embeddings))
+            plan.model_id, plan.known_files, [], known_columns(o.emit_embeddings))
     rows, caption_errors, loads = records | "CaptionImages" >> CaptionImages(
         caption_handler(plan), f"caption-model-{plan.model_id}-{plan.run_id}", o.progress_seconds, with_refs)
 
@@ -182,9 +182,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if caption_options.iceberg_table:
         from beam_pipeline import lake_table
 
-        plan.known_rows = lake_table.prepare_table(
+        plan.known_files += lake_table.prepare_table(  # the table's known captions, exported for the workers
             caption_options.iceberg_catalog, caption_options.iceberg_table, plan.model_id,
-            known_columns(caption_options.emit_embeddings) if caption_options.skip_known_content else None)
+            known_columns(caption_options.emit_embeddings) if caption_options.skip_known_content else None,
+            FileSystems.join(plan.output, "_runs", plan.run_id))
     log.info("run %s: model %s, output %s", plan.run_id, plan.model_id, plan.output)
     started = time.time()
     p = beam.Pipeline(runner=runner, options=options)

@@ -15,7 +15,7 @@ and are split off with single-output steps (see ``beam_pipeline.outcomes``).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import apache_beam as beam
 import numpy as np

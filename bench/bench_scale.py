@@ -1,0 +1,141 @@
+"""``--inventory`` at lake scale: wall time and peak RSS of the driver and the workers.
+
+A corpus of N inputs is built in a temp folder (never in the repository): ``--distinct`` real
+Flickr8k photos copied once, then hard links to them (N / distinct names per photo, in folders
+of 1,000) and ``--broken`` small files with distinct junk content named .jpg. The inventory
+runs as its own process (``run_pipeline.py --inventory``); a sampler thread reads the RSS of that
+process (the driver; with the DirectRunner's default in-process mode it is also the worker) and
+of its children (worker processes, e.g. ``--direct_running_mode multi_processing``) every 0.2 s.
+The corpus is deleted at the end.
+
+    nice -n 10 python bench/bench_scale.py --inputs 100000 --distinct 1000 --broken 10
+    nice -n 10 python bench/bench_scale.py --inputs 100000 -- --direct_running_mode multi_processing \\
+        --direct_num_workers 2
+
+Targets (issue 30): 100,010 inputs -> matched 100,010, distinct_content 1,010, 10 unreadable,
+under 20 minutes, peak RSS under 2 GB.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import FLICKR8K, REPO, machine, table  # noqa: E402
+
+
+def build_corpus(root: Path, inputs: int, distinct: int, broken: int) -> str:
+    """``inputs`` hard links to ``distinct`` photos plus ``broken`` junk files; returns the glob."""
+    photos = sorted((FLICKR8K / "images").glob("*.jpg"))[:distinct]
+    if len(photos) < distinct:
+        raise SystemExit(f"need {distinct} photos in {FLICKR8K / 'images'}")
+    source = root / "source"
+    source.mkdir(parents=True)
+    copies = []
+    for photo in photos:
+        shutil.copyfile(photo, source / photo.name)
+        copies.append(source / photo.name)
+    lake = root / "lake"
+    for i in range(inputs):
+        folder = lake / f"d{i // 1000:05d}"
+        if i % 1000 == 0:
+            folder.mkdir(parents=True)
+        os.link(copies[i % distinct], folder / f"{i:07d}.jpg")
+    bad = lake / "broken"
+    bad.mkdir(parents=True)
+    for i in range(broken):
+        (bad / f"bad{i:03d}.jpg").write_text(f"not an image, broken file number {i}\n")
+    return f"{lake}/*/*.jpg"
+
+
+def rss_mib(proc) -> tuple[float, float]:  # noqa: ANN001 - a psutil.Process
+    """(driver RSS, sum of its children's RSS) in MiB."""
+    import psutil
+
+    try:
+        driver = proc.memory_info().rss
+        children = proc.children(recursive=True)
+    except psutil.Error:
+        return 0.0, 0.0
+    workers = 0
+    for child in children:
+        try:
+            workers += child.memory_info().rss
+        except psutil.Error:
+            pass
+    return driver / 2**20, workers / 2**20
+
+
+def run_inventory(pattern: str, out: Path, extra: list[str]) -> tuple[dict, float, float, float]:
+    """(summary, wall seconds, peak driver MiB, peak workers MiB) of one inventory process."""
+    import psutil
+
+    cmd = [sys.executable, str(REPO / "run_pipeline.py"), "--inventory", "--input", pattern, "--output", str(out),
+           *extra]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    watched = psutil.Process(proc.pid)
+    peaks = [0.0, 0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            driver, workers = rss_mib(watched)
+            peaks[0], peaks[1] = max(peaks[0], driver), max(peaks[1], workers)
+            done.wait(0.2)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    stdout, stderr = proc.communicate()
+    wall = time.monotonic() - started
+    done.set()
+    thread.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"inventory failed ({proc.returncode}):\n{stderr[-4000:]}")
+    return json.loads(stdout[stdout.index("{"):]), wall, peaks[0], peaks[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--inputs", type=int, nargs="+", default=[100_000], help="hard links (one run per value)")
+    ap.add_argument("--distinct", type=int, default=1000)
+    ap.add_argument("--broken", type=int, default=10)
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    ap.add_argument("extra", nargs="*", help="more run_pipeline.py flags (after --)")
+    args = ap.parse_args()
+    print(machine())
+    rows = []
+    for n in args.inputs:
+        root = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.workdir))
+        try:
+            t = time.monotonic()
+            pattern = build_corpus(root, n, args.distinct, args.broken)
+            built = time.monotonic() - t
+            summary, wall, driver, workers = run_inventory(pattern, root / "out", args.extra)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        expected = (n + args.broken, args.distinct + args.broken, args.broken)
+        got = (summary["matched"], summary["distinct_content"], summary["unreadable"])
+        rows.append([n + args.broken, summary["matched"], summary["distinct_content"], summary["unreadable"],
+                     "yes" if got == expected else f"NO, expected {expected}", f"{built:.0f}", f"{wall:.0f}",
+                     f"{summary['inputs_per_second']:.0f}", f"{driver:.0f}", f"{workers:.0f}"])
+        print(json.dumps({k: summary[k] for k in ("matched", "readable", "unreadable_by_type", "distinct_content",
+                                                  "duplicate_inputs", "bytes", "wall_seconds")}), flush=True)
+    print(table(["inputs", "matched", "distinct_content", "unreadable", "as expected", "corpus built (s)",
+                 "inventory wall (s)", "inputs/s", "peak RSS driver (MiB)", "peak RSS workers (MiB)"], rows))
+    print("flags:", " ".join(args.extra) or "(DirectRunner defaults)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
