@@ -9,8 +9,7 @@ of its children (worker processes, e.g. ``--direct_running_mode multi_processing
 The corpus is deleted at the end.
 
     nice -n 10 python bench/bench_scale.py --inputs 100000 --distinct 1000 --broken 10
-    nice -n 10 python bench/bench_scale.py --inputs 100000 -- --direct_running_mode multi_processing \\
-        --direct_num_workers 2
+    nice -n 10 python bench/bench_scale.py --inputs 100000 300000 --dask 2
 
 Targets (issue 30): 100,010 inputs -> matched 100,010, distinct_content 1,010, 10 unreadable,
 under 20 minutes, peak RSS under 2 GB.
@@ -18,6 +17,7 @@ under 20 minutes, peak RSS under 2 GB.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -58,21 +58,23 @@ def build_corpus(root: Path, inputs: int, distinct: int, broken: int) -> str:
 
 
 def rss_mib(proc) -> tuple[float, float]:  # noqa: ANN001 - a psutil.Process
-    """(driver RSS, sum of its children's RSS) in MiB."""
+    """(driver RSS, workers' RSS) in MiB: the driver's children, and with ``--dask`` the cluster's
+    processes (children of this benchmark process other than the driver)."""
     import psutil
 
     try:
         driver = proc.memory_info().rss
-        children = proc.children(recursive=True)
+        workers = proc.children(recursive=True)
+        workers += [p for p in psutil.Process().children(recursive=True) if p.pid != proc.pid and p not in workers]
     except psutil.Error:
         return 0.0, 0.0
-    workers = 0
-    for child in children:
+    total = 0
+    for child in workers:
         try:
-            workers += child.memory_info().rss
+            total += child.memory_info().rss
         except psutil.Error:
             pass
-    return driver / 2**20, workers / 2**20
+    return driver / 2**20, total / 2**20
 
 
 def run_inventory(pattern: str, out: Path, extra: list[str]) -> tuple[dict, float, float, float]:
@@ -111,9 +113,23 @@ def main() -> int:
     ap.add_argument("--distinct", type=int, default=1000)
     ap.add_argument("--broken", type=int, default=10)
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    ap.add_argument("--dask", type=int, default=0, help="run on a local Dask cluster with this many workers "
+                                                         "(started here, on 127.0.0.1)")
     ap.add_argument("extra", nargs="*", help="more run_pipeline.py flags (after --)")
     args = ap.parse_args()
     print(machine())
+    with contextlib.ExitStack() as stack:
+        if args.dask:
+            from tests.engine_services import dask_cluster
+
+            logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-scale-dask-")))
+            address = stack.enter_context(dask_cluster(logs, workers=args.dask))
+            args.extra += ["--runner", "DaskRunner", "--dask_client_address", address,
+                           "--dask_npartitions", str(2 * args.dask)]
+        return run_all(args)
+
+
+def run_all(args: argparse.Namespace) -> int:
     rows = []
     for n in args.inputs:
         root = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.workdir))
