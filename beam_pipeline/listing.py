@@ -74,16 +74,19 @@ def local_entry(path: str) -> ImageRef:
 
 def _walk(directory: str, depth: int | None) -> Iterator[str]:
     """Every entry under ``directory`` (files, links, directories themselves), streamed; descends
-    into real directories only (never through links), at most ``depth`` levels (None: no limit)."""
+    into real directories only (never through links), at most ``depth`` levels (None: no limit).
+    Only the names of a directory's subdirectories are held while it is listed."""
+    subdirs = []
     try:
         with os.scandir(directory) as it:
-            entries = list(it)  # one directory's names at a time
+            for entry in it:
+                yield entry.path
+                if (depth is None or depth > 1) and entry.is_dir(follow_symlinks=False):
+                    subdirs.append(entry.path)
     except OSError:
         return
-    for entry in entries:
-        yield entry.path
-        if (depth is None or depth > 1) and entry.is_dir(follow_symlinks=False):
-            yield from _walk(entry.path, None if depth is None else depth - 1)
+    for path in subdirs:
+        yield from _walk(path, None if depth is None else depth - 1)
 
 
 def list_local(pattern: str) -> Iterator[ImageRef]:
