@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from beam_pipeline.lake_upsert import conform, latest_rows, plan_sync, replace_rows, table_rows
+from beam_pipeline.lake_upsert import commit_plan, conform, latest_rows, plan_sync, table_rows
 from beam_pipeline.preflight import PreflightError, existing_outputs
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
 
@@ -109,15 +109,12 @@ def _sync_one(catalog: Any, identifier: str, schema: pa.Schema, kind: str, files
     overwrite snapshot with the removal of those rows."""
     table = _open_or_create(catalog, identifier, schema, partition=True)
     plan = plan_sync(kind, files, table.schema().as_arrow(), latest, table_rows(table))
-    if plan.replaced:
-        replace_rows(table, plan.replaced, plan.rows)
-    elif plan.rows.num_rows:
-        table.append(plan.rows)  # one snapshot
-    if plan.replaced or plan.rows.num_rows:
+    if plan.count or plan.replaced:
+        commit_plan(table, plan)  # one snapshot
         table = catalog.load_table(identifier)
     snapshot = table.current_snapshot()
     # appended: rows written (new URIs and replacements); replaced: URIs whose earlier row was dropped
-    return {"table": identifier, "appended": plan.rows.num_rows, "replaced": len(plan.replaced),
+    return {"table": identifier, "appended": plan.count, "replaced": len(plan.replaced),
             "snapshot_id": snapshot.snapshot_id if snapshot else None}
 
 

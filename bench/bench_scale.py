@@ -107,6 +107,48 @@ def run_inventory(pattern: str, out: Path, extra: list[str]) -> tuple[dict, floa
     return json.loads(stdout[stdout.index("{"):]), wall, peaks[0], peaks[1]
 
 
+SYNC_CHILD = r"""
+import datetime as dt, json, resource, sys, time
+import pyarrow as pa, pyarrow.parquet as pq
+from beam_pipeline.lake_table import sync_output_to_table
+from beam_pipeline.schemas import caption_schema
+out, rows, changed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+def write(name, start, count, when, caption):
+    pq.write_table(pa.Table.from_pylist([{"image_uri": f"/lake/d{i // 1000:05d}/{i:08d}.jpg", "image_id": f"{i:08d}.jpg",
+        "caption": caption, "score": -1.0, "decode": "beam", "model_id": "m", "encoder": "xception", "width": 224,
+        "height": 224, "processed_at": when, "image_sha256": f"{i:064x}", "caption_source": "model",
+        "source_size": 30000, "source_mtime": t0} for i in range(start, start + count)], schema=caption_schema()),
+        f"{out}/captions/{name}.parquet")
+import os; os.makedirs(f"{out}/captions")
+for k in range(0, rows, 100000):
+    write(f"part-a{k:08d}", k, min(100000, rows - k), t0, "a dog runs on the grass")
+t = time.monotonic(); first = sync_output_to_table("bench", "lake.captions", out, False); t1 = time.monotonic() - t
+write("part-b", 0, changed, t0 + dt.timedelta(hours=1), "a new caption")
+t = time.monotonic(); second = sync_output_to_table("bench", "lake.captions", out, False); t2 = time.monotonic() - t
+print(json.dumps({"first_s": t1, "second_s": t2, "appended": first["captions"]["appended"],
+                  "replaced": second["captions"]["replaced"], "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def sync_rss(rows: int, changed: int, workdir: Path) -> dict:
+    """The Iceberg sync in the driver (``lake_table.sync_output_to_table``) over ``rows`` committed
+    caption rows into a new table (SQL catalog on SQLite, local warehouse), then again after
+    ``changed`` rows were captioned again; the peak RSS of that process."""
+    root = Path(tempfile.mkdtemp(prefix="bench-scale-sync-", dir=workdir))
+    try:
+        env = dict(os.environ, PYTHONPATH=str(REPO), PYICEBERG_CATALOG__BENCH__TYPE="sql",
+                   PYICEBERG_CATALOG__BENCH__URI=f"sqlite:///{root}/catalog.db",
+                   PYICEBERG_CATALOG__BENCH__WAREHOUSE=f"file://{root}/warehouse")
+        done = subprocess.run([sys.executable, "-c", SYNC_CHILD, str(root / "out"), str(rows), str(changed)],
+                              capture_output=True, text=True, env=env, cwd=REPO)
+        if done.returncode != 0:
+            raise SystemExit(f"sync benchmark failed:\n{done.stderr[-4000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--inputs", type=int, nargs="+", default=[100_000], help="hard links (one run per value)")
@@ -115,9 +157,20 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     ap.add_argument("--dask", type=int, default=0, help="run on a local Dask cluster with this many workers "
                                                          "(started here, on 127.0.0.1)")
+    ap.add_argument("--sync-rows", type=int, nargs="*", default=[],
+                    help="instead: peak RSS of the Iceberg sync over this many committed caption rows")
     ap.add_argument("extra", nargs="*", help="more run_pipeline.py flags (after --)")
     args = ap.parse_args()
     print(machine())
+    if args.sync_rows:
+        rows = []
+        for n in args.sync_rows:
+            r = sync_rss(n, 1000, args.workdir)
+            rows.append([n, r["appended"], f"{r['first_s']:.1f}", r["replaced"], f"{r['second_s']:.1f}",
+                         f"{r['peak_rss_mib']:.0f}"])
+        print(table(["committed rows", "appended", "first sync (s)", "replaced", "second sync (s)",
+                     "peak RSS (MiB)"], rows))
+        return 0
     with contextlib.ExitStack() as stack:
         if args.dask:
             from tests.engine_services import dask_cluster
