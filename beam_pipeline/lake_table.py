@@ -1,15 +1,18 @@
 """Captions as an Apache Iceberg table (``--iceberg_table NAMESPACE.TABLE``, ``--iceberg_catalog NAME``).
 
 The commit is "make the table agree with the committed Parquet files under OUTPUT": read the
-caption / error Parquet files, drop every row whose ``image_uri`` the table already holds, and
-append the rest in one ``append`` (= one Iceberg snapshot per table). So ``--resume`` appends only
-new rows, a table never holds two rows for one image, and a crash between writing the files and
-committing the snapshot is repaired by the next run (it finds the rows missing and adds them).
+caption / error Parquet files, keep each URI's latest row (``beam_pipeline.output_files``), drop
+every row the table already holds, and append the rest in one ``append`` (= one Iceberg snapshot
+per table); rows that replace an older row of the same URI (an input changed and was captioned
+again) go in one ``overwrite`` snapshot with the removal of the old row (``lake_upsert``). So
+``--resume`` adds only new rows, a table never holds two rows for one image, and a crash between
+writing the files and committing the snapshot is repaired by the next run (it finds the rows
+missing and adds them).
 ``sync_output_to_table`` can be called after every commit interval as well as at the end.
 
 The catalog's settings come only from pyiceberg's own configuration (``~/.pyiceberg.yaml`` or
 ``PYICEBERG_CATALOG__NAME__*`` environment variables), so REST, Glue, Hive and SQL catalogs work
-without flags of ours. pyiceberg is imported only here, and this module only when a flag asks.
+without flags of ours. pyiceberg is imported only here and in ``lake_upsert``, and only when a flag asks.
 """
 from __future__ import annotations
 
@@ -18,8 +21,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from beam_pipeline.lake_upsert import commit_plan, latest_rows, plan_sync, table_rows
 from beam_pipeline.preflight import PreflightError, existing_outputs
-from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema, conform
+from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
 
 log = logging.getLogger(__name__)
 ERRORS_SUFFIX = "_errors"
@@ -95,38 +99,19 @@ def _open_or_create(catalog: Any, identifier: str, schema: pa.Schema, partition:
     return table
 
 
-def _scan_column(table: Any, column: str) -> set:
-    return set(table.scan(selected_fields=(column,)).to_arrow().column(column).to_pylist())
-
-
-def _new_rows(files: list[str], schema: pa.Schema, known_uris: set) -> pa.Table:
-    """Rows of ``files`` whose image_uri is not in ``known_uris`` (first one per URI), as ``schema``."""
-    import fsspec
-    import pyarrow.parquet as pq
-
-    parts = []
-    for uri in files:
-        fs, path = fsspec.core.url_to_fs(uri)
-        with fs.open(path, "rb") as f:  # the URI column first: files already in the table are not read whole
-            parquet = pq.ParquetFile(f)
-            keep = []
-            for image_uri in parquet.read(columns=["image_uri"]).column("image_uri").to_pylist():
-                keep.append(image_uri not in known_uris)
-                known_uris.add(image_uri)
-            if any(keep):
-                parts.append(conform(parquet.read().filter(pa.array(keep)), schema))
-    return pa.concat_tables(parts) if parts else schema.empty_table()
-
-
-def _sync_one(catalog: Any, identifier: str, schema: pa.Schema, files: list[str]) -> dict[str, Any]:
+def _sync_one(catalog: Any, identifier: str, schema: pa.Schema, kind: str, files: list[str],
+              latest: dict[str, tuple[int, str]]) -> dict[str, Any]:
+    """Make one table hold each URI's latest OUTPUT row of its kind (``lake_upsert``): new rows are
+    appended (one snapshot); rows that replace the table's rows of the same URIs go in one
+    overwrite snapshot with the removal of those rows."""
     table = _open_or_create(catalog, identifier, schema, partition=True)
-    target = table.schema().as_arrow()
-    new = _new_rows(files, target, _scan_column(table, "image_uri"))
-    if new.num_rows:
-        table.append(new)  # one snapshot
+    plan = plan_sync(kind, files, table.schema().as_arrow(), latest, table_rows(table))
+    if plan.count or plan.replaced:
+        commit_plan(table, plan)  # one snapshot
         table = catalog.load_table(identifier)
     snapshot = table.current_snapshot()
-    return {"table": identifier, "appended": new.num_rows,
+    # appended: rows written (new URIs and replacements); replaced: URIs whose earlier row was dropped
+    return {"table": identifier, "appended": plan.count, "replaced": len(plan.replaced),
             "snapshot_id": snapshot.snapshot_id if snapshot else None}
 
 
@@ -137,26 +122,35 @@ def sync_output_to_table(catalog_name: str, table: str, output: str, emit_embedd
     catalog = open_catalog(catalog_name)
     captions_id, errors_id = table_names(table)
     files = existing_outputs(output)
+    by_kind = {kind: [f for f in files if f"/{kind}/" in f] for kind in ("captions", "errors")}
+    latest = latest_rows(by_kind)  # OUTPUT's rule: the latest row of a URI wins, over both kinds
     return {
-        "captions": _sync_one(catalog, captions_id, caption_schema(emit_embeddings, flags),
-                              [f for f in files if "/captions/" in f]),
-        "errors": _sync_one(catalog, errors_id, ERROR_SCHEMA, [f for f in files if "/errors/" in f]),
+        "captions": _sync_one(catalog, captions_id, caption_schema(emit_embeddings, flags), "captions",
+                              by_kind["captions"], latest),
+        "errors": _sync_one(catalog, errors_id, ERROR_SCHEMA, "errors", by_kind["errors"], latest),
     }
 
 
-def prepare_table(catalog_name: str, table: str, model_id: str,
-                  known_columns: list[str] | None = None) -> list[dict[str, Any]]:
+def prepare_table(catalog_name: str, table: str, model_id: str, known_columns: list[str] | None = None,
+                  export_dir: str | None = None) -> list[str]:
     """Before a run: open the catalog and refuse a table of another model (PreflightError); with
-    ``known_columns`` (--skip_known_content) return the table's known captions of this model."""
+    ``known_columns`` (--skip_known_content) export the table's known captions of this model to a
+    Parquet file under ``export_dir`` for the workers to read, and return its URI ([] if none)."""
     table_names(table)
     catalog = open_catalog(catalog_name)
     check_table_model(catalog, table, model_id)
-    return known_content(catalog, table, model_id, known_columns) if known_columns else []
+    if not known_columns or export_dir is None:
+        return []
+    return export_known_content(catalog, table, model_id, known_columns, export_dir)
 
 
-def known_content(catalog: Any, table: str, model_id: str, columns: list[str]) -> list[dict[str, Any]]:
-    """``columns`` of the table's caption rows of ``model_id`` that have an image_sha256 and every
-    other column non-null (for --skip_known_content); none when the table lacks a column."""
+def export_known_content(catalog: Any, table: str, model_id: str, columns: list[str], export_dir: str) -> list[str]:
+    """Write ``columns`` of the table's caption rows of ``model_id`` that have an image_sha256 to
+    ``export_dir/known_content.parquet``, a record batch at a time (the driver never holds the
+    table: the pipeline reads the file on the workers, who keep rows with every column set).
+    Returns [] when the table is missing, lacks a column or has no such row."""
+    import fsspec
+    import pyarrow.parquet as pq
     from pyiceberg.expressions import And, EqualTo, NotNull
 
     captions, _ = table_names(table)
@@ -165,6 +159,14 @@ def known_content(catalog: Any, table: str, model_id: str, columns: list[str]) -
     lake = catalog.load_table(captions)
     if not set(columns) <= {f.name for f in lake.schema().fields}:
         return []
-    rows = lake.scan(row_filter=And(EqualTo("model_id", model_id), NotNull("image_sha256")),
-                     selected_fields=tuple(columns)).to_arrow()
-    return [row for row in rows.to_pylist() if all(row[c] is not None for c in columns)]
+    batches = lake.scan(row_filter=And(EqualTo("model_id", model_id), NotNull("image_sha256")),
+                        selected_fields=tuple(columns)).to_arrow_batch_reader()
+    uri = export_dir.rstrip("/") + "/known_content.parquet"
+    fs, path = fsspec.core.url_to_fs(uri)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    rows = 0
+    with fs.open(path, "wb") as f, pq.ParquetWriter(f, batches.schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    return [uri] if rows else []

@@ -107,6 +107,10 @@ class CaptionOptions(PipelineOptions):
                        help="images whose bytes (SHA-256) already have a caption of this model in OUTPUT or the "
                             "Iceberg table, or appear twice in this run, are captioned once; copies get "
                             "caption_source=same_content")
+        g.add_argument("--inventory", action="store_true",
+                       help="no captioning, no model: match, dedupe, read, SHA-256 and header-check every input, "
+                            "write OUTPUT/inventory/*.parquet and OUTPUT/inventory_summary.json (counts, "
+                            "estimated captioning core-hours per precision)")
         g.add_argument("--report", action="store_true", help="write OUTPUT/report.html at the end")
         g.add_argument("--report_sample", type=int, default=500)
 

@@ -34,6 +34,13 @@ class Skipped:
 
 
 @dataclass(frozen=True)
+class Recaptioned:
+    """An input captioned again because it changed since an earlier run's row (``--resume``)."""
+
+    uri: str
+
+
+@dataclass(frozen=True)
 class ModelLoaded:
     """One captioning DoFn instance got a model: ``load_id`` names the load it got (the same id
     for every instance that shares the copy), so distinct ids count the loads from the data,
@@ -52,7 +59,7 @@ def failed(row: dict[str, Any]) -> Failed:
 
 def is_main(element: Any) -> bool:
     """True for the DoFn's real output (not a Failed / Skipped / ModelLoaded side result)."""
-    return not isinstance(element, (Failed, Skipped, ModelLoaded))
+    return not isinstance(element, (Failed, Skipped, ModelLoaded, Recaptioned))
 
 
 def load_summary(loads: list[tuple[str, float, int, str]]) -> dict[str, Any]:
@@ -78,6 +85,12 @@ def skipped_flags(element: Any) -> Iterator[bool]:
     """One item per skipped input: whether only interrupted runs held it."""
     if isinstance(element, Skipped):
         yield element.interrupted
+
+
+def recaptioned_uris(element: Any) -> Iterator[str]:
+    """The URI of each input captioned again because it changed."""
+    if isinstance(element, Recaptioned):
+        yield element.uri
 
 
 def load_tuples(element: Any) -> Iterator[tuple[str, float, int, str]]:

@@ -30,8 +30,7 @@ from beam_pipeline.preflight import (PreflightError, check_output, check_resume_
 from beam_pipeline.records import with_references
 from beam_pipeline.run_stats import RunStats
 from beam_pipeline.runners import make_runner
-from beam_pipeline.same_content import CopyCaptionsToFollowers, SplitBySameContent, files_with_columns, \
-    known_columns
+from beam_pipeline.same_content import CopyCaptionsToFollowers, SplitBySameContent, known_columns
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
 from beam_pipeline.sources import NAMESPACE
 from beam_pipeline.transforms import (AttachReferences, CaptionImages, CommitOutputs, MatchInputs, ReadImages,
@@ -56,7 +55,7 @@ class Plan:
     done_files: list[str] = field(default_factory=list)
     interrupted_files: list[str] = field(default_factory=list)  # subset of done_files
     known_files: list[str] = field(default_factory=list)  # --skip_known_content: earlier caption files
-    known_rows: list[dict[str, Any]] = field(default_factory=list)  # ... and the Iceberg table's captions
+    # (and the Iceberg table's known captions, exported to OUTPUT/_runs/RUN_ID/known_content.parquet)
     watchlist: Any = None  # --watchlist, parsed (beam_pipeline.moderation.Watchlist)
 
     @property
@@ -84,13 +83,13 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     if o.references:
         to_dedupe = refs | "AttachReferences" >> AttachReferences(
             o.references, o.references_id_column, o.references_caption_column)
-    todo, duplicates, skipped = to_dedupe | "SkipDoneAndDuplicates" >> SkipDoneAndDuplicates(
+    todo, duplicates, skipped, changed = to_dedupe | "SkipDoneAndDuplicates" >> SkipDoneAndDuplicates(
         plan.done_files, plan.interrupted_files)
     records, read_errors = todo | "ReadImages" >> ReadImages(
         plan.image_size, o.max_image_bytes, o.max_image_pixels, read_settings(o))
     if o.skip_known_content:
         records, followers, copied = records | "SplitBySameContent" >> SplitBySameContent(
-            plan.model_id, plan.known_files, plan.known_rows, known_columns(o.emit_embeddings))
+            plan.model_id, plan.known_files, [], known_columns(o.emit_embeddings))
     rows, caption_errors, loads = records | "CaptionImages" >> CaptionImages(
         caption_handler(plan), f"caption-model-{plan.model_id}-{plan.run_id}", o.progress_seconds, with_refs)
 
@@ -114,7 +113,7 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     {"inputs": [refs, match_errors] | "Inputs" >> beam.Flatten(),
      "captions": list(captions.values()) | "AllCaptions" >> beam.Flatten(),
      "errors": list(errors.values()) | "AllErrors" >> beam.Flatten(),
-     "skipped": skipped, "loads": loads} | "RunStats" >> RunStats(plan.stats_path)
+     "skipped": skipped, "loads": loads, "changed": changed} | "RunStats" >> RunStats(plan.stats_path)
 
 
 def moderate(captions: dict[str, Any], plan: Plan, policy: RetryPolicy) -> dict[str, Any]:
@@ -169,8 +168,8 @@ def plan_run(options: CaptionOptions) -> Plan:
         done_files = existing_outputs(output)
         check_resume_model(done_files, contents.model_id)
         interrupted = interrupted_outputs(output, done_files)
-    known_files = files_with_columns([f for f in done_files if "/captions/" in f], known_columns(
-        options.emit_embeddings)) if options.skip_known_content else []
+    # Read by the workers (no footer is read here); rows of files lacking a column are dropped there.
+    known_files = [f for f in done_files if "/captions/" in f] if options.skip_known_content else []
     watchlist = None
     if options.watchlist:
         from beam_pipeline.moderation import load_watchlist
@@ -200,13 +199,18 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     caption_options = options.view_as(CaptionOptions)
     runner_name = options.view_as(StandardOptions).runner
     runner = make_runner(runner_name, options)  # refuses an untested Beam for the Dask runner first
+    if caption_options.inventory:  # no model, no captions (beam_pipeline.inventory)
+        from beam_pipeline.inventory import run_inventory
+
+        return run_inventory(options, runner, runner_name, new_run_id())
     plan = plan_run(caption_options)
     if caption_options.iceberg_table:
         from beam_pipeline import lake_table
 
-        plan.known_rows = lake_table.prepare_table(
+        plan.known_files += lake_table.prepare_table(  # the table's known captions, exported for the workers
             caption_options.iceberg_catalog, caption_options.iceberg_table, plan.model_id,
-            known_columns(caption_options.emit_embeddings) if caption_options.skip_known_content else None)
+            known_columns(caption_options.emit_embeddings) if caption_options.skip_known_content else None,
+            FileSystems.join(plan.output, "_runs", plan.run_id))
     if caption_options.search_index:
         from beam_pipeline import search_index
 

@@ -90,17 +90,24 @@ def interrupted_outputs(output: str, done_files: list[str]) -> list[str]:
     return [f for f in done_files if run_id_of(f) is not None and run_id_of(f) not in finished]
 
 
-def check_resume_model(done_files: list[str], model_id: str) -> None:
-    """Refuse to resume into an output captioned by another model: one output, one model."""
+def _model_ids(uri: str) -> set[str]:
     import pyarrow.parquet as pq
 
-    for uri in done_files:
-        if "/captions/" not in uri:
-            continue
-        fs, path = fsspec.core.url_to_fs(uri)
-        with fs.open(path, "rb") as f:
-            ids = set(pq.read_table(f, columns=["model_id"]).column("model_id").unique().to_pylist())
-        other = ids - {model_id}
-        if other:
-            raise PreflightError(f"output already holds captions of model {sorted(other)[0]} ({uri}); this run "
-                                 f"uses model {model_id}. Resume with the same model, or use a new --output")
+    fs, path = fsspec.core.url_to_fs(uri)
+    with fs.open(path, "rb") as f:
+        return set(pq.read_table(f, columns=["model_id"]).column("model_id").unique().to_pylist())
+
+
+def check_resume_model(done_files: list[str], model_id: str, threads: int = 16) -> None:
+    """Refuse to resume into an output captioned by another model: one output, one model. The
+    caption files' ``model_id`` columns are read ``threads`` at a time (object stores: one
+    round trip each), holding one set of ids per file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    captions = [uri for uri in done_files if "/captions/" in uri]
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(captions)))) as pool:
+        for uri, ids in zip(captions, pool.map(_model_ids, captions)):
+            other = ids - {model_id}
+            if other:
+                raise PreflightError(f"output already holds captions of model {sorted(other)[0]} ({uri}); this run "
+                                     f"uses model {model_id}. Resume with the same model, or use a new --output")

@@ -21,12 +21,17 @@ SOURCE_SAME_CONTENT = "same_content"  # copied from a caption of byte-identical 
 
 @dataclass(frozen=True)
 class ImageRef:
-    """One input: where the image is, its id (join key for references), optional references."""
+    """One input: where the image is, its id (join key for references), optional references.
+    ``size_bytes`` and ``modified_ms`` (mtime in ms since the epoch) come from the listing (None
+    when unknown, e.g. manifest rows); ``entry_error`` names what the entry is when it is not a
+    readable regular file (``beam_pipeline.listing``), and the read stage reports it unopened."""
 
     uri: str
     image_id: str
     size_bytes: int | None = None
     references: tuple[str, ...] | None = None
+    modified_ms: int | None = None
+    entry_error: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,16 +54,27 @@ def now_utc() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def source_columns(ref: ImageRef | None) -> dict[str, Any]:
+    """``source_size`` and ``source_mtime`` of a row: the input as listed when it was processed
+    (null when unknown). ``--resume`` compares them with the next listing to find changed inputs."""
+    size = None if ref is None else ref.size_bytes
+    mtime = None if ref is None or ref.modified_ms is None else \
+        dt.datetime.fromtimestamp(ref.modified_ms / 1000, dt.timezone.utc)
+    return {"source_size": size, "source_mtime": mtime}
+
+
 def error_row(uri: str, image_id: str | None, stage: str, error_type: str, message: str,
-              image_sha256: str | None = None) -> dict[str, Any]:
+              image_sha256: str | None = None, source: ImageRef | None = None) -> dict[str, Any]:
     """An ``errors/*.parquet`` row (schema: beam_pipeline.schemas.ERROR_SCHEMA); ``image_sha256``
-    is null when no bytes were read (no match, missing file, too large)."""
+    is null when no bytes were read (no match, missing file, too large); ``source``: the input's
+    listing (size, mtime), when there is one."""
     return {"image_uri": uri, "image_id": image_id, "stage": stage, "error_type": error_type,
-            "message": message[:2000], "processed_at": now_utc(), "image_sha256": image_sha256}
+            "message": message[:2000], "processed_at": now_utc(), "image_sha256": image_sha256,
+            **source_columns(source)}
 
 
 def exception_row(ref: ImageRef, stage: str, exc: BaseException, image_sha256: str | None = None) -> dict[str, Any]:
-    return error_row(ref.uri, ref.image_id, stage, type(exc).__name__, str(exc) or repr(exc), image_sha256)
+    return error_row(ref.uri, ref.image_id, stage, type(exc).__name__, str(exc) or repr(exc), image_sha256, ref)
 
 
 def caption_row(record: ImageRecord, caption: str, score: float, decode: str, model_id: str, encoder: str,
@@ -68,7 +84,7 @@ def caption_row(record: ImageRecord, caption: str, score: float, decode: str, mo
            "score": float(score), "decode": decode, "model_id": model_id, "encoder": encoder,
            "width": int(record.width), "height": int(record.height), "processed_at": now_utc(),
            "references": None, "bleu1": None, "bleu2": None, "bleu3": None, "bleu4": None,
-           "image_sha256": record.sha256, "caption_source": SOURCE_MODEL}
+           "image_sha256": record.sha256, "caption_source": SOURCE_MODEL, **source_columns(record.ref)}
     if record.ref.references is not None:
         row["references"] = list(record.ref.references)
     if embedding is not None:

@@ -17,7 +17,7 @@ from beam_pipeline.bleu_combine import CorpusBleuFn
 from beam_pipeline.outcomes import load_summary
 from beam_pipeline.records import bleu_pair
 
-COUNTS = ("matched", "captioned", "failed", "skipped_resume", "skipped_from_interrupted")
+COUNTS = ("matched", "captioned", "failed", "skipped_resume", "skipped_from_interrupted", "recaptioned_changed")
 
 
 class RunStatsFn(beam.CombineFn):
@@ -41,6 +41,8 @@ class RunStatsFn(beam.CombineFn):
         elif tag == "skipped":
             counts["skipped_resume"] += 1
             counts["skipped_from_interrupted"] += bool(value)
+        elif tag == "changed":
+            counts["recaptioned_changed"] += 1
         elif tag == "load":
             acc["loads"].add(tuple(value))
         else:
@@ -79,7 +81,8 @@ class RunStats(beam.PTransform):
 
     ``inputs``: one element per matched input (or match error); ``skipped``: one bool per input
     skipped by ``--resume`` (True: only interrupted runs held it); ``loads``: ``(load_id, seconds,
-    pid, host)`` tuples (repeats count once). Corpus BLEU is computed over caption rows with references."""
+    pid, host)`` tuples (repeats count once); ``changed`` (optional): one URI per input captioned
+    again because it changed. Corpus BLEU is computed over caption rows with references."""
 
     def __init__(self, path: str) -> None:
         super().__init__()
@@ -91,5 +94,7 @@ class RunStats(beam.PTransform):
                   pcolls["errors"] | "TagFailed" >> beam.Map(lambda _: ("failed", None)),
                   pcolls["skipped"] | "TagSkipped" >> beam.Map(lambda flag: ("skipped", flag)),
                   pcolls["loads"] | "TagLoads" >> beam.Map(lambda load: ("load", load))]
+        if "changed" in pcolls:
+            tagged.append(pcolls["changed"] | "TagChanged" >> beam.Map(lambda _: ("changed", None)))
         return (tagged | "Tagged" >> beam.Flatten() | "Combine" >> beam.CombineGlobally(RunStatsFn())
                 | "WriteStats" >> beam.Map(write_stats, self.path))

@@ -15,14 +15,14 @@ and are split off with single-output steps (see ``beam_pipeline.outcomes``).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.parquetio import ReadAllFromParquet
 from apache_beam.metrics import Metrics
 
 from beam_pipeline.outcomes import Failed, failed
+from beam_pipeline.output_files import ReadOutputRows
 from beam_pipeline.records import STAGE_INFER, ImageRecord, error_row, same_content_row
 from beam_pipeline.sources import NAMESPACE
 
@@ -34,20 +34,10 @@ def known_columns(emit_embeddings: bool) -> list[str]:
     return list(KNOWN_COLUMNS) + (["embedding"] if emit_embeddings else [])
 
 
-def files_with_columns(files: Iterable[str], columns: list[str]) -> list[str]:
-    """The caption Parquet files whose schema has all ``columns`` (files written before the
-    image_sha256 column, or without embeddings, cannot be copied from); reads footers only."""
-    import fsspec
-    import pyarrow.parquet as pq
-
-    found = []
-    for uri in files:
-        fs, path = fsspec.core.url_to_fs(uri)
-        with fs.open(path, "rb") as f:
-            names = set(pq.read_schema(f).names)
-        if set(columns) <= names:
-            found.append(uri)
-    return found
+def complete(row: dict[str, Any], columns: list[str]) -> bool:
+    """True when an earlier caption row has every column a copy needs (rows of files written
+    before the image_sha256 column, or without embeddings, cannot be copied from)."""
+    return all(row.get(c) is not None for c in columns)
 
 
 @dataclass(frozen=True)
@@ -108,7 +98,7 @@ class CopyToFollowers(beam.DoFn):
                 yield failed(error_row(
                     record.ref.uri, record.ref.image_id, STAGE_INFER, "SameContentFailed",
                     f"byte-identical to another input of this run (sha256 {sha}) that could not be captioned",
-                    sha))
+                    sha, record.ref))
 
 
 class SplitBySameContent(beam.PTransform):
@@ -125,14 +115,14 @@ class SplitBySameContent(beam.PTransform):
         p = records.pipeline
         groups: dict[str, Any] = {"records": records | "KeyByContent" >> beam.Map(lambda r: (r.sha256, r))}
         known = []
-        if self.known_files:
+        if self.known_files:  # read by the workers; files lacking a column give rows that are dropped
             known.append(p | "KnownFiles" >> beam.Create(self.known_files)
-                         | "ReadKnown" >> ReadAllFromParquet(columns=self.columns))
+                         | "ReadKnown" >> beam.ParDo(ReadOutputRows(self.columns)))
         if self.known_rows:
             known.append(p | "KnownTableRows" >> beam.Create(self.known_rows))
         if known:
             groups["known"] = (known | "AllKnown" >> beam.Flatten()
-                               | "KnownWithHash" >> beam.Filter(lambda row: row.get("image_sha256") is not None)
+                               | "KnownComplete" >> beam.Filter(complete, self.columns)
                                | "KeyKnown" >> beam.Map(lambda row: (row["image_sha256"], row)))
         out = (groups | "GroupByContent" >> beam.CoGroupByKey()
                | "SplitByContent" >> beam.ParDo(SplitByContent(self.model_id)))

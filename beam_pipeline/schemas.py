@@ -10,6 +10,13 @@ import pyarrow as pa
 EMBEDDING_COLUMN = "embedding"
 FLAGS_COLUMN = "flags"  # watch-list categories (--watchlist, beam_pipeline.moderation)
 
+# The input as listed when its row was made (null when unknown: manifests, older files): --resume
+# captions an input again when the listing now says otherwise (beam_pipeline.changes).
+SOURCE_FIELDS = [
+    pa.field("source_size", pa.int64(), nullable=True),
+    pa.field("source_mtime", pa.timestamp("ms", tz="UTC"), nullable=True),
+]
+
 CAPTION_FIELDS = [
     pa.field("image_uri", pa.string(), nullable=False),
     pa.field("image_id", pa.string(), nullable=False),
@@ -28,6 +35,7 @@ CAPTION_FIELDS = [
     pa.field("bleu4", pa.float64(), nullable=True),
     pa.field("image_sha256", pa.string(), nullable=True),  # hex SHA-256 of the bytes read
     pa.field("caption_source", pa.string(), nullable=True),  # "model", or "same_content" (--skip_known_content)
+    *SOURCE_FIELDS,
 ]
 
 ERROR_FIELDS = [
@@ -38,6 +46,7 @@ ERROR_FIELDS = [
     pa.field("message", pa.string(), nullable=False),
     pa.field("processed_at", pa.timestamp("ms", tz="UTC"), nullable=False),
     pa.field("image_sha256", pa.string(), nullable=True),  # null when no bytes were read
+    *SOURCE_FIELDS,
 ]
 
 ERROR_SCHEMA = pa.schema(ERROR_FIELDS)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
+from beam_pipeline.listing import ENTRY_MESSAGES, is_local, list_local, remote_entry
 from beam_pipeline.outcomes import failed
 from beam_pipeline.records import (STAGE_DECODE, STAGE_MATCH, STAGE_READ, ImageRecord, ImageRef, error_row,
                                    exception_row, image_id_from_uri, parse_references_column)
@@ -33,23 +34,34 @@ NAMESPACE = "captioning"
 ERRORS = "errors"  # read_one's tag of an error row (ReadAndDecode wraps it with outcomes.failed)
 
 
+def _entries(pattern: str) -> Iterator[ImageRef]:
+    """Every entry ``pattern`` matches (``beam_pipeline.listing``): local ones streamed, remote
+    ones from Beam's matcher (a page of 1,000 keys per request)."""
+    if is_local(pattern):
+        yield from list_local(pattern)
+        return
+    for result in FileSystems.match([pattern]):
+        for meta in result.metadata_list:
+            yield remote_entry(meta.path, meta.size_in_bytes, meta.last_updated_in_seconds)
+
+
 class MatchGlob(beam.DoFn):
-    """Expand one glob into ImageRefs; a glob matching nothing is an error row, not a crash."""
+    """Expand one glob into ImageRefs, one per matched entry, emitted as they are listed; a glob
+    matching nothing is an error row, not a crash."""
 
     def process(self, pattern: str) -> Iterator[Any]:
+        found = 0
         try:
-            results = FileSystems.match([pattern])
-            files = [m for r in results for m in r.metadata_list]
+            for ref in _entries(pattern):
+                found += 1
+                yield ref
         except Exception as exc:  # noqa: BLE001 - e.g. bucket missing, permission denied
             yield failed(error_row(pattern, None, STAGE_MATCH, type(exc).__name__,
                                    f"cannot match {pattern}: {exc}"))
             return
-        if not files:
+        if not found:
             yield failed(error_row(pattern, None, STAGE_MATCH, "NoMatch",
                                    f"no file matches {pattern}"))
-            return
-        for meta in files:
-            yield ImageRef(meta.path, image_id_from_uri(meta.path), int(meta.size_in_bytes))
 
 
 class ReadManifest(beam.DoFn):
@@ -77,25 +89,37 @@ class ReadManifest(beam.DoFn):
                 yield ImageRef(uri, image_id, None, refs)
 
 
+def read_bytes(ref: ImageRef, reader: ObjectReader, max_bytes: int) -> tuple[bytes, dict[str, Any] | None]:
+    """(the bytes, None), or (b"", the read-stage error row): an entry that is not a readable
+    regular file (never opened), one over ``max_bytes`` by its listed size, or a failed read."""
+    if ref.entry_error is not None:
+        return b"", error_row(ref.uri, ref.image_id, STAGE_READ, ref.entry_error,
+                              f"{ref.uri} is {ENTRY_MESSAGES.get(ref.entry_error, ref.entry_error)}", None, ref)
+    if ref.size_bytes is not None and ref.size_bytes > max_bytes:
+        return b"", error_row(ref.uri, ref.image_id, STAGE_READ, "TooLarge", f"file has {ref.size_bytes} bytes, "
+                              f"over the limit of {max_bytes} (--max_image_bytes)", None, ref)
+    try:
+        return reader.read(ref.uri, max_bytes, ref.size_bytes), None
+    except GaveUp as exc:
+        retried = f" (gave up after {exc.tries} tries)" if exc.tries > 1 else ""
+        return b"", error_row(ref.uri, ref.image_id, STAGE_READ, exc.error_type,
+                              f"cannot read: {exc.cause}{retried}", None, ref)
+
+
 def read_one(ref: ImageRef, reader: ObjectReader, image_size: tuple[int, int], max_bytes: int,
              max_pixels: int) -> tuple[str, Any, int | None]:
     """Read and decode one image; never raises. Returns (tag, value, bytes read or None when
     nothing was read): tag "records" with an ImageRecord, or ERRORS with the error row (which
     carries the bytes' SHA-256 once they were read)."""
-    if ref.size_bytes is not None and ref.size_bytes > max_bytes:
-        return ERRORS, error_row(ref.uri, ref.image_id, STAGE_READ, "TooLarge",
-                                 f"file has {ref.size_bytes} bytes, over the limit of {max_bytes} (--max_image_bytes)"), None
-    try:
-        data = reader.read(ref.uri, max_bytes, ref.size_bytes)
-    except GaveUp as exc:
-        retried = f" (gave up after {exc.tries} tries)" if exc.tries > 1 else ""
-        return ERRORS, error_row(ref.uri, ref.image_id, STAGE_READ, exc.error_type,
-                                 f"cannot read: {exc.cause}{retried}"), None
+    data, error = read_bytes(ref, reader, max_bytes)
+    if error is not None:
+        return ERRORS, error, None
     sha256 = sha256_hex(data)  # the image_sha256 column of caption and error rows
     try:
         decoded = decode_image(data, image_size, max_bytes=max_bytes, max_pixels=max_pixels)
     except ImageDecodeError as exc:
-        return ERRORS, error_row(ref.uri, ref.image_id, STAGE_DECODE, exc.error_type, exc.message, sha256), len(data)
+        return ERRORS, error_row(ref.uri, ref.image_id, STAGE_DECODE, exc.error_type, exc.message, sha256,
+                                 ref), len(data)
     except Exception as exc:  # noqa: BLE001 - defensive: decode_image promises not to, but never crash
         return ERRORS, exception_row(ref, STAGE_DECODE, exc, sha256), len(data)
     return "records", ImageRecord(ref, decoded.pixels, decoded.width, decoded.height, sha256), len(data)
@@ -142,13 +166,17 @@ class ReadAndDecode(beam.DoFn):
                 value = failed(value)
             yield WindowedValue(value, timestamp, (window,))
 
+    def task(self, ref: ImageRef) -> Callable[[], tuple[str, Any, int | None]]:
+        """The work on one image, run on the read-ahead pool: ``read_one`` (a subclass may read
+        and inspect differently, e.g. ``beam_pipeline.inventory``)."""
+        return functools.partial(read_one, ref, self._reader, self.image_size, self.max_bytes, self.max_pixels)
+
     def process(self, ref: ImageRef, timestamp: Any = beam.DoFn.TimestampParam,
                 window: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
         assert self._reads is not None and self._reader is not None
         limit = read_limit(self.max_bytes)
         cost = min(ref.size_bytes if ref.size_bytes is not None else limit, limit)
-        task = functools.partial(read_one, ref, self._reader, self.image_size, self.max_bytes, self.max_pixels)
-        yield from self._emit(self._reads.submit(task, max(cost, 1), (timestamp, window)))
+        yield from self._emit(self._reads.submit(self.task(ref), max(cost, 1), (timestamp, window)))
         if self.read_settings.concurrency == 1:  # one at a time: nothing is left for finish_bundle
             yield from self._emit(self._reads.drain())
 

@@ -16,15 +16,15 @@ import time
 from typing import Any, Iterator
 
 import apache_beam as beam
-from apache_beam.io.parquetio import ReadAllFromParquet
 from apache_beam.ml.inference.base import RunInference
 
 from beam_pipeline.caption_handler import CaptionModelHandler
 from beam_pipeline.commit_writer import CommitRows
 from beam_pipeline.retries import RetryPolicy
-from beam_pipeline.dedupe import DONE, DONE_BY_INTERRUPTED, DedupeAndResume
+from beam_pipeline.dedupe import DONE, DONE_BY_INTERRUPTED, DONE_COLUMNS, DedupeAndResume, done_entry
 from beam_pipeline.object_reads import ReadSettings
-from beam_pipeline.outcomes import load_tuples, skipped_flags, split
+from beam_pipeline.outcomes import load_tuples, recaptioned_uris, skipped_flags, split
+from beam_pipeline.output_files import ReadOutputRows
 from beam_pipeline.records import ImageRef, with_reference_captions, with_references
 from beam_pipeline.sources import MatchGlob, ReadAndDecode, ReadManifest, read_references
 
@@ -82,29 +82,31 @@ class AttachReferences(beam.PTransform):
 
 class SkipDoneAndDuplicates(beam.PTransform):
     """ImageRefs -> (refs to read, ``DuplicateInput`` error rows, one bool per input skipped by
-    ``--resume``: True when only interrupted runs hold it). ``done_files`` are earlier runs'
-    caption and error files; ``interrupted_files`` the subset that runs which never finished
-    committed. The grouping by URI also spreads work over workers (it is a shuffle)."""
+    ``--resume``: True when only interrupted runs hold it, the URI of each input captioned again
+    because it changed). ``done_files`` are earlier runs' caption and error files, read by the
+    workers; ``interrupted_files`` the subset that runs which never finished committed. The
+    grouping by URI also spreads work over workers (it is a shuffle)."""
 
     def __init__(self, done_files: list[str] = (), interrupted_files: list[str] = ()) -> None:
         super().__init__()
         self.done_files, self.interrupted_files = list(done_files), list(interrupted_files)
 
-    def expand(self, refs: Any) -> tuple[Any, Any, Any]:
+    def expand(self, refs: Any) -> tuple[Any, Any, Any, Any]:
         p = refs.pipeline
         groups: dict[str, Any] = {"refs": refs | "KeyByUri" >> beam.Map(lambda r: (r.uri, r))}
         interrupted = set(self.interrupted_files)
         done_sets = [(DONE, [f for f in self.done_files if f not in interrupted]),
                      (DONE_BY_INTERRUPTED, self.interrupted_files)]
         marks = [p | f"DoneFiles{mark}" >> beam.Create(files)
-                 | f"ReadDone{mark}" >> ReadAllFromParquet(columns=["image_uri"])
-                 | f"KeyDone{mark}" >> beam.Map(lambda row, m=mark: (row["image_uri"], m))
+                 | f"ReadDone{mark}" >> beam.ParDo(ReadOutputRows(DONE_COLUMNS))
+                 | f"KeyDone{mark}" >> beam.Map(done_entry, mark)
                  for mark, files in done_sets if files]
         if marks:
             groups["done"] = marks | "AllDone" >> beam.Flatten()
         deduped = groups | "GroupByUri" >> beam.CoGroupByKey() | "Dedupe" >> beam.ParDo(DedupeAndResume())
         todo, duplicates = split(deduped, "Dedupe")
-        return todo, duplicates, deduped | "Skipped" >> beam.FlatMap(skipped_flags)
+        return (todo, duplicates, deduped | "Skipped" >> beam.FlatMap(skipped_flags),
+                deduped | "Recaptioned" >> beam.FlatMap(recaptioned_uris))
 
 
 class ReadImages(beam.PTransform):

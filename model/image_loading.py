@@ -137,23 +137,54 @@ def sniff_is_image(data: bytes) -> bool:
     return _sniff_format(data) is not None
 
 
-def upright_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of the image as shown upright (EXIF orientation applied), from the header
-    only: no pixels are decoded. The same size :func:`decode_image` reports.
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says: format and upright size (EXIF orientation applied)."""
 
-    Raises :class:`ImageDecodeError` when the header cannot be parsed.
-    """
+    format: str
+    width: int
+    height: int
+
+
+def _header(data: bytes, max_pixels: int | None) -> ImageHeader:
+    """Parse the header only (no pixels decoded); with ``max_pixels`` refuse a bomb."""
     try:
-        with _open(bytes(data)) as img:
-            width, height = img.size
-            swaps = _exif_orientation(img) in _SWAPPING_ORIENTATIONS
+        with warnings.catch_warnings():
+            if max_pixels is not None:
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with _open(bytes(data)) as img:
+                width, height = img.size
+                if max_pixels is not None:
+                    _check_declared_pixels(width, height, max_pixels)
+                swaps = _exif_orientation(img) in _SWAPPING_ORIENTATIONS
+                fmt = img.format or "UNKNOWN"
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(DECOMPRESSION_BOMB, f"Pillow refused the image header: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - any Pillow failure on bad bytes
         raise _classify_load_error(exc) from exc
-    return (height, width) if swaps else (width, height)
+    return ImageHeader(fmt, height, width) if swaps else ImageHeader(fmt, width, height)
+
+
+def upright_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of the image as shown upright (EXIF orientation applied), from the header
+    only: no pixels are decoded. The same size :func:`decode_image` reports.
+
+    Raises :class:`ImageDecodeError` when the header cannot be parsed.
+    """
+    header = _header(data, None)
+    return header.width, header.height
+
+
+def probe_image(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
+    """Format and upright size from the header, after the checks :func:`decode_image` makes before
+    it decodes pixels (empty, too large, not an image, decompression bomb), with the same error
+    types. No pixel is decoded, so a file whose pixel data is truncated or corrupt passes here and
+    fails only in :func:`decode_image`."""
+    _check_byte_size(data, max_bytes)
+    return _header(data, max_pixels)
 
 
 # --------------------------------------------------------------------------- input checks

@@ -14,7 +14,7 @@ from beam_pipeline.lake_table import table_names
 from beam_pipeline.preflight import PreflightError
 from beam_pipeline.records import (ImageRecord, ImageRef, caption_row, error_row, exception_row,
                                    same_content_row)
-from beam_pipeline.same_content import files_with_columns, known_columns
+from beam_pipeline.same_content import complete, known_columns
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema, conform
 
 
@@ -68,9 +68,52 @@ def test_conform_fills_columns_an_older_file_lacks():
     assert out["image_sha256"] is None and out["embedding"] is None and out["caption"] == "c"
 
 
-def test_files_with_columns_reads_only_footers(tmp_path):
+def test_older_files_give_null_columns_and_incomplete_rows_are_not_copied_from(tmp_path):
+    from beam_pipeline.output_files import read_rows
+
     new, old = tmp_path / "new.parquet", tmp_path / "old.parquet"
-    pq.write_table(caption_schema().empty_table(), new)
-    pq.write_table(pa.schema([f for f in caption_schema() if f.name != "image_sha256"]).empty_table(), old)
-    assert files_with_columns([str(new), str(old)], known_columns(False)) == [str(new)]
-    assert files_with_columns([str(new)], known_columns(True)) == []  # no embedding column
+    row = {"image_uri": "/a.jpg", "image_id": "a.jpg", "caption": "c", "score": -1.0, "decode": "g",
+           "model_id": "m", "encoder": "e", "width": 1, "height": 2, "image_sha256": "f" * 64,
+           "processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)}
+    pq.write_table(pa.Table.from_pylist([row], schema=caption_schema()), new)
+    old_schema = pa.schema([f for f in caption_schema() if f.name != "image_sha256"])
+    pq.write_table(pa.Table.from_pylist([row], schema=old_schema), old)
+    columns = known_columns(False)
+    (from_new,), (from_old,) = list(read_rows(str(new), columns)), list(read_rows(str(old), columns))
+    assert sorted(from_new) == sorted(from_old) == sorted(columns)
+    assert from_old["image_sha256"] is None and from_new["image_sha256"] == "f" * 64
+    assert complete(from_new, columns) and not complete(from_old, columns)
+    (with_embedding,) = read_rows(str(new), known_columns(True))
+    assert not complete(with_embedding, known_columns(True))  # no embedding column: not a source of copies
+
+
+def test_sync_plan_keeps_the_latest_row_per_uri_across_captions_and_errors(tmp_path):
+    """What the Iceberg sync adds and replaces (beam_pipeline.lake_upsert), on real Parquet files:
+    a re-captioned URI replaces its table row, a URI whose latest row is now an error leaves the
+    captions table, a URI the table already holds at that time is not added again."""
+    from beam_pipeline.lake_upsert import latest_rows, plan_sync
+    from beam_pipeline.output_files import epoch_ms
+
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    t1 = t0 + dt.timedelta(hours=1)
+
+    def caption(uri: str, when: dt.datetime, text: str) -> dict:
+        return {"image_uri": uri, "image_id": uri, "caption": text, "score": -1.0, "decode": "g", "model_id": "m",
+                "encoder": "e", "width": 1, "height": 1, "processed_at": when}
+
+    files = {"captions": [str(tmp_path / "c1.parquet"), str(tmp_path / "c2.parquet")],
+             "errors": [str(tmp_path / "e1.parquet")]}
+    pq.write_table(pa.Table.from_pylist([caption("a", t0, "old a"), caption("b", t0, "b"), caption("c", t0, "c")],
+                                        schema=caption_schema()), files["captions"][0])
+    pq.write_table(pa.Table.from_pylist([caption("a", t1, "new a"), caption("d", t1, "d")], schema=caption_schema()),
+                   files["captions"][1])
+    pq.write_table(pa.Table.from_pylist([error_row("c", "c", "decode", "TruncatedImage", "now broken") |
+                                         {"processed_at": t1}], schema=ERROR_SCHEMA), files["errors"][0])
+    latest = latest_rows(files)
+    in_table = {u: epoch_ms(t0) for u in ("a", "b", "c")}
+    plan = plan_sync("captions", files["captions"], caption_schema(), latest, in_table)
+    assert sorted(zip(plan.rows.column("image_uri").to_pylist(), plan.rows.column("caption").to_pylist())) == \
+        [("a", "new a"), ("d", "d")]
+    assert plan.replaced == {"a", "c"}  # a: a newer caption; c: its latest row is an error now
+    errors = plan_sync("errors", files["errors"], ERROR_SCHEMA, latest, {})
+    assert errors.rows.column("image_uri").to_pylist() == ["c"] and errors.replaced == set()

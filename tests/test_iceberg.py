@@ -189,7 +189,10 @@ def test_skip_known_content_captions_each_content_once(tmp_path, lake, flickr8k,
     three = run_pipeline(["--input", f"{later}/*.jpg", "--output", str(tmp_path / "fresh"), "--model",
                           tiny_artifact, "--skip_known_content", "--iceberg_table", TABLE, "--iceberg_catalog", lake])
     assert three["counters"]["images_captioned"] == 0 and three["counters"]["images_same_content"] == 1
-    assert three["iceberg"]["captions"]["appended"] == 0  # the URI is already in the table
+    # The URI is already in the table: the newer row replaces it (the latest row wins), still one row.
+    assert (three["iceberg"]["captions"]["appended"], three["iceberg"]["captions"]["replaced"]) == (1, 1)
+    uris = _load(lake, TABLE).scan(selected_fields=("image_uri",)).to_arrow().column("image_uri").to_pylist()
+    assert uris.count(str(later / "again.jpg")) == 1
 
 
 def test_warehouse_on_moto_s3(tmp_path, monkeypatch, flickr8k, tiny_artifact):
@@ -231,3 +234,47 @@ def test_warehouse_on_moto_s3(tmp_path, monkeypatch, flickr8k, tiny_artifact):
         assert all(r["image_sha256"] for r in direct)
     finally:
         _stop(proc)
+
+
+def test_changed_photos_are_captioned_again_and_replace_their_rows_in_one_snapshot(tmp_path, lake, flickr8k,
+                                                                                     tiny_artifact):
+    """The issue's scenario: 40 photos into the table, 5 files overwritten with other photos, then
+    --resume: exactly those 5 are captioned again, and the table holds 40 rows (one per URI) with
+    the new captions and hashes, replaced in a single snapshot."""
+    import shutil
+
+    folder = tmp_path / "lake-photos"
+    folder.mkdir()
+    for photo in _photos(flickr8k, 0, 40):
+        shutil.copyfile(photo, folder / photo.name)
+    out = tmp_path / "out"
+    common = ["--input", f"{folder}/*.jpg", "--output", str(out), "--model", tiny_artifact, "--batch_size", "16",
+              "--iceberg_table", TABLE, "--iceberg_catalog", lake]
+    first = run_pipeline(common)
+    assert first["captioned"] == 40 and first["iceberg"]["captions"]["appended"] == 40
+    before = {r["image_uri"]: r for r in _load(lake, TABLE).scan().to_arrow().to_pylist()}
+    snapshots = len(_load(lake, TABLE).snapshots())
+
+    changed = sorted(folder.glob("*.jpg"))[::8]  # 5 of them
+    for target, replacement in zip(changed, _photos(flickr8k, 100, 5)):
+        shutil.copyfile(replacement, target)
+    second = run_pipeline(common + ["--resume"])
+    assert (second["captioned"], second["recaptioned_changed"], second["skipped_resume"]) == (5, 5, 35)
+    assert second["iceberg"]["captions"]["replaced"] == 5 and second["iceberg"]["captions"]["appended"] == 5
+
+    table = _load(lake, TABLE)
+    assert len(table.snapshots()) == snapshots + 1  # the 5 replacements are one snapshot
+    rows = {r["image_uri"]: r for r in table.scan().to_arrow().to_pylist()}
+    assert len(rows) == 40 == len(table.scan().to_arrow())
+    latest = {}
+    for row in read_rows(out, "captions"):
+        if row["image_uri"] not in latest or row["processed_at"] > latest[row["image_uri"]]["processed_at"]:
+            latest[row["image_uri"]] = row
+    for uri, row in rows.items():
+        assert row["image_sha256"] == hashlib.sha256(Path(uri).read_bytes()).hexdigest()
+        assert row["caption"] == latest[uri]["caption"]
+        if Path(uri) in changed:
+            assert row["image_sha256"] != before[uri]["image_sha256"] and row["processed_at"] > before[uri]["processed_at"]
+        else:
+            assert row == before[uri]
+    assert sorted(r["image_uri"] for r in _data_file_rows(table, _local_bytes)) == sorted(rows)

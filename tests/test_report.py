@@ -225,6 +225,31 @@ def test_loads_all_files_least_confident_first_without_the_embedding(run_dir: Pa
     assert next(r for r in sample.rows if r.image_id == "bike").references is None
 
 
+def test_only_the_latest_row_of_each_uri_is_shown_and_counted(tmp_path: Path) -> None:
+    """An input captioned again after it changed (--resume) leaves its old row in an older file;
+    the latest row of a URI wins, across captions and errors."""
+    from datetime import timedelta
+
+    later = NOW + timedelta(hours=1)
+    write_parquet([caption_row("/x/a.jpg", "a", "an old caption", -1.0),
+                   caption_row("/x/b.jpg", "b", "a photo that broke", -1.5)],
+                  caption_schema(), tmp_path / "captions" / "run1.parquet")
+    write_parquet([error_row("/x/c.jpg", "decode", "NotAnImage", "was text, since fixed")],
+                  ERROR_SCHEMA, tmp_path / "errors" / "run1.parquet")
+    write_parquet([caption_row("/x/a.jpg", "a", "the new caption", -0.5, processed_at=later),
+                   caption_row("/x/c.jpg", "c", "now a photo", -0.7, processed_at=later)],
+                  caption_schema(), tmp_path / "captions" / "run2.parquet")
+    write_parquet([error_row("/x/b.jpg", "decode", "TruncatedImage", "now truncated") | {"processed_at": later}],
+                  ERROR_SCHEMA, tmp_path / "errors" / "run2.parquet")
+    assert len(report_data.replaced_rows(str(tmp_path))) == 3
+    sample = load_captions(str(tmp_path), sample=10)
+    assert sample.total == 2 and {(r.image_uri, r.caption) for r in sample.rows} == {
+        ("/x/a.jpg", "the new caption"), ("/x/c.jpg", "now a photo")}
+    errors = load_errors(str(tmp_path))
+    assert errors.total == 1 and [(e.image_uri, e.error_type) for e in errors.rows] == [("/x/b.jpg", "TruncatedImage")]
+    assert report_data.replaced_rows(str(tmp_path / "captions")) == set()  # no output there: nothing replaced
+
+
 def _many_rows(n: int) -> list[dict]:
     return [caption_row(f"s3://bucket/img/{i:05d}.jpg", f"{i:05d}", f"caption {i}", -i / n)
             for i in range(n)]

@@ -10,6 +10,7 @@ go to 127.0.0.1 only.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -208,4 +209,37 @@ def test_tampered_artifact_on_s3_is_refused_before_any_output(s3, bucket):
     with pytest.raises(ArtifactError, match="vocab.json"):
         run_pipeline(_args("tampered-out", model="models/tampered"))
     assert _keys(client, "tampered-out") == []
+    s3["guard"].assert_only_to(s3["port"])
+
+
+def test_folder_markers_are_error_rows_and_changed_objects_are_captioned_again(s3, bucket, tmp_path):
+    """A lake prefix with zero-byte folder marker objects (the console's ``name/`` and Hadoop's
+    ``name_$folder$``) and three photos; one photo is overwritten with another (new size, new
+    LastModified) and --resume captions exactly that one again."""
+    client = bucket["client"]
+    photos = [write_jpeg(tmp_path / f"p{i}.jpg", size=(70 + 10 * i, 50 + 5 * i), seed=10 + i) for i in range(4)]
+    for key in ("lake/2024/", "lake/old_$folder$"):
+        client.put_object(Bucket=BUCKET, Key=key, Body=b"")
+    for i, photo in enumerate(photos[:3]):
+        client.upload_file(str(photo), BUCKET, f"lake/2024/p{i}.jpg")
+    args = ["--input", f"s3://{BUCKET}/lake/**", "--model", f"s3://{BUCKET}/models/tiny",
+            "--output", f"s3://{BUCKET}/lake-out", "--batch_size", "4"]
+    first = run_pipeline(args)
+    assert (first["matched"], first["captioned"], first["failed"]) == (5, 3, 2)
+    errors = {r["image_uri"]: r for r in _rows(client, "lake-out/errors")}
+    assert {u: r["error_type"] for u, r in errors.items()} == {
+        f"s3://{BUCKET}/lake/2024/": "FolderMarker", f"s3://{BUCKET}/lake/old_$folder$": "FolderMarker"}
+    captions = {r["image_uri"]: r for r in _rows(client, "lake-out/captions")}
+    head = client.head_object(Bucket=BUCKET, Key="lake/2024/p1.jpg")
+    row = captions[f"s3://{BUCKET}/lake/2024/p1.jpg"]
+    assert row["source_size"] == head["ContentLength"] == photos[1].stat().st_size
+    assert abs(row["source_mtime"].timestamp() - head["LastModified"].timestamp()) < 1
+
+    client.upload_file(str(photos[3]), BUCKET, "lake/2024/p1.jpg")  # overwritten in place
+    second = run_pipeline(args + ["--resume"])
+    assert (second["captioned"], second["recaptioned_changed"], second["skipped_resume"]) == (1, 1, 4)
+    rows = [r for r in _rows(client, "lake-out/captions") if r["image_uri"].endswith("/p1.jpg")]
+    newest = max(rows, key=lambda r: r["processed_at"])
+    assert len(rows) == 2 and newest["image_sha256"] == hashlib.sha256(photos[3].read_bytes()).hexdigest()
+    assert run_pipeline(args + ["--resume"])["captioned"] == 0  # unchanged since: nothing redone
     s3["guard"].assert_only_to(s3["port"])

@@ -65,7 +65,7 @@ def test_skip_done_and_duplicates(tmp_path):
     pq.write_table(pa.table({"image_uri": ["/x/crashed.jpg"]}), interrupted)
     inputs = [ImageRef(f"/x/{n}", n) for n in ("new.jpg", "twice.jpg", "twice.jpg", "done.jpg", "crashed.jpg")]
     with pipeline() as p:
-        todo, duplicates, skipped = p | beam.Create(inputs) | SkipDoneAndDuplicates(
+        todo, duplicates, skipped, _ = p | beam.Create(inputs) | SkipDoneAndDuplicates(
             [str(done), str(interrupted)], [str(interrupted)])
         assert_that(todo | beam.Map(lambda r: r.image_id), equal_to(["new.jpg", "twice.jpg"]), label="Todo")
         assert_that(duplicates | beam.Map(lambda e: (e["image_id"], e["error_type"])),
