@@ -90,7 +90,7 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     if o.skip_known_content:
         records, followers, copied = records | "SplitBySameContent" >> SplitBySameContent(
             plan.model_id, plan.known_files, plan.known_rows, known_columns(o.emit_embeddings))
-    rows, caption_errors, loads = records | "CaptionImages" >> CaptionImages(
+    rows, caption_errors, workers = records | "CaptionImages" >> CaptionImages(
         caption_handler(plan), f"caption-model-{plan.model_id}-{plan.run_id}", o.progress_seconds, with_refs)
 
     captions = {"captions": rows}
@@ -111,7 +111,7 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     {"inputs": [refs, match_errors] | "Inputs" >> beam.Flatten(),
      "captions": list(captions.values()) | "AllCaptions" >> beam.Flatten(),
      "errors": list(errors.values()) | "AllErrors" >> beam.Flatten(),
-     "skipped": skipped, "loads": loads} | "RunStats" >> RunStats(plan.stats_path)
+     "skipped": skipped, "workers": workers} | "RunStats" >> RunStats(plan.stats_path)
 
 
 def new_run_id() -> str:

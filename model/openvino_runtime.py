@@ -108,14 +108,36 @@ def _private_folder(root: str) -> bool:
     return True
 
 
+# Cores the model may use per process (unset: all of the machine's). One worker process per core
+# (a Dask worker with --nthreads 1, several SDK workers) then does not oversubscribe the CPU.
+THREADS_ENV = "CAPTION_MODEL_THREADS"
+
+
+def thread_limit() -> int | None:
+    """``$CAPTION_MODEL_THREADS`` as a positive int, None when unset (ValueError when nonsense)."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"${THREADS_ENV} must be a whole number >= 1 (cores per process), not {value!r}")
+    return int(value)
+
+
 def compile_options(precision: str, throughput: bool = False) -> dict[str, Any]:
     """OpenVINO CPU settings: the inference precision always set (left unset, the plugin runs
     float32 graphs in bf16 on CPUs that have it), and with ``throughput`` the plugin's THROUGHPUT
     hint: the cores split into streams that each run one request (2 streams of 1 thread on a
-    2-core machine), for graphs fed several requests at once (``ChunkedRequests``)."""
+    2-core machine), for graphs fed several requests at once (``ChunkedRequests``).
+    ``$CAPTION_MODEL_THREADS=N`` limits a graph to N threads (and, with ``throughput``, N
+    streams of one thread)."""
     options: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bfloat16" else "f32"}
     if throughput:
         options["PERFORMANCE_HINT"] = "THROUGHPUT"
+    threads = thread_limit()
+    if threads is not None:
+        options["INFERENCE_NUM_THREADS"] = threads
+        if throughput:
+            options["NUM_STREAMS"] = threads
     return options
 
 

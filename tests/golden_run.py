@@ -20,7 +20,7 @@ import pyarrow.dataset as pads
 PHOTOS = 10
 # Volatile or machine-dependent fields, left out of the comparison.
 SUMMARY_SKIP = {"run_id", "wall_seconds", "images_per_second", "inputs", "input_manifest", "references", "output",
-                "model", "model_load_seconds", "worker_processes", "hosts", "report"}
+                "model", "model_load_seconds", "worker_processes", "captioned_per_process", "hosts", "report"}
 VOLATILE_COLUMNS = ("processed_at", "created_at", "run_id")
 COUNTERS = ("images_read", "images_captioned", "images_failed", "bytes_read", "rows_committed", "model_loads")
 
