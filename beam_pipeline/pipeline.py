@@ -24,7 +24,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from beam_pipeline.caption_handler import CaptionModelHandler, ModelSpec
 from beam_pipeline.retries import RetryPolicy
-from beam_pipeline.options import CaptionOptions, default_model_uri, read_settings
+from beam_pipeline.options import CaptionOptions, check_flags, default_model_uri, read_settings
 from beam_pipeline.preflight import (PreflightError, check_output, check_resume_model, existing_outputs,
                                     interrupted_outputs, remove_stale_temp_dirs)
 from beam_pipeline.records import with_references
@@ -38,6 +38,7 @@ from beam_pipeline.transforms import (AttachReferences, CaptionImages, CommitOut
                                       SkipDoneAndDuplicates)
 
 log = logging.getLogger(__name__)
+header_log = logging.getLogger("beam_pipeline.console")  # the run's header line on the terminal
 
 
 @dataclass
@@ -170,7 +171,9 @@ def _metric(result: Any, name: str) -> int | None:
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run the pipeline to completion and return (and write) the run summary."""
+    """Run the pipeline to completion and return (and write) the run summary. Unknown flags are
+    refused first (``UsageError``), before anything is read."""
+    check_flags(argv or [])
     options = PipelineOptions(argv)
     caption_options = options.view_as(CaptionOptions)
     runner_name = options.view_as(StandardOptions).runner
@@ -182,7 +185,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         plan.known_rows = lake_table.prepare_table(
             caption_options.iceberg_catalog, caption_options.iceberg_table, plan.model_id,
             known_columns(caption_options.emit_embeddings) if caption_options.skip_known_content else None)
-    log.info("run %s: model %s, output %s", plan.run_id, plan.model_id, plan.output)
+    inputs = ", ".join(plan.inputs + ([plan.manifest] if plan.manifest else []))
+    header_log.info("Captioning %s with model %s (%s) into %s [run %s, %s]", inputs, plan.model_id, plan.decode,
+                    plan.output, plan.run_id, runner_name or "DirectRunner")
     started = time.time()
     p = beam.Pipeline(runner=runner, options=options)
     build(p, plan)

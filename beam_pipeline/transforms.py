@@ -29,6 +29,7 @@ from beam_pipeline.records import ImageRef, with_reference_captions, with_refere
 from beam_pipeline.sources import MatchGlob, ReadAndDecode, ReadManifest, read_references
 
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger("beam_pipeline.progress")  # beam_pipeline.console.PROGRESS_LOGGER
 
 
 class MatchInputs(beam.PTransform):
@@ -135,7 +136,8 @@ class _Progress:
             if self.interval > 0 and now - self.last >= self.interval:
                 self.last = now
                 rate = self.count / max(1e-9, now - self.start)
-                log.info("progress (pid %d): %d images captioned, %.1f images/s", os.getpid(), self.count, rate)
+                progress_log.info("progress (pid %d): %d images captioned, %.1f images/s", os.getpid(), self.count,
+                                  rate)
 
 
 _PROGRESS: dict[float, _Progress] = {}
