@@ -24,8 +24,9 @@ def check_flags(argv: Sequence[str]) -> None:
     Beam accepts (``--runner``, Dataflow's, the portable runner's, Dask's ...) is accepted here."""
     from apache_beam.options.pipeline_options import _BeamArgumentParser
 
-    with contextlib.suppress(ImportError):  # registers --dask_client_address etc. when Dask is installed
-        import apache_beam.runners.dask.dask_runner  # noqa: F401
+    if any(a.startswith("--dask") or "DaskRunner" in a for a in argv):  # Dask's flags (0.3 s to import)
+        with contextlib.suppress(ImportError):
+            import apache_beam.runners.dask.dask_runner  # noqa: F401
     parser = _BeamArgumentParser(allow_abbrev=False)
     classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
     for cls in classes.values():

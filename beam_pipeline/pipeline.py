@@ -122,7 +122,7 @@ def new_run_id() -> str:
 def plan_run(options: CaptionOptions) -> Plan:
     """Validate flags, output directory and model before anything is read (refuse early)."""
     from model.artifact import read_artifact
-    from model.captioner import build_decoders, check_encoder_ready
+    from model.captioner import check_decoders, check_encoder_ready
 
     if not options.output:
         raise PreflightError("--output is required")
@@ -142,7 +142,7 @@ def plan_run(options: CaptionOptions) -> Plan:
     model_uri = options.model or default_model_uri()
     contents = read_artifact(model_uri, expected_model_id=options.expected_model_id,
                              encoder_weights=options.encoder_weights)
-    build_decoders(contents)  # every decoder weights file must fit the config
+    check_decoders(contents, options.model_cache_dir)  # every decoder weights file must fit the config
     check_encoder_ready(contents, options.precision, options.encoder_runtime)
     done_files: list[str] = []
     interrupted: list[str] = []

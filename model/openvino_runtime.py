@@ -42,16 +42,32 @@ def cache_dir(setting: str | None = None) -> str | None:
     return setting
 
 
+def _version(*distributions: str) -> str | None:
+    """The installed version of the first of ``distributions`` that is installed (read from the
+    package metadata, without importing it: TensorFlow takes seconds to import)."""
+    from importlib import metadata
+
+    for name in distributions:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def compiled_graph_key(**identity: Any) -> str:
     """The key of a converted graph in the OpenVINO cache folder, from what it is made of, plus the library versions
     that shape the conversion."""
-    import keras
-    import openvino
-    import tensorflow as tf
-
-    full = {"format": CACHE_FORMAT, "openvino": openvino.__version__, "tensorflow": tf.__version__,
-            "keras": keras.__version__, **identity}
+    full = {"format": CACHE_FORMAT, "openvino": _version("openvino"),
+            "tensorflow": _version("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tf-nightly"),
+            "keras": _version("keras"), **identity}
     return hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def is_cached(cache: str | None, key: str) -> bool:
+    """Whether the cache folder ``cache`` (``cache_dir``'s result) holds a complete entry under
+    ``key`` (its checksums are verified when it is read)."""
+    return bool(cache) and os.path.isfile(os.path.join(cache, key, "manifest.json"))
 
 
 def _read_cached(core: Any, folder: str) -> Any | None:
