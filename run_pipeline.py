@@ -57,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - shown in full, loudly
             terminal.fail(exc)
             return 1
+        if summary.get("dry_run"):
+            terminal.say(f"Dry run: the {summary['runner']} job was built and not submitted; nothing was read or written")
+            return 0
         options = PipelineOptions(argv).view_as(CaptionOptions)
         if options.report:  # the report reads the committed output; the pipeline does not depend on it
             from caption_report import write_report

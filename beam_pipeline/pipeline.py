@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, TestOptions
 
 from beam_pipeline.caption_handler import CaptionModelHandler, ModelSpec
 from beam_pipeline.retries import RetryPolicy
@@ -172,7 +172,8 @@ def _metric(result: Any, name: str) -> int | None:
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the pipeline to completion and return (and write) the run summary. Unknown flags are
-    refused first (``UsageError``), before anything is read."""
+    refused first (``UsageError``), before anything is read. With Beam's ``--dry_run True``
+    (Dataflow: build the job, send nothing) it returns ``{"dry_run": True, ...}`` and writes nothing."""
     check_flags(argv or [])
     options = PipelineOptions(argv)
     caption_options = options.view_as(CaptionOptions)
@@ -194,6 +195,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = p.run()
     result.wait_until_finish()
     wall = time.time() - started
+    if options.view_as(TestOptions).dry_run:  # Dataflow built the job and sent nothing: no data, no summary
+        return {"run_id": plan.run_id, "dry_run": True, "runner": runner_name, "model_id": plan.model_id,
+                "output": plan.output}
     with FileSystems.open(plan.stats_path) as f:
         stats = json.loads(f.read())
     # Counts (matched ... model_loads) come from the data; "counters" are the runner's metrics,

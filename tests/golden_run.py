@@ -76,8 +76,10 @@ def normalise(out: Path, summary: dict[str, Any], folder: Path) -> dict[str, Any
     return json.loads(json.dumps(result, default=str).replace(str(folder), "<dir>"))
 
 
-def golden_run(folder: Path, flickr8k: Path, weights: Path, model: str | None = None) -> dict[str, Any]:
-    """Run the fixed inputs through the pipeline and return the normalised result."""
+def golden_run(folder: Path, flickr8k: Path, weights: Path, model: str | None = None,
+               extra: Sequence[str] = ()) -> dict[str, Any]:
+    """Run the fixed inputs through the pipeline (``extra``: more flags, e.g. another runner) and
+    return the normalised result."""
     from beam_pipeline.pipeline import run
 
     args, tokens = make_inputs(folder, flickr8k)
@@ -86,7 +88,7 @@ def golden_run(folder: Path, flickr8k: Path, weights: Path, model: str | None = 
                    "--progress_seconds", "0", "--batch_size", "4"]
     if model:
         argv += ["--model", model]
-    return normalise(out, run(argv), folder)
+    return normalise(out, run(argv + list(extra)), folder)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

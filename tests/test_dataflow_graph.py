@@ -116,6 +116,13 @@ def test_dataflow_job_is_built_offline_with_our_steps_handler_and_setup_file(tin
               for env in job.proto_pipeline.components.environments.values() for d in env.dependencies}
     assert "workflow.tar.gz" in staged, staged
 
+    # The command line's path: the same dry run through pipeline.run builds the job and writes nothing.
+    from beam_pipeline.pipeline import run
+
+    summary = run(argv)
+    assert summary["dry_run"] is True and summary["runner"] == "DataflowRunner"
+    assert not (tmp_path / "out").exists()
+
 
 def test_local_replaces_and_adds_flags():
     assert with_local(["--a", "1", "--output", "gs://x", "--w", "gs://w"], {"--output": "/tmp/o", "--model": "m",
