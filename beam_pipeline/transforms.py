@@ -121,7 +121,8 @@ class ReadImages(beam.PTransform):
 
 
 class _Progress:
-    """One progress line per process: images captioned and images/s every ``interval`` seconds."""
+    """One progress line per process: images captioned and images/s every ``interval`` seconds,
+    the clock starting at the first caption (so the model load does not count as captioning)."""
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
@@ -131,8 +132,10 @@ class _Progress:
 
     def add(self, n: int) -> None:
         with self.lock:
-            self.count += n
             now = time.monotonic()
+            if self.count == 0:
+                self.start = self.last = now
+            self.count += n
             if self.interval > 0 and now - self.last >= self.interval:
                 self.last = now
                 rate = self.count / max(1e-9, now - self.start)
