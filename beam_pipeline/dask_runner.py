@@ -108,8 +108,8 @@ def _values(item: tuple[Any, list[Any]]) -> tuple[Any, list[Any]]:
 
 
 class GroupByKey(te.GroupByKey):
-    """Beam's GroupByKey translation, grouping into at least ``--dask_npartitions`` partitions that
-    start spread over the cluster's workers.
+    """Beam's GroupByKey translation, grouping into at least ``--dask_npartitions`` partitions
+    (default: two per worker) that start spread over the cluster's workers.
 
     On a cluster, Dask's bag ``groupby`` shuffles with tasks, which ignores ``npartitions`` and
     keeps the input's partition count: a job that starts from one glob ran in one partition (one
@@ -124,7 +124,9 @@ class GroupByKey(te.GroupByKey):
     def apply(self, input_bag: Any, side_inputs: Any = None) -> Any:
         import dask
 
-        npartitions = self.bag_kwargs.get("npartitions") or input_bag.npartitions
+        # Without --dask_npartitions: two partitions per worker (so that a busy worker's second
+        # one can be stolen), or the input's count if larger.
+        npartitions = self.bag_kwargs.get("npartitions") or max(input_bag.npartitions, 2 * len(self.workers))
         if input_bag.npartitions < npartitions:
             input_bag = input_bag.repartition(npartitions=npartitions)
         grouped = input_bag.groupby(_key, shuffle="tasks")
