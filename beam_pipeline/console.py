@@ -78,6 +78,7 @@ class Terminal:
         self._saved_fd: int | None = None
         self._handler: ConsoleHandler | None = None
         self.stream: TextIO = sys.stderr
+        self._own_stream = False
 
     def __enter__(self) -> "Terminal":
         root = logging.getLogger()
@@ -91,8 +92,12 @@ class Terminal:
         self._saved_fd = os.dup(2)
         os.dup2(fd, 2)
         os.close(fd)
-        self.stream = io.TextIOWrapper(os.fdopen(os.dup(self._saved_fd), "wb"), line_buffering=True)
-        self._handler = ConsoleHandler(self.stream, os.isatty(self._saved_fd))
+        if _on_fd2(sys.stderr):  # our lines on a copy of the real stderr; fd 2 now goes to the log
+            self.stream = io.TextIOWrapper(os.fdopen(os.dup(self._saved_fd), "wb"), line_buffering=True)
+            self._own_stream = True
+        else:  # sys.stderr was replaced (e.g. captured by a test): write our lines there
+            self.stream = sys.stderr
+        self._handler = ConsoleHandler(self.stream, _isatty(self.stream))
         self._handler.addFilter(_QuietFilter())
         root.addHandler(self._handler)
         self._log_handler = logging.StreamHandler(sys.stderr)  # everything, into the log file
@@ -124,9 +129,24 @@ class Terminal:
         sys.stderr.flush()
         os.dup2(self._saved_fd, 2)
         os.close(self._saved_fd)
-        self.stream.close()
+        if self._own_stream:
+            self.stream.close()
         if self.log_path:
             os.unlink(self.log_path)
+
+
+def _on_fd2(stream: TextIO) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def errors_by_type(output: str, run_id: str) -> Counter:

@@ -102,3 +102,21 @@ def test_strict_parser_refuses_abbreviations_and_keeps_negative_numbers(capsys):
         parser.parse_args(["--beam", "3"])
     assert "unknown flag --beam (did you mean --beam_width?)" in capsys.readouterr().err
     assert did_you_mean("--zzz", ["--beam_width"]) == ""
+
+
+def test_progress_updates_one_line_on_a_terminal_and_prints_lines_otherwise():
+    import io
+    import logging
+
+    from beam_pipeline.console import PROGRESS_LOGGER, ConsoleHandler
+
+    def emit(handler: ConsoleHandler, name: str, message: str) -> None:
+        handler.emit(logging.LogRecord(name, logging.INFO, __file__, 1, message, None, None))
+
+    for tty, expected in ((True, "\r\x1b[K10 done\r\x1b[K20 done\nSummary\n"), (False, "10 done\n20 done\nSummary\n")):
+        stream = io.StringIO()
+        handler = ConsoleHandler(stream, tty)
+        emit(handler, PROGRESS_LOGGER, "10 done")
+        emit(handler, PROGRESS_LOGGER, "20 done")
+        emit(handler, "beam_pipeline.console", "Summary")
+        assert stream.getvalue() == expected
