@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from typing import Sequence
 
@@ -29,31 +28,47 @@ def print_help() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from beam_pipeline.options import CaptionOptions
-    from beam_pipeline.pipeline import run
-    from beam_pipeline.preflight import PreflightError
-    from model.artifact import ArtifactError
-    from model.encoder import EncoderError
+    """Run the pipeline; quiet unless ``--verbose`` (see ``beam_pipeline.console``). Exit status: 0
+    done, 2 refused (unknown flag, bad input or model, before anything is read), 1 failed."""
+    from beam_pipeline.console import Terminal
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or any(a in ("-h", "--help") for a in argv):
         print_help()
         return 0 if argv else 2
-    try:
-        summary = run(argv)
-    except (PreflightError, ArtifactError, EncoderError) as exc:
-        print(f"refused: {exc}", file=sys.stderr)
-        return 2
-    options = PipelineOptions(argv).view_as(CaptionOptions)
-    if options.report:  # the report reads the committed output; the pipeline does not depend on it
-        from caption_report import write_report
+    with Terminal(verbose="--verbose" in argv) as terminal:
+        from apache_beam.options.pipeline_options import PipelineOptions
 
-        summary["report"] = write_report(summary["output"], sample=options.report_sample)
-    print(json.dumps(summary, indent=2))
+        from beam_pipeline.console import errors_by_type, human_summary
+        from beam_pipeline.options import CaptionOptions, UsageError
+        from beam_pipeline.pipeline import run
+        from beam_pipeline.preflight import PreflightError
+        from model.artifact import ArtifactError
+        from model.encoder import EncoderError
+
+        try:
+            summary = run(argv)
+        except UsageError as exc:
+            terminal.say(f"run_pipeline.py: error: {exc}; see run_pipeline.py --help")
+            return 2
+        except (PreflightError, ArtifactError, EncoderError) as exc:
+            terminal.say(f"refused: {exc}")
+            return 2
+        except Exception as exc:  # noqa: BLE001 - shown in full, loudly
+            terminal.fail(exc)
+            return 1
+        if summary.get("dry_run"):
+            terminal.say(f"Dry run: the {summary['runner']} job was built and not submitted; nothing was read or written")
+            return 0
+        options = PipelineOptions(argv).view_as(CaptionOptions)
+        if options.report:  # the report reads the committed output; the pipeline does not depend on it
+            from caption_report import write_report
+
+            summary["report"] = write_report(summary["output"], sample=options.report_sample)
+        if options.json:
+            print(json.dumps(summary, indent=2))
+        else:
+            print("\n".join(human_summary(summary, errors_by_type(summary["output"], summary["run_id"]))))
     return 0
 
 

@@ -2,12 +2,38 @@
 standard Beam flag such as --runner, --direct_num_workers or Dataflow's flags also works)."""
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline.object_reads import ReadSettings
+from model.cli import unknown_arguments_message
 from model.image_loading import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+
+
+class UsageError(ValueError):
+    """The command line names a flag no options class knows (exit 2 before anything is read)."""
+
+
+def check_flags(argv: Sequence[str]) -> None:
+    """Refuse (``UsageError``) arguments that no registered ``PipelineOptions`` class knows, with a
+    did-you-mean: Beam itself only warns and runs on with the default. The parser is built as
+    Beam's own (every direct ``PipelineOptions`` subclass, abbreviations refused), so every flag
+    Beam accepts (``--runner``, Dataflow's, the portable runner's, Dask's ...) is accepted here."""
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    if any(a.startswith("--dask") or "DaskRunner" in a for a in argv):  # Dask's flags (0.3 s to import)
+        with contextlib.suppress(ImportError):
+            import apache_beam.runners.dask.dask_runner  # noqa: F401
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
+    for cls in classes.values():
+        cls._add_argparse_args(parser)  # noqa: SLF001 - as PipelineOptions.get_all_options does
+    _, unknown = parser.parse_known_args(list(argv))
+    if unknown:
+        raise UsageError(unknown_arguments_message(unknown, parser._option_string_actions))  # noqa: SLF001
 
 
 def default_model_uri() -> str:
@@ -113,6 +139,11 @@ class CaptionOptions(PipelineOptions):
                             "estimated captioning core-hours per precision)")
         g.add_argument("--report", action="store_true", help="write OUTPUT/report.html at the end")
         g.add_argument("--report_sample", type=int, default=500)
+        c = parser.add_argument_group("terminal output (run_pipeline.py)")
+        c.add_argument("--verbose", action="store_true",
+                       help="show the libraries' log lines and warnings (TensorFlow, Beam, ...) and ours at INFO")
+        c.add_argument("--json", action="store_true",
+                       help="print summary.json's content at the end instead of the human summary")
 
 
 def read_settings(options: CaptionOptions) -> ReadSettings:

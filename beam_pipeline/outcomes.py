@@ -17,6 +17,12 @@ from typing import Any, Iterator
 import apache_beam as beam
 
 
+# How a composite transform's ``expand`` declares several PCollections in or out (a tuple or a
+# dict of them): Beam's type hints describe one PCollection (or PBegin / PDone) only and warn
+# about anything else, so to Beam this is Any; the docstrings say what the PCollections hold.
+PCollections = Any
+
+
 @dataclass(frozen=True)
 class Failed:
     """An input that could not be captioned: ``row`` is its ``errors/*.parquet`` row."""
@@ -52,14 +58,24 @@ class ModelLoaded:
     host: str
 
 
+@dataclass(frozen=True)
+class Captioned:
+    """``n`` images of one batch captioned by process ``pid`` on ``host`` (the summary's
+    ``captioned_per_process``, counted from the data)."""
+
+    n: int
+    pid: int
+    host: str
+
+
 def failed(row: dict[str, Any]) -> Failed:
     """Wrap an error row so that it rides in a DoFn's single output (see module docstring)."""
     return Failed(row)
 
 
 def is_main(element: Any) -> bool:
-    """True for the DoFn's real output (not a Failed / Skipped / ModelLoaded side result)."""
-    return not isinstance(element, (Failed, Skipped, ModelLoaded, Recaptioned))
+    """True for the DoFn's real output (not a Failed / Skipped / ModelLoaded / Captioned / Recaptioned side result)."""
+    return not isinstance(element, (Failed, Skipped, ModelLoaded, Captioned, Recaptioned))
 
 
 def load_summary(loads: list[tuple[str, float, int, str]]) -> dict[str, Any]:
@@ -93,7 +109,16 @@ def recaptioned_uris(element: Any) -> Iterator[str]:
         yield element.uri
 
 
-def load_tuples(element: Any) -> Iterator[tuple[str, float, int, str]]:
-    """``(load_id, seconds, pid, host)`` of a ModelLoaded (what ``load_summary`` takes)."""
+def process_key(host: str, pid: int) -> str:
+    """How the summary names a worker process: ``host:pid``."""
+    return f"{host}:{pid}"
+
+
+def worker_reports(element: Any) -> Iterator[tuple[str, Any]]:
+    """The captioning processes' reports, tagged for ``RunStatsFn``: ``("load", (load_id, seconds,
+    pid, host))`` of a ModelLoaded (what ``load_summary`` takes), ``("captioned_by", ("host:pid",
+    n))`` of a Captioned."""
     if isinstance(element, ModelLoaded):
-        yield element.load_id, element.seconds, element.pid, element.host
+        yield "load", (element.load_id, element.seconds, element.pid, element.host)
+    elif isinstance(element, Captioned):
+        yield "captioned_by", (process_key(element.host, element.pid), element.n)

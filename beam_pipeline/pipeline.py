@@ -20,11 +20,11 @@ from typing import Any, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, TestOptions
 
 from beam_pipeline.caption_handler import CaptionModelHandler, ModelSpec
 from beam_pipeline.retries import RetryPolicy
-from beam_pipeline.options import CaptionOptions, default_model_uri, read_settings
+from beam_pipeline.options import CaptionOptions, check_flags, default_model_uri, read_settings
 from beam_pipeline.preflight import (PreflightError, check_output, check_resume_model, existing_outputs,
                                     interrupted_outputs, remove_stale_temp_dirs)
 from beam_pipeline.records import with_references
@@ -37,6 +37,7 @@ from beam_pipeline.transforms import (AttachReferences, CaptionImages, CommitOut
                                       SkipDoneAndDuplicates)
 
 log = logging.getLogger(__name__)
+header_log = logging.getLogger("beam_pipeline.console")  # the run's header line on the terminal
 
 
 @dataclass
@@ -90,7 +91,7 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     if o.skip_known_content:
         records, followers, copied = records | "SplitBySameContent" >> SplitBySameContent(
             plan.model_id, plan.known_files, [], known_columns(o.emit_embeddings))
-    rows, caption_errors, loads = records | "CaptionImages" >> CaptionImages(
+    rows, caption_errors, workers = records | "CaptionImages" >> CaptionImages(
         caption_handler(plan), f"caption-model-{plan.model_id}-{plan.run_id}", o.progress_seconds, with_refs)
 
     captions = {"captions": rows}
@@ -113,7 +114,7 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     {"inputs": [refs, match_errors] | "Inputs" >> beam.Flatten(),
      "captions": list(captions.values()) | "AllCaptions" >> beam.Flatten(),
      "errors": list(errors.values()) | "AllErrors" >> beam.Flatten(),
-     "skipped": skipped, "loads": loads, "changed": changed} | "RunStats" >> RunStats(plan.stats_path)
+     "skipped": skipped, "workers": workers, "changed": changed} | "RunStats" >> RunStats(plan.stats_path)
 
 
 def moderate(captions: dict[str, Any], plan: Plan, policy: RetryPolicy) -> dict[str, Any]:
@@ -139,7 +140,7 @@ def new_run_id() -> str:
 def plan_run(options: CaptionOptions) -> Plan:
     """Validate flags, output directory and model before anything is read (refuse early)."""
     from model.artifact import read_artifact
-    from model.captioner import build_decoders, check_encoder_ready
+    from model.captioner import check_decoders, check_encoder_ready
 
     if not options.output:
         raise PreflightError("--output is required")
@@ -159,7 +160,7 @@ def plan_run(options: CaptionOptions) -> Plan:
     model_uri = options.model or default_model_uri()
     contents = read_artifact(model_uri, expected_model_id=options.expected_model_id,
                              encoder_weights=options.encoder_weights)
-    build_decoders(contents)  # every decoder weights file must fit the config
+    check_decoders(contents, options.model_cache_dir)  # every decoder weights file must fit the config
     check_encoder_ready(contents, options.precision, options.encoder_runtime)
     done_files: list[str] = []
     interrupted: list[str] = []
@@ -194,7 +195,10 @@ def _metric(result: Any, name: str) -> int | None:
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run the pipeline to completion and return (and write) the run summary."""
+    """Run the pipeline to completion and return (and write) the run summary. Unknown flags are
+    refused first (``UsageError``), before anything is read. With Beam's ``--dry_run True``
+    (Dataflow: build the job, send nothing) it returns ``{"dry_run": True, ...}`` and writes nothing."""
+    check_flags(argv or [])
     options = PipelineOptions(argv)
     caption_options = options.view_as(CaptionOptions)
     runner_name = options.view_as(StandardOptions).runner
@@ -216,13 +220,18 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         search_index.in_child(search_index.prepare_index, caption_options.search_index, plan.model_id,
                               caption_options.emit_embeddings)
-    log.info("run %s: model %s, output %s", plan.run_id, plan.model_id, plan.output)
+    inputs = ", ".join(plan.inputs + ([plan.manifest] if plan.manifest else []))
+    header_log.info("Captioning %s with model %s (%s) into %s [run %s, %s]", inputs, plan.model_id, plan.decode,
+                    plan.output, plan.run_id, runner_name or "DirectRunner")
     started = time.time()
     p = beam.Pipeline(runner=runner, options=options)
     build(p, plan)
     result = p.run()
     result.wait_until_finish()
     wall = time.time() - started
+    if options.view_as(TestOptions).dry_run:  # Dataflow built the job and sent nothing: no data, no summary
+        return {"run_id": plan.run_id, "dry_run": True, "runner": runner_name, "model_id": plan.model_id,
+                "output": plan.output}
     with FileSystems.open(plan.stats_path) as f:
         stats = json.loads(f.read())
     # Counts (matched ... model_loads) come from the data; "counters" are the runner's metrics,

@@ -14,7 +14,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.bleu_combine import CorpusBleuFn
-from beam_pipeline.outcomes import load_summary
+from beam_pipeline.outcomes import PCollections, load_summary
 from beam_pipeline.records import bleu_pair
 
 COUNTS = ("matched", "captioned", "failed", "skipped_resume", "skipped_from_interrupted", "recaptioned_changed")
@@ -23,13 +23,15 @@ COUNTS = ("matched", "captioned", "failed", "skipped_resume", "skipped_from_inte
 class RunStatsFn(beam.CombineFn):
     """``(tag, value)`` -> the stats dict. Tags: ``matched`` (one per input), ``captioned`` (value:
     a BLEU segment or None), ``failed``, ``skipped`` (value: True when only interrupted runs held
-    the input), ``load`` (value: a ``(load_id, seconds, pid, host)``; repeats count once)."""
+    the input), ``load`` (value: a ``(load_id, seconds, pid, host)``; repeats count once),
+    ``captioned_by`` (value: ``("host:pid", n)``, summed per process into ``captioned_per_process``)."""
 
     def __init__(self) -> None:
         self._bleu = CorpusBleuFn()
 
     def create_accumulator(self) -> dict[str, Any]:
-        return {"counts": dict.fromkeys(COUNTS, 0), "bleu": self._bleu.create_accumulator(), "loads": set()}
+        return {"counts": dict.fromkeys(COUNTS, 0), "bleu": self._bleu.create_accumulator(), "loads": set(),
+                "per_process": {}}
 
     def add_input(self, acc: dict[str, Any], element: tuple[str, Any]) -> dict[str, Any]:
         tag, value = element
@@ -45,6 +47,9 @@ class RunStatsFn(beam.CombineFn):
             counts["recaptioned_changed"] += 1
         elif tag == "load":
             acc["loads"].add(tuple(value))
+        elif tag == "captioned_by":
+            process, n = value
+            acc["per_process"][process] = acc["per_process"].get(process, 0) + n
         else:
             counts[tag] += 1
         return acc
@@ -56,6 +61,8 @@ class RunStatsFn(beam.CombineFn):
                 merged["counts"][name] += n
             merged["bleu"] = self._bleu.merge_accumulators([merged["bleu"], acc["bleu"]])
             merged["loads"] |= acc["loads"]
+            for process, n in acc["per_process"].items():
+                merged["per_process"][process] = merged["per_process"].get(process, 0) + n
         return merged
 
     def extract_output(self, acc: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +70,8 @@ class RunStatsFn(beam.CombineFn):
         return {**acc["counts"],
                 "bleu": None if bleu is None else {k: bleu[k] for k in ("bleu1", "bleu2", "bleu3", "bleu4")},
                 "bleu_segments": None if bleu is None else bleu["segments"],
-                **load_summary(sorted(acc["loads"]))}
+                **load_summary(sorted(acc["loads"])),
+                "captioned_per_process": dict(sorted(acc["per_process"].items()))}
 
 
 def write_stats(stats: dict[str, Any], path: str) -> None:
@@ -77,23 +85,24 @@ def _caption_segment(row: dict[str, Any]) -> tuple[str, Any]:
 
 
 class RunStats(beam.PTransform):
-    """``{"inputs", "captions", "errors", "skipped", "loads"}`` -> stats.json at ``path``.
+    """``{"inputs", "captions", "errors", "skipped", "workers"}`` -> stats.json at ``path``.
 
     ``inputs``: one element per matched input (or match error); ``skipped``: one bool per input
-    skipped by ``--resume`` (True: only interrupted runs held it); ``loads``: ``(load_id, seconds,
-    pid, host)`` tuples (repeats count once); ``changed`` (optional): one URI per input captioned
-    again because it changed. Corpus BLEU is computed over caption rows with references."""
+    skipped by ``--resume`` (True: only interrupted runs held it); ``workers``: the captioning
+    processes' tagged reports (``outcomes.worker_reports``: model loads, images per process);
+    ``changed`` (optional): one URI per input captioned again because it changed. Corpus BLEU is
+    computed over caption rows with references."""
 
     def __init__(self, path: str) -> None:
         super().__init__()
         self.path = path
 
-    def expand(self, pcolls: dict[str, Any]) -> Any:
+    def expand(self, pcolls: PCollections) -> beam.PCollection:
         tagged = [pcolls["inputs"] | "TagMatched" >> beam.Map(lambda _: ("matched", None)),
                   pcolls["captions"] | "TagCaptioned" >> beam.Map(_caption_segment),
                   pcolls["errors"] | "TagFailed" >> beam.Map(lambda _: ("failed", None)),
                   pcolls["skipped"] | "TagSkipped" >> beam.Map(lambda flag: ("skipped", flag)),
-                  pcolls["loads"] | "TagLoads" >> beam.Map(lambda load: ("load", load))]
+                  pcolls["workers"]]
         if "changed" in pcolls:
             tagged.append(pcolls["changed"] | "TagChanged" >> beam.Map(lambda _: ("changed", None)))
         return (tagged | "Tagged" >> beam.Flatten() | "Combine" >> beam.CombineGlobally(RunStatsFn())

@@ -21,7 +21,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from beam_pipeline.outcomes import Failed, failed
+from beam_pipeline.outcomes import Failed, PCollections, failed
 from beam_pipeline.output_files import ReadOutputRows
 from beam_pipeline.records import STAGE_INFER, ImageRecord, error_row, same_content_row
 from beam_pipeline.sources import NAMESPACE
@@ -111,7 +111,7 @@ class SplitBySameContent(beam.PTransform):
         super().__init__()
         self.model_id, self.known_files, self.known_rows, self.columns = model_id, known_files, known_rows, columns
 
-    def expand(self, records: Any) -> tuple[Any, Any, Any]:
+    def expand(self, records: beam.PCollection) -> PCollections:
         p = records.pipeline
         groups: dict[str, Any] = {"records": records | "KeyByContent" >> beam.Map(lambda r: (r.sha256, r))}
         known = []
@@ -136,7 +136,7 @@ class CopyCaptionsToFollowers(beam.PTransform):
     """``{"rows": leaders' caption rows, "followers": (sha, record)}`` -> (rows copied to the
     followers, error rows of followers whose leader failed)."""
 
-    def expand(self, inputs: dict[str, Any]) -> tuple[Any, Any]:
+    def expand(self, inputs: PCollections) -> PCollections:
         keyed = inputs["rows"] | "KeyRowsByContent" >> beam.Map(lambda r: (r["image_sha256"], r))
         out = ({"rows": keyed, "followers": inputs["followers"]} | "GroupFollowers" >> beam.CoGroupByKey()
                | "CopyToFollowers" >> beam.ParDo(CopyToFollowers()))

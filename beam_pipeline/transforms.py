@@ -23,12 +23,13 @@ from beam_pipeline.commit_writer import CommitRows
 from beam_pipeline.retries import RetryPolicy
 from beam_pipeline.dedupe import DONE, DONE_BY_INTERRUPTED, DONE_COLUMNS, DedupeAndResume, done_entry
 from beam_pipeline.object_reads import ReadSettings
-from beam_pipeline.outcomes import load_tuples, recaptioned_uris, skipped_flags, split
+from beam_pipeline.outcomes import PCollections, recaptioned_uris, skipped_flags, split, worker_reports
 from beam_pipeline.output_files import ReadOutputRows
 from beam_pipeline.records import ImageRef, with_reference_captions, with_references
 from beam_pipeline.sources import MatchGlob, ReadAndDecode, ReadManifest, read_references
 
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger("beam_pipeline.progress")  # beam_pipeline.console.PROGRESS_LOGGER
 
 
 class MatchInputs(beam.PTransform):
@@ -41,7 +42,7 @@ class MatchInputs(beam.PTransform):
         self.globs, self.manifest = list(globs), manifest
         self.columns = (uri_column, id_column, references_column)
 
-    def expand(self, root: Any) -> tuple[Any, Any]:
+    def expand(self, root: beam.pvalue.PBegin) -> PCollections:
         refs, errors = [], []
         if self.globs:
             matched, failed = split(root | "Globs" >> beam.Create(self.globs)
@@ -72,7 +73,7 @@ class AttachReferences(beam.PTransform):
         super().__init__()
         self.references, self.id_column, self.caption_column = references, id_column, caption_column
 
-    def expand(self, refs: Any) -> Any:
+    def expand(self, refs: beam.PCollection) -> beam.PCollection:
         table = (refs.pipeline | "ReferencesFile" >> beam.Create([self.references])
                  | "ReadReferences" >> beam.FlatMap(read_references, self.id_column, self.caption_column))
         return ({"refs": refs | "KeyById" >> beam.Map(lambda r: (r.image_id, r)), "captions": table}
@@ -91,7 +92,7 @@ class SkipDoneAndDuplicates(beam.PTransform):
         super().__init__()
         self.done_files, self.interrupted_files = list(done_files), list(interrupted_files)
 
-    def expand(self, refs: Any) -> tuple[Any, Any, Any, Any]:
+    def expand(self, refs: beam.PCollection) -> PCollections:
         p = refs.pipeline
         groups: dict[str, Any] = {"refs": refs | "KeyByUri" >> beam.Map(lambda r: (r.uri, r))}
         interrupted = set(self.interrupted_files)
@@ -117,12 +118,13 @@ class ReadImages(beam.PTransform):
         super().__init__()
         self.dofn = ReadAndDecode(image_size, max_bytes, max_pixels, settings)
 
-    def expand(self, refs: Any) -> tuple[Any, Any]:
+    def expand(self, refs: beam.PCollection) -> PCollections:
         return split(refs | "ReadDecode" >> beam.ParDo(self.dofn), "ReadDecode")
 
 
 class _Progress:
-    """One progress line per process: images captioned and images/s every ``interval`` seconds."""
+    """One progress line per process: images captioned and images/s every ``interval`` seconds,
+    the clock starting at the first caption (so the model load does not count as captioning)."""
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
@@ -132,12 +134,15 @@ class _Progress:
 
     def add(self, n: int) -> None:
         with self.lock:
-            self.count += n
             now = time.monotonic()
+            if self.count == 0:
+                self.start = self.last = now
+            self.count += n
             if self.interval > 0 and now - self.last >= self.interval:
                 self.last = now
                 rate = self.count / max(1e-9, now - self.start)
-                log.info("progress (pid %d): %d images captioned, %.1f images/s", os.getpid(), self.count, rate)
+                progress_log.info("progress (pid %d): %d images captioned, %.1f images/s", os.getpid(), self.count,
+                                  rate)
 
 
 _PROGRESS: dict[float, _Progress] = {}
@@ -171,8 +176,9 @@ class _Clock:
 
 
 class CaptionImages(beam.PTransform):
-    """ImageRecords -> (caption rows, inference error rows, model loads: one ``(load_id, seconds, pid,
-    host)`` per handler copy, repeated for copies that share a load).
+    """ImageRecords -> (caption rows, inference error rows, the captioning processes' reports:
+    ``("load", (load_id, seconds, pid, host))`` per handler copy, repeated for copies that share a
+    load, and ``("captioned_by", ("host:pid", n))`` per batch; see ``outcomes.worker_reports``).
 
     ``RunInference`` with our ``CaptionModelHandler`` batches the records and captions them with
     a model loaded once per process (or once per machine when the handler shares it across
@@ -185,15 +191,15 @@ class CaptionImages(beam.PTransform):
         self.handler, self.model_identifier = handler, model_identifier
         self.progress_seconds, self.sentence_bleu = progress_seconds, sentence_bleu
 
-    def expand(self, records: Any) -> tuple[Any, Any, Any]:
+    def expand(self, records: beam.PCollection) -> PCollections:
         outcomes = records | "RunInference" >> RunInference(
             self.handler, clock=_Clock(), model_identifier=self.model_identifier)
         rows, errors = split(outcomes, "Caption")
         rows = rows | "Progress" >> beam.ParDo(CountProgress(self.progress_seconds))
         if self.sentence_bleu:
             rows = rows | "SentenceBleu" >> beam.Map(with_references, None)
-        loads = outcomes | "ModelLoads" >> beam.FlatMap(load_tuples)
-        return rows, errors, loads
+        workers = outcomes | "WorkerReports" >> beam.FlatMap(worker_reports)
+        return rows, errors, workers
 
 
 class CommitOutputs(beam.PTransform):
@@ -207,7 +213,7 @@ class CommitOutputs(beam.PTransform):
         self.directory, self.run_id, self.schema = directory, run_id, schema
         self.every, self.seconds, self.policy, self.label_prefix = every, seconds, policy, label_prefix
 
-    def expand(self, sources: dict[str, Any]) -> dict[str, Any]:
+    def expand(self, sources: PCollections) -> PCollections:
         # The writers' (empty) outputs, not PDone: a PDone in the graph makes Beam skip its
         # runner-API round trip, which the Dask runner needs for side inputs.
         out = {}

@@ -5,11 +5,20 @@ processes) and Beam's portable runner (job service + EXTERNAL worker pool), serv
 the DirectRunner's, wall time.
 
     python -m bench.bench_engines --photos 60
+
+``--scaling`` measures instead how the Dask runner scales: the same photos on a cluster of 1 and
+of 2 worker processes (each ``--nthreads 1``, the model limited to 1 core per process with
+``CAPTION_MODEL_THREADS=1``), ``--rounds`` interleaved rounds; prints images/s per run, the
+medians and the speed-up, and how many photos each worker process captioned.
+
+    python -m bench.bench_engines --scaling --photos 120 --rounds 3
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -31,16 +40,49 @@ def _run(photos: Path, out: Path, extra: list[str]) -> tuple[dict, dict, dict, f
             {r["image_uri"]: r["error_type"] for r in errors}, wall)
 
 
+def scaling(work: Path, photos: Path, count: int, rounds: int, npartitions: int) -> None:
+    """1 vs 2 Dask worker processes, 1 thread and 1 model core each, interleaved rounds."""
+    os.environ["CAPTION_MODEL_THREADS"] = "1"  # inherited by the worker processes
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    rows = []
+    for r in range(rounds):
+        for workers in (1, 2):
+            out = work / f"out-{workers}-{r}"
+            with dask_cluster(work / "logs", workers=workers) as address:
+                summary, captions, _, wall = _run(photos, out, [
+                    "--runner", "DaskRunner", "--dask_client_address", address,
+                    "--dask_npartitions", str(npartitions)])
+            assert summary["captioned"] == len(captions) == count, summary
+            rates[workers].append(summary["images_per_second"])
+            shares = sorted(summary["captioned_per_process"].values(), reverse=True)
+            rows.append([r + 1, workers, summary["captioned"], summary["wall_seconds"],
+                         summary["images_per_second"], " / ".join(map(str, shares))])
+            shutil.rmtree(out, ignore_errors=True)
+    print(f"machine: {machine()}")
+    print(table(["round", "worker processes", "captioned", "pipeline wall s", "images/s", "photos per process"],
+                rows))
+    one, two = statistics.median(rates[1]), statistics.median(rates[2])
+    print(table(["worker processes", "median images/s", "speed-up"],
+                [[1, f"{one:.2f}", "1.00x"], [2, f"{two:.2f}", f"{two / one:.2f}x"]]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=60)
     parser.add_argument("--engines", default="direct,dask,portable")
+    parser.add_argument("--scaling", action="store_true", help="Dask: 1 vs 2 worker processes (see above)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dask_npartitions", type=int, default=4)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-engines-"))
     photos = work / "photos"
     photos.mkdir()
     for src in sorted((FLICKR8K / "images").glob("*.jpg"))[:args.photos]:
         shutil.copy(src, photos / src.name)
+    if args.scaling:
+        scaling(work, photos, args.photos, args.rounds, args.dask_npartitions)
+        shutil.rmtree(work, ignore_errors=True)
+        return
     (photos / "not_a_photo.jpg").write_text("<html>404</html>")
     (photos / "empty.jpg").write_bytes(b"")
     results = {}

@@ -51,7 +51,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-kill-resume-"))
     images = link_dir(dev_images(args.images), work / "images")
     out = work / "out"
-    cmd = [python(), str(REPO / "run_pipeline.py"), "--input", f"{images}/*.jpg", "--output", str(out),
+    cmd = [python(), str(REPO / "run_pipeline.py"), "--json", "--input", f"{images}/*.jpg", "--output", str(out),
            "--encoder_weights", str(XCEPTION_WEIGHTS), "--batch_size", str(args.batch_size),
            "--commit_every", str(args.commit_every), "--commit_seconds", str(args.commit_seconds),
            "--progress_seconds", "1"]

@@ -161,7 +161,7 @@ def main() -> int:
         if model is None:
             model = str(work / "model")
             build_model(Path(model))
-        cmd = [python(), str(REPO / "run_pipeline.py"), "--input", f"{work / 'images'}/*.jpg",
+        cmd = [python(), str(REPO / "run_pipeline.py"), "--json", "--input", f"{work / 'images'}/*.jpg",
                "--output", str(work / "out"), "--model", model, "--batch_size", str(args.batch_size),
                "--progress_seconds", str(args.progress_seconds)]
         sampler = Sampler(cmd, args.interval, work / "pipeline.log")

@@ -80,7 +80,7 @@ def bench_encoder(enc, pixels: np.ndarray, batch: int, repeats: int) -> float:
 
 def pipeline_command(image_dir: Path, out: str, args, extra=()) -> list[str]:
     """run_pipeline.py over the images of ``image_dir`` with the benchmark's settings."""
-    return [python(), str(REPO / "run_pipeline.py"), "--input", f"{image_dir}/*.jpg", "--output", out,
+    return [python(), str(REPO / "run_pipeline.py"), "--json", "--input", f"{image_dir}/*.jpg", "--output", out,
             "--encoder_weights", str(args.encoder_weights), "--batch_size", str(args.batch_size),
             "--model_cache_dir", str(args.model_cache_dir), "--progress_seconds", "0", *extra]
 

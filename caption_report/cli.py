@@ -7,6 +7,7 @@ import logging
 import sys
 from typing import Sequence
 
+from model.cli import StrictArgumentParser
 from caption_report.data import DEFAULT_MAX_ERRORS, DEFAULT_SAMPLE
 from caption_report.thumbnails import DEFAULT_THUMBNAIL_PX
 from caption_report.writer import write_report
@@ -14,7 +15,7 @@ from caption_report.writer import write_report
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line's argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = StrictArgumentParser(
         prog="python -m caption_report",
         description="Write a self-contained HTML caption gallery (summary, sampled captions with "
                     "thumbnails, error rows) for a pipeline output directory.")

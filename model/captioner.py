@@ -7,7 +7,8 @@ from model.artifact import ArtifactContents, ArtifactError, read_artifact
 from model.artifact_config import ArtifactConfig
 from model.caption_search import CaptionResult, DecodeSettings, caption_features
 from model.encoder import ImageEncoder
-from model.lstm_decoder import DecoderSource, KerasStepModel, MergeDecoder, make_step_model
+from model.lstm_decoder import (STEP_GRAPHS, DecoderSource, KerasStepModel, MergeDecoder, make_step_model,
+                                 step_graph_key)
 from model.vocabulary import Vocabulary
 
 
@@ -70,6 +71,19 @@ def build_decoders(contents: ArtifactContents) -> list[MergeDecoder]:
                                 f"configured decoder: {type(exc).__name__}: {exc}") from None
         decoders.append(decoder)
     return decoders
+
+
+def check_decoders(contents: ArtifactContents, cache: str | None = None) -> None:
+    """Refuse early (``ArtifactError``) decoder weights that do not fit the config, by building
+    the decoders; skipped when this artifact's OpenVINO step graphs are in the cache (``cache``:
+    see ``load_caption_model``): they were converted from these very weights (the cache key holds
+    the artifact's content hash), so the weights fit, and the check would import TensorFlow."""
+    from model import openvino_runtime as ovr
+
+    folder = ovr.cache_dir(cache)
+    keys = [step_graph_key(graph, contents.model_id, contents.ensemble_combine) for graph in STEP_GRAPHS]
+    if not all(ovr.is_cached(folder, key) for key in keys):
+        build_decoders(contents)
 
 
 def build_decoder(contents: ArtifactContents) -> MergeDecoder:

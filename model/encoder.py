@@ -108,6 +108,18 @@ PRECISIONS = ("float32", "bfloat16", "int8")
 OPENVINO_CHUNK = int(os.environ.get("CAPTION_OPENVINO_CHUNK", "2"))
 
 
+def may_have_gpu() -> bool:
+    """False when this machine certainly has no GPU TensorFlow could use: Linux without NVIDIA
+    (CUDA) or AMD (ROCm) device nodes. Saves importing TensorFlow (seconds) just to ask it."""
+    import glob
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return True  # ask TensorFlow (e.g. Metal on macOS)
+    return bool(glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/proc/driver/nvidia/version")
+                or os.path.exists("/dev/kfd"))
+
+
 def choose_runtime(runtime: str, precision: str = "float32") -> str:
     """``auto``: TensorFlow when it sees a GPU, else OpenVINO (faster on CPUs), else TensorFlow.
     INT8 exists only as an OpenVINO CPU graph: ``auto`` picks OpenVINO, ``tensorflow`` is refused."""
@@ -120,10 +132,11 @@ def choose_runtime(runtime: str, precision: str = "float32") -> str:
         return "openvino"
     if runtime != "auto":
         return runtime
-    import tensorflow as tf
+    if may_have_gpu():
+        import tensorflow as tf
 
-    if tf.config.list_physical_devices("GPU"):
-        return "tensorflow"
+        if tf.config.list_physical_devices("GPU"):
+            return "tensorflow"
     try:
         import openvino  # noqa: F401
     except ImportError:

@@ -12,26 +12,32 @@ One set of Keras layers serves three graphs:
   caption of L words costs L LSTM steps; ``OpenVinoStepModel`` runs the same two traced
   graphs with OpenVINO (used with the OpenVINO encoder: half the per-step cost, and one thread
   pool in the process instead of two competing ones).
+
+TensorFlow and Keras are imported where a graph is built or traced, not with this module: an
+``OpenVinoStepModel`` whose graphs come from the cache never imports them (seconds of start-up).
 """
 from __future__ import annotations
 
 import functools
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import keras
-import tensorflow as tf
-from keras import layers
 
 from model.artifact_config import ENSEMBLE_COMBINE, DecoderConfig
+
+if TYPE_CHECKING:  # annotations only; imported where graphs are built (see module docstring)
+    import keras
+    import tensorflow as tf
 
 
 class MergeDecoder:
     """Owns the decoder layers; builds the graphs that share them."""
 
     def __init__(self, config: DecoderConfig) -> None:
+        from keras import layers
+
         self.config = config
         c = config
         self.image_dropout = layers.Dropout(c.dropout, name="image_dropout")
@@ -51,6 +57,9 @@ class MergeDecoder:
         return x
 
     def _build_training_model(self) -> keras.Model:
+        import keras
+        from keras import layers
+
         c = self.config
         features = keras.Input((c.feature_dim,), name="features")
         words = keras.Input((None,), dtype="int32", name="caption_in")
@@ -105,6 +114,9 @@ def build_prefix_model(config: DecoderConfig) -> keras.Model:
 
     Layer names match ``MergeDecoder`` so weights can be copied with ``copy_weights``.
     """
+    import keras
+    from keras import layers
+
     c = config
     features = keras.Input((c.feature_dim,), name="features")
     prefix = keras.Input((c.max_length,), dtype="int32", name="prefix")
@@ -172,12 +184,25 @@ class KerasStepModel:
             raise ValueError(f"ensemble combine must be one of {ENSEMBLE_COMBINE}, not {combine!r}")
         self._source = source
         self.combine = combine
-        self.width = decoder_width = source.config.units * source.count
-        fdim = source.config.feature_dim
-        self._image = tf.function(self.project_image, input_signature=[tf.TensorSpec([None, fdim], tf.float32)])
-        self._step = tf.function(self.step_tensors, input_signature=[
-            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, decoder_width], tf.float32),
-            tf.TensorSpec([None, decoder_width], tf.float32), tf.TensorSpec([None, decoder_width], tf.float32)])
+        self.width = source.config.units * source.count
+
+    @functools.cached_property
+    def _image(self) -> Any:
+        """The image projection as a tf.function (TensorFlow is imported here, on first use)."""
+        import tensorflow as tf
+
+        spec = [tf.TensorSpec([None, self._source.config.feature_dim], tf.float32)]
+        return tf.function(self.project_image, input_signature=spec)
+
+    @functools.cached_property
+    def _step(self) -> Any:
+        """One step as a tf.function (TensorFlow is imported here, on first use)."""
+        import tensorflow as tf
+
+        w = self.width
+        return tf.function(self.step_tensors, input_signature=[
+            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, w], tf.float32),
+            tf.TensorSpec([None, w], tf.float32), tf.TensorSpec([None, w], tf.float32)])
 
     @functools.cached_property
     def _members(self) -> list[MergeDecoder]:
@@ -194,10 +219,14 @@ class KerasStepModel:
 
     def project_image(self, features: tf.Tensor) -> tf.Tensor:
         """The image branch of every member, as tensors (differentiable; SCST trains through it)."""
+        import tensorflow as tf
+
         return tf.concat([m._image_branch(features) for m in self._members], axis=1)
 
     def step_tensors(self, word_ids: tf.Tensor, h: tf.Tensor, c: tf.Tensor, image: tf.Tensor):
         """One step as tensors: (log-probabilities, h, c); differentiable (SCST trains through it)."""
+        import tensorflow as tf
+
         n = len(self._members)
         hs, cs, images = tf.split(h, n, axis=1), tf.split(c, n, axis=1), tf.split(image, n, axis=1)
         logps, new_h, new_c = [], [], []
@@ -227,6 +256,17 @@ class KerasStepModel:
         return logp.numpy(), (h2.numpy(), c2.numpy(), image)
 
 
+STEP_GRAPHS = ("decoder-image", "decoder-step")
+
+
+def step_graph_key(graph: str, cache_identity: str, combine: str) -> str:
+    """The OpenVINO cache key of one of an artifact's step graphs (``STEP_GRAPHS``);
+    ``cache_identity`` is the artifact's model_id (a hash of its files, weights included)."""
+    from model import openvino_runtime as ovr
+
+    return ovr.compiled_graph_key(graph=graph, model_id=cache_identity, combine=combine)
+
+
 class OpenVinoStepModel(KerasStepModel):
     """``KerasStepModel``'s traced graphs converted to OpenVINO (same weights, same maths)."""
 
@@ -237,16 +277,17 @@ class OpenVinoStepModel(KerasStepModel):
         super().__init__(members, combine)
         folder = ovr.cache_dir(cache)
         key = (lambda graph: None) if cache_identity is None else \
-            (lambda graph: ovr.compiled_graph_key(graph=graph, model_id=cache_identity, combine=combine))
+            (lambda graph: step_graph_key(graph, cache_identity, combine))
 
-        def trace(function: Any) -> Any:
+        def trace(name: str) -> Any:
             # Build the decoders before tracing, so that their errors (an ArtifactError for
             # weights that do not fit) reach the caller as they are, not wrapped by autograph.
-            return lambda: (self.member_decoders(), function.get_concrete_function())[1]
+            # Only on a cache miss: the tf.function (and TensorFlow) is made inside.
+            return lambda: (self.member_decoders(), getattr(self, name).get_concrete_function())[1]
 
         self._run = ovr.ThreadLocalRequests([
-            ovr.compile_traced(trace(self._image), "float32", key("decoder-image"), folder),
-            ovr.compile_traced(trace(self._step), "float32", key("decoder-step"), folder)])
+            ovr.compile_traced(trace("_image"), "float32", key("decoder-image"), folder),
+            ovr.compile_traced(trace("_step"), "float32", key("decoder-step"), folder)])
 
     def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
         (image,) = self._run.run(0, [np.asarray(features, dtype=np.float32)])

@@ -42,16 +42,32 @@ def cache_dir(setting: str | None = None) -> str | None:
     return setting
 
 
+def _version(*distributions: str) -> str | None:
+    """The installed version of the first of ``distributions`` that is installed (read from the
+    package metadata, without importing it: TensorFlow takes seconds to import)."""
+    from importlib import metadata
+
+    for name in distributions:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def compiled_graph_key(**identity: Any) -> str:
     """The key of a converted graph in the OpenVINO cache folder, from what it is made of, plus the library versions
     that shape the conversion."""
-    import keras
-    import openvino
-    import tensorflow as tf
-
-    full = {"format": CACHE_FORMAT, "openvino": openvino.__version__, "tensorflow": tf.__version__,
-            "keras": keras.__version__, **identity}
+    full = {"format": CACHE_FORMAT, "openvino": _version("openvino"),
+            "tensorflow": _version("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tf-nightly"),
+            "keras": _version("keras"), **identity}
     return hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def is_cached(cache: str | None, key: str) -> bool:
+    """Whether the cache folder ``cache`` (``cache_dir``'s result) holds a complete entry under
+    ``key`` (its checksums are verified when it is read)."""
+    return bool(cache) and os.path.isfile(os.path.join(cache, key, "manifest.json"))
 
 
 def _read_cached(core: Any, folder: str) -> Any | None:
@@ -108,14 +124,36 @@ def _private_folder(root: str) -> bool:
     return True
 
 
+# Cores the model may use per process (unset: all of the machine's). One worker process per core
+# (a Dask worker with --nthreads 1, several SDK workers) then does not oversubscribe the CPU.
+THREADS_ENV = "CAPTION_MODEL_THREADS"
+
+
+def thread_limit() -> int | None:
+    """``$CAPTION_MODEL_THREADS`` as a positive int, None when unset (ValueError when nonsense)."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"${THREADS_ENV} must be a whole number >= 1 (cores per process), not {value!r}")
+    return int(value)
+
+
 def compile_options(precision: str, throughput: bool = False) -> dict[str, Any]:
     """OpenVINO CPU settings: the inference precision always set (left unset, the plugin runs
     float32 graphs in bf16 on CPUs that have it), and with ``throughput`` the plugin's THROUGHPUT
     hint: the cores split into streams that each run one request (2 streams of 1 thread on a
-    2-core machine), for graphs fed several requests at once (``ChunkedRequests``)."""
+    2-core machine), for graphs fed several requests at once (``ChunkedRequests``).
+    ``$CAPTION_MODEL_THREADS=N`` limits a graph to N threads (and, with ``throughput``, N
+    streams of one thread)."""
     options: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bfloat16" else "f32"}
     if throughput:
         options["PERFORMANCE_HINT"] = "THROUGHPUT"
+    threads = thread_limit()
+    if threads is not None:
+        options["INFERENCE_NUM_THREADS"] = threads
+        if throughput:
+            options["NUM_STREAMS"] = threads
     return options
 
 

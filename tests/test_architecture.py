@@ -181,7 +181,8 @@ def test_no_cycles_between_top_level_packages():
 
 
 LIGHT_MODULES = ("model.text", "model.vocabulary", "model.bleu", "model.caption_search", "model.artifact_config",
-                 "model.artifact", "model.storage", "model.tables", "model.flickr8k", "model.image_loading")
+                 "model.artifact", "model.storage", "model.tables", "model.flickr8k", "model.image_loading",
+                 "model.cli")
 
 
 def test_light_model_modules_import_neither_tensorflow_nor_beam():

@@ -43,6 +43,37 @@ def test_fixed_run_gives_the_golden_rows_and_summary(tmp_path, flickr8k, xceptio
     assert actual["summary"]["matched"] == actual["summary"]["captioned"] + actual["summary"]["failed"]
 
 
+# What differs by engine by design: the runner's name and options, the runner's own metrics
+# (null on Dask, which reports none) and the model loads (one per captioning process); every
+# other count from the data must be the same.
+ENGINE_FIELDS = {"runner", "direct_running_mode", "counters", "model_loads"}
+
+
+@pytest.mark.parametrize("engine", ["dask", "portable"])
+def test_the_golden_run_is_the_same_on_distributed_engines(engine, tmp_path, flickr8k, xception_weights):
+    """The same inputs on a Dask cluster (2 worker processes) and through Beam's job service with
+    an EXTERNAL worker pool give the golden rows and summary."""
+    from tests.engine_services import beam_job_service, dask_cluster
+
+    expected = json.loads(GOLDEN.read_text())
+    if engine == "dask":
+        with dask_cluster(tmp_path / "logs", workers=2) as address:
+            actual = golden_run(tmp_path, flickr8k, xception_weights, extra=[
+                "--runner", "DaskRunner", "--dask_client_address", address, "--dask_npartitions", "2"])
+        assert actual["summary"]["runner"] == "DaskRunner" and actual["summary"]["model_loads"] in (1, 2)
+    else:
+        with beam_job_service(tmp_path / "logs") as (job_endpoint, pool):
+            actual = golden_run(tmp_path, flickr8k, xception_weights, extra=[
+                "--runner", "PortableRunner", "--job_endpoint", job_endpoint, "--environment_type", "EXTERNAL",
+                "--environment_config", pool])
+        _assert_same(actual["summary"]["counters"], expected["summary"]["counters"], "counters")
+        assert actual["summary"]["model_loads"] == expected["summary"]["model_loads"]
+    _assert_same(actual["captions"], expected["captions"], "captions")
+    _assert_same(actual["errors"], expected["errors"], "errors")
+    _assert_same({k: v for k, v in actual["summary"].items() if k not in ENGINE_FIELDS},
+                 {k: v for k, v in expected["summary"].items() if k not in ENGINE_FIELDS}, "summary")
+
+
 def test_the_comparison_notices_a_changed_row():
     expected = json.loads(GOLDEN.read_text())
     changed = json.loads(GOLDEN.read_text())

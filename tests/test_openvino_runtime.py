@@ -161,12 +161,29 @@ def test_cache_folder_others_can_write_to_is_not_used(tmp_path, caplog):
     assert calls == [1, 1]
 
 
-def test_compile_options_always_set_the_precision():
+def test_compile_options_always_set_the_precision(monkeypatch):
+    monkeypatch.delenv(ovr.THREADS_ENV, raising=False)
     """Left unset, the CPU plugin may run float32 graphs in bf16; THROUGHPUT only when asked."""
     assert ovr.compile_options("float32") == {"INFERENCE_PRECISION_HINT": "f32"}
     assert ovr.compile_options("bfloat16") == {"INFERENCE_PRECISION_HINT": "bf16"}
     assert ovr.compile_options("float32", throughput=True) == {"INFERENCE_PRECISION_HINT": "f32",
                                                                "PERFORMANCE_HINT": "THROUGHPUT"}
+
+
+def test_thread_limit_reaches_the_compiled_graph(monkeypatch, tmp_path):
+    """$CAPTION_MODEL_THREADS=1: one thread and one stream per compiled graph, read back from
+    OpenVINO's compiled model; nonsense is refused."""
+    monkeypatch.setenv(ovr.THREADS_ENV, "1")
+    assert ovr.compile_options("float32", throughput=True) == {
+        "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_NUM_THREADS": 1,
+        "NUM_STREAMS": 1}
+    compiled = ovr.compile_traced(_affine_trace([]), "float32", None, None, throughput=True)
+    assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+    assert int(compiled.get_property("NUM_STREAMS")) == 1
+    np.testing.assert_allclose(_run(compiled, X), EXPECTED, rtol=1e-5)
+    monkeypatch.setenv(ovr.THREADS_ENV, "0")
+    with pytest.raises(ValueError, match="CAPTION_MODEL_THREADS"):
+        ovr.compile_options("float32")
 
 
 @pytest.mark.parametrize("rows", [0, 1, 2, 3, 7, 16])

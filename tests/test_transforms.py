@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import apache_beam as beam
@@ -108,13 +109,18 @@ def test_caption_images_runs_inference_through_the_handler(tmp_path, tiny_artifa
     broken = ImageRecord(ImageRef("/x/broken.jpg", "broken.jpg"), np.zeros((7, 7, 3), np.uint8), 7, 7, "f" * 64)
     handler = CaptionModelHandler(ModelSpec(tiny_artifact, expected_model_id=model_id), max_batch_size=3)
     with pipeline() as p:
-        rows, errors, loads = p | beam.Create(records + [broken]) | CaptionImages(handler, "tiny-test")
+        rows, errors, workers = p | beam.Create(records + [broken]) | CaptionImages(handler, "tiny-test")
         assert_that(rows | beam.Map(lambda r: (r["image_id"], r["model_id"], bool(r["caption"]))),
                     equal_to([(r.ref.image_id, model_id, True) for r in records]), label="Rows")
         assert_that(errors | beam.Map(lambda e: (e["image_id"], e["stage"])), equal_to([("broken.jpg", "infer")]),
                     label="Errors")
-        assert_that(loads | beam.Map(lambda load: (len(load), load[2] == os.getpid())), equal_to([(4, True)]),
+        loads = workers | beam.Filter(lambda report: report[0] == "load")
+        assert_that(loads | beam.Map(lambda r: (len(r[1]), r[1][2] == os.getpid())), equal_to([(4, True)]),
                     label="OneLoad")
+        # 5 good images in batches of 3: every caption counted for this process, from the data.
+        per_process = (workers | beam.Filter(lambda report: report[0] == "captioned_by")
+                       | beam.Map(lambda r: r[1]) | beam.CombinePerKey(sum))
+        assert_that(per_process, equal_to([(f"{socket.gethostname()}:{os.getpid()}", 5)]), label="PerProcess")
 
 
 def test_handler_declares_batching_and_sharing():
@@ -146,13 +152,16 @@ def test_run_stats_counts_from_the_data(tmp_path):
     with pipeline() as p:
         {"inputs": p | "Inputs" >> beam.Create(range(5)), "captions": p | "Captions" >> beam.Create(captions),
          "errors": p | "Errors" >> beam.Create([{"e": 1}]), "skipped": p | "Skipped" >> beam.Create([True, False]),
-         "loads": p | "Loads" >> beam.Create([("id1", 1.5, 10, "h"), ("id2", 2.0, 11, "h"), ("id1", 1.5, 10, "h")])} \
+         "workers": p | "Workers" >> beam.Create(
+             [("load", ("id1", 1.5, 10, "h")), ("load", ("id2", 2.0, 11, "h")), ("load", ("id1", 1.5, 10, "h")),
+              ("captioned_by", ("h:10", 1)), ("captioned_by", ("h:11", 2)), ("captioned_by", ("h:10", 3))])} \
             | RunStats(str(path))
     stats = json.loads(path.read_text())
     assert (stats["matched"], stats["captioned"], stats["failed"]) == (5, 2, 1)
     assert (stats["skipped_resume"], stats["skipped_from_interrupted"]) == (2, 1)
     assert stats["bleu_segments"] == 1 and stats["bleu"]["bleu1"] == pytest.approx(1.0)
     assert (stats["model_loads"], stats["worker_processes"], stats["model_load_seconds"]) == (2, 2, 3.5)
+    assert stats["captioned_per_process"] == {"h:10": 4, "h:11": 2}
 
 
 def test_matchers_can_fail(tmp_path):

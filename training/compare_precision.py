@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from model.cli import StrictArgumentParser
 from model.bleu import bleu_tokens, corpus_bleu_scores
 from model.storage import sha256_hex
 from training.datasets import CaptionedImage
@@ -130,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from model.artifact import read_artifact
     from training.splits import add_data_arguments
 
-    parser = argparse.ArgumentParser(prog="python -m training.compare_precision", description=__doc__,
+    parser = StrictArgumentParser(prog="python -m training.compare_precision", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model artifact holding an INT8 encoder")
     parser.add_argument("--split", default="dev", help="split to compare on (never the calibration split)")

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from model.cli import StrictArgumentParser
 from model.bleu import bleu_tokens, corpus_bleu_scores
 from model.caption_diversity import caption_set_report
 from model.caption_metrics import cider_d, rouge_l
@@ -88,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.caption_priors import add_prior_arguments, build_prior, training_captions
     from training.splits import add_data_arguments, load_split_features
 
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
+    parser = StrictArgumentParser(prog="python -m training.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model artifact directory or URI")
     parser.add_argument("--split", default="dev", help="split to score (Flickr8k: train/dev/test)")

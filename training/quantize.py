@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from model.cli import StrictArgumentParser
 from model.artifact import ArtifactContents, read_artifact, with_int8_encoder
 from training.compare_precision import add_gate_arguments, compare_int8, gate_failures
 from training.datasets import CaptionedImage
@@ -172,7 +173,7 @@ def reuse_int8(other_uri: str, identity: dict[str, Any]) -> tuple[tuple[bytes, b
 def build_parser() -> argparse.ArgumentParser:
     from training.splits import add_data_arguments
 
-    parser = argparse.ArgumentParser(prog="python -m training.quantize", description=__doc__,
+    parser = StrictArgumentParser(prog="python -m training.quantize", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model artifact (float32 source) to add the INT8 encoder to")
     parser.add_argument("--output", default=None, help="where to write the artifact (default: in place)")

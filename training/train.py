@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from model.cli import StrictArgumentParser
 from model.text import clean_tokens
 from model.vocabulary import Vocabulary
 from training.datasets import CaptionedImage
@@ -89,7 +90,7 @@ def plot_curves(histories: Sequence[dict[str, list[float]]], path: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
+    p = StrictArgumentParser(prog="python -m training.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(p)
     p.add_argument("--output", required=True, help="artifact directory or URI to write")
