@@ -22,6 +22,7 @@ from typing import Any
 import pyarrow as pa
 
 from beam_pipeline.lake_upsert import commit_plan, latest_rows, plan_sync, table_rows
+from beam_pipeline.library_versions import warn_if_untested
 from beam_pipeline.preflight import PreflightError, existing_outputs
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
 
@@ -138,6 +139,7 @@ def prepare_table(catalog_name: str, table: str, model_id: str, known_columns: l
     Parquet file under ``export_dir`` for the workers to read, and return its URI ([] if none)."""
     table_names(table)
     catalog = open_catalog(catalog_name)
+    warn_if_untested("pyiceberg")  # lake_upsert writes snapshots through pyiceberg internals
     check_table_model(catalog, table, model_id)
     if not known_columns or export_dir is None:
         return []

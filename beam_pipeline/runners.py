@@ -8,6 +8,7 @@ import apache_beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import create_runner
 
+from beam_pipeline.library_versions import TESTED, untested
 from beam_pipeline.preflight import PreflightError
 
 # Runner names -> the class to use: the short name Beam does not resolve, and Beam's own Dask
@@ -17,18 +18,15 @@ RUNNER_ALIASES = {"DaskRunner": "beam_pipeline.dask_runner.DaskRunner",
 
 # beam_pipeline/dask_runner.py subclasses private parts of Beam's Dask runner, which change between
 # Beam releases (2.78 changed how side inputs are computed); it runs only on the Beam versions it
-# was tested with: [lowest, first untested). requirements.lock pins one inside this range
-# (tests/test_dependency_lock.py checks that).
-DASK_TESTED_BEAM = ("2.78.0", "2.79.0")
+# was tested with: [lowest, first untested).
+DASK_TESTED_BEAM = TESTED["apache-beam"]
 
 
 def check_dask_runner_beam(version: str | None = None) -> None:
     """Refuse (``PreflightError``, exit 2) a Beam outside ``DASK_TESTED_BEAM`` for the Dask runner."""
-    from packaging.version import Version
-
-    installed = version or apache_beam.__version__
     low, high = DASK_TESTED_BEAM
-    if not Version(low) <= Version(installed) < Version(high):
+    installed = version or apache_beam.__version__
+    if untested("apache-beam", installed):
         raise PreflightError(
             f"--runner DaskRunner was tested with apache-beam >={low},<{high}, but {installed} is installed; "
             "install the tested set: pip install -c requirements.lock -e '.[dask]'")

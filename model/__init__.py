@@ -11,3 +11,11 @@ import os as _os
 
 # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) hides real messages.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# OpenVINO's model converter (and NNCF) send usage telemetry to Google Analytics from a child
+# process unless a consent file in the user's home says no; a batch job must not send anything
+# anywhere on its own. Both fall back to their built-in no-op stubs when the telemetry package
+# cannot be imported, which is what marking it absent here does (for this process only).
+import sys as _sys
+
+_sys.modules.setdefault("openvino_telemetry", None)

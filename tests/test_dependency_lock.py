@@ -40,6 +40,27 @@ def test_the_lock_pins_a_beam_the_dask_runner_was_tested_with():
         "engine tests on it and widen the range, or keep the old pin")
 
 
+@pytest.mark.parametrize("package", ["apache-beam", "pyiceberg"])
+def test_the_lock_pins_each_library_whose_internals_we_use_inside_its_tested_range(package):
+    from beam_pipeline.library_versions import TESTED, untested
+
+    assert package in TESTED
+    assert untested(package, str(locked_versions()[package])) is None, (
+        f"requirements.lock pins {package} outside beam_pipeline.library_versions.TESTED")
+    assert untested(package) is None, f"the installed {package} is outside its tested range"
+
+
+def test_an_untested_pyiceberg_is_named_in_a_start_up_warning(caplog):
+    from beam_pipeline.library_versions import untested, warn_if_untested
+
+    assert untested("pyiceberg", "0.11.1") == ("pyiceberg 0.11.1 is installed, but this code was tested with "
+                                               "pyiceberg >=0.12.0,<0.13.0")
+    assert untested("pyiceberg", "0.12.3") is None
+    with caplog.at_level("WARNING", logger="beam_pipeline.library_versions"):
+        warn_if_untested("pyiceberg")  # the installed one: tested, so silent
+    assert not caplog.records
+
+
 def test_the_installed_beam_is_in_the_dask_runner_range():
     from beam_pipeline.runners import check_dask_runner_beam
 
