@@ -230,9 +230,10 @@ def test_report_flag_writes_the_gallery(images, tmp_path, tiny_artifact, capsys)
 
     out = tmp_path / "out"
     assert cli.main(["--input", f"{images}/img0[0-2].jpg", "--input", f"{images}/empty.jpg", "--output", str(out),
-                     "--model", tiny_artifact, "--report", "--report_sample", "2", "--progress_seconds", "0"]) == 0
+                     "--model", tiny_artifact, "--report", "--report_sample", "2", "--progress_seconds", "0",
+                     "--json"]) == 0
     printed = capsys.readouterr().out
-    assert json.loads(printed[printed.index("{"):])["report"] == str(out / "report.html")
+    assert json.loads(printed)["report"] == str(out / "report.html")
     page = (out / "report.html").read_text()
     assert "Showing 2 of 3 captions" in page and 'id="error-table"' in page and "EmptyFile" in page
     assert page.count('<article class="card"') == 2 and page.count('src="data:image/jpeg;base64,') == 2
