@@ -216,3 +216,26 @@ def test_spatial_features_are_cached_in_float16_under_their_own_key(tmp_path: Pa
     assert stacked.dtype == np.float16 and stacked.shape == (2, 2, 2, 4)
     np.testing.assert_allclose(stacked, maps[[2, 0]], rtol=1e-3, atol=1e-3)
     assert [p.name.startswith("part-") for p in tmp_path.joinpath(key).iterdir()] == [True]
+
+
+def test_train_attention_cli_trains_resumes_and_evaluates(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from tests.test_training import make_shapes
+
+    shapes = make_shapes(tmp_path / "data")
+    work = tmp_path / "work"
+    args = ["--flickr8k", str(shapes.root), "--encoder", "mobilenet_v3_small", "--encoder-weights", "none",
+            "--cache-dir", str(tmp_path / "cache"), "--work-dir", str(work), "--no-progress", "--units", "16",
+            "--embedding-dim", "8", "--attention-dim", "8", "--min-count", "1", "--batch-images", "32",
+            "--dev-eval", "10"]
+    keras.utils.set_random_seed(13)
+    assert train_attention.main([*args, "--epochs", "2", "--image-size", "64"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["epochs"] == 2 and first["config"]["regions"] == 4 and first["config"]["feature_dim"] == 576
+    state = json.loads((work / "member-1" / "state.json").read_text())
+    assert {"dev_bleu4", "dev_cider_d", "dev_distinct", "dev_r_at_5"} <= set(state["history"])
+    assert train_attention.main([*args, "--epochs", "2", "--image-size", "64"]) == 0  # finished: reused
+    assert json.loads(capsys.readouterr().out)["epochs"] == 2
+    assert train_attention.main([*args, "--epochs", "2", "--image-size", "64", "--evaluate-only",
+                                 "--decode", "beam:2:0.5"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["decode"].startswith("beam(k=2") and 0 <= scores["r_at_5"] <= 1 and 0 < scores["distinct"] <= 1

@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(p)
     p.add_argument("--work-dir", required=True, help="resume folder (weights, optimizer, history, vocabulary)")
     p.add_argument("--encoder", default="xception")
+    p.add_argument("--image-size", type=int, default=None, help="square encoder input size (default: backbone's)")
     p.add_argument("--kind", choices=["soft", "adaptive"], default="adaptive")
     p.add_argument("--units", type=int, default=512)
     p.add_argument("--embedding-dim", type=int, default=256)
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from training.fit import BEST, LAST, FitSettings, fit_member
 
     os.makedirs(args.work_dir, exist_ok=True)
-    size = get_backbone(args.encoder).default_size
+    size = args.image_size or get_backbone(args.encoder).default_size
     weights = args.encoder_weights or "imagenet"
     dev_items, dev_maps, _ = load_split_features(args, "dev", args.encoder, weights, (size, size), spatial=True)
     train_items: list[CaptionedImage] = []
