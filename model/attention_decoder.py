@@ -159,8 +159,9 @@ class AttentionDecoder:
         if skipped:
             raise ValueError(f"weights file does not cover every decoder layer: {skipped[0]}")
 
-    def step_model(self) -> "AttentionStepModel":
-        return AttentionStepModel([self])
+    def step_model(self, runtime: str = "tensorflow") -> "AttentionStepModel":
+        """The step-wise graph of this decoder alone, run by TensorFlow or OpenVINO."""
+        return make_attention_step_model([self], runtime)
 
 
 class AttentionStepModel:
@@ -214,13 +215,20 @@ class AttentionStepModel:
             logp = tf.reduce_logsumexp(tf.stack(logps), axis=0) - np.log(n)
         return logp, tf.concat([o[1] for o in outs], axis=-1), tf.concat([o[2] for o in outs], axis=-1)
 
-    def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
-        """``features``: spatial maps ``(n, h, w, feature_dim)`` or ``(n, regions, feature_dim)``."""
+    def _maps(self, features: np.ndarray) -> np.ndarray:
+        """``features`` (spatial maps ``(n, h, w, feature_dim)`` or ``(n, regions, feature_dim)``)
+        as float32 ``(n, regions, feature_dim)``; maps of another shape are refused."""
         c = self.config
         maps = np.asarray(features, np.float32)
         if maps.ndim < 3 or maps.shape[-1] != c.feature_dim or int(np.prod(maps.shape[1:-1])) != c.regions:
             raise ValueError(f"expected spatial maps of {c.regions} cells x {c.feature_dim}, got {maps.shape}")
-        values, keys, image = (t.numpy() for t in self._image(maps.reshape(len(maps), c.regions, c.feature_dim)))
+        return maps.reshape(len(maps), c.regions, c.feature_dim)
+
+    def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``features``: spatial maps ``(n, h, w, feature_dim)`` or ``(n, regions, feature_dim)``."""
+        c = self.config
+        maps = self._maps(features)
+        values, keys, image = (t.numpy() for t in self._image(maps))
         zeros = np.zeros((len(maps), self.members * c.units), np.float32)
         return zeros, zeros.copy(), values, keys, image
 
@@ -228,3 +236,46 @@ class AttentionStepModel:
         h, m, values, keys, image = state
         logp, h2, m2 = self._step(np.asarray(word_ids, np.int32), h, m, values, keys, image)
         return logp.numpy(), (h2.numpy(), m2.numpy(), values, keys, image)
+
+
+class OpenVinoAttentionStepModel(AttentionStepModel):
+    """``AttentionStepModel``'s two traced graphs (map projection, one step) converted to OpenVINO
+    and run on the CPU (same weights, same maths). ``cache_identity`` (e.g. a model id) keys the
+    converted graphs in the OpenVINO cache; ``None`` converts them on every load."""
+
+    def __init__(self, members: Sequence[AttentionDecoder], combine: str = "mean_logprob",
+                 cache_identity: str | None = None, cache: str | None = None) -> None:
+        from model import openvino_runtime as ovr
+
+        super().__init__(members, combine)
+        folder = ovr.cache_dir(cache)
+
+        def key(graph: str) -> str | None:
+            return None if cache_identity is None else ovr.compiled_graph_key(
+                graph=graph, model_id=cache_identity, combine=combine, kind=self.config.kind)
+        self._run = ovr.ThreadLocalRequests([
+            ovr.compile_traced(self._image.get_concrete_function, "float32", key("attention-image"), folder),
+            ovr.compile_traced(self._step.get_concrete_function, "float32", key("attention-step"), folder)])
+
+    def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
+        c = self.config
+        maps = self._maps(features)
+        values, keys, image = self._run.run(0, [maps])
+        zeros = np.zeros((len(maps), self.members * c.units), np.float32)
+        return zeros, zeros.copy(), values, keys, image
+
+    def step(self, word_ids: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        h, m, values, keys, image = state
+        logp, h2, m2 = self._run.run(1, [np.asarray(word_ids, np.int32), h, m, values, keys, image])
+        return logp, (h2, m2, values, keys, image)
+
+
+def make_attention_step_model(members: Sequence[AttentionDecoder], runtime: str = "tensorflow",
+                              combine: str = "mean_logprob", cache_identity: str | None = None,
+                              cache: str | None = None) -> AttentionStepModel:
+    """One step-wise graph over one or several attention decoders, run by ``runtime``."""
+    if runtime == "openvino":
+        return OpenVinoAttentionStepModel(members, combine, cache_identity, cache)
+    if runtime != "tensorflow":
+        raise ValueError(f"decoder runtime must be tensorflow or openvino, not {runtime!r}")
+    return AttentionStepModel(members, combine)

@@ -239,3 +239,24 @@ def test_train_attention_cli_trains_resumes_and_evaluates(tmp_path: Path, capsys
                                  "--decode", "beam:2:0.5"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert scores["decode"].startswith("beam(k=2") and 0 <= scores["r_at_5"] <= 1 and 0 < scores["distinct"] <= 1
+
+
+@pytest.mark.parametrize("kind", ["soft", "adaptive"])
+def test_openvino_step_graphs_give_tensorflows_captions(kind: str):
+    from model.attention_decoder import make_attention_step_model
+
+    keras.utils.set_random_seed(14)
+    members = [AttentionDecoder(tiny(kind)) for _ in range(2)]
+    maps, words = random_inputs(seed=15, images=3, captions=1)
+    tf_step = make_attention_step_model(members)
+    ov_step = make_attention_step_model(members, "openvino", cache="none")
+    tf_state, ov_state = tf_step.initial_state(maps), ov_step.initial_state(maps)
+    for t in range(4):
+        tf_logp, tf_state = tf_step.step(words[:, 0, t], tf_state)
+        ov_logp, ov_state = ov_step.step(words[:, 0, t], ov_state)
+        np.testing.assert_allclose(ov_logp, tf_logp, atol=1e-4)
+    settings = DecodeSettings("beam", 3, 0.5, 6)
+    assert [h.token_ids for h in decode_batch(ov_step, maps, 1, 2, settings)] == \
+        [h.token_ids for h in decode_batch(tf_step, maps, 1, 2, settings)]
+    with pytest.raises(ValueError, match="runtime"):
+        make_attention_step_model(members, "cuda")
