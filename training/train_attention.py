@@ -11,7 +11,8 @@ A batch is ``--batch-images`` images with all their captions (the map is project
 Every finished epoch is saved in ``--work-dir`` by ``training.fit.fit_member`` (last and best
 weights, weights-only HDF5; optimizer state; JSON history), so a rerun of the same command continues
 after the last finished epoch (the shuffling order of a resumed run differs from an uninterrupted
-one). After each epoch the whole dev split is captioned greedily and scored: BLEU-1..4, CIDEr-D,
+one). Run it from a copy of the code that is not edited meanwhile: TensorFlow's autograph re-reads
+the source of the step graphs each time they are traced. After each epoch the whole dev split is captioned greedily and scored: BLEU-1..4, CIDEr-D,
 ROUGE-L, the share of distinct captions and findability (``model.retrieval_metrics``: BM25 over the
 captions, queried with references #2-#5). ``--evaluate-only`` scores the best (or ``--checkpoint
 last``) weights of a work folder with the given search instead of training.
@@ -189,7 +190,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def on_epoch(epoch: int, logs: dict) -> None:
         started = time.time()
-        scores = evaluate(greedy) if args.dev_eval else {}
+        try:
+            scores = evaluate(greedy) if args.dev_eval else {}
+        except Exception:  # an evaluation bug must not cost the epoch: it is logged, the epoch is saved
+            log.exception("dev evaluation after epoch %d failed", epoch + 1)
+            scores = {}
         logs.update({f"dev_{k}": v for k, v in scores.items()}, dev_eval_seconds=time.time() - started)
         log.info("epoch %d: loss %.4f dev loss %.4f | dev greedy %s (%.0f s)", epoch + 1, logs["loss"],
                  logs["val_loss"], " ".join(f"{k}={v:.4f}" for k, v in scores.items()), time.time() - started)
