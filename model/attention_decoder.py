@@ -142,6 +142,10 @@ class AttentionDecoder:
     def count_params(self) -> int:
         return int(self.training_model.count_params())
 
+    def caption_probs(self, maps: Any, words: Any) -> Any:
+        """Next-word probabilities ``(rows, steps, vocab)`` of one caption per map (no dropout)."""
+        return self.training_model((maps, words[:, None]), training=False)[:, 0]
+
     def save_weights(self, path: str) -> None:
         """Write the weights (HDF5 ``.weights.h5``; no code, no pickle) from an uncompiled twin
         (Keras also writes a compiled model's optimizer state)."""
@@ -184,6 +188,7 @@ class AttentionStepModel:
         self.combine = combine
         self._networks = [m.training_model for m in members]
         n = len(members)
+        self.width = n * c.units  # the recurrent state's width
         f32 = tf.float32
         self._image = tf.function(self.project_image,
                                   input_signature=[tf.TensorSpec([None, c.regions, c.feature_dim], f32)])

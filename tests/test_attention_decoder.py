@@ -239,6 +239,11 @@ def test_train_attention_cli_trains_resumes_and_evaluates(tmp_path: Path, capsys
                                  "--decode", "beam:2:0.5"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert scores["decode"].startswith("beam(k=2") and 0 <= scores["r_at_5"] <= 1 and 0 < scores["distinct"] <= 1
+    assert train_attention.main([*args, "--epochs", "2", "--image-size", "64", "--scst-epochs", "1",
+                                 "--scst-discriminability", "0.5", "--scst-beam-width", "1"]) == 0
+    scst = json.loads(capsys.readouterr().out)["scst"]
+    assert scst["settings"]["discriminability"] == 0.5 and [h["epoch"] for h in scst["history"]] == [0, 1]
+    assert 0 < scst["history"][1]["findability"] <= 1 and "r_at_5" in scst["history"][1]["dev"]
 
 
 @pytest.mark.parametrize("kind", ["soft", "adaptive"])
@@ -260,3 +265,22 @@ def test_openvino_step_graphs_give_tensorflows_captions(kind: str):
         [h.token_ids for h in decode_batch(tf_step, maps, 1, 2, settings)]
     with pytest.raises(ValueError, match="runtime"):
         make_attention_step_model(members, "cuda")
+
+
+def test_findability_reward_prefers_captions_that_tell_the_batch_apart():
+    from training.scst import FindabilityReward, ScstSettings
+
+    vocab = Vocabulary.build(["a red dog", "a blue cat"], min_count=1)
+    reward = FindabilityReward(vocab, [("a red dog", "red dog"), ("a blue cat", "blue cat"), ("x",)])
+
+    def row(text: str) -> list[int]:
+        ids = vocab.encode(text, 6)
+        return ids + [0] * (6 - len(ids))
+    # images 0 and 1, two samples each (image-major): slot 0 tells them apart, slot 1 does not
+    tokens = np.array([row("a red dog"), row("a dog"), row("a blue cat"), row("a dog")])
+    np.testing.assert_allclose(reward([0, 0, 1, 1], tokens, 2), [1.0, 0.75, 1.0, 0.75])
+    assert ScstSettings().identity() == {k: v for k, v in ScstSettings(discriminability=0.0).identity().items()}
+    assert "discriminability" not in ScstSettings().identity()
+    assert ScstSettings(discriminability=0.5).identity()["discriminability"] == 0.5
+    with pytest.raises(ValueError, match="discriminability"):
+        ScstSettings(discriminability=-1)

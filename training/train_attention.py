@@ -119,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dev-eval", type=int, default=1000, help="dev images captioned (greedy) after each epoch")
+    g = p.add_argument_group("self-critical sequence training after the cross-entropy fit (training.scst)")
+    g.add_argument("--scst-epochs", type=int, default=0, help="0 = off")
+    g.add_argument("--scst-learning-rate", type=float, default=5e-5)
+    g.add_argument("--scst-samples", type=int, default=5)
+    g.add_argument("--scst-batch-images", type=int, default=16)
+    g.add_argument("--scst-baseline", choices=["mean", "greedy"], default="mean")
+    g.add_argument("--scst-discriminability", type=float, default=0.0,
+                   help="weight of the findability reward (BM25 among the batch's captions) added to CIDEr-D")
+    g.add_argument("--scst-select", default="cider_d+r_at_5",
+                   help="dev metric (or sum) choosing the SCST epoch (0 = the cross-entropy weights)")
+    g.add_argument("--scst-beam-width", type=int, default=3)
+    g.add_argument("--scst-length-alpha", type=float, default=0.5)
     p.add_argument("--evaluate-only", action="store_true", help="score a work folder's weights, do not train")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.add_argument("--decode", default="greedy", help="with --evaluate-only: greedy or beam:WIDTH:ALPHA")
@@ -205,8 +217,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dev_ds = make_image_dataset(dev_maps, caption_table(dev_items, vocab, max_length), 50, False, args.seed)
     record = fit_member(decoder, train_ds, dev_ds, settings, member_dir, on_epoch=on_epoch,
                         verbose=0 if args.no_progress else 2)
-    return {"config": config.to_dict(), "epochs": record["epoch"], "best_epoch": record["best_epoch"],
-            "seconds": record["seconds"], "history": record["history"]}
+    result = {"config": config.to_dict(), "epochs": record["epoch"], "best_epoch": record["best_epoch"],
+              "seconds": record["seconds"], "history": record["history"]}
+    if args.scst_epochs > 0:
+        result["scst"] = _scst(args, decoder, vocab, train_items, train_maps, dev_items, dev_maps, member_dir)
+    return result
+
+
+def _scst(args: argparse.Namespace, decoder: Any, vocab: Vocabulary, train_items: Sequence[CaptionedImage],
+          train_maps: np.ndarray, dev_items: Sequence[CaptionedImage], dev_maps: np.ndarray,
+          member_dir: str) -> dict[str, Any]:
+    """SCST of the fitted decoder in ``member_dir/scst-<hash of its settings>`` (resumable)."""
+    import hashlib
+
+    from training.scst import ScstSettings, scst_member
+
+    settings = ScstSettings(args.scst_epochs, args.scst_learning_rate, args.scst_samples, args.scst_batch_images,
+                            args.scst_baseline, args.scst_select, args.scst_beam_width, args.scst_length_alpha,
+                            args.seed, args.scst_discriminability)
+    tag = hashlib.sha256(json.dumps(settings.identity(), sort_keys=True).encode()).hexdigest()[:12]
+    flat = train_maps.reshape(len(train_maps), -1, train_maps.shape[-1])  # a view: (images, regions, dim)
+    n = args.dev_eval
+    state = scst_member(decoder, vocab, train_items, flat, dev_items[:n], dev_maps[:n], settings,
+                        os.path.join(member_dir, f"scst-{tag}"), score_captions=dev_quality)
+    return {"settings": settings.identity(), "best_epoch": state["best_epoch"], "seconds": state["seconds"],
+            "history": state["history"]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
