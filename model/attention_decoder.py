@@ -27,6 +27,7 @@ projected once per image and shared by its captions. ``AttentionStepModel`` impl
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import Any, Sequence
 
 import keras
@@ -169,7 +170,8 @@ class AttentionDecoder:
 
 
 class AttentionStepModel:
-    """Step-wise inference run by TensorFlow over one decoder or an ensemble (same config): the
+    """Step-wise inference run by TensorFlow over one decoder or an ensemble (same sizes; soft and
+    adaptive members may be mixed: a diverse ensemble): the
     map is projected once (``initial_state``), then one LSTM step and one attention per word.
 
     State: ``(h, m, values, keys, image)``, members side by side on the last axis; a step returns
@@ -180,8 +182,8 @@ class AttentionStepModel:
         members = list(members)
         if not members:
             raise ValueError("a step-wise decoder needs at least one decoder")
-        if len({m.config for m in members}) != 1:
-            raise ValueError("ensemble members must have the same decoder config")
+        if len({replace(m.config, kind="soft", dropout=0.0) for m in members}) != 1:
+            raise ValueError("ensemble members must have the same decoder sizes (their kinds may differ)")
         if combine not in ENSEMBLE_COMBINE:
             raise ValueError(f"ensemble combine must be one of {ENSEMBLE_COMBINE}, not {combine!r}")
         self.config = c = members[0].config
@@ -257,7 +259,8 @@ class OpenVinoAttentionStepModel(AttentionStepModel):
 
         def key(graph: str) -> str | None:
             return None if cache_identity is None else ovr.compiled_graph_key(
-                graph=graph, model_id=cache_identity, combine=combine, kind=self.config.kind)
+                graph=graph, model_id=cache_identity, combine=combine,
+                kinds=[net.config.kind for net in self._networks])
         self._run = ovr.ThreadLocalRequests([
             ovr.compile_traced(self._image.get_concrete_function, "float32", key("attention-image"), folder),
             ovr.compile_traced(self._step.get_concrete_function, "float32", key("attention-step"), folder)])

@@ -56,7 +56,7 @@ def test_the_sentinel_changes_the_network():
 
 def test_ensemble_combines_the_members_in_one_graph():
     keras.utils.set_random_seed(3)
-    members = [AttentionDecoder(tiny("adaptive")) for _ in range(2)]
+    members = [AttentionDecoder(tiny("adaptive")), AttentionDecoder(tiny("soft", dropout=0.5))]  # a diverse pair
     maps, words = random_inputs(seed=4, captions=1)
     singles = [m.step_model() for m in members]
     both = AttentionStepModel(members)
@@ -74,8 +74,8 @@ def test_ensemble_combines_the_members_in_one_graph():
     logp, _ = prob.step(words[:, 0, 0], prob.initial_state(maps))
     first = [s.step(words[:, 0, 0], s.initial_state(maps))[0] for s in singles]
     np.testing.assert_allclose(np.exp(logp), (np.exp(first[0]) + np.exp(first[1])) / 2, atol=2e-6)
-    with pytest.raises(ValueError, match="same decoder config"):
-        AttentionStepModel([members[0], AttentionDecoder(tiny("soft"))])
+    with pytest.raises(ValueError, match="same decoder sizes"):
+        AttentionStepModel([members[0], AttentionDecoder(tiny("soft", units=6))])
 
 
 def test_step_model_refuses_maps_of_another_shape():
@@ -239,6 +239,15 @@ def test_train_attention_cli_trains_resumes_and_evaluates(tmp_path: Path, capsys
                                  "--decode", "beam:2:0.5"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert scores["decode"].startswith("beam(k=2") and 0 <= scores["r_at_5"] <= 1 and 0 < scores["distinct"] <= 1
+    with pytest.raises(SystemExit, match="holds a decoder of config"):
+        train_attention.main([*args, "--epochs", "2", "--image-size", "64", "--units", "24"])
+    other = ["--work-dir" if a == str(work) else a for a in args]
+    other[other.index("--work-dir") + 1] = str(tmp_path / "soft")
+    assert train_attention.main([*other, "--epochs", "1", "--image-size", "64", "--kind", "soft"]) == 0
+    capsys.readouterr()
+    assert train_attention.main([*args, "--epochs", "2", "--image-size", "64", "--evaluate-only",
+                                 "--ensemble-with", str(tmp_path / "soft")]) == 0
+    assert json.loads(capsys.readouterr().out)["members"] == 2
     assert train_attention.main([*args, "--epochs", "2", "--image-size", "64", "--scst-epochs", "1",
                                  "--scst-discriminability", "0.5", "--scst-beam-width", "1"]) == 0
     scst = json.loads(capsys.readouterr().out)["scst"]

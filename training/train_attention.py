@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scst-length-alpha", type=float, default=0.5)
     p.add_argument("--evaluate-only", action="store_true", help="score a work folder's weights, do not train")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--ensemble-with", action="append", default=[], metavar="WORK_DIR",
+                   help="with --evaluate-only: also the best weights of another run (same vocabulary and sizes; "
+                        "the kind may differ), all members combined in one step graph")
+    p.add_argument("--ensemble-combine", choices=["mean_logprob", "mean_prob"], default="mean_logprob")
     p.add_argument("--decode", default="greedy", help="with --evaluate-only: greedy or beam:WIDTH:ALPHA")
     return p
 
@@ -163,6 +167,40 @@ def _vocabulary(args: argparse.Namespace, train_items: Sequence[CaptionedImage])
     return vocab, max_length
 
 
+CONFIG_FILE = "attention_config.json"
+
+
+def _check_config(work_dir: str, config: Any) -> None:
+    """Record the decoder's config in the work folder, or refuse flags that ask for another one."""
+    from model.artifact_config import AttentionConfig
+    from training.fit import _atomic_json
+
+    path = os.path.join(work_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        _atomic_json(path, config.to_dict())
+        return
+    with open(path) as f:
+        saved = AttentionConfig.from_dict(json.load(f))
+    if saved != config:
+        raise SystemExit(f"{work_dir} holds a decoder of config {saved.to_dict()}; these flags ask for "
+                         f"{config.to_dict()}: use the same flags or another --work-dir")
+
+
+def _ensemble_member(work_dir: str, vocab: Vocabulary) -> Any:
+    """The best weights of another run's decoder, after checking it shares the vocabulary."""
+    from model.artifact_config import AttentionConfig
+    from model.attention_decoder import AttentionDecoder
+    from training.fit import BEST
+
+    with open(os.path.join(work_dir, "vocabulary.json")) as f:
+        if Vocabulary.from_json(json.load(f)["vocabulary"]).tokens != vocab.tokens:
+            raise SystemExit(f"{work_dir} was trained with another vocabulary")
+    with open(os.path.join(work_dir, CONFIG_FILE)) as f:
+        member = AttentionDecoder(AttentionConfig.from_dict(json.load(f)))
+    member.load_weights(os.path.join(work_dir, "member-1", BEST))
+    return member
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or with ``--evaluate-only`` score) one attention decoder; returns the record."""
     import keras
@@ -185,16 +223,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     config = AttentionConfig(vocab_size=len(vocab), max_length=max_length, feature_dim=dev_maps.shape[-1],
                              regions=int(np.prod(dev_maps.shape[1:-1])), embedding_dim=args.embedding_dim,
                              units=args.units, attention_dim=args.attention_dim, dropout=args.dropout, kind=args.kind)
+    _check_config(args.work_dir, config)
     keras.utils.set_random_seed(args.seed)
     decoder = AttentionDecoder(config)
     member_dir = os.path.join(args.work_dir, "member-1")
-    evaluate: Callable[[Any], dict[str, float]] = lambda settings: dev_quality(
-        generate_captions(decoder.step_model(), vocab, dev_maps[:args.dev_eval], settings, batch_size=100),
+    evaluate: Callable[[Any], dict[str, float]] = lambda settings, step=None: dev_quality(
+        generate_captions(step or decoder.step_model(), vocab, dev_maps[:args.dev_eval], settings, batch_size=100),
         dev_items[:args.dev_eval])
     if args.evaluate_only:
+        from model.attention_decoder import AttentionStepModel
+
         decoder.load_weights(os.path.join(member_dir, BEST if args.checkpoint == "best" else LAST))
+        members = [decoder, *(_ensemble_member(d, vocab) for d in args.ensemble_with)]
         settings = _settings(args.decode, max_length)
-        return {"checkpoint": args.checkpoint, "decode": settings.describe(), **evaluate(settings)}
+        return {"checkpoint": args.checkpoint, "decode": settings.describe(), "members": len(members),
+                **evaluate(settings, AttentionStepModel(members, args.ensemble_combine))}
 
     log.info("%s attention decoder: %d parameters; %d train / %d dev images", args.kind, decoder.count_params(),
              len(train_items), len(dev_items))
