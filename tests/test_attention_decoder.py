@@ -247,7 +247,9 @@ def test_train_attention_cli_trains_resumes_and_evaluates(tmp_path: Path, capsys
     capsys.readouterr()
     assert train_attention.main([*args, "--epochs", "2", "--image-size", "64", "--evaluate-only",
                                  "--ensemble-with", str(tmp_path / "soft")]) == 0
-    assert json.loads(capsys.readouterr().out)["members"] == 2
+    assert len(json.loads(capsys.readouterr().out)["members"]) == 2
+    recorded = [json.loads(line) for line in (work / "evaluations.jsonl").read_text().splitlines()]
+    assert [len(r["members"]) for r in recorded] == [1, 2] and recorded[0]["epoch"] == 2
     assert train_attention.main([*args, "--epochs", "2", "--image-size", "64", "--scst-epochs", "1",
                                  "--scst-discriminability", "0.5", "--scst-beam-width", "1"]) == 0
     scst = json.loads(capsys.readouterr().out)["scst"]

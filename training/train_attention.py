@@ -15,7 +15,9 @@ one). Run it from a copy of the code that is not edited meanwhile: TensorFlow's 
 the source of the step graphs each time they are traced. After each epoch the whole dev split is captioned greedily and scored: BLEU-1..4, CIDEr-D,
 ROUGE-L, the share of distinct captions and findability (``model.retrieval_metrics``: BM25 over the
 captions, queried with references #2-#5). ``--evaluate-only`` scores the best (or ``--checkpoint
-last``) weights of a work folder with the given search instead of training.
+last``) weights of a work folder with the given search instead of training (optionally as an
+ensemble with other runs' best weights, ``--ensemble-with``), and appends the scores to the work
+folder's ``evaluations.jsonl``.
 """
 from __future__ import annotations
 
@@ -236,8 +238,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         decoder.load_weights(os.path.join(member_dir, BEST if args.checkpoint == "best" else LAST))
         members = [decoder, *(_ensemble_member(d, vocab) for d in args.ensemble_with)]
         settings = _settings(args.decode, max_length)
-        return {"checkpoint": args.checkpoint, "decode": settings.describe(), "members": len(members),
-                **evaluate(settings, AttentionStepModel(members, args.ensemble_combine))}
+        with open(os.path.join(member_dir, "state.json")) as f:
+            state = json.load(f)
+        result = {"checkpoint": args.checkpoint,
+                  "epoch": state["best_epoch"] if args.checkpoint == "best" else state["epoch"],
+                  "decode": settings.describe(), "members": [args.work_dir, *args.ensemble_with],
+                  "images": len(dev_items[:args.dev_eval]),
+                  **evaluate(settings, AttentionStepModel(members, args.ensemble_combine))}
+        with open(os.path.join(args.work_dir, "evaluations.jsonl"), "a") as f:  # the record of every score
+            f.write(json.dumps(result) + "\n")
+        return result
 
     log.info("%s attention decoder: %d parameters; %d train / %d dev images", args.kind, decoder.count_params(),
              len(train_items), len(dev_items))
