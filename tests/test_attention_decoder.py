@@ -233,6 +233,9 @@ def test_train_attention_cli_trains_resumes_and_evaluates(tmp_path: Path, capsys
     assert first["epochs"] == 2 and first["config"]["regions"] == 4 and first["config"]["feature_dim"] == 576
     state = json.loads((work / "member-1" / "state.json").read_text())
     assert {"dev_bleu4", "dev_cider_d", "dev_distinct", "dev_r_at_5"} <= set(state["history"])
+    selected = json.loads((work / "member-1" / "selected.json").read_text())
+    scores = [c + r for c, r in zip(state["history"]["dev_cider_d"], state["history"]["dev_r_at_5"])]
+    assert selected["metric"] == "cider_d+r_at_5" and selected["epoch"] == 1 + int(np.argmax(scores))
     assert train_attention.main([*args, "--epochs", "2", "--image-size", "64"]) == 0  # finished: reused
     assert json.loads(capsys.readouterr().out)["epochs"] == 2
     assert train_attention.main([*args, "--epochs", "2", "--image-size", "64", "--evaluate-only",
@@ -248,8 +251,11 @@ def test_train_attention_cli_trains_resumes_and_evaluates(tmp_path: Path, capsys
     assert train_attention.main([*args, "--epochs", "2", "--image-size", "64", "--evaluate-only",
                                  "--ensemble-with", str(tmp_path / "soft")]) == 0
     assert len(json.loads(capsys.readouterr().out)["members"]) == 2
+    assert train_attention.main([*args, "--epochs", "2", "--image-size", "64", "--evaluate-only",
+                                 "--checkpoint", "selected"]) == 0
+    assert json.loads(capsys.readouterr().out)["epoch"] == selected["epoch"]
     recorded = [json.loads(line) for line in (work / "evaluations.jsonl").read_text().splitlines()]
-    assert [len(r["members"]) for r in recorded] == [1, 2] and recorded[0]["epoch"] == 2
+    assert [len(r["members"]) for r in recorded] == [1, 2, 1] and recorded[0]["epoch"] == 2
     assert train_attention.main([*args, "--epochs", "2", "--image-size", "64", "--scst-epochs", "1",
                                  "--scst-discriminability", "0.5", "--scst-beam-width", "1"]) == 0
     scst = json.loads(capsys.readouterr().out)["scst"]

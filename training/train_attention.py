@@ -134,7 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scst-beam-width", type=int, default=3)
     g.add_argument("--scst-length-alpha", type=float, default=0.5)
     p.add_argument("--evaluate-only", action="store_true", help="score a work folder's weights, do not train")
-    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument("--select", default="cider_d+r_at_5",
+                   help="dev metric (or sum of metrics) of the greedy evaluation whose best epoch is also kept "
+                        "as the 'selected' checkpoint (early stopping stays on dev loss)")
+    p.add_argument("--checkpoint", choices=["best", "last", "selected"], default="best",
+                   help="with --evaluate-only: best dev loss, last epoch, or best --select score")
     p.add_argument("--ensemble-with", action="append", default=[], metavar="WORK_DIR",
                    help="with --evaluate-only: also the best weights of another run (same vocabulary and sizes; "
                         "the kind may differ), all members combined in one step graph")
@@ -170,6 +174,25 @@ def _vocabulary(args: argparse.Namespace, train_items: Sequence[CaptionedImage])
 
 
 CONFIG_FILE = "attention_config.json"
+SELECTED = "selected.weights.h5"
+SELECTION = "selected.json"
+
+
+def _keep_selected(decoder: Any, member_dir: str, epoch: int, metric: str, scores: dict[str, float]) -> None:
+    """Keep ``decoder``'s weights as the selected checkpoint when ``metric`` beats the kept one."""
+    from training.evaluate import objective
+    from training.fit import _atomic_json, _save_weights
+
+    path = os.path.join(member_dir, SELECTION)
+    score = objective(scores, metric)
+    if os.path.exists(path):
+        with open(path) as f:
+            kept = json.load(f)
+        if kept["metric"] == metric and kept["epoch"] != epoch and kept["score"] >= score:
+            return
+    os.makedirs(member_dir, exist_ok=True)
+    _save_weights(decoder, os.path.join(member_dir, SELECTED))
+    _atomic_json(path, {"metric": metric, "epoch": epoch, "score": score})
 
 
 def _check_config(work_dir: str, config: Any) -> None:
@@ -235,13 +258,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.evaluate_only:
         from model.attention_decoder import AttentionStepModel
 
-        decoder.load_weights(os.path.join(member_dir, BEST if args.checkpoint == "best" else LAST))
+        decoder.load_weights(os.path.join(member_dir, {"best": BEST, "last": LAST, "selected": SELECTED}[
+            args.checkpoint]))
         members = [decoder, *(_ensemble_member(d, vocab) for d in args.ensemble_with)]
         settings = _settings(args.decode, max_length)
         with open(os.path.join(member_dir, "state.json")) as f:
             state = json.load(f)
-        result = {"checkpoint": args.checkpoint,
-                  "epoch": state["best_epoch"] if args.checkpoint == "best" else state["epoch"],
+        epochs = {"best": state["best_epoch"], "last": state["epoch"]}
+        if args.checkpoint == "selected":
+            with open(os.path.join(member_dir, SELECTION)) as f:
+                epochs["selected"] = json.load(f)["epoch"]
+        result = {"checkpoint": args.checkpoint, "epoch": epochs[args.checkpoint],
                   "decode": settings.describe(), "members": [args.work_dir, *args.ensemble_with],
                   "images": len(dev_items[:args.dev_eval]),
                   **evaluate(settings, AttentionStepModel(members, args.ensemble_combine))}
@@ -261,6 +288,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log.exception("dev evaluation after epoch %d failed", epoch + 1)
             scores = {}
         logs.update({f"dev_{k}": v for k, v in scores.items()}, dev_eval_seconds=time.time() - started)
+        if scores:
+            _keep_selected(decoder, member_dir, epoch + 1, args.select, scores)
         log.info("epoch %d: loss %.4f dev loss %.4f | dev greedy %s (%.0f s)", epoch + 1, logs["loss"],
                  logs["val_loss"], " ".join(f"{k}={v:.4f}" for k, v in scores.items()), time.time() - started)
 
