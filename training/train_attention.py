@@ -258,6 +258,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.evaluate_only:
         from model.attention_decoder import AttentionStepModel
 
+        if not os.path.exists(os.path.join(member_dir, "state.json")):
+            raise SystemExit(f"{args.work_dir} holds no trained decoder yet (no finished epoch)")
+
         decoder.load_weights(os.path.join(member_dir, {"best": BEST, "last": LAST, "selected": SELECTED}[
             args.checkpoint]))
         members = [decoder, *(_ensemble_member(d, vocab) for d in args.ensemble_with)]
