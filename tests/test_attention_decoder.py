@@ -227,6 +227,9 @@ def test_train_attention_cli_trains_resumes_and_evaluates(tmp_path: Path, capsys
             "--cache-dir", str(tmp_path / "cache"), "--work-dir", str(work), "--no-progress", "--units", "16",
             "--embedding-dim", "8", "--attention-dim", "8", "--min-count", "1", "--batch-images", "32",
             "--dev-eval", "10"]
+    with pytest.raises(SystemExit, match="no trained decoder"):
+        train_attention.main([*args, "--evaluate-only"])
+    assert not work.exists()
     keras.utils.set_random_seed(13)
     assert train_attention.main([*args, "--epochs", "2", "--image-size", "64"]) == 0
     first = json.loads(capsys.readouterr().out)

@@ -236,6 +236,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from training.evaluate import generate_captions
     from training.fit import BEST, LAST, FitSettings, fit_member
 
+    if args.evaluate_only and not os.path.exists(os.path.join(args.work_dir, "member-1", "state.json")):
+        raise SystemExit(f"{args.work_dir} holds no trained decoder yet (no finished epoch)")
     os.makedirs(args.work_dir, exist_ok=True)
     size = args.image_size or get_backbone(args.encoder).default_size
     weights = args.encoder_weights or "imagenet"
@@ -258,8 +260,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.evaluate_only:
         from model.attention_decoder import AttentionStepModel
 
-        if not os.path.exists(os.path.join(member_dir, "state.json")):
-            raise SystemExit(f"{args.work_dir} holds no trained decoder yet (no finished epoch)")
 
         decoder.load_weights(os.path.join(member_dir, {"best": BEST, "last": LAST, "selected": SELECTED}[
             args.checkpoint]))
