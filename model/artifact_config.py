@@ -139,3 +139,42 @@ class ArtifactConfig:
     def decode_settings(self, **overrides: Any) -> DecodeSettings:
         """The default search with the given fields replaced (``None`` values are ignored)."""
         return replace(self.decoding, **{k: v for k, v in overrides.items() if v is not None})
+
+
+ATTENTION_KINDS = ("soft", "adaptive")
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Sizes of an attention decoder over the encoder's spatial map (``model.attention_decoder``).
+
+    ``kind``: ``soft`` (attention over the ``regions`` map cells) or ``adaptive`` (the same plus a
+    visual sentinel the decoder may attend to instead of the image, Lu et al. 2017)."""
+
+    vocab_size: int
+    max_length: int  # max caption tokens including <start> and <end>
+    feature_dim: int = 2048
+    regions: int = 100  # map cells (10x10 for Xception at 299 px)
+    embedding_dim: int = 256
+    units: int = 512
+    attention_dim: int = 256
+    dropout: float = 0.5
+    kind: str = "adaptive"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ATTENTION_KINDS:
+            raise ValueError(f"attention kind must be one of {ATTENTION_KINDS}, not {self.kind!r}")
+        if self.vocab_size < 5:
+            raise ValueError(f"vocab_size {self.vocab_size} is too small")
+        if min(self.regions, self.feature_dim, self.embedding_dim, self.units, self.attention_dim) < 1:
+            raise ValueError("attention decoder sizes must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AttentionConfig":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown attention decoder config keys: {sorted(unknown)}")
+        return cls(**d)

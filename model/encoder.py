@@ -150,14 +150,17 @@ class ImageEncoder:
     def __init__(self, name: str = "xception", weights: str | None = "imagenet",
                  image_size: tuple[int, int] | None = None, precision: str = "float32",
                  runtime: str = "auto", float32_stem: bool = True, cache: str | None = None,
-                 int8_ir: tuple[bytes, bytes] | None = None) -> None:
+                 int8_ir: tuple[bytes, bytes] | None = None, spatial: bool = False) -> None:
         """``precision="bfloat16"`` runs the backbone in bf16 except its float32 stem (see
         ``Backbone.float32_stem_end``; ``float32_stem=False`` makes it all bf16, for benchmarks).
         ``precision="int8"`` runs ``int8_ir``, the quantised OpenVINO IR (xml, bin) of a verified
         artifact (``training.quantize`` builds it); the Keras weights are then not needed.
         ``runtime`` picks who executes the graph: OpenVINO or TensorFlow (see ``choose_runtime``).
-        ``cache``: folder for converted OpenVINO graphs (``model.openvino_runtime.cache_dir``)."""
+        ``cache``: folder for converted OpenVINO graphs (``model.openvino_runtime.cache_dir``).
+        ``spatial=True``: the last convolutional map ``(n, h', w', feature_dim)`` (10x10 for
+        Xception at 299 px) instead of its global average, for attention decoders."""
         self.name = name
+        self.spatial = spatial
         self.backbone = get_backbone(name)
         size = image_size or (self.backbone.default_size, self.backbone.default_size)
         self.image_size = (int(size[0]), int(size[1]))
@@ -172,6 +175,8 @@ class ImageEncoder:
         self.float32_stem_end = self.backbone.float32_stem_end \
             if float32_stem and precision == "bfloat16" else None
         if precision == "int8":
+            if spatial:
+                raise EncoderError("the INT8 encoder returns pooled features only")
             if int8_ir is None:
                 raise EncoderError("this model artifact has no INT8 encoder; build one with "
                                    "python -m training.quantize --model ARTIFACT ...")
@@ -194,8 +199,8 @@ class ImageEncoder:
 
             constructor: Callable[..., Any] = getattr(keras.applications, self.backbone.constructor)
             try:
-                self._model = constructor(include_top=False, weights=self._resolved_weights, pooling="avg",
-                                          input_shape=(*self.image_size, 3))
+                self._model = constructor(include_top=False, weights=self._resolved_weights,
+                                          pooling=None if self.spatial else "avg", input_shape=(*self.image_size, 3))
             except (ValueError, OSError) as exc:
                 raise EncoderError(f"could not load {self.name} weights from {self.weights}: {exc}") from exc
         return self._model
@@ -260,7 +265,8 @@ class ImageEncoder:
         compiled = [ovr.compile_traced(trace, precision,
                                        None if fingerprint is None else ovr.compiled_graph_key(
                                            graph="encoder", backbone=self.name, image_size=self.image_size,
-                                           stage=stage, stem_end=self.float32_stem_end, weights=fingerprint),
+                                           stage=stage, stem_end=self.float32_stem_end, weights=fingerprint,
+                                           **({"spatial": True} if self.spatial else {})),
                                        folder, throughput=True)
                     for stage, trace, precision in stages]
         return ovr.ChunkedRequests(compiled, OPENVINO_CHUNK).chain
@@ -275,7 +281,8 @@ class ImageEncoder:
             previous_policy = keras.config.dtype_policy()
             try:
                 keras.config.set_dtype_policy("mixed_bfloat16")
-                twin = constructor(include_top=False, weights=None, pooling="avg", input_shape=(*self.image_size, 3))
+                twin = constructor(include_top=False, weights=None, pooling=None if self.spatial else "avg",
+                                          input_shape=(*self.image_size, 3))
             finally:
                 keras.config.set_dtype_policy(previous_policy)
             twin.set_weights(self.model.get_weights())

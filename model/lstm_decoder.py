@@ -72,6 +72,10 @@ class MergeDecoder:
     def count_params(self) -> int:
         return int(self.training_model.count_params())
 
+    def caption_probs(self, features: Any, words: Any) -> Any:
+        """Next-word probabilities ``(rows, steps, vocab)`` of captions ``words`` (no dropout)."""
+        return self.training_model([features, words], training=False)
+
     def save_weights(self, path: str) -> None:
         """Write the decoder weights (HDF5 ``.weights.h5``; no code, no pickle). Saved from an
         uncompiled twin, because Keras also writes a compiled model's optimizer state."""

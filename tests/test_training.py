@@ -664,7 +664,7 @@ def test_scst_continues_the_cross_entropy_members_and_is_recorded(shapes: Shapes
     assert "--scst-epochs 1" in t["command"]
     assert t["scst"]["settings"] == {"epochs": 1, "learning_rate": 0.01, "samples": 2, "batch_images": 8,
                                      "baseline": "mean", "select": "bleu4", "beam_width": 2, "length_alpha": 0.5,
-                                     "seed": 0}
+                                     "seed": 0, "discriminability": 0.0}
     (member,) = t["scst"]["members"]
     assert [h["epoch"] for h in member["history"]] == [0, 1] and member["history"][1]["reward"] >= 0
     assert t["seconds"]["scst_members"] == [member["seconds"]]

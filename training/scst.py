@@ -1,8 +1,14 @@
-"""Self-critical sequence training (SCST, Rennie et al. 2017) of one merge decoder, resumable.
+"""Self-critical sequence training (SCST, Rennie et al. 2017) of one decoder, resumable.
+
+The decoder is a merge decoder (``model.lstm_decoder``) or an attention decoder
+(``model.attention_decoder``, fed spatial maps ``(images, regions, feature_dim)``): what is used
+of it is its step model (``project_image``, ``step_tensors``, ``width``) and ``caption_probs``.
 
 Starting from a cross-entropy member, every update samples ``samples`` captions per image from
 the decoder's own step-wise graph (no dropout), rewards each with its CIDEr-D against the
-image's references (document frequencies from the *training* references), subtracts a baseline
+image's references (document frequencies from the *training* references) plus, with
+``discriminability`` > 0, that weight times its findability among the batch's captions
+(``FindabilityReward``, after Luo et al. 2018), subtracts a baseline
 (the mean reward of the image's other samples, or its greedy caption's reward) and minimises
 ``-(advantage * sum log p(sampled tokens))`` with Adam; the log-probabilities come from the
 teacher-forced training graph run on the samples (``training=False``: the policy that sampled).
@@ -18,7 +24,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -48,6 +54,7 @@ class ScstSettings:
     beam_width: int = 4  # dev search used for the choice
     length_alpha: float = 0.5
     seed: int = 0
+    discriminability: float = 0.0  # weight of FindabilityReward added to the CIDEr-D reward
 
     def __post_init__(self) -> None:
         if self.baseline not in BASELINES:
@@ -56,10 +63,14 @@ class ScstSettings:
             raise ValueError("the mean-of-other-samples baseline needs at least 2 samples per image")
         if self.samples < 1 or self.batch_images < 1:
             raise ValueError("samples and batch_images must be >= 1")
+        if self.discriminability < 0:
+            raise ValueError("the discriminability weight must be >= 0")
 
     def identity(self) -> dict[str, Any]:
-        """Everything but ``epochs``: a run asked for more epochs continues the same one."""
-        return {k: v for k, v in asdict(self).items() if k != "epochs"}
+        """Everything but ``epochs``: a run asked for more epochs continues the same one (and no
+        ``discriminability`` when it is 0, so runs from before it existed still resume)."""
+        return {k: v for k, v in asdict(self).items() if k != "epochs"
+                and not (k == "discriminability" and v == 0)}
 
 
 class CiderReward:
@@ -76,6 +87,33 @@ class CiderReward:
         """Rewards of rows ``token_ids`` (``[<start>, w1 .. <end>, pad ..]``) of images ``image_index``."""
         return np.asarray([self.scorer.score(bleu_tokens(self.vocab.decode(row[1:])), self.prepared[i])
                            for i, row in zip(image_index, token_ids)], np.float64)
+
+
+class FindabilityReward:
+    """Discriminability of sampled captions: per row, E[1/rank] of its image when each of the
+    image's references is searched (BM25 with ties in expectation, ``model.retrieval_metrics``)
+    over the captions of the same sample slot of all the batch's images, one document per image.
+    A caption that could describe any image of the batch scores ~1/batch; one that only fits its
+    own image scores 1. (Luo et al. 2018 use a learned retrieval model; BM25 is what the
+    captions' users search with.)"""
+
+    def __init__(self, vocab: Vocabulary, references: Sequence[Sequence[str]]) -> None:
+        self.vocab = vocab
+        self.references = [list(refs) for refs in references]
+
+    def __call__(self, image_index: Sequence[int], token_ids: np.ndarray, samples: int) -> np.ndarray:
+        """Rewards of rows grouped ``samples`` per image (image-major, as ``advantages``)."""
+        from model.retrieval_metrics import findability
+
+        texts = [" ".join(bleu_tokens(self.vocab.decode(row[1:]))) for row in token_ids]
+        images = list(image_index)[::samples]
+        out = np.zeros(len(texts), np.float64)
+        for slot in range(samples):
+            documents = texts[slot::samples]
+            for j, image in enumerate(images):
+                queries = [(j, ref) for ref in self.references[image]]
+                out[j * samples + slot] = findability(documents, queries).mrr if queries else 0.0
+        return out
 
 
 def advantages(rewards: np.ndarray, samples: int, baseline: np.ndarray | None = None) -> np.ndarray:
@@ -107,13 +145,14 @@ class Sampler:
 
         rows = tf.shape(features)[0]
         image = self.step.project_image(features)
+        constants = image if isinstance(image, tuple) else (image,)  # an attention map: values, keys, global
         width = self.step.width
         h = c = tf.zeros([rows, width])
         words = tf.fill([rows], self.vocab.start_id)
         done = tf.zeros([rows], tf.bool)
         out = [words]
         for t in range(self.max_length - 1):
-            logp, h, c = self.step.step_tensors(words, h, c, image)
+            logp, h, c = self.step.step_tensors(words, h, c, *constants)
             logits = logp + self._block
             if greedy:
                 nxt = tf.argmax(logits, axis=1, output_type=tf.int32)
@@ -142,7 +181,7 @@ def make_train_step(decoder: Any, optimizer: Any):
         target = tokens[:, 1:]
         mask = tf.cast(target > 0, tf.float32)
         with tf.GradientTape() as tape:
-            probs = model([features, tokens[:, :-1]], training=False)
+            probs = decoder.caption_probs(features, tokens[:, :-1])
             picked = tf.gather(probs, target[..., None], batch_dims=2)[..., 0]
             logp = tf.reduce_sum(tf.math.log(tf.maximum(picked, 1e-12)) * mask, axis=1)
             loss = -tf.reduce_mean(advantage * logp)
@@ -154,47 +193,60 @@ def make_train_step(decoder: Any, optimizer: Any):
 
 def sequence_logprob(decoder: Any, features: np.ndarray, tokens: np.ndarray) -> np.ndarray:
     """Sum of log p of each row's tokens after <start> (padding excluded) under ``decoder``."""
-    probs = decoder.training_model([features, tokens[:, :-1]], training=False).numpy()
+    probs = np.asarray(decoder.caption_probs(features, tokens[:, :-1]))
     target = tokens[:, 1:]
     picked = np.take_along_axis(probs, target[..., None], axis=2)[..., 0]
     return (np.log(np.maximum(picked, 1e-12)) * (target > 0)).sum(axis=1)
 
 
 def scst_epoch(decoder: Any, sampler: Sampler, train_step: Any, reward: CiderReward, features: np.ndarray,
-               settings: ScstSettings, epoch: int) -> dict[str, float]:
-    """One pass over the images in a seeded order; returns mean sample/greedy reward and loss."""
+               settings: ScstSettings, epoch: int, findable: FindabilityReward | None = None) -> dict[str, float]:
+    """One pass over the images in a seeded order; returns mean sample/greedy reward and loss (and
+    with ``findable`` and a discriminability weight, the samples' mean findability reward)."""
     import tensorflow as tf
 
     order = np.random.default_rng([settings.seed, epoch]).permutation(len(features))
     k = settings.samples
-    sums = {"reward": 0.0, "baseline": 0.0, "loss": 0.0}
+    weight = settings.discriminability if findable is not None else 0.0
+    sums = {"reward": 0.0, "baseline": 0.0, "loss": 0.0, "findability": 0.0}
     for b, start in enumerate(range(0, len(order), settings.batch_images)):
         idx = order[start:start + settings.batch_images]
         feats = np.repeat(features[idx], k, axis=0)
         rows_image = np.repeat(idx, k)
         tokens = sampler(feats, (settings.seed * 1000 + epoch, b * 64))
         r = reward(rows_image, tokens)
+        if weight:
+            found = findable(rows_image, tokens, k)
+            sums["findability"] += float(found.sum())
+            r = r + weight * found
         base = None
         if settings.baseline == "greedy":
-            base = reward(idx, sampler(features[idx], greedy=True))
+            greedy = sampler(features[idx], greedy=True)
+            base = reward(idx, greedy) + (weight * findable(idx, greedy, 1) if weight else 0.0)
         adv = advantages(r, k, base)
         loss, _ = train_step(tf.constant(feats), tf.constant(tokens), tf.constant(adv, tf.float32))
         sums["reward"] += float(r.sum())
         sums["baseline"] += float((r.reshape(-1, k).mean(1) if base is None else base).sum()) * k
         sums["loss"] += float(loss) * len(idx)
     n = len(order)
-    return {"reward": sums["reward"] / (n * k), "baseline": sums["baseline"] / (n * k), "loss": sums["loss"] / n}
+    stats = {"reward": sums["reward"] / (n * k), "baseline": sums["baseline"] / (n * k), "loss": sums["loss"] / n}
+    if weight:
+        stats["findability"] = sums["findability"] / (n * k)
+    return stats
 
 
 def scst_member(decoder: Any, vocab: Vocabulary, train_items: Sequence[CaptionedImage], train_feats: np.ndarray,
                 dev_items: Sequence[CaptionedImage], dev_feats: np.ndarray, settings: ScstSettings,
-                work_dir: str) -> dict[str, Any]:
+                work_dir: str, score_captions: Callable[[list[list[str]], Sequence[CaptionedImage]],
+                                                        dict[str, float]] | None = None) -> dict[str, Any]:
     """Run SCST on ``decoder`` (its cross-entropy weights loaded) for ``settings.epochs``,
-    resuming from ``work_dir``; leaves the chosen epoch's weights in it and returns the record."""
+    resuming from ``work_dir``; leaves the chosen epoch's weights in it and returns the record.
+    ``score_captions`` scores the dev captions for the epoch choice (default: BLEU-1..4, CIDEr-D,
+    ROUGE-L; e.g. ``training.train_attention.dev_quality`` adds distinct captions and findability)."""
     import keras
     import tensorflow as tf
 
-    from training.evaluate import bleu_on, objective
+    from training.evaluate import caption_scores, generate_captions, objective
 
     os.makedirs(work_dir, exist_ok=True)
     state_path = os.path.join(work_dir, STATE)
@@ -204,7 +256,8 @@ def scst_member(decoder: Any, vocab: Vocabulary, train_items: Sequence[Captioned
     optimizer.build(decoder.training_model.trainable_variables)
 
     def dev_scores() -> dict[str, float]:
-        return bleu_on(sampler.step, vocab, dev_items, dev_feats, search, extended=True)
+        captions = generate_captions(sampler.step, vocab, dev_feats, search)
+        return (score_captions or caption_scores)(captions, dev_items)
 
     if os.path.exists(state_path):
         import json
@@ -233,12 +286,13 @@ def scst_member(decoder: Any, vocab: Vocabulary, train_items: Sequence[Captioned
         _atomic_json(state_path, state)
 
     reward = CiderReward(vocab, [it.captions for it in train_items])
+    findable = FindabilityReward(vocab, [it.captions for it in train_items]) if settings.discriminability else None
     train_step = make_train_step(decoder, optimizer)
     tf.random.set_seed(settings.seed)
     while state["epoch"] < settings.epochs:
         epoch = state["epoch"] + 1
         started = time.time()
-        stats = scst_epoch(decoder, sampler, train_step, reward, train_feats, settings, epoch)
+        stats = scst_epoch(decoder, sampler, train_step, reward, train_feats, settings, epoch, findable)
         fitted = time.time()
         scores = dev_scores()
         score = objective(scores, settings.select)

@@ -44,13 +44,17 @@ def read_split(args: argparse.Namespace, split: str) -> list[CaptionedImage]:
 
 
 def load_split_features(args: argparse.Namespace, split: str, encoder_name: str, weights: str | None,
-                        image_size: tuple[int, int], encoder: Any = None
+                        image_size: tuple[int, int], encoder: Any = None, spatial: bool = False
                         ) -> tuple[list[CaptionedImage], np.ndarray, ExtractionReport]:
-    """Items of a split that have features, their feature matrix, and what was skipped."""
+    """Items of a split that have features, their feature matrix, and what was skipped.
+    ``spatial``: the encoder's last convolutional maps, cached and returned as float16
+    ``(n, h, w, d)``; else pooled float32 vectors ``(n, d)``."""
     from model.encoder import ImageEncoder, weights_fingerprint
 
     items = read_split(args, split)
-    cache = FeatureCache(args.cache_dir, feature_cache_key(encoder_name, image_size, weights_fingerprint(weights)))
+    cache = FeatureCache(args.cache_dir, feature_cache_key(encoder_name, image_size, weights_fingerprint(weights),
+                                                           spatial=spatial),
+                         dtype=np.float16 if spatial else np.float32)
     todo = [it for it in items if it.image_id not in cache]
     if todo and encoder is None:
         # Built on first use only: when every uncached image is missing or undecodable (they are
@@ -59,7 +63,7 @@ def load_split_features(args: argparse.Namespace, split: str, encoder_name: str,
 
         def encoder(images: np.ndarray) -> np.ndarray:
             if not built:
-                built.append(ImageEncoder(encoder_name, weights, image_size))
+                built.append(ImageEncoder(encoder_name, weights, image_size, spatial=spatial))
             return built[0](images)
 
     report = extract_features(items, encoder, image_size, cache, batch_size=args.extract_batch_size,
@@ -70,5 +74,5 @@ def load_split_features(args: argparse.Namespace, split: str, encoder_name: str,
              len(items), len(kept), skipped, len(report.missing), len(report.undecodable))
     if not kept:
         raise SystemExit(f"no usable images in the {split} split")
-    feats = np.stack([cache.get(it.image_id) for it in kept]).astype(np.float32)
+    feats = cache.stacked([it.image_id for it in kept])
     return kept, feats, report

@@ -43,7 +43,7 @@ log = logging.getLogger("training")
 NOT_IDENTITY = ("output", "work_dir", "no_progress", "extract_batch_size", "cache_dir", "tune_decoding",
                 "tune_widths", "tune_alphas", "tune_metric", "ensemble", "artifact_encoder_weights",
                 "scst_epochs", "scst_learning_rate", "scst_samples", "scst_batch_images", "scst_baseline",
-                "scst_select", "scst_beam_width", "scst_length_alpha")
+                "scst_select", "scst_beam_width", "scst_length_alpha", "scst_discriminability")
 
 
 def caption_arrays(items: Sequence[CaptionedImage], vocab: Vocabulary, max_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scst-select", default="bleu4", help="dev metric choosing each member's SCST epoch")
     p.add_argument("--scst-beam-width", type=int, default=4, help="dev search of the SCST epoch choice")
     p.add_argument("--scst-length-alpha", type=float, default=0.5)
+    p.add_argument("--scst-discriminability", type=float, default=0.0,
+                   help="weight of the findability reward (BM25 among the batch's captions, training.scst) added "
+                        "to CIDEr-D; 0 = off")
     p.add_argument("--work-dir", default=None,
                    help="where finished epochs and members are kept for resuming (default: training/ under "
                         "$CAPTION_CACHE_DIR or ~/.cache/image-captioning, in a folder named by a hash of "
@@ -193,7 +196,7 @@ def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     if args.scst_epochs > 0:
         scst = ScstSettings(args.scst_epochs, args.scst_learning_rate, args.scst_samples, args.scst_batch_images,
                             args.scst_baseline, args.scst_select, args.scst_beam_width, args.scst_length_alpha,
-                            args.seed)
+                            args.seed, args.scst_discriminability)
         scst_tag = "scst-" + hashlib.sha256(json.dumps(scst.identity(), sort_keys=True).encode()).hexdigest()[:12]
     members, records, scst_records = [], [], []
     embedding_info: dict[str, Any] = {"source": args.embedding}

@@ -1,0 +1,113 @@
+"""Decoding cost of an attention decoder (``model.attention_decoder``) against the INT8 encoder.
+
+Reproduce (after ``python -m training.spatial_features`` and some epochs of
+``python -m training.train_attention --work-dir WORK``)::
+
+    python bench/bench_attention_decoding.py --work-dir WORK --images 256 --repeats 3
+
+It loads the work folder's best weights and vocabulary (the sizes are given by the same flags as
+training: ``--kind --units --embedding-dim --attention-dim``), captions ``--images`` dev maps from
+the spatial feature cache in batches of ``--batch-size`` with greedy and beam search on OpenVINO
+and TensorFlow (median of ``--repeats`` passes after a warm-up), and times the shipped model's
+INT8 encoder on the same photos (one process, the pipeline's batch), printing a Markdown table with
+each search's share of the encoder's time (the issue's limit: 15 %). The shipped merge ensemble
+decodes the same images (pooled vectors = the maps' means) for a comparison under the same load.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from bench.common import REPO, SHARED, XCEPTION_WEIGHTS, machine, median_time, table  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work-dir", required=True)
+    p.add_argument("--kind", default="adaptive")
+    p.add_argument("--units", type=int, default=512)
+    p.add_argument("--embedding-dim", type=int, default=256)
+    p.add_argument("--attention-dim", type=int, default=256)
+    p.add_argument("--images", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--beam-width", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--model", default=str(REPO / "models" / "flickr8k-xception"), help="artifact with the INT8 encoder")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default: training's)")
+    args = p.parse_args()
+
+    from model.artifact import read_artifact
+    from model.artifact_config import AttentionConfig
+    from model.attention_decoder import AttentionDecoder, make_attention_step_model
+    from model.caption_search import DecodeSettings, caption_features
+    from model.encoder import ImageEncoder
+    from model.image_loading import decode_image
+    from model.vocabulary import Vocabulary
+    from training.splits import DEFAULT_CACHE, load_split_features
+    from training.train_attention import build_parser
+
+    data = str(SHARED / "data" / "flickr8k")
+    targs = build_parser().parse_args(["--flickr8k", data, "--encoder-weights", str(XCEPTION_WEIGHTS), "--work-dir",
+                                       args.work_dir, "--cache-dir", args.cache_dir or DEFAULT_CACHE, "--no-progress"])
+    items, maps, _ = load_split_features(targs, "dev", "xception", str(XCEPTION_WEIGHTS), (299, 299), spatial=True)
+    items, maps = items[:args.images], maps[:args.images]
+    with open(os.path.join(args.work_dir, "vocabulary.json")) as f:
+        saved = json.load(f)
+    vocab, max_length = Vocabulary.from_json(saved["vocabulary"]), int(saved["max_length"])
+    config = AttentionConfig(len(vocab), max_length, maps.shape[-1], int(np.prod(maps.shape[1:-1])),
+                             args.embedding_dim, args.units, args.attention_dim, 0.0, args.kind)
+    decoder = AttentionDecoder(config)
+    decoder.load_weights(os.path.join(args.work_dir, "member-1", "best.weights.h5"))
+
+    contents = read_artifact(args.model)
+    encoder = ImageEncoder("xception", None, (299, 299), precision="int8", int8_ir=contents.int8_encoder)
+    pixels = np.stack([decode_image(Path(it.uri).read_bytes(), (299, 299)).pixels for it in items])
+
+    def encode() -> None:
+        for i in range(0, len(pixels), args.batch_size):
+            encoder(pixels[i:i + args.batch_size])
+    encode()
+    enc_ms = 1000 * median_time(encode, args.repeats)[0] / len(pixels)
+
+    rows = []
+    for runtime in ("openvino", "tensorflow"):
+        step = make_attention_step_model([decoder], runtime, cache="none")
+        for settings in (DecodeSettings("greedy", max_length=max_length),
+                         DecodeSettings("beam", args.beam_width, 0.5, max_length)):
+            def decode(step=step, settings=settings) -> None:
+                for i in range(0, len(maps), args.batch_size):
+                    caption_features(step, vocab, maps[i:i + args.batch_size], settings)
+            decode()
+            per = 1000 * median_time(decode, args.repeats)[0] / len(maps)
+            rows.append([f"{settings.describe()}, {runtime}", round(per, 2), round(enc_ms, 2),
+                         f"{100 * per / enc_ms:.1f} %"])
+    # The shipped merge ensemble on the same images (its pooled vector is the map's mean), for a
+    # comparison under the same load.
+    from model.captioner import build_step_model
+
+    pooled = maps.astype(np.float32).mean(axis=(1, 2))
+    shipped = build_step_model(contents, "openvino", cache="none")
+    for settings in (contents.decode_settings(method="greedy"), contents.decode_settings()):
+        def decode_shipped(settings=settings) -> None:
+            for i in range(0, len(pooled), args.batch_size):
+                caption_features(shipped, contents.vocab, pooled[i:i + args.batch_size], settings)
+        decode_shipped()
+        per = 1000 * median_time(decode_shipped, args.repeats)[0] / len(pooled)
+        rows.append([f"shipped merge ensemble ({len(contents.decoder_weights_paths)} decoders), "
+                     f"{settings.describe()}, openvino", round(per, 2), round(enc_ms, 2), f"{100 * per / enc_ms:.1f} %"])
+    print(f"machine: {machine()}; {args.kind} attention decoder ({decoder.count_params()} parameters), "
+          f"{len(maps)} dev images, batch {args.batch_size}, median of {args.repeats}")
+    print(table(["decoding", "ms / image", "INT8 encoder ms / image", "share of encoder"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
