@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import FLICKR8K, REPO, machine, table  # noqa: E402
+from bench.common import FLICKR8K, REPO, machine, processes_rss_mib, table  # noqa: E402
 
 
 def build_corpus(root: Path, inputs: int, distinct: int, broken: int) -> str:
@@ -68,13 +68,7 @@ def rss_mib(proc) -> tuple[float, float]:  # noqa: ANN001 - a psutil.Process
         workers += [p for p in psutil.Process().children(recursive=True) if p.pid != proc.pid and p not in workers]
     except psutil.Error:
         return 0.0, 0.0
-    total = 0
-    for child in workers:
-        try:
-            total += child.memory_info().rss
-        except psutil.Error:
-            pass
-    return driver / 2**20, total / 2**20
+    return driver / 2**20, processes_rss_mib(workers)
 
 
 def run_inventory(pattern: str, out: Path, extra: list[str]) -> tuple[dict, float, float, float]:

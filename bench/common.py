@@ -49,6 +49,19 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells[1:]])
 
 
+def processes_rss_mib(procs: Sequence[Any]) -> float:
+    """Resident memory of these psutil processes together, in MiB (a process that has gone counts 0)."""
+    import psutil
+
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
+
+
 def process_tree_rss_mib(pid: int) -> float:
     """Resident memory of a process and all its children, in MiB (0 once it has gone)."""
     import psutil
@@ -58,13 +71,7 @@ def process_tree_rss_mib(pid: int) -> float:
         procs = [parent] + parent.children(recursive=True)
     except psutil.Error:
         return 0.0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total / 2**20
+    return processes_rss_mib(procs)
 
 
 def run_with_rss(cmd: Sequence[str], interval: float = 0.5, **kwargs: Any) -> tuple[subprocess.CompletedProcess, float, list[tuple[float, float]]]:

@@ -26,7 +26,6 @@ projected once per image and shared by its captions. ``AttentionStepModel`` impl
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
 from typing import Any, Sequence
 
@@ -36,6 +35,7 @@ import tensorflow as tf
 from keras import layers
 
 from model.artifact_config import ENSEMBLE_COMBINE, AttentionConfig
+from model.lstm_decoder import load_weights_strictly
 
 
 class _MemoryCell(layers.Layer):
@@ -156,13 +156,7 @@ class AttentionDecoder:
 
     def load_weights(self, path: str) -> None:
         """Load weights strictly: a layer the file does not cover is an error, not a warning."""
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            self.training_model.load_weights(path)
-        skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)
-                   or "freshly-initialized" in str(w.message)]
-        if skipped:
-            raise ValueError(f"weights file does not cover every decoder layer: {skipped[0]}")
+        load_weights_strictly(self.training_model, path)
 
     def step_model(self, runtime: str = "tensorflow") -> "AttentionStepModel":
         """The step-wise graph of this decoder alone, run by TensorFlow or OpenVINO."""

@@ -32,6 +32,18 @@ if TYPE_CHECKING:  # annotations only; imported where graphs are built (see modu
     import tensorflow as tf
 
 
+
+def load_weights_strictly(keras_model: Any, path: str) -> None:
+    """Load ``path`` into ``keras_model``; Keras only warns when a layer finds no weights in the
+    file and keeps its random initialisation: here that is a ValueError."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        keras_model.load_weights(path)
+    skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)
+               or "freshly-initialized" in str(w.message)]
+    if skipped:
+        raise ValueError(f"weights file does not cover every decoder layer: {skipped[0]}")
+
 class MergeDecoder:
     """Owns the decoder layers; builds the graphs that share them."""
 
@@ -84,15 +96,8 @@ class MergeDecoder:
         twin.training_model.save_weights(path)
 
     def load_weights(self, path: str) -> None:
-        """Load weights strictly: Keras only warns when a layer finds no weights in the file
-        and keeps its random initialisation; here that is an error."""
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            self.training_model.load_weights(path)
-        skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)
-                   or "freshly-initialized" in str(w.message)]
-        if skipped:
-            raise ValueError(f"weights file does not cover every decoder layer: {skipped[0]}")
+        """Load weights strictly (``load_weights_strictly``)."""
+        load_weights_strictly(self.training_model, path)
 
     def step_model(self, runtime: str = "tensorflow", cache_identity: str | None = None,
                    cache: str | None = None) -> "KerasStepModel":

@@ -32,3 +32,10 @@ def write_token_file(path: Path, captions: dict[str, list[str]]) -> Path:
     lines = [f"{name}#{i}\t{c}" for name, caps in captions.items() for i, c in enumerate(caps)]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def flickr8k_photos(flickr8k: Path, start: int, count: int) -> list[Path]:
+    """``count`` real Flickr8k photos, the ``start``-th onwards in name order."""
+    names = sorted(p.name for p in (flickr8k / "images").glob("*.jpg"))[start:start + count]
+    assert len(names) == count, "not enough Flickr8k photos"
+    return [flickr8k / "images" / n for n in names]

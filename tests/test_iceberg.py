@@ -20,16 +20,10 @@ import pytest
 pytest.importorskip("pyiceberg", reason="Iceberg tests need pyiceberg (pip install -e '.[test]')")
 
 from beam_pipeline.preflight import PreflightError  # noqa: E402
-from tests.pipeline_helpers import read_rows, run_pipeline  # noqa: E402
+from tests.pipeline_helpers import flickr8k_photos, read_rows, run_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 TABLE = "lake.captions"
-
-
-def _photos(flickr8k: Path, start: int, count: int) -> list[Path]:
-    names = sorted(p.name for p in (flickr8k / "images").glob("*.jpg"))[start:start + count]
-    assert len(names) == count, "not enough Flickr8k photos"
-    return [flickr8k / "images" / n for n in names]
 
 
 def _link(photos: list[Path], folder: Path) -> Path:
@@ -75,7 +69,7 @@ def lake(tmp_path, monkeypatch) -> str:
 def test_two_runs_then_resume_leave_each_image_once_in_two_snapshots(tmp_path, lake, flickr8k, tiny_artifact):
     """The issue's "done when": 40 photos, then --resume with 40 more -> 80 distinct images, each
     once, in >= 2 snapshots, the same rows as the Parquet files; errors in the errors table."""
-    first, second = _link(_photos(flickr8k, 0, 40), tmp_path / "a"), _link(_photos(flickr8k, 40, 40), tmp_path / "b")
+    first, second = _link(flickr8k_photos(flickr8k, 0, 40), tmp_path / "a"), _link(flickr8k_photos(flickr8k, 40, 40), tmp_path / "b")
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "notes.jpg").write_text("not a picture")
@@ -116,7 +110,7 @@ def test_two_runs_then_resume_leave_each_image_once_in_two_snapshots(tmp_path, l
 
     # A crash between writing the files and committing the snapshot: a run without the flag leaves
     # exactly that state (Parquet files the table lacks). The next --resume repairs it.
-    third_photos = _link(_photos(flickr8k, 80, 3), tmp_path / "c")
+    third_photos = _link(flickr8k_photos(flickr8k, 80, 3), tmp_path / "c")
     run_pipeline(["--input", f"{third_photos}/*.jpg", "--resume", "--output", str(out), "--model", tiny_artifact])
     snapshots = len(_load(lake, TABLE).snapshots())
     repair = run_pipeline(["--input", f"{third_photos}/*.jpg", "--resume"] + common)
@@ -133,9 +127,9 @@ def test_embeddings_add_the_column_and_a_foreign_model_is_refused(tmp_path, lake
 
     out = tmp_path / "out"
     common = ["--output", str(out), "--model", tiny_artifact, "--iceberg_table", TABLE, "--iceberg_catalog", lake]
-    run_pipeline(["--input", f"{_link(_photos(flickr8k, 0, 4), tmp_path / 'a')}/*.jpg"] + common)
+    run_pipeline(["--input", f"{_link(flickr8k_photos(flickr8k, 0, 4), tmp_path / 'a')}/*.jpg"] + common)
     assert "embedding" not in {f.name for f in _load(lake, TABLE).schema().fields}
-    run_pipeline(["--input", f"{_link(_photos(flickr8k, 4, 4), tmp_path / 'b')}/*.jpg", "--resume",
+    run_pipeline(["--input", f"{_link(flickr8k_photos(flickr8k, 4, 4), tmp_path / 'b')}/*.jpg", "--resume",
                   "--emit_embeddings"] + common)
     table = _load(lake, TABLE)
     assert "embedding" in {f.name for f in table.schema().fields}
@@ -159,7 +153,7 @@ def test_embeddings_add_the_column_and_a_foreign_model_is_refused(tmp_path, lake
 def test_skip_known_content_captions_each_content_once(tmp_path, lake, flickr8k, tiny_artifact):
     """Byte-identical copies in one run, in earlier Parquet files and in the Iceberg table are not
     run through the model again; each still gets its own row, marked same_content."""
-    photos = _photos(flickr8k, 0, 6)
+    photos = flickr8k_photos(flickr8k, 0, 6)
     images = _link(photos, tmp_path / "images")
     for photo in photos[:3]:  # byte-identical copies under other names
         (images / f"copy-of-{photo.name}").write_bytes(photo.read_bytes())
@@ -216,9 +210,9 @@ def test_warehouse_on_moto_s3(tmp_path, monkeypatch, flickr8k, tiny_artifact):
         out = tmp_path / "out"
         common = ["--output", str(out), "--model", tiny_artifact, "--iceberg_table", TABLE,
                   "--iceberg_catalog", "s3lake"]
-        run_pipeline(["--input", f"{_link(_photos(flickr8k, 0, 5), tmp_path / 'a')}/*.jpg"] + common)
+        run_pipeline(["--input", f"{_link(flickr8k_photos(flickr8k, 0, 5), tmp_path / 'a')}/*.jpg"] + common)
         run_pipeline(["--input", f"{tmp_path / 'a'}/*.jpg", "--input",
-                      f"{_link(_photos(flickr8k, 5, 5), tmp_path / 'b')}/*.jpg", "--resume"] + common)
+                      f"{_link(flickr8k_photos(flickr8k, 5, 5), tmp_path / 'b')}/*.jpg", "--resume"] + common)
         table = _load("s3lake", TABLE)
         uris = [r["image_uri"] for r in table.scan().to_arrow().to_pylist()]
         assert len(uris) == len(set(uris)) == 10 and len(table.snapshots()) >= 2
@@ -245,7 +239,7 @@ def test_changed_photos_are_captioned_again_and_replace_their_rows_in_one_snapsh
 
     folder = tmp_path / "lake-photos"
     folder.mkdir()
-    for photo in _photos(flickr8k, 0, 40):
+    for photo in flickr8k_photos(flickr8k, 0, 40):
         shutil.copyfile(photo, folder / photo.name)
     out = tmp_path / "out"
     common = ["--input", f"{folder}/*.jpg", "--output", str(out), "--model", tiny_artifact, "--batch_size", "16",
@@ -256,7 +250,7 @@ def test_changed_photos_are_captioned_again_and_replace_their_rows_in_one_snapsh
     snapshots = len(_load(lake, TABLE).snapshots())
 
     changed = sorted(folder.glob("*.jpg"))[::8]  # 5 of them
-    for target, replacement in zip(changed, _photos(flickr8k, 100, 5)):
+    for target, replacement in zip(changed, flickr8k_photos(flickr8k, 100, 5)):
         shutil.copyfile(replacement, target)
     second = run_pipeline(common + ["--resume"])
     assert (second["captioned"], second["recaptioned_changed"], second["skipped_resume"]) == (5, 5, 35)

@@ -17,15 +17,9 @@ from beam_pipeline.preflight import PreflightError  # noqa: E402
 from beam_pipeline.schemas import caption_schema  # noqa: E402
 from beam_pipeline.search_index import open_table, prepare_index, sync_output_to_index  # noqa: E402
 from caption_index.cli import main as index_main  # noqa: E402
-from tests.pipeline_helpers import read_rows, run_pipeline  # noqa: E402
+from tests.pipeline_helpers import flickr8k_photos, read_rows, run_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
-
-
-def _photos(flickr8k: Path, start: int, count: int) -> list[Path]:
-    names = sorted(p.name for p in (flickr8k / "images").glob("*.jpg"))[start:start + count]
-    assert len(names) == count, "not enough Flickr8k photos"
-    return [flickr8k / "images" / n for n in names]
 
 
 def _copy(photos: list[Path], folder: Path) -> Path:
@@ -44,7 +38,7 @@ def _json_lines(capsys: pytest.CaptureFixture) -> list[dict]:
 
 
 def test_two_resume_runs_index_each_image_once_and_are_searchable(tmp_path, flickr8k, tiny_artifact, capsys):
-    images = _copy(_photos(flickr8k, 0, 5), tmp_path / "images")
+    images = _copy(flickr8k_photos(flickr8k, 0, 5), tmp_path / "images")
     out, index = tmp_path / "out", str(tmp_path / "index")
     base = ["--input", f"{images}/*.jpg", "--output", str(out), "--model", tiny_artifact, "--search_index", index]
     first = run_pipeline(base)
@@ -58,7 +52,7 @@ def test_two_resume_runs_index_each_image_once_and_are_searchable(tmp_path, flic
     assert all(word in hit["caption"] for hit in line["results"])
     assert [h["score"] for h in line["results"]] == sorted((h["score"] for h in line["results"]), reverse=True)
 
-    _copy(_photos(flickr8k, 5, 4), images)  # four new photos beside the five done ones
+    _copy(flickr8k_photos(flickr8k, 5, 4), images)  # four new photos beside the five done ones
     second = run_pipeline(base + ["--resume"])
     assert second["search_index"]["upserted"] == 4 and second["search_index"]["rows"] == 9
     uris = [r["image_uri"] for r in _index_rows(index)]
@@ -106,7 +100,7 @@ def test_the_newest_row_per_uri_is_what_the_index_holds(tmp_path):
 
 
 def test_like_finds_a_byte_identical_copy_first(tmp_path, flickr8k, tiny_artifact, capsys):
-    photos = _photos(flickr8k, 10, 6)
+    photos = flickr8k_photos(flickr8k, 10, 6)
     images = _copy(photos, tmp_path / "images")
     out, index = tmp_path / "out", str(tmp_path / "index")
     summary = run_pipeline(["--input", f"{images}/*.jpg", "--output", str(out), "--model", tiny_artifact,
@@ -144,7 +138,7 @@ def test_like_finds_a_byte_identical_copy_first(tmp_path, flickr8k, tiny_artifac
 
 
 def test_an_index_of_another_model_and_an_unwritable_index_are_refused(tmp_path, flickr8k, tiny_artifact, capsys):
-    images = _copy(_photos(flickr8k, 20, 2), tmp_path / "images")
+    images = _copy(flickr8k_photos(flickr8k, 20, 2), tmp_path / "images")
     index = str(tmp_path / "index")
     run_pipeline(["--input", f"{images}/*.jpg", "--output", str(tmp_path / "out"), "--model", tiny_artifact,
                   "--search_index", index])
@@ -267,7 +261,7 @@ def test_an_index_on_s3_is_written_searched_and_an_unwritable_bucket_refused(tmp
         client = point_aws_at(monkeypatch, f"http://127.0.0.1:{port}", tmp_path, guard, proc)
         monkeypatch.setenv("AWS_ALLOW_HTTP", "true")  # moto speaks http; LanceDB refuses http unless told
         client.create_bucket(Bucket="caption-index")
-        images = _copy(_photos(flickr8k, 40, 3), tmp_path / "images")
+        images = _copy(flickr8k_photos(flickr8k, 40, 3), tmp_path / "images")
         uri = "s3://caption-index/lake/index"
         common = ["--input", f"{images}/*.jpg", "--model", tiny_artifact]
         summary = run_pipeline(common + ["--output", str(tmp_path / "out"), "--search_index", uri])
