@@ -35,7 +35,7 @@ import tensorflow as tf
 from keras import layers
 
 from model.artifact_config import ENSEMBLE_COMBINE, AttentionConfig
-from model.lstm_decoder import load_weights_strictly
+from model.lstm_decoder import combine_member_logprobs, load_weights_strictly
 
 
 class _MemoryCell(layers.Layer):
@@ -208,12 +208,7 @@ class AttentionStepModel:
         outs = [net.step_tensors(word_ids, *parts) for net, *parts in zip(
             self._networks, *(tf.split(x, n, axis=-1) for x in (h, m, values, keys, image)))]
         logps = [o[0] for o in outs]
-        if n == 1:
-            logp = logps[0]
-        elif self.combine == "mean_logprob":
-            logp = tf.nn.log_softmax(tf.add_n(logps) / n)
-        else:
-            logp = tf.reduce_logsumexp(tf.stack(logps), axis=0) - np.log(n)
+        logp = combine_member_logprobs(logps, self.combine)
         return logp, tf.concat([o[1] for o in outs], axis=-1), tf.concat([o[2] for o in outs], axis=-1)
 
     def _maps(self, features: np.ndarray) -> np.ndarray:

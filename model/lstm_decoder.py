@@ -33,6 +33,20 @@ if TYPE_CHECKING:  # annotations only; imported where graphs are built (see modu
 
 
 
+
+def combine_member_logprobs(logps: list[Any], combine: str) -> Any:
+    """An ensemble's next-word log-probabilities from its members' (TensorFlow tensors):
+    ``mean_logprob`` renormalises the mean of the log-probabilities (a geometric mean), any other
+    ``ENSEMBLE_COMBINE`` value averages the probabilities."""
+    import tensorflow as tf
+
+    n = len(logps)
+    if n == 1:
+        return logps[0]
+    if combine == "mean_logprob":
+        return tf.nn.log_softmax(tf.add_n(logps) / n)
+    return tf.reduce_logsumexp(tf.stack(logps), axis=0) - np.log(n)
+
 def load_weights_strictly(keras_model: Any, path: str) -> None:
     """Load ``path`` into ``keras_model``; Keras only warns when a layer finds no weights in the
     file and keeps its random initialisation: here that is a ValueError."""
@@ -246,12 +260,7 @@ class KerasStepModel:
             logps.append(tf.nn.log_softmax(tf.matmul(hidden, d.word_probs.kernel) + d.word_probs.bias))
             new_h.append(h2)
             new_c.append(c2)
-        if n == 1:
-            logp = logps[0]
-        elif self.combine == "mean_logprob":
-            logp = tf.nn.log_softmax(tf.add_n(logps) / n)
-        else:
-            logp = tf.reduce_logsumexp(tf.stack(logps), axis=0) - np.log(n)
+        logp = combine_member_logprobs(logps, self.combine)
         return logp, tf.concat(new_h, axis=1), tf.concat(new_c, axis=1)
 
     def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
