@@ -8,10 +8,11 @@ the DirectRunner's, wall time.
 
 ``--scaling`` measures instead how the Dask runner scales: the same photos on a cluster of 1 and
 of 2 worker processes (each ``--nthreads 1``, the model limited to 1 core per process with
-``CAPTION_MODEL_THREADS=1``), ``--rounds`` interleaved rounds; prints images/s per run, the
+``CAPTION_MODEL_THREADS=1``; with ``--pin_cores`` each worker process pinned to its own core, so
+that the single worker cannot borrow the idle core for its helper threads), ``--rounds`` interleaved rounds; prints images/s per run, the
 medians and the speed-up, and how many photos each worker process captioned.
 
-    python -m bench.bench_engines --scaling --photos 120 --rounds 3
+    python -m bench.bench_engines --scaling --photos 300 --rounds 3 [--pin_cores]
 """
 from __future__ import annotations
 
@@ -40,15 +41,16 @@ def _run(photos: Path, out: Path, extra: list[str]) -> tuple[dict, dict, dict, f
             {r["image_uri"]: r["error_type"] for r in errors}, wall)
 
 
-def scaling(work: Path, photos: Path, count: int, rounds: int, npartitions: int) -> None:
-    """1 vs 2 Dask worker processes, 1 thread and 1 model core each, interleaved rounds."""
+def scaling(work: Path, photos: Path, count: int, rounds: int, npartitions: int, pin_cores: bool) -> None:
+    """1 vs 2 Dask worker processes, 1 thread and 1 model core each, interleaved rounds
+    (``pin_cores``: each worker process pinned to its own core)."""
     os.environ["CAPTION_MODEL_THREADS"] = "1"  # inherited by the worker processes
     rates: dict[int, list[float]] = {1: [], 2: []}
     rows = []
     for r in range(rounds):
         for workers in (1, 2):
             out = work / f"out-{workers}-{r}"
-            with dask_cluster(work / "logs", workers=workers) as address:
+            with dask_cluster(work / "logs", workers=workers, pin_cores=pin_cores) as address:
                 summary, captions, _, wall = _run(photos, out, [
                     "--runner", "DaskRunner", "--dask_client_address", address,
                     "--dask_npartitions", str(npartitions)])
@@ -58,7 +60,7 @@ def scaling(work: Path, photos: Path, count: int, rounds: int, npartitions: int)
             rows.append([r + 1, workers, summary["captioned"], summary["wall_seconds"],
                          summary["images_per_second"], " / ".join(map(str, shares))])
             shutil.rmtree(out, ignore_errors=True)
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; worker processes {'each pinned to one core' if pin_cores else 'unpinned'}")
     print(table(["round", "worker processes", "captioned", "pipeline wall s", "images/s", "photos per process"],
                 rows))
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
@@ -73,6 +75,8 @@ def main() -> None:
     parser.add_argument("--scaling", action="store_true", help="Dask: 1 vs 2 worker processes (see above)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dask_npartitions", type=int, default=4)
+    parser.add_argument("--pin_cores", action="store_true",
+                        help="--scaling: pin worker process i to core i (taskset), so 1 worker has exactly 1 core")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-engines-"))
     photos = work / "photos"
@@ -80,7 +84,7 @@ def main() -> None:
     for src in sorted((FLICKR8K / "images").glob("*.jpg"))[:args.photos]:
         shutil.copy(src, photos / src.name)
     if args.scaling:
-        scaling(work, photos, args.photos, args.rounds, args.dask_npartitions)
+        scaling(work, photos, args.photos, args.rounds, args.dask_npartitions, args.pin_cores)
         shutil.rmtree(work, ignore_errors=True)
         return
     (photos / "not_a_photo.jpg").write_text("<html>404</html>")

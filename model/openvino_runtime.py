@@ -145,13 +145,15 @@ def compile_options(precision: str, throughput: bool = False) -> dict[str, Any]:
     hint: the cores split into streams that each run one request (2 streams of 1 thread on a
     2-core machine), for graphs fed several requests at once (``ChunkedRequests``).
     ``$CAPTION_MODEL_THREADS=N`` limits a graph to N threads (and, with ``throughput``, N
-    streams of one thread)."""
+    streams of one thread), not pinned to cores: the plugin pins a limited graph's threads to the
+    first cores, so every worker process of a machine would share the same core(s)."""
     options: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bfloat16" else "f32"}
     if throughput:
         options["PERFORMANCE_HINT"] = "THROUGHPUT"
     threads = thread_limit()
     if threads is not None:
         options["INFERENCE_NUM_THREADS"] = threads
+        options["ENABLE_CPU_PINNING"] = False
         if throughput:
             options["NUM_STREAMS"] = threads
     return options

@@ -61,8 +61,10 @@ def _bin(name: str) -> str:
 
 
 @contextlib.contextmanager
-def dask_cluster(logs: Path, workers: int = 2) -> Iterator[str]:
-    """``dask scheduler`` + ``dask worker --nworkers N --nthreads 1``; yields HOST:PORT."""
+def dask_cluster(logs: Path, workers: int = 2, pin_cores: bool = False) -> Iterator[str]:
+    """``dask scheduler`` + ``dask worker --nworkers N --nthreads 1``; yields HOST:PORT.
+    ``pin_cores``: one ``dask worker`` per process instead, worker ``i`` pinned to core ``i`` with
+    ``taskset`` (a process then has exactly one core, its helper threads included)."""
     from distributed import Client
 
     port = free_port()
@@ -70,8 +72,12 @@ def dask_cluster(logs: Path, workers: int = 2) -> Iterator[str]:
                  logs / "dask-scheduler.log") as scheduler:
         wait_for_port(port, scheduler, logs / "dask-scheduler.log")
         address = f"{HOST}:{port}"
-        with service([_bin("dask"), "worker", f"tcp://{address}", "--nworkers", str(workers), "--nthreads", "1",
-                      "--host", HOST, "--no-dashboard"], logs / "dask-workers.log"):
+        worker = [_bin("dask"), "worker", f"tcp://{address}", "--nthreads", "1", "--host", HOST, "--no-dashboard"]
+        commands = ([["taskset", "-c", str(i), *worker, "--nworkers", "1"] for i in range(workers)] if pin_cores
+                    else [[*worker, "--nworkers", str(workers)]])
+        with contextlib.ExitStack() as stack:
+            for i, command in enumerate(commands):
+                stack.enter_context(service(command, logs / f"dask-workers-{i}.log"))
             with Client(address, timeout=60) as client:
                 client.wait_for_workers(workers, timeout=180)
             yield address

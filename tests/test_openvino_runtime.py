@@ -2,9 +2,11 @@
 decoder, with real (small) TensorFlow graphs and real files."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import time
 
 import numpy as np
 import pytest
@@ -176,14 +178,46 @@ def test_thread_limit_reaches_the_compiled_graph(monkeypatch, tmp_path):
     monkeypatch.setenv(ovr.THREADS_ENV, "1")
     assert ovr.compile_options("float32", throughput=True) == {
         "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_NUM_THREADS": 1,
-        "NUM_STREAMS": 1}
+        "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False}
     compiled = ovr.compile_traced(_affine_trace([]), "float32", None, None, throughput=True)
     assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
     assert int(compiled.get_property("NUM_STREAMS")) == 1
+    assert compiled.get_property("ENABLE_CPU_PINNING") is False
     np.testing.assert_allclose(_run(compiled, X), EXPECTED, rtol=1e-5)
     monkeypatch.setenv(ovr.THREADS_ENV, "0")
     with pytest.raises(ValueError, match="CAPTION_MODEL_THREADS"):
         ovr.compile_options("float32")
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to see a thread pinned to one")
+def test_limited_graph_threads_are_not_pinned_to_a_core(monkeypatch):
+    """With $CAPTION_MODEL_THREADS=1 the plugin pinned its inference thread to core 0, so every
+    worker process of a machine (Dask --nthreads 1) ran on that one core. While a limited graph
+    runs, no thread of this process may be restricted to fewer CPUs than the process has."""
+    import glob
+    import threading
+
+    monkeypatch.setenv(ovr.THREADS_ENV, "1")
+    compiled = ovr.compile_traced(_affine_trace([]), "float32", None, None, throughput=True)
+    request, stop, allowed = compiled.create_infer_request(), threading.Event(), set()
+
+    def infer_until_stopped() -> None:
+        while not stop.is_set():
+            request.infer([X])
+
+    runner = threading.Thread(target=infer_until_stopped)
+    runner.start()
+    try:
+        for _ in range(50):
+            for status in glob.glob("/proc/self/task/*/status"):
+                with contextlib.suppress(OSError, IndexError):
+                    allowed.add(open(status).read().split("Cpus_allowed_list:")[1].split()[0])
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        runner.join()
+    process_cpus = open("/proc/self/status").read().split("Cpus_allowed_list:")[1].split()[0]
+    assert allowed == {process_cpus}
 
 
 @pytest.mark.parametrize("rows", [0, 1, 2, 3, 7, 16])
