@@ -191,3 +191,23 @@ def test_light_model_modules_import_neither_tensorflow_nor_beam():
             "bad = [m for m in ('tensorflow', 'keras', 'apache_beam') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def hard_coded_tmp_paths(source: str) -> list[str]:
+    """String constants in ``source`` that name a fixed place under /tmp (debugging leftovers: the
+    code must write where the user's flags say, or to ``tempfile``'s folders)."""
+    return [node.value for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("/tmp/")]
+
+
+def test_tmp_path_finder_sees_plain_and_formatted_strings():
+    assert hard_coded_tmp_paths('open("/tmp/eng/calls.txt", "a")\nx = f"/tmp/{y}"\nz = "tmp/ok"') == \
+        ["/tmp/eng/calls.txt", "/tmp/"]
+
+
+def test_no_project_module_writes_to_a_fixed_tmp_path():
+    found = {path.relative_to(ROOT).as_posix(): hits for path in module_files().values()
+             if (hits := hard_coded_tmp_paths(path.read_text()))}
+    found.update({name: hits for name in ("run_pipeline.py",)
+                  if (hits := hard_coded_tmp_paths((ROOT / name).read_text()))})
+    assert found == {}
