@@ -9,14 +9,14 @@ durable; a commit that fails after its retries raises, which fails the bundle an
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from beam_pipeline.commits import CommitBuffer, commit_file_name, parquet_bytes, with_retries, \
-    write_atomically
+from beam_pipeline.commits import CommitBuffer, commit_file_name, parquet_bytes, with_retries, write_atomically
 from beam_pipeline.retries import RetryPolicy
 from beam_pipeline.sources import NAMESPACE
 

@@ -40,7 +40,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import apache_beam
 from apache_beam.runners.dask import dask_runner as beam_dask
@@ -180,7 +181,6 @@ class DaskRunner(beam_dask.DaskRunner):
     """Runs a pipeline on a Dask cluster (``--dask_client_address HOST:PORT``) with the fixes above."""
 
     def run_pipeline(self, pipeline: Any, options: Any) -> beam_dask.DaskRunnerResult:
-        import dask
         import dask.distributed as ddist
 
         dask_options = options.view_as(beam_dask.DaskOptions).get_all_options(drop_default=True, current_only=True)

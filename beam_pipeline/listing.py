@@ -19,7 +19,7 @@ import errno
 import os
 import re
 import stat
-from typing import Iterator
+from collections.abc import Iterator
 
 from apache_beam.io.filesystem import FileSystem
 

@@ -14,8 +14,9 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -23,18 +24,30 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, TestOptions
 
 from beam_pipeline.caption_handler import CaptionModelHandler, ModelSpec
-from beam_pipeline.retries import RetryPolicy
 from beam_pipeline.options import CaptionOptions, check_flags, default_model_uri, read_settings
-from beam_pipeline.preflight import (PreflightError, check_output, check_resume_model, existing_outputs,
-                                    interrupted_outputs, remove_stale_temp_dirs)
+from beam_pipeline.preflight import (
+    PreflightError,
+    check_output,
+    check_resume_model,
+    existing_outputs,
+    interrupted_outputs,
+    remove_stale_temp_dirs,
+)
 from beam_pipeline.records import with_references
+from beam_pipeline.retries import RetryPolicy
 from beam_pipeline.run_stats import RunStats
 from beam_pipeline.runners import make_runner
 from beam_pipeline.same_content import CopyCaptionsToFollowers, SplitBySameContent, known_columns
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
 from beam_pipeline.sources import NAMESPACE
-from beam_pipeline.transforms import (AttachReferences, CaptionImages, CommitOutputs, MatchInputs, ReadImages,
-                                      SkipDoneAndDuplicates)
+from beam_pipeline.transforms import (
+    AttachReferences,
+    CaptionImages,
+    CommitOutputs,
+    MatchInputs,
+    ReadImages,
+    SkipDoneAndDuplicates,
+)
 
 log = logging.getLogger(__name__)
 header_log = logging.getLogger("beam_pipeline.console")  # the run's header line on the terminal

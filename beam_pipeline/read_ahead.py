@@ -11,8 +11,9 @@ unknown) is reserved before the task is submitted and released when it finishes,
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from beam_pipeline.read_policy import InFlightBudget
 

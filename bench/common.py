@@ -8,8 +8,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CAPTION_SHARED_DIR", REPO.parent / "shared"))
@@ -29,7 +30,8 @@ def machine() -> str:
     except OSError:
         pass
     wanted = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni") if f in flags]
-    return f"{model}, {os.cpu_count()} cores, flags: {' '.join(wanted) or 'none of avx512/amx'}, {platform.python_version()}"
+    shown = " ".join(wanted) or "none of avx512/amx"
+    return f"{model}, {os.cpu_count()} cores, flags: {shown}, {platform.python_version()}"
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from beam_pipeline.preflight import PreflightError
 

@@ -10,8 +10,9 @@ IVF-PQ with re-ranking of the candidates on the full vectors above.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import base64
 import io
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 
 from PIL import Image
 
-from model.image_loading import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError,
-                                 decode_image, upright_size)
+from model.image_loading import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, upright_size
+
 # The one bounded reader: at most max_bytes + 1 bytes, so decode_image reports a larger file as TooLarge.
 from model.storage import read_prefix
 

@@ -4,18 +4,19 @@ server, both on 127.0.0.1). The SIGKILL + --resume test is in test_reliability.p
 from __future__ import annotations
 
 import subprocess
-from collections import Counter
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow.dataset as pads
 import pytest
 
 from tests.factories import write_jpeg
-from tests.s3_fault_proxy import FaultProxy
 from tests.pipeline_helpers import read_rows, read_summary, run_pipeline
+from tests.s3_fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -68,7 +69,9 @@ def faulty_s3(tmp_path_factory: pytest.TempPathFactory, tiny_artifact: str) -> I
     one text file named .jpg under images/, the tiny model under models/tiny/."""
     if boto3 is None:
         pytest.skip("needs boto3 and moto[server] (pip install -e '.[test]')")
-    from tests.s3_server import LoopbackOnly as _LoopbackOnly, start_moto as _start_moto, stop_process as _stop
+    from tests.s3_server import LoopbackOnly as _LoopbackOnly
+    from tests.s3_server import start_moto as _start_moto
+    from tests.s3_server import stop_process as _stop
     from tests.test_s3 import BUCKET, _clear_s3fs_instances, _upload_dir, point_aws_at
 
     tmp = tmp_path_factory.mktemp("faulty-s3")

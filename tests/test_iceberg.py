@@ -19,8 +19,8 @@ import pytest
 
 pytest.importorskip("pyiceberg", reason="Iceberg tests need pyiceberg (pip install -e '.[test]')")
 
-from beam_pipeline.preflight import PreflightError  # noqa: E402
-from tests.pipeline_helpers import flickr8k_photos, read_rows, run_pipeline  # noqa: E402
+from beam_pipeline.preflight import PreflightError
+from tests.pipeline_helpers import flickr8k_photos, read_rows, run_pipeline
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 TABLE = "lake.captions"
@@ -194,7 +194,8 @@ def test_warehouse_on_moto_s3(tmp_path, monkeypatch, flickr8k, tiny_artifact):
     S3 FileIO is configured by the catalog's environment variables only."""
     import boto3
 
-    from tests.s3_server import start_moto as _start_moto, stop_process as _stop
+    from tests.s3_server import start_moto as _start_moto
+    from tests.s3_server import stop_process as _stop
 
     proc, port = _start_moto(tmp_path / "moto.log")
     try:

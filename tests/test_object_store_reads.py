@@ -7,9 +7,9 @@ data is uploaded straight to moto, so the proxy sees only what the pipeline does
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 

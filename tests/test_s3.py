@@ -14,8 +14,9 @@ import hashlib
 import io
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -26,8 +27,8 @@ except ImportError as exc:  # pragma: no cover - both come with the project's ``
     pytest.skip(f"S3 tests need boto3 and moto[server] (pip install -e '.[test]'): {exc}", allow_module_level=True)
 
 from tests.factories import write_jpeg
-from tests.s3_server import LoopbackOnly, point_aws_env_at, start_moto, stop_process
 from tests.pipeline_helpers import run_pipeline, write_token_file
+from tests.s3_server import LoopbackOnly, point_aws_env_at, start_moto, stop_process
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

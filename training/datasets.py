@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import posixpath
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from model.flickr8k import SPLIT_FILES, TOKEN_FILE, parse_split_file, parse_token_file
 from model.storage import read_text

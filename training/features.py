@@ -1,8 +1,8 @@
 """Encoder feature cache: the encoder runs once per image; features are stored on disk.
 
 Layout: ``CACHE_DIR/<key>/part-NNNNN.npz`` with arrays ``ids`` (str) and ``features``
-(float32 pooled vectors; float16 spatial maps, ~0.4 MB per Xception image), written atomically every chunk, so an interrupted extraction resumes where it
-stopped. The key holds the encoder name, image size and a fingerprint of its weights, so a
+(float32 pooled vectors; float16 spatial maps, 10x10x2048 values per Xception image), written
+atomically every chunk, so an interrupted extraction resumes where it stopped. The key holds the encoder name, image size and a fingerprint of its weights, so a
 different encoder never reuses stale features. Files are loaded with ``allow_pickle=False``.
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ import glob
 import hashlib
 import logging
 import os
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 

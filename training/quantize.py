@@ -25,12 +25,13 @@ import random
 import sys
 import tempfile
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from model.cli import StrictArgumentParser
 from model.artifact import ArtifactContents, read_artifact, with_int8_encoder
+from model.cli import StrictArgumentParser
 from training.compare_precision import add_gate_arguments, compare_int8, gate_failures
 from training.datasets import CaptionedImage
 from training.features import _load_image

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from training.datasets import CaptionedImage, read_caption_table, read_flickr8k
-from training.features import ExtractionReport, FeatureCache, feature_cache_key, extract_features
+from training.features import ExtractionReport, FeatureCache, extract_features, feature_cache_key
 
 log = logging.getLogger("training")
 

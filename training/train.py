@@ -26,8 +26,9 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -161,8 +162,8 @@ def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     from model.artifact import save_artifact
     from model.artifact_config import DecoderConfig, EncoderConfig
     from model.caption_search import DecodeSettings
-    from model.lstm_decoder import MergeDecoder, make_step_model
     from model.encoder import get_backbone
+    from model.lstm_decoder import MergeDecoder, make_step_model
     from training.embeddings import embedding_matrix, load_text_vectors, train_word2vec
     from training.evaluate import bleu_on, tune_decoding
     from training.fit import FitSettings, fit_member, make_dataset
