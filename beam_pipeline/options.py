@@ -24,16 +24,17 @@ def check_flags(argv: Sequence[str]) -> None:
     Beam accepts (``--runner``, Dataflow's, the portable runner's, Dask's ...) is accepted here."""
     from apache_beam.options.pipeline_options import _BeamArgumentParser
 
-    if any(a.startswith("--dask") or "DaskRunner" in a for a in argv):  # Dask's flags (0.3 s to import)
+    if any(a.startswith("--dask") or "DaskRunner" in a for a in argv):  # Dask's flags (a slow import: only when asked for)
         with contextlib.suppress(ImportError):
-            import apache_beam.runners.dask.dask_runner  # noqa: F401
+            import apache_beam.runners.dask.dask_runner  # noqa: F401 - registers Dask's options
     parser = _BeamArgumentParser(allow_abbrev=False)
     classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
     for cls in classes.values():
         cls._add_argparse_args(parser)  # noqa: SLF001 - as PipelineOptions.get_all_options does
     _, unknown = parser.parse_known_args(list(argv))
     if unknown:
-        raise UsageError(unknown_arguments_message(unknown, parser._option_string_actions))  # noqa: SLF001
+        known = parser._option_string_actions  # noqa: SLF001 - argparse keeps its flags only there
+        raise UsageError(unknown_arguments_message(unknown, known))
 
 
 def default_model_uri() -> str:
@@ -82,8 +83,8 @@ class CaptionOptions(PipelineOptions):
         g.add_argument("--encoder_runtime", choices=["auto", "openvino", "tensorflow"], default="auto",
                        help="who runs the encoder: auto = TensorFlow when it sees a GPU, else OpenVINO")
         g.add_argument("--model_cache_dir", default=None,
-                       help="folder for converted OpenVINO graphs, so a worker starts in ~0.4 s instead of ~3 s "
-                            "(default: openvino/ under $CAPTION_CACHE_DIR or the temp dir's image-captioning-cache; "
+                       help="folder for converted OpenVINO graphs: a worker's first start converts them, later starts "
+                            "read them back (default: openvino/ under $CAPTION_CACHE_DIR or the temp dir's image-captioning-cache; "
                             "'none' turns it off)")
         g.add_argument("--share_model_across_processes", action="store_true",
                        help="one model copy per machine, shared by all its SDK worker processes "

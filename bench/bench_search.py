@@ -33,7 +33,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -82,7 +84,8 @@ def queries_of(photos: list[Path]) -> list[tuple[str, str]]:
     return out
 
 
-def lance_ranks(tbl, queries: list[tuple[int, str]], uris: list[str], depth: int) -> tuple[list[float], list[float]]:  # noqa: ANN001
+def lance_ranks(tbl: Any, queries: list[tuple[int, str]], uris: list[str],
+                depth: int) -> tuple[list[float], list[float]]:
     """Per query: the rank as returned, and the expected rank within its tie group of equal
     LanceDB scores (g above, t tied: g + (t + 1) / 2), both from the top ``depth`` hits."""
     from caption_index.query import text_search
@@ -103,7 +106,7 @@ def lance_ranks(tbl, queries: list[tuple[int, str]], uris: list[str], depth: int
     return returned, tied
 
 
-def queries_per_second(fn, texts: list[str], repeats: int) -> float:  # noqa: ANN001
+def queries_per_second(fn: Callable[[str], Any], texts: list[str], repeats: int) -> float:
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()

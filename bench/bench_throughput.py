@@ -157,7 +157,9 @@ def main() -> int:
         extra = ["--precision", args.precision, "--encoder_runtime", args.runtime]
         cold = run_pipeline_once(image_dir, args, extra)
         runs = [run_pipeline_once(image_dir, args, extra) for _ in range(args.repeats)]
-        excl_load = lambda r: r["captioned"] / (r["wall_seconds"] - (r.get("model_load_seconds") or 0))  # noqa: E731
+        def excl_load(r: dict) -> float:
+            return r["captioned"] / (r["wall_seconds"] - (r.get("model_load_seconds") or 0))
+
         results["pipeline"] = statistics.median(r["images_per_second"] for r in runs)
         results["pipeline_excl_load"] = statistics.median(excl_load(r) for r in runs)
         results["pipeline_cold"] = cold["images_per_second"]

@@ -70,7 +70,7 @@ def make_thumbnails(uris: Sequence[str], px: int = DEFAULT_THUMBNAIL_PX, *,
     def fetch(uri: str) -> bytes | Exception:
         try:
             return read_prefix(uri, max_bytes)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any read failure means no thumbnail, logged
             return exc
 
     out: list[str | None] = []
@@ -85,7 +85,7 @@ def make_thumbnails(uris: Sequence[str], px: int = DEFAULT_THUMBNAIL_PX, *,
                     continue
                 try:
                     out.append(thumbnail_from_bytes(data, px, max_bytes=max_bytes))
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001 - bad bytes mean no thumbnail, never a failed report
                     log.info("no thumbnail for %s: %s", uri, exc)
                     out.append(None)
     return out

@@ -167,7 +167,7 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
 @dataclass(frozen=True)
 class DecoderSource:
     """The decoders of a step model, built when a graph is first traced: their config and number
-    are known from the artifact, but the Keras layers and weights (0.2 s for four decoders) are
+    are known from the artifact, but the Keras layers and weights (slow to build) are
     not needed when OpenVINO step graphs come from the cache (``OpenVinoStepModel``)."""
 
     config: DecoderConfig

@@ -19,10 +19,17 @@ from beam_pipeline.commits import (
     parquet_bytes,
     run_id_of,
     with_retries,
-    write_atomically,
 )
 from beam_pipeline.retries import RetryPolicy
 from beam_pipeline.schemas import ERROR_SCHEMA
+from model.storage import join
+
+
+def write_atomically(directory: str, name: str, data: bytes) -> str:
+    """How ``CommitRows`` writes a commit file."""
+    from model.storage import write_atomically as write
+
+    return write(join(directory, name), data)
 
 RUN = "20261127T152958Z-abc123"
 

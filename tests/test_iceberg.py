@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ def _load(name: str, identifier: str) -> Any:
     return open_catalog(name).load_table(identifier)
 
 
-def _data_file_rows(table: Any, read_bytes) -> list[dict[str, Any]]:  # noqa: ANN001
+def _data_file_rows(table: Any, read_bytes: Callable[[str], bytes]) -> list[dict[str, Any]]:
     """Rows read with pyarrow straight from the current snapshot's data files (no pyiceberg reader)."""
     files = [task.file.file_path for task in table.scan().plan_files()]
     assert files, "the snapshot has no data files"

@@ -34,7 +34,7 @@ from model.artifact import ArtifactContents, read_artifact, with_int8_encoder
 from model.cli import StrictArgumentParser
 from training.compare_precision import add_gate_arguments, compare_int8, gate_failures
 from training.datasets import CaptionedImage
-from training.features import _load_image
+from training.features import load_image
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def calibration_sample(items: Sequence[CaptionedImage], count: int, seed: int,
     for item in order:
         if len(ids) >= count:
             break
-        image_id, image, _, _ = _load_image(item, image_size)
+        image_id, image, _, _ = load_image(item, image_size)
         if image is None:
             skipped += 1
             continue
