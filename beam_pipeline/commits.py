@@ -4,7 +4,7 @@ failed write is retried (the atomic write itself is ``model.storage.write_atomic
 Pure Python (pyarrow + fsspec, no Beam, no TensorFlow), so each rule is tested on its own; the
 Beam DoFn that composes them is ``beam_pipeline.commit_writer.CommitRows``.
 
-Design (see README "Incremental commits"):
+Design (see docs/OUTPUTS.md "Incremental commits"):
 
 * A commit file is a complete Parquet file written in one step (``model.storage.write_atomically``):
   on a local disk under a temp name starting with ``.`` in the same folder, then ``os.replace``-d

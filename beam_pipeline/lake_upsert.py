@@ -11,7 +11,7 @@ them (copy-on-write, like pyiceberg's own delete) and the new rows are added in 
 snapshot, so a reader sees the old row or the new one, never both or neither.
 
 Driver memory: a URI -> (time, kind) map of OUTPUT's rows and of the table's URIs (tens of bytes
-per image; see README "Captions as an Iceberg table").
+per image; see docs/OUTPUTS.md "Captions as an Iceberg table").
 """
 from __future__ import annotations
 

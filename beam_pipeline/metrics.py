@@ -2,6 +2,7 @@
 captioned, failed, rows committed, ...). ``pipeline.run`` queries the runner's metrics under it;
 on runners that report none (Dask) the summary's counts come from the data instead
 (``run_stats``)."""
+
 from __future__ import annotations
 
 NAMESPACE = "captioning"

@@ -74,7 +74,7 @@ def filesystem_options(protocol: str, settings: ReadSettings) -> dict[str, Any]:
             "retries": {"total_max_attempts": 1, "mode": "standard"},
             "connect_timeout": settings.timeout_seconds, "read_timeout": settings.timeout_seconds,
             "max_pool_connections": max(10, settings.concurrency)}}
-    return {}  # gcsfs / adlfs: their defaults (see README "Reading from object stores")
+    return {}  # gcsfs / adlfs: their defaults (see docs/RUNNING.md "Reading from object stores")
 
 
 class ObjectReader:

@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=None, help="where to write the artifact (default: in place)")
     parser.add_argument("--from-artifact", default=None,
                         help="copy the INT8 encoder of this artifact (same encoder weights) instead of quantising")
-    parser.add_argument("--calibration-images", type=int, default=300)
+    parser.add_argument("--calibration-images", type=int, default=300,
+                   help="photos NNCF calibrates on, drawn with --seed from --calibration-split")
     parser.add_argument("--calibration-split", default="train", help="split the calibration photos come from")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
     parser.add_argument("--ignored-scope", choices=sorted(IGNORED_SCOPES), default=DEFAULT_IGNORED_SCOPE,
