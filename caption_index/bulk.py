@@ -19,6 +19,7 @@ from typing import Any
 import fsspec
 
 from beam_pipeline.preflight import PreflightError
+from model.storage import join, write_atomically
 
 FILE_PATTERN = "bulk-{:05d}.ndjson"
 _BATCH_ROWS = 4096
@@ -57,11 +58,8 @@ def export_bulk(table: Any, out_dir: str, *, index_name: str = "captions", max_b
     chunk: list[bytes] = []
     size = 0
 
-    def flush() -> None:
-        path = f"{root.rstrip('/')}/{FILE_PATTERN.format(len(files))}"
-        with fs.open(path, "wb") as f:
-            f.write(b"".join(chunk))
-        files.append(fs.unstrip_protocol(path) if "://" in out_dir else path)
+    def flush() -> None:  # each file whole or not at all; its local path or URI is listed
+        files.append(write_atomically(join(out_dir, FILE_PATTERN.format(len(files))), b"".join(chunk)))
 
     for pair in bulk_pairs(table, index_name):
         if chunk and size + len(pair) > max_bytes:
