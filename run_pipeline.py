@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import model  # noqa: F401 - quiets TensorFlow's start-up logging before it is imported
 

@@ -6,7 +6,7 @@ nltk's ``corpus_bleu`` over the whole corpus whatever the bundling or merge orde
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import apache_beam as beam
 
@@ -36,7 +36,7 @@ class CorpusBleuFn(beam.CombineFn):
             merged = merged.merge(acc)
         return merged
 
-    def extract_output(self, accumulator: BleuStats) -> Optional[dict[str, float | int]]:
+    def extract_output(self, accumulator: BleuStats) -> dict[str, float | int] | None:
         if accumulator.count == 0:
             return None
         scores: dict[str, float | int] = dict(corpus_bleu_from_stats(accumulator))

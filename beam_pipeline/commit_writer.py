@@ -9,16 +9,17 @@ durable; a commit that fails after its retries raises, which fails the bundle an
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from beam_pipeline.commits import CommitBuffer, commit_file_name, parquet_bytes, with_retries, \
-    write_atomically
+from beam_pipeline.commits import CommitBuffer, commit_file_name, parquet_bytes, with_retries
+from beam_pipeline.metrics import NAMESPACE
 from beam_pipeline.retries import RetryPolicy
-from beam_pipeline.sources import NAMESPACE
+from model.storage import join, write_atomically
 
 
 class CommitRows(beam.DoFn):
@@ -57,7 +58,7 @@ class CommitRows(beam.DoFn):
         rows = self.buffer.take()
         name = commit_file_name(self.run_id, self.label, (r["image_uri"] for r in rows))
         data = parquet_bytes(rows, self.schema)
-        with_retries(lambda: write_atomically(self.directory, name, data), self.policy,
+        with_retries(lambda: write_atomically(join(self.directory, name), data), self.policy,
                      f"{len(rows)} {self.label} rows to {self.directory}/{name}",
                      on_retry=lambda *_: self.retries.inc())
         self.rows_committed.inc(len(rows))

@@ -1,14 +1,15 @@
-"""Incremental commits of output rows: when to commit, what a commit file is called, how it is
-written atomically, and how a failed write is retried.
+"""Incremental commits of output rows: when to commit, what a commit file is called, and how a
+failed write is retried (the atomic write itself is ``model.storage.write_atomically``).
 
 Pure Python (pyarrow + fsspec, no Beam, no TensorFlow), so each rule is tested on its own; the
 Beam DoFn that composes them is ``beam_pipeline.commit_writer.CommitRows``.
 
-Design (see README "Incremental commits"):
+Design (see docs/OUTPUTS.md "Incremental commits"):
 
-* A commit file is a complete Parquet file written in one step: on a local disk under a temp name
-  starting with ``.`` in the same folder, then ``os.replace``-d to its final name; on an object
-  store as one ``pipe`` (one PUT, or a multipart upload that appears only when completed). Readers
+* A commit file is a complete Parquet file written in one step (``model.storage.write_atomically``):
+  on a local disk under a temp name starting with ``.`` in the same folder, then ``os.replace``-d
+  to its final name; on an object store as one ``pipe`` (one PUT, or a multipart upload that
+  appears only when completed). Readers
   (pyarrow, DuckDB, Spark) skip names starting with ``.`` or ``_`` and so never see half a file.
 * Its name is derived from its content: ``part-RUNID-<sha256 of the writer's label and the sorted
   image URIs>.parquet``. A runner that retries a bundle writes the same rows to the same name and
@@ -22,11 +23,10 @@ import logging
 import os
 import re
 import time
-import uuid
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 COMMIT_PREFIX = "part-"
-TEMP_PREFIX = ".tmp-"  # readers skip names starting with "." (and "_")
 # Run ids are new_run_id()'s "20261127T152958Z-abc123"; Beam's WriteToParquet names of older runs
 # ("part-RUNID-00000-of-00001.parquet") carry the run id the same way.
 _RUN_ID_IN_NAME = re.compile(r"^part-(\d{8}T\d{6}Z-[0-9a-f]{6})-")
@@ -92,36 +91,6 @@ def parquet_bytes(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> bytes:
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(list(rows), schema=schema), buffer)
     return buffer.getvalue()
-
-
-def write_atomically(directory: str, name: str, data: bytes) -> str:
-    """Write ``data`` as ``directory/name`` so that it appears whole or not at all; returns the URI.
-
-    Local: temp file (``.tmp-NAME-RANDOM``) in the same folder, fsync, ``os.replace``. Object
-    stores: one ``pipe_file`` (a single PUT, or a multipart upload that is invisible until done)."""
-    fs, path = fsspec.core.url_to_fs(directory)
-    path = path.rstrip("/")
-    target = f"{path}/{name}"
-    if _is_local(fs):
-        os.makedirs(path, exist_ok=True)
-        temp = f"{path}/{TEMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
-        try:
-            with open(temp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp, target)
-        finally:
-            if os.path.exists(temp):
-                os.unlink(temp)
-        return target
-    fs.pipe_file(target, data)
-    return fs.unstrip_protocol(target)
-
-
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return "file" in protocols or "local" in protocols
 
 
 @dataclass

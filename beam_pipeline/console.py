@@ -80,7 +80,7 @@ class Terminal:
         self.stream: TextIO = sys.stderr
         self._own_stream = False
 
-    def __enter__(self) -> "Terminal":
+    def __enter__(self) -> Terminal:
         root = logging.getLogger()
         if self.verbose:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -8,7 +8,7 @@ Found by running this pipeline on a real ``dask scheduler`` + ``dask worker --nw
    runs (the Parquet sinks wrote nothing).
 2. Side inputs are computed inside the consuming task (Beam 2.78: ``DaskBagWindowedIterator``
    computes the bag through a ``worker_client``), which recomputes all their upstream steps once
-   per side input, outside the graph: 22 images took 6 minutes, and ``WriteToParquet`` (whose
+   per side input, outside the graph (timings in docs/DEPLOY.md "Runner notes"), and ``WriteToParquet`` (whose
    finalisation reads its writes as a side input) left orphaned temp folders from the
    recomputed writes.
 3. GroupByKey keeps its input's partition count: on a cluster Dask's bag ``groupby`` shuffles
@@ -19,7 +19,7 @@ Found by running this pipeline on a real ``dask scheduler`` + ``dask worker --nw
    times for the captioning step, on whichever worker held that sink), and the scheduler had one
    opaque task per sink to place, not a task per step and partition.
 5. Every step's task was called ``run_bundle``, so the scheduler's duration estimates (which
-   drive work stealing) mixed a 1 ms Filter with a 10 s model load.
+   drive work stealing) mixed a trivial Filter with a model load.
 
 Here a ParDo's side inputs are dependencies in the task graph (computed once, shared, handed to
 Beam's own ``apply_dofn_to_bundle`` as plain lists); every sink's partitions are computed as one
@@ -40,7 +40,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import apache_beam
 from apache_beam.runners.dask import dask_runner as beam_dask
@@ -180,7 +181,6 @@ class DaskRunner(beam_dask.DaskRunner):
     """Runs a pipeline on a Dask cluster (``--dask_client_address HOST:PORT``) with the fixes above."""
 
     def run_pipeline(self, pipeline: Any, options: Any) -> beam_dask.DaskRunnerResult:
-        import dask
         import dask.distributed as ddist
 
         dask_options = options.view_as(beam_dask.DaskOptions).get_all_options(drop_default=True, current_only=True)

@@ -10,7 +10,8 @@ runs, manifests) is unknown and never counts as a change.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa

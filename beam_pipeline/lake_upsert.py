@@ -5,18 +5,20 @@ row with the greatest ``processed_at`` (over captions *and* errors) is the curre
 (``beam_pipeline.output_files``). ``plan_sync`` says, for one table, which rows to add and which
 URIs' rows they replace (a newer row of the same kind, or a newer row of the other kind: a photo
 that became unreadable leaves the captions table for the errors table). ``commit_plan`` applies
-that as ONE snapshot (an ``overwrite`` when rows are replaced): the data files holding replaced rows are rewritten without
+that as ONE snapshot (an ``overwrite`` when rows are replaced): the data files holding replaced
+rows are rewritten without
 them (copy-on-write, like pyiceberg's own delete) and the new rows are added in the same
 snapshot, so a reader sees the old row or the new one, never both or neither.
 
 Driver memory: a URI -> (time, kind) map of OUTPUT's rows and of the table's URIs (tens of bytes
-per image; see README "Captions as an Iceberg table").
+per image; see docs/OUTPUTS.md "Captions as an Iceberg table").
 """
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 

@@ -19,11 +19,12 @@ import errno
 import os
 import re
 import stat
-from typing import Iterator
+from collections.abc import Iterator
 
 from apache_beam.io.filesystem import FileSystem
 
 from beam_pipeline.records import ImageRef, image_id_from_uri
+from model.storage import is_local, local_path  # noqa: F401 - is_local: re-exported for sources.py
 
 BROKEN_SYMLINK = "BrokenSymlink"
 SYMLINK_LOOP = "SymlinkLoop"
@@ -40,10 +41,6 @@ ENTRY_MESSAGES = {
 }
 
 _GLOB = re.compile(r"[*?\[]")
-
-
-def is_local(pattern: str) -> bool:
-    return "://" not in pattern or pattern.startswith("file://")
 
 
 def _mtime_ms(st: os.stat_result) -> int:
@@ -95,7 +92,7 @@ def list_local(pattern: str) -> Iterator[ImageRef]:
     Directories are entries (``IsADirectory``) when the pattern's last segment names something
     (``*.jpg``, ``img_*``); under a last segment of only ``*`` / ``**`` they are containers and
     are not reported."""
-    path = pattern[len("file://"):] if pattern.startswith("file://") else pattern
+    path = local_path(pattern)
     if path.endswith("/"):
         path += "*"
     if not _GLOB.search(path):

@@ -24,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.read_policy import classify_read_error
 from beam_pipeline.retries import RetryPolicy, call_with_retries
-from model.storage import cat_prefix, read_limit
+from model.storage import cat_prefix, is_local, local_path, read_limit
 
 
 class NotARegularFile(OSError):
@@ -46,18 +46,13 @@ class ReadSettings:
         return RetryPolicy(tries=self.tries, base_delay=self.backoff_seconds, max_delay=10.0, jitter=True)
 
 
-def is_remote(uri: str) -> bool:
-    """True for object-store URIs; local paths and ``file://`` are not remote."""
-    return "://" in uri and not uri.startswith("file://")
-
-
 def refuse_special_local_file(uri: str) -> None:
     """open() on a FIFO blocks until a writer appears (the job would hang forever) and a device
     such as /dev/zero never ends: refuse local non-regular files before opening them."""
-    if is_remote(uri):
+    if not is_local(uri):
         return
     try:
-        mode = os.stat(uri[len("file://"):] if uri.startswith("file://") else uri).st_mode
+        mode = os.stat(local_path(uri)).st_mode
     except OSError:
         return  # missing / not permitted: the open below reports it
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
@@ -79,7 +74,7 @@ def filesystem_options(protocol: str, settings: ReadSettings) -> dict[str, Any]:
             "retries": {"total_max_attempts": 1, "mode": "standard"},
             "connect_timeout": settings.timeout_seconds, "read_timeout": settings.timeout_seconds,
             "max_pool_connections": max(10, settings.concurrency)}}
-    return {}  # gcsfs / adlfs: their defaults (see README "Reading from object stores")
+    return {}  # gcsfs / adlfs: their defaults (see docs/RUNNING.md "Reading from object stores")
 
 
 class ObjectReader:
@@ -102,7 +97,7 @@ class ObjectReader:
 
     def get_once(self, uri: str, max_bytes: int, size_hint: int | None = None) -> bytes:
         """One GET (one try) of at most max_bytes + 1 bytes."""
-        if not is_remote(uri):
+        if is_local(uri):
             return read_local_limited(uri, max_bytes)
         if size_hint == 0:
             return b""  # nothing to fetch; the decoder reports EmptyFile

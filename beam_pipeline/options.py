@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -24,16 +24,17 @@ def check_flags(argv: Sequence[str]) -> None:
     Beam accepts (``--runner``, Dataflow's, the portable runner's, Dask's ...) is accepted here."""
     from apache_beam.options.pipeline_options import _BeamArgumentParser
 
-    if any(a.startswith("--dask") or "DaskRunner" in a for a in argv):  # Dask's flags (0.3 s to import)
+    if any(a.startswith("--dask") or "DaskRunner" in a for a in argv):  # Dask's flags (slow to import)
         with contextlib.suppress(ImportError):
-            import apache_beam.runners.dask.dask_runner  # noqa: F401
+            import apache_beam.runners.dask.dask_runner  # noqa: F401 - registers Dask's options
     parser = _BeamArgumentParser(allow_abbrev=False)
     classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
     for cls in classes.values():
         cls._add_argparse_args(parser)  # noqa: SLF001 - as PipelineOptions.get_all_options does
     _, unknown = parser.parse_known_args(list(argv))
     if unknown:
-        raise UsageError(unknown_arguments_message(unknown, parser._option_string_actions))  # noqa: SLF001
+        known = parser._option_string_actions  # noqa: SLF001 - argparse keeps its flags only there
+        raise UsageError(unknown_arguments_message(unknown, known))
 
 
 def default_model_uri() -> str:
@@ -44,7 +45,7 @@ def default_model_uri() -> str:
 
 
 class CaptionOptions(PipelineOptions):
-    """Flags of ``run_pipeline.py``; see README "Command line"."""
+    """Flags of ``run_pipeline.py``; every one is listed in docs/USAGE.md (``python -m tools.usage_doc``)."""
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:  # noqa: ANN001 - Beam's signature
@@ -53,7 +54,7 @@ class CaptionOptions(PipelineOptions):
                        help="glob of images on any Beam filesystem (local, gs://, s3://); repeatable")
         g.add_argument("--input_manifest", default=None,
                        help="table (Parquet/CSV/TSV/JSONL) listing image URIs, one per row")
-        g.add_argument("--manifest_uri_column", default="image_uri")
+        g.add_argument("--manifest_uri_column", default="image_uri", help="column of image URIs in --input_manifest")
         g.add_argument("--manifest_id_column", default=None, help="image id column (default: file name)")
         g.add_argument("--manifest_references_column", default=None,
                        help="column of reference captions (a string or a list of strings)")
@@ -65,11 +66,13 @@ class CaptionOptions(PipelineOptions):
         g.add_argument("--expected_model_id", default=None, help="refuse to run unless the model has this id")
         g.add_argument("--references", default=None,
                        help="reference captions: a Flickr8k token file, or a table of image id + caption")
-        g.add_argument("--references_id_column", default="image_id")
-        g.add_argument("--references_caption_column", default="caption")
+        g.add_argument("--references_id_column", default="image_id",
+                       help="image id column of a --references table (joined on the file name or manifest id)")
+        g.add_argument("--references_caption_column", default="caption", help="caption column of a --references table")
         g.add_argument("--decode", choices=["greedy", "beam"], default=None, help="default: the model config's")
-        g.add_argument("--beam_width", type=int, default=None)
-        g.add_argument("--length_alpha", type=float, default=None)
+        g.add_argument("--beam_width", type=int, default=None, help="beam search width (default: the model config's)")
+        g.add_argument("--length_alpha", type=float, default=None,
+                       help="beam search length penalty exponent, 0 = none (default: the model config's)")
         g.add_argument("--batch_size", type=int, default=32,
                        help="images per inference batch: the beam search runs the whole batch at once (cheaper "
                             "per image on larger batches); on CPUs the OpenVINO encoder runs it as requests of "
@@ -82,9 +85,9 @@ class CaptionOptions(PipelineOptions):
         g.add_argument("--encoder_runtime", choices=["auto", "openvino", "tensorflow"], default="auto",
                        help="who runs the encoder: auto = TensorFlow when it sees a GPU, else OpenVINO")
         g.add_argument("--model_cache_dir", default=None,
-                       help="folder for converted OpenVINO graphs, so a worker starts in ~0.4 s instead of ~3 s "
-                            "(default: openvino/ under $CAPTION_CACHE_DIR or the temp dir's image-captioning-cache; "
-                            "'none' turns it off)")
+                       help="folder for converted OpenVINO graphs: a worker's first start converts them, later "
+                            "starts read them back (default: openvino/ under $CAPTION_CACHE_DIR or the temp "
+                            "dir's image-captioning-cache; 'none' turns it off)")
         g.add_argument("--share_model_across_processes", action="store_true",
                        help="one model copy per machine, shared by all its SDK worker processes "
                             "(Beam's MultiProcessShared, as RunInference's share_model_across_processes): for "
@@ -98,9 +101,11 @@ class CaptionOptions(PipelineOptions):
         g.add_argument("--commit_attempts", type=int, default=5,
                        help="tries per commit (exponential backoff from 0.5 s) before the job fails")
         g.add_argument("--emit_embeddings", action="store_true", help="add the encoder feature vector to each row")
-        g.add_argument("--max_image_bytes", type=int, default=DEFAULT_MAX_BYTES)
-        g.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS)
-        r = parser.add_argument_group("reading images (see README 'Reading from object stores')")
+        g.add_argument("--max_image_bytes", type=int, default=DEFAULT_MAX_BYTES,
+                       help="larger inputs become TooLarge error rows (checked from the listing and while reading)")
+        g.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                       help="images whose header declares more pixels become DecompressionBomb error rows")
+        r = parser.add_argument_group("reading images (see docs/RUNNING.md 'Reading from object stores')")
         r.add_argument("--read_concurrency", type=int, default=16,
                        help="images read (and decoded) at once per DoFn instance; hides object-store latency")
         r.add_argument("--read_bytes_in_flight", type=int, default=256 << 20,
@@ -126,7 +131,7 @@ class CaptionOptions(PipelineOptions):
                             "BM25 on caption, vectors with --emit_embeddings; read by python -m caption_index")
         g.add_argument("--watchlist", default=None,
                        help="CSV of category,phrase lines: captions containing a phrase get that category "
-                            "in a flags column and go to OUTPUT/review (README 'Moderation')")
+                            "in a flags column and go to OUTPUT/review (docs/SEARCH.md 'Moderation')")
         g.add_argument("--review_below", type=float, default=None,
                        help="captions scoring below SCORE (mean token log-probability) also go to OUTPUT/review")
         g.add_argument("--skip_known_content", action="store_true",
@@ -138,7 +143,8 @@ class CaptionOptions(PipelineOptions):
                             "write OUTPUT/inventory/*.parquet and OUTPUT/inventory_summary.json (counts, "
                             "estimated captioning core-hours per precision)")
         g.add_argument("--report", action="store_true", help="write OUTPUT/report.html at the end")
-        g.add_argument("--report_sample", type=int, default=500)
+        g.add_argument("--report_sample", type=int, default=500,
+                       help="caption rows the --report page shows, sampled deterministically")
         c = parser.add_argument_group("terminal output (run_pipeline.py)")
         c.add_argument("--verbose", action="store_true",
                        help="show the libraries' log lines and warnings (TensorFlow, Beam, ...) and ours at INFO")

@@ -11,11 +11,11 @@ The wrappers are plain frozen dataclasses, pickled by Beam's default coder.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import apache_beam as beam
-
 
 # How a composite transform's ``expand`` declares several PCollections in or out (a tuple or a
 # dict of them): Beam's type hints describe one PCollection (or PBegin / PDone) only and warn

@@ -14,8 +14,9 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -23,18 +24,31 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, TestOptions
 
 from beam_pipeline.caption_handler import CaptionModelHandler, ModelSpec
-from beam_pipeline.retries import RetryPolicy
+from beam_pipeline.metrics import NAMESPACE
 from beam_pipeline.options import CaptionOptions, check_flags, default_model_uri, read_settings
-from beam_pipeline.preflight import (PreflightError, check_output, check_resume_model, existing_outputs,
-                                    interrupted_outputs, remove_stale_temp_dirs)
+from beam_pipeline.preflight import (
+    PreflightError,
+    check_output,
+    check_resume_model,
+    existing_outputs,
+    interrupted_outputs,
+    remove_stale_temp_dirs,
+)
 from beam_pipeline.records import with_references
+from beam_pipeline.retries import RetryPolicy
 from beam_pipeline.run_stats import RunStats
 from beam_pipeline.runners import make_runner
 from beam_pipeline.same_content import CopyCaptionsToFollowers, SplitBySameContent, known_columns
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
-from beam_pipeline.sources import NAMESPACE
-from beam_pipeline.transforms import (AttachReferences, CaptionImages, CommitOutputs, MatchInputs, ReadImages,
-                                      SkipDoneAndDuplicates)
+from beam_pipeline.transforms import (
+    AttachReferences,
+    CaptionImages,
+    CommitOutputs,
+    MatchInputs,
+    ReadImages,
+    SkipDoneAndDuplicates,
+)
+from model import storage
 
 log = logging.getLogger(__name__)
 header_log = logging.getLogger("beam_pipeline.console")  # the run's header line on the terminal
@@ -209,14 +223,14 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return run_inventory(options, runner, runner_name, new_run_id())
     plan = plan_run(caption_options)
     if caption_options.iceberg_table:
-        from beam_pipeline import lake_table
+        from beam_pipeline import lake_table  # the 'iceberg' extra: imported only when asked for
 
         plan.known_files += lake_table.prepare_table(  # the table's known captions, exported for the workers
             caption_options.iceberg_catalog, caption_options.iceberg_table, plan.model_id,
             known_columns(caption_options.emit_embeddings) if caption_options.skip_known_content else None,
             FileSystems.join(plan.output, "_runs", plan.run_id))
     if caption_options.search_index:
-        from beam_pipeline import search_index
+        from beam_pipeline import search_index  # the 'search' extra: imported only when asked for
 
         search_index.in_child(search_index.prepare_index, caption_options.search_index, plan.model_id,
                               caption_options.emit_embeddings)
@@ -258,15 +272,18 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise RuntimeError(f"run {plan.run_id}: {stats['captioned'] + stats['failed']} rows were made but only "
                            f"{committed} committed; not reporting success (rerun with --resume)")
     if caption_options.iceberg_table:  # after the Parquet files are committed: make the table agree
+        from beam_pipeline import lake_table  # the 'iceberg' extra: imported only when asked for
+
         summary["iceberg"] = lake_table.sync_output_to_table(
             caption_options.iceberg_catalog, caption_options.iceberg_table, plan.output,
             caption_options.emit_embeddings, bool(caption_options.watchlist))
     if caption_options.search_index:  # the same: after the commits, from the committed files
+        from beam_pipeline import search_index  # the 'search' extra: imported only when asked for
+
         summary["search_index"] = search_index.in_child(search_index.sync_output_to_index,
                                                         caption_options.search_index, plan.output)
     text = json.dumps(summary, indent=2).encode()
-    for path in (FileSystems.join(plan.output, "summary.json"), FileSystems.join(plan.output, "_runs", plan.run_id, "summary.json")):
-        with FileSystems.create(path) as f:
-            f.write(text)
+    for path in (storage.join(plan.output, "summary.json"), storage.join(plan.output, f"_runs/{plan.run_id}/summary.json")):
+        storage.write_atomically(path, text)
     return summary
 

@@ -7,7 +7,8 @@ import re
 
 import fsspec
 
-from beam_pipeline.commits import TEMP_PREFIX, is_committed_name, run_id_of
+from beam_pipeline.commits import is_committed_name, run_id_of
+from model.storage import TEMP_PREFIX, is_local, local_path
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -17,9 +18,8 @@ class PreflightError(ValueError):
 
 
 def _normalise(uri: str) -> str:
-    if "://" not in uri or uri.startswith("file://"):
-        path = uri[len("file://"):] if uri.startswith("file://") else uri
-        return os.path.realpath(os.path.abspath(path)).rstrip("/") or "/"
+    if is_local(uri):
+        return os.path.realpath(os.path.abspath(local_path(uri))).rstrip("/") or "/"
     return uri.rstrip("/")
 
 
@@ -66,7 +66,7 @@ def existing_outputs(output: str) -> list[str]:
     files = []
     for sub in ("captions", "errors"):
         files.extend(f for f in fs.glob(f"{path.rstrip('/')}/{sub}/*.parquet") if is_committed_name(f))
-    return sorted(fs.unstrip_protocol(f) if "://" in output else f for f in files)
+    return sorted(f if is_local(output) else fs.unstrip_protocol(f) for f in files)
 
 
 def remove_stale_temp_dirs(output: str) -> list[str]:

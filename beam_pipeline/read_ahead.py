@@ -6,15 +6,54 @@ the rest, so nothing crosses a bundle boundary (a retried bundle is redone whole
 
 Each task's byte cost (the object's size from the listing, or ``--max_image_bytes`` when it is
 unknown) is reserved before the task is submitted and released when it finishes, so at most
-``max_bytes`` of raw image data are held by reads at once (``InFlightBudget``), and at most
-``max_count`` finished results wait to be emitted.
+``max_bytes`` of raw image data are held by reads at once (``InFlightBudget``: an object larger
+than the whole budget is still read, but alone), and at most ``max_count`` finished results wait
+to be emitted.
 """
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from beam_pipeline.read_policy import InFlightBudget
+
+class InFlightBudget:
+    """At most ``max_count`` reads and ``max_bytes`` bytes in flight (thread-safe).
+
+    ``acquire(n)`` blocks until both fit; a single read larger than ``max_bytes`` is admitted
+    only when nothing else is in flight, so it can never deadlock and the peak is
+    max(max_bytes, largest object)."""
+
+    def __init__(self, max_count: int, max_bytes: int) -> None:
+        if max_count < 1 or max_bytes < 1:
+            raise ValueError("the in-flight bounds must be >= 1")
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self.count = 0
+        self.bytes = 0
+        self.peak_bytes = 0
+        self.peak_count = 0
+        self._cond = threading.Condition()
+
+    def _fits(self, n: int) -> bool:
+        if self.count == 0:
+            return True
+        return self.count < self.max_count and self.bytes + n <= self.max_bytes
+
+    def acquire(self, n: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._fits(n))
+            self.count += 1
+            self.bytes += n
+            self.peak_bytes = max(self.peak_bytes, self.bytes)
+            self.peak_count = max(self.peak_count, self.count)
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self.count -= 1
+            self.bytes -= n
+            self._cond.notify_all()
 
 
 class ReadAhead:

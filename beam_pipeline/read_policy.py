@@ -1,4 +1,4 @@
-"""What to do when reading an image fails, and how many bytes may be in flight.
+"""What to do when reading an image fails.
 
 Pure Python (no Beam, no cloud SDK imports), so the policy is tested on its own:
 
@@ -8,13 +8,10 @@ Pure Python (no Beam, no cloud SDK imports), so the policy is tested on its own:
   their type names, HTTP status and error codes, not by importing those libraries.
 * ``READ_RETRIES``: reads use the pipeline's one retry loop (``beam_pipeline.retries``) with full
   jitter and a bounded number of tries; permanent failures (403, 404, …) are raised at once.
-* ``InFlightBudget``: a count-and-bytes bound on concurrent reads, so memory stays flat on huge
-  images (an object larger than the whole budget is still read, but alone).
 """
 from __future__ import annotations
 
 import errno
-import threading
 
 THROTTLED = "Throttled"
 READ_TIMEOUT = "ReadTimeout"
@@ -98,41 +95,3 @@ def classify_read_error(exc: BaseException) -> tuple[str, bool]:
         if kind is not None:
             return kind, kind in TRANSIENT
     return type(exc).__name__, False
-
-
-class InFlightBudget:
-    """At most ``max_count`` reads and ``max_bytes`` bytes in flight (thread-safe).
-
-    ``acquire(n)`` blocks until both fit; a single read larger than ``max_bytes`` is admitted
-    only when nothing else is in flight, so it can never deadlock and the peak is
-    max(max_bytes, largest object)."""
-
-    def __init__(self, max_count: int, max_bytes: int) -> None:
-        if max_count < 1 or max_bytes < 1:
-            raise ValueError("the in-flight bounds must be >= 1")
-        self.max_count = max_count
-        self.max_bytes = max_bytes
-        self.count = 0
-        self.bytes = 0
-        self.peak_bytes = 0
-        self.peak_count = 0
-        self._cond = threading.Condition()
-
-    def _fits(self, n: int) -> bool:
-        if self.count == 0:
-            return True
-        return self.count < self.max_count and self.bytes + n <= self.max_bytes
-
-    def acquire(self, n: int) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: self._fits(n))
-            self.count += 1
-            self.bytes += n
-            self.peak_bytes = max(self.peak_bytes, self.bytes)
-            self.peak_count = max(self.peak_count, self.count)
-
-    def release(self, n: int) -> None:
-        with self._cond:
-            self.count -= 1
-            self.bytes -= n
-            self._cond.notify_all()

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def image_id_from_uri(uri: str) -> str:
 
 
 def now_utc() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def source_columns(ref: ImageRef | None) -> dict[str, Any]:
@@ -59,7 +60,7 @@ def source_columns(ref: ImageRef | None) -> dict[str, Any]:
     (null when unknown). ``--resume`` compares them with the next listing to find changed inputs."""
     size = None if ref is None else ref.size_bytes
     mtime = None if ref is None or ref.modified_ms is None else \
-        dt.datetime.fromtimestamp(ref.modified_ms / 1000, dt.timezone.utc)
+        dt.datetime.fromtimestamp(ref.modified_ms / 1000, dt.UTC)
     return {"source_size": size, "source_mtime": mtime}
 
 

@@ -3,12 +3,13 @@ model loads, computed from the data (exact on runners without metrics) and writt
 ``OUT/_runs/RUN_ID/stats.json`` for the driver's summary.
 
 Everything is one ``CombineGlobally`` over tagged elements (``RunStatsFn``): one shuffle and two
-small stages at the end of a run, where a combine per count took a dozen stages and ~0.3 s of
-pipeline construction and tear-down per run."""
+small stages at the end of a run, where a combine per count took a dozen stages (and their
+construction and tear-down) per run."""
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems

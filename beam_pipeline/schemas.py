@@ -1,7 +1,7 @@
 """Arrow schemas of the pipeline outputs: the contract with DuckDB / Spark / pyarrow readers.
 
 ``captions/*.parquet`` holds one row per captioned image, ``errors/*.parquet`` one row per input
-that could not be captioned; see README "Output schemas".
+that could not be captioned; see docs/OUTPUTS.md "Output schemas".
 """
 from __future__ import annotations
 

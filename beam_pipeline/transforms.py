@@ -13,19 +13,20 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 
 from beam_pipeline.caption_handler import CaptionModelHandler
 from beam_pipeline.commit_writer import CommitRows
-from beam_pipeline.retries import RetryPolicy
 from beam_pipeline.dedupe import DONE, DONE_BY_INTERRUPTED, DONE_COLUMNS, DedupeAndResume, done_entry
 from beam_pipeline.object_reads import ReadSettings
 from beam_pipeline.outcomes import PCollections, recaptioned_uris, skipped_flags, split, worker_reports
 from beam_pipeline.output_files import ReadOutputRows
 from beam_pipeline.records import ImageRef, with_reference_captions, with_references
+from beam_pipeline.retries import RetryPolicy
 from beam_pipeline.sources import MatchGlob, ReadAndDecode, ReadManifest, read_references
 
 log = logging.getLogger(__name__)

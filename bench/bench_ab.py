@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bench.bench_throughput import dev_images, link_dir, pipeline_command, pipeline_summary  # noqa: E402
-from bench.common import REPO, SHARED, XCEPTION_WEIGHTS, machine, table  # noqa: E402
+from bench.bench_throughput import dev_images, link_dir, pipeline_command, pipeline_summary
+from bench.common import REPO, SHARED, XCEPTION_WEIGHTS, machine, table
 
 
 def run_from(repo: Path, image_dir: Path, args: argparse.Namespace) -> dict:

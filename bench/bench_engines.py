@@ -9,7 +9,8 @@ the DirectRunner's, wall time.
 ``--scaling`` measures instead how the Dask runner scales: the same photos on a cluster of 1 and
 of 2 worker processes (each ``--nthreads 1``, the model limited to 1 core per process with
 ``CAPTION_MODEL_THREADS=1``; with ``--pin_cores`` each worker process pinned to its own core, so
-that the single worker cannot borrow the idle core for its helper threads), ``--rounds`` interleaved rounds; prints images/s per run, the
+that the single worker cannot borrow the idle core for its helper threads), ``--rounds``
+interleaved rounds; prints images/s per run, the
 medians and the speed-up, and how many photos each worker process captioned.
 
     python -m bench.bench_engines --scaling --photos 300 --rounds 3 [--pin_cores]

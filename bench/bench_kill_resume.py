@@ -27,8 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bench.bench_throughput import dev_images, link_dir  # noqa: E402
-from bench.common import REPO, XCEPTION_WEIGHTS, machine, python, table  # noqa: E402
+from bench.bench_throughput import dev_images, link_dir
+from bench.common import REPO, XCEPTION_WEIGHTS, machine, python, table
 
 
 def committed_uris(out: Path) -> list[str]:

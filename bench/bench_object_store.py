@@ -33,16 +33,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_throughput import dev_images, pipeline_command, pipeline_summary  # noqa: E402
-from bench.common import REPO, XCEPTION_WEIGHTS, machine, python, table  # noqa: E402
-from tests.s3_fault_proxy import FaultProxy  # noqa: E402
-from tests.s3_server import start_moto, stop_process  # noqa: E402
+from bench.bench_throughput import dev_images, pipeline_command, pipeline_summary
+from bench.common import REPO, XCEPTION_WEIGHTS, machine, python, table
+from tests.s3_fault_proxy import FaultProxy
+from tests.s3_server import start_moto, stop_process
 
 BUCKET = "bench"
 
@@ -77,11 +78,10 @@ def read_variants(keys: list[str], sizes: dict[str, int]) -> dict[str, Callable[
     import boto3
     import fsspec
     from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
 
     from beam_pipeline.object_reads import ObjectReader, ReadSettings
     from beam_pipeline.read_ahead import ReadAhead
-
-    from apache_beam.options.pipeline_options import PipelineOptions
 
     FileSystems.set_options(PipelineOptions([]))  # what a runner does before the first read
     from botocore.config import Config
@@ -179,8 +179,9 @@ started = time.perf_counter()
 metas = [m for r in FileSystems.match([sys.argv[1]]) for m in r.metadata_list]
 seconds = time.perf_counter() - started
 after = proc.memory_info().rss
+peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"objects": len(metas), "seconds": seconds, "rss_before_mib": before / 2**20,
-                  "rss_after_mib": after / 2**20, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "rss_after_mib": after / 2**20, "peak_rss_mib": peak_mib}))
 """
 
 

@@ -33,10 +33,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from bench.bench_throughput import decode_all, dev_images, link_dir, run_pipeline_once  # noqa: E402
-from bench.common import FLICKR8K, REPO, XCEPTION_WEIGHTS, machine, table  # noqa: E402
+from bench.bench_throughput import decode_all, dev_images, link_dir, run_pipeline_once
+from bench.common import FLICKR8K, REPO, XCEPTION_WEIGHTS, machine, table
 
 PRECISIONS = ("float32", "bfloat16", "int8")
 

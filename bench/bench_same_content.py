@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bench.bench_throughput import dev_images, pipeline_command, pipeline_summary  # noqa: E402
-from bench.common import REPO, XCEPTION_WEIGHTS, machine, table  # noqa: E402
+from bench.bench_throughput import dev_images, pipeline_command, pipeline_summary
+from bench.common import REPO, XCEPTION_WEIGHTS, machine, table
 
 
 def half_copies(n: int, root: Path) -> Path:

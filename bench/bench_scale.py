@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import FLICKR8K, REPO, machine, processes_rss_mib, table  # noqa: E402
+from bench.common import FLICKR8K, REPO, machine, processes_rss_mib, table
 
 
 def build_corpus(root: Path, inputs: int, distinct: int, broken: int) -> str:
@@ -109,7 +109,8 @@ from beam_pipeline.schemas import caption_schema
 out, rows, changed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 def write(name, start, count, when, caption):
-    pq.write_table(pa.Table.from_pylist([{"image_uri": f"/lake/d{i // 1000:05d}/{i:08d}.jpg", "image_id": f"{i:08d}.jpg",
+    pq.write_table(pa.Table.from_pylist([{
+        "image_uri": f"/lake/d{i // 1000:05d}/{i:08d}.jpg", "image_id": f"{i:08d}.jpg",
         "caption": caption, "score": -1.0, "decode": "beam", "model_id": "m", "encoder": "xception", "width": 224,
         "height": 224, "processed_at": when, "image_sha256": f"{i:064x}", "caption_source": "model",
         "source_size": 30000, "source_mtime": t0} for i in range(start, start + count)], schema=caption_schema()),
@@ -120,8 +121,9 @@ for k in range(0, rows, 100000):
 t = time.monotonic(); first = sync_output_to_table("bench", "lake.captions", out, False); t1 = time.monotonic() - t
 write("part-b", 0, changed, t0 + dt.timedelta(hours=1), "a new caption")
 t = time.monotonic(); second = sync_output_to_table("bench", "lake.captions", out, False); t2 = time.monotonic() - t
+peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"first_s": t1, "second_s": t2, "appended": first["captions"]["appended"],
-                  "replaced": second["captions"]["replaced"], "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "replaced": second["captions"]["replaced"], "peak_rss_mib": peak_mib}))
 """
 
 

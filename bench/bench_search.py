@@ -15,7 +15,8 @@ Reproduce::
 3. Findability: the product (LanceDB's BM25 on the index, ranks as returned, top ``--depth``;
    and, as a check on tie order, each rank moved to the middle of its group of equal LanceDB
    scores, passed as is to ``findability_of_ranks``) and the plain BM25 (k1 1.2, b 0.75, ties
-   broken in expectation) over the same captions: R@1/5/10, MRR, median rank. A query whose photo is not in LanceDB's top ``--depth`` gets the
+   broken in expectation) over the same captions: R@1/5/10, MRR, median rank. A query whose
+   photo is not in LanceDB's top ``--depth`` gets the
    rank midway between ``depth`` + 1 and the number of photos (it counts in no R@k).
 4. Speed: queries/s in batch mode (one process, one query after another, top 10), for the
    product on the dev index and on synthetic indexes of ``--latency_rows`` rows (the Flickr8k
@@ -32,14 +33,16 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
+import numpy as np
+import pyarrow as pa
 
-from bench.common import FLICKR8K, REPO, machine, table  # noqa: E402
+from bench.common import FLICKR8K, REPO, machine, table
 
 QUERY_TOKENS = ("#1", "#2", "#3", "#4")  # references #2-#5 (Flickr8k numbers them #0..#4)
 
@@ -81,7 +84,8 @@ def queries_of(photos: list[Path]) -> list[tuple[str, str]]:
     return out
 
 
-def lance_ranks(tbl, queries: list[tuple[int, str]], uris: list[str], depth: int) -> tuple[list[float], list[float]]:  # noqa: ANN001
+def lance_ranks(tbl: Any, queries: list[tuple[int, str]], uris: list[str],
+                depth: int) -> tuple[list[float], list[float]]:
     """Per query: the rank as returned, and the expected rank within its tie group of equal
     LanceDB scores (g above, t tied: g + (t + 1) / 2), both from the top ``depth`` hits."""
     from caption_index.query import text_search
@@ -102,7 +106,7 @@ def lance_ranks(tbl, queries: list[tuple[int, str]], uris: list[str], depth: int
     return returned, tied
 
 
-def queries_per_second(fn, texts: list[str], repeats: int) -> float:  # noqa: ANN001
+def queries_per_second(fn: Callable[[str], Any], texts: list[str], repeats: int) -> float:
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -120,7 +124,7 @@ def synthetic_index(path: Path, rows: int) -> object:
 
     captions = [line.partition("\t")[2].strip() for line in (FLICKR8K / "Flickr8k.token.txt").read_text().splitlines()]
     captions = [c for c in captions if c]
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     batch = {"image_uri": [f"s3://synthetic/{i:07d}.jpg" for i in range(rows)],
              "image_id": [f"{i:07d}.jpg" for i in range(rows)],
              "caption": [captions[i % len(captions)] for i in range(rows)],
@@ -141,7 +145,7 @@ def synthetic_vectors(path: Path, rows: int, dim: int) -> object:
     rng = np.random.default_rng(0)
     db = lancedb.connect(str(path))
     schema = index_schema(dim)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     tbl = None
     for start in range(0, rows, 10_000):
         n = min(10_000, rows - start)
@@ -209,7 +213,7 @@ def main() -> None:
     latency = []
     for n in args.latency_rows:
         synthetic = synthetic_index(args.work / f"synthetic-{n}", n)
-        qps = queries_per_second(lambda t: text_search(synthetic, t, 10), texts[:1000], args.repeats)
+        qps = queries_per_second(lambda t, index=synthetic: text_search(index, t, 10), texts[:1000], args.repeats)
         latency.append([n, "text (BM25), top 10", round(qps), round(1000 / qps, 2)])
     some = [p.read_bytes() for p in photos[:args.like_queries]]
     vectors = tbl.search().select(["embedding"]).limit(len(some)).to_arrow().column("embedding").to_pylist()

@@ -38,9 +38,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from bench.common import REPO, machine, process_tree_rss_mib, python, table  # noqa: E402
+from bench.common import REPO, machine, process_tree_rss_mib, python, table
 
 PROGRESS = re.compile(r"progress \(pid \d+\): (\d+) images captioned")
 

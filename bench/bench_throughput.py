@@ -39,9 +39,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from bench.common import FLICKR8K, REPO, XCEPTION_WEIGHTS, machine, median_time, python, run_with_rss, table  # noqa: E402
+from bench.common import FLICKR8K, REPO, XCEPTION_WEIGHTS, machine, median_time, python, run_with_rss, table
 
 
 def dev_images(n: int) -> list[Path]:
@@ -157,7 +157,9 @@ def main() -> int:
         extra = ["--precision", args.precision, "--encoder_runtime", args.runtime]
         cold = run_pipeline_once(image_dir, args, extra)
         runs = [run_pipeline_once(image_dir, args, extra) for _ in range(args.repeats)]
-        excl_load = lambda r: r["captioned"] / (r["wall_seconds"] - (r.get("model_load_seconds") or 0))  # noqa: E731
+        def excl_load(r: dict) -> float:
+            return r["captioned"] / (r["wall_seconds"] - (r.get("model_load_seconds") or 0))
+
         results["pipeline"] = statistics.median(r["images_per_second"] for r in runs)
         results["pipeline_excl_load"] = statistics.median(excl_load(r) for r in runs)
         results["pipeline_cold"] = cold["images_per_second"]
@@ -186,16 +188,16 @@ def main() -> int:
     if {"encoder", "pipeline", "seed"} & set(args.only):
         rows = []
         other = "tensorflow" if args.runtime == "openvino" else "openvino"
-        labels = {"encoder": "(1) bare encoder (%s, compiled, batch %d)" % (args.runtime, args.batch_size),
-                  "encoder_other": "(1, for reference) bare encoder in %s" % other,
+        labels = {"encoder": f"(1) bare encoder ({args.runtime}, compiled, batch {args.batch_size})",
+                  "encoder_other": f"(1, for reference) bare encoder in {other}",
                   "pipeline": "(2) pipeline end to end (DirectRunner, beam-3), warm start",
                   "pipeline_excl_load": "(2') pipeline, warm start, model load excluded",
                   "pipeline_cold": "(2c) pipeline end to end, cold start (graphs converted)",
-                  "seed": "(3) seed-style loop (baseline, %d images)" % args.seed_images}
+                  "seed": f"(3) seed-style loop (baseline, {args.seed_images} images)"}
         for key in ("encoder", "encoder_other", "pipeline", "pipeline_excl_load", "pipeline_cold", "seed"):
             if key in results:
                 rows.append([labels[key], round(results[key], 2)])
-        print(table(["what (median of %d runs, %d images)" % (args.repeats, args.images), "images/s"], rows))
+        print(table([f"what (median of {args.repeats} runs, {args.images} images)", "images/s"], rows))
         ratios = []
         if "pipeline" in results and "encoder" in results:
             ratios.append(["(2)/(1)", round(results["pipeline"] / results["encoder"], 3), ">= 0.90"])
@@ -209,8 +211,8 @@ def main() -> int:
         print()
 
     if "decoding" in args.only:
-        from model.captioner import load_caption_model
         from model.caption_search import DecodeSettings
+        from model.captioner import load_caption_model
 
         model = load_caption_model(args.model, encoder_weights=args.encoder_weights, with_encoder=False)
         feats = np.concatenate([enc(pixels[i:i + args.batch_size]) for i in range(0, len(pixels), args.batch_size)])
@@ -236,7 +238,7 @@ def main() -> int:
             per = 1000 * med / len(feats)
             rows.append([f"{settings.describe()}, {runtime}", round(per, 3), round(enc_ms, 2),
                          f"{100 * per / enc_ms:.1f} %"])
-        print(table(["decoding (batch %d)" % args.batch_size, "ms / image", "encoder ms / image", "share of encoder"], rows))
+        print(table([f"decoding (batch {args.batch_size})", "ms / image", "encoder ms / image", "share of encoder"], rows))
         print()
 
     if "bf16" in args.only:
@@ -272,9 +274,9 @@ def main() -> int:
             rows.append([runtime, label, round(rate, 2), round(rate / base_rate["tensorflow"], 3),
                          round(rate / base_rate.get(runtime, rate), 3), f"{100 * same:.1f} %",
                          round(bleu["bleu1"], 4), round(bleu["bleu4"], 4)])
-        print(table(["runtime", "encoder precision", "images/s (median of %d)" % args.repeats,
+        print(table(["runtime", "encoder precision", f"images/s (median of {args.repeats})",
                      "speed-up vs TF float32", "speed-up vs same runtime float32",
-                     "captions identical to TF float32 (%d images)" % n, "BLEU-1", "BLEU-4"], rows))
+                     f"captions identical to TF float32 ({n} images)", "BLEU-1", "BLEU-4"], rows))
         print("\ngoals: speed-up >= 1.8, identical captions >= 95 %, BLEU-4 within 0.005 of float32\n")
 
     if "memory" in args.only:

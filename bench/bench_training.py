@@ -56,7 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 SHARED = REPO.parent / "shared"
 DEFAULT_FLICKR8K = SHARED / "data" / "flickr8k"

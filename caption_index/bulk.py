@@ -13,11 +13,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import fsspec
 
 from beam_pipeline.preflight import PreflightError
+from model.storage import join, write_atomically
 
 FILE_PATTERN = "bulk-{:05d}.ndjson"
 _BATCH_ROWS = 4096
@@ -30,7 +32,7 @@ def document_id(image_uri: str) -> str:
 
 def _json_value(value: Any) -> Any:
     if isinstance(value, dt.datetime):
-        return value.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return value
 
 
@@ -56,11 +58,8 @@ def export_bulk(table: Any, out_dir: str, *, index_name: str = "captions", max_b
     chunk: list[bytes] = []
     size = 0
 
-    def flush() -> None:
-        path = f"{root.rstrip('/')}/{FILE_PATTERN.format(len(files))}"
-        with fs.open(path, "wb") as f:
-            f.write(b"".join(chunk))
-        files.append(fs.unstrip_protocol(path) if "://" in out_dir else path)
+    def flush() -> None:  # each file whole or not at all; its local path or URI is listed
+        files.append(write_atomically(join(out_dir, FILE_PATTERN.format(len(files))), b"".join(chunk)))
 
     for pair in bulk_pairs(table, index_name):
         if chunk and size + len(pair) > max_bytes:

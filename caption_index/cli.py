@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from beam_pipeline.preflight import PreflightError
 
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--like: encoder weights path/URI (as run_pipeline.py)")
     s.add_argument("--precision", choices=["float32", "bfloat16", "int8"], default="float32",
                    help="--like: encoder precision (use the runs' for the closest distances)")
-    s.add_argument("--encoder_runtime", choices=["auto", "openvino", "tensorflow"], default="auto")
+    s.add_argument("--encoder_runtime", choices=["auto", "openvino", "tensorflow"], default="auto",
+                   help="--like: who runs the encoder (as run_pipeline.py)")
     e = sub.add_parser("export", help="write Elasticsearch / OpenSearch _bulk files")
     e.add_argument("index", metavar="URI")
     e.add_argument("out_dir", metavar="OUT_DIR", help="folder for the bulk-NNNNN.ndjson files")

@@ -4,7 +4,7 @@ script, no external resource."""
 from __future__ import annotations
 
 import html
-from typing import Sequence
+from collections.abc import Sequence
 
 from caption_index.query import Hit
 from caption_report.thumbnails import DEFAULT_THUMBNAIL_PX, make_thumbnails

@@ -10,8 +10,9 @@ IVF-PQ with re-ranking of the candidates on the full vectors above.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def open_index(uri: str) -> Any:
     return table
 
 
-def _hits(rows: list[dict[str, Any]], score_of) -> list[Hit]:  # noqa: ANN001
+def _hits(rows: list[dict[str, Any]], score_of: Callable[[dict[str, Any]], float]) -> list[Hit]:
     return [Hit(r["image_uri"], r["caption"], float(score_of(r)), r.get("score"), r.get("image_id"),
                 tuple(r["flags"]) if r.get("flags") is not None else None, r.get("width"), r.get("height"))
             for r in rows]

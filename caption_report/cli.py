@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from model.cli import StrictArgumentParser
 from caption_report.data import DEFAULT_MAX_ERRORS, DEFAULT_SAMPLE
 from caption_report.thumbnails import DEFAULT_THUMBNAIL_PX
 from caption_report.writer import write_report
+from model.cli import StrictArgumentParser
 
 
 def build_parser() -> argparse.ArgumentParser:

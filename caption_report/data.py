@@ -20,9 +20,10 @@ import logging
 import math
 import posixpath
 from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import fsspec
 import numpy as np

@@ -16,10 +16,11 @@ import hashlib
 import html
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class ReportData:
     review_total: int = 0  # rows in OUT_DIR/review (the "needs review" queue)
 
 
-@lru_cache(maxsize=None)
+@cache
 def static_text(name: str) -> str:
     """A file of ``caption_report/static`` (package data) as text."""
     return resources.files("caption_report").joinpath("static").joinpath(name).read_text(encoding="utf-8")
@@ -166,7 +167,9 @@ def _render_card(rank: int, row: CaptionRow, thumb: str | None, show_model: bool
                '<span class="x" aria-hidden="true">&#x2298;</span><span>image unavailable</span></div>')
     score = row.score
     score_attr = "nan" if math.isnan(score) else repr(float(score))
-    prob = "" if math.isnan(score) else f'<span class="muted" title="per-token probability exp(score)">p&#8776;{math.exp(min(score, 0.0)):.2f}/token</span>'
+    prob = "" if math.isnan(score) else (
+        '<span class="muted" title="per-token probability exp(score)">'
+        f'p&#8776;{math.exp(min(score, 0.0)):.2f}/token</span>')
     parts = [
         f'<p class="caption">{_e(_clip(row.caption))}</p>',
         f'<div class="scoreline"><span class="badge {_score_class(score)}" title="mean token log-probability">'
@@ -225,7 +228,8 @@ def _render_gallery(data: ReportData) -> str:
     show_model = len({(r.model_id, r.decode) for r in rows}) > 1
     cards = "".join(_render_card(i, row, thumb, show_model)
                     for i, (row, thumb) in enumerate(zip(rows, data.thumbnails)))
-    return f'<section id="gallery">{head}{controls}<div id="grid" class="grid" data-sort="score-asc">{cards}</div></section>'
+    grid = f'<div id="grid" class="grid" data-sort="score-asc">{cards}</div>'
+    return f'<section id="gallery">{head}{controls}{grid}</section>'
 
 
 def _render_errors(data: ReportData) -> str:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import base64
 import io
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 
 from PIL import Image
 
-from model.image_loading import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError,
-                                 decode_image, upright_size)
+from model.image_loading import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, upright_size
+
 # The one bounded reader: at most max_bytes + 1 bytes, so decode_image reports a larger file as TooLarge.
 from model.storage import read_prefix
 
@@ -70,7 +70,7 @@ def make_thumbnails(uris: Sequence[str], px: int = DEFAULT_THUMBNAIL_PX, *,
     def fetch(uri: str) -> bytes | Exception:
         try:
             return read_prefix(uri, max_bytes)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any read failure means no thumbnail, logged
             return exc
 
     out: list[str | None] = []
@@ -85,7 +85,7 @@ def make_thumbnails(uris: Sequence[str], px: int = DEFAULT_THUMBNAIL_PX, *,
                     continue
                 try:
                     out.append(thumbnail_from_bytes(data, px, max_bytes=max_bytes))
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001 - bad bytes mean no thumbnail, never a failed report
                     log.info("no thumbnail for %s: %s", uri, exc)
                     out.append(None)
     return out

@@ -1,10 +1,18 @@
 """Glue: load a run's output, make the thumbnails, render the page and write it."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from caption_report.data import (DEFAULT_MAX_ERRORS, DEFAULT_SAMPLE, load_captions, load_errors,
-                                 load_review, load_summary, output_exists, with_review)
+from caption_report.data import (
+    DEFAULT_MAX_ERRORS,
+    DEFAULT_SAMPLE,
+    load_captions,
+    load_errors,
+    load_review,
+    load_summary,
+    output_exists,
+    with_review,
+)
 from caption_report.render import ReportData, render_html
 from caption_report.thumbnails import DEFAULT_THUMBNAIL_PX, make_thumbnails
 from model import storage
@@ -33,7 +41,7 @@ def write_report(out_dir: str, *, sample: int = DEFAULT_SAMPLE, seed: int = 0,
     data = ReportData(
         summary=summary, captions=captions, errors=errors, thumbnails=thumbs, out_dir=out_dir,
         sample=sample, seed=seed, notes=[note] if note else [],
-        generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"), review_total=review_total,
+        generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"), review_total=review_total,
     )
     page = render_html(data, thumbnail_px=thumbnail_px)
     target = output or storage.join(out_dir, REPORT_NAME)

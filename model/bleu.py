@@ -33,10 +33,12 @@ from __future__ import annotations
 import math
 import sys
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from model.text import END, PAD, SPECIAL_TOKENS, START, UNK, clean_tokens  # noqa: F401 - re-exported
+
 # Stripped before scoring. <unk> is kept: it is a real model output that matches no reference
 # word (references are cleaned text, which can never contain "<" or ">").
 STRIPPED_TOKENS = frozenset({START, END, PAD})
@@ -105,11 +107,11 @@ class BleuStats:
         return len(self.matches)
 
     @classmethod
-    def zero(cls, max_n: int = MAX_N) -> "BleuStats":
+    def zero(cls, max_n: int = MAX_N) -> BleuStats:
         """The identity of :meth:`merge` (no segments)."""
         return cls([0] * max_n, [0] * max_n, 0, 0, 0)
 
-    def merge(self, other: "BleuStats") -> "BleuStats":
+    def merge(self, other: BleuStats) -> BleuStats:
         """Return the statistics of both corpora together (neither input is changed)."""
         if other.max_n != self.max_n:
             raise ValueError(f"cannot merge BLEU stats of max_n {self.max_n} and {other.max_n}")
@@ -132,7 +134,7 @@ class BleuStats:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "BleuStats":
+    def from_dict(cls, data: Mapping[str, Any]) -> BleuStats:
         """Inverse of :meth:`to_dict`."""
         return cls(
             [int(x) for x in data["matches"]],

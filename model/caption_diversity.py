@@ -15,8 +15,8 @@ Captions are compared and indexed in their cleaned form, so "A dog." and "a dog"
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
-from typing import Iterable, Sequence
 
 from model.retrieval_metrics import FindabilityReport, findability
 from model.text import clean_caption

@@ -15,7 +15,7 @@ Both score token ids after <start>, with <end> when the caption reached it (as `
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

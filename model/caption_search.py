@@ -7,8 +7,9 @@ first axis is the row, so beams and finished images are handled by row selection
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 

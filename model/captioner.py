@@ -7,8 +7,7 @@ from model.artifact import ArtifactContents, ArtifactError, read_artifact
 from model.artifact_config import ArtifactConfig
 from model.caption_search import CaptionResult, DecodeSettings, caption_features
 from model.encoder import ImageEncoder
-from model.lstm_decoder import (STEP_GRAPHS, DecoderSource, KerasStepModel, MergeDecoder, make_step_model,
-                                 step_graph_key)
+from model.lstm_decoder import STEP_GRAPHS, DecoderSource, KerasStepModel, MergeDecoder, make_step_model, step_graph_key
 from model.vocabulary import Vocabulary
 
 

@@ -6,7 +6,8 @@ import argparse
 import difflib
 import re
 import sys
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 _NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
 

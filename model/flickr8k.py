@@ -12,7 +12,7 @@ SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "dev": "Flickr_8k.devImages
                "test": "Flickr_8k.testImages.txt"}
 
 
-def parse_token_file(text: str) -> "OrderedDict[str, list[str]]":
+def parse_token_file(text: str) -> OrderedDict[str, list[str]]:
     """Parse ``IMAGE.jpg#N<TAB>caption`` lines into ``{image_id: [captions]}`` (order kept)."""
     out: OrderedDict[str, list[str]] = OrderedDict()
     for line_no, line in enumerate(text.splitlines(), 1):

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -114,7 +115,7 @@ class MergeDecoder:
         load_weights_strictly(self.training_model, path)
 
     def step_model(self, runtime: str = "tensorflow", cache_identity: str | None = None,
-                   cache: str | None = None) -> "KerasStepModel":
+                   cache: str | None = None) -> KerasStepModel:
         """The step-wise inference graph run by TensorFlow or OpenVINO (``runtime``); an OpenVINO
         graph is cached under ``cache_identity`` (the artifact's model_id) when given."""
         return make_step_model([self], runtime, cache_identity, cache)
@@ -122,7 +123,7 @@ class MergeDecoder:
 
 def make_step_model(members: Sequence[MergeDecoder] | DecoderSource, runtime: str = "tensorflow",
                     cache_identity: str | None = None, cache: str | None = None,
-                    combine: str = "mean_logprob") -> "KerasStepModel":
+                    combine: str = "mean_logprob") -> KerasStepModel:
     """One step-wise graph over one decoder or an ensemble of decoders (see ``KerasStepModel``).
     A ``DecoderSource`` is built here for TensorFlow, and only on a cache miss for OpenVINO."""
     if runtime == "openvino":
@@ -166,7 +167,7 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
 @dataclass(frozen=True)
 class DecoderSource:
     """The decoders of a step model, built when a graph is first traced: their config and number
-    are known from the artifact, but the Keras layers and weights (0.2 s for four decoders) are
+    are known from the artifact, but the Keras layers and weights (slow to build) are
     not needed when OpenVINO step graphs come from the cache (``OpenVinoStepModel``)."""
 
     config: DecoderConfig

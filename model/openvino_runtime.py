@@ -1,8 +1,8 @@
 """OpenVINO execution of traced TensorFlow functions, with an on-disk cache of converted models.
 
-Converting a traced Keras graph to OpenVINO takes 1-2 s per worker start (tracing plus the
-TensorFlow frontend); reading a converted model back takes ~0.1 s. The cache holds OpenVINO IR
-(XML graph + raw float32 weights: data, never code), one folder per key, written atomically and
+Converting a traced Keras graph to OpenVINO (tracing plus the TensorFlow frontend) costs every
+worker start far more than reading a converted model back (docs/PERFORMANCE.md). The cache
+holds OpenVINO IR (XML graph + raw float32 weights: data, never code), one folder per key, written atomically and
 checked against SHA-256 sums before use; a damaged or foreign entry is rebuilt, never trusted,
 and a cache folder that other users could write to is not used at all.
 
@@ -18,9 +18,9 @@ import logging
 import os
 import shutil
 import threading
-import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -87,25 +87,22 @@ def _read_cached(core: Any, folder: str) -> Any | None:
 
 
 def _write_cached(model: Any, root: str, key: str) -> None:
-    """Save ``model`` under ``root/key`` atomically (a temporary folder renamed into place), so
-    a concurrent reader sees either nothing or a complete entry."""
+    """Save ``model`` under ``root/key`` atomically (a temporary folder renamed into place,
+    ``storage.atomic_local_path``), so a concurrent reader sees either nothing or a complete entry."""
     import openvino as ov
 
-    tmp = os.path.join(root, f".tmp-{key}-{uuid.uuid4().hex}")
     final = os.path.join(root, key)
     try:
-        os.makedirs(tmp)
-        ov.save_model(model, os.path.join(tmp, "model.xml"), compress_to_fp16=False)  # keep float32 weights
-        sums = {name: storage.file_sha256(os.path.join(tmp, name)) for name in _FILES}
-        with open(os.path.join(tmp, "manifest.json"), "w") as f:
-            json.dump({"format": CACHE_FORMAT, "sha256": sums}, f)
         if os.path.isdir(final):  # a damaged entry: replace it
             shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)
+        with storage.atomic_local_path(final) as tmp:
+            os.makedirs(tmp)
+            ov.save_model(model, os.path.join(tmp, "model.xml"), compress_to_fp16=False)  # keep float32 weights
+            sums = {name: storage.file_sha256(os.path.join(tmp, name)) for name in _FILES}
+            with open(os.path.join(tmp, "manifest.json"), "w") as f:
+                json.dump({"format": CACHE_FORMAT, "sha256": sums}, f)
     except OSError as exc:  # another process won the race, or the cache is not writable
         log.info("OpenVINO cache entry %s not written (%s)", final, exc)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _private_folder(root: str) -> bool:
@@ -228,10 +225,10 @@ class ChunkedRequests:
     """Runs a batch through compiled models (compiled with ``throughput=True``) as chunks of
     ``chunk`` images, as many chunks at once as the plugin has streams, in order.
 
-    Why: measured on a 2-core AVX-512 VNNI machine (docs/PERFORMANCE.md), Xception runs faster on
-    small chunks than on a batch of 16 (the INT8 graph 67 -> 77 images/s, float32 24.3 -> 25),
-    and two single-thread streams beat one stream of two threads (INT8 79, float32 25.7). The
-    caller keeps its own batch size (the beam search is cheaper per image on large batches).
+    Why: on the 2-core AVX-512 VNNI machine measured in docs/PERFORMANCE.md, Xception ran faster on
+    small chunks than on a batch of 16, and two single-thread streams beat one stream of two
+    threads (numbers there). The caller keeps its own batch size (the beam search is cheaper per
+    image on large batches).
 
     The first batch of several chunks runs its first chunk on the calling thread before the
     stream threads start: the OpenVINO bindings set up their NumPy access once per process

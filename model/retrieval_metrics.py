@@ -20,8 +20,8 @@ average these over queries; the median rank is the median of the expected ranks.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

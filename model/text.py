@@ -6,7 +6,7 @@ digits, and drop one-letter tokens except "a".
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 # The decoder's special tokens (one definition: the vocabulary and BLEU both use these).
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"

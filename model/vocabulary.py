@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from model.text import END, PAD, SPECIAL_TOKENS, START, UNK, clean_tokens  # noqa: F401 - re-exported
 
@@ -33,7 +33,7 @@ class Vocabulary:
         self.pad_id, self.start_id, self.end_id, self.unk_id = range(4)
 
     @classmethod
-    def build(cls, captions: Iterable[str], min_count: int = 5, max_size: int | None = None) -> "Vocabulary":
+    def build(cls, captions: Iterable[str], min_count: int = 5, max_size: int | None = None) -> Vocabulary:
         """Build from raw captions: cleaned words seen at least ``min_count`` times."""
         counts: Counter[str] = Counter()
         for caption in captions:
@@ -85,7 +85,7 @@ class Vocabulary:
                           ensure_ascii=False, indent=0)
 
     @classmethod
-    def from_json(cls, text: str) -> "Vocabulary":
+    def from_json(cls, text: str) -> Vocabulary:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -37,8 +37,8 @@ def make_tiny_artifact(uri: str, *, seed: int = 0, image_size: int = 64, max_len
     from model.artifact import save_artifact
     from model.artifact_config import DecoderConfig, EncoderConfig
     from model.caption_search import DecodeSettings
-    from model.lstm_decoder import MergeDecoder
     from model.encoder import ImageEncoder
+    from model.lstm_decoder import MergeDecoder
     from model.vocabulary import Vocabulary
 
     keras.utils.set_random_seed(seed)

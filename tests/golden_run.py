@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pyarrow.dataset as pads
 
@@ -76,7 +77,9 @@ def normalise(out: Path, summary: dict[str, Any], folder: Path) -> dict[str, Any
     kept = {k: v for k, v in summary.items() if k not in SUMMARY_SKIP | ADDED_SUMMARY_KEYS and k != "counters"}
     kept["counters"] = {k: summary.get("counters", {}).get(k) for k in COUNTERS}
     kept["summary_keys"] = sorted(set(summary) - ADDED_SUMMARY_KEYS)
-    key = lambda r: (str(r.get("image_uri")), str(r.get("error_type", "")))  # noqa: E731
+    def key(r: dict[str, Any]) -> tuple[str, str]:
+        return str(r.get("image_uri")), str(r.get("error_type", ""))
+
     result = {"captions": sorted(captions, key=key), "errors": sorted(errors, key=key), "summary": kept}
     return json.loads(json.dumps(result, default=str).replace(str(folder), "<dir>"))
 

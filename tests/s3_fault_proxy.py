@@ -14,9 +14,10 @@ import struct
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Any
+from typing import Any
 
 S3_ERRORS = {503: "SlowDown", 403: "AccessDenied", 404: "NoSuchKey", 500: "InternalError", 429: "TooManyRequests"}
 S3_MESSAGES = {503: "Please reduce your request rate.", 403: "Access Denied", 404: "The specified key does not exist.",
@@ -75,7 +76,7 @@ class FaultProxy:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         self.start()
         return self
 

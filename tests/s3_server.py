@@ -9,9 +9,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
+
+
+def require_s3_server() -> ModuleType:
+    """boto3, once boto3 and moto's server are both importable; otherwise the calling test module
+    (or, from a fixture or test, that test) is skipped with the install command."""
+    try:
+        import boto3
+        import moto.server  # noqa: F401 - the server is started as ``python -m moto.server``
+    except ImportError as exc:  # pragma: no cover - both come with the project's ``test`` extra
+        pytest.skip(f"S3 tests need boto3 and moto[server] (pip install -e '.[test]'): {exc}", allow_module_level=True)
+    return boto3
 
 
 class LoopbackOnly:

@@ -149,7 +149,8 @@ def test_real_looking_captions_equal_nltk():
 def test_nltk_docstring_example():
     hyp1 = "It is a guide to action which ensures that the military always obeys the commands of the party".split()
     ref1a = "It is a guide to action that ensures that the military will forever heed Party commands".split()
-    ref1b = "It is the guiding principle which guarantees the military forces always being under the command of the Party".split()
+    ref1b = ("It is the guiding principle which guarantees the military forces always being under the command "
+             "of the Party").split()
     ref1c = "It is the practical guide for the army always to heed the directions of the party".split()
     hyp2 = "he read the book because he was interested in world history".split()
     ref2a = "he was interested in world history because he read the book".split()

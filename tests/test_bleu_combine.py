@@ -13,7 +13,6 @@ from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
 from beam_pipeline.bleu_combine import CorpusBleuFn
 from model.bleu import BleuStats
-
 from tests.test_bleu import NAMES
 from tests.test_bleu import nltk_scores as nltk_corpus_scores
 

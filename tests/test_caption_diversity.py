@@ -3,8 +3,15 @@ from __future__ import annotations
 
 import pytest
 
-from model.caption_diversity import (caption_findability, caption_set_report, distinct_share, distinct_words,
-                                     human_anchor, novel_share, reference_queries)
+from model.caption_diversity import (
+    caption_findability,
+    caption_set_report,
+    distinct_share,
+    distinct_words,
+    human_anchor,
+    novel_share,
+    reference_queries,
+)
 
 
 def test_distinct_share_and_words_use_cleaned_captions():

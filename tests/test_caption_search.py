@@ -2,7 +2,15 @@
 import numpy as np
 import pytest
 
-from model.caption_search import BannedWords, DecodeSettings, Hypothesis, beam_search, decode_batch, greedy_decode, strip_end
+from model.caption_search import (
+    BannedWords,
+    DecodeSettings,
+    Hypothesis,
+    beam_search,
+    decode_batch,
+    greedy_decode,
+    strip_end,
+)
 
 START, END = 1, 2
 

@@ -4,18 +4,19 @@ server, both on 127.0.0.1). The SIGKILL + --resume test is in test_reliability.p
 from __future__ import annotations
 
 import subprocess
-from collections import Counter
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow.dataset as pads
 import pytest
 
 from tests.factories import write_jpeg
-from tests.s3_fault_proxy import FaultProxy
 from tests.pipeline_helpers import read_rows, read_summary, run_pipeline
+from tests.s3_fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -55,20 +56,16 @@ def test_reader_polling_the_output_during_a_run_never_fails_on_a_file(tmp_path, 
 
 # --------------------------------------------------------------------------- S3 output store failing
 
-try:
-    import boto3  # noqa: F401
-    import moto.server  # noqa: F401
-except ImportError:  # pragma: no cover - both come with the project's ``test`` extra
-    boto3 = None
-
-
 @pytest.fixture(scope="module")
 def faulty_s3(tmp_path_factory: pytest.TempPathFactory, tiny_artifact: str) -> Iterator[dict[str, Any]]:
     """moto's S3 server behind a FaultProxy; the AWS environment points at the proxy. 12 JPEGs and
     one text file named .jpg under images/, the tiny model under models/tiny/."""
-    if boto3 is None:
-        pytest.skip("needs boto3 and moto[server] (pip install -e '.[test]')")
-    from tests.s3_server import LoopbackOnly as _LoopbackOnly, start_moto as _start_moto, stop_process as _stop
+    from tests.s3_server import LoopbackOnly as _LoopbackOnly
+    from tests.s3_server import require_s3_server
+    from tests.s3_server import start_moto as _start_moto
+    from tests.s3_server import stop_process as _stop
+
+    require_s3_server()
     from tests.test_s3 import BUCKET, _clear_s3fs_instances, _upload_dir, point_aws_at
 
     tmp = tmp_path_factory.mktemp("faulty-s3")

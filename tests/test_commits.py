@@ -11,17 +11,32 @@ import pyarrow.parquet as pq
 import pytest
 
 from beam_pipeline.commit_writer import CommitRows
-from beam_pipeline.commits import (CommitBuffer, CommitError, commit_file_name, is_committed_name,
-                                   parquet_bytes, run_id_of, with_retries, write_atomically)
+from beam_pipeline.commits import (
+    CommitBuffer,
+    CommitError,
+    commit_file_name,
+    is_committed_name,
+    parquet_bytes,
+    run_id_of,
+    with_retries,
+)
 from beam_pipeline.retries import RetryPolicy
 from beam_pipeline.schemas import ERROR_SCHEMA
+from model.storage import join
+
+
+def write_atomically(directory: str, name: str, data: bytes) -> str:
+    """How ``CommitRows`` writes a commit file."""
+    from model.storage import write_atomically as write
+
+    return write(join(directory, name), data)
 
 RUN = "20261127T152958Z-abc123"
 
 
 def _error(uri: str) -> dict:
     return {"image_uri": uri, "image_id": uri.rsplit("/", 1)[-1], "stage": "read", "error_type": "FileNotFound",
-            "message": "gone", "processed_at": dt.datetime(2026, 11, 27, tzinfo=dt.timezone.utc)}
+            "message": "gone", "processed_at": dt.datetime(2026, 11, 27, tzinfo=dt.UTC)}
 
 
 def test_file_name_depends_on_content_not_order():

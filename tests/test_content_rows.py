@@ -12,8 +12,7 @@ import pytest
 
 from beam_pipeline.lake_table import table_names
 from beam_pipeline.preflight import PreflightError
-from beam_pipeline.records import (ImageRecord, ImageRef, caption_row, error_row, exception_row,
-                                   same_content_row)
+from beam_pipeline.records import ImageRecord, ImageRef, caption_row, error_row, exception_row, same_content_row
 from beam_pipeline.same_content import complete, known_columns
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema, conform
 
@@ -61,7 +60,7 @@ def test_conform_fills_columns_an_older_file_lacks():
     old_schema = pa.schema([f for f in caption_schema() if f.name not in ("image_sha256", "caption_source")])
     row = {"image_uri": "/a.jpg", "image_id": "a.jpg", "caption": "c", "score": -1.0, "decode": "g",
            "model_id": "m", "encoder": "e", "width": 1, "height": 2,
-           "processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)}
+           "processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}
     conformed = conform(pa.Table.from_pylist([row], schema=old_schema), target)
     assert conformed.schema == target
     (out,) = conformed.to_pylist()
@@ -74,7 +73,7 @@ def test_older_files_give_null_columns_and_incomplete_rows_are_not_copied_from(t
     new, old = tmp_path / "new.parquet", tmp_path / "old.parquet"
     row = {"image_uri": "/a.jpg", "image_id": "a.jpg", "caption": "c", "score": -1.0, "decode": "g",
            "model_id": "m", "encoder": "e", "width": 1, "height": 2, "image_sha256": "f" * 64,
-           "processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)}
+           "processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}
     pq.write_table(pa.Table.from_pylist([row], schema=caption_schema()), new)
     old_schema = pa.schema([f for f in caption_schema() if f.name != "image_sha256"])
     pq.write_table(pa.Table.from_pylist([row], schema=old_schema), old)
@@ -94,7 +93,7 @@ def test_sync_plan_keeps_the_latest_row_per_uri_across_captions_and_errors(tmp_p
     from beam_pipeline.lake_upsert import latest_rows, plan_sync
     from beam_pipeline.output_files import epoch_ms
 
-    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     t1 = t0 + dt.timedelta(hours=1)
 
     def caption(uri: str, when: dt.datetime, text: str) -> dict:

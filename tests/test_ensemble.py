@@ -12,13 +12,12 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from model.artifact import (ARTIFACT_FORMAT, ENSEMBLE_FORMAT, MANIFEST, ArtifactError, read_artifact,  # noqa: E402
-                            save_artifact)
-from model.captioner import build_decoders, load_caption_model  # noqa: E402
-from model.artifact_config import DecoderConfig, EncoderConfig  # noqa: E402
-from model.caption_search import DecodeSettings, decode_batch  # noqa: E402
-from model.lstm_decoder import MergeDecoder, make_step_model  # noqa: E402
-from model.vocabulary import Vocabulary  # noqa: E402
+from model.artifact import ARTIFACT_FORMAT, ENSEMBLE_FORMAT, MANIFEST, ArtifactError, read_artifact, save_artifact
+from model.artifact_config import DecoderConfig, EncoderConfig
+from model.caption_search import DecodeSettings, decode_batch
+from model.captioner import build_decoders, load_caption_model
+from model.lstm_decoder import MergeDecoder, make_step_model
+from model.vocabulary import Vocabulary
 
 CFG = DecoderConfig(vocab_size=30, max_length=8, feature_dim=12, embedding_dim=8, units=16, image_dense=(16,),
                     dropout=0.0)

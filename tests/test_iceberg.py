@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,8 @@ import pytest
 
 pytest.importorskip("pyiceberg", reason="Iceberg tests need pyiceberg (pip install -e '.[test]')")
 
-from beam_pipeline.preflight import PreflightError  # noqa: E402
-from tests.pipeline_helpers import flickr8k_photos, read_rows, run_pipeline  # noqa: E402
+from beam_pipeline.preflight import PreflightError
+from tests.pipeline_helpers import flickr8k_photos, read_rows, run_pipeline
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 TABLE = "lake.captions"
@@ -48,7 +49,7 @@ def _load(name: str, identifier: str) -> Any:
     return open_catalog(name).load_table(identifier)
 
 
-def _data_file_rows(table: Any, read_bytes) -> list[dict[str, Any]]:  # noqa: ANN001
+def _data_file_rows(table: Any, read_bytes: Callable[[str], bytes]) -> list[dict[str, Any]]:
     """Rows read with pyarrow straight from the current snapshot's data files (no pyiceberg reader)."""
     files = [task.file.file_path for task in table.scan().plan_files()]
     assert files, "the snapshot has no data files"
@@ -194,7 +195,8 @@ def test_warehouse_on_moto_s3(tmp_path, monkeypatch, flickr8k, tiny_artifact):
     S3 FileIO is configured by the catalog's environment variables only."""
     import boto3
 
-    from tests.s3_server import start_moto as _start_moto, stop_process as _stop
+    from tests.s3_server import start_moto as _start_moto
+    from tests.s3_server import stop_process as _stop
 
     proc, port = _start_moto(tmp_path / "moto.log")
     try:

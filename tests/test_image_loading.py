@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from tests import image_corpus as corpus
 from model.image_loading import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -24,6 +23,7 @@ from model.image_loading import (
     sniff_is_image,
     upright_size,
 )
+from tests import image_corpus as corpus
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CASES = corpus.corpus_cases()

@@ -192,8 +192,8 @@ def test_compare_precision_command(int8_artifact, photo_tables, tmp_path, capsys
 
 
 def test_pipeline_runs_int8_and_refuses_int8_on_tensorflow(int8_artifact, tiny_artifact, photo_tables, tmp_path):
-    from model.encoder import EncoderError
     from model.artifact import ArtifactError
+    from model.encoder import EncoderError
 
     images = f"{photo_tables}/images/dev*.jpg"
     summary = run_pipeline(["--input", images, "--output", str(tmp_path / "out"), "--model", int8_artifact,

@@ -12,14 +12,13 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from model.artifact import (ArtifactError, CONFIG, DECODER_WEIGHTS, MANIFEST, VOCAB, compute_model_id,
-                            read_artifact)
-from model.captioner import load_caption_model
+from model import storage
+from model.artifact import CONFIG, DECODER_WEIGHTS, MANIFEST, VOCAB, ArtifactError, compute_model_id, read_artifact
 from model.artifact_config import DecoderConfig
 from model.caption_search import DecodeSettings, beam_search, greedy_decode
-from model.lstm_decoder import MergeDecoder, build_prefix_model, copy_weights
+from model.captioner import load_caption_model
 from model.encoder import EncoderError, ImageEncoder, choose_runtime
-from model import storage
+from model.lstm_decoder import MergeDecoder, build_prefix_model, copy_weights
 
 CFG = DecoderConfig(vocab_size=40, max_length=9, feature_dim=24, embedding_dim=12, units=16,
                     image_dense=(32, 16), dropout=0.5)

@@ -85,10 +85,9 @@ def test_flags_and_review_rows_reach_the_captions_the_review_table_iceberg_the_i
     assert all(r["flags"] == expected_flags[r["image_uri"]] for r in review)
     assert summary["captioned"] == len(plain)  # review rows are not counted as captions
 
+    from beam_pipeline.lake_table import open_catalog
     from beam_pipeline.search_index import open_table
     from caption_report import write_report
-
-    from beam_pipeline.lake_table import open_catalog
 
     lake = open_catalog("lake").load_table("lake.captions").scan().to_arrow().to_pylist()
     assert {r["image_uri"]: r["flags"] for r in lake} == expected_flags
@@ -126,7 +125,7 @@ def test_the_gallery_needs_review_filter_in_headless_chromium(tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if not browser:
         pytest.skip("headless Chromium not found on PATH (apt-get install -y chromium)")
-    now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     out = tmp_path / "out"
     for sub in ("captions", "review"):
         (out / sub).mkdir(parents=True)

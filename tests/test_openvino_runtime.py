@@ -123,7 +123,7 @@ def test_cached_encoder_skips_keras_and_gives_the_same_features(tiny_artifact, t
 
 def test_openvino_step_decoder_matches_tensorflow(tiny_artifact, tmp_path):
     from model.captioner import load_caption_model
-    from model.lstm_decoder import OpenVinoStepModel, KerasStepModel
+    from model.lstm_decoder import KerasStepModel, OpenVinoStepModel
 
     images = np.random.default_rng(4).integers(0, 255, (4, 64, 64, 3), dtype=np.uint8)
     ov_model = load_caption_model(tiny_artifact, runtime="openvino", cache=str(tmp_path))

@@ -1,8 +1,16 @@
 """The single-output protocol of the pipeline's DoFns (pure Python, no Beam runner)."""
 from __future__ import annotations
 
-from beam_pipeline.outcomes import (Captioned, Failed, ModelLoaded, Skipped, failed, is_main, load_summary,
-                                    worker_reports)
+from beam_pipeline.outcomes import (
+    Captioned,
+    Failed,
+    ModelLoaded,
+    Skipped,
+    failed,
+    is_main,
+    load_summary,
+    worker_reports,
+)
 from beam_pipeline.records import ImageRef, error_row
 
 

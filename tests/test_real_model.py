@@ -53,8 +53,8 @@ def test_bfloat16_with_float32_stem_stays_close_to_float32(runtime, xception_wei
     import numpy as np
 
     from model.encoder import ImageEncoder
-    from model.openvino_runtime import cpu_has_bf16
     from model.image_loading import decode_image
+    from model.openvino_runtime import cpu_has_bf16
 
     if runtime == "openvino" and not cpu_has_bf16():
         pytest.skip("this CPU has no bf16 instructions; OpenVINO would run float32")

@@ -100,7 +100,7 @@ class FifoTripwire:
             self.opened += 1
             os.close(fd)
 
-    def __enter__(self) -> "FifoTripwire":
+    def __enter__(self) -> FifoTripwire:
         self._thread.start()
         return self
 
@@ -490,7 +490,7 @@ def _refused(args: list[str], capsys: pytest.CaptureFixture) -> str:
 @pytest.mark.parametrize("case", sorted(TAMPERS) + ["expected_model_id_mismatch"])
 def test_bad_model_artifact_is_refused_before_any_image_is_read(case, tmp_path, tiny_artifact, guarded_inputs,
                                                                  capsys):
-    
+
     images, fifo = guarded_inputs
     model = tmp_path / "model"
     shutil.copytree(tiny_artifact, model)

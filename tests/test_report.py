@@ -9,7 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -19,17 +19,27 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from caption_report import cli
-from caption_report import data as report_data
-from caption_report import (CaptionRow, CaptionSample, ErrorRows, ReportData, load_captions,
-                            load_errors, load_summary, make_thumbnail, make_thumbnails, render_html,
-                            write_report)
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
+from caption_report import (
+    CaptionRow,
+    CaptionSample,
+    ErrorRows,
+    ReportData,
+    cli,
+    load_captions,
+    load_errors,
+    load_summary,
+    make_thumbnail,
+    make_thumbnails,
+    render_html,
+    write_report,
+)
+from caption_report import data as report_data
 from tests.factories import write_jpeg
 
 MODEL_ID = "3f9c2a7be1d04c55a6f0c0ffee1234567890abcd"
 DECODE = "beam(k=3,alpha=0.7,max_len=34)"
-NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 XSS_CAPTION = "<script>document.documentElement.setAttribute('data-pwned','caption')</script> a cat"
 XSS_MESSAGE = "<img src=x onerror=\"document.documentElement.setAttribute('data-pwned','error')\">"
 

@@ -8,8 +8,14 @@ import random
 import numpy as np
 import pytest
 
-from model.retrieval_metrics import (BM25Index, FindabilityReport, expected_rank, findability,
-                                     findability_of_ranks, tokenize)
+from model.retrieval_metrics import (
+    BM25Index,
+    FindabilityReport,
+    expected_rank,
+    findability,
+    findability_of_ranks,
+    tokenize,
+)
 
 
 def bm25_by_hand(documents: list[str], query: str, k1: float = 1.2, b: float = 0.75) -> list[float]:

@@ -14,20 +14,17 @@ import hashlib
 import io
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-try:
-    import boto3
-    import moto.server  # noqa: F401 - the server is started as ``python -m moto.server``
-except ImportError as exc:  # pragma: no cover - both come with the project's ``test`` extra
-    pytest.skip(f"S3 tests need boto3 and moto[server] (pip install -e '.[test]'): {exc}", allow_module_level=True)
-
 from tests.factories import write_jpeg
-from tests.s3_server import LoopbackOnly, point_aws_env_at, start_moto, stop_process
 from tests.pipeline_helpers import run_pipeline, write_token_file
+from tests.s3_server import LoopbackOnly, point_aws_env_at, require_s3_server, start_moto, stop_process
+
+boto3 = require_s3_server()
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

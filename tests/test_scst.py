@@ -9,16 +9,24 @@ import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
-from model.bleu import bleu_tokens  # noqa: E402
-from model.caption_metrics import CiderD, cider_d_segments  # noqa: E402
-from model.caption_search import DecodeSettings, greedy_decode  # noqa: E402
-from tests.factories import TINY_CAPTIONS, make_tiny_decoder  # noqa: E402
-from training.datasets import CaptionedImage  # noqa: E402
-from training.evaluate import bleu_on  # noqa: E402
-from training.scst import CiderReward, Sampler, ScstSettings, advantages, make_train_step, scst_epoch, \
-    scst_member, sequence_logprob  # noqa: E402
+from model.bleu import bleu_tokens
+from model.caption_metrics import CiderD, cider_d_segments
+from model.caption_search import DecodeSettings, greedy_decode
+from tests.factories import TINY_CAPTIONS, make_tiny_decoder
+from training.datasets import CaptionedImage
+from training.evaluate import bleu_on
+from training.scst import (
+    CiderReward,
+    Sampler,
+    ScstSettings,
+    advantages,
+    make_train_step,
+    scst_epoch,
+    scst_member,
+    sequence_logprob,
+)
 
 FEATURES = 24
 

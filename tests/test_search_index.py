@@ -13,11 +13,11 @@ import pytest
 
 pytest.importorskip("lancedb", reason="search index tests need lancedb (pip install -e '.[test]')")
 
-from beam_pipeline.preflight import PreflightError  # noqa: E402
-from beam_pipeline.schemas import caption_schema  # noqa: E402
-from beam_pipeline.search_index import open_table, prepare_index, sync_output_to_index  # noqa: E402
-from caption_index.cli import main as index_main  # noqa: E402
-from tests.pipeline_helpers import flickr8k_photos, read_rows, run_pipeline  # noqa: E402
+from beam_pipeline.preflight import PreflightError
+from beam_pipeline.schemas import caption_schema
+from beam_pipeline.search_index import open_table, prepare_index, sync_output_to_index
+from caption_index.cli import main as index_main
+from tests.pipeline_helpers import flickr8k_photos, read_rows, run_pipeline
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -76,7 +76,7 @@ def _caption_file(out: Path, name: str, rows: list[tuple[str, str, int]]) -> Non
     schema = caption_schema()
     full = [{"image_uri": uri, "image_id": uri, "caption": caption, "score": -1.0, "decode": "greedy",
              "model_id": "m1", "encoder": "tiny", "width": 10, "height": 10, "references": None,
-             "processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=s),
+             "processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=s),
              "bleu1": None, "bleu2": None, "bleu3": None, "bleu4": None, "image_sha256": None,
              "caption_source": "model"} for uri, caption, s in rows]
     (out / "captions").mkdir(parents=True, exist_ok=True)
@@ -142,8 +142,8 @@ def test_an_index_of_another_model_and_an_unwritable_index_are_refused(tmp_path,
     index = str(tmp_path / "index")
     run_pipeline(["--input", f"{images}/*.jpg", "--output", str(tmp_path / "out"), "--model", tiny_artifact,
                   "--search_index", index])
-    from tests.factories import make_tiny_artifact
     from run_pipeline import main as pipeline_main
+    from tests.factories import make_tiny_artifact
 
     other = str(tmp_path / "other-model")
     make_tiny_artifact(other, seed=1)
@@ -182,7 +182,7 @@ def test_bulk_files_parse_as_ndjson_and_round_trip_to_the_rows(tmp_path, capsys)
     rows = [{"image_uri": f"s3://bucket/img-{i:02d}.jpg", "image_id": f"img-{i:02d}.jpg", "caption": f"a dog number {i}",
              "score": -0.5 - i / 100, "decode": "greedy", "model_id": "m1", "encoder": "tiny", "width": 10 + i,
              "height": 20, "references": None, "bleu1": None, "bleu2": None, "bleu3": None, "bleu4": None,
-             "processed_at": dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.timezone.utc),
+             "processed_at": dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC),
              "image_sha256": hashlib.sha256(bytes([i])).hexdigest(), "caption_source": "model",
              "embedding": [float(i), 0.5, -1.0], "flags": ["animal"] if i % 3 == 0 else []} for i in range(30)]
     (out / "captions").mkdir(parents=True)
@@ -233,7 +233,7 @@ def test_a_big_enough_index_gets_an_ivf_pq_vector_index_and_still_finds_the_same
             {"image_uri": f"u{i}", "image_id": f"u{i}", "caption": f"photo {i}", "score": -1.0, "decode": "greedy",
              "model_id": "m", "encoder": "e", "width": 1, "height": 1, "references": None, "bleu1": None,
              "bleu2": None, "bleu3": None, "bleu4": None, "image_sha256": None, "caption_source": "model",
-             "processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), "embedding": vectors[i].tolist()}
+             "processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC), "embedding": vectors[i].tolist()}
             for i in rows], schema=schema)
         pq.write_table(table, out / "captions" / f"part-{part}.parquet")
         result = sync_output_to_index(index, str(out))

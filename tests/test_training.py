@@ -26,18 +26,19 @@ import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
-from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from nltk.translate.bleu_score import corpus_bleu as nltk_corpus_bleu
+from PIL import Image, ImageDraw
 
-from model import flickr8k  # noqa: E402
-from model.artifact import read_artifact  # noqa: E402
-from model.bleu import bleu_tokens, corpus_bleu_scores  # noqa: E402
-from model.captioner import build_decoder, load_caption_model  # noqa: E402
-from model.caption_search import DecodeSettings  # noqa: E402
-from model.image_loading import decode_image  # noqa: E402
-from model.vocabulary import Vocabulary  # noqa: E402
-from training import datasets, embeddings, features, train as training_train  # noqa: E402
-from training import evaluate as training_evaluate  # noqa: E402
+from model import flickr8k
+from model.artifact import read_artifact
+from model.bleu import bleu_tokens, corpus_bleu_scores
+from model.caption_search import DecodeSettings
+from model.captioner import build_decoder, load_caption_model
+from model.image_loading import decode_image
+from model.vocabulary import Vocabulary
+from training import datasets, embeddings, features
+from training import evaluate as training_evaluate
+from training import train as training_train
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 160, 40), "blue": (30, 60, 220), "yellow": (240, 210, 20)}
 KINDS = ("circle", "square", "triangle")

@@ -20,8 +20,14 @@ from beam_pipeline.caption_handler import CaptionModelHandler, ModelSpec
 from beam_pipeline.records import ImageRecord, ImageRef, error_row
 from beam_pipeline.run_stats import RunStats
 from beam_pipeline.schemas import ERROR_SCHEMA
-from beam_pipeline.transforms import (AttachReferences, CaptionImages, CommitOutputs, MatchInputs, ReadImages,
-                                      SkipDoneAndDuplicates)
+from beam_pipeline.transforms import (
+    AttachReferences,
+    CaptionImages,
+    CommitOutputs,
+    MatchInputs,
+    ReadImages,
+    SkipDoneAndDuplicates,
+)
 from tests.factories import write_jpeg
 from tests.pipeline_helpers import write_token_file
 

@@ -14,12 +14,13 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from model.cli import StrictArgumentParser
 from model.bleu import bleu_tokens, corpus_bleu_scores
+from model.cli import StrictArgumentParser
 from model.storage import sha256_hex
 from training.datasets import CaptionedImage
 
@@ -73,7 +74,7 @@ def int8_split_features(args: argparse.Namespace, items: Sequence[CaptionedImage
     """Features of ``items`` from the INT8 IR, through the feature cache (keyed by the IR's hash,
     so a re-run of the gate on the same IR does not run the encoder again)."""
     from model.encoder import ImageEncoder
-    from training.features import FeatureCache, feature_cache_key, extract_features
+    from training.features import FeatureCache, extract_features, feature_cache_key
 
     cache = FeatureCache(args.cache_dir, feature_cache_key(f"{encoder_name}-int8", image_size, ir_fingerprint(*ir)))
     built: list[ImageEncoder] = []

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import posixpath
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from model.flickr8k import SPLIT_FILES, TOKEN_FILE, parse_split_file, parse_token_file
-from model.storage import read_text
+from model.storage import is_local, read_text
 from model.tables import read_columns
 
 
@@ -26,7 +26,7 @@ class CaptionedImage:
 
 
 def _join(base: str, name: str) -> str:
-    if "://" in name or name.startswith("/"):
+    if not is_local(name) or name.startswith("/"):  # a URI or an absolute path: as it is
         return name
     return base.rstrip("/") + "/" + name
 

@@ -6,7 +6,7 @@ word2vec/GloVe text file, or the layer is learned from scratch.
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import fsspec
 import numpy as np

@@ -11,15 +11,15 @@ import argparse
 import json
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from model.cli import StrictArgumentParser
 from model.bleu import bleu_tokens, corpus_bleu_scores
 from model.caption_diversity import caption_set_report
 from model.caption_metrics import cider_d, rouge_l
 from model.caption_search import CaptionPrior, DecodeSettings, StepModel, caption_features
+from model.cli import StrictArgumentParser
 from model.vocabulary import Vocabulary
 from training.datasets import CaptionedImage
 

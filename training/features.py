@@ -1,9 +1,10 @@
 """Encoder feature cache: the encoder runs once per image; features are stored on disk.
 
 Layout: ``CACHE_DIR/<key>/part-NNNNN.npz`` with arrays ``ids`` (str) and ``features``
-(float32 pooled vectors; float16 spatial maps, ~0.4 MB per Xception image), written atomically every chunk, so an interrupted extraction resumes where it
-stopped. The key holds the encoder name, image size and a fingerprint of its weights, so a
-different encoder never reuses stale features. Files are loaded with ``allow_pickle=False``.
+(float32 pooled vectors; float16 spatial maps, 10x10x2048 values per Xception image), written
+atomically every chunk, so an interrupted extraction resumes where it stopped. The key holds the
+encoder name, image size and a fingerprint of its weights, so a different encoder never reuses
+stale features. Files are loaded with ``allow_pickle=False``.
 """
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ import glob
 import hashlib
 import logging
 import os
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from model.image_loading import DEFAULT_MAX_BYTES, TOO_LARGE, ImageDecodeError, decode_image
-from model.storage import ObjectTooLarge, read_bytes
+from model.storage import ObjectTooLarge, atomic_local_path, read_bytes
 from training.datasets import CaptionedImage
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def feature_cache_key(encoder_name: str, image_size: Sequence[int], weights_fing
 
 class FeatureCache:
     """Append-only store of feature arrays for one encoder configuration, kept as ``dtype``
-    (float16 halves the ~2.9 GB of 7,000 Xception maps)."""
+    (float16 halves the memory of spatial maps)."""
 
     def __init__(self, root: str, key: str, dtype: type = np.float32) -> None:
         self.dir = os.path.join(root, key)
@@ -87,18 +88,20 @@ class FeatureCache:
             return
         n = len(glob.glob(os.path.join(self.dir, "part-*.npz")))
         final = os.path.join(self.dir, f"part-{n:05d}-{os.getpid()}.npz")
-        # The temporary name must not match "part-*.npz": a write cut short (crash, kill) must
-        # never be loaded as a part, and a reader must not see a part before it is complete.
-        tmp = os.path.join(self.dir, f"incomplete-{os.path.basename(final)}")
-        np.savez(tmp, ids=np.asarray(ids, dtype=str), features=np.asarray(features, self.dtype))
-        os.replace(tmp, final)
+        # The temporary name (".tmp-...") does not match "part-*.npz": a write cut short (crash,
+        # kill) is never loaded as a part, and a reader never sees a part before it is complete.
+        with atomic_local_path(final) as tmp:
+            np.savez(tmp, ids=np.asarray(ids, dtype=str), features=np.asarray(features, self.dtype))
         for image_id, vec in zip(ids, features):
             self._features[image_id] = np.asarray(vec, self.dtype)
 
 
-def _load_image(item: CaptionedImage, size: tuple[int, int],
+def load_image(item: CaptionedImage, size: tuple[int, int],
                 max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[str, np.ndarray | None, str | None, str | None]:
-    """Read (at most ``max_bytes``) and decode one image; returns (id, pixels, failure kind, message)."""
+    """Read (at most ``max_bytes``) and decode one training image to ``size``; never raises for a bad
+    image. Returns (image id, pixels, failure kind, message): pixels and ``None, None`` when it
+    decodes; ``None``, ``"missing"`` (unreadable) or ``"undecodable"`` (too large, not an image, ...)
+    and a message naming the error type otherwise."""
     try:
         data = read_bytes(item.uri, max_bytes)
     except ObjectTooLarge:
@@ -159,7 +162,7 @@ def extract_features(items: Iterable[CaptionedImage], encode: Callable[[np.ndarr
         window = max(batch_size * 4, 64)
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for start in range(0, len(todo), window):
-                yield from pool.map(lambda it: _load_image(it, image_size), todo[start:start + window])
+                yield from pool.map(lambda it: load_image(it, image_size), todo[start:start + window])
 
     for image_id, pixels, kind, message in loaded():
         if pixels is None:

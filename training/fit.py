@@ -12,10 +12,13 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+
+from model.storage import atomic_local_path
 
 log = logging.getLogger("training")
 
@@ -72,16 +75,13 @@ def _loss(label_smoothing: float, vocab_size: int):
 
 
 def _atomic_json(path: str, value: dict[str, Any]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_local_path(path) as tmp, open(tmp, "w") as f:
         json.dump(value, f, indent=1)
-    os.replace(tmp, path)
 
 
 def _save_optimizer(optimizer: Any, path: str) -> None:
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, *[np.asarray(v.numpy()) for v in optimizer.variables])
-    os.replace(tmp, path)
+    with atomic_local_path(path) as tmp:
+        np.savez(tmp, *[np.asarray(v.numpy()) for v in optimizer.variables])
 
 
 def _restore_optimizer(optimizer: Any, path: str) -> bool:
@@ -96,9 +96,8 @@ def _restore_optimizer(optimizer: Any, path: str) -> bool:
 
 
 def _save_weights(decoder: Any, path: str) -> None:
-    tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5"
-    decoder.save_weights(tmp)
-    os.replace(tmp, path)
+    with atomic_local_path(path) as tmp:
+        decoder.save_weights(tmp)
 
 
 def _load_weights(decoder: Any, path: str) -> None:

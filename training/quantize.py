@@ -25,15 +25,16 @@ import random
 import sys
 import tempfile
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from model.cli import StrictArgumentParser
 from model.artifact import ArtifactContents, read_artifact, with_int8_encoder
+from model.cli import StrictArgumentParser
 from training.compare_precision import add_gate_arguments, compare_int8, gate_failures
 from training.datasets import CaptionedImage
-from training.features import _load_image
+from training.features import load_image
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def calibration_sample(items: Sequence[CaptionedImage], count: int, seed: int,
     for item in order:
         if len(ids) >= count:
             break
-        image_id, image, _, _ = _load_image(item, image_size)
+        image_id, image, _, _ = load_image(item, image_size)
         if image is None:
             skipped += 1
             continue
@@ -179,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=None, help="where to write the artifact (default: in place)")
     parser.add_argument("--from-artifact", default=None,
                         help="copy the INT8 encoder of this artifact (same encoder weights) instead of quantising")
-    parser.add_argument("--calibration-images", type=int, default=300)
+    parser.add_argument("--calibration-images", type=int, default=300,
+                   help="photos NNCF calibrates on, drawn with --seed from --calibration-split")
     parser.add_argument("--calibration-split", default="train", help="split the calibration photos come from")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
     parser.add_argument("--ignored-scope", choices=sorted(IGNORED_SCOPES), default=DEFAULT_IGNORED_SCOPE,

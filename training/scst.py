@@ -23,8 +23,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +34,17 @@ from model.caption_metrics import CiderD
 from model.caption_search import DecodeSettings
 from model.vocabulary import Vocabulary
 from training.datasets import CaptionedImage
-from training.fit import BEST, LAST, OPTIMIZER, STATE, _atomic_json, _load_weights, _restore_optimizer, \
-    _save_optimizer, _save_weights
+from training.fit import (
+    BEST,
+    LAST,
+    OPTIMIZER,
+    STATE,
+    _atomic_json,
+    _load_weights,
+    _restore_optimizer,
+    _save_optimizer,
+    _save_weights,
+)
 
 log = logging.getLogger("training")
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from training.datasets import CaptionedImage, read_caption_table, read_flickr8k
-from training.features import ExtractionReport, FeatureCache, feature_cache_key, extract_features
+from training.features import ExtractionReport, FeatureCache, extract_features, feature_cache_key
 
 log = logging.getLogger("training")
 
@@ -24,14 +24,15 @@ def add_data_arguments(parser: argparse.ArgumentParser, with_dev: bool = True) -
     g.add_argument("--table", help="caption table (CSV/TSV/JSONL/Parquet) for the split being read")
     if with_dev:
         g.add_argument("--dev-table", help="caption table of the dev split (with --table)")
-    g.add_argument("--image-column", default="image")
-    g.add_argument("--caption-column", default="caption")
-    g.add_argument("--id-column", default=None)
+    g.add_argument("--image-column", default="image", help="image path/URI column of --table files")
+    g.add_argument("--caption-column", default="caption", help="caption column of --table files")
+    g.add_argument("--id-column", default=None, help="image id column of --table files (default: the file name)")
     g.add_argument("--encoder-weights", default=None,
                    help="encoder weights: 'imagenet' (download), a path or fsspec URI to an HDF5 file")
     g.add_argument("--cache-dir", default=DEFAULT_CACHE, help="feature cache directory")
-    g.add_argument("--extract-batch-size", type=int, default=32)
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--extract-batch-size", type=int, default=32,
+                   help="images per encoder batch while filling the feature cache")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def read_split(args: argparse.Namespace, split: str) -> list[CaptionedImage]:

@@ -1,0 +1,1 @@
+"""Repository tools run from a checkout (not installed with the package)."""
