@@ -1,0 +1,207 @@
+"""Per-stage CPU cost of captioning one image, next to the whole pipeline's (issue 31).
+
+Each stage runs alone in this process over the same N dev photos, with the shipped model, and is
+charged the CPU time of the whole process (all threads: OpenVINO's included) while it runs:
+
+  read      the file's bytes (``object_reads.read_local_limited``, as the pipeline reads local files)
+  sha256    the ``image_sha256`` column
+  decode    decode + upright + resize to the model's input (``model.image_loading.decode_image``)
+  encoder   the encoder on batches of ``--batch_size`` (the pipeline's default)
+  search    the caption search on those features, with the artifact's decode settings
+  rows      ``records.caption_row`` per image
+  commit    the caption rows to Parquet bytes and an atomic write, per ``--commit_every`` rows
+
+The whole pipeline (``run_pipeline.py`` on the DirectRunner, a subprocess) is charged its CPU time
+(user + system of the process tree) and wall time, **marginal** over N vs N/4 photos, so that
+start-up and model loading cancel out; "Beam and the rest" is the pipeline's marginal CPU per image
+minus the sum of the stages. The last table puts the pipeline's marginal images/s next to the bare
+encoder's (wall, pixels decoded beforehand): issue 31's ratio.
+
+    python -m bench.bench_stages --images 400 --precision int8 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import resource
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import FLICKR8K, REPO, XCEPTION_WEIGHTS, machine, python, table
+
+STAGES = ("read", "sha256", "decode", "encoder", "search", "rows", "commit")
+
+
+def dev_photos(n: int) -> list[Path]:
+    names = (FLICKR8K / "Flickr_8k.devImages.txt").read_text().split()
+    photos = [FLICKR8K / "images" / name for name in names if (FLICKR8K / "images" / name).exists()]
+    if len(photos) < n:
+        raise SystemExit(f"only {len(photos)} dev photos under {FLICKR8K}")
+    return photos[:n]
+
+
+def cpu_seconds(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    """(process CPU s, wall s, result) of ``fn()``."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = fn()
+    return time.process_time() - cpu, time.perf_counter() - wall, result
+
+
+def stage_costs(photos: list[Path], precision: str, batch_size: int, commit_every: int, cache: str) -> dict[str, Any]:
+    """CPU ms per image of each stage, and the bare encoder's wall images/s, in this process."""
+    from beam_pipeline.object_reads import read_local_limited
+    from beam_pipeline.records import ImageRecord, ImageRef, caption_row
+    from beam_pipeline.schemas import caption_schema
+    from beam_pipeline.commits import parquet_bytes
+    from model.captioner import load_caption_model
+    from model.image_loading import DEFAULT_MAX_BYTES, decode_image
+    from model.storage import write_atomically
+
+    model = load_caption_model(
+        str(REPO / "models" / "flickr8k-xception"),
+        encoder_weights=str(XCEPTION_WEIGHTS),
+        precision=precision,
+        cache=cache,
+    )
+    n = len(photos)
+    cost: dict[str, float] = {}
+    cpu, _, blobs = cpu_seconds(lambda: [read_local_limited(str(p), DEFAULT_MAX_BYTES) for p in photos])
+    cost["read"] = cpu
+    cost["sha256"], _, hashes = cpu_seconds(lambda: [hashlib.sha256(b).hexdigest() for b in blobs])
+    cost["decode"], _, decoded = cpu_seconds(lambda: [decode_image(b, model.image_size) for b in blobs])
+    pixels = np.stack([d.pixels for d in decoded])
+    batches = [pixels[i : i + batch_size] for i in range(0, n, batch_size)]
+    model.encode(batches[0])  # first call compiles/warms the request
+    cost["encoder"], encoder_wall, features = cpu_seconds(lambda: np.concatenate([model.encode(b) for b in batches]))
+    model.caption_features(features[:batch_size])
+    cost["search"], _, results = cpu_seconds(
+        lambda: [r for i in range(0, n, batch_size) for r in model.caption_features(features[i : i + batch_size])]
+    )
+    records = [
+        ImageRecord(ImageRef(str(p), p.name, len(b)), d.pixels, d.width, d.height, h)
+        for p, b, d, h in zip(photos, blobs, decoded, hashes)
+    ]
+    settings = model.default_settings.describe()
+    cost["rows"], _, rows = cpu_seconds(
+        lambda: [
+            caption_row(rec, res.caption, res.score, settings, model.model_id, model.encoder_name)
+            for rec, res in zip(records, results)
+        ]
+    )
+    schema = caption_schema()
+    with tempfile.TemporaryDirectory(prefix="bench-stages-commit-") as folder:
+        cost["commit"], _, _ = cpu_seconds(
+            lambda: [
+                write_atomically(
+                    os.path.join(folder, f"part-{i}.parquet"), parquet_bytes(rows[i : i + commit_every], schema)
+                )
+                for i in range(0, n, commit_every)
+            ]
+        )
+    return {"ms": {k: 1000 * v / n for k, v in cost.items()}, "encoder_images_per_s": n / encoder_wall}
+
+
+def pipeline_run(photos: list[Path], precision: str, work: Path, cache: str) -> tuple[float, float]:
+    """(CPU s of the process tree, wall s) of ``run_pipeline.py`` over ``photos`` (a glob of links)."""
+    inputs = work / f"in-{len(photos)}"
+    inputs.mkdir(parents=True)
+    for p in photos:
+        os.symlink(p, inputs / p.name)
+    out = work / f"out-{len(photos)}-{time.monotonic_ns()}"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            python(),
+            str(REPO / "run_pipeline.py"),
+            "--json",
+            "--input",
+            f"{inputs}/*.jpg",
+            "--output",
+            str(out),
+            "--encoder_weights",
+            str(XCEPTION_WEIGHTS),
+            "--precision",
+            precision,
+            "--model_cache_dir",
+            cache,
+        ],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for path in sorted(inputs.iterdir()):
+        path.unlink()
+    inputs.rmdir()
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=400)
+    parser.add_argument("--precision", default="int8", choices=["float32", "bfloat16", "int8"])
+    parser.add_argument("--runs", type=int, default=3, help="interleaved repetitions; medians are reported")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--commit_every", type=int, default=256)
+    args = parser.parse_args()
+    photos = dev_photos(args.images)
+    small = photos[: max(1, args.images // 4)]
+    work = Path(tempfile.mkdtemp(prefix="bench-stages-"))
+    cache = str(work / "graph-cache")
+    pipeline_run(small, args.precision, work, cache)  # fills the graph cache: later runs start warm
+    stage_runs: list[dict[str, Any]] = []
+    marginal_cpu, marginal_rate = [], []
+    for _ in range(args.runs):
+        stage_runs.append(stage_costs(photos, args.precision, args.batch_size, args.commit_every, cache))
+        cpu_big, wall_big = pipeline_run(photos, args.precision, work, cache)
+        cpu_small, wall_small = pipeline_run(small, args.precision, work, cache)
+        extra = len(photos) - len(small)
+        marginal_cpu.append(1000 * (cpu_big - cpu_small) / extra)
+        marginal_rate.append(extra / (wall_big - wall_small))
+    ms = {stage: statistics.median(r["ms"][stage] for r in stage_runs) for stage in STAGES}
+    pipeline_ms = statistics.median(marginal_cpu)
+    rest = pipeline_ms - sum(ms.values())
+    rows = [[stage, f"{ms[stage]:.3f}", f"{100 * ms[stage] / pipeline_ms:.1f} %"] for stage in STAGES]
+    rows.append(["Beam and the rest (pipeline − stages)", f"{rest:.2f}", f"{100 * rest / pipeline_ms:.1f} %"])
+    rows.append(["whole pipeline, marginal", f"{pipeline_ms:.2f}", "100 %"])
+    print(f"machine: {machine()}; load average before: {os.getloadavg()[0]:.2f}")
+    print(
+        f"{args.images} vs {len(small)} dev photos, --precision {args.precision}, {args.runs} interleaved runs, medians"
+    )
+    print(table(["stage", "CPU ms / image", "share of the pipeline's CPU"], rows))
+    encoder_rate = statistics.median(r["encoder_images_per_s"] for r in stage_runs)
+    pipeline_rate = statistics.median(marginal_rate)
+    print(
+        table(
+            [
+                "bare encoder images/s (wall)",
+                "pipeline marginal images/s (wall)",
+                "pipeline / encoder",
+                "per-run pipeline images/s",
+            ],
+            [
+                [
+                    f"{encoder_rate:.1f}",
+                    f"{pipeline_rate:.1f}",
+                    f"{pipeline_rate / encoder_rate:.3f}",
+                    ", ".join(f"{r:.1f}" for r in marginal_rate),
+                ]
+            ],
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
