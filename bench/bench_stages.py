@@ -58,10 +58,10 @@ def cpu_seconds(fn: Callable[[], Any]) -> tuple[float, float, Any]:
 
 def stage_costs(photos: list[Path], precision: str, batch_size: int, commit_every: int, cache: str) -> dict[str, Any]:
     """CPU ms per image of each stage, and the bare encoder's wall images/s, in this process."""
+    from beam_pipeline.commits import parquet_bytes
     from beam_pipeline.object_reads import read_local_limited
     from beam_pipeline.records import ImageRecord, ImageRef, caption_row
     from beam_pipeline.schemas import caption_schema
-    from beam_pipeline.commits import parquet_bytes
     from model.captioner import load_caption_model
     from model.image_loading import DEFAULT_MAX_BYTES, decode_image
     from model.storage import write_atomically
