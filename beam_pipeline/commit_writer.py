@@ -18,7 +18,7 @@ from apache_beam.metrics import Metrics
 from beam_pipeline.commits import CommitBuffer, commit_file_name, parquet_bytes, with_retries, \
     write_atomically
 from beam_pipeline.retries import RetryPolicy
-from beam_pipeline.sources import NAMESPACE
+from beam_pipeline.metrics import NAMESPACE
 
 
 class CommitRows(beam.DoFn):

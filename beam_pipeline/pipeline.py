@@ -32,7 +32,7 @@ from beam_pipeline.run_stats import RunStats
 from beam_pipeline.runners import make_runner
 from beam_pipeline.same_content import CopyCaptionsToFollowers, SplitBySameContent, known_columns
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
-from beam_pipeline.sources import NAMESPACE
+from beam_pipeline.metrics import NAMESPACE
 from beam_pipeline.transforms import (AttachReferences, CaptionImages, CommitOutputs, MatchInputs, ReadImages,
                                       SkipDoneAndDuplicates)
 
@@ -90,7 +90,7 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
         plan.image_size, o.max_image_bytes, o.max_image_pixels, read_settings(o))
     if o.skip_known_content:
         records, followers, copied = records | "SplitBySameContent" >> SplitBySameContent(
-            plan.model_id, plan.known_files, [], known_columns(o.emit_embeddings))
+            plan.model_id, plan.known_files, known_columns(o.emit_embeddings))
     rows, caption_errors, workers = records | "CaptionImages" >> CaptionImages(
         caption_handler(plan), f"caption-model-{plan.model_id}-{plan.run_id}", o.progress_seconds, with_refs)
 

@@ -160,7 +160,7 @@ def test_manifest_on_multi_processing_runner_reads_sizes_unknown_and_real_404(s3
 def test_glob_over_many_objects_is_listed_by_pages(s3):
     """2,500 objects under one prefix: Beam's matcher lists them with 3 listing pages (1,000
     keys each) and no request per object; every object comes with its size."""
-    from beam_pipeline.sources import MatchGlob
+    from beam_pipeline.matching import MatchGlob
 
     direct, proxy = s3["direct"], s3["proxy"]
     keys = [f"lake/img{i:05d}.jpg" for i in range(2500)]

@@ -1,0 +1,74 @@
+"""Matching inputs: globs and manifest tables -> one ``ImageRef`` per input.
+
+Globs go through ``beam_pipeline.listing`` (local globs streamed, entries that are not readable
+regular files typed) or, for object stores, Beam's ``FileSystems`` matcher (local, gs://, s3:// …
+whatever Beam is installed with; a page of up to 1,000 keys per request). A glob that matches
+nothing, or cannot be listed, is an error row, never an exception. Reading the matched inputs is
+``beam_pipeline.image_reads``.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from beam_pipeline.listing import is_local, list_local, remote_entry
+from beam_pipeline.outcomes import failed
+from beam_pipeline.records import STAGE_MATCH, ImageRef, error_row, image_id_from_uri, parse_references_column
+from model.tables import read_columns
+
+
+def _entries(pattern: str) -> Iterator[ImageRef]:
+    """Every entry ``pattern`` matches (``beam_pipeline.listing``): local ones streamed, remote
+    ones from Beam's matcher (a page of 1,000 keys per request)."""
+    if is_local(pattern):
+        yield from list_local(pattern)
+        return
+    for result in FileSystems.match([pattern]):
+        for meta in result.metadata_list:
+            yield remote_entry(meta.path, meta.size_in_bytes, meta.last_updated_in_seconds)
+
+
+class MatchGlob(beam.DoFn):
+    """Expand one glob into ImageRefs, one per matched entry, emitted as they are listed; a glob
+    matching nothing is an error row, not a crash."""
+
+    def process(self, pattern: str) -> Iterator[Any]:
+        found = 0
+        try:
+            for ref in _entries(pattern):
+                found += 1
+                yield ref
+        except Exception as exc:  # noqa: BLE001 - e.g. bucket missing, permission denied
+            yield failed(error_row(pattern, None, STAGE_MATCH, type(exc).__name__,
+                                   f"cannot match {pattern}: {exc}"))
+            return
+        if not found:
+            yield failed(error_row(pattern, None, STAGE_MATCH, "NoMatch",
+                                   f"no file matches {pattern}"))
+
+
+class ReadManifest(beam.DoFn):
+    """Rows of a manifest table -> ImageRefs (with optional ids and reference captions)."""
+
+    def __init__(self, uri_column: str, id_column: str | None, references_column: str | None) -> None:
+        self.uri_column = uri_column
+        self.id_column = id_column
+        self.references_column = references_column
+
+    def process(self, manifest_uri: str) -> Iterator[Any]:
+        wanted = [c for c in (self.uri_column, self.id_column, self.references_column) if c]
+        table = read_columns(manifest_uri, wanted, "manifest")
+        for batch in table.to_batches(max_chunksize=10_000):
+            for row in batch.to_pylist():
+                uri = row[self.uri_column]
+                if not uri:
+                    yield failed(error_row(f"{manifest_uri}#<empty>", None, STAGE_MATCH,
+                                           "EmptyUri", "manifest row has an empty image URI"))
+                    continue
+                uri = str(uri)
+                image_id = str(row[self.id_column]) if self.id_column and row[self.id_column] is not None \
+                    else image_id_from_uri(uri)
+                refs = parse_references_column(row[self.references_column]) if self.references_column else None
+                yield ImageRef(uri, image_id, None, refs)
