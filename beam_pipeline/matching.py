@@ -1,8 +1,8 @@
 """Matching inputs: globs and manifest tables -> one ``ImageRef`` per input.
 
-Globs go through ``beam_pipeline.listing`` (local globs streamed, entries that are not readable
-regular files typed) or, for object stores, Beam's ``FileSystems`` matcher (local, gs://, s3:// …
-whatever Beam is installed with; a page of up to 1,000 keys per request). A glob that matches
+Globs go through ``beam_pipeline.listing``: local globs and object-store globs (gs://, s3:// …
+whatever Beam is installed with; a page of up to 1,000 keys per request) are both streamed, and
+entries that are not readable regular files are typed. A glob that matches
 nothing, or cannot be listed, is an error row, never an exception. Reading the matched inputs is
 ``beam_pipeline.image_reads``.
 """
@@ -11,23 +11,17 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
-from beam_pipeline.listing import is_local, list_local, remote_entry
+from beam_pipeline.listing import is_local, list_local, list_remote
 from beam_pipeline.outcomes import failed
 from beam_pipeline.records import STAGE_MATCH, ImageRef, error_row, image_id_from_uri, parse_references_column
 from model.tables import read_columns
 
 
 def _entries(pattern: str) -> Iterator[ImageRef]:
-    """Every entry ``pattern`` matches (``beam_pipeline.listing``): local ones streamed, remote
-    ones from Beam's matcher (a page of 1,000 keys per request)."""
-    if is_local(pattern):
-        yield from list_local(pattern)
-        return
-    for result in FileSystems.match([pattern]):
-        for meta in result.metadata_list:
-            yield remote_entry(meta.path, meta.size_in_bytes, meta.last_updated_in_seconds)
+    """Every entry ``pattern`` matches (``beam_pipeline.listing``), streamed: local ones a
+    directory at a time, remote ones a listing page (1,000 keys) at a time."""
+    yield from list_local(pattern) if is_local(pattern) else list_remote(pattern)
 
 
 class MatchGlob(beam.DoFn):
