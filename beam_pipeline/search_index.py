@@ -15,8 +15,8 @@ is a caption, drop those the index already holds at that time or later, and ``me
 rest keyed on ``image_uri`` (an older index row is replaced); delete the URIs whose latest row is
 an error (e.g. an object overwritten by a corrupt file and run again with ``--resume``). So
 ``--resume`` adds only new images, the index never holds a URI twice nor a caption that is no
-longer current, and a crash between the Parquet commits and the sync is repaired by the next run. lancedb is imported only here and in ``caption_index``,
-and only when a flag asks.
+longer current, and a crash between the Parquet commits and the sync is repaired by the next run.
+lancedb is imported only here and in ``caption_index``, and only when a flag asks.
 
 The pipeline calls ``prepare_index`` and ``sync_output_to_index`` through ``in_child``: in a spawned
 process, so lancedb is never loaded in the driver. lancedb's async runtime is not fork-safe (it
@@ -145,6 +145,11 @@ def indexed_times(table: Any) -> pa.Table:
                      "processed_at": time_keys(known.column("processed_at"))})
 
 
+def indexed_times_empty() -> pa.Table:
+    """``indexed_times`` of an index that has no table yet."""
+    return pa.table({"image_uri": pa.array([], pa.string()), "processed_at": pa.array([], pa.int64())})
+
+
 def newest_rows(latest: LatestRows, known: pa.Table, schema: pa.Schema) -> pa.Table:
     """The rows whose URI's latest row (``latest``, over captions *and* errors) is a caption, as
     ``schema``, leaving out URIs the index (``known``: ``indexed_times``) already holds at that
@@ -267,8 +272,3 @@ def sync_output_to_index(uri: str, output: str) -> dict[str, Any]:
     indexes = ensure_indexes(table, changed=bool(new.num_rows or deleted))
     return {"index": uri, "table": TABLE, "upserted": new.num_rows, "deleted": len(deleted),
             "rows": table.count_rows(), "indexes": indexes}
-
-
-def indexed_times_empty() -> pa.Table:
-    """``indexed_times`` of an index that has no table yet."""
-    return pa.table({"image_uri": pa.array([], pa.string()), "processed_at": pa.array([], pa.int64())})
