@@ -26,7 +26,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from beam_pipeline.outcomes import Captioned, ModelLoaded, failed
 from beam_pipeline.records import STAGE_INFER, ImageRecord, caption_row, exception_row
-from beam_pipeline.sources import NAMESPACE
+from beam_pipeline.metrics import NAMESPACE
 
 log = logging.getLogger(__name__)
 

@@ -163,8 +163,31 @@ def errors_by_type(output: str, run_id: str) -> Counter:
     return counts
 
 
+def inventory_summary(summary: dict[str, Any]) -> list[str]:
+    """At most 4 lines for an ``--inventory`` run: counts, unreadable by type, the captioning
+    estimate per precision, where the outputs are."""
+    line = (f"Inventory of {summary['matched']} input{'s' * (summary['matched'] != 1)}: {summary['readable']} "
+            f"readable, {summary['distinct_content']} distinct contents, {summary['duplicate_inputs']} duplicate "
+            f"inputs, {summary['bytes']} bytes")
+    by_type = summary.get("unreadable_by_type") or {}
+    kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(by_type.items(), key=lambda kv: (-kv[1], kv[0])))
+    lines = [line, f"Unreadable: {summary['unreadable']}" + (f" ({kinds})" if kinds else "")]
+    estimate = summary.get("estimate") or {}
+    hours = ", ".join(f"{precision} {e['core_hours']:.3g} core-hours"
+                      for precision, e in (estimate.get("per_precision") or {}).items())
+    if hours:
+        lines.append(f"Captioning estimate: {hours} ({summary['wall_seconds']} s for this inventory, "
+                     f"{summary['runner']})")
+    out = summary["output"]
+    lines.append(f"Outputs: {out}/inventory, {out}/inventory_summary.json")
+    return lines
+
+
 def human_summary(summary: dict[str, Any], errors: Counter) -> list[str]:
-    """At most 6 lines: counts, errors by type, speed, BLEU, worker processes, where the outputs are."""
+    """At most 6 lines: counts, errors by type, speed, BLEU, worker processes, where the outputs are
+    (an ``--inventory`` run: ``inventory_summary``)."""
+    if summary.get("mode") == "inventory":
+        return inventory_summary(summary)
     inputs = summary["matched"]
     line = f"Captioned {summary['captioned']} of {inputs} input{'s' * (inputs != 1)}"
     if summary.get("skipped_resume"):

@@ -4,7 +4,7 @@
     ; InventoryStats
 
 Every matched entry is read once (the same bounded, retried reads as captioning:
-``sources.read_bytes``), hashed (SHA-256) and its header checked (``model.image_loading.
+``image_reads.read_bytes``), hashed (SHA-256) and its header checked (``model.image_loading.
 probe_image``: format, upright size, the byte, "not an image" and decompression-bomb checks; no
 pixel is decoded, so an image whose pixel data is truncated passes here and fails only when
 captioned). One row per input goes to ``OUTPUT/inventory/*.parquet`` (``INVENTORY_SCHEMA``,
@@ -31,7 +31,7 @@ from beam_pipeline.preflight import PreflightError, check_output
 from beam_pipeline.records import ImageRef, now_utc, source_columns
 from beam_pipeline.retries import RetryPolicy
 from beam_pipeline.run_stats import write_stats
-from beam_pipeline.sources import ReadAndDecode, read_bytes
+from beam_pipeline.image_reads import ReadAndDecode, read_bytes
 from beam_pipeline.transforms import MatchInputs, SkipDoneAndDuplicates
 from model.image_loading import ImageDecodeError, probe_image
 from model.storage import sha256_hex

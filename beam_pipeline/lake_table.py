@@ -21,8 +21,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from beam_pipeline.lake_upsert import commit_plan, latest_rows, plan_sync, table_rows
+from beam_pipeline.lake_upsert import commit_plan, plan_sync, table_rows
 from beam_pipeline.library_versions import warn_if_untested
+from beam_pipeline.output_files import LatestRows, latest_rows
 from beam_pipeline.preflight import PreflightError, existing_outputs
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
 
@@ -100,13 +101,12 @@ def _open_or_create(catalog: Any, identifier: str, schema: pa.Schema, partition:
     return table
 
 
-def _sync_one(catalog: Any, identifier: str, schema: pa.Schema, kind: str, files: list[str],
-              latest: dict[str, tuple[int, str]]) -> dict[str, Any]:
+def _sync_one(catalog: Any, identifier: str, schema: pa.Schema, kind: str, latest: LatestRows) -> dict[str, Any]:
     """Make one table hold each URI's latest OUTPUT row of its kind (``lake_upsert``): new rows are
     appended (one snapshot); rows that replace the table's rows of the same URIs go in one
     overwrite snapshot with the removal of those rows."""
     table = _open_or_create(catalog, identifier, schema, partition=True)
-    plan = plan_sync(kind, files, table.schema().as_arrow(), latest, table_rows(table))
+    plan = plan_sync(kind, latest, table.schema().as_arrow(), table_rows(table))
     if plan.count or plan.replaced:
         commit_plan(table, plan)  # one snapshot
         table = catalog.load_table(identifier)
@@ -126,9 +126,8 @@ def sync_output_to_table(catalog_name: str, table: str, output: str, emit_embedd
     by_kind = {kind: [f for f in files if f"/{kind}/" in f] for kind in ("captions", "errors")}
     latest = latest_rows(by_kind)  # OUTPUT's rule: the latest row of a URI wins, over both kinds
     return {
-        "captions": _sync_one(catalog, captions_id, caption_schema(emit_embeddings, flags), "captions",
-                              by_kind["captions"], latest),
-        "errors": _sync_one(catalog, errors_id, ERROR_SCHEMA, "errors", by_kind["errors"], latest),
+        "captions": _sync_one(catalog, captions_id, caption_schema(emit_embeddings, flags), "captions", latest),
+        "errors": _sync_one(catalog, errors_id, ERROR_SCHEMA, "errors", latest),
     }
 
 

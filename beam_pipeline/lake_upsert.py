@@ -10,8 +10,8 @@ rows are rewritten without
 them (copy-on-write, like pyiceberg's own delete) and the new rows are added in the same
 snapshot, so a reader sees the old row or the new one, never both or neither.
 
-Driver memory: a URI -> (time, kind) map of OUTPUT's rows and of the table's URIs (tens of bytes
-per image; see docs/OUTPUTS.md "Captions as an Iceberg table").
+Driver memory: OUTPUT's latest rows (``output_files.LatestRows``) and the table's URIs and times,
+as Arrow columns (tens of bytes per image; see docs/PERFORMANCE.md section 11b).
 """
 from __future__ import annotations
 
@@ -20,23 +20,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-from beam_pipeline.output_files import latest_key, read_rows
+from beam_pipeline.output_files import LatestRows, time_keys
 from beam_pipeline.schemas import conform
-
-
-def latest_rows(files_by_kind: dict[str, list[str]]) -> dict[str, tuple[int, str]]:
-    """URI -> (processed_at key, kind) of its latest row over every kind's files."""
-    latest: dict[str, tuple[int, str]] = {}
-    for kind, files in files_by_kind.items():
-        for uri in files:
-            for row in read_rows(uri, ("image_uri", "processed_at")):
-                key = latest_key(row["processed_at"])
-                if row["image_uri"] not in latest or key > latest[row["image_uri"]][0]:
-                    latest[row["image_uri"]] = (key, kind)
-    return latest
-
 
 ROWS_PER_WRITE = 200_000  # new rows held at once while writing data files (bounds memory; few files)
 
@@ -76,31 +64,45 @@ class SyncPlan:
         return pa.concat_tables(list(self.chunks())) if self.files else self.schema.empty_table()
 
 
-def plan_sync(kind: str, files: list[str], schema: pa.Schema, latest: dict[str, tuple[int, str]],
-              in_table: dict[str, int]) -> SyncPlan:
-    """Rows of ``files`` (this ``kind``) that are their URI's latest row and newer than the table's
-    row (or the table has none), one per URI, as ``schema``; plus the table URIs to drop."""
-    chosen, taken = [], set()
-    for uri in files:
-        keep = []
-        for row in read_rows(uri, ("image_uri", "processed_at")):
-            image_uri, key = row["image_uri"], latest_key(row["processed_at"])
-            wanted = (latest.get(image_uri) == (key, kind) and image_uri not in taken
-                      and (image_uri not in in_table or in_table[image_uri] < key))
-            keep.append(wanted)
-            if wanted:
-                taken.add(image_uri)
-        if any(keep):  # only files with a row to add are read whole, when written
-            chosen.append((uri, pa.array(keep, pa.bool_())))
-    gone = {u for u in in_table if u in latest and latest[u][1] != kind}
-    return SyncPlan(chosen, schema, len(taken), (taken & set(in_table)) | gone)
+def plan_sync(kind: str, latest: LatestRows, schema: pa.Schema, in_table: pa.Table) -> SyncPlan:
+    """Rows of this ``kind`` that are their URI's latest row (``latest``) and newer than the
+    table's row of that URI (or the table has none), one per URI, as ``schema``; plus the table
+    URIs to drop (replaced by those rows, or whose latest row is now of another kind).
+    ``in_table``: ``table_rows``. Vectorised over Arrow columns (no Python object per row)."""
+    import pyarrow.compute as pc
+
+    mine = latest.of_kind(kind).select(["image_uri", "processed_at", "file", "row"])
+    held = in_table.rename_columns(["image_uri", "in_table_at"])
+    joined = mine.join(held, "image_uri", join_type="left outer")
+    newer = pc.or_kleene(pc.is_null(joined.column("in_table_at")),
+                         pc.less(joined.column("in_table_at"), joined.column("processed_at")))
+    add = joined.filter(newer)
+    chosen = []
+    for index in sorted(set(add.column("file").to_pylist())):
+        rows = pc.filter(add.column("row"), pc.equal(add.column("file"), index)).to_numpy()
+        keep = np.zeros(_num_rows(latest.files[index]), dtype=bool)
+        keep[rows] = True
+        chosen.append((latest.files[index], pa.array(keep)))
+    held_uris = in_table.column("image_uri")
+    replaced = pc.filter(add.column("image_uri"), pc.is_valid(add.column("in_table_at"))).to_pylist()
+    gone = pc.filter(held_uris, pc.is_in(held_uris, value_set=latest.not_of_kind(kind))).to_pylist()
+    return SyncPlan(chosen, schema, add.num_rows, set(replaced) | set(gone))
 
 
-def table_rows(table: Any) -> dict[str, int]:
-    """URI -> processed_at key of every row the table holds."""
+def _num_rows(uri: str) -> int:
+    import fsspec
+    import pyarrow.parquet as pq
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    with fs.open(path, "rb") as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
+def table_rows(table: Any) -> pa.Table:
+    """``image_uri`` and ``processed_at`` key (int64 ms) of every row the table holds."""
     arrow = table.scan(selected_fields=("image_uri", "processed_at")).to_arrow()
-    return {u: latest_key(t) for u, t in zip(arrow.column("image_uri").to_pylist(),
-                                             arrow.column("processed_at").to_pylist())}
+    return pa.table({"image_uri": arrow.column("image_uri").combine_chunks().cast(pa.string()),
+                     "processed_at": time_keys(arrow.column("processed_at"))})
 
 
 def commit_plan(table: Any, plan: SyncPlan) -> None:

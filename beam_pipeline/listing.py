@@ -10,8 +10,10 @@ it will get (``entry_error``), and the read stage turns it into an error row wit
 Local patterns are listed here, as a stream (``os.scandir``, one directory at a time, never a
 list of the whole match) with Beam's pattern syntax (``*`` stays inside one path segment, ``**``
 crosses them; ``FileSystem.translate_pattern``), and directories deeper than the pattern can
-reach are not walked. Remote patterns keep Beam's ``FileSystems.match`` (a page of 1,000 keys per
-request). Pure Python apart from Beam's pattern translator: tested without a pipeline.
+reach are not walked. Remote patterns are listed by Beam's filesystem for the scheme (a page of
+1,000 keys per request) and streamed too (``list_remote``: entries are yielded page by page, not
+collected into one list as ``FileSystems.match`` does). Pure Python apart from Beam's pattern
+translator and listers: tested without a pipeline.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from collections.abc import Iterator
 from apache_beam.io.filesystem import FileSystem
 
 from beam_pipeline.records import ImageRef, image_id_from_uri
-from model.storage import is_local, local_path  # noqa: F401 - is_local: re-exported for sources.py
+from model.storage import local_path
 
 BROKEN_SYMLINK = "BrokenSymlink"
 SYMLINK_LOOP = "SymlinkLoop"
@@ -111,6 +113,35 @@ def list_local(pattern: str) -> Iterator[ImageRef]:
             ref = local_entry(candidate)
             if not (containers and ref.entry_error == IS_A_DIRECTORY):
                 yield ref
+
+
+def list_remote(pattern: str) -> Iterator[ImageRef]:
+    """Every object a remote ``pattern`` matches, yielded as Beam's lister returns them (a listing
+    page at a time): Beam's ``FileSystem.match`` without its list of the whole match (it holds a
+    ``FileMetadata`` per object before returning; see docs/PERFORMANCE.md section 10). Same
+    semantics: the part before the first glob character is the listed prefix, a pattern without
+    one is looked up directly, and listing errors raise (``BeamIOError``)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    fs = FileSystems.get_filesystem(pattern)
+    if pattern.endswith("/"):
+        pattern += "*"
+    prefix = re.match(r"^[^[*?]*", pattern).group(0)
+    if prefix == pattern:  # no glob: one object or none
+        from apache_beam.io.filesystem import BeamIOError
+
+        try:
+            meta = fs.metadata(pattern) if fs.exists(pattern) else None
+        except Exception as exc:  # noqa: BLE001 - raised as FileSystem.match raises it
+            raise BeamIOError("Match operation failed", {pattern: exc}) from exc
+        if meta is not None:
+            yield remote_entry(meta.path, meta.size_in_bytes, meta.last_updated_in_seconds)
+        return
+    if fs.has_dirs():
+        prefix = fs._url_dirname(prefix)  # noqa: SLF001 - what FileSystem.match lists, too
+    listed = fs._list(prefix)  # noqa: SLF001 - a generator of FileMetadata, page by page
+    for meta in fs.match_files(listed, pattern):
+        yield remote_entry(meta.path, meta.size_in_bytes, meta.last_updated_in_seconds)
 
 
 def remote_entry(path: str, size: int | None, last_updated_seconds: float | None) -> ImageRef:

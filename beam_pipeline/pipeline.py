@@ -104,7 +104,7 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
         plan.image_size, o.max_image_bytes, o.max_image_pixels, read_settings(o))
     if o.skip_known_content:
         records, followers, copied = records | "SplitBySameContent" >> SplitBySameContent(
-            plan.model_id, plan.known_files, [], known_columns(o.emit_embeddings))
+            plan.model_id, plan.known_files, known_columns(o.emit_embeddings))
     rows, caption_errors, workers = records | "CaptionImages" >> CaptionImages(
         caption_handler(plan), f"caption-model-{plan.model_id}-{plan.run_id}", o.progress_seconds, with_refs)
 

@@ -22,9 +22,9 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from beam_pipeline.outcomes import Failed, PCollections, failed
-from beam_pipeline.output_files import ReadOutputRows
+from beam_pipeline.output_files import read_rows
 from beam_pipeline.records import STAGE_INFER, ImageRecord, error_row, same_content_row
-from beam_pipeline.sources import NAMESPACE
+from beam_pipeline.metrics import NAMESPACE
 
 KNOWN_COLUMNS = ("image_sha256", "caption", "score", "decode", "model_id", "encoder")
 
@@ -104,24 +104,20 @@ class CopyToFollowers(beam.DoFn):
 class SplitBySameContent(beam.PTransform):
     """ImageRecords -> (leaders to caption, ``(sha, record)`` followers waiting for a leader,
     caption rows copied from earlier captions of the same model): one grouping by hash together
-    with earlier caption files and the Iceberg table's captions."""
+    with ``known_files``, earlier caption files and the Iceberg table's captions exported to a file
+    (``lake_table.export_known_content``). The files are read by the workers: the driver holds
+    their names only, never a known caption."""
 
-    def __init__(self, model_id: str, known_files: list[str], known_rows: list[dict[str, Any]],
-                 columns: list[str]) -> None:
+    def __init__(self, model_id: str, known_files: list[str], columns: list[str]) -> None:
         super().__init__()
-        self.model_id, self.known_files, self.known_rows, self.columns = model_id, known_files, known_rows, columns
+        self.model_id, self.known_files, self.columns = model_id, known_files, columns
 
     def expand(self, records: beam.PCollection) -> PCollections:
         p = records.pipeline
         groups: dict[str, Any] = {"records": records | "KeyByContent" >> beam.Map(lambda r: (r.sha256, r))}
-        known = []
         if self.known_files:  # read by the workers; files lacking a column give rows that are dropped
-            known.append(p | "KnownFiles" >> beam.Create(self.known_files)
-                         | "ReadKnown" >> beam.ParDo(ReadOutputRows(self.columns)))
-        if self.known_rows:
-            known.append(p | "KnownTableRows" >> beam.Create(self.known_rows))
-        if known:
-            groups["known"] = (known | "AllKnown" >> beam.Flatten()
+            groups["known"] = (p | "KnownFiles" >> beam.Create(self.known_files)
+                               | "ReadKnown" >> beam.FlatMap(read_rows, self.columns)
                                | "KnownComplete" >> beam.Filter(complete, self.columns)
                                | "KeyKnown" >> beam.Map(lambda row: (row["image_sha256"], row)))
         out = (groups | "GroupByContent" >> beam.CoGroupByKey()

@@ -9,12 +9,14 @@ centroids per sub-vector and ``ivf_partitions`` partitions on 256 sampled vector
 many more rows than that to train them well.
 
 The sync is "make the index agree with the committed Parquet files under OUTPUT", the way the
-Iceberg sync is (``beam_pipeline.lake_table``): read the caption files, keep the newest row
-(``processed_at``) per ``image_uri``, drop those the index already holds at that time or later, and
-``merge_insert`` the rest keyed on ``image_uri`` (an older index row is replaced). So ``--resume``
-adds only new images, the index never holds a URI twice, and a crash between the Parquet commits
-and the sync is repaired by the next run. lancedb is imported only here and in ``caption_index``,
-and only when a flag asks.
+Iceberg sync is (``beam_pipeline.lake_table``), by OUTPUT's latest-row rule
+(``output_files.latest_rows``, over caption *and* error files): keep each URI's latest row when it
+is a caption, drop those the index already holds at that time or later, and ``merge_insert`` the
+rest keyed on ``image_uri`` (an older index row is replaced); delete the URIs whose latest row is
+an error (e.g. an object overwritten by a corrupt file and run again with ``--resume``). So
+``--resume`` adds only new images, the index never holds a URI twice nor a caption that is no
+longer current, and a crash between the Parquet commits and the sync is repaired by the next run.
+lancedb is imported only here and in ``caption_index``, and only when a flag asks.
 
 The pipeline calls ``prepare_index`` and ``sync_output_to_index`` through ``in_child``: in a spawned
 process, so lancedb is never loaded in the driver. lancedb's async runtime is not fork-safe (it
@@ -26,11 +28,12 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections import defaultdict
 from typing import Any, Callable, TypeVar
 
+import numpy as np
 import pyarrow as pa
 
+from beam_pipeline.output_files import LatestRows, latest_rows, time_keys
 from beam_pipeline.preflight import PreflightError, existing_outputs
 from beam_pipeline.schemas import EMBEDDING_COLUMN, FLAGS_COLUMN, conform
 
@@ -134,40 +137,57 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _millis(column: pa.ChunkedArray | pa.Array) -> list[int]:
-    return column.cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64()).to_pylist()
-
-
-def indexed_times(table: Any) -> dict[str, int]:
-    """image_uri -> processed_at (ms) of every row the index holds (two columns read, no vectors)."""
+def indexed_times(table: Any) -> pa.Table:
+    """``image_uri`` and ``processed_at`` key (int64 ms) of every row the index holds (two columns
+    read, no vectors)."""
     known = table.search().select(["image_uri", "processed_at"]).limit(None).to_arrow()
-    return dict(zip(known.column("image_uri").to_pylist(), _millis(known.column("processed_at"))))
+    return pa.table({"image_uri": known.column("image_uri").combine_chunks().cast(pa.string()),
+                     "processed_at": time_keys(known.column("processed_at"))})
 
 
-def newest_rows(files: list[str], known: dict[str, int], schema: pa.Schema) -> pa.Table:
-    """The newest row per image_uri over ``files`` (caption Parquet), as ``schema``, leaving out URIs
-    the index already holds at that ``processed_at`` or later. Only image_uri and processed_at of
-    every file are read; a file is read whole (its needed columns) only when it holds a winner."""
+def indexed_times_empty() -> pa.Table:
+    """``indexed_times`` of an index that has no table yet."""
+    return pa.table({"image_uri": pa.array([], pa.string()), "processed_at": pa.array([], pa.int64())})
+
+
+def newest_rows(latest: LatestRows, known: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The rows whose URI's latest row (``latest``, over captions *and* errors) is a caption, as
+    ``schema``, leaving out URIs the index (``known``: ``indexed_times``) already holds at that
+    ``processed_at`` or later. A file is read (its needed columns) only when it holds one."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    best: dict[str, tuple[int, int, int]] = {}  # uri -> (ms, file index, row index)
-    for i, uri in enumerate(files):
-        with _open(uri) as f:
-            keys = pq.read_table(f, columns=["image_uri", "processed_at"])
-        for row, (image_uri, ms) in enumerate(zip(keys.column("image_uri").to_pylist(),
-                                                  _millis(keys.column("processed_at")))):
-            if ms > known.get(image_uri, -math.inf) and ms > best.get(image_uri, (-math.inf,))[0]:
-                best[image_uri] = (ms, i, row)
-    by_file: dict[int, list[int]] = defaultdict(list)
-    for _, i, row in best.values():
-        by_file[i].append(row)
+    held = known.rename_columns(["image_uri", "indexed_at"])
+    joined = latest.of_kind("captions").join(held, "image_uri", join_type="left outer")
+    add = joined.filter(pc.or_kleene(pc.is_null(joined.column("indexed_at")),
+                                     pc.less(joined.column("indexed_at"), joined.column("processed_at"))))
     parts = []
-    for i, rows in sorted(by_file.items()):
-        with _open(files[i]) as f:
+    for index in sorted(set(add.column("file").to_pylist())):
+        rows = np.sort(pc.filter(add.column("row"), pc.equal(add.column("file"), index)).to_numpy())
+        with _open(latest.files[index]) as f:
             parquet = pq.ParquetFile(f)
             columns = [c for c in schema.names if c in parquet.schema_arrow.names]
-            parts.append(conform(parquet.read(columns=columns).take(sorted(rows)), schema))
+            parts.append(conform(parquet.read(columns=columns).take(pa.array(rows)), schema))
     return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def superseded_by_errors(latest: LatestRows, known: pa.Table) -> list[str]:
+    """URIs the index holds whose latest OUTPUT row is an error (an object overwritten by a file
+    that cannot be read, and run again): their caption is no longer current."""
+    import pyarrow.compute as pc
+
+    uris = known.column("image_uri")
+    return pc.filter(uris, pc.is_in(uris, value_set=latest.not_of_kind("captions"))).to_pylist()
+
+
+DELETE_CHUNK = 1000  # URIs per delete predicate
+
+
+def delete_uris(table: Any, uris: list[str]) -> None:
+    """Remove the index rows of ``uris`` (a predicate of ``DELETE_CHUNK`` URIs at a time)."""
+    for start in range(0, len(uris), DELETE_CHUNK):
+        chunk = uris[start:start + DELETE_CHUNK]
+        table.delete("image_uri IN (" + ", ".join(_sql_string(u) for u in chunk) + ")")
 
 
 def _open(uri: str) -> Any:
@@ -226,21 +246,29 @@ def _sub_vectors(dim: int) -> int:
 
 
 def sync_output_to_index(uri: str, output: str) -> dict[str, Any]:
-    """Make the index at ``uri`` agree with OUTPUT/captions: upsert the newest row per image_uri
-    that the index does not hold yet, then bring its indexes up to date. Returns what changed."""
-    files = [f for f in existing_outputs(output) if "/captions/" in f]
+    """Make the index at ``uri`` agree with OUTPUT's current rows (its latest-row rule, over
+    captions and errors): upsert the latest caption row per image_uri that the index does not hold
+    yet, delete the URIs whose latest row is an error, then bring its indexes up to date. Returns
+    what changed."""
+    files = existing_outputs(output)
+    latest = latest_rows({kind: [f for f in files if f"/{kind}/" in f] for kind in ("captions", "errors")})
     db = connect(uri)
     table = db.open_table(TABLE) if TABLE in db.list_tables().tables else None
+    deleted: list[str] = []
     if table is None:
-        schema = index_schema(_embedding_dim(files))
-        new = newest_rows(files, {}, schema)
+        schema = index_schema(_embedding_dim([f for f in files if "/captions/" in f]))
+        new = newest_rows(latest, indexed_times_empty(), schema)
         if not new.num_rows:
-            return {"index": uri, "table": TABLE, "upserted": 0, "rows": 0, "indexes": {}}
+            return {"index": uri, "table": TABLE, "upserted": 0, "deleted": 0, "rows": 0, "indexes": {}}
         table = db.create_table(TABLE, new)
     else:
-        new = newest_rows(files, indexed_times(table), table.schema)
+        known = indexed_times(table)
+        new = newest_rows(latest, known, table.schema)
         if new.num_rows:
             table.merge_insert("image_uri").when_matched_update_all(
                 where="target.processed_at < source.processed_at").when_not_matched_insert_all().execute(new)
-    indexes = ensure_indexes(table, changed=bool(new.num_rows))
-    return {"index": uri, "table": TABLE, "upserted": new.num_rows, "rows": table.count_rows(), "indexes": indexes}
+        deleted = superseded_by_errors(latest, known)
+        delete_uris(table, deleted)
+    indexes = ensure_indexes(table, changed=bool(new.num_rows or deleted))
+    return {"index": uri, "table": TABLE, "upserted": new.num_rows, "deleted": len(deleted),
+            "rows": table.count_rows(), "indexes": indexes}

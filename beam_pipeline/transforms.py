@@ -24,10 +24,12 @@ from beam_pipeline.commit_writer import CommitRows
 from beam_pipeline.dedupe import DONE, DONE_BY_INTERRUPTED, DONE_COLUMNS, DedupeAndResume, done_entry
 from beam_pipeline.object_reads import ReadSettings
 from beam_pipeline.outcomes import PCollections, recaptioned_uris, skipped_flags, split, worker_reports
-from beam_pipeline.output_files import ReadOutputRows
+from beam_pipeline.output_files import read_rows
 from beam_pipeline.records import ImageRef, with_reference_captions, with_references
 from beam_pipeline.retries import RetryPolicy
-from beam_pipeline.sources import MatchGlob, ReadAndDecode, ReadManifest, read_references
+from beam_pipeline.image_reads import ReadAndDecode
+from beam_pipeline.matching import MatchGlob, ReadManifest
+from beam_pipeline.references import read_references
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("beam_pipeline.progress")  # beam_pipeline.console.PROGRESS_LOGGER
@@ -100,7 +102,7 @@ class SkipDoneAndDuplicates(beam.PTransform):
         done_sets = [(DONE, [f for f in self.done_files if f not in interrupted]),
                      (DONE_BY_INTERRUPTED, self.interrupted_files)]
         marks = [p | f"DoneFiles{mark}" >> beam.Create(files)
-                 | f"ReadDone{mark}" >> beam.ParDo(ReadOutputRows(DONE_COLUMNS))
+                 | f"ReadDone{mark}" >> beam.FlatMap(read_rows, DONE_COLUMNS)
                  | f"KeyDone{mark}" >> beam.Map(done_entry, mark)
                  for mark, files in done_sets if files]
         if marks:

@@ -75,8 +75,8 @@ def run_inventory(pattern: str, out: Path, extra: list[str]) -> tuple[dict, floa
     """(summary, wall seconds, peak driver MiB, peak workers MiB) of one inventory process."""
     import psutil
 
-    cmd = [sys.executable, str(REPO / "run_pipeline.py"), "--inventory", "--input", pattern, "--output", str(out),
-           *extra]
+    cmd = [sys.executable, str(REPO / "run_pipeline.py"), "--json", "--inventory", "--input", pattern,
+           "--output", str(out), *extra]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from beam_pipeline.output_files import LatestRows, latest_rows, time_keys
 from beam_pipeline.schemas import CAPTION_FIELDS, ERROR_FIELDS
 from model import storage
 
@@ -177,34 +178,22 @@ def _iter_batches(paths: Sequence[str], columns: Sequence[str], types: Mapping[s
             unreadable.append(f"{path}: {type(exc).__name__}: {exc}")
 
 
-def replaced_rows(out_dir: str) -> set[tuple[str, int]]:
-    """``(image_uri, processed_at as ms)`` of the rows of ``OUT_DIR/captions`` and ``OUT_DIR/errors``
-    that a later row of the same URI replaced; empty when every URI has one row."""
-    import pyarrow.compute as pc
-
-    columns = ("image_uri", "processed_at")
-    batches = [batch for kind in ("captions", "errors") for batch in _iter_batches(
-        list_parquet_files(storage.join(out_dir, kind)), columns, _ERROR_TYPES, [])]
-    if not batches:
-        return set()
-    rows = pa.Table.from_batches(batches)
-    rows = rows.set_column(1, "processed_at", rows.column("processed_at").cast(pa.int64()))
-    per_uri = rows.group_by("image_uri").aggregate([("processed_at", "max"), ("processed_at", "count")])
-    several = per_uri.filter(pc.greater(per_uri.column("processed_at_count"), 1))
-    if not several.num_rows:
-        return set()
-    joined = rows.join(several, "image_uri")
-    old = joined.filter(pc.less(joined.column("processed_at"), joined.column("processed_at_max")))
-    return set(zip(old.column("image_uri").to_pylist(), old.column("processed_at").to_pylist()))
+def current_rows(out_dir: str) -> LatestRows:
+    """Each URI's latest row over ``OUT_DIR/captions`` and ``OUT_DIR/errors`` (the output's rule,
+    ``beam_pipeline.output_files.latest_rows``); damaged files are left out here (the loaders
+    note them)."""
+    return latest_rows({kind: list_parquet_files(storage.join(out_dir, kind)) for kind in ("captions", "errors")},
+                       unreadable=[])
 
 
-def _current(batch: pa.RecordBatch, replaced: set[tuple[str, int]]) -> pa.RecordBatch:
-    """``batch`` without the rows in ``replaced`` (it has image_uri and processed_at columns)."""
-    if not replaced:
+def _current(batch: pa.RecordBatch, latest: LatestRows, kind: str) -> pa.RecordBatch:
+    """``batch`` (rows of ``kind``, with image_uri and processed_at columns) without the rows a
+    later row of the same URI replaced."""
+    if not latest.replaced:
         return batch
-    uris = batch.column(batch.schema.get_field_index("image_uri")).to_pylist()
-    times = batch.column(batch.schema.get_field_index("processed_at")).cast(pa.int64()).to_pylist()
-    return batch.filter(pa.array([(u, t) not in replaced for u, t in zip(uris, times)]))
+    uris = batch.column(batch.schema.get_field_index("image_uri"))
+    times = time_keys(batch.column(batch.schema.get_field_index("processed_at")))
+    return batch.filter(pa.array(latest.is_current(kind, uris, times)))
 
 
 def bottom_k_keys(image_uris: Sequence[str | None], seed: int) -> np.ndarray:
@@ -244,17 +233,17 @@ def _to_caption_row(d: Mapping[str, Any]) -> CaptionRow:
 def load_captions(out_dir: str, *, sample: int = DEFAULT_SAMPLE, seed: int = 0) -> CaptionSample:
     """Stream ``OUT_DIR/captions`` and keep a deterministic sample of ``sample`` of the current rows
     (all when there are fewer), returned least confident first. Memory: O(sample + one record
-    batch), plus ``replaced_rows``' pass."""
+    batch), plus ``current_rows``' pass."""
     if sample < 0:
         raise ValueError(f"sample must be >= 0, got {sample}")
     unreadable: list[str] = []
     paths = list_parquet_files(storage.join(out_dir, "captions"))
-    replaced = replaced_rows(out_dir)
+    latest = current_rows(out_dir)
     kept: pa.Table | None = None
     kept_keys = np.empty(0, dtype=np.uint64)
     total = 0
     for batch in _iter_batches(paths, CAPTION_COLUMNS + ("processed_at",), _CAPTION_TYPES, unreadable):
-        batch = _current(batch, replaced)
+        batch = _current(batch, latest, "captions")
         total += batch.num_rows
         if sample == 0 or batch.num_rows == 0:
             continue
@@ -286,12 +275,12 @@ def load_errors(out_dir: str, *, max_errors: int = DEFAULT_MAX_ERRORS) -> ErrorR
         raise ValueError(f"max_errors must be >= 0, got {max_errors}")
     unreadable: list[str] = []
     paths = list_parquet_files(storage.join(out_dir, "errors"))
-    replaced = replaced_rows(out_dir)
+    latest = current_rows(out_dir)
     rows: list[ErrorRow] = []
     by_type: Counter = Counter()
     total = 0
     for batch in _iter_batches(paths, ERROR_COLUMNS, _ERROR_TYPES, unreadable):
-        batch = _current(batch, replaced)
+        batch = _current(batch, latest, "errors")
         total += batch.num_rows
         stages = batch.column(2).to_pylist()
         types = batch.column(3).to_pylist()

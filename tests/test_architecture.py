@@ -140,7 +140,7 @@ def test_import_parser_sees_deferred_relative_and_from_imports(tmp_path):
 
 def test_the_project_graph_is_found():
     graph = import_graph()
-    assert {"model.artifact", "training.train", "beam_pipeline.sources"} <= set(graph)
+    assert {"model.artifact", "training.train", "beam_pipeline.matching"} <= set(graph)
     assert "model.storage" in graph["model.artifact"]
 
 

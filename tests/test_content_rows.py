@@ -90,8 +90,8 @@ def test_sync_plan_keeps_the_latest_row_per_uri_across_captions_and_errors(tmp_p
     """What the Iceberg sync adds and replaces (beam_pipeline.lake_upsert), on real Parquet files:
     a re-captioned URI replaces its table row, a URI whose latest row is now an error leaves the
     captions table, a URI the table already holds at that time is not added again."""
-    from beam_pipeline.lake_upsert import latest_rows, plan_sync
-    from beam_pipeline.output_files import epoch_ms
+    from beam_pipeline.lake_upsert import plan_sync
+    from beam_pipeline.output_files import epoch_ms, latest_rows
 
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     t1 = t0 + dt.timedelta(hours=1)
@@ -109,10 +109,46 @@ def test_sync_plan_keeps_the_latest_row_per_uri_across_captions_and_errors(tmp_p
     pq.write_table(pa.Table.from_pylist([error_row("c", "c", "decode", "TruncatedImage", "now broken") |
                                          {"processed_at": t1}], schema=ERROR_SCHEMA), files["errors"][0])
     latest = latest_rows(files)
-    in_table = {u: epoch_ms(t0) for u in ("a", "b", "c")}
-    plan = plan_sync("captions", files["captions"], caption_schema(), latest, in_table)
+    assert latest.get("a") == (epoch_ms(t1), "captions") and latest.get("c") == (epoch_ms(t1), "errors")
+    assert latest.replaced == 2  # the old rows of a and c
+    in_table = pa.table({"image_uri": ["a", "b", "c"], "processed_at": pa.array([epoch_ms(t0)] * 3, pa.int64())})
+    plan = plan_sync("captions", latest, caption_schema(), in_table)
     assert sorted(zip(plan.rows.column("image_uri").to_pylist(), plan.rows.column("caption").to_pylist())) == \
         [("a", "new a"), ("d", "d")]
     assert plan.replaced == {"a", "c"}  # a: a newer caption; c: its latest row is an error now
-    errors = plan_sync("errors", files["errors"], ERROR_SCHEMA, latest, {})
+    errors = plan_sync("errors", latest, ERROR_SCHEMA, pa.table({"image_uri": pa.array([], pa.string()),
+                                                                   "processed_at": pa.array([], pa.int64())}))
     assert errors.rows.column("image_uri").to_pylist() == ["c"] and errors.replaced == set()
+
+
+def test_latest_row_rule_ties_missing_times_and_unreadable_files(tmp_path):
+    """output_files.latest_rows: the greatest processed_at wins; on a tie a caption beats an error,
+    then the earlier file; a row without processed_at loses to any time; a damaged file raises,
+    or is noted and left out when the caller asks."""
+    from beam_pipeline.output_files import MISSING_TIME, epoch_ms, latest_rows
+
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+    def caption(uri: str, when: dt.datetime, text: str) -> dict:
+        return {"image_uri": uri, "image_id": uri, "caption": text, "score": -1.0, "decode": "g", "model_id": "m",
+                "encoder": "e", "width": 1, "height": 1, "processed_at": when}
+
+    c0, c1, c2, e1 = (str(tmp_path / n) for n in ("c0.parquet", "c1.parquet", "c2.parquet", "e1.parquet"))
+    pq.write_table(pa.table({"image_uri": ["none"], "caption": ["a file without processed_at"]}), c0)
+    pq.write_table(pa.Table.from_pylist([caption("tie", t0, "first")], schema=caption_schema()), c1)
+    pq.write_table(pa.Table.from_pylist([caption("tie", t0, "second")], schema=caption_schema()), c2)
+    pq.write_table(pa.Table.from_pylist([error_row(u, u, "read", "FileNotFound", "gone") | {"processed_at": t0}
+                                         for u in ("tie", "none")], schema=ERROR_SCHEMA), e1)
+    latest = latest_rows({"captions": [c0, c1, c2], "errors": [e1]})
+    assert latest.get("tie") == (epoch_ms(t0), "captions") and latest.get("none") == (epoch_ms(t0), "errors")
+    assert latest.rows_in(c1, "captions").tolist() == [0] and latest.rows_in(c2, "captions").tolist() == []
+    assert latest.replaced == 3 and latest.get("elsewhere") is None
+    assert latest.is_current("captions", pa.array(["tie", "none"]),
+                             pa.array([epoch_ms(t0), MISSING_TIME], pa.int64())).tolist() == [True, False]
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"not parquet")
+    with pytest.raises(pa.ArrowInvalid):
+        latest_rows({"captions": [c1, str(broken)]})
+    noted: list[str] = []
+    assert latest_rows({"captions": [c1, str(broken)]}, unreadable=noted).get("tie") == (epoch_ms(t0), "captions")
+    assert len(noted) == 1 and str(broken) in noted[0]

@@ -109,3 +109,24 @@ def test_estimate_uses_the_per_core_rate():
     fp32 = est["per_precision"]["float32"]
     assert fp32["core_hours"] == pytest.approx(1_000_000 / RECORDED_RATES["float32"] / 3600, rel=1e-3)
     assert fp32["wall_hours_on_cores"] == pytest.approx(fp32["core_hours"] / 8, rel=1e-3)
+
+
+def test_the_command_line_prints_a_short_inventory_summary(lake, tmp_path):
+    """``run_pipeline.py --inventory`` without --json prints the inventory's own short summary
+    (it used to fail after writing the inventory: the caption summary has other fields)."""
+    import subprocess
+    import sys
+
+    folder, photos = lake
+    out = tmp_path / "out"
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "run_pipeline.py"), *_args(folder, out, photos)], cwd=repo,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    summary = json.loads((out / "inventory_summary.json").read_text())
+    assert lines[0] == (f"Inventory of 14 inputs: 7 readable, 6 distinct contents, 3 duplicate inputs, "
+                        f"{summary['bytes']} bytes")
+    assert lines[1].startswith(f"Unreadable: {len(BAD) + 2} (") and "BrokenSymlink 1" in lines[1]
+    assert "int8" in lines[2] and "core-hours" in lines[2]
+    assert lines[-1] == f"Outputs: {out}/inventory, {out}/inventory_summary.json" and len(lines) == 4

@@ -153,11 +153,21 @@ def test_manifest_on_multi_processing_runner_reads_sizes_unknown_and_real_404(s3
     assert proxy.object_requests("HEAD") == []
 
 
-def test_glob_over_many_objects_is_listed_by_pages(s3):
+def _outside_a_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beam's S3 filesystem takes its options from the running pipeline; these tests call the
+    DoFn directly, so give it default ones (the AWS environment points at the proxy)."""
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    monkeypatch.setattr(FileSystems, "_pipeline_options", PipelineOptions([]))
+
+
+def test_glob_over_many_objects_is_listed_by_pages(s3, monkeypatch):
     """2,500 objects under one prefix: Beam's matcher lists them with 3 listing pages (1,000
     keys each) and no request per object; every object comes with its size."""
-    from beam_pipeline.sources import MatchGlob
+    from beam_pipeline.matching import MatchGlob
 
+    _outside_a_pipeline(monkeypatch)
     direct, proxy = s3["direct"], s3["proxy"]
     keys = [f"lake/img{i:05d}.jpg" for i in range(2500)]
     with ThreadPoolExecutor(8) as pool:
@@ -169,6 +179,31 @@ def test_glob_over_many_objects_is_listed_by_pages(s3):
     listings = proxy.listing_requests()
     assert len(listings) == 3, listings
     assert proxy.object_requests("GET") == [] and proxy.object_requests("HEAD") == []
+    s3["guard"].assert_only_to(s3["proxy_port"])
+
+
+def test_a_remote_glob_is_streamed_page_by_page(s3, monkeypatch):
+    """Matching an object-store glob yields its first entries after the first listing page, before
+    the next page is asked for (no list of the whole match is built first); a pattern without a
+    glob character is one object, or NoMatch."""
+    from beam_pipeline.matching import MatchGlob
+
+    _outside_a_pipeline(monkeypatch)
+    direct, proxy = s3["direct"], s3["proxy"]
+    keys = [f"stream/img{i:05d}.jpg" for i in range(2100)] + ["stream/notes.txt"]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: direct.put_object(Bucket=BUCKET, Key=k, Body=k.encode()), keys))
+    proxy.reset_counts()
+    refs = MatchGlob().process(f"s3://{BUCKET}/stream/*.jpg")
+    first = [next(refs) for _ in range(1000)]
+    assert len(proxy.listing_requests()) == 1  # 1,000 entries out, one page asked for
+    rest = list(refs)
+    assert len(proxy.listing_requests()) == 3
+    assert sorted(r.uri for r in first + rest) == sorted(f"s3://{BUCKET}/{k}" for k in keys if k.endswith(".jpg"))
+    (one,) = MatchGlob().process(f"s3://{BUCKET}/stream/img00007.jpg")
+    assert (one.uri, one.size_bytes) == (f"s3://{BUCKET}/stream/img00007.jpg", len("stream/img00007.jpg"))
+    (none,) = MatchGlob().process(f"s3://{BUCKET}/stream/absent.jpg")
+    assert none.row["error_type"] == "NoMatch"
     s3["guard"].assert_only_to(s3["proxy_port"])
 
 

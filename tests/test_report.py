@@ -251,13 +251,15 @@ def test_only_the_latest_row_of_each_uri_is_shown_and_counted(tmp_path: Path) ->
                   caption_schema(), tmp_path / "captions" / "run2.parquet")
     write_parquet([error_row("/x/b.jpg", "decode", "TruncatedImage", "now truncated") | {"processed_at": later}],
                   ERROR_SCHEMA, tmp_path / "errors" / "run2.parquet")
-    assert len(report_data.replaced_rows(str(tmp_path))) == 3
+    latest = report_data.current_rows(str(tmp_path))
+    assert latest.replaced == 3 and {u: latest.get(u)[1] for u in ("/x/a.jpg", "/x/b.jpg", "/x/c.jpg")} == {
+        "/x/a.jpg": "captions", "/x/b.jpg": "errors", "/x/c.jpg": "captions"}
     sample = load_captions(str(tmp_path), sample=10)
     assert sample.total == 2 and {(r.image_uri, r.caption) for r in sample.rows} == {
         ("/x/a.jpg", "the new caption"), ("/x/c.jpg", "now a photo")}
     errors = load_errors(str(tmp_path))
     assert errors.total == 1 and [(e.image_uri, e.error_type) for e in errors.rows] == [("/x/b.jpg", "TruncatedImage")]
-    assert report_data.replaced_rows(str(tmp_path / "captions")) == set()  # no output there: nothing replaced
+    assert report_data.current_rows(str(tmp_path / "captions")).replaced == 0  # no output there: nothing replaced
 
 
 def _many_rows(n: int) -> list[dict]:
@@ -290,7 +292,9 @@ def test_sampling_streams_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyP
     write_parquet(_many_rows(400), caption_schema(), tmp_path / "captions" / "a.parquet")
     seen = []
     real_concat = pa.concat_tables
-    monkeypatch.setattr(pa, "concat_tables", lambda ts: seen.append(sum(t.num_rows for t in ts)) or real_concat(ts))
+    # the reservoir's tables (caption rows); the latest-row pass holds only image_uri/processed_at keys
+    monkeypatch.setattr(pa, "concat_tables", lambda ts: (
+        "caption" in ts[0].column_names and seen.append(sum(t.num_rows for t in ts))) or real_concat(ts))
     got = load_captions(str(tmp_path), sample=30, seed=1)
     assert len(got.rows) == 30 and got.total == 400
     assert seen and max(seen) <= 30 + 16

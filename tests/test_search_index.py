@@ -99,6 +99,42 @@ def test_the_newest_row_per_uri_is_what_the_index_holds(tmp_path):
     assert [ix.columns for ix in open_table(index).list_indices()] == [["caption"]]
 
 
+def _error_file(out: Path, name: str, rows: list[tuple[str, int]]) -> None:
+    """A committed error file with (uri, seconds) rows."""
+    from beam_pipeline.records import error_row
+    from beam_pipeline.schemas import ERROR_SCHEMA
+
+    full = [error_row(uri, uri, "decode", "NotAnImage", "overwritten by a text file") |
+            {"processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=s)}
+            for uri, s in rows]
+    (out / "errors").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(full, schema=ERROR_SCHEMA), out / "errors" / name)
+
+
+def test_a_uri_whose_latest_row_is_an_error_leaves_the_index(tmp_path):
+    """OUTPUT's latest-row rule over captions *and* errors: an object overwritten by a corrupt file
+    and run again (--resume) has an error as its latest row, so its old caption is deleted from the
+    index; an older error row does not hide a newer caption; a later caption brings it back."""
+    out, index = tmp_path / "out", str(tmp_path / "index")
+    _caption_file(out, "part-a.parquet", [("u1", "a cat", 1), ("u2", "a dog", 1), ("u3", "a bird", 5)])
+    _error_file(out, "part-e0.parquet", [("u3", 2)])  # older than u3's caption: u3 stays
+    assert sync_output_to_index(index, str(out))["upserted"] == 3
+    _error_file(out, "part-e1.parquet", [("u1", 4)])  # u1 was overwritten by a file that is not an image
+    result = sync_output_to_index(index, str(out))
+    assert (result["upserted"], result["deleted"], result["rows"]) == (0, 1, 2)
+    assert {r["image_uri"]: r["caption"] for r in _index_rows(index)} == {"u2": "a dog", "u3": "a bird"}
+    assert sync_output_to_index(index, str(out))["deleted"] == 0  # nothing left to delete
+    assert [ix.columns for ix in open_table(index).list_indices()] == [["caption"]]
+    _caption_file(out, "part-b.parquet", [("u1", "a new cat", 9)])  # fixed and captioned again
+    assert sync_output_to_index(index, str(out))["upserted"] == 1
+    assert {r["image_uri"]: r["caption"] for r in _index_rows(index)} == {
+        "u1": "a new cat", "u2": "a dog", "u3": "a bird"}
+    fresh = str(tmp_path / "fresh")  # a new index built from the same OUTPUT agrees
+    _error_file(out, "part-e2.parquet", [("u2", 10)])
+    assert sync_output_to_index(fresh, str(out))["upserted"] == 2
+    assert sorted(r["image_uri"] for r in _index_rows(fresh)) == ["u1", "u3"]
+
+
 def test_like_finds_a_byte_identical_copy_first(tmp_path, flickr8k, tiny_artifact, capsys):
     photos = flickr8k_photos(flickr8k, 10, 6)
     images = _copy(photos, tmp_path / "images")

@@ -179,8 +179,11 @@ def test_matchers_can_fail(tmp_path):
         assert_that(p | beam.Create([1]), is_not_empty())
 
 
-def test_same_content_split_and_copy_to_followers():
-    from beam_pipeline.same_content import CopyCaptionsToFollowers, SplitBySameContent
+def test_same_content_split_and_copy_to_followers(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from beam_pipeline.same_content import CopyCaptionsToFollowers, SplitBySameContent, known_columns
 
     def record(name: str, sha: str) -> ImageRecord:
         return ImageRecord(ImageRef(f"/x/{name}", name), np.zeros((4, 4, 3), np.uint8), 4, 4, sha)
@@ -189,8 +192,11 @@ def test_same_content_split_and_copy_to_followers():
                record("b-copy.jpg", "2" * 64), record("known.jpg", "3" * 64)]
     known = [{"image_sha256": "3" * 64, "caption": "a known cat", "score": -1.0, "decode": "greedy",
               "model_id": "m1", "encoder": "xception"}]
+    known_file = str(tmp_path / "known.parquet")  # earlier captions are files, read by the workers
+    pq.write_table(pa.Table.from_pylist(known), known_file)
     with pipeline() as p:
-        leaders, followers, copied = p | beam.Create(records) | SplitBySameContent("m1", [], known, [])
+        leaders, followers, copied = (p | beam.Create(records)
+                                      | SplitBySameContent("m1", [known_file], known_columns(False)))
         assert_that(leaders | beam.Map(lambda r: r.ref.image_id), equal_to(["a.jpg", "b.jpg"]), label="Leaders")
         assert_that(copied | beam.Map(lambda r: (r["image_id"], r["caption"], r["caption_source"])),
                     equal_to([("known.jpg", "a known cat", "same_content")]), label="Copied")

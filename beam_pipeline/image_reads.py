@@ -1,10 +1,9 @@
-"""Inputs: glob matching, manifest tables, image reading/decoding and reference captions.
+"""Reading inputs: an ``ImageRef`` -> its bytes (one bounded read), SHA-256 and decoded pixels, or
+an error row.
 
-Matching uses Beam's ``FileSystems`` (local, gs://, s3:// … whatever Beam is installed with;
-object stores are listed a page of up to 1,000 keys per request); image bytes are read by
-``beam_pipeline.object_reads`` (one GET per object) several at a time (``read_ahead``), with the
-retry policy of ``read_policy``. Every failure becomes an error row on the ``errors`` output,
-never an exception.
+Image bytes are read by ``beam_pipeline.object_reads`` (one GET per object) several at a time
+(``read_ahead``), with the retry policy of ``read_policy``. Every failure becomes an error row on
+the ``errors`` output, never an exception. Matching the inputs is ``beam_pipeline.matching``.
 """
 from __future__ import annotations
 
@@ -13,80 +12,21 @@ import logging
 from typing import Any, Callable, Iterable, Iterator
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
-from beam_pipeline.listing import ENTRY_MESSAGES, is_local, list_local, remote_entry
-from beam_pipeline.outcomes import failed
-from beam_pipeline.records import (STAGE_DECODE, STAGE_MATCH, STAGE_READ, ImageRecord, ImageRef, error_row,
-                                   exception_row, image_id_from_uri, parse_references_column)
+from beam_pipeline.listing import ENTRY_MESSAGES
+from beam_pipeline.metrics import NAMESPACE
 from beam_pipeline.object_reads import ObjectReader, ReadSettings
+from beam_pipeline.outcomes import failed
 from beam_pipeline.read_ahead import ReadAhead
+from beam_pipeline.records import STAGE_DECODE, STAGE_READ, ImageRecord, ImageRef, error_row, exception_row
 from beam_pipeline.retries import GaveUp
 from model.image_loading import ImageDecodeError, decode_image
-from model.flickr8k import parse_token_file
-from model.storage import read_limit, read_text, sha256_hex
-from model.tables import read_columns
+from model.storage import read_limit, sha256_hex
 
 log = logging.getLogger(__name__)
-NAMESPACE = "captioning"
 ERRORS = "errors"  # read_one's tag of an error row (ReadAndDecode wraps it with outcomes.failed)
-
-
-def _entries(pattern: str) -> Iterator[ImageRef]:
-    """Every entry ``pattern`` matches (``beam_pipeline.listing``): local ones streamed, remote
-    ones from Beam's matcher (a page of 1,000 keys per request)."""
-    if is_local(pattern):
-        yield from list_local(pattern)
-        return
-    for result in FileSystems.match([pattern]):
-        for meta in result.metadata_list:
-            yield remote_entry(meta.path, meta.size_in_bytes, meta.last_updated_in_seconds)
-
-
-class MatchGlob(beam.DoFn):
-    """Expand one glob into ImageRefs, one per matched entry, emitted as they are listed; a glob
-    matching nothing is an error row, not a crash."""
-
-    def process(self, pattern: str) -> Iterator[Any]:
-        found = 0
-        try:
-            for ref in _entries(pattern):
-                found += 1
-                yield ref
-        except Exception as exc:  # noqa: BLE001 - e.g. bucket missing, permission denied
-            yield failed(error_row(pattern, None, STAGE_MATCH, type(exc).__name__,
-                                   f"cannot match {pattern}: {exc}"))
-            return
-        if not found:
-            yield failed(error_row(pattern, None, STAGE_MATCH, "NoMatch",
-                                   f"no file matches {pattern}"))
-
-
-class ReadManifest(beam.DoFn):
-    """Rows of a manifest table -> ImageRefs (with optional ids and reference captions)."""
-
-    def __init__(self, uri_column: str, id_column: str | None, references_column: str | None) -> None:
-        self.uri_column = uri_column
-        self.id_column = id_column
-        self.references_column = references_column
-
-    def process(self, manifest_uri: str) -> Iterator[Any]:
-        wanted = [c for c in (self.uri_column, self.id_column, self.references_column) if c]
-        table = read_columns(manifest_uri, wanted, "manifest")
-        for batch in table.to_batches(max_chunksize=10_000):
-            for row in batch.to_pylist():
-                uri = row[self.uri_column]
-                if not uri:
-                    yield failed(error_row(f"{manifest_uri}#<empty>", None, STAGE_MATCH,
-                                           "EmptyUri", "manifest row has an empty image URI"))
-                    continue
-                uri = str(uri)
-                image_id = str(row[self.id_column]) if self.id_column and row[self.id_column] is not None \
-                    else image_id_from_uri(uri)
-                refs = parse_references_column(row[self.references_column]) if self.references_column else None
-                yield ImageRef(uri, image_id, None, refs)
 
 
 def read_bytes(ref: ImageRef, reader: ObjectReader, max_bytes: int) -> tuple[bytes, dict[str, Any] | None]:
@@ -188,16 +128,3 @@ class ReadAndDecode(beam.DoFn):
         if self._reads is not None:
             self._reads.close()
             self._reads = None
-
-
-def read_references(uri: str, id_column: str = "image_id", caption_column: str = "caption") -> Iterable[tuple[str, list[str]]]:
-    """(image id, [captions]) from a Flickr8k token file or a table of image id + caption rows."""
-    lower = uri.lower()
-    if lower.endswith(".txt") or lower.endswith(".token"):
-        return list(parse_token_file(read_text(uri)).items())
-    grouped: dict[str, list[str]] = {}
-    for row in read_columns(uri, [id_column, caption_column], "references table").to_pylist():
-        if row[id_column] is None or not row[caption_column]:
-            continue
-        grouped.setdefault(str(row[id_column]), []).append(str(row[caption_column]))
-    return list(grouped.items())
