@@ -14,7 +14,7 @@ from tests.test_architecture import ROOT, module_files
 
 MEASUREMENT = re.compile(
     r"(~|≈|about )\s?\d[\d.,]*\s?(s|ms|sec|seconds|minutes|MB|GB|MiB|GiB|images/s)\b"
-    r"|\d[\d.,]*\s?(ms|images/s|img/s)\b"
+    r"|(?<![A-Za-z0-9_])\d[\d.,]*\s?(ms|images/s|img/s)\b"
     r"|\d(\.\d+)?\s?[x×]\s(faster|slower)"
     r"|\b(took|takes)\s~?\d"
 )
@@ -51,7 +51,7 @@ def test_the_pattern_finds_measurements_and_spares_contracts(tmp_path: Path):
     source.write_text(
         '"""Starts in ~0.4 s instead of ~3 s; 1.2x faster than TensorFlow."""\n'
         'def f():\n    """Runs at 25 images/s; a filter took 6 minutes."""\n'
-        'p.add_argument("--x", help="backoff from 0.5 s, at most 10 s; 89.5 Mpx; ~1/batch")\n'
+        'p.add_argument("--x", help="backoff from 0.5 s, at most 10 s; 89.5 Mpx; ~1/batch; int64 ms keys")\n'
     )
     found = [g.group(0) for _, text in contract_texts(source) for g in MEASUREMENT.finditer(text)]
     assert found == ["~0.4 s", "~3 s", "1.2x faster", "25 images/s", "took 6"]
