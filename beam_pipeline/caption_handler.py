@@ -125,7 +125,6 @@ class CaptionModelHandler(ModelHandler[ImageRecord, Any, LoadedCaptioner]):
         info = self._info
         out: list[Any] = list(self._report_load(info))
         self._batches.inc()
-        open("/tmp/eng/calls.txt", "a").write(f"{os.getpid()} {len(batch)} {time.time():.2f} {[r.ref.image_id for r in batch]}\n")
         try:
             rows = self._rows(batch, model, info)
         except Exception as exc:  # noqa: BLE001 - isolate the failing image(s) below
