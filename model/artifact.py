@@ -245,6 +245,9 @@ def _checked_contents(uri: str, manifest: dict[str, Any], contents: dict[str, by
         raise ArtifactError(f"{MANIFEST} of model artifact {uri} does not list ensemble member(s) {missing}")
     _check_encoder_claims(uri, config.encoder)
     decoder_config = config.decoder
+    if config.encoder.feature_dim is not None and config.encoder.feature_dim != decoder_config.feature_dim:
+        raise ArtifactError(f"{CONFIG} of model artifact {uri}: encoder feature_dim {config.encoder.feature_dim} "
+                            f"does not match the decoder's {decoder_config.feature_dim}")
     try:
         vocab = Vocabulary.from_json(contents[VOCAB].decode("utf-8"))
     except (VocabularyError, UnicodeDecodeError) as exc:

@@ -80,8 +80,11 @@ class DecoderConfig:
 @dataclass(frozen=True)
 class EncoderConfig:
     """The encoder block of config.json. ``weights`` is the recorded source (``"imagenet"``, a
-    path or URI, or ``"artifact"`` for ``encoder.weights.h5``); ``int8`` is the record of the
-    artifact's INT8 encoder (source weights hash, calibration, quality gate) or None."""
+    path or URI, or ``"artifact"`` for ``encoder.weights.h5``); ``preprocessing`` and ``resize``
+    name what the decoder's features were made with and must be what this version runs
+    (``model.artifact`` refuses others); ``feature_dim`` must be the decoder's; ``int8`` is the
+    record of the artifact's INT8 encoder (source weights hash, calibration, quality gate,
+    ``output``) or None."""
 
     name: str
     image_size: tuple[int, int]

@@ -16,8 +16,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from model.artifact_config import ENSEMBLE_COMBINE, AttentionConfig
+from model.caption_search import PerImage
 
-ATTENTION_GRAPHS = ("attention-image", "attention-step")
+ATTENTION_GRAPHS = ("attention-image", "attention-step-by-image")  # the step takes the map per image
 
 
 def spatial_maps(features: np.ndarray, config: AttentionConfig) -> np.ndarray:
@@ -70,14 +71,15 @@ class OpenVinoAttentionStepModel:
             ovr.compile_traced(lambda: model()._step.get_concrete_function(), "float32", key(ATTENTION_GRAPHS[1]),
                                folder)])
 
-    def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
-        """``features``: spatial maps ``(n, h, w, feature_dim)`` or ``(n, regions, feature_dim)``."""
+    def initial_state(self, features: np.ndarray) -> tuple[Any, ...]:
+        """``features``: spatial maps ``(n, h, w, feature_dim)`` or ``(n, regions, feature_dim)``;
+        the state is ``AttentionStepModel``'s (the projected map once per image)."""
         maps = spatial_maps(features, self.config)
-        values, keys, image = self._run.run(0, [maps])
+        projected = PerImage(self._run.run(0, [maps]))
         zeros = np.zeros((len(maps), self.width), np.float32)
-        return zeros, zeros.copy(), values, keys, image
+        return zeros, zeros.copy(), np.arange(len(maps), dtype=np.int32), projected
 
-    def step(self, word_ids: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        h, m, values, keys, image = state
-        logp, h2, m2 = self._run.run(1, [np.asarray(word_ids, np.int32), h, m, values, keys, image])
-        return logp, (h2, m2, values, keys, image)
+    def step(self, word_ids: np.ndarray, state: tuple[Any, ...]) -> tuple[np.ndarray, tuple[Any, ...]]:
+        h, m, image_index, projected = state
+        logp, h2, m2 = self._run.run(1, [np.asarray(word_ids, np.int32), h, m, image_index, *projected])
+        return logp, (h2, m2, image_index, projected)

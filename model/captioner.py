@@ -162,9 +162,6 @@ def load_caption_model(uri: str, *, encoder_weights: str | None = None, expected
     # only on a cache miss (the cache key is the artifact's content hash, weights included).
     decoders = DecoderSource(contents.config.decoder, len(contents.decoder_weights_paths),
                              lambda: build_decoders(contents))
-    encoder_config = contents.config.encoder
-    if encoder_config.feature_dim is not None and decoders.config.feature_dim != encoder_config.feature_dim:
-        raise ArtifactError(f"config.json of model artifact {uri}: encoder feature_dim does not match the decoder")
     encoder = _encoder(contents, precision, runtime, cache) if with_encoder else None
     return CaptionModel(encoder, decoders, contents.vocab, contents.model_id, contents.config,
                         contents.decode_settings(), cache, contents.ensemble_combine)

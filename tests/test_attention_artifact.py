@@ -19,7 +19,8 @@ from model.attention_decoder import AttentionDecoder, AttentionStepModel  # noqa
 from model.caption_search import DecodeSettings, decode_batch  # noqa: E402
 from model.captioner import build_decoders, build_step_model, load_caption_model  # noqa: E402
 from model.vocabulary import Vocabulary  # noqa: E402
-from tests.factories import TINY_CAPTIONS, make_tiny_attention_artifact  # noqa: E402
+from tests.factories import TINY_CAPTIONS  # noqa: E402
+from tests.test_int8 import photo_tables  # noqa: E402,F401 - the fixture: small real JPEG tables
 from tests.pipeline_helpers import flickr8k_photos, read_rows, run_pipeline  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,20 +136,14 @@ def test_an_int8_encoder_of_pooled_features_is_refused_for_an_attention_decoder(
     assert read_artifact(str(tmp_path / "map")).int8_encoder is not None
 
 
-@pytest.fixture(scope="module")
-def attention_artifact(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("attention") / "model"
-    make_tiny_attention_artifact(str(path), kinds=("soft", "adaptive"))
-    return str(path)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime", ["openvino", "tensorflow"])
 def test_pipeline_captions_real_photos_with_an_attention_artifact(tmp_path: Path, flickr8k: Path,
-                                                                 attention_artifact: str, runtime: str):
+                                                                 tiny_attention_artifact: str, runtime: str):
     from model.encoder import ImageEncoder
     from model.image_loading import decode_image
 
+    attention_artifact = tiny_attention_artifact
     images = tmp_path / "images"
     images.mkdir()
     photos = flickr8k_photos(flickr8k, 40, 4)
@@ -176,9 +171,10 @@ def test_pipeline_captions_real_photos_with_an_attention_artifact(tmp_path: Path
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
 
 
-def work_dir(root: Path, kind: str, seed: int, vocab: Vocabulary = VOCAB, best_epoch: int = 2) -> tuple[Path, AttentionDecoder]:
+def work_dir(root: Path, kind: str, seed: int, vocab: Vocabulary = VOCAB, best_epoch: int = 2,
+             **sizes) -> tuple[Path, AttentionDecoder]:
     """A training.train_attention work folder written by hand: config, vocabulary, best weights, state."""
-    (decoder,) = decoders((kind,), seed=seed)
+    (decoder,) = decoders((kind,), seed=seed, vocab_size=len(vocab), **sizes)
     folder = root / f"{kind}-{seed}"
     (folder / "member-1").mkdir(parents=True)
     (folder / "attention_config.json").write_text(json.dumps(decoder.config.to_dict()))
@@ -250,3 +246,33 @@ def test_export_takes_the_scst_epoch_and_its_search_and_refuses_mixed_vocabulari
     with pytest.raises(SystemExit) as exc:
         export_attention.main(["--work-dir", str(soft), "--out", str(tmp_path / "y"), "--ensmble-with", str(other)])
     assert exc.value.code == 2
+
+
+@pytest.mark.slow
+def test_export_with_int8_quantises_the_map_encoder_through_the_gate(tmp_path: Path, photo_tables: Path):
+    from model.encoder import ImageEncoder
+    from model.image_loading import decode_image
+    from training import export_attention
+
+    keras.utils.set_random_seed(0)
+    encoder_weights = tmp_path / "encoder.weights.h5"
+    ImageEncoder("mobilenet_v3_small", None, (64, 64), spatial=True).save_weights(str(encoder_weights))
+    folder, _ = work_dir(tmp_path, "soft", 1, feature_dim=576, regions=4)
+    out = tmp_path / "model"
+    common = ["--work-dir", str(folder), "--out", str(out), "--decode", "beam:2:0.5", "--encoder",
+              "mobilenet_v3_small", "--image-size", "64", "--record-encoder-weights", str(encoder_weights), "--int8",
+              "--encoder-weights", str(encoder_weights), "--table", str(photo_tables / "train.csv"),
+              "--dev-table", str(photo_tables / "dev.csv"), "--cache-dir", str(tmp_path / "features"),
+              "--calibration-images", "6", "--no-progress"]
+    assert export_attention.main(common + ["--max-bleu-drop", "-1"]) == 3  # refused by the gate: float32 stays
+    assert read_artifact(str(out)).int8_encoder is None
+    assert export_attention.main(common + ["--max-bleu-drop", "1", "--min-identical", "0"]) == 0
+    contents = read_artifact(str(out))
+    block = contents.config.encoder.int8
+    assert block["output"] == "map" and block["quality_gate"]["gate"]["passed"]
+    images = np.stack([decode_image((photo_tables / "images" / f"dev{i}.jpg").read_bytes(), (64, 64)).pixels
+                       for i in range(4)])
+    model8 = load_caption_model(str(out), precision="int8")
+    assert model8.encode(images).shape == (4, 2, 2, 576)  # the IR outputs the map
+    pooled, captions = model8.caption_images(images)
+    assert pooled.shape == (4, 576) and len(captions) == 4 and all(c.caption for c in captions)
