@@ -239,6 +239,13 @@ def test_export_takes_the_scst_epoch_and_its_search_and_refuses_mixed_vocabulari
     (back,) = build_decoders(contents)
     for a, b in zip(tuned.training_model.get_weights(), back.training_model.get_weights()):
         np.testing.assert_array_equal(a, b)
+    (soft / "member-1" / "scst-ba9876543210").mkdir()  # a second SCST run: it must be named
+    shutil.copy(scst / "state.json", soft / "member-1" / "scst-ba9876543210" / "state.json")
+    with pytest.raises(SystemExit, match="holds 2 SCST runs.*--scst-run"):
+        export_attention.main(["--work-dir", str(soft), "--checkpoint", "scst", "--out", str(tmp_path / "two")])
+    assert export_attention.main(["--work-dir", str(soft), "--checkpoint", "scst", "--scst-run", scst.name,
+                                  "--out", str(tmp_path / "named")]) == 0
+    assert read_artifact(str(tmp_path / "named")).config.training["dev"]["cider_d"] == 0.6
     other, _ = work_dir(tmp_path, "adaptive", 3, vocab=Vocabulary.build(TINY_CAPTIONS[:4], min_count=1))
     with pytest.raises(SystemExit, match="another vocabulary"):
         export_attention.main(["--work-dir", str(soft), "--ensemble-with", str(other), "--out", str(tmp_path / "x"),

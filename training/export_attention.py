@@ -9,8 +9,8 @@ CLI (the work folders of ``python -m training.train_attention``)::
          --encoder-weights ../shared/models/xception_weights_tf_dim_ordering_tf_kernels_notop.h5]
 
 Members: the work folder's decoder (``--checkpoint``: ``best`` dev loss, ``last`` epoch, the
-``selected`` epoch of the dev objective, or ``scst``: the chosen epoch of its one SCST run in
-``member-1/scst-*/``), then each ``--ensemble-with`` folder's (``--ensemble-checkpoint``). They must
+``selected`` epoch of the dev objective, or ``scst``: the chosen epoch of its SCST run in
+``member-1/scst-*/``, named by ``--scst-run`` when there are several), then each ``--ensemble-with`` folder's (``--ensemble-checkpoint``). They must
 share the vocabulary and the decoder sizes (kinds may differ).
 
 Decoding (``--decode auto``, the default): the search chosen on dev. For ``scst``, the search the
@@ -54,23 +54,28 @@ def work_vocabulary(work_dir: str) -> Vocabulary:
     return Vocabulary.from_json(read_json(os.path.join(work_dir, "vocabulary.json"))["vocabulary"])
 
 
-def scst_folder(work_dir: str) -> str:
-    """The one SCST run of a work folder (``member-1/scst-<settings hash>``)."""
+def scst_folder(work_dir: str, run: str | None = None) -> str:
+    """The SCST run ``run`` (a ``scst-<settings hash>`` folder name) of a work folder, or its only one."""
+    if run:
+        path = os.path.join(work_dir, "member-1", run)
+        if not os.path.isfile(os.path.join(path, "state.json")):
+            raise SystemExit(f"{path} is not an SCST run (no state.json)")
+        return path
     found = sorted(glob.glob(os.path.join(work_dir, "member-1", "scst-*", "state.json")))
     if len(found) != 1:
         raise SystemExit(f"{work_dir} holds {len(found)} SCST runs ({[os.path.dirname(f) for f in found]}); "
-                         f"--checkpoint scst needs exactly one")
+                         f"name one with --scst-run")
     return os.path.dirname(found[0])
 
 
-def checkpoint_file(work_dir: str, checkpoint: str) -> str:
+def checkpoint_file(work_dir: str, checkpoint: str, scst_run: str | None = None) -> str:
     """The weights file of ``checkpoint`` (``CHECKPOINTS``) in a work folder (refused when missing
     or, for ``scst``, unfinished)."""
     from training.fit import BEST, LAST
     from training.train_attention import SELECTED
 
     if checkpoint == "scst":
-        folder = scst_folder(work_dir)
+        folder = scst_folder(work_dir, scst_run)
         if not read_json(os.path.join(folder, "state.json")).get("done"):
             log.warning("the SCST run in %s is not finished: exporting its best epoch so far", folder)
         path = os.path.join(folder, BEST)
@@ -81,20 +86,20 @@ def checkpoint_file(work_dir: str, checkpoint: str) -> str:
     return path
 
 
-def checkpoint_epoch(work_dir: str, checkpoint: str) -> int:
+def checkpoint_epoch(work_dir: str, checkpoint: str, scst_run: str | None = None) -> int:
     """The training epoch whose weights ``checkpoint`` holds (``scst``: the SCST run's chosen epoch)."""
     from training.train_attention import SELECTION
 
     member = os.path.join(work_dir, "member-1")
     if checkpoint == "scst":
-        return int(read_json(os.path.join(scst_folder(work_dir), "state.json"))["best_epoch"])
+        return int(read_json(os.path.join(scst_folder(work_dir, scst_run), "state.json"))["best_epoch"])
     if checkpoint == "selected":
         return int(read_json(os.path.join(member, SELECTION))["epoch"])
     state = read_json(os.path.join(member, "state.json"))
     return int(state["best_epoch"] if checkpoint == "best" else state["epoch"])
 
 
-def load_member(work_dir: str, checkpoint: str, vocab: Vocabulary) -> Any:
+def load_member(work_dir: str, checkpoint: str, vocab: Vocabulary, scst_run: str | None = None) -> Any:
     """The decoder of a work folder with the checkpoint's weights (the vocabulary must be ``vocab``)."""
     from model.artifact_config import AttentionConfig
     from model.attention_decoder import AttentionDecoder
@@ -103,7 +108,7 @@ def load_member(work_dir: str, checkpoint: str, vocab: Vocabulary) -> Any:
     if work_vocabulary(work_dir).tokens != vocab.tokens:
         raise SystemExit(f"{work_dir} was trained with another vocabulary than the first member")
     decoder = AttentionDecoder(AttentionConfig.from_dict(read_json(os.path.join(work_dir, CONFIG_FILE))))
-    decoder.load_weights(checkpoint_file(work_dir, checkpoint))
+    decoder.load_weights(checkpoint_file(work_dir, checkpoint, scst_run))
     return decoder
 
 
@@ -128,7 +133,7 @@ def chosen_on_dev(args: argparse.Namespace, max_length: int) -> tuple[Any, dict[
     from training.evaluate import objective
 
     if args.checkpoint == "scst":
-        folder = scst_folder(args.work_dir)
+        folder = scst_folder(args.work_dir, args.scst_run)
         state = read_json(os.path.join(folder, "state.json"))
         settings = state["settings"]
         best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
@@ -175,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work-dir", required=True, help="training.train_attention work folder (member 1)")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
+    p.add_argument("--scst-run", default=None, metavar="scst-HASH",
+                   help="with --checkpoint scst: which SCST run of the work folder (needed when it holds several)")
     p.add_argument("--ensemble-with", action="append", default=[], metavar="WORK_DIR",
                    help="another work folder whose decoder joins the ensemble (repeatable)")
     p.add_argument("--ensemble-checkpoint", choices=CHECKPOINTS, default="best")
@@ -204,7 +211,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
 
     vocab = work_vocabulary(args.work_dir)
     max_length = int(read_json(os.path.join(args.work_dir, "vocabulary.json"))["max_length"])
-    members = [load_member(args.work_dir, args.checkpoint, vocab),
+    members = [load_member(args.work_dir, args.checkpoint, vocab, args.scst_run),
                *(load_member(d, args.ensemble_checkpoint, vocab) for d in args.ensemble_with)]
     if args.decode == "auto":
         search, dev = chosen_on_dev(args, max_length)
