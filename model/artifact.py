@@ -1,13 +1,16 @@
 """The self-contained model artifact: a directory (local or any fsspec URI) holding
 
-* ``config.json``  encoder name, weights source, image size, preprocessing, decoder sizes,
-  decoding defaults, library versions, training data and metrics;
+* ``config.json``  format (``model.artifact_config``: 1 merge decoder, 2 merge ensemble, 3
+  attention decoders over the spatial map), encoder name, weights source, image size,
+  preprocessing and resize (checked against what this version does: an artifact that asks for
+  another is refused), decoder sizes, decoding defaults, library versions, training data and metrics;
 * ``vocab.json``   the vocabulary;
 * ``decoder.weights.h5``  decoder weights (HDF5, weights only); an ensemble adds
-  ``decoder-2.weights.h5`` … (same sizes, other seeds), named in config ``"ensemble"``;
+  ``decoder-2.weights.h5`` … (same sizes, other seeds or kinds), named in config ``"ensemble"``;
 * ``encoder.weights.h5``  optional encoder weights (config ``"weights": "artifact"``);
 * ``encoder.int8.xml`` + ``encoder.int8.bin``  optional INT8 encoder (OpenVINO IR, built by
-  ``training.quantize``; config ``encoder.int8`` records its source weights and calibration);
+  ``training.quantize``; config ``encoder.int8`` records its source weights, calibration and
+  ``output``: the pooled vector, or the spatial map an attention decoder needs);
 * ``manifest.json``  size and SHA-256 of every file and the ``model_id`` (a hash of them).
 
 Loading never executes code from the artifact: no pickle, no Keras model deserialisation, only
@@ -20,20 +23,18 @@ import json
 import os
 import platform
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from model import storage
-from model.artifact_config import ENSEMBLE_COMBINE, ArtifactConfig, EncoderConfig
+from model.artifact_config import (ATTENTION_FORMAT, DECODER_WEIGHTS, ENSEMBLE_FORMAT, MERGE_FORMAT,
+                                   READABLE_FORMATS, ArtifactConfig, AttentionConfig, EncoderConfig, member_file)
 from model.caption_search import DecodeSettings
 from model.vocabulary import Vocabulary, VocabularyError
 
-ARTIFACT_FORMAT = "image-caption-model/1"  # one decoder: what every reader since the first can load
-ENSEMBLE_FORMAT = "image-caption-model/2"  # several decoders (config "ensemble")
-READABLE_FORMATS = (ARTIFACT_FORMAT, ENSEMBLE_FORMAT)
+ARTIFACT_FORMAT = MERGE_FORMAT  # the first format (kept name)
 CONFIG = "config.json"
 VOCAB = "vocab.json"
-DECODER_WEIGHTS = "decoder.weights.h5"
 ENCODER_WEIGHTS = "encoder.weights.h5"
 MANIFEST = "manifest.json"
 INT8_ENCODER_XML = "encoder.int8.xml"
@@ -61,54 +62,63 @@ def library_versions() -> dict[str, str]:
             "keras": keras.__version__, "numpy": numpy.__version__}
 
 
-def member_file(index: int) -> str:
-    """File name of ensemble member ``index`` (0 is ``decoder.weights.h5``)."""
-    return DECODER_WEIGHTS if index == 0 else f"decoder-{index + 1}.weights.h5"
-
-
 def save_artifact(uri: str, *, decoder: Any, vocab: Vocabulary, encoder: EncoderConfig,
                   decoding: DecodeSettings, training: dict[str, Any] | None = None,
                   encoder_model: Any = None, extra_files: dict[str, bytes] | None = None,
                   combine: str = "mean_logprob") -> str:
     """Write an artifact and return its ``model_id``.
 
-    ``decoder`` is one ``MergeDecoder`` or a list of them (an ensemble of the same sizes whose
-    log-probabilities are combined with ``combine`` in every search step). ``encoder`` names the
-    backbone, its input size and weights source (the other fields are filled in); pass the built ``encoder_model`` to
-    embed its weights (the config then says ``"weights": "artifact"``).
+    ``decoder`` is one decoder or a list of them (an ensemble of the same sizes whose
+    log-probabilities are combined with ``combine`` in every search step): ``MergeDecoder`` objects
+    (format 1, or 2 for several) or ``AttentionDecoder`` objects (format 3; soft and adaptive members
+    may be mixed). ``encoder`` names the backbone, its input size and weights source (the other
+    fields are filled in); pass the built ``encoder_model`` to embed its weights (the config then
+    says ``"weights": "artifact"``).
     """
     members = list(decoder) if isinstance(decoder, (list, tuple)) else [decoder]
-    decoder = members[0]
-    if any(m.config != decoder.config for m in members):
-        raise ArtifactError("ensemble members must share one decoder config")
-    if len(vocab) != decoder.config.vocab_size:
-        raise ArtifactError(f"vocabulary has {len(vocab)} tokens but the decoder expects {decoder.config.vocab_size}")
+    first = members[0].config
+    attention = isinstance(first, AttentionConfig)
+    shared = (lambda c: replace(c, kind="soft")) if attention else (lambda c: c)
+    if any(not isinstance(m.config, type(first)) or shared(m.config) != shared(first) for m in members):
+        raise ArtifactError("ensemble members must share one decoder config (attention members may differ in kind)")
+    if len(vocab) != first.vocab_size:
+        raise ArtifactError(f"vocabulary has {len(vocab)} tokens but the decoder expects {first.vocab_size}")
     from model.encoder import get_backbone
+    from model.image_loading import RESIZE_METHOD
 
-    backbone = get_backbone(encoder.name)
     encoder_block = EncoderConfig(
         name=encoder.name, image_size=encoder.image_size,
         weights=ENCODER_WEIGHTS_IN_ARTIFACT if encoder_model is not None else encoder.weights,
-        preprocessing=f"keras.applications.{backbone.preprocessing}.preprocess_input",
-        feature_dim=decoder.config.feature_dim, resize="bilinear")
-    config = {
-        "format": ARTIFACT_FORMAT if len(members) == 1 else ENSEMBLE_FORMAT,
+        preprocessing=get_backbone(encoder.name).preprocessing_function,
+        feature_dim=first.feature_dim, resize=RESIZE_METHOD)
+    config: dict[str, Any] = {
         "encoder": encoder_block.to_dict(),
-        "decoder": decoder.config.to_dict(),
         "decoding": {"method": decoding.method, "beam_width": decoding.beam_width,
                      "length_alpha": decoding.length_alpha},
         "versions": library_versions(),
         "training": training or {},
     }
-    if len(members) > 1:
-        config["ensemble"] = {"members": [member_file(i) for i in range(len(members))], "combine": combine}
+    files_of = [member_file(i) for i in range(len(members))]
+    if attention:
+        config.update(format=ATTENTION_FORMAT,
+                      decoder={k: v for k, v in first.to_dict().items() if k != "kind"},
+                      ensemble={"members": [{"file": f, "kind": m.config.kind} for f, m in zip(files_of, members)],
+                                "combine": combine})
+    else:
+        config.update(format=MERGE_FORMAT if len(members) == 1 else ENSEMBLE_FORMAT, decoder=first.to_dict())
+        if len(members) > 1:
+            config["ensemble"] = {"members": files_of, "combine": combine}
+    try:
+        ArtifactConfig.from_dict(config)  # what is written must read back
+    except ValueError as exc:
+        raise ArtifactError(f"refusing to write an invalid config: {exc}") from None
     files: dict[str, bytes] = {
         CONFIG: json.dumps(config, indent=2, sort_keys=True).encode(),
         VOCAB: vocab.to_json().encode(),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        for i, member in enumerate(members):
-            member.save_weights(os.path.join(tmp, member_file(i)))
+        for name, member in zip(files_of, members):
+            member.save_weights(os.path.join(tmp, name))
         if encoder_model is not None:
             encoder_model.save_weights(os.path.join(tmp, ENCODER_WEIGHTS))
         for name in os.listdir(tmp):
@@ -222,7 +232,6 @@ def _checked_contents(uri: str, manifest: dict[str, Any], contents: dict[str, by
     if raw_config.get("format") != manifest.get("format"):
         raise ArtifactError(f"{CONFIG} of model artifact {uri} is not {manifest.get('format')} "
                             f"(format={raw_config.get('format')!r})")
-    members = _ensemble_members(uri, raw_config, listed)
     for key in ("encoder", "decoder"):
         if not isinstance(raw_config.get(key), dict):
             raise ArtifactError(f"{CONFIG} of model artifact {uri} has no '{key}' section")
@@ -230,7 +239,15 @@ def _checked_contents(uri: str, manifest: dict[str, Any], contents: dict[str, by
         config = ArtifactConfig.from_dict(raw_config)
     except ValueError as exc:
         raise ArtifactError(f"{CONFIG} of model artifact {uri} has an {exc}") from None
+    members = list(config.ensemble_members)
+    missing = [n for n in members if n not in listed]
+    if missing:
+        raise ArtifactError(f"{MANIFEST} of model artifact {uri} does not list ensemble member(s) {missing}")
+    _check_encoder_claims(uri, config.encoder)
     decoder_config = config.decoder
+    if config.encoder.feature_dim is not None and config.encoder.feature_dim != decoder_config.feature_dim:
+        raise ArtifactError(f"{CONFIG} of model artifact {uri}: encoder feature_dim {config.encoder.feature_dim} "
+                            f"does not match the decoder's {decoder_config.feature_dim}")
     try:
         vocab = Vocabulary.from_json(contents[VOCAB].decode("utf-8"))
     except (VocabularyError, UnicodeDecodeError) as exc:
@@ -260,24 +277,23 @@ def _checked_contents(uri: str, manifest: dict[str, Any], contents: dict[str, by
                             int8_encoder=int8, _tmp=tmp)
 
 
-def _ensemble_members(uri: str, config: dict[str, Any], listed: dict[str, Any]) -> list[str]:
-    """Decoder weight files named by the config (one ``decoder.weights.h5`` without an ensemble)."""
-    if config["format"] == ARTIFACT_FORMAT:
-        if "ensemble" in config:
-            raise ArtifactError(f"{CONFIG} of model artifact {uri} has an ensemble but format {ARTIFACT_FORMAT}")
-        return [DECODER_WEIGHTS]
-    ensemble = config.get("ensemble")
-    names = ensemble.get("members") if isinstance(ensemble, dict) else None
-    if not isinstance(names, list) or not names or names[0] != DECODER_WEIGHTS \
-            or any(not isinstance(n, str) or not n.endswith(".weights.h5") for n in names) \
-            or len(set(names)) != len(names):
-        raise ArtifactError(f"{CONFIG} of model artifact {uri} has an invalid 'ensemble' section: {ensemble!r}")
-    missing = [n for n in names if n not in listed]
-    if missing:
-        raise ArtifactError(f"{MANIFEST} of model artifact {uri} does not list ensemble member(s) {missing}")
-    if ensemble.get("combine", "mean_logprob") not in ENSEMBLE_COMBINE:
-        raise ArtifactError(f"{CONFIG} of model artifact {uri}: unknown ensemble combine {ensemble.get('combine')!r}")
-    return list(names)
+def _check_encoder_claims(uri: str, encoder: EncoderConfig) -> None:
+    """Refuse an artifact whose encoder block asks for preprocessing or resizing other than what
+    this version does (the backbone's ``preprocess_input``, ``model.image_loading.RESIZE_METHOD``):
+    they are promises about the features the decoder was trained on, never silently ignored."""
+    from model.encoder import EncoderError, get_backbone
+    from model.image_loading import RESIZE_METHOD
+
+    try:
+        expected = get_backbone(encoder.name).preprocessing_function
+    except EncoderError as exc:
+        raise ArtifactError(f"{CONFIG} of model artifact {uri}: {exc}") from None
+    if encoder.preprocessing not in (None, expected):
+        raise ArtifactError(f"{CONFIG} of model artifact {uri} says the images are preprocessed with "
+                            f"{encoder.preprocessing!r}, but this version runs {expected} for {encoder.name} (refused)")
+    if encoder.resize not in (None, RESIZE_METHOD):
+        raise ArtifactError(f"{CONFIG} of model artifact {uri} says the images are resized with "
+                            f"{encoder.resize!r}, but this version resizes with {RESIZE_METHOD!r} only (refused)")
 
 
 def _int8_encoder(uri: str, config: ArtifactConfig, contents: dict[str, bytes]) -> tuple[bytes, bytes] | None:
@@ -294,6 +310,9 @@ def _int8_encoder(uri: str, config: ArtifactConfig, contents: dict[str, bytes]) 
     if not xml.lstrip().startswith(b"<?xml") or b"<net " not in xml[:4096]:
         raise ArtifactError(f"{INT8_ENCODER_XML} of model artifact {uri} is not an OpenVINO IR graph (refused)")
     encoder = config.encoder
+    if block.get("output", "pooled") != config.encoder_output:
+        raise ArtifactError(f"the INT8 encoder of model artifact {uri} outputs the {block.get('output', 'pooled')} "
+                            f"features but its decoder reads the {config.encoder_output} ones (refused)")
     if block.get("encoder") != encoder.name or list(block.get("image_size", [])) != list(encoder.image_size):
         raise ArtifactError(f"the INT8 encoder of model artifact {uri} was built for {block.get('encoder')} at "
                             f"{block.get('image_size')}, not {encoder.name} at {list(encoder.image_size)}")

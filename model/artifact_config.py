@@ -5,10 +5,22 @@
 * ``DecoderConfig``  the ``"decoder"`` block: sizes of the merge LSTM network (``model.lstm_decoder``);
 * ``DecodeSettings`` the ``"decoding"`` block: the default caption search (``model.caption_search``;
   its ``max_length`` is the decoder's);
+* ``AttentionConfig`` the ``"decoder"`` block of an attention artifact (``model.attention_decoder``);
 * ``ArtifactConfig`` all of it, with the format, the ensemble and the training/versions records.
 
-Readers use attributes (``config.encoder.image_size``), never string keys; the JSON on disk is
-written by ``model.artifact.save_artifact`` and is not changed by parsing it.
+Formats (``config.json`` and ``manifest.json`` say which):
+
+* ``image-caption-model/1``: one merge decoder over the pooled vector (``decoder.weights.h5``);
+* ``image-caption-model/2``: an ensemble of merge decoders, ``"ensemble": {"members": [files],
+  "combine": ...}``;
+* ``image-caption-model/3``: attention decoders over the encoder's spatial map; the ``"decoder"``
+  block holds the sizes the members share and ``"ensemble": {"members": [{"file": ..., "kind":
+  "soft"|"adaptive"}, ...], "combine": ...}`` (always present, one member or more).
+
+A format this version does not know is refused by name (a newer artifact needs a newer package).
+The ensemble is parsed here only (``ArtifactConfig.ensemble_members``). Readers use attributes
+(``config.encoder.image_size``), never string keys; the JSON on disk is written by
+``model.artifact.save_artifact`` and is not changed by parsing it.
 """
 from __future__ import annotations
 
@@ -19,6 +31,17 @@ from model.caption_search import DecodeSettings
 
 ENSEMBLE_COMBINE = ("mean_logprob", "mean_prob")
 DEFAULT_ENCODER_WEIGHTS = "imagenet"
+MERGE_FORMAT = "image-caption-model/1"  # one merge decoder: what every reader since the first can load
+ENSEMBLE_FORMAT = "image-caption-model/2"  # several merge decoders
+ATTENTION_FORMAT = "image-caption-model/3"  # attention decoder(s) over the spatial map
+READABLE_FORMATS = (MERGE_FORMAT, ENSEMBLE_FORMAT, ATTENTION_FORMAT)
+DECODER_WEIGHTS = "decoder.weights.h5"
+ENCODER_OUTPUTS = ("pooled", "map")  # what the encoder gives the decoder: global average, or the map
+
+
+def member_file(index: int) -> str:
+    """File name of ensemble member ``index`` (0 is ``decoder.weights.h5``)."""
+    return DECODER_WEIGHTS if index == 0 else f"decoder-{index + 1}.weights.h5"
 
 
 @dataclass(frozen=True)
@@ -57,8 +80,11 @@ class DecoderConfig:
 @dataclass(frozen=True)
 class EncoderConfig:
     """The encoder block of config.json. ``weights`` is the recorded source (``"imagenet"``, a
-    path or URI, or ``"artifact"`` for ``encoder.weights.h5``); ``int8`` is the record of the
-    artifact's INT8 encoder (source weights hash, calibration, quality gate) or None."""
+    path or URI, or ``"artifact"`` for ``encoder.weights.h5``); ``preprocessing`` and ``resize``
+    name what the decoder's features were made with and must be what this version runs
+    (``model.artifact`` refuses others); ``feature_dim`` must be the decoder's; ``int8`` is the
+    record of the artifact's INT8 encoder (source weights hash, calibration, quality gate,
+    ``output``) or None."""
 
     name: str
     image_size: tuple[int, int]
@@ -102,22 +128,52 @@ def decode_settings_from_dict(d: Mapping[str, Any], max_length: int) -> DecodeSe
 
 @dataclass(frozen=True)
 class ArtifactConfig:
-    """The whole config.json of an artifact, parsed."""
+    """The whole config.json of an artifact, parsed. ``decoder`` is a ``DecoderConfig`` (formats
+    1 and 2) or the members' shared ``AttentionConfig`` (format 3, with member 1's kind);
+    ``ensemble_members`` are the decoder weight files, member 1 first (one for format 1),
+    ``member_kinds`` the attention members' kinds (empty for merge decoders)."""
 
     format: str
     encoder: EncoderConfig
-    decoder: DecoderConfig
+    decoder: Any  # DecoderConfig | AttentionConfig
     decoding: DecodeSettings  # the artifact's default caption search
-    ensemble_members: tuple[str, ...] = ()  # decoder weight files of an ensemble (empty: one decoder)
+    ensemble_members: tuple[str, ...] = (DECODER_WEIGHTS,)
     ensemble_combine: str = "mean_logprob"
+    member_kinds: tuple[str, ...] = ()
     training: Mapping[str, Any] = field(default_factory=dict, compare=False)  # the training summary
     versions: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def is_attention(self) -> bool:
+        return self.format == ATTENTION_FORMAT
+
+    @property
+    def encoder_output(self) -> str:
+        """What the decoder reads: ``"map"`` (attention) or ``"pooled"`` (``ENCODER_OUTPUTS``)."""
+        return "map" if self.is_attention else "pooled"
+
+    def member_configs(self) -> tuple[Any, ...]:
+        """One decoder config per member (attention members differ by kind only)."""
+        if not self.is_attention:
+            return tuple(self.decoder for _ in self.ensemble_members)
+        return tuple(replace(self.decoder, kind=kind) for kind in self.member_kinds)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ArtifactConfig":
         """Parse config.json; raises ValueError naming the invalid section."""
+        fmt = d.get("format")
+        if fmt not in READABLE_FORMATS:
+            raise ValueError(f"unknown format {fmt!r} (this version reads {', '.join(READABLE_FORMATS)}; "
+                             f"a newer artifact needs a newer version of this package)")
         try:
-            decoder = DecoderConfig.from_dict(d["decoder"])
+            members, kinds, combine = _ensemble(fmt, d.get("ensemble"))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"invalid ensemble section: {exc}") from None
+        try:
+            if fmt == ATTENTION_FORMAT:
+                decoder: Any = AttentionConfig.from_dict({**d["decoder"], "kind": kinds[0]})
+            else:
+                decoder = DecoderConfig.from_dict(d["decoder"])
         except (TypeError, ValueError) as exc:
             raise ValueError(f"invalid decoder section: {exc}") from None
         try:
@@ -128,17 +184,43 @@ class ArtifactConfig:
             decoding = decode_settings_from_dict(d.get("decoding") or {}, decoder.max_length)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"invalid decoding section: {exc}") from None
-        ensemble = d.get("ensemble") or {}
-        combine = str(ensemble.get("combine", "mean_logprob"))
-        if combine not in ENSEMBLE_COMBINE:
-            raise ValueError(f"unknown ensemble combine {combine!r}")
-        return cls(format=str(d.get("format")), encoder=encoder, decoder=decoder, decoding=decoding,
-                   ensemble_members=tuple(ensemble.get("members") or ()), ensemble_combine=combine,
-                   training=d.get("training") or {}, versions=d.get("versions") or {})
+        return cls(format=fmt, encoder=encoder, decoder=decoder, decoding=decoding, ensemble_members=members,
+                   ensemble_combine=combine, member_kinds=kinds, training=d.get("training") or {},
+                   versions=d.get("versions") or {})
 
     def decode_settings(self, **overrides: Any) -> DecodeSettings:
         """The default search with the given fields replaced (``None`` values are ignored)."""
         return replace(self.decoding, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _ensemble(fmt: str, ensemble: Any) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """(member weight files, attention kinds, combine) of a config's ``"ensemble"`` block."""
+    if fmt == MERGE_FORMAT:
+        if ensemble is not None:
+            raise ValueError(f"format {MERGE_FORMAT} has one decoder and no ensemble")
+        return (DECODER_WEIGHTS,), (), "mean_logprob"
+    if not isinstance(ensemble, dict) or not isinstance(ensemble.get("members"), list) or not ensemble["members"]:
+        raise ValueError(f"format {fmt} needs an 'ensemble' object with a non-empty 'members' list, got {ensemble!r}")
+    unknown = set(ensemble) - {"members", "combine"}
+    if unknown:
+        raise ValueError(f"unknown ensemble keys {sorted(unknown)}")
+    kinds: tuple[str, ...] = ()
+    if fmt == ATTENTION_FORMAT:
+        for m in ensemble["members"]:
+            if not isinstance(m, dict) or set(m) != {"file", "kind"} or m["kind"] not in ATTENTION_KINDS:
+                raise ValueError(f"an attention member must be {{'file': ..., 'kind': one of {ATTENTION_KINDS}}}, "
+                                 f"not {m!r}")
+        names = [m["file"] for m in ensemble["members"]]
+        kinds = tuple(m["kind"] for m in ensemble["members"])
+    else:
+        names = list(ensemble["members"])
+    if names[0] != DECODER_WEIGHTS or len(set(names)) != len(names) or any(
+            not isinstance(n, str) or not n.endswith(".weights.h5") or "/" in n for n in names):
+        raise ValueError(f"member files must be distinct *.weights.h5 names, the first {DECODER_WEIGHTS}: {names}")
+    combine = ensemble.get("combine", "mean_logprob")
+    if combine not in ENSEMBLE_COMBINE:
+        raise ValueError(f"unknown ensemble combine {combine!r}")
+    return tuple(names), kinds, combine
 
 
 ATTENTION_KINDS = ("soft", "adaptive")

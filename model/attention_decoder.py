@@ -22,7 +22,8 @@ kinds differ by the sentinel only.
 Training batches are images with all their captions (``(images, captions, words)`` ids): the map is
 projected once per image and shared by its captions. ``AttentionStepModel`` implements
 ``model.caption_search.StepModel`` (one or several members in one graph, as
-``model.lstm_decoder.KerasStepModel``); its state carries the projected map per row.
+``model.lstm_decoder.KerasStepModel``); its state carries the projected map once per image.
+``model.attention_runtime`` runs the same two graphs on OpenVINO.
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ import tensorflow as tf
 from keras import layers
 
 from model.artifact_config import ENSEMBLE_COMBINE, AttentionConfig
+from model.attention_runtime import spatial_maps
+from model.caption_search import PerImage
 from model.lstm_decoder import combine_member_logprobs, load_weights_strictly
 
 
@@ -168,9 +171,13 @@ class AttentionStepModel:
     adaptive members may be mixed: a diverse ensemble): the
     map is projected once (``initial_state``), then one LSTM step and one attention per word.
 
-    State: ``(h, m, values, keys, image)``, members side by side on the last axis; a step returns
-    the members' next-word log-probabilities combined as in ``KerasStepModel`` (``mean_logprob``:
-    renormalised geometric mean, ``mean_prob``: arithmetic mean)."""
+    State: ``(h, m, image_index, PerImage((values, keys, image)))``: the LSTM state per row, the
+    row's image, and the projected map once per image (a beam's rows share it; the step graph
+    gathers it by ``image_index``, so neither the search's row selection nor the step's inputs
+    copy it per row). Members sit side by side on the last axis; a step returns their next-word
+    log-probabilities combined as in ``KerasStepModel`` (``mean_logprob``: renormalised geometric
+    mean, ``mean_prob``: arithmetic mean). ``project_image`` and ``step_tensors`` (per-row inputs)
+    are what SCST differentiates through."""
 
     def __init__(self, members: Sequence[AttentionDecoder], combine: str = "mean_logprob") -> None:
         members = list(members)
@@ -188,9 +195,10 @@ class AttentionStepModel:
         f32 = tf.float32
         self._image = tf.function(self.project_image,
                                   input_signature=[tf.TensorSpec([None, c.regions, c.feature_dim], f32)])
-        self._step = tf.function(self.step_tensors, input_signature=[
+        self._step = tf.function(self.step_by_image, input_signature=[
             tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, n * c.units], f32),
-            tf.TensorSpec([None, n * c.units], f32), tf.TensorSpec([None, c.regions, n * c.units], f32),
+            tf.TensorSpec([None, n * c.units], f32), tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None, c.regions, n * c.units], f32),
             tf.TensorSpec([None, c.regions, n * c.attention_dim], f32),
             tf.TensorSpec([None, n * c.embedding_dim], f32)])
 
@@ -211,68 +219,35 @@ class AttentionStepModel:
         logp = combine_member_logprobs(logps, self.combine)
         return logp, tf.concat([o[1] for o in outs], axis=-1), tf.concat([o[2] for o in outs], axis=-1)
 
-    def _maps(self, features: np.ndarray) -> np.ndarray:
-        """``features`` (spatial maps ``(n, h, w, feature_dim)`` or ``(n, regions, feature_dim)``)
-        as float32 ``(n, regions, feature_dim)``; maps of another shape are refused."""
-        c = self.config
-        maps = np.asarray(features, np.float32)
-        if maps.ndim < 3 or maps.shape[-1] != c.feature_dim or int(np.prod(maps.shape[1:-1])) != c.regions:
-            raise ValueError(f"expected spatial maps of {c.regions} cells x {c.feature_dim}, got {maps.shape}")
-        return maps.reshape(len(maps), c.regions, c.feature_dim)
+    def step_by_image(self, word_ids: tf.Tensor, h: tf.Tensor, m: tf.Tensor, image_index: tf.Tensor,
+                      values: tf.Tensor, keys: tf.Tensor, image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """``step_tensors`` with the projected map given once per image and gathered per row."""
+        return self.step_tensors(word_ids, h, m, *(tf.gather(x, image_index) for x in (values, keys, image)))
 
-    def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
+    def initial_state(self, features: np.ndarray) -> tuple[Any, ...]:
         """``features``: spatial maps ``(n, h, w, feature_dim)`` or ``(n, regions, feature_dim)``."""
         c = self.config
-        maps = self._maps(features)
-        values, keys, image = (t.numpy() for t in self._image(maps))
+        maps = spatial_maps(features, c)
+        projected = PerImage(t.numpy() for t in self._image(maps))
         zeros = np.zeros((len(maps), self.members * c.units), np.float32)
-        return zeros, zeros.copy(), values, keys, image
+        return zeros, zeros.copy(), np.arange(len(maps), dtype=np.int32), projected
 
-    def step(self, word_ids: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        h, m, values, keys, image = state
-        logp, h2, m2 = self._step(np.asarray(word_ids, np.int32), h, m, values, keys, image)
-        return logp.numpy(), (h2.numpy(), m2.numpy(), values, keys, image)
-
-
-class OpenVinoAttentionStepModel(AttentionStepModel):
-    """``AttentionStepModel``'s two traced graphs (map projection, one step) converted to OpenVINO
-    and run on the CPU (same weights, same maths). ``cache_identity`` (e.g. a model id) keys the
-    converted graphs in the OpenVINO cache; ``None`` converts them on every load."""
-
-    def __init__(self, members: Sequence[AttentionDecoder], combine: str = "mean_logprob",
-                 cache_identity: str | None = None, cache: str | None = None) -> None:
-        from model import openvino_runtime as ovr
-
-        super().__init__(members, combine)
-        folder = ovr.cache_dir(cache)
-
-        def key(graph: str) -> str | None:
-            return None if cache_identity is None else ovr.compiled_graph_key(
-                graph=graph, model_id=cache_identity, combine=combine,
-                kinds=[net.config.kind for net in self._networks])
-        self._run = ovr.ThreadLocalRequests([
-            ovr.compile_traced(self._image.get_concrete_function, "float32", key("attention-image"), folder),
-            ovr.compile_traced(self._step.get_concrete_function, "float32", key("attention-step"), folder)])
-
-    def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
-        c = self.config
-        maps = self._maps(features)
-        values, keys, image = self._run.run(0, [maps])
-        zeros = np.zeros((len(maps), self.members * c.units), np.float32)
-        return zeros, zeros.copy(), values, keys, image
-
-    def step(self, word_ids: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        h, m, values, keys, image = state
-        logp, h2, m2 = self._run.run(1, [np.asarray(word_ids, np.int32), h, m, values, keys, image])
-        return logp, (h2, m2, values, keys, image)
+    def step(self, word_ids: np.ndarray, state: tuple[Any, ...]) -> tuple[np.ndarray, tuple[Any, ...]]:
+        h, m, image_index, projected = state
+        logp, h2, m2 = self._step(np.asarray(word_ids, np.int32), h, m, image_index, *projected)
+        return logp.numpy(), (h2.numpy(), m2.numpy(), image_index, projected)
 
 
 def make_attention_step_model(members: Sequence[AttentionDecoder], runtime: str = "tensorflow",
                               combine: str = "mean_logprob", cache_identity: str | None = None,
-                              cache: str | None = None) -> AttentionStepModel:
-    """One step-wise graph over one or several attention decoders, run by ``runtime``."""
+                              cache: str | None = None) -> Any:
+    """One step-wise graph over one or several attention decoders, run by ``runtime``
+    (``AttentionStepModel``, or ``model.attention_runtime.OpenVinoAttentionStepModel``)."""
     if runtime == "openvino":
-        return OpenVinoAttentionStepModel(members, combine, cache_identity, cache)
+        from model.attention_runtime import OpenVinoAttentionStepModel
+
+        return OpenVinoAttentionStepModel(lambda: AttentionStepModel(members, combine), [m.config for m in members],
+                                          combine, cache_identity, cache)
     if runtime != "tensorflow":
         raise ValueError(f"decoder runtime must be tensorflow or openvino, not {runtime!r}")
     return AttentionStepModel(members, combine)

@@ -3,7 +3,9 @@
 Pure NumPy, in the spirit of im2txt's ``caption_generator``: the step model is any object with
 ``initial_state(features)`` and ``step(word_ids, state)`` (``model.lstm_decoder.KerasStepModel``
 and ``OpenVinoStepModel`` are the real ones, tests use small fakes); the state is a tuple of arrays whose
-first axis is the row, so beams and finished images are handled by row selection.
+first axis is the row, so beams and finished images are handled by row selection. An entry may
+instead be ``PerImage``: arrays with one entry per image, shared by that image's rows (the model
+keeps a per-row image index in the state to find them), which row selection does not copy.
 """
 from __future__ import annotations
 
@@ -102,8 +104,13 @@ class Hypothesis:
         return self.logprob / max(1, len(self.token_ids))
 
 
+class PerImage(tuple):
+    """A state entry shared by the rows of each image (e.g. an attention decoder's projected map):
+    a tuple of arrays whose first axis is the image, left as it is by row selection."""
+
+
 def _select(state: State, rows: np.ndarray) -> State:
-    return tuple(s[rows] for s in state)
+    return tuple(s if isinstance(s, PerImage) else s[rows] for s in state)
 
 
 def greedy_decode(decoder: StepModel, features: np.ndarray, start_id: int, end_id: int,

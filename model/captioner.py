@@ -1,5 +1,12 @@
-"""CaptionModel: encoder + decoder + vocabulary, loaded from an artifact, captioning batches."""
+"""CaptionModel: encoder + decoder + vocabulary, loaded from an artifact, captioning batches.
+
+A merge-decoder artifact (formats 1 and 2) gets an encoder that returns the pooled vector; an
+attention artifact (format 3) gets one that returns the spatial map, and its search runs on the
+map. Either way ``caption_images`` returns the pooled vector as the image's embedding (for an
+attention model the map's global average, which is what the pooled encoder computes)."""
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -14,13 +21,15 @@ from model.vocabulary import Vocabulary
 class CaptionModel:
     """A ready-to-run captioner; build it with ``load_caption_model``."""
 
-    def __init__(self, encoder: ImageEncoder | None, decoders: list[MergeDecoder] | DecoderSource, vocab: Vocabulary,
-                 model_id: str, config: ArtifactConfig, default_settings: DecodeSettings,
-                 cache: str | None = None, combine: str = "mean_logprob") -> None:
+    def __init__(self, encoder: ImageEncoder | None, decoders: list[MergeDecoder] | DecoderSource | None,
+                 vocab: Vocabulary, model_id: str, config: ArtifactConfig, default_settings: DecodeSettings,
+                 cache: str | None = None, combine: str = "mean_logprob", step_model: Any = None) -> None:
+        """``decoders``: the merge decoders; or ``step_model``, any ready ``StepModel`` (attention)."""
         self.encoder = encoder
         # The decoder runs where the encoder runs: one runtime's thread pool per process.
         runtime = encoder.runtime if encoder is not None else "tensorflow"
-        self.step_model = make_step_model(decoders, runtime, model_id, cache, combine)
+        self.step_model = step_model if step_model is not None else \
+            make_step_model(decoders, runtime, model_id, cache, combine)
         self.vocab = vocab
         self.model_id = model_id
         self.config = config
@@ -28,7 +37,9 @@ class CaptionModel:
 
     @property
     def decoders(self) -> list[MergeDecoder]:
-        """The Keras decoders (built on first use: cached OpenVINO step graphs do not need them)."""
+        """The Keras merge decoders (built on first use: cached OpenVINO step graphs do not need them)."""
+        if self.config.is_attention:
+            raise TypeError("an attention model has no merge decoders")
         return self.step_model.member_decoders()
 
     @property
@@ -50,19 +61,27 @@ class CaptionModel:
         return caption_features(self.step_model, self.vocab, features, settings or self.default_settings)
 
     def caption_images(self, images: np.ndarray, settings: DecodeSettings | None = None) -> tuple[np.ndarray, list[CaptionResult]]:
-        """Encode and caption a batch; returns the features too (for ``--emit_embeddings``)."""
+        """Encode and caption a batch; returns the pooled feature vectors too (for
+        ``--emit_embeddings``): an attention model's map averaged over its cells."""
         features = self.encode(images)
-        return features, self.caption_features(features, settings)
+        results = self.caption_features(features, settings)
+        if features.ndim > 2:
+            features = features.reshape(len(features), -1, features.shape[-1]).mean(axis=1)
+        return features, results
 
 
-def build_decoders(contents: ArtifactContents) -> list[MergeDecoder]:
-    """The decoder(s) of a verified artifact with their weights loaded (one per ensemble member)."""
+def build_decoders(contents: ArtifactContents) -> list[Any]:
+    """The decoder(s) of a verified artifact with their weights loaded (one per ensemble member):
+    ``MergeDecoder``, or ``model.attention_decoder.AttentionDecoder`` for an attention artifact."""
     import os
 
-    config = contents.config.decoder
+    if contents.config.is_attention:
+        from model.attention_decoder import AttentionDecoder as make
+    else:
+        make = MergeDecoder
     decoders = []
-    for path in contents.decoder_weights_paths:
-        decoder = MergeDecoder(config)
+    for path, config in zip(contents.decoder_weights_paths, contents.config.member_configs()):
+        decoder = make(config)
         try:
             decoder.load_weights(path)
         except Exception as exc:  # noqa: BLE001 - Keras raises several types for bad weights
@@ -80,7 +99,13 @@ def check_decoders(contents: ArtifactContents, cache: str | None = None) -> None
     from model import openvino_runtime as ovr
 
     folder = ovr.cache_dir(cache)
-    keys = [step_graph_key(graph, contents.model_id, contents.ensemble_combine) for graph in STEP_GRAPHS]
+    if contents.config.is_attention:
+        from model.attention_runtime import ATTENTION_GRAPHS, attention_graph_key
+
+        kinds = contents.config.member_kinds
+        keys = [attention_graph_key(g, contents.model_id, contents.ensemble_combine, kinds) for g in ATTENTION_GRAPHS]
+    else:
+        keys = [step_graph_key(graph, contents.model_id, contents.ensemble_combine) for graph in STEP_GRAPHS]
     if not all(ovr.is_cached(folder, key) for key in keys):
         build_decoders(contents)
 
@@ -91,8 +116,22 @@ def build_decoder(contents: ArtifactContents) -> MergeDecoder:
 
 
 def build_step_model(contents: ArtifactContents, runtime: str = "tensorflow",
-                     cache: str | None = None) -> KerasStepModel:
-    """The artifact's step-wise decoder: its one decoder, or all members combined as it says."""
+                     cache: str | None = None) -> Any:
+    """The artifact's step-wise decoder: its one decoder, or all members combined as it says.
+    For an attention artifact on OpenVINO the decoders are built only when a graph is not cached."""
+    if contents.config.is_attention:
+        from model.attention_runtime import OpenVinoAttentionStepModel
+
+        def tensorflow_model() -> Any:
+            from model.attention_decoder import AttentionStepModel
+
+            return AttentionStepModel(build_decoders(contents), contents.ensemble_combine)
+        if runtime == "openvino":
+            return OpenVinoAttentionStepModel(tensorflow_model, contents.config.member_configs(),
+                                              contents.ensemble_combine, contents.model_id, cache)
+        if runtime != "tensorflow":
+            raise ValueError(f"decoder runtime must be tensorflow or openvino, not {runtime!r}")
+        return tensorflow_model()
     return make_step_model(build_decoders(contents), runtime, contents.model_id, cache, contents.ensemble_combine)
 
 
@@ -116,20 +155,34 @@ def load_caption_model(uri: str, *, encoder_weights: str | None = None, expected
     """Verify and load an artifact (see ``model.artifact``) into a CaptionModel. ``cache``: where
     converted OpenVINO graphs are kept (``model.openvino_runtime.cache_dir``; "none" for nowhere)."""
     contents = read_artifact(uri, expected_model_id=expected_model_id, encoder_weights=encoder_weights)
+    if contents.config.is_attention:
+        return _load_attention_model(contents, with_encoder, precision, runtime, cache)
     # The Keras decoders are built when a step graph is traced: for TensorFlow now, for OpenVINO
     # only on a cache miss (the cache key is the artifact's content hash, weights included).
     decoders = DecoderSource(contents.config.decoder, len(contents.decoder_weights_paths),
                              lambda: build_decoders(contents))
-    encoder_config = contents.config.encoder
-    if encoder_config.feature_dim is not None and decoders.config.feature_dim != encoder_config.feature_dim:
-        raise ArtifactError(f"config.json of model artifact {uri}: encoder feature_dim does not match the decoder")
-    encoder = None
-    if with_encoder:
-        encoder = ImageEncoder(encoder_config.name, contents.encoder_weights, encoder_config.image_size,
-                               precision=precision, runtime=runtime, cache=cache,
-                               int8_ir=contents.int8_encoder if precision == "int8" else None)
-        if encoder.feature_dim != decoders.config.feature_dim:
-            raise ArtifactError(f"encoder {encoder_config.name} gives {encoder.feature_dim}-d features but the "
-                                f"decoder of model artifact {uri} expects {decoders.config.feature_dim}")
+    encoder = _encoder(contents, precision, runtime, cache) if with_encoder else None
     return CaptionModel(encoder, decoders, contents.vocab, contents.model_id, contents.config,
                         contents.decode_settings(), cache, contents.ensemble_combine)
+
+
+def _encoder(contents: ArtifactContents, precision: str, runtime: str, cache: str | None) -> ImageEncoder:
+    """The artifact's encoder, returning what its decoder reads (pooled vector or spatial map)."""
+    enc = contents.config.encoder
+    encoder = ImageEncoder(enc.name, contents.encoder_weights, enc.image_size, precision=precision, runtime=runtime,
+                           cache=cache, int8_ir=contents.int8_encoder if precision == "int8" else None,
+                           spatial=contents.config.encoder_output == "map")
+    if encoder.feature_dim != contents.config.decoder.feature_dim:
+        raise ArtifactError(f"encoder {enc.name} gives {encoder.feature_dim}-d features but the decoder of model "
+                            f"artifact {contents.uri} expects {contents.config.decoder.feature_dim}")
+    return encoder
+
+
+def _load_attention_model(contents: ArtifactContents, with_encoder: bool, precision: str, runtime: str,
+                          cache: str | None) -> CaptionModel:
+    """An attention artifact's CaptionModel: the encoder returns the map; the decoder runs on the
+    encoder's runtime (OpenVINO graphs from the cache need no TensorFlow)."""
+    encoder = _encoder(contents, precision, runtime, cache) if with_encoder else None
+    step = build_step_model(contents, encoder.runtime if encoder is not None else "tensorflow", cache)
+    return CaptionModel(encoder, None, contents.vocab, contents.model_id, contents.config, contents.decode_settings(),
+                        cache, contents.ensemble_combine, step_model=step)

@@ -38,6 +38,11 @@ class Backbone:
     # bf16 rounding costs most caption agreement (docs/PERFORMANCE.md, section 2).
     float32_stem_end: str | None = None
 
+    @property
+    def preprocessing_function(self) -> str:
+        """The preprocessing the encoder runs, as an artifact's config names it."""
+        return f"keras.applications.{self.preprocessing}.preprocess_input"
+
 
 BACKBONES: dict[str, Backbone] = {
     "xception": Backbone("Xception", "xception", 299, 2048, min_size=71,
@@ -155,7 +160,8 @@ class ImageEncoder:
         """``precision="bfloat16"`` runs the backbone in bf16 except its float32 stem (see
         ``Backbone.float32_stem_end``; ``float32_stem=False`` makes it all bf16, for benchmarks).
         ``precision="int8"`` runs ``int8_ir``, the quantised OpenVINO IR (xml, bin) of a verified
-        artifact (``training.quantize`` builds it); the Keras weights are then not needed.
+        artifact (``training.quantize`` builds it); the Keras weights are then not needed, and the
+        IR's output is what it was built for (``spatial`` then only names it; the artifact checks it).
         ``runtime`` picks who executes the graph: OpenVINO or TensorFlow (see ``choose_runtime``).
         ``cache``: folder for converted OpenVINO graphs (``model.openvino_runtime.cache_dir``).
         ``spatial=True``: the last convolutional map ``(n, h', w', feature_dim)`` (10x10 for
@@ -176,8 +182,6 @@ class ImageEncoder:
         self.float32_stem_end = self.backbone.float32_stem_end \
             if float32_stem and precision == "bfloat16" else None
         if precision == "int8":
-            if spatial:
-                raise EncoderError("the INT8 encoder returns pooled features only")
             if int8_ir is None:
                 raise EncoderError("this model artifact has no INT8 encoder; build one with "
                                    "python -m training.quantize --model ARTIFACT ...")

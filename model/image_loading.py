@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+RESIZE_METHOD = "bilinear"  # the only resize; an artifact's config records it (model.artifact checks)
+_RESAMPLE = {"bilinear": Image.BILINEAR}
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 89_478_485  # same order as Pillow's default bomb limit
 
@@ -241,7 +243,7 @@ def _decode(data: bytes, out_h: int, out_w: int, max_pixels: int) -> DecodedImag
         img.load()
         upright = ImageOps.exif_transpose(img) if orientation != 1 else img
         rgb = _to_rgb(upright)
-        resized = rgb.resize((out_w, out_h), Image.BILINEAR)
+        resized = rgb.resize((out_w, out_h), _RESAMPLE[RESIZE_METHOD])
         pixels = np.ascontiguousarray(np.asarray(resized, dtype=np.uint8))
     if pixels.shape != (out_h, out_w, 3):  # defensive: a mode we failed to normalise
         raise ImageDecodeError(CORRUPT_IMAGE, f"decoded to unexpected shape {pixels.shape}")

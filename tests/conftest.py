@@ -50,3 +50,14 @@ def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("tiny-model") / "model"
     make_tiny_artifact(str(path))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_attention_artifact(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small attention artifact (format 3): MobileNetV3Small weights embedded, whose 2x2x576 map
+    feeds a soft and an adaptive decoder (random weights)."""
+    from tests.factories import make_tiny_attention_artifact
+
+    path = tmp_path_factory.mktemp("tiny-attention-model") / "model"
+    make_tiny_attention_artifact(str(path), kinds=("soft", "adaptive"))
+    return str(path)

@@ -53,6 +53,36 @@ def make_tiny_artifact(uri: str, *, seed: int = 0, image_size: int = 64, max_len
                          training={"note": "random weights, for tests"})
 
 
+def make_tiny_attention_artifact(uri: str, *, kinds: tuple[str, ...] = ("soft",), seed: int = 0,
+                                 image_size: int = 64, max_length: int = 12, captions: list[str] | None = None,
+                                 decoding: tuple[str, int, float] = ("beam", 2, 0.5)) -> str:
+    """Write an attention artifact (format 3): a random-initialised (seeded) MobileNetV3Small
+    encoder embedded (its last map: 2x2x576 at 64 px) and small random attention decoders, one
+    per kind; returns its model_id."""
+    import keras
+
+    from model.artifact import save_artifact
+    from model.artifact_config import AttentionConfig, EncoderConfig
+    from model.attention_decoder import AttentionDecoder
+    from model.caption_search import DecodeSettings
+    from model.encoder import ImageEncoder
+    from model.vocabulary import Vocabulary
+
+    keras.utils.set_random_seed(seed)
+    vocab = Vocabulary.build(captions or TINY_CAPTIONS, min_count=1)
+    encoder = ImageEncoder("mobilenet_v3_small", None, (image_size, image_size), spatial=True)
+    side = encoder.model.output_shape[1]
+    members = [AttentionDecoder(AttentionConfig(vocab_size=len(vocab), max_length=max_length,
+                                                feature_dim=encoder.feature_dim, regions=side * side,
+                                                embedding_dim=16, units=32, attention_dim=16, dropout=0.1,
+                                                kind=kind)) for kind in kinds]
+    method, width, alpha = decoding
+    return save_artifact(uri, decoder=members, vocab=vocab,
+                         encoder=EncoderConfig("mobilenet_v3_small", (image_size, image_size)),
+                         decoding=DecodeSettings(method, width, alpha, max_length), encoder_model=encoder,
+                         training={"note": "random weights, for tests"})
+
+
 def write_jpeg(path: Path, size: tuple[int, int] = (96, 80), seed: int = 0, colour: tuple[int, int, int] | None = None) -> Path:
     """A small valid JPEG with smooth random content (or a flat colour)."""
     from PIL import Image

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
 from model.artifact_config import AttentionConfig  # noqa: E402
 from model.attention_decoder import AttentionDecoder, AttentionStepModel  # noqa: E402
 from model.caption_search import DecodeSettings, decode_batch  # noqa: E402
@@ -39,7 +40,9 @@ def test_step_model_reproduces_the_teacher_forced_graph(kind: str):
     probs = decoder.training_model((maps.reshape(2, 4, 8), words)).numpy().reshape(6, 5, 11)
     step = decoder.step_model()
     state = step.initial_state(np.repeat(maps, 3, axis=0))  # (n, h, w, d) maps are accepted as they are
-    assert [s.shape for s in state] == [(6, 5), (6, 5), (6, 4, 5), (6, 4, 3), (6, 6)]
+    h, m, image_index, projected = state
+    assert [h.shape, m.shape] == [(6, 5), (6, 5)] and list(image_index) == list(range(6))
+    assert [p.shape for p in projected] == [(6, 4, 5), (6, 4, 3), (6, 6)]  # the map once per image
     flat = words.reshape(6, 5)
     for t in range(5):
         logp, state = step.step(flat[:, t], state)
@@ -62,7 +65,7 @@ def test_ensemble_combines_the_members_in_one_graph():
     both = AttentionStepModel(members)
     states = [s.initial_state(maps) for s in singles]
     state = both.initial_state(maps)
-    assert state[0].shape == (2, 10) and state[2].shape == (2, 4, 10)
+    assert state[0].shape == (2, 10) and state[3][0].shape == (2, 4, 10)
     for t in range(3):
         outs = [s.step(words[:, 0, t], st) for s, st in zip(singles, states)]
         states = [o[1] for o in outs]
@@ -304,3 +307,35 @@ def test_findability_reward_prefers_captions_that_tell_the_batch_apart():
     assert ScstSettings(discriminability=0.5).identity()["discriminability"] == 0.5
     with pytest.raises(ValueError, match="discriminability"):
         ScstSettings(discriminability=-1)
+
+
+class _MapCopiedPerRow:
+    """The former state layout: the projected map copied into every beam row."""
+
+    def __init__(self, step: AttentionStepModel) -> None:
+        self.inner = step
+
+    def initial_state(self, maps):
+        h, m, _, (values, keys, image) = self.inner.initial_state(maps)
+        return h, m, values, keys, image
+
+    def step(self, words, state):
+        h, m, values, keys, image = state
+        logp, h2, m2 = self.inner.step_tensors(tf.constant(words, tf.int32), h, m, values, keys, image)
+        return logp.numpy(), (h2.numpy(), m2.numpy(), values, keys, image)
+
+
+@pytest.mark.parametrize("runtime", ["tensorflow", "openvino"])
+def test_beam_search_with_the_map_per_image_finds_what_per_row_copies_find(runtime: str):
+    from model.attention_decoder import make_attention_step_model
+
+    members = []
+    for i, kind in enumerate(("soft", "adaptive")):
+        keras.utils.set_random_seed(20 + i)
+        members.append(AttentionDecoder(tiny(kind)))
+    maps = np.random.default_rng(4).normal(size=(5, 2, 2, 8)).astype(np.float32)
+    settings = DecodeSettings("beam", 3, 0.5, 6)
+    expected = decode_batch(_MapCopiedPerRow(AttentionStepModel(members)), maps, 1, 2, settings)
+    got = decode_batch(make_attention_step_model(members, runtime, cache="none"), maps, 1, 2, settings)
+    assert [h.token_ids for h in got] == [h.token_ids for h in expected]
+    np.testing.assert_allclose([h.logprob for h in got], [h.logprob for h in expected], rtol=1e-4, atol=1e-5)

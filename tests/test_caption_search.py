@@ -134,3 +134,12 @@ def test_banned_words_are_never_generated_and_scores_renormalised():
     wrapped = BannedWords(dec, [3])
     logp, _ = wrapped.step(np.array([START]), wrapped.initial_state(np.zeros((1, 1), int)))
     assert np.exp(logp).sum() == pytest.approx(1.0) and logp[0, 3] == -np.inf
+
+
+def test_row_selection_leaves_per_image_state_whole():
+    from model.caption_search import PerImage, _select
+
+    shared = PerImage((np.arange(6).reshape(2, 3),))
+    rows, index, kept = _select((np.array([10, 11, 12]), np.array([0, 0, 1]), shared), np.array([2, 2, 0]))
+    assert list(rows) == [12, 12, 10] and list(index) == [1, 1, 0]
+    assert kept is shared  # one per image, not copied per row

@@ -28,8 +28,11 @@ def _run(args: list[str]) -> dict:
 
 
 @pytest.mark.slow
-def test_a_run_with_cached_graphs_imports_no_tensorflow(tiny_artifact, tmp_path):
+@pytest.mark.parametrize("artifact", ["tiny_artifact", "tiny_attention_artifact"])
+def test_a_run_with_cached_graphs_imports_no_tensorflow(artifact, tmp_path, request):
     from tests.factories import write_jpeg
+
+    tiny_artifact = request.getfixturevalue(artifact)  # merge decoders, or attention decoders over the map
 
     for i in range(3):
         write_jpeg(tmp_path / "images" / f"img{i}.jpg", size=(64, 64), seed=i)

@@ -70,18 +70,22 @@ def ir_fingerprint(xml: bytes, weights: bytes) -> str:
 
 
 def int8_split_features(args: argparse.Namespace, items: Sequence[CaptionedImage], encoder_name: str,
-                        image_size: tuple[int, int], ir: tuple[bytes, bytes]) -> dict[str, np.ndarray]:
+                        image_size: tuple[int, int], ir: tuple[bytes, bytes],
+                        spatial: bool = False) -> dict[str, np.ndarray]:
     """Features of ``items`` from the INT8 IR, through the feature cache (keyed by the IR's hash,
-    so a re-run of the gate on the same IR does not run the encoder again)."""
+    so a re-run of the gate on the same IR does not run the encoder again); ``spatial``: the IR
+    outputs the map (kept in float16, as the float32 encoder's maps)."""
     from model.encoder import ImageEncoder
     from training.features import FeatureCache, extract_features, feature_cache_key
 
-    cache = FeatureCache(args.cache_dir, feature_cache_key(f"{encoder_name}-int8", image_size, ir_fingerprint(*ir)))
+    cache = FeatureCache(args.cache_dir, feature_cache_key(f"{encoder_name}-int8", image_size, ir_fingerprint(*ir),
+                                                           spatial=spatial),
+                         dtype=np.float16 if spatial else np.float32)
     built: list[ImageEncoder] = []
 
     def encode(images: np.ndarray) -> np.ndarray:
         if not built:
-            built.append(ImageEncoder(encoder_name, None, image_size, precision="int8", int8_ir=ir))
+            built.append(ImageEncoder(encoder_name, None, image_size, precision="int8", int8_ir=ir, spatial=spatial))
         return built[0](images)
 
     extract_features(items, encode, image_size, cache, batch_size=16, progress=not args.no_progress)
@@ -97,19 +101,23 @@ def compare_int8(args: argparse.Namespace, contents: Any, ir: tuple[bytes, bytes
 
     enc = contents.config.encoder
     size = enc.image_size
-    items, feats32, report = load_split_features(args, split, enc.name, contents.encoder_weights, size)
+    spatial = contents.config.encoder_output == "map"  # maps stay float16 (the step model casts each batch)
+    items, feats32, report = load_split_features(args, split, enc.name, contents.encoder_weights, size,
+                                                 spatial=spatial)
     if limit:
         items, feats32 = items[:limit], feats32[:limit]
-    by_id = int8_split_features(args, items, enc.name, size, ir)
+    by_id = int8_split_features(args, items, enc.name, size, ir, spatial)
     keep = [i for i, it in enumerate(items) if it.image_id in by_id]
     items = [items[i] for i in keep]
     feats32 = feats32[keep]
-    feats8 = np.stack([by_id[it.image_id] for it in items]).astype(np.float32)
+    feats8 = np.stack([by_id[it.image_id] for it in items]).astype(np.float16 if spatial else np.float32)
     settings = contents.decode_settings()
     step = build_step_model(contents)
     captions32 = generate_captions(step, contents.vocab, feats32, settings)
     captions8 = generate_captions(step, contents.vocab, feats8, settings)
-    cos = feature_cosines(feats32, feats8)
+    pooled = (lambda f: f.reshape(len(f), -1, f.shape[-1]).mean(axis=1, dtype=np.float32)) if spatial else \
+        (lambda f: f)
+    cos = feature_cosines(pooled(feats32), pooled(feats8))  # of the embeddings the pipeline emits
     result = {"split": split, "decode": settings.describe(), "model_id": contents.model_id,
               **caption_agreement(captions32, captions8, [it.captions for it in items]),
               "feature_cosine": {"median": float(np.median(cos)), "min": float(np.min(cos)),

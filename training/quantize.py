@@ -115,12 +115,14 @@ def quantize_graph(float32_graph: Any, images: np.ndarray, ignored_names: Sequen
 
 
 def encoder_identity(contents: ArtifactContents) -> dict[str, Any]:
-    """What an INT8 encoder is derived from: encoder name, image size, source weights hash."""
+    """What an INT8 encoder is derived from and gives: encoder name, image size, source weights
+    hash, and its output (the pooled vector, or the spatial map an attention decoder reads)."""
     from model.encoder import weights_fingerprint
 
     enc = contents.config.encoder
     return {"encoder": enc.name, "image_size": list(enc.image_size),
-            "source_weights_sha256_16": weights_fingerprint(contents.encoder_weights)}
+            "source_weights_sha256_16": weights_fingerprint(contents.encoder_weights),
+            "output": contents.config.encoder_output}
 
 
 def build_int8(args: argparse.Namespace, contents: ArtifactContents, identity: dict[str, Any]
@@ -137,7 +139,8 @@ def build_int8(args: argparse.Namespace, contents: ArtifactContents, identity: d
     size = (identity["image_size"][0], identity["image_size"][1])
     train = read_split(args, args.calibration_split)
     ids, images, skipped = calibration_sample(train, args.calibration_images, args.seed, size)
-    encoder = ImageEncoder(identity["encoder"], contents.encoder_weights, size, runtime="openvino", cache="none")
+    encoder = ImageEncoder(identity["encoder"], contents.encoder_weights, size, runtime="openvino", cache="none",
+                           spatial=identity["output"] == "map")
     graph = encoder.openvino_float32_graph()
     first, types = IGNORED_SCOPES[args.ignored_scope]
     ignored = first_weighted_ops(graph, first)
@@ -163,12 +166,27 @@ def reuse_int8(other_uri: str, identity: dict[str, Any]) -> tuple[tuple[bytes, b
     block = other.config.encoder.int8
     if other.int8_encoder is None or block is None:
         raise SystemExit(f"model artifact {other_uri} has no INT8 encoder to copy")
-    theirs = {k: block.get(k) for k in identity}
+    theirs = {k: block.get(k, "pooled" if k == "output" else None) for k in identity}  # older IRs: pooled
     if theirs != identity:
         raise SystemExit(f"the INT8 encoder of {other_uri} was built from another encoder ({theirs}); this "
                          f"artifact's is {identity}: quantise again instead")
     copied = {k: v for k, v in block.items() if k != "quality_gate"}
     return other.int8_encoder, {**copied, "copied_from_model_id": other.model_id}
+
+
+def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
+    """Calibration and quantisation flags (shared with ``training.export_attention --int8``)."""
+    parser.add_argument("--calibration-images", type=int, default=300,
+                        help="photos NNCF calibrates on, drawn with --seed from --calibration-split")
+    parser.add_argument("--calibration-split", default="train", help="split the calibration photos come from")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
+    parser.add_argument("--ignored-scope", choices=sorted(IGNORED_SCOPES), default=DEFAULT_IGNORED_SCOPE,
+                        help="layers kept in float32: none, block1 (first 2 convolutions), blocks1-3 (first 12), "
+                             "depthwise (every depthwise convolution), block1+depthwise")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
+                        help="NNCF preset: mixed (asymmetric activations, default) or performance (all symmetric)")
+    parser.add_argument("--full-bias-correction", action="store_true", help="NNCF's slower, exact bias correction")
+    parser.add_argument("--gate-split", default="dev", help="split the quality gate compares on (not calibration)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,25 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=None, help="where to write the artifact (default: in place)")
     parser.add_argument("--from-artifact", default=None,
                         help="copy the INT8 encoder of this artifact (same encoder weights) instead of quantising")
-    parser.add_argument("--calibration-images", type=int, default=300,
-                   help="photos NNCF calibrates on, drawn with --seed from --calibration-split")
-    parser.add_argument("--calibration-split", default="train", help="split the calibration photos come from")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
-    parser.add_argument("--ignored-scope", choices=sorted(IGNORED_SCOPES), default=DEFAULT_IGNORED_SCOPE,
-                        help="layers kept in float32: none, block1 (first 2 convolutions), blocks1-3 (first 12), "
-                             "depthwise (every depthwise convolution), block1+depthwise")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
-                        help="NNCF preset: mixed (asymmetric activations, default) or performance (all symmetric)")
-    parser.add_argument("--full-bias-correction", action="store_true", help="NNCF's slower, exact bias correction")
-    parser.add_argument("--gate-split", default="dev", help="split the quality gate compares on (not calibration)")
+    add_quantize_arguments(parser)
     add_gate_arguments(parser)
     add_data_arguments(parser, with_dev=True)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+def quantize_artifact(args: argparse.Namespace) -> int:
+    """Build (or copy) the INT8 encoder of ``args.model``, gate it and write the artifact to
+    ``args.output`` (default: in place); 0 when written, 3 when the gate refused it."""
     if args.gate_split == args.calibration_split:
         raise SystemExit("the quality gate must run on another split than the calibration (e.g. --gate-split dev)")
     contents = read_artifact(args.model, encoder_weights=args.encoder_weights)
@@ -217,6 +225,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_id = with_int8_encoder(args.model, target, ir[0], ir[1], block)
     print(json.dumps({"written": target, "model_id": model_id, "int8_bytes": len(ir[1])}))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    return quantize_artifact(args)
 
 
 if __name__ == "__main__":

@@ -271,7 +271,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.checkpoint == "selected":
             with open(os.path.join(member_dir, SELECTION)) as f:
                 epochs["selected"] = json.load(f)["epoch"]
+        others = [json.load(open(os.path.join(d, "member-1", "state.json")))["best_epoch"] for d in args.ensemble_with]
         result = {"checkpoint": args.checkpoint, "epoch": epochs[args.checkpoint],
+                  "member_epochs": [epochs[args.checkpoint], *others], "combine": args.ensemble_combine,
                   "decode": settings.describe(), "members": [args.work_dir, *args.ensemble_with],
                   "images": len(dev_items[:args.dev_eval]),
                   **evaluate(settings, AttentionStepModel(members, args.ensemble_combine))}

@@ -1,0 +1,85 @@
+"""Step-wise attention decoding on OpenVINO, importing TensorFlow only when a graph must be converted.
+
+``model.attention_decoder`` holds the Keras network and its TensorFlow step model
+(``AttentionStepModel``); importing it imports TensorFlow (seconds). The pipeline's OpenVINO path
+needs the two traced graphs (map projection, one step) only once: converted, they are kept in the
+OpenVINO cache under a key made of the artifact's content hash, the members' kinds and the
+ensemble combination, and a later process compiles them from there without TensorFlow.
+``OpenVinoAttentionStepModel`` takes a factory of the TensorFlow step model, called only on a
+cache miss.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from model.artifact_config import ENSEMBLE_COMBINE, AttentionConfig
+from model.caption_search import PerImage
+
+ATTENTION_GRAPHS = ("attention-image", "attention-step-by-image")  # the step takes the map per image
+
+
+def spatial_maps(features: np.ndarray, config: AttentionConfig) -> np.ndarray:
+    """``features`` (spatial maps ``(n, h, w, feature_dim)`` or ``(n, regions, feature_dim)``) as
+    float32 ``(n, regions, feature_dim)``; maps of another shape are refused (ValueError)."""
+    maps = np.asarray(features, np.float32)
+    if maps.ndim < 3 or maps.shape[-1] != config.feature_dim or int(np.prod(maps.shape[1:-1])) != config.regions:
+        raise ValueError(f"expected spatial maps of {config.regions} cells x {config.feature_dim}, got {maps.shape}")
+    return maps.reshape(len(maps), config.regions, config.feature_dim)
+
+
+def attention_graph_key(graph: str, cache_identity: str, combine: str, kinds: Sequence[str]) -> str:
+    """The OpenVINO cache key of one of the step graphs (``ATTENTION_GRAPHS``) of the members
+    ``kinds`` of artifact ``cache_identity`` (its model_id: a hash of its files, weights included)."""
+    from model import openvino_runtime as ovr
+
+    return ovr.compiled_graph_key(graph=graph, model_id=cache_identity, combine=combine, kinds=list(kinds))
+
+
+class OpenVinoAttentionStepModel:
+    """``model.attention_decoder.AttentionStepModel``'s two graphs run by OpenVINO on the CPU (same
+    weights, same maths); implements ``model.caption_search.StepModel``.
+
+    ``tensorflow_model`` builds the TensorFlow step model (members and combination); it is called
+    only when a graph is not in the cache. ``configs`` are the members' configs (their kinds),
+    ``cache_identity`` keys the converted graphs (``None``: converted on every load)."""
+
+    def __init__(self, tensorflow_model: Callable[[], Any], configs: Sequence[AttentionConfig],
+                 combine: str = "mean_logprob", cache_identity: str | None = None, cache: str | None = None) -> None:
+        from model import openvino_runtime as ovr
+
+        if not configs:
+            raise ValueError("a step-wise decoder needs at least one decoder")
+        if combine not in ENSEMBLE_COMBINE:
+            raise ValueError(f"ensemble combine must be one of {ENSEMBLE_COMBINE}, not {combine!r}")
+        self.config = configs[0]
+        self.members = len(configs)
+        self.combine = combine
+        self.width = self.members * self.config.units
+        folder = ovr.cache_dir(cache)
+        kinds = [c.kind for c in configs]
+        model = functools.cache(tensorflow_model)
+
+        def key(graph: str) -> str | None:
+            return None if cache_identity is None else attention_graph_key(graph, cache_identity, combine, kinds)
+
+        self._run = ovr.ThreadLocalRequests([
+            ovr.compile_traced(lambda: model()._image.get_concrete_function(), "float32", key(ATTENTION_GRAPHS[0]),
+                               folder),
+            ovr.compile_traced(lambda: model()._step.get_concrete_function(), "float32", key(ATTENTION_GRAPHS[1]),
+                               folder)])
+
+    def initial_state(self, features: np.ndarray) -> tuple[Any, ...]:
+        """``features``: spatial maps ``(n, h, w, feature_dim)`` or ``(n, regions, feature_dim)``;
+        the state is ``AttentionStepModel``'s (the projected map once per image)."""
+        maps = spatial_maps(features, self.config)
+        projected = PerImage(self._run.run(0, [maps]))
+        zeros = np.zeros((len(maps), self.width), np.float32)
+        return zeros, zeros.copy(), np.arange(len(maps), dtype=np.int32), projected
+
+    def step(self, word_ids: np.ndarray, state: tuple[Any, ...]) -> tuple[np.ndarray, tuple[Any, ...]]:
+        h, m, image_index, projected = state
+        logp, h2, m2 = self._run.run(1, [np.asarray(word_ids, np.int32), h, m, image_index, *projected])
+        return logp, (h2, m2, image_index, projected)

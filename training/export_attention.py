@@ -1,0 +1,247 @@
+"""Build a model artifact (format 3, ``model.artifact``) from attention training work folders.
+
+CLI (the work folders of ``python -m training.train_attention``)::
+
+    python -m training.export_attention --work-dir ~/.cache/image-captioning/attention/soft-512 \\
+        [--checkpoint best|last|selected|scst] [--ensemble-with OTHER_WORK_DIR ...] \\
+        --out models/NAME [--decode auto|greedy|beam:WIDTH:ALPHA] \\
+        [--int8 --flickr8k ../shared/data/flickr8k \\
+         --encoder-weights ../shared/models/xception_weights_tf_dim_ordering_tf_kernels_notop.h5]
+
+Members: the work folder's decoder (``--checkpoint``: ``best`` dev loss, ``last`` epoch, the
+``selected`` epoch of the dev objective, or ``scst``: the chosen epoch of its SCST run in
+``member-1/scst-*/``, named by ``--scst-run`` when there are several), then each ``--ensemble-with`` folder's (``--ensemble-checkpoint``). They must
+share the vocabulary and the decoder sizes (kinds may differ).
+
+Decoding (``--decode auto``, the default): the search chosen on dev. For ``scst``, the search the
+SCST run scored its dev epochs with; else the best record of the work folder's
+``evaluations.jsonl`` (written by ``train_attention --evaluate-only``) for exactly these members and
+checkpoint, by ``--select`` (default ``cider_d+r_at_5``). The chosen search and its dev scores are
+recorded in ``config.json`` (``training.dev``). No record: name the search with ``--decode``.
+
+``--int8``: then builds the INT8 encoder for the spatial map with ``training.quantize`` (its flags
+after the data flags: calibration, ignored scope, preset, quality gate); the artifact is only
+changed when the gate passes (exit 3 otherwise, the float32 artifact stays).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+from typing import Any, Sequence
+
+from model.cli import StrictArgumentParser
+from model.vocabulary import Vocabulary
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = ("best", "last", "selected", "scst")
+DEFAULT_SELECT = "cider_d+r_at_5"
+
+
+def read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise SystemExit(f"{path} is missing: not a finished training work folder?") from None
+
+
+def work_vocabulary(work_dir: str) -> Vocabulary:
+    return Vocabulary.from_json(read_json(os.path.join(work_dir, "vocabulary.json"))["vocabulary"])
+
+
+def scst_folder(work_dir: str, run: str | None = None) -> str:
+    """The SCST run ``run`` (a ``scst-<settings hash>`` folder name) of a work folder, or its only one."""
+    if run:
+        path = os.path.join(work_dir, "member-1", run)
+        if not os.path.isfile(os.path.join(path, "state.json")):
+            raise SystemExit(f"{path} is not an SCST run (no state.json)")
+        return path
+    found = sorted(glob.glob(os.path.join(work_dir, "member-1", "scst-*", "state.json")))
+    if len(found) != 1:
+        raise SystemExit(f"{work_dir} holds {len(found)} SCST runs ({[os.path.dirname(f) for f in found]}); "
+                         f"name one with --scst-run")
+    return os.path.dirname(found[0])
+
+
+def checkpoint_file(work_dir: str, checkpoint: str, scst_run: str | None = None) -> str:
+    """The weights file of ``checkpoint`` (``CHECKPOINTS``) in a work folder (refused when missing
+    or, for ``scst``, unfinished)."""
+    from training.fit import BEST, LAST
+    from training.train_attention import SELECTED
+
+    if checkpoint == "scst":
+        folder = scst_folder(work_dir, scst_run)
+        if not read_json(os.path.join(folder, "state.json")).get("done"):
+            log.warning("the SCST run in %s is not finished: exporting its best epoch so far", folder)
+        path = os.path.join(folder, BEST)
+    else:
+        path = os.path.join(work_dir, "member-1", {"best": BEST, "last": LAST, "selected": SELECTED}[checkpoint])
+    if not os.path.isfile(path):
+        raise SystemExit(f"{path} is missing (checkpoint {checkpoint} of {work_dir})")
+    return path
+
+
+def checkpoint_epoch(work_dir: str, checkpoint: str, scst_run: str | None = None) -> int:
+    """The training epoch whose weights ``checkpoint`` holds (``scst``: the SCST run's chosen epoch)."""
+    from training.train_attention import SELECTION
+
+    member = os.path.join(work_dir, "member-1")
+    if checkpoint == "scst":
+        return int(read_json(os.path.join(scst_folder(work_dir, scst_run), "state.json"))["best_epoch"])
+    if checkpoint == "selected":
+        return int(read_json(os.path.join(member, SELECTION))["epoch"])
+    state = read_json(os.path.join(member, "state.json"))
+    return int(state["best_epoch"] if checkpoint == "best" else state["epoch"])
+
+
+def load_member(work_dir: str, checkpoint: str, vocab: Vocabulary, scst_run: str | None = None) -> Any:
+    """The decoder of a work folder with the checkpoint's weights (the vocabulary must be ``vocab``)."""
+    from model.artifact_config import AttentionConfig
+    from model.attention_decoder import AttentionDecoder
+    from training.train_attention import CONFIG_FILE
+
+    if work_vocabulary(work_dir).tokens != vocab.tokens:
+        raise SystemExit(f"{work_dir} was trained with another vocabulary than the first member")
+    decoder = AttentionDecoder(AttentionConfig.from_dict(read_json(os.path.join(work_dir, CONFIG_FILE))))
+    decoder.load_weights(checkpoint_file(work_dir, checkpoint, scst_run))
+    return decoder
+
+
+def parse_decode(spec: str, max_length: int) -> Any:
+    """``greedy`` or ``beam:WIDTH:ALPHA`` as DecodeSettings (SystemExit naming the form)."""
+    from model.caption_search import DecodeSettings
+
+    try:
+        if spec == "greedy":
+            return DecodeSettings("greedy", max_length=max_length)
+        method, width, alpha = spec.split(":")
+        if method != "beam":
+            raise ValueError(method)
+        return DecodeSettings("beam", int(width), float(alpha), max_length)
+    except ValueError:
+        raise SystemExit(f"--decode must be auto, greedy or beam:WIDTH:ALPHA, not {spec!r}") from None
+
+
+def chosen_on_dev(args: argparse.Namespace, max_length: int) -> tuple[Any, dict[str, Any]]:
+    """(search, the dev record it was chosen by) for ``--decode auto`` (see the module docstring)."""
+    from model.caption_search import DecodeSettings
+    from training.evaluate import objective
+
+    if args.checkpoint == "scst":
+        folder = scst_folder(args.work_dir, args.scst_run)
+        state = read_json(os.path.join(folder, "state.json"))
+        settings = state["settings"]
+        best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
+        search = DecodeSettings("beam", int(settings["beam_width"]), float(settings["length_alpha"]), max_length)
+        return search, {"source": folder, "epoch": state["best_epoch"], "select": settings.get("select"),
+                        "decode": search.describe(), **best["dev"]}
+    members = [os.path.abspath(d) for d in (args.work_dir, *args.ensemble_with)]
+    path = os.path.join(args.work_dir, "evaluations.jsonl")
+    records = []
+    if os.path.exists(path):
+        with open(path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    epochs = [checkpoint_epoch(d, c) for d, c in zip(members, [args.checkpoint] + [args.ensemble_checkpoint]
+                                                     * len(args.ensemble_with))]
+    matching = [r for r in records if [os.path.abspath(m) for m in r.get("members", [])] == members
+                and r.get("checkpoint") == args.checkpoint and r.get("epoch") == epochs[0]
+                and r.get("member_epochs", epochs) == epochs
+                and r.get("combine", "mean_logprob") == args.ensemble_combine
+                and "mmi" not in r.get("decode", "mmi")]  # an artifact's search has no caption prior
+    if len(members) > 1 and any("member_epochs" not in r for r in matching):
+        log.warning("older dev records do not name the other members' epochs: taken to be of their current weights")
+    if not matching:
+        raise SystemExit(f"{path} has no dev evaluation of members {members} at checkpoint {args.checkpoint} "
+                         f"(epochs {epochs}): "
+                         f"run python -m training.train_attention ... --evaluate-only --decode SEARCH first, or "
+                         f"name the search with --decode")
+    best = max(matching, key=lambda r: objective(r, args.select))
+    return _settings_of(best["decode"], max_length), {"source": path, "select": args.select, **best}
+
+
+def _settings_of(described: str, max_length: int) -> Any:
+    """DecodeSettings from its ``describe()`` text (``greedy(...)`` or ``beam(k=W,alpha=A,...)``)."""
+    if described.startswith("greedy"):
+        return parse_decode("greedy", max_length)
+    fields = dict(part.split("=") for part in described[described.index("(") + 1:-1].split(","))
+    return parse_decode(f"beam:{fields['k']}:{fields['alpha']}", max_length)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from training.compare_precision import add_gate_arguments
+    from training.splits import add_data_arguments
+
+    p = StrictArgumentParser(prog="python -m training.export_attention", description=__doc__,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work-dir", required=True, help="training.train_attention work folder (member 1)")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
+    p.add_argument("--scst-run", default=None, metavar="scst-HASH",
+                   help="with --checkpoint scst: which SCST run of the work folder (needed when it holds several)")
+    p.add_argument("--ensemble-with", action="append", default=[], metavar="WORK_DIR",
+                   help="another work folder whose decoder joins the ensemble (repeatable)")
+    p.add_argument("--ensemble-checkpoint", choices=CHECKPOINTS, default="best")
+    p.add_argument("--ensemble-combine", choices=["mean_logprob", "mean_prob"], default="mean_logprob")
+    p.add_argument("--out", required=True, help="artifact folder or URI to write (e.g. models/NAME)")
+    p.add_argument("--decode", default="auto", help="auto (chosen on dev), greedy or beam:WIDTH:ALPHA")
+    p.add_argument("--select", default=DEFAULT_SELECT, help="dev objective of --decode auto")
+    p.add_argument("--encoder", default="xception")
+    p.add_argument("--image-size", type=int, default=None, help="square encoder input size (default: backbone's)")
+    p.add_argument("--record-encoder-weights", default="imagenet",
+                   help="the encoder weights source written in the artifact (users override it with "
+                        "--encoder_weights / $CAPTION_ENCODER_WEIGHTS)")
+    p.add_argument("--int8", action="store_true", help="then build and gate the INT8 encoder (training.quantize)")
+    from training.quantize import add_quantize_arguments
+
+    add_quantize_arguments(p)
+    add_gate_arguments(p)
+    add_data_arguments(p, with_dev=True)
+    return p
+
+
+def export(args: argparse.Namespace) -> dict[str, Any]:
+    """Write the float32 artifact; returns what was written."""
+    from model.artifact import save_artifact
+    from model.artifact_config import EncoderConfig
+    from model.encoder import get_backbone
+
+    vocab = work_vocabulary(args.work_dir)
+    max_length = int(read_json(os.path.join(args.work_dir, "vocabulary.json"))["max_length"])
+    members = [load_member(args.work_dir, args.checkpoint, vocab, args.scst_run),
+               *(load_member(d, args.ensemble_checkpoint, vocab) for d in args.ensemble_with)]
+    if args.decode == "auto":
+        search, dev = chosen_on_dev(args, max_length)
+    else:
+        search, dev = parse_decode(args.decode, max_length), {"source": "--decode (not chosen here)"}
+    size = args.image_size or get_backbone(args.encoder).default_size
+    training = {"members": [{"work_dir": os.path.abspath(d), "checkpoint": c, "kind": m.config.kind}
+                            for d, c, m in zip([args.work_dir, *args.ensemble_with],
+                                               [args.checkpoint] + [args.ensemble_checkpoint] * len(args.ensemble_with),
+                                               members)],
+                "dev": dev, "command": "python -m training.export_attention " + " ".join(sys.argv[1:])}
+    model_id = save_artifact(args.out, decoder=members, vocab=vocab, encoder=EncoderConfig(
+        args.encoder, (size, size), args.record_encoder_weights), decoding=search, training=training,
+        combine=args.ensemble_combine)
+    return {"written": args.out, "model_id": model_id, "decode": search.describe(),
+            "members": len(members), "kinds": [m.config.kind for m in members]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    result = export(args)
+    print(json.dumps(result))
+    if not args.int8:
+        return 0
+    from training.quantize import quantize_artifact
+
+    args.model, args.output, args.from_artifact = args.out, None, None
+    return quantize_artifact(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
