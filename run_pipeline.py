@@ -5,6 +5,7 @@
 
 Every standard Beam flag works too. See README "Command line".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,12 @@ def print_help() -> None:
     from beam_pipeline.options import CaptionOptions
 
     parser = argparse.ArgumentParser(
-        prog="run_pipeline.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="run_pipeline.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Every standard Beam flag is accepted too: --runner, --direct_running_mode, "
-               "--direct_num_workers, --setup_file, Dataflow's --project/--region/--temp_location ...")
+        "--direct_num_workers, --setup_file, Dataflow's --project/--region/--temp_location ...",
+    )
     CaptionOptions._add_argparse_args(parser)
     parser.print_help()
 
@@ -58,7 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             terminal.fail(exc)
             return 1
         if summary.get("dry_run"):
-            terminal.say(f"Dry run: the {summary['runner']} job was built and not submitted; nothing was read or written")
+            terminal.say(
+                f"Dry run: the {summary['runner']} job was built and not submitted; nothing was read or written"
+            )
             return 0
         options = PipelineOptions(argv).view_as(CaptionOptions)
         if options.report:  # the report reads the committed output; the pipeline does not depend on it

@@ -1,4 +1,5 @@
 """Batch image captioning for data lakes: Xception + merge LSTM captions, Apache Beam, Parquet."""
+
 from setuptools import find_packages, setup
 
 setup(
@@ -8,15 +9,29 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.13",
-    packages=find_packages(include=["model", "model.*", "training", "training.*", "beam_pipeline",
-                                    "beam_pipeline.*", "caption_report", "caption_report.*",
-                                    "caption_index", "caption_index.*",
-                                    "models", "models.*"]),
+    packages=find_packages(
+        include=[
+            "model",
+            "model.*",
+            "training",
+            "training.*",
+            "beam_pipeline",
+            "beam_pipeline.*",
+            "caption_report",
+            "caption_report.*",
+            "caption_index",
+            "caption_index.*",
+            "models",
+            "models.*",
+        ]
+    ),
     py_modules=["run_pipeline"],
     # The shipped default model travels with the package (sdist and wheel), so a cloud runner's
     # workers get it through --setup_file.
-    package_data={"models": ["*/*.json", "*/*.h5", "*/*.png", "*/*.xml", "*/*.bin"],
-                  "caption_report": ["static/*.css", "static/*.js"]},  # the report's inline CSS / JS
+    package_data={
+        "models": ["*/*.json", "*/*.h5", "*/*.png", "*/*.xml", "*/*.bin"],
+        "caption_report": ["static/*.css", "static/*.js"],
+    },  # the report's inline CSS / JS
     include_package_data=True,
     install_requires=[
         "apache-beam>=2.60,<3",
@@ -47,14 +62,22 @@ setup(
         "iceberg": ["pyiceberg[sql-sqlite,pyarrow,pyiceberg-core]>=0.9,<1"],
         # s3fs / aiobotocore lower bounds: without them pip's resolver backtracks through old
         # aiobotocore/boto3 releases for more than 12 minutes on this extra (measured); with them, 15 s.
-        "test": ["pytest>=8", "moto[server]>=5", "apache-beam[aws]>=2.60,<3", "s3fs>=2026.9", "aiobotocore>=3.10",
-                 "psutil>=5.9",
-                 "nncf>=2.14,<4", "apache-beam[dask]>=2.60,<3", "distributed>=2024.8",
-                 "pyiceberg[sql-sqlite,pyarrow,pyiceberg-core]>=0.9,<1",
-                 "pycocoevalcap>=1.2",
-                 "apache-beam[gcp]>=2.60,<3",  # the offline Dataflow job-graph test
-                 "lancedb>=0.25,<1",
-                 "ruff>=0.15"],  # pycocoevalcap: the reference CIDEr-D / ROUGE-L are tested against
+        "test": [
+            "pytest>=8",
+            "moto[server]>=5",
+            "apache-beam[aws]>=2.60,<3",
+            "s3fs>=2026.9",
+            "aiobotocore>=3.10",
+            "psutil>=5.9",
+            "nncf>=2.14,<4",
+            "apache-beam[dask]>=2.60,<3",
+            "distributed>=2024.8",
+            "pyiceberg[sql-sqlite,pyarrow,pyiceberg-core]>=0.9,<1",
+            "pycocoevalcap>=1.2",
+            "apache-beam[gcp]>=2.60,<3",  # the offline Dataflow job-graph test
+            "lancedb>=0.25,<1",
+            "ruff>=0.15",
+        ],  # pycocoevalcap: the reference CIDEr-D / ROUGE-L are tested against
     },
     entry_points={
         "console_scripts": [

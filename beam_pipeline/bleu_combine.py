@@ -4,6 +4,7 @@ The accumulator is a :class:`model.bleu.BleuStats` (eight ints plus lengths and 
 count), so combiner lifting ships only counts between workers, and the merged result equals
 nltk's ``corpus_bleu`` over the whole corpus whatever the bundling or merge order.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence

@@ -9,6 +9,7 @@ image by image, and each image yields a caption row or a ``Failed`` error row, i
 batch one ``Captioned`` (how many images this process captioned), so the summary counts model
 loads and images per process from the data on runners that report no metrics.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,16 +18,17 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
+from beam_pipeline.metrics import NAMESPACE
 from beam_pipeline.outcomes import Captioned, ModelLoaded, failed
 from beam_pipeline.records import STAGE_INFER, ImageRecord, caption_row, exception_row
-from beam_pipeline.metrics import NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +57,15 @@ class LoadedCaptioner:
         self._model = model
         self._settings = settings
         self._lock = threading.Lock()  # one batch at a time is faster on CPU than interleaved calls
-        self._info = {"load_id": uuid.uuid4().hex, "seconds": round(seconds, 3), "pid": os.getpid(),
-                      "host": socket.gethostname(), "model_id": model.model_id,
-                      "encoder": model.encoder_name, "decode": settings.describe()}
+        self._info = {
+            "load_id": uuid.uuid4().hex,
+            "seconds": round(seconds, 3),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "model_id": model.model_id,
+            "encoder": model.encoder_name,
+            "decode": settings.describe(),
+        }
 
     def info(self) -> dict[str, Any]:
         """Which load this is (``load_id``), how long it took, and what the rows should say."""
@@ -74,11 +82,19 @@ def load_captioner(spec: ModelSpec) -> LoadedCaptioner:
     from model.captioner import load_caption_model
 
     started = time.monotonic()
-    model = load_caption_model(spec.model_uri, encoder_weights=spec.encoder_weights,
-                               expected_model_id=spec.expected_model_id, precision=spec.precision,
-                               runtime=spec.runtime, cache=spec.cache_dir)
-    overrides = {k: v for k, v in (("method", spec.method), ("beam_width", spec.beam_width),
-                                   ("length_alpha", spec.length_alpha)) if v is not None}
+    model = load_caption_model(
+        spec.model_uri,
+        encoder_weights=spec.encoder_weights,
+        expected_model_id=spec.expected_model_id,
+        precision=spec.precision,
+        runtime=spec.runtime,
+        cache=spec.cache_dir,
+    )
+    overrides = {
+        k: v
+        for k, v in (("method", spec.method), ("beam_width", spec.beam_width), ("length_alpha", spec.length_alpha))
+        if v is not None
+    }
     settings = replace(model.default_settings, **overrides) if overrides else model.default_settings
     seconds = time.monotonic() - started
     log.info("model %s loaded in process %d in %.1f s", model.model_id, os.getpid(), seconds)
@@ -93,8 +109,15 @@ class CaptionModelHandler(ModelHandler[ImageRecord, Any, LoadedCaptioner]):
     """ImageRecords -> caption rows and ``Failed`` error rows (plus one ``ModelLoaded`` per copy
     of the handler, that is per DoFn instance, and one ``Captioned`` per batch with captions)."""
 
-    def __init__(self, spec: ModelSpec, *, max_batch_size: int, min_batch_size: int | None = None,
-                 emit_embeddings: bool = False, share_across_processes: bool = False) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        max_batch_size: int,
+        min_batch_size: int | None = None,
+        emit_embeddings: bool = False,
+        share_across_processes: bool = False,
+    ) -> None:
         super().__init__(min_batch_size=min_batch_size or max_batch_size, max_batch_size=max_batch_size)
         self.spec = spec
         self.emit_embeddings = emit_embeddings
@@ -118,8 +141,9 @@ class CaptionModelHandler(ModelHandler[ImageRecord, Any, LoadedCaptioner]):
         """Pixel bytes of the batch (the default pickles the whole batch to measure it)."""
         return int(sum(r.pixels.nbytes for r in batch))
 
-    def run_inference(self, batch: Sequence[ImageRecord], model: LoadedCaptioner,
-                      inference_args: dict[str, Any] | None = None) -> Iterable[Any]:
+    def run_inference(
+        self, batch: Sequence[ImageRecord], model: LoadedCaptioner, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[Any]:
         if model is not self._info_of:  # once per model, not per batch (a shared model is a proxy: a round trip)
             self._info, self._info_of = model.info(), model
         info = self._info
@@ -141,12 +165,22 @@ class CaptionModelHandler(ModelHandler[ImageRecord, Any, LoadedCaptioner]):
             out.append(Captioned(len(rows), os.getpid(), socket.gethostname()))
         return out + rows
 
-    def _rows(self, records: Sequence[ImageRecord], model: LoadedCaptioner,
-              info: dict[str, Any]) -> list[dict[str, Any]]:
+    def _rows(
+        self, records: Sequence[ImageRecord], model: LoadedCaptioner, info: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         features, results = model.caption(np.stack([r.pixels for r in records]))
-        return [caption_row(rec, res.caption, res.score, info["decode"], info["model_id"], info["encoder"],
-                            features[i] if self.emit_embeddings else None)
-                for i, (rec, res) in enumerate(zip(records, results))]
+        return [
+            caption_row(
+                rec,
+                res.caption,
+                res.score,
+                info["decode"],
+                info["model_id"],
+                info["encoder"],
+                features[i] if self.emit_embeddings else None,
+            )
+            for i, (rec, res) in enumerate(zip(records, results))
+        ]
 
     def _report_load(self, info: dict[str, Any]) -> Iterator[ModelLoaded]:
         # Once per handler copy and load: in the data always (the summary counts distinct load

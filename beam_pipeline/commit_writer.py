@@ -7,6 +7,7 @@ FnApiRunner and on distributed runners alike files appear as batches are caption
 still buffered is committed in ``finish_bundle``, so a bundle never ends with rows that are not
 durable; a commit that fails after its retries raises, which fails the bundle and the job.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -26,8 +27,16 @@ class CommitRows(beam.DoFn):
     """Rows in, nothing out: rows are committed to ``directory`` in files of at most ``every``
     rows, and none waits longer than ``seconds`` after the next row arrives."""
 
-    def __init__(self, directory: str, run_id: str, label: str, schema: pa.Schema, every: int, seconds: float,
-                 policy: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        directory: str,
+        run_id: str,
+        label: str,
+        schema: pa.Schema,
+        every: int,
+        seconds: float,
+        policy: RetryPolicy | None = None,
+    ) -> None:
         self.directory = directory
         self.run_id = run_id
         self.label = label
@@ -58,8 +67,11 @@ class CommitRows(beam.DoFn):
         rows = self.buffer.take()
         name = commit_file_name(self.run_id, self.label, (r["image_uri"] for r in rows))
         data = parquet_bytes(rows, self.schema)
-        with_retries(lambda: write_atomically(join(self.directory, name), data), self.policy,
-                     f"{len(rows)} {self.label} rows to {self.directory}/{name}",
-                     on_retry=lambda *_: self.retries.inc())
+        with_retries(
+            lambda: write_atomically(join(self.directory, name), data),
+            self.policy,
+            f"{len(rows)} {self.label} rows to {self.directory}/{name}",
+            on_retry=lambda *_: self.retries.inc(),
+        )
         self.rows_committed.inc(len(rows))
         self.files_committed.inc()

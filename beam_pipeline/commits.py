@@ -15,6 +15,7 @@ Design (see docs/OUTPUTS.md "Incremental commits"):
   image URIs>.parquet``. A runner that retries a bundle writes the same rows to the same name and
   overwrites the first attempt's file instead of adding a duplicate.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,23 +47,35 @@ class CommitError(RuntimeError):
     """Rows could not be made durable after every retry; the job must fail (rows stay for --resume)."""
 
 
-def with_retries(action: Callable[[], T], policy: RetryPolicy, what: str,
-                 sleep: Callable[[float], None] = time.sleep,
-                 on_retry: Callable[[int, BaseException], None] | None = None) -> T:
+def with_retries(
+    action: Callable[[], T],
+    policy: RetryPolicy,
+    what: str,
+    sleep: Callable[[float], None] = time.sleep,
+    on_retry: Callable[[int, BaseException], None] | None = None,
+) -> T:
     """Run ``action`` under the pipeline's retry loop (every failure retried, plain doubling);
     after the last attempt raise ``CommitError`` naming ``what`` and the last error."""
 
     def note(failed: int, exc: BaseException, delay: float) -> None:
-        log.warning("commit of %s failed (attempt %d of %d, retrying in %.1f s): %s: %s", what, failed,
-                    policy.tries, delay, type(exc).__name__, exc)
+        log.warning(
+            "commit of %s failed (attempt %d of %d, retrying in %.1f s): %s: %s",
+            what,
+            failed,
+            policy.tries,
+            delay,
+            type(exc).__name__,
+            exc,
+        )
         if on_retry is not None:
             on_retry(failed, exc)
 
     try:
         return call_with_retries(action, policy, sleep=sleep, on_retry=note)
     except GaveUp as exc:
-        raise CommitError(f"could not commit {what} after {exc.tries} attempts: "
-                          f"{type(exc.cause).__name__}: {exc.cause}") from exc.cause
+        raise CommitError(
+            f"could not commit {what} after {exc.tries} attempts: {type(exc.cause).__name__}: {exc.cause}"
+        ) from exc.cause
 
 
 def commit_file_name(run_id: str, label: str, uris: Iterable[str]) -> str:

@@ -8,6 +8,7 @@ lines on a copy of the real stderr: the header and progress (``beam_pipeline.con
 ``beam_pipeline.progress`` loggers, INFO), our warnings (``beam_pipeline``, ``model`` loggers)
 and anyone's errors. The log file is deleted after a successful run and named when a run fails.
 """
+
 from __future__ import annotations
 
 import io
@@ -166,18 +167,23 @@ def errors_by_type(output: str, run_id: str) -> Counter:
 def inventory_summary(summary: dict[str, Any]) -> list[str]:
     """At most 4 lines for an ``--inventory`` run: counts, unreadable by type, the captioning
     estimate per precision, where the outputs are."""
-    line = (f"Inventory of {summary['matched']} input{'s' * (summary['matched'] != 1)}: {summary['readable']} "
-            f"readable, {summary['distinct_content']} distinct contents, {summary['duplicate_inputs']} duplicate "
-            f"inputs, {summary['bytes']} bytes")
+    line = (
+        f"Inventory of {summary['matched']} input{'s' * (summary['matched'] != 1)}: {summary['readable']} "
+        f"readable, {summary['distinct_content']} distinct contents, {summary['duplicate_inputs']} duplicate "
+        f"inputs, {summary['bytes']} bytes"
+    )
     by_type = summary.get("unreadable_by_type") or {}
     kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(by_type.items(), key=lambda kv: (-kv[1], kv[0])))
     lines = [line, f"Unreadable: {summary['unreadable']}" + (f" ({kinds})" if kinds else "")]
     estimate = summary.get("estimate") or {}
-    hours = ", ".join(f"{precision} {e['core_hours']:.3g} core-hours"
-                      for precision, e in (estimate.get("per_precision") or {}).items())
+    hours = ", ".join(
+        f"{precision} {e['core_hours']:.3g} core-hours"
+        for precision, e in (estimate.get("per_precision") or {}).items()
+    )
     if hours:
-        lines.append(f"Captioning estimate: {hours} ({summary['wall_seconds']} s for this inventory, "
-                     f"{summary['runner']})")
+        lines.append(
+            f"Captioning estimate: {hours} ({summary['wall_seconds']} s for this inventory, {summary['runner']})"
+        )
     out = summary["output"]
     lines.append(f"Outputs: {out}/inventory, {out}/inventory_summary.json")
     return lines
@@ -199,16 +205,22 @@ def human_summary(summary: dict[str, Any], errors: Counter) -> list[str]:
         line += "; no errors"
     lines = [line]
     rate = summary.get("images_per_second")
-    lines.append(f"Speed: {rate if rate is not None else '-'} images/s ({summary['wall_seconds']} s, "
-                 f"model {summary['model_id']}, {summary['decode']}, {summary['runner']})")
+    lines.append(
+        f"Speed: {rate if rate is not None else '-'} images/s ({summary['wall_seconds']} s, "
+        f"model {summary['model_id']}, {summary['decode']}, {summary['runner']})"
+    )
     if summary.get("bleu"):
         b = summary["bleu"]
-        lines.append(f"BLEU-1..4: {b['bleu1']:.3f} {b['bleu2']:.3f} {b['bleu3']:.3f} {b['bleu4']:.3f} "
-                     f"over {summary['bleu_segments']} captions with references")
+        lines.append(
+            f"BLEU-1..4: {b['bleu1']:.3f} {b['bleu2']:.3f} {b['bleu3']:.3f} {b['bleu4']:.3f} "
+            f"over {summary['bleu_segments']} captions with references"
+        )
     per_process = summary.get("captioned_per_process") or {}
     if len(per_process) > 1:
-        lines.append(f"Captioned by {len(per_process)} processes: "
-                     + ", ".join(f"{p} {n}" for p, n in sorted(per_process.items())))
+        lines.append(
+            f"Captioned by {len(per_process)} processes: "
+            + ", ".join(f"{p} {n}" for p, n in sorted(per_process.items()))
+        )
     out = summary["output"]
     where = [f"{out}/captions", f"{out}/errors", f"{out}/summary.json"]
     if summary.get("report"):

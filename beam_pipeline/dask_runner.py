@@ -35,6 +35,7 @@ transform, and one receiver list collects every tag), is avoided by the pipeline
 DoFn has one output (``beam_pipeline.outcomes``). The runner reports no metrics (``metrics()``
 raises); the run summary counts from the data.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,17 +55,25 @@ def _concat(partitions: list[list[Any]]) -> list[Any]:
     return [item for part in partitions for item in part]
 
 
-def run_bundle(items: Any, window_fn: Any, invoker_args: Any, invoker_kwargs: dict[str, Any], receivers: Any,
-               side_specs: list[tuple[Any, Any, Any]], *side_values: list[Any]) -> list[Any]:
+def run_bundle(
+    items: Any,
+    window_fn: Any,
+    invoker_args: Any,
+    invoker_kwargs: dict[str, Any],
+    receivers: Any,
+    side_specs: list[tuple[Any, Any, Any]],
+    *side_values: list[Any],
+) -> list[Any]:
     """One Dask partition through a DoFn with Beam's ``apply_dofn_to_bundle``; the side inputs
     arrive computed (``side_values``, dependencies of this task in the graph)."""
     # A private copy per bundle: the receivers' list must not be shared by tasks of one process.
     invoker_args, receivers = copy.deepcopy((invoker_args, receivers))
-    side_inputs = [SideInputMap(view_class, options, [te.get_windowed_value(v, window_fn) for v in values])
-                   for (view_class, options, window_fn), values in zip(side_specs, side_values)]
+    side_inputs = [
+        SideInputMap(view_class, options, [te.get_windowed_value(v, window_fn) for v in values])
+        for (view_class, options, window_fn), values in zip(side_specs, side_values)
+    ]
     windowed = [te.get_windowed_value(item, window_fn) for item in items]
-    return te.apply_dofn_to_bundle(windowed, invoker_args, {**invoker_kwargs, "side_inputs": side_inputs},
-                                   receivers)
+    return te.apply_dofn_to_bundle(windowed, invoker_args, {**invoker_kwargs, "side_inputs": side_inputs}, receivers)
 
 
 def task_name(label: str) -> str:
@@ -84,19 +93,39 @@ class ParDo(te.ParDo):
         main_input = next(iter(self.applied.main_inputs.values()))
         window_fn = main_input.windowing.windowfn if hasattr(main_input, "windowing") else None
         receivers = te.OneReceiver()
-        invoker_args = [te.DoFnSignature(transform.fn), te._OutputHandler(
-            window_fn=window_fn, main_receivers=receivers[None], tagged_receivers=receivers,
-            per_element_output_counter=None, output_batch_converter=None, process_yields_batches=False,
-            process_batch_yields_elements=False)]
-        invoker_kwargs = dict(context=te.DoFnContext(transform.label, state=None), input_args=list(args),
-                              input_kwargs=kwargs, user_state_context=None,
-                              bundle_finalizer_param=apache_beam.DoFn.BundleFinalizerParam())
+        invoker_args = [
+            te.DoFnSignature(transform.fn),
+            te._OutputHandler(
+                window_fn=window_fn,
+                main_receivers=receivers[None],
+                tagged_receivers=receivers,
+                per_element_output_counter=None,
+                output_batch_converter=None,
+                process_yields_batches=False,
+                process_batch_yields_elements=False,
+            ),
+        ]
+        invoker_kwargs = dict(
+            context=te.DoFnContext(transform.label, state=None),
+            input_args=list(args),
+            input_kwargs=kwargs,
+            user_state_context=None,
+            bundle_finalizer_param=apache_beam.DoFn.BundleFinalizerParam(),
+        )
         side_inputs = side_inputs or []
         specs = [(si._view_class, si._view_options, si._iterable.window_fn) for si in side_inputs]
         # optimize_graph=False keeps the task keys of the main graph, so each side input is computed once.
         values = [dask.delayed(_concat)(si._iterable.bag.to_delayed(optimize_graph=False)) for si in side_inputs]
-        return input_bag.map_partitions(run_bundle, window_fn, invoker_args, invoker_kwargs, receivers, specs,
-                                        *values, token=task_name(self.applied.full_label))
+        return input_bag.map_partitions(
+            run_bundle,
+            window_fn,
+            invoker_args,
+            invoker_kwargs,
+            receivers,
+            specs,
+            *values,
+            token=task_name(self.applied.full_label),
+        )
 
 
 def _key(item: tuple[Any, Any]) -> Any:
@@ -140,6 +169,7 @@ class GroupByKey(te.GroupByKey):
 def _round_robin(workers: tuple[str, ...]) -> Any:
     def worker_of(key: Any) -> list[str] | None:
         return [workers[key[1] % len(workers)]] if isinstance(key, tuple) else None
+
     return worker_of
 
 

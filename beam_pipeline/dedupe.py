@@ -8,6 +8,7 @@ with this run's listing; when a value both sides know differs, the input is capt
 (``Recaptioned``, counted as ``recaptioned_changed``). A value either side lacks (rows of older
 runs, manifests) is unknown and never counts as a change.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -70,6 +71,14 @@ class DedupeAndResume(beam.DoFn):
             yield Recaptioned(uri)
         yield refs[0]
         for dup in refs[1:]:
-            yield failed(error_row(
-                uri, dup.image_id, STAGE_MATCH, "DuplicateInput",
-                "the same image URI was given more than once; it is captioned once", None, dup))
+            yield failed(
+                error_row(
+                    uri,
+                    dup.image_id,
+                    STAGE_MATCH,
+                    "DuplicateInput",
+                    "the same image URI was given more than once; it is captioned once",
+                    None,
+                    dup,
+                )
+            )

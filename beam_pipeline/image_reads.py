@@ -5,11 +5,13 @@ Image bytes are read by ``beam_pipeline.object_reads`` (one GET per object) seve
 (``read_ahead``), with the retry policy of ``read_policy``. Every failure becomes an error row on
 the ``errors`` output, never an exception. Matching the inputs is ``beam_pipeline.matching``.
 """
+
 from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -33,21 +35,37 @@ def read_bytes(ref: ImageRef, reader: ObjectReader, max_bytes: int) -> tuple[byt
     """(the bytes, None), or (b"", the read-stage error row): an entry that is not a readable
     regular file (never opened), one over ``max_bytes`` by its listed size, or a failed read."""
     if ref.entry_error is not None:
-        return b"", error_row(ref.uri, ref.image_id, STAGE_READ, ref.entry_error,
-                              f"{ref.uri} is {ENTRY_MESSAGES.get(ref.entry_error, ref.entry_error)}", None, ref)
+        return b"", error_row(
+            ref.uri,
+            ref.image_id,
+            STAGE_READ,
+            ref.entry_error,
+            f"{ref.uri} is {ENTRY_MESSAGES.get(ref.entry_error, ref.entry_error)}",
+            None,
+            ref,
+        )
     if ref.size_bytes is not None and ref.size_bytes > max_bytes:
-        return b"", error_row(ref.uri, ref.image_id, STAGE_READ, "TooLarge", f"file has {ref.size_bytes} bytes, "
-                              f"over the limit of {max_bytes} (--max_image_bytes)", None, ref)
+        return b"", error_row(
+            ref.uri,
+            ref.image_id,
+            STAGE_READ,
+            "TooLarge",
+            f"file has {ref.size_bytes} bytes, over the limit of {max_bytes} (--max_image_bytes)",
+            None,
+            ref,
+        )
     try:
         return reader.read(ref.uri, max_bytes, ref.size_bytes), None
     except GaveUp as exc:
         retried = f" (gave up after {exc.tries} tries)" if exc.tries > 1 else ""
-        return b"", error_row(ref.uri, ref.image_id, STAGE_READ, exc.error_type,
-                              f"cannot read: {exc.cause}{retried}", None, ref)
+        return b"", error_row(
+            ref.uri, ref.image_id, STAGE_READ, exc.error_type, f"cannot read: {exc.cause}{retried}", None, ref
+        )
 
 
-def read_one(ref: ImageRef, reader: ObjectReader, image_size: tuple[int, int], max_bytes: int,
-             max_pixels: int) -> tuple[str, Any, int | None]:
+def read_one(
+    ref: ImageRef, reader: ObjectReader, image_size: tuple[int, int], max_bytes: int, max_pixels: int
+) -> tuple[str, Any, int | None]:
     """Read and decode one image; never raises. Returns (tag, value, bytes read or None when
     nothing was read): tag "records" with an ImageRecord, or ERRORS with the error row (which
     carries the bytes' SHA-256 once they were read)."""
@@ -58,8 +76,11 @@ def read_one(ref: ImageRef, reader: ObjectReader, image_size: tuple[int, int], m
     try:
         decoded = decode_image(data, image_size, max_bytes=max_bytes, max_pixels=max_pixels)
     except ImageDecodeError as exc:
-        return ERRORS, error_row(ref.uri, ref.image_id, STAGE_DECODE, exc.error_type, exc.message, sha256,
-                                 ref), len(data)
+        return (
+            ERRORS,
+            error_row(ref.uri, ref.image_id, STAGE_DECODE, exc.error_type, exc.message, sha256, ref),
+            len(data),
+        )
     except Exception as exc:  # noqa: BLE001 - defensive: decode_image promises not to, but never crash
         return ERRORS, exception_row(ref, STAGE_DECODE, exc, sha256), len(data)
     return "records", ImageRecord(ref, decoded.pixels, decoded.width, decoded.height, sha256), len(data)
@@ -75,8 +96,9 @@ class ReadAndDecode(beam.DoFn):
     bundle's outputs before it calls finish_bundle and so loses them, BatchElements' last batch
     too; with ``--read_concurrency 1`` this DoFn emits everything from ``process``.)"""
 
-    def __init__(self, image_size: tuple[int, int], max_bytes: int, max_pixels: int,
-                 read_settings: ReadSettings | None = None) -> None:
+    def __init__(
+        self, image_size: tuple[int, int], max_bytes: int, max_pixels: int, read_settings: ReadSettings | None = None
+    ) -> None:
         self.image_size = tuple(image_size)
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
@@ -111,8 +133,9 @@ class ReadAndDecode(beam.DoFn):
         and inspect differently, e.g. ``beam_pipeline.inventory``)."""
         return functools.partial(read_one, ref, self._reader, self.image_size, self.max_bytes, self.max_pixels)
 
-    def process(self, ref: ImageRef, timestamp: Any = beam.DoFn.TimestampParam,
-                window: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
+    def process(
+        self, ref: ImageRef, timestamp: Any = beam.DoFn.TimestampParam, window: Any = beam.DoFn.WindowParam
+    ) -> Iterator[Any]:
         assert self._reads is not None and self._reader is not None
         limit = read_limit(self.max_bytes)
         cost = min(ref.size_bytes if ref.size_bytes is not None else limit, limit)

@@ -12,6 +12,7 @@ committed while the run goes, like caption rows) and the counts to
 ``OUTPUT/inventory_summary.json``, with the estimated captioning cost per encoder precision.
 No caption or error rows are written, and the model is never loaded.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,57 +26,81 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from beam_pipeline.commit_writer import CommitRows
+from beam_pipeline.image_reads import ReadAndDecode, read_bytes
 from beam_pipeline.object_reads import ObjectReader
 from beam_pipeline.options import CaptionOptions, read_settings
 from beam_pipeline.preflight import PreflightError, check_output
 from beam_pipeline.records import ImageRef, now_utc, source_columns
 from beam_pipeline.retries import RetryPolicy
 from beam_pipeline.run_stats import write_stats
-from beam_pipeline.image_reads import ReadAndDecode, read_bytes
 from beam_pipeline.transforms import MatchInputs, SkipDoneAndDuplicates
 from model.image_loading import ImageDecodeError, probe_image
 from model.storage import sha256_hex
 
-INVENTORY_SCHEMA = pa.schema([
-    pa.field("image_uri", pa.string(), nullable=False),
-    pa.field("bytes", pa.int64(), nullable=True),  # bytes read (null when nothing was read)
-    pa.field("sha256", pa.string(), nullable=True),  # hex SHA-256 of those bytes
-    pa.field("format", pa.string(), nullable=True),  # Pillow's format name, e.g. JPEG
-    pa.field("width", pa.int32(), nullable=True),  # upright size, from the header
-    pa.field("height", pa.int32(), nullable=True),
-    pa.field("error_type", pa.string(), nullable=True),  # null: readable; else as in error rows
-    pa.field("message", pa.string(), nullable=True),
-    pa.field("source_size", pa.int64(), nullable=True),  # as listed
-    pa.field("source_mtime", pa.timestamp("ms", tz="UTC"), nullable=True),
-    pa.field("processed_at", pa.timestamp("ms", tz="UTC"), nullable=False),
-])
+INVENTORY_SCHEMA = pa.schema(
+    [
+        pa.field("image_uri", pa.string(), nullable=False),
+        pa.field("bytes", pa.int64(), nullable=True),  # bytes read (null when nothing was read)
+        pa.field("sha256", pa.string(), nullable=True),  # hex SHA-256 of those bytes
+        pa.field("format", pa.string(), nullable=True),  # Pillow's format name, e.g. JPEG
+        pa.field("width", pa.int32(), nullable=True),  # upright size, from the header
+        pa.field("height", pa.int32(), nullable=True),
+        pa.field("error_type", pa.string(), nullable=True),  # null: readable; else as in error rows
+        pa.field("message", pa.string(), nullable=True),
+        pa.field("source_size", pa.int64(), nullable=True),  # as listed
+        pa.field("source_mtime", pa.timestamp("ms", tz="UTC"), nullable=True),
+        pa.field("processed_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+    ]
+)
 
 # Captioning throughput per CPU core, per encoder precision: recorded, not measured by the
 # inventory. Source: docs/PERFORMANCE.md section 6, "Current (2026-11-28)": whole-pipeline
 # images/s of 2,000-photo runs of the shipped model on the 2-core development machine (float32
 # 23.5, bfloat16 34.1, int8 60.6 images/s on 2 cores), divided by 2.
 RECORDED_RATES = {"float32": 23.5 / 2, "bfloat16": 34.1 / 2, "int8": 60.6 / 2}
-RATES_SOURCE = ("recorded: docs/PERFORMANCE.md section 6 (2026-11-28, shipped model, 2-core development machine, "
-                "2,000-photo runs); not measured by this run")
+RATES_SOURCE = (
+    "recorded: docs/PERFORMANCE.md section 6 (2026-11-28, shipped model, 2-core development machine, "
+    "2,000-photo runs); not measured by this run"
+)
 
 
-def inventory_row(ref: ImageRef, data: bytes | None = None, header: Any = None, error_type: str | None = None,
-                  message: str | None = None) -> dict[str, Any]:
+def inventory_row(
+    ref: ImageRef,
+    data: bytes | None = None,
+    header: Any = None,
+    error_type: str | None = None,
+    message: str | None = None,
+) -> dict[str, Any]:
     """One ``inventory/*.parquet`` row."""
-    return {"image_uri": ref.uri, "bytes": None if data is None else len(data),
-            "sha256": None if data is None else sha256_hex(data),
-            "format": header.format if header else None, "width": header.width if header else None,
-            "height": header.height if header else None, "error_type": error_type,
-            "message": None if message is None else message[:2000], **source_columns(ref),
-            "processed_at": now_utc()}
+    return {
+        "image_uri": ref.uri,
+        "bytes": None if data is None else len(data),
+        "sha256": None if data is None else sha256_hex(data),
+        "format": header.format if header else None,
+        "width": header.width if header else None,
+        "height": header.height if header else None,
+        "error_type": error_type,
+        "message": None if message is None else message[:2000],
+        **source_columns(ref),
+        "processed_at": now_utc(),
+    }
 
 
 def error_as_inventory_row(row: dict[str, Any]) -> dict[str, Any]:
     """A match / duplicate error row (``records.error_row``) as an inventory row."""
-    return {"image_uri": row["image_uri"], "bytes": None, "sha256": None, "format": None, "width": None,
-            "height": None, "error_type": row["error_type"], "message": row["message"],
-            "source_size": row.get("source_size"), "source_mtime": row.get("source_mtime"),
-            "processed_at": row["processed_at"]}
+    return {
+        "image_uri": row["image_uri"],
+        "bytes": None,
+        "sha256": None,
+        "format": None,
+        "width": None,
+        "height": None,
+        "error_type": row["error_type"],
+        "message": row["message"],
+        "source_size": row.get("source_size"),
+        "source_mtime": row.get("source_mtime"),
+        "processed_at": row["processed_at"],
+    }
 
 
 def inspect_one(ref: ImageRef, reader: ObjectReader, max_bytes: int, max_pixels: int) -> tuple[str, Any, int | None]:
@@ -145,24 +170,38 @@ def _merge_dicts(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
 def build_inventory(p: beam.Pipeline, options: CaptionOptions, output: str, run_id: str, stats_path: str) -> None:
     """Compose the inventory pipeline on ``p`` (see module docstring)."""
     refs, match_errors = p | "MatchInputs" >> MatchInputs(
-        list(options.input or []), options.input_manifest, options.manifest_uri_column, options.manifest_id_column)
+        list(options.input or []), options.input_manifest, options.manifest_uri_column, options.manifest_id_column
+    )
     todo, duplicates, _, _ = refs | "SkipDuplicates" >> SkipDoneAndDuplicates()
     inspected = todo | "InspectImages" >> beam.ParDo(
-        InspectImages(options.max_image_bytes, options.max_image_pixels, read_settings(options)))
-    others = ([match_errors, duplicates] | "MatchAndDuplicateErrors" >> beam.Flatten()
-              | "AsInventoryRows" >> beam.Map(error_as_inventory_row))
+        InspectImages(options.max_image_bytes, options.max_image_pixels, read_settings(options))
+    )
+    others = (
+        [match_errors, duplicates]
+        | "MatchAndDuplicateErrors" >> beam.Flatten()
+        | "AsInventoryRows" >> beam.Map(error_as_inventory_row)
+    )
     directory = FileSystems.join(output, "inventory")
     policy = RetryPolicy(tries=options.commit_attempts)
     for label, rows in (("inventory", inspected), ("inventory-errors", others)):
-        rows | f"Commit-{label}" >> beam.ParDo(CommitRows(directory, run_id, label, INVENTORY_SCHEMA,
-                                                            options.commit_every, options.commit_seconds, policy))
+        rows | f"Commit-{label}" >> beam.ParDo(
+            CommitRows(directory, run_id, label, INVENTORY_SCHEMA, options.commit_every, options.commit_seconds, policy)
+        )
     rows = [inspected, others] | "AllRows" >> beam.Flatten()
     counts = rows | "Counts" >> beam.CombineGlobally(InventoryCountsFn())
-    distinct = (rows | "Hashes" >> beam.FlatMap(lambda r: [r["sha256"]] if r["sha256"] else [])
-                | "DistinctContent" >> beam.Distinct() | "CountDistinct" >> beam.combiners.Count.Globally()
-                | "AsDict" >> beam.Map(lambda n: {"distinct_content": n}))
-    ([counts, distinct] | "Stats" >> beam.Flatten() | "Merge" >> beam.CombineGlobally(_merge_dicts)
-     | "WriteStats" >> beam.Map(write_stats, stats_path))
+    distinct = (
+        rows
+        | "Hashes" >> beam.FlatMap(lambda r: [r["sha256"]] if r["sha256"] else [])
+        | "DistinctContent" >> beam.Distinct()
+        | "CountDistinct" >> beam.combiners.Count.Globally()
+        | "AsDict" >> beam.Map(lambda n: {"distinct_content": n})
+    )
+    (
+        [counts, distinct]
+        | "Stats" >> beam.Flatten()
+        | "Merge" >> beam.CombineGlobally(_merge_dicts)
+        | "WriteStats" >> beam.Map(write_stats, stats_path)
+    )
 
 
 def estimate(readable: int, cores: int, rates: dict[str, float] | None = None) -> dict[str, Any]:
@@ -172,9 +211,11 @@ def estimate(readable: int, cores: int, rates: dict[str, float] | None = None) -
     per_precision = {}
     for precision, rate in rates.items():
         core_hours = readable / rate / 3600
-        per_precision[precision] = {"images_per_second_per_core": round(rate, 2),
-                                    "core_hours": round(core_hours, 6),
-                                    "wall_hours_on_cores": round(core_hours / max(cores, 1), 6)}
+        per_precision[precision] = {
+            "images_per_second_per_core": round(rate, 2),
+            "core_hours": round(core_hours, 6),
+            "wall_hours_on_cores": round(core_hours / max(cores, 1), 6),
+        }
     return {"images": readable, "cores": cores, "rates": RATES_SOURCE, "per_precision": per_precision}
 
 
@@ -185,8 +226,9 @@ def check_inventory_options(options: CaptionOptions) -> str:
     if not options.input and not options.input_manifest:
         raise PreflightError("give --input GLOB (repeatable) or --input_manifest TABLE")
     if options.report or options.iceberg_table or options.skip_known_content:
-        raise PreflightError("--inventory writes no captions: --report, --iceberg_table and --skip_known_content "
-                             "do not apply")
+        raise PreflightError(
+            "--inventory writes no captions: --report, --iceberg_table and --skip_known_content do not apply"
+        )
     try:
         read_settings(options)
     except ValueError as exc:
@@ -211,19 +253,29 @@ def run_inventory(options: Any, runner: Any, runner_name: str | None, run_id: st
     wall = time.time() - started
     with FileSystems.open(stats_path) as f:
         stats = json.loads(f.read())
-    summary = {"run_id": run_id, "mode": "inventory", "matched": stats["matched"], "readable": stats["readable"],
-               "unreadable": sum(stats["unreadable"].values()), "unreadable_by_type": stats["unreadable"],
-               "distinct_content": stats.get("distinct_content", 0),
-               "duplicate_inputs": stats["inputs_with_bytes"] - stats.get("distinct_content", 0),
-               "bytes": stats["bytes"], "wall_seconds": round(wall, 2),
-               "inputs_per_second": round(stats["matched"] / wall, 1) if wall > 0 else None,
-               "estimate": estimate(stats["readable"], os.cpu_count() or 1),
-               "inputs": list(inv.input or []), "input_manifest": inv.input_manifest, "output": output,
-               "runner": runner_name or "DirectRunner"}
+    summary = {
+        "run_id": run_id,
+        "mode": "inventory",
+        "matched": stats["matched"],
+        "readable": stats["readable"],
+        "unreadable": sum(stats["unreadable"].values()),
+        "unreadable_by_type": stats["unreadable"],
+        "distinct_content": stats.get("distinct_content", 0),
+        "duplicate_inputs": stats["inputs_with_bytes"] - stats.get("distinct_content", 0),
+        "bytes": stats["bytes"],
+        "wall_seconds": round(wall, 2),
+        "inputs_per_second": round(stats["matched"] / wall, 1) if wall > 0 else None,
+        "estimate": estimate(stats["readable"], os.cpu_count() or 1),
+        "inputs": list(inv.input or []),
+        "input_manifest": inv.input_manifest,
+        "output": output,
+        "runner": runner_name or "DirectRunner",
+    }
     text = json.dumps(summary, indent=2).encode()
-    for path in (FileSystems.join(output, "inventory_summary.json"),
-                 FileSystems.join(output, "_runs", run_id, "inventory_summary.json")):
+    for path in (
+        FileSystems.join(output, "inventory_summary.json"),
+        FileSystems.join(output, "_runs", run_id, "inventory_summary.json"),
+    ):
         with FileSystems.create(path) as f:
             f.write(text)
     return summary
-

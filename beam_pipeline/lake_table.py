@@ -14,6 +14,7 @@ The catalog's settings come only from pyiceberg's own configuration (``~/.pyiceb
 ``PYICEBERG_CATALOG__NAME__*`` environment variables), so REST, Glue, Hive and SQL catalogs work
 without flags of ours. pyiceberg is imported only here and in ``lake_upsert``, and only when a flag asks.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,12 +51,15 @@ def open_catalog(name: str) -> Any:
         from pyiceberg.catalog import load_catalog
         from pyiceberg.utils.config import Config
     except ImportError as exc:
-        raise PreflightError(f"--iceberg_table needs pyiceberg: pip install 'batch-image-captioning[iceberg]' ({exc})") \
-            from exc
+        raise PreflightError(
+            f"--iceberg_table needs pyiceberg: pip install 'batch-image-captioning[iceberg]' ({exc})"
+        ) from exc
     properties = Config().get_catalog_config(name)
     if not properties:
-        raise PreflightError(f"no pyiceberg catalog named {name!r}: configure it in ~/.pyiceberg.yaml or with "
-                             f"PYICEBERG_CATALOG__{name.upper()}__* environment variables (--iceberg_catalog)")
+        raise PreflightError(
+            f"no pyiceberg catalog named {name!r}: configure it in ~/.pyiceberg.yaml or with "
+            f"PYICEBERG_CATALOG__{name.upper()}__* environment variables (--iceberg_catalog)"
+        )
     try:
         return load_catalog(name, **properties)
     except Exception as exc:  # noqa: BLE001 - a bad URI / missing driver: refuse before reading images
@@ -69,12 +73,17 @@ def check_table_model(catalog: Any, table: str, model_id: str) -> None:
     captions, _ = table_names(table)
     if not catalog.table_exists(captions):
         return
-    other = catalog.load_table(captions).scan(row_filter=NotEqualTo("model_id", model_id),
-                                               selected_fields=("model_id",), limit=1).to_arrow()
+    other = (
+        catalog.load_table(captions)
+        .scan(row_filter=NotEqualTo("model_id", model_id), selected_fields=("model_id",), limit=1)
+        .to_arrow()
+    )
     if other.num_rows:
-        raise PreflightError(f"Iceberg table {captions} already holds captions of model "
-                             f"{other.column('model_id')[0].as_py()}; this run uses model {model_id}. "
-                             "Use the same model, or another --iceberg_table")
+        raise PreflightError(
+            f"Iceberg table {captions} already holds captions of model "
+            f"{other.column('model_id')[0].as_py()}; this run uses model {model_id}. "
+            "Use the same model, or another --iceberg_table"
+        )
 
 
 def _open_or_create(catalog: Any, identifier: str, schema: pa.Schema, partition: bool) -> Any:
@@ -112,12 +121,17 @@ def _sync_one(catalog: Any, identifier: str, schema: pa.Schema, kind: str, lates
         table = catalog.load_table(identifier)
     snapshot = table.current_snapshot()
     # appended: rows written (new URIs and replacements); replaced: URIs whose earlier row was dropped
-    return {"table": identifier, "appended": plan.count, "replaced": len(plan.replaced),
-            "snapshot_id": snapshot.snapshot_id if snapshot else None}
+    return {
+        "table": identifier,
+        "appended": plan.count,
+        "replaced": len(plan.replaced),
+        "snapshot_id": snapshot.snapshot_id if snapshot else None,
+    }
 
 
-def sync_output_to_table(catalog_name: str, table: str, output: str, emit_embeddings: bool,
-                         flags: bool = False) -> dict[str, Any]:
+def sync_output_to_table(
+    catalog_name: str, table: str, output: str, emit_embeddings: bool, flags: bool = False
+) -> dict[str, Any]:
     """Make ``table`` and ``table``_errors agree with OUTPUT/captions and OUTPUT/errors: append the
     rows the tables do not hold yet (one snapshot each). Returns what was appended, per table."""
     catalog = open_catalog(catalog_name)
@@ -131,8 +145,9 @@ def sync_output_to_table(catalog_name: str, table: str, output: str, emit_embedd
     }
 
 
-def prepare_table(catalog_name: str, table: str, model_id: str, known_columns: list[str] | None = None,
-                  export_dir: str | None = None) -> list[str]:
+def prepare_table(
+    catalog_name: str, table: str, model_id: str, known_columns: list[str] | None = None, export_dir: str | None = None
+) -> list[str]:
     """Before a run: open the catalog and refuse a table of another model (PreflightError); with
     ``known_columns`` (--skip_known_content) export the table's known captions of this model to a
     Parquet file under ``export_dir`` for the workers to read, and return its URI ([] if none)."""
@@ -160,8 +175,9 @@ def export_known_content(catalog: Any, table: str, model_id: str, columns: list[
     lake = catalog.load_table(captions)
     if not set(columns) <= {f.name for f in lake.schema().fields}:
         return []
-    batches = lake.scan(row_filter=And(EqualTo("model_id", model_id), NotNull("image_sha256")),
-                        selected_fields=tuple(columns)).to_arrow_batch_reader()
+    batches = lake.scan(
+        row_filter=And(EqualTo("model_id", model_id), NotNull("image_sha256")), selected_fields=tuple(columns)
+    ).to_arrow_batch_reader()
     uri = export_dir.rstrip("/") + "/known_content.parquet"
     fs, path = fsspec.core.url_to_fs(uri)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)

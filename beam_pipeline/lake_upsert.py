@@ -13,6 +13,7 @@ snapshot, so a reader sees the old row or the new one, never both or neither.
 Driver memory: OUTPUT's latest rows (``output_files.LatestRows``) and the table's URIs and times,
 as Arrow columns (tens of bytes per image; see docs/PERFORMANCE.md section 11b).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -74,8 +75,9 @@ def plan_sync(kind: str, latest: LatestRows, schema: pa.Schema, in_table: pa.Tab
     mine = latest.of_kind(kind).select(["image_uri", "processed_at", "file", "row"])
     held = in_table.rename_columns(["image_uri", "in_table_at"])
     joined = mine.join(held, "image_uri", join_type="left outer")
-    newer = pc.or_kleene(pc.is_null(joined.column("in_table_at")),
-                         pc.less(joined.column("in_table_at"), joined.column("processed_at")))
+    newer = pc.or_kleene(
+        pc.is_null(joined.column("in_table_at")), pc.less(joined.column("in_table_at"), joined.column("processed_at"))
+    )
     add = joined.filter(newer)
     chosen = []
     for index in sorted(set(add.column("file").to_pylist())):
@@ -101,8 +103,12 @@ def _num_rows(uri: str) -> int:
 def table_rows(table: Any) -> pa.Table:
     """``image_uri`` and ``processed_at`` key (int64 ms) of every row the table holds."""
     arrow = table.scan(selected_fields=("image_uri", "processed_at")).to_arrow()
-    return pa.table({"image_uri": arrow.column("image_uri").combine_chunks().cast(pa.string()),
-                     "processed_at": time_keys(arrow.column("processed_at"))})
+    return pa.table(
+        {
+            "image_uri": arrow.column("image_uri").combine_chunks().cast(pa.string()),
+            "processed_at": time_keys(arrow.column("processed_at")),
+        }
+    )
 
 
 def commit_plan(table: Any, plan: SyncPlan) -> None:
@@ -119,8 +125,9 @@ def commit_plan(table: Any, plan: SyncPlan) -> None:
         metadata = tx.table_metadata
 
         def write(snapshot: Any, rows: pa.Table) -> None:
-            for data_file in _dataframe_to_data_files(table_metadata=metadata, df=rows, io=table.io,
-                                                      write_uuid=snapshot.commit_uuid, counter=counter):
+            for data_file in _dataframe_to_data_files(
+                table_metadata=metadata, df=rows, io=table.io, write_uuid=snapshot.commit_uuid, counter=counter
+            ):
                 snapshot.append_data_file(data_file)
 
         producer = tx.update_snapshot().overwrite() if drop else tx.update_snapshot().fast_append()
@@ -128,8 +135,12 @@ def commit_plan(table: Any, plan: SyncPlan) -> None:
             if drop:
                 value_set = pa.array(drop, pa.string())
                 for task in tx._scan(row_filter=In("image_uri", drop)).plan_files():
-                    data = ArrowScan(table_metadata=metadata, io=table.io, projected_schema=metadata.schema(),
-                                     row_filter=AlwaysTrue()).to_table(tasks=[task])
+                    data = ArrowScan(
+                        table_metadata=metadata,
+                        io=table.io,
+                        projected_schema=metadata.schema(),
+                        row_filter=AlwaysTrue(),
+                    ).to_table(tasks=[task])
                     kept = data.filter(pc.invert(pc.is_in(data.column("image_uri"), value_set=value_set)))
                     if kept.num_rows == data.num_rows:
                         continue

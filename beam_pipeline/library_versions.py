@@ -4,6 +4,7 @@
 another version may have changed those internals, so the adapter says so at start-up: the Dask
 runner refuses (``runners.check_dask_runner_beam``), the Iceberg sync warns.
 """
+
 from __future__ import annotations
 
 import importlib.metadata

@@ -15,6 +15,7 @@ reach are not walked. Remote patterns are listed by Beam's filesystem for the sc
 collected into one list as ``FileSystems.match`` does). Pure Python apart from Beam's pattern
 translator and listers: tested without a pipeline.
 """
+
 from __future__ import annotations
 
 import errno
@@ -102,8 +103,8 @@ def list_local(pattern: str) -> Iterator[ImageRef]:
             yield local_entry(path)
         return
     fixed = re.match(r"^[^[*?]*", path).group(0)
-    root = fixed[:fixed.rfind("/") + 1]  # "" for a pattern relative to the working directory
-    rest = path[len(root):]
+    root = fixed[: fixed.rfind("/") + 1]  # "" for a pattern relative to the working directory
+    rest = path[len(root) :]
     depth = None if "**" in rest else rest.count("/") + 1
     matches = re.compile(FileSystem.translate_pattern(path)).match
     containers = re.fullmatch(r"\*+", path.rsplit("/", 1)[-1]) is not None
@@ -149,5 +150,6 @@ def remote_entry(path: str, size: int | None, last_updated_seconds: float | None
     Hadoop's ``_$folder$``) is a folder marker, not an image."""
     mtime = None if last_updated_seconds is None else int(round(float(last_updated_seconds) * 1000))
     error = FOLDER_MARKER if (path.endswith("/") or path.endswith("_$folder$")) and not size else None
-    return ImageRef(path, image_id_from_uri(path), None if size is None else int(size), modified_ms=mtime,
-                    entry_error=error)
+    return ImageRef(
+        path, image_id_from_uri(path), None if size is None else int(size), modified_ms=mtime, entry_error=error
+    )

@@ -6,6 +6,7 @@ entries that are not readable regular files are typed. A glob that matches
 nothing, or cannot be listed, is an error row, never an exception. Reading the matched inputs is
 ``beam_pipeline.image_reads``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -37,12 +38,10 @@ class MatchGlob(beam.DoFn):
                 found += 1
                 yield ref
         except Exception as exc:  # noqa: BLE001 - e.g. bucket missing, permission denied
-            yield failed(error_row(pattern, None, STAGE_MATCH, type(exc).__name__,
-                                   f"cannot match {pattern}: {exc}"))
+            yield failed(error_row(pattern, None, STAGE_MATCH, type(exc).__name__, f"cannot match {pattern}: {exc}"))
             return
         if not found:
-            yield failed(error_row(pattern, None, STAGE_MATCH, "NoMatch",
-                                   f"no file matches {pattern}"))
+            yield failed(error_row(pattern, None, STAGE_MATCH, "NoMatch", f"no file matches {pattern}"))
 
 
 class ReadManifest(beam.DoFn):
@@ -60,11 +59,21 @@ class ReadManifest(beam.DoFn):
             for row in batch.to_pylist():
                 uri = row[self.uri_column]
                 if not uri:
-                    yield failed(error_row(f"{manifest_uri}#<empty>", None, STAGE_MATCH,
-                                           "EmptyUri", "manifest row has an empty image URI"))
+                    yield failed(
+                        error_row(
+                            f"{manifest_uri}#<empty>",
+                            None,
+                            STAGE_MATCH,
+                            "EmptyUri",
+                            "manifest row has an empty image URI",
+                        )
+                    )
                     continue
                 uri = str(uri)
-                image_id = str(row[self.id_column]) if self.id_column and row[self.id_column] is not None \
+                image_id = (
+                    str(row[self.id_column])
+                    if self.id_column and row[self.id_column] is not None
                     else image_id_from_uri(uri)
+                )
                 refs = parse_references_column(row[self.references_column]) if self.references_column else None
                 yield ImageRef(uri, image_id, None, refs)

@@ -19,6 +19,7 @@ plurals folded on both sides (``dogs`` -> ``dog``, ``boxes`` -> ``box``, ``puppi
 irregular plurals such as ``knives`` or ``men`` are not folded: list them). A phrase matches where
 its words occur consecutively in the caption. Anything else is refused with its line number.
 """
+
 from __future__ import annotations
 
 import csv
@@ -37,17 +38,19 @@ from model.text import clean_tokens
 REASON_FLAGGED, REASON_LOW_SCORE = "flagged", "low_score"
 _CATEGORY = re.compile(r"^[a-z0-9_-]+$")
 
-REVIEW_SCHEMA = pa.schema([
-    pa.field("image_uri", pa.string(), nullable=False),
-    pa.field("image_id", pa.string(), nullable=False),
-    pa.field("caption", pa.string(), nullable=False),
-    pa.field("score", pa.float64(), nullable=False),
-    pa.field(FLAGS_COLUMN, pa.list_(pa.string()), nullable=True),  # null without --watchlist
-    pa.field("reason", pa.string(), nullable=False),  # "flagged", "low_score" or "flagged,low_score"
-    pa.field("model_id", pa.string(), nullable=False),
-    pa.field("processed_at", pa.timestamp("ms", tz="UTC"), nullable=False),
-    pa.field("image_sha256", pa.string(), nullable=True),
-])
+REVIEW_SCHEMA = pa.schema(
+    [
+        pa.field("image_uri", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("caption", pa.string(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field(FLAGS_COLUMN, pa.list_(pa.string()), nullable=True),  # null without --watchlist
+        pa.field("reason", pa.string(), nullable=False),  # "flagged", "low_score" or "flagged,low_score"
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("processed_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("image_sha256", pa.string(), nullable=True),
+    ]
+)
 
 
 def singular(token: str) -> str:
@@ -79,7 +82,7 @@ class Watchlist:
             if category in found:
                 continue
             n = len(phrase)
-            if any(words[i:i + n] == phrase for i in range(len(words) - n + 1)):
+            if any(words[i : i + n] == phrase for i in range(len(words) - n + 1)):
                 found.add(category)
         return sorted(found)
 

@@ -11,6 +11,7 @@ Retries are ours (``beam_pipeline.read_policy``): s3fs's and botocore's own retr
 down to a single try, so the number of requests per object is bounded by ``--read_retries``.
 Local paths keep the FIFO/device refusal and the byte limit of the original reader.
 """
+
 from __future__ import annotations
 
 import os
@@ -70,10 +71,14 @@ def filesystem_options(protocol: str, settings: ReadSettings) -> dict[str, Any]:
     """fsspec storage options that make the client do one try per call (ours is the retry
     policy), time out after ``timeout_seconds`` and keep enough connections for the reads in flight."""
     if protocol in ("s3", "s3a"):
-        return {"config_kwargs": {
-            "retries": {"total_max_attempts": 1, "mode": "standard"},
-            "connect_timeout": settings.timeout_seconds, "read_timeout": settings.timeout_seconds,
-            "max_pool_connections": max(10, settings.concurrency)}}
+        return {
+            "config_kwargs": {
+                "retries": {"total_max_attempts": 1, "mode": "standard"},
+                "connect_timeout": settings.timeout_seconds,
+                "read_timeout": settings.timeout_seconds,
+                "max_pool_connections": max(10, settings.concurrency),
+            }
+        }
     return {}  # gcsfs / adlfs: their defaults (see docs/RUNNING.md "Reading from object stores")
 
 
@@ -106,5 +111,6 @@ class ObjectReader:
 
     def read(self, uri: str, max_bytes: int, size_hint: int | None = None) -> bytes:
         """``get_once`` under the retry policy; raises ``retries.GaveUp`` with the read error type."""
-        return call_with_retries(lambda: self.get_once(uri, max_bytes, size_hint), self.policy,
-                                 classify=classify_read_error)
+        return call_with_retries(
+            lambda: self.get_once(uri, max_bytes, size_hint), self.policy, classify=classify_read_error
+        )

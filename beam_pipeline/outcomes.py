@@ -9,6 +9,7 @@ ParDo and is correct on every runner. See docs/DEPLOY.md ("Runner notes").
 
 The wrappers are plain frozen dataclasses, pickled by Beam's default coder.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -82,8 +83,11 @@ def load_summary(loads: list[tuple[str, float, int, str]]) -> dict[str, Any]:
     """Distinct ``(load_id, seconds, pid, host)`` tuples -> model_loads, load seconds, captioning
     processes."""
     by_id = {load_id: seconds for load_id, seconds, _, _ in loads}
-    return {"model_loads": len(by_id), "model_load_seconds": round(sum(by_id.values()), 2),
-            "worker_processes": len({(host, pid) for _, _, pid, host in loads})}
+    return {
+        "model_loads": len(by_id),
+        "model_load_seconds": round(sum(by_id.values()), 2),
+        "worker_processes": len({(host, pid) for _, _, pid, host in loads}),
+    }
 
 
 def _error_rows(element: Any) -> Iterator[dict[str, Any]]:
@@ -93,8 +97,7 @@ def _error_rows(element: Any) -> Iterator[dict[str, Any]]:
 
 def split(outcomes: Any, label: str) -> tuple[Any, Any]:
     """(main elements, error rows) of a DoFn's single output, by two single-output steps."""
-    return (outcomes | f"{label}.ok" >> beam.Filter(is_main),
-            outcomes | f"{label}.errors" >> beam.FlatMap(_error_rows))
+    return (outcomes | f"{label}.ok" >> beam.Filter(is_main), outcomes | f"{label}.errors" >> beam.FlatMap(_error_rows))
 
 
 def skipped_flags(element: Any) -> Iterator[bool]:

@@ -17,12 +17,14 @@ missing ``processed_at`` loses to any time. Resume applies it per URI on the wor
 report apply it to whole folders through ``latest_rows``: an input whose latest row is an error
 has no current caption, whatever its earlier caption rows say.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -56,7 +58,7 @@ def epoch_ms(value: Any) -> int | None:
         return None
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
+            value = value.replace(tzinfo=dt.UTC)
         return int(round(value.timestamp() * 1000))
     return int(value)
 
@@ -132,17 +134,22 @@ class LatestRows:
         import pyarrow.compute as pc
 
         index = self.files.index(file)
-        mine = self.table.filter(pc.and_(pc.equal(self.table.column("file"), index),
-                                         pc.equal(self.table.column("kind"), kind)))
+        mine = self.table.filter(
+            pc.and_(pc.equal(self.table.column("file"), index), pc.equal(self.table.column("kind"), kind))
+        )
         return np.sort(mine.column("row").to_numpy())
 
     def is_current(self, kind: str, uris: pa.Array, times: pa.Array) -> np.ndarray:
         """For rows given as (``image_uri``, ``processed_at`` key) of ``kind``: True where the row
         is its URI's latest row (rows equal to it in uri, time and kind, too)."""
-        keys = pa.table({"image_uri": uris, "processed_at": times,
-                         "_at": pa.array(np.arange(len(uris), dtype=np.int64))})
-        found = self.of_kind(kind).select(["image_uri", "processed_at"]).join(
-            keys, ["image_uri", "processed_at"], join_type="inner")
+        keys = pa.table(
+            {"image_uri": uris, "processed_at": times, "_at": pa.array(np.arange(len(uris), dtype=np.int64))}
+        )
+        found = (
+            self.of_kind(kind)
+            .select(["image_uri", "processed_at"])
+            .join(keys, ["image_uri", "processed_at"], join_type="inner")
+        )
         mask = np.zeros(len(uris), dtype=bool)
         mask[found.column("_at").to_numpy()] = True
         return mask
@@ -177,17 +184,33 @@ def latest_rows(files_by_kind: Mapping[str, Sequence[str]], unreadable: list[str
                 unreadable.append(f"{uri}: {type(exc).__name__}: {exc}")
                 continue
             n = keys.num_rows
-            parts.append(keys.append_column("kind", pa.array([kind] * n, pa.string()))
-                         .append_column("rank", pa.array(np.full(n, rank, np.int8)))
-                         .append_column("file", pa.array(np.full(n, len(files) - 1, np.int32)))
-                         .append_column("row", pa.array(np.arange(n, dtype=np.int64))))
-    empty = pa.schema([("image_uri", pa.string()), ("processed_at", pa.int64()), ("kind", pa.string()),
-                       ("file", pa.int32()), ("row", pa.int64())])
+            parts.append(
+                keys.append_column("kind", pa.array([kind] * n, pa.string()))
+                .append_column("rank", pa.array(np.full(n, rank, np.int8)))
+                .append_column("file", pa.array(np.full(n, len(files) - 1, np.int32)))
+                .append_column("row", pa.array(np.arange(n, dtype=np.int64)))
+            )
+    empty = pa.schema(
+        [
+            ("image_uri", pa.string()),
+            ("processed_at", pa.int64()),
+            ("kind", pa.string()),
+            ("file", pa.int32()),
+            ("row", pa.int64()),
+        ]
+    )
     if not parts:
         return LatestRows(empty.empty_table(), files)
     rows = pa.concat_tables(parts).filter(pc.is_valid(pc.field("image_uri")))
-    rows = rows.sort_by([("image_uri", "ascending"), ("processed_at", "descending"), ("rank", "ascending"),
-                         ("file", "ascending"), ("row", "ascending")])
+    rows = rows.sort_by(
+        [
+            ("image_uri", "ascending"),
+            ("processed_at", "descending"),
+            ("rank", "ascending"),
+            ("file", "ascending"),
+            ("row", "ascending"),
+        ]
+    )
     uris = rows.column("image_uri").combine_chunks()
     first = np.ones(len(uris), dtype=bool)
     if len(uris) > 1:

@@ -8,6 +8,7 @@ run goes (see ``beam_pipeline.commit_writer``). ``plan_run`` decides everything 
 before any image is read; ``build(p, plan)`` composes the steps; ``run(argv)`` is what
 ``run_pipeline.py`` calls.
 """
+
 from __future__ import annotations
 
 import json
@@ -81,11 +82,24 @@ class Plan:
 def caption_handler(plan: Plan) -> CaptionModelHandler:
     """The ModelHandler for this run's model, decode overrides, precision and batch limits."""
     o = plan.options
-    spec = ModelSpec(plan.model_uri, o.encoder_weights, plan.model_id, o.decode, o.beam_width, o.length_alpha,
-                     o.precision, o.encoder_runtime, o.model_cache_dir)
-    return CaptionModelHandler(spec, max_batch_size=o.batch_size, min_batch_size=o.min_batch_size,
-                               emit_embeddings=o.emit_embeddings,
-                               share_across_processes=bool(o.share_model_across_processes))
+    spec = ModelSpec(
+        plan.model_uri,
+        o.encoder_weights,
+        plan.model_id,
+        o.decode,
+        o.beam_width,
+        o.length_alpha,
+        o.precision,
+        o.encoder_runtime,
+        o.model_cache_dir,
+    )
+    return CaptionModelHandler(
+        spec,
+        max_batch_size=o.batch_size,
+        min_batch_size=o.min_batch_size,
+        emit_embeddings=o.emit_embeddings,
+        share_across_processes=bool(o.share_model_across_processes),
+    )
 
 
 def build(p: beam.Pipeline, plan: Plan) -> None:
@@ -93,26 +107,34 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     o = plan.options
     with_refs = bool(o.references or o.manifest_references_column)  # references ride with the ImageRef
     refs, match_errors = p | "MatchInputs" >> MatchInputs(
-        plan.inputs, plan.manifest, o.manifest_uri_column, o.manifest_id_column, o.manifest_references_column)
+        plan.inputs, plan.manifest, o.manifest_uri_column, o.manifest_id_column, o.manifest_references_column
+    )
     to_dedupe = refs
     if o.references:
         to_dedupe = refs | "AttachReferences" >> AttachReferences(
-            o.references, o.references_id_column, o.references_caption_column)
+            o.references, o.references_id_column, o.references_caption_column
+        )
     todo, duplicates, skipped, changed = to_dedupe | "SkipDoneAndDuplicates" >> SkipDoneAndDuplicates(
-        plan.done_files, plan.interrupted_files)
+        plan.done_files, plan.interrupted_files
+    )
     records, read_errors = todo | "ReadImages" >> ReadImages(
-        plan.image_size, o.max_image_bytes, o.max_image_pixels, read_settings(o))
+        plan.image_size, o.max_image_bytes, o.max_image_pixels, read_settings(o)
+    )
     if o.skip_known_content:
         records, followers, copied = records | "SplitBySameContent" >> SplitBySameContent(
-            plan.model_id, plan.known_files, known_columns(o.emit_embeddings))
+            plan.model_id, plan.known_files, known_columns(o.emit_embeddings)
+        )
     rows, caption_errors, workers = records | "CaptionImages" >> CaptionImages(
-        caption_handler(plan), f"caption-model-{plan.model_id}-{plan.run_id}", o.progress_seconds, with_refs)
+        caption_handler(plan), f"caption-model-{plan.model_id}-{plan.run_id}", o.progress_seconds, with_refs
+    )
 
     captions = {"captions": rows}
     errors = {"match": match_errors, "dedupe": duplicates, "read": read_errors, "infer": caption_errors}
     if o.skip_known_content:  # copies of earlier captions, and of this run's captions to its copies
-        follower_rows, errors["same-content"] = {"rows": rows, "followers": followers} \
-            | "CopyCaptionsToFollowers" >> CopyCaptionsToFollowers()
+        follower_rows, errors["same-content"] = {
+            "rows": rows,
+            "followers": followers,
+        } | "CopyCaptionsToFollowers" >> CopyCaptionsToFollowers()
         for label, pcoll in (("known", copied), ("followers", follower_rows)):
             if with_refs:
                 pcoll = pcoll | f"SentenceBleu-{label}" >> beam.Map(with_references, None)
@@ -120,15 +142,31 @@ def build(p: beam.Pipeline, plan: Plan) -> None:
     policy = RetryPolicy(tries=o.commit_attempts)
     if plan.watchlist is not None or o.review_below is not None:
         captions = moderate(captions, plan, policy)
-    captions | "CommitCaptions" >> CommitOutputs(FileSystems.join(plan.output, "captions"), plan.run_id,
-                                                 caption_schema(o.emit_embeddings, plan.watchlist is not None),
-                                                 o.commit_every, o.commit_seconds, policy)
-    errors | "CommitErrors" >> CommitOutputs(FileSystems.join(plan.output, "errors"), plan.run_id, ERROR_SCHEMA,
-                                             o.commit_every, o.commit_seconds, policy, label_prefix="errors-")
-    {"inputs": [refs, match_errors] | "Inputs" >> beam.Flatten(),
-     "captions": list(captions.values()) | "AllCaptions" >> beam.Flatten(),
-     "errors": list(errors.values()) | "AllErrors" >> beam.Flatten(),
-     "skipped": skipped, "workers": workers, "changed": changed} | "RunStats" >> RunStats(plan.stats_path)
+    captions | "CommitCaptions" >> CommitOutputs(
+        FileSystems.join(plan.output, "captions"),
+        plan.run_id,
+        caption_schema(o.emit_embeddings, plan.watchlist is not None),
+        o.commit_every,
+        o.commit_seconds,
+        policy,
+    )
+    errors | "CommitErrors" >> CommitOutputs(
+        FileSystems.join(plan.output, "errors"),
+        plan.run_id,
+        ERROR_SCHEMA,
+        o.commit_every,
+        o.commit_seconds,
+        policy,
+        label_prefix="errors-",
+    )
+    {
+        "inputs": [refs, match_errors] | "Inputs" >> beam.Flatten(),
+        "captions": list(captions.values()) | "AllCaptions" >> beam.Flatten(),
+        "errors": list(errors.values()) | "AllErrors" >> beam.Flatten(),
+        "skipped": skipped,
+        "workers": workers,
+        "changed": changed,
+    } | "RunStats" >> RunStats(plan.stats_path)
 
 
 def moderate(captions: dict[str, Any], plan: Plan, policy: RetryPolicy) -> dict[str, Any]:
@@ -142,8 +180,15 @@ def moderate(captions: dict[str, Any], plan: Plan, policy: RetryPolicy) -> dict[
             rows = rows | f"Flag-{label}" >> beam.Map(add_flags, plan.watchlist)
         flagged[label] = rows
         review[label] = rows | f"Review-{label}" >> beam.FlatMap(review_rows, o.review_below)
-    review | "CommitReview" >> CommitOutputs(FileSystems.join(plan.output, "review"), plan.run_id, REVIEW_SCHEMA,
-                                             o.commit_every, o.commit_seconds, policy, label_prefix="review-")
+    review | "CommitReview" >> CommitOutputs(
+        FileSystems.join(plan.output, "review"),
+        plan.run_id,
+        REVIEW_SCHEMA,
+        o.commit_every,
+        o.commit_seconds,
+        policy,
+        label_prefix="review-",
+    )
     return flagged
 
 
@@ -172,8 +217,9 @@ def plan_run(options: CaptionOptions) -> Plan:
     output = options.output.rstrip("/")
     check_output(output, inputs, options.resume)  # a manifest may list images anywhere
     model_uri = options.model or default_model_uri()
-    contents = read_artifact(model_uri, expected_model_id=options.expected_model_id,
-                             encoder_weights=options.encoder_weights)
+    contents = read_artifact(
+        model_uri, expected_model_id=options.expected_model_id, encoder_weights=options.encoder_weights
+    )
     check_decoders(contents, options.model_cache_dir)  # every decoder weights file must fit the config
     check_encoder_ready(contents, options.precision, options.encoder_runtime)
     done_files: list[str] = []
@@ -191,11 +237,24 @@ def plan_run(options: CaptionOptions) -> Plan:
 
         watchlist = load_watchlist(options.watchlist)
     size = contents.config.encoder.image_size
-    settings = contents.decode_settings(method=options.decode, beam_width=options.beam_width,
-                                        length_alpha=options.length_alpha)
-    return Plan(new_run_id(), output, inputs, options.input_manifest, model_uri, contents.model_id,
-                (int(size[0]), int(size[1])), settings.describe(), options, done_files, interrupted, known_files,
-                watchlist=watchlist)
+    settings = contents.decode_settings(
+        method=options.decode, beam_width=options.beam_width, length_alpha=options.length_alpha
+    )
+    return Plan(
+        new_run_id(),
+        output,
+        inputs,
+        options.input_manifest,
+        model_uri,
+        contents.model_id,
+        (int(size[0]), int(size[1])),
+        settings.describe(),
+        options,
+        done_files,
+        interrupted,
+        known_files,
+        watchlist=watchlist,
+    )
 
 
 def _metric(result: Any, name: str) -> int | None:
@@ -226,17 +285,28 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         from beam_pipeline import lake_table  # the 'iceberg' extra: imported only when asked for
 
         plan.known_files += lake_table.prepare_table(  # the table's known captions, exported for the workers
-            caption_options.iceberg_catalog, caption_options.iceberg_table, plan.model_id,
+            caption_options.iceberg_catalog,
+            caption_options.iceberg_table,
+            plan.model_id,
             known_columns(caption_options.emit_embeddings) if caption_options.skip_known_content else None,
-            FileSystems.join(plan.output, "_runs", plan.run_id))
+            FileSystems.join(plan.output, "_runs", plan.run_id),
+        )
     if caption_options.search_index:
         from beam_pipeline import search_index  # the 'search' extra: imported only when asked for
 
-        search_index.in_child(search_index.prepare_index, caption_options.search_index, plan.model_id,
-                              caption_options.emit_embeddings)
+        search_index.in_child(
+            search_index.prepare_index, caption_options.search_index, plan.model_id, caption_options.emit_embeddings
+        )
     inputs = ", ".join(plan.inputs + ([plan.manifest] if plan.manifest else []))
-    header_log.info("Captioning %s with model %s (%s) into %s [run %s, %s]", inputs, plan.model_id, plan.decode,
-                    plan.output, plan.run_id, runner_name or "DirectRunner")
+    header_log.info(
+        "Captioning %s with model %s (%s) into %s [run %s, %s]",
+        inputs,
+        plan.model_id,
+        plan.decode,
+        plan.output,
+        plan.run_id,
+        runner_name or "DirectRunner",
+    )
     started = time.time()
     p = beam.Pipeline(runner=runner, options=options)
     build(p, plan)
@@ -244,46 +314,81 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result.wait_until_finish()
     wall = time.time() - started
     if options.view_as(TestOptions).dry_run:  # Dataflow built the job and sent nothing: no data, no summary
-        return {"run_id": plan.run_id, "dry_run": True, "runner": runner_name, "model_id": plan.model_id,
-                "output": plan.output}
+        return {
+            "run_id": plan.run_id,
+            "dry_run": True,
+            "runner": runner_name,
+            "model_id": plan.model_id,
+            "output": plan.output,
+        }
     with FileSystems.open(plan.stats_path) as f:
         stats = json.loads(f.read())
     # Counts (matched ... model_loads) come from the data; "counters" are the runner's metrics,
     # null where a runner reports none (e.g. Dask).
     summary = {
-        "run_id": plan.run_id, **stats,
-        "counters": {name: _metric(result, name) for name in
-                     ("images_read", "images_captioned", "images_failed", "batches", "bytes_read", "model_loads",
-                      "rows_committed", "commits", "commit_retries", "images_same_content")},
+        "run_id": plan.run_id,
+        **stats,
+        "counters": {
+            name: _metric(result, name)
+            for name in (
+                "images_read",
+                "images_captioned",
+                "images_failed",
+                "batches",
+                "bytes_read",
+                "model_loads",
+                "rows_committed",
+                "commits",
+                "commit_retries",
+                "images_same_content",
+            )
+        },
         "images_per_second": round(stats["captioned"] / wall, 3) if wall > 0 else None,
-        "wall_seconds": round(wall, 2), "model_id": plan.model_id, "model": plan.model_uri,
-        "decode": plan.decode, "encoder_precision": caption_options.precision,
-        "encoder_runtime": caption_options.encoder_runtime, "batch_size": caption_options.batch_size,
-        "inputs": plan.inputs, "input_manifest": plan.manifest, "references": caption_options.references,
-        "output": plan.output, "resumed_from_files": len(plan.done_files),
+        "wall_seconds": round(wall, 2),
+        "model_id": plan.model_id,
+        "model": plan.model_uri,
+        "decode": plan.decode,
+        "encoder_precision": caption_options.precision,
+        "encoder_runtime": caption_options.encoder_runtime,
+        "batch_size": caption_options.batch_size,
+        "inputs": plan.inputs,
+        "input_manifest": plan.manifest,
+        "references": caption_options.references,
+        "output": plan.output,
+        "resumed_from_files": len(plan.done_files),
         "resumed_from_interrupted_files": len(plan.interrupted_files),
-        "commit_every": caption_options.commit_every, "commit_seconds": caption_options.commit_seconds,
+        "commit_every": caption_options.commit_every,
+        "commit_seconds": caption_options.commit_seconds,
         "runner": runner_name or "DirectRunner",
         "direct_running_mode": options.view_as(DirectOptions).direct_running_mode,
         "skip_known_content": caption_options.skip_known_content,
     }
     committed = summary["counters"]["rows_committed"]
     if committed is not None and committed < stats["captioned"] + stats["failed"]:
-        raise RuntimeError(f"run {plan.run_id}: {stats['captioned'] + stats['failed']} rows were made but only "
-                           f"{committed} committed; not reporting success (rerun with --resume)")
+        raise RuntimeError(
+            f"run {plan.run_id}: {stats['captioned'] + stats['failed']} rows were made but only "
+            f"{committed} committed; not reporting success (rerun with --resume)"
+        )
     if caption_options.iceberg_table:  # after the Parquet files are committed: make the table agree
         from beam_pipeline import lake_table  # the 'iceberg' extra: imported only when asked for
 
         summary["iceberg"] = lake_table.sync_output_to_table(
-            caption_options.iceberg_catalog, caption_options.iceberg_table, plan.output,
-            caption_options.emit_embeddings, bool(caption_options.watchlist))
+            caption_options.iceberg_catalog,
+            caption_options.iceberg_table,
+            plan.output,
+            caption_options.emit_embeddings,
+            bool(caption_options.watchlist),
+        )
     if caption_options.search_index:  # the same: after the commits, from the committed files
         from beam_pipeline import search_index  # the 'search' extra: imported only when asked for
 
-        summary["search_index"] = search_index.in_child(search_index.sync_output_to_index,
-                                                        caption_options.search_index, plan.output)
+        summary["search_index"] = search_index.in_child(
+            search_index.sync_output_to_index, caption_options.search_index, plan.output
+        )
     text = json.dumps(summary, indent=2).encode()
-    for path in (storage.join(plan.output, "summary.json"), storage.join(plan.output, f"_runs/{plan.run_id}/summary.json")):
+    for path in (
+        storage.join(plan.output, "summary.json"),
+        storage.join(plan.output, f"_runs/{plan.run_id}/summary.json"),
+    ):
         storage.write_atomically(path, text)
     return summary
-

@@ -1,5 +1,6 @@
 """Checks made in the driver before any image is read: where the output may go, and which
 earlier outputs a ``--resume`` run builds on."""
+
 from __future__ import annotations
 
 import os
@@ -48,15 +49,18 @@ def check_output(output: str, inputs: list[str], resume: bool) -> None:
     for pattern in inputs:
         root = input_root(pattern)
         if out == root or out.startswith(root.rstrip("/") + "/"):
-            raise PreflightError(f"output {output} is inside the input directory {root} (from {pattern}); "
-                                 "choose an output outside the inputs")
+            raise PreflightError(
+                f"output {output} is inside the input directory {root} (from {pattern}); "
+                "choose an output outside the inputs"
+            )
     fs, path = _output_fs(output)
     if fs.exists(path):
         if not fs.isdir(path):
             raise PreflightError(f"output {output} exists and is not a directory")
         if fs.ls(path) and not resume:
-            raise PreflightError(f"output {output} exists and is not empty; use --resume to add to it, "
-                                 "or choose a new output directory")
+            raise PreflightError(
+                f"output {output} exists and is not empty; use --resume to add to it, or choose a new output directory"
+            )
 
 
 def existing_outputs(output: str) -> list[str]:
@@ -109,5 +113,7 @@ def check_resume_model(done_files: list[str], model_id: str, threads: int = 16) 
         for uri, ids in zip(captions, pool.map(_model_ids, captions)):
             other = ids - {model_id}
             if other:
-                raise PreflightError(f"output already holds captions of model {sorted(other)[0]} ({uri}); this run "
-                                     f"uses model {model_id}. Resume with the same model, or use a new --output")
+                raise PreflightError(
+                    f"output already holds captions of model {sorted(other)[0]} ({uri}); this run "
+                    f"uses model {model_id}. Resume with the same model, or use a new --output"
+                )

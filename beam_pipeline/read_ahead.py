@@ -10,6 +10,7 @@ unknown) is reserved before the task is submitted and released when it finishes,
 than the whole budget is still read, but alone), and at most ``max_count`` finished results wait
 to be emitted.
 """
+
 from __future__ import annotations
 
 import threading

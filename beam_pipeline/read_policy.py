@@ -9,6 +9,7 @@ Pure Python (no Beam, no cloud SDK imports), so the policy is tested on its own:
 * ``READ_RETRIES``: reads use the pipeline's one retry loop (``beam_pipeline.retries``) with full
   jitter and a bounded number of tries; permanent failures (403, 404, …) are raised at once.
 """
+
 from __future__ import annotations
 
 import errno
@@ -24,18 +25,54 @@ NOT_A_REGULAR_FILE = "NotARegularFile"
 
 TRANSIENT = frozenset({THROTTLED, READ_TIMEOUT, CONNECTION_ERROR, SERVER_ERROR})
 
-_THROTTLE_CODES = ("SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
-                   "RequestThrottled", "ServerBusy", "rateLimitExceeded", "reduce your request rate")
+_THROTTLE_CODES = (
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequests",
+    "RequestThrottled",
+    "ServerBusy",
+    "rateLimitExceeded",
+    "reduce your request rate",
+)
 _NOT_FOUND_CODES = ("NoSuchKey", "NoSuchBucket", "NotFound", "BlobNotFound", "No such file")
-_DENIED_CODES = ("AccessDenied", "Forbidden", "AuthorizationFailure", "InvalidAccessKeyId",
-                 "SignatureDoesNotMatch", "Permission denied")
-_TIMEOUT_NAMES = ("Timeout", "TimeoutError", "ReadTimeoutError", "ConnectTimeoutError", "FSTimeoutError",
-                  "ServerTimeoutError")
-_CONNECTION_NAMES = ("ConnectionResetError", "ConnectionAbortedError", "BrokenPipeError", "ConnectionRefusedError",
-                     "ConnectionClosedError", "EndpointConnectionError", "ServerDisconnectedError",
-                     "ClientConnectionError", "ClientConnectorError", "ClientOSError", "ClientPayloadError",
-                     "IncompleteRead", "IncompleteReadError", "RemoteDisconnected", "ProtocolError",
-                     "ResponseStreamingError", "ServiceRequestError", "ContentLengthError")
+_DENIED_CODES = (
+    "AccessDenied",
+    "Forbidden",
+    "AuthorizationFailure",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "Permission denied",
+)
+_TIMEOUT_NAMES = (
+    "Timeout",
+    "TimeoutError",
+    "ReadTimeoutError",
+    "ConnectTimeoutError",
+    "FSTimeoutError",
+    "ServerTimeoutError",
+)
+_CONNECTION_NAMES = (
+    "ConnectionResetError",
+    "ConnectionAbortedError",
+    "BrokenPipeError",
+    "ConnectionRefusedError",
+    "ConnectionClosedError",
+    "EndpointConnectionError",
+    "ServerDisconnectedError",
+    "ClientConnectionError",
+    "ClientConnectorError",
+    "ClientOSError",
+    "ClientPayloadError",
+    "IncompleteRead",
+    "IncompleteReadError",
+    "RemoteDisconnected",
+    "ProtocolError",
+    "ResponseStreamingError",
+    "ServiceRequestError",
+    "ContentLengthError",
+)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -77,11 +114,15 @@ def _classify_one(exc: BaseException) -> str | None:
         return PERMISSION_DENIED
     if isinstance(exc, IsADirectoryError):
         return IS_A_DIRECTORY
-    if isinstance(exc, TimeoutError) or name in _TIMEOUT_NAMES or "timed out" in text.lower() \
-            or "Read timeout" in text:
+    if isinstance(exc, TimeoutError) or name in _TIMEOUT_NAMES or "timed out" in text.lower() or "Read timeout" in text:
         return READ_TIMEOUT
-    if isinstance(exc, ConnectionError) or name in _CONNECTION_NAMES or "Connection reset" in text \
-            or "Server disconnected" in text or "Connection was closed" in text:
+    if (
+        isinstance(exc, ConnectionError)
+        or name in _CONNECTION_NAMES
+        or "Connection reset" in text
+        or "Server disconnected" in text
+        or "Connection was closed" in text
+    ):
         return CONNECTION_ERROR
     if status is not None and 500 <= status < 600:
         return SERVER_ERROR

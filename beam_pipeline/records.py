@@ -2,6 +2,7 @@
 
 Pure Python (no Beam, no TensorFlow), so the row logic is tested on its own.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -59,33 +60,70 @@ def source_columns(ref: ImageRef | None) -> dict[str, Any]:
     """``source_size`` and ``source_mtime`` of a row: the input as listed when it was processed
     (null when unknown). ``--resume`` compares them with the next listing to find changed inputs."""
     size = None if ref is None else ref.size_bytes
-    mtime = None if ref is None or ref.modified_ms is None else \
-        dt.datetime.fromtimestamp(ref.modified_ms / 1000, dt.UTC)
+    mtime = (
+        None if ref is None or ref.modified_ms is None else dt.datetime.fromtimestamp(ref.modified_ms / 1000, dt.UTC)
+    )
     return {"source_size": size, "source_mtime": mtime}
 
 
-def error_row(uri: str, image_id: str | None, stage: str, error_type: str, message: str,
-              image_sha256: str | None = None, source: ImageRef | None = None) -> dict[str, Any]:
+def error_row(
+    uri: str,
+    image_id: str | None,
+    stage: str,
+    error_type: str,
+    message: str,
+    image_sha256: str | None = None,
+    source: ImageRef | None = None,
+) -> dict[str, Any]:
     """An ``errors/*.parquet`` row (schema: beam_pipeline.schemas.ERROR_SCHEMA); ``image_sha256``
     is null when no bytes were read (no match, missing file, too large); ``source``: the input's
     listing (size, mtime), when there is one."""
-    return {"image_uri": uri, "image_id": image_id, "stage": stage, "error_type": error_type,
-            "message": message[:2000], "processed_at": now_utc(), "image_sha256": image_sha256,
-            **source_columns(source)}
+    return {
+        "image_uri": uri,
+        "image_id": image_id,
+        "stage": stage,
+        "error_type": error_type,
+        "message": message[:2000],
+        "processed_at": now_utc(),
+        "image_sha256": image_sha256,
+        **source_columns(source),
+    }
 
 
 def exception_row(ref: ImageRef, stage: str, exc: BaseException, image_sha256: str | None = None) -> dict[str, Any]:
     return error_row(ref.uri, ref.image_id, stage, type(exc).__name__, str(exc) or repr(exc), image_sha256, ref)
 
 
-def caption_row(record: ImageRecord, caption: str, score: float, decode: str, model_id: str, encoder: str,
-                embedding: np.ndarray | None = None) -> dict[str, Any]:
+def caption_row(
+    record: ImageRecord,
+    caption: str,
+    score: float,
+    decode: str,
+    model_id: str,
+    encoder: str,
+    embedding: np.ndarray | None = None,
+) -> dict[str, Any]:
     """A ``captions/*.parquet`` row; references and BLEU are filled in by ``with_references``."""
-    row = {"image_uri": record.ref.uri, "image_id": record.ref.image_id, "caption": caption,
-           "score": float(score), "decode": decode, "model_id": model_id, "encoder": encoder,
-           "width": int(record.width), "height": int(record.height), "processed_at": now_utc(),
-           "references": None, "bleu1": None, "bleu2": None, "bleu3": None, "bleu4": None,
-           "image_sha256": record.sha256, "caption_source": SOURCE_MODEL, **source_columns(record.ref)}
+    row = {
+        "image_uri": record.ref.uri,
+        "image_id": record.ref.image_id,
+        "caption": caption,
+        "score": float(score),
+        "decode": decode,
+        "model_id": model_id,
+        "encoder": encoder,
+        "width": int(record.width),
+        "height": int(record.height),
+        "processed_at": now_utc(),
+        "references": None,
+        "bleu1": None,
+        "bleu2": None,
+        "bleu3": None,
+        "bleu4": None,
+        "image_sha256": record.sha256,
+        "caption_source": SOURCE_MODEL,
+        **source_columns(record.ref),
+    }
     if record.ref.references is not None:
         row["references"] = list(record.ref.references)
     if embedding is not None:
@@ -104,8 +142,15 @@ def with_reference_captions(ref: ImageRef, captions: Sequence[str]) -> ImageRef:
 def same_content_row(record: ImageRecord, earlier: dict[str, Any]) -> dict[str, Any]:
     """A caption row for ``record`` copied from ``earlier``, a caption of byte-identical content
     (``--skip_known_content``): its own URI, id, size and references; the earlier caption."""
-    row = caption_row(record, earlier["caption"], earlier["score"], earlier["decode"], earlier["model_id"],
-                      earlier["encoder"], earlier.get("embedding"))
+    row = caption_row(
+        record,
+        earlier["caption"],
+        earlier["score"],
+        earlier["decode"],
+        earlier["model_id"],
+        earlier["encoder"],
+        earlier.get("embedding"),
+    )
     row["caption_source"] = SOURCE_SAME_CONTENT
     return row
 

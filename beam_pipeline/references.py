@@ -1,15 +1,18 @@
 """Reference captions (``--references``): a Flickr8k token file, or a table of image id + caption
 rows, as (image id, [captions]) pairs for ``transforms.AttachReferences``."""
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from model.flickr8k import parse_token_file
 from model.storage import read_text
 from model.tables import read_columns
 
 
-def read_references(uri: str, id_column: str = "image_id", caption_column: str = "caption") -> Iterable[tuple[str, list[str]]]:
+def read_references(
+    uri: str, id_column: str = "image_id", caption_column: str = "caption"
+) -> Iterable[tuple[str, list[str]]]:
     """(image id, [captions]) from a Flickr8k token file or a table of image id + caption rows."""
     lower = uri.lower()
     if lower.endswith(".txt") or lower.endswith(".token"):

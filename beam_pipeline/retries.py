@@ -4,6 +4,7 @@ Pure Python, tested on its own (tests/test_read_policy.py, tests/test_commits.py
 brings its policy and its classification: reads retry only transient failures and wait with
 full jitter (``read_policy``); commits retry every failure with plain doubling (``commits``).
 """
+
 from __future__ import annotations
 
 import random
@@ -39,8 +40,9 @@ class GaveUp(Exception):
     """A call that failed for good: its error type, the number of tries and the last exception."""
 
     def __init__(self, error_type: str, tries: int, cause: BaseException) -> None:
-        super().__init__(f"{error_type} after {tries} tr{'y' if tries == 1 else 'ies'}: "
-                         f"{type(cause).__name__}: {cause}")
+        super().__init__(
+            f"{error_type} after {tries} tr{'y' if tries == 1 else 'ies'}: {type(cause).__name__}: {cause}"
+        )
         self.error_type = error_type
         self.tries = tries
         self.cause = cause
@@ -51,10 +53,15 @@ def every_error_transient(exc: BaseException) -> tuple[str, bool]:
     return type(exc).__name__, True
 
 
-def call_with_retries(fn: Callable[[], T], policy: RetryPolicy, *,
-                      classify: Callable[[BaseException], tuple[str, bool]] = every_error_transient,
-                      sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None,
-                      on_retry: Callable[[int, BaseException, float], None] | None = None) -> T:
+def call_with_retries(
+    fn: Callable[[], T],
+    policy: RetryPolicy,
+    *,
+    classify: Callable[[BaseException], tuple[str, bool]] = every_error_transient,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+    on_retry: Callable[[int, BaseException, float], None] | None = None,
+) -> T:
     """``fn()``; failures that ``classify`` calls transient are retried with backoff up to
     ``policy.tries`` tries in all, others fail at once. ``on_retry(failed_tries, exc, delay)`` is
     called before each wait. Raises ``GaveUp`` naming the error type (never swallows it)."""

@@ -5,6 +5,7 @@ model loads, computed from the data (exact on runners without metrics) and writt
 Everything is one ``CombineGlobally`` over tagged elements (``RunStatsFn``): one shuffle and two
 small stages at the end of a run, where a combine per count took a dozen stages (and their
 construction and tear-down) per run."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,12 @@ class RunStatsFn(beam.CombineFn):
         self._bleu = CorpusBleuFn()
 
     def create_accumulator(self) -> dict[str, Any]:
-        return {"counts": dict.fromkeys(COUNTS, 0), "bleu": self._bleu.create_accumulator(), "loads": set(),
-                "per_process": {}}
+        return {
+            "counts": dict.fromkeys(COUNTS, 0),
+            "bleu": self._bleu.create_accumulator(),
+            "loads": set(),
+            "per_process": {},
+        }
 
     def add_input(self, acc: dict[str, Any], element: tuple[str, Any]) -> dict[str, Any]:
         tag, value = element
@@ -68,11 +73,13 @@ class RunStatsFn(beam.CombineFn):
 
     def extract_output(self, acc: dict[str, Any]) -> dict[str, Any]:
         bleu = self._bleu.extract_output(acc["bleu"])
-        return {**acc["counts"],
-                "bleu": None if bleu is None else {k: bleu[k] for k in ("bleu1", "bleu2", "bleu3", "bleu4")},
-                "bleu_segments": None if bleu is None else bleu["segments"],
-                **load_summary(sorted(acc["loads"])),
-                "captioned_per_process": dict(sorted(acc["per_process"].items()))}
+        return {
+            **acc["counts"],
+            "bleu": None if bleu is None else {k: bleu[k] for k in ("bleu1", "bleu2", "bleu3", "bleu4")},
+            "bleu_segments": None if bleu is None else bleu["segments"],
+            **load_summary(sorted(acc["loads"])),
+            "captioned_per_process": dict(sorted(acc["per_process"].items())),
+        }
 
 
 def write_stats(stats: dict[str, Any], path: str) -> None:
@@ -99,12 +106,18 @@ class RunStats(beam.PTransform):
         self.path = path
 
     def expand(self, pcolls: PCollections) -> beam.PCollection:
-        tagged = [pcolls["inputs"] | "TagMatched" >> beam.Map(lambda _: ("matched", None)),
-                  pcolls["captions"] | "TagCaptioned" >> beam.Map(_caption_segment),
-                  pcolls["errors"] | "TagFailed" >> beam.Map(lambda _: ("failed", None)),
-                  pcolls["skipped"] | "TagSkipped" >> beam.Map(lambda flag: ("skipped", flag)),
-                  pcolls["workers"]]
+        tagged = [
+            pcolls["inputs"] | "TagMatched" >> beam.Map(lambda _: ("matched", None)),
+            pcolls["captions"] | "TagCaptioned" >> beam.Map(_caption_segment),
+            pcolls["errors"] | "TagFailed" >> beam.Map(lambda _: ("failed", None)),
+            pcolls["skipped"] | "TagSkipped" >> beam.Map(lambda flag: ("skipped", flag)),
+            pcolls["workers"],
+        ]
         if "changed" in pcolls:
             tagged.append(pcolls["changed"] | "TagChanged" >> beam.Map(lambda _: ("changed", None)))
-        return (tagged | "Tagged" >> beam.Flatten() | "Combine" >> beam.CombineGlobally(RunStatsFn())
-                | "WriteStats" >> beam.Map(write_stats, self.path))
+        return (
+            tagged
+            | "Tagged" >> beam.Flatten()
+            | "Combine" >> beam.CombineGlobally(RunStatsFn())
+            | "WriteStats" >> beam.Map(write_stats, self.path)
+        )

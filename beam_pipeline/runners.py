@@ -1,5 +1,6 @@
 """Which runner object executes ``--runner``: the in-process FnApiRunner for the DirectRunner,
 our Dask runner for ``DaskRunner``, else whatever Beam resolves from the name."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,8 +14,10 @@ from beam_pipeline.preflight import PreflightError
 
 # Runner names -> the class to use: the short name Beam does not resolve, and Beam's own Dask
 # runner replaced by ours, which works around its bugs (see beam_pipeline/dask_runner.py).
-RUNNER_ALIASES = {"DaskRunner": "beam_pipeline.dask_runner.DaskRunner",
-                  "apache_beam.runners.dask.dask_runner.DaskRunner": "beam_pipeline.dask_runner.DaskRunner"}
+RUNNER_ALIASES = {
+    "DaskRunner": "beam_pipeline.dask_runner.DaskRunner",
+    "apache_beam.runners.dask.dask_runner.DaskRunner": "beam_pipeline.dask_runner.DaskRunner",
+}
 
 # beam_pipeline/dask_runner.py subclasses private parts of Beam's Dask runner, which change between
 # Beam releases (2.78 changed how side inputs are computed); it runs only on the Beam versions it
@@ -29,7 +32,8 @@ def check_dask_runner_beam(version: str | None = None) -> None:
     if untested("apache-beam", installed):
         raise PreflightError(
             f"--runner DaskRunner was tested with apache-beam >={low},<{high}, but {installed} is installed; "
-            "install the tested set: pip install -c requirements.lock -e '.[dask]'")
+            "install the tested set: pip install -c requirements.lock -e '.[dask]'"
+        )
 
 
 def local_runner(options: PipelineOptions) -> Any:

@@ -12,19 +12,21 @@ The two groupings are shuffles, so the default pipeline (flag off) never pays fo
 every DoFn of the pipeline these emit one output; followers and copies ride in it as wrappers
 and are split off with single-output steps (see ``beam_pipeline.outcomes``).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Iterator
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from beam_pipeline.metrics import NAMESPACE
 from beam_pipeline.outcomes import Failed, PCollections, failed
 from beam_pipeline.output_files import read_rows
 from beam_pipeline.records import STAGE_INFER, ImageRecord, error_row, same_content_row
-from beam_pipeline.metrics import NAMESPACE
 
 KNOWN_COLUMNS = ("image_sha256", "caption", "score", "decode", "model_id", "encoder")
 
@@ -95,10 +97,17 @@ class CopyToFollowers(beam.DoFn):
                 yield same_content_row(record, rows[0])
             else:
                 self.failed.inc()
-                yield failed(error_row(
-                    record.ref.uri, record.ref.image_id, STAGE_INFER, "SameContentFailed",
-                    f"byte-identical to another input of this run (sha256 {sha}) that could not be captioned",
-                    sha, record.ref))
+                yield failed(
+                    error_row(
+                        record.ref.uri,
+                        record.ref.image_id,
+                        STAGE_INFER,
+                        "SameContentFailed",
+                        f"byte-identical to another input of this run (sha256 {sha}) that could not be captioned",
+                        sha,
+                        record.ref,
+                    )
+                )
 
 
 class SplitBySameContent(beam.PTransform):
@@ -116,16 +125,23 @@ class SplitBySameContent(beam.PTransform):
         p = records.pipeline
         groups: dict[str, Any] = {"records": records | "KeyByContent" >> beam.Map(lambda r: (r.sha256, r))}
         if self.known_files:  # read by the workers; files lacking a column give rows that are dropped
-            groups["known"] = (p | "KnownFiles" >> beam.Create(self.known_files)
-                               | "ReadKnown" >> beam.FlatMap(read_rows, self.columns)
-                               | "KnownComplete" >> beam.Filter(complete, self.columns)
-                               | "KeyKnown" >> beam.Map(lambda row: (row["image_sha256"], row)))
-        out = (groups | "GroupByContent" >> beam.CoGroupByKey()
-               | "SplitByContent" >> beam.ParDo(SplitByContent(self.model_id)))
-        return (out | "Leaders" >> beam.Filter(lambda e: isinstance(e, ImageRecord)),
-                out | "Followers" >> beam.FlatMap(
-                    lambda e: [(e.sha256, e.record)] if isinstance(e, Follower) else []),
-                out | "CopiedKnown" >> beam.FlatMap(lambda e: [e.row] if isinstance(e, Copied) else []))
+            groups["known"] = (
+                p
+                | "KnownFiles" >> beam.Create(self.known_files)
+                | "ReadKnown" >> beam.FlatMap(read_rows, self.columns)
+                | "KnownComplete" >> beam.Filter(complete, self.columns)
+                | "KeyKnown" >> beam.Map(lambda row: (row["image_sha256"], row))
+            )
+        out = (
+            groups
+            | "GroupByContent" >> beam.CoGroupByKey()
+            | "SplitByContent" >> beam.ParDo(SplitByContent(self.model_id))
+        )
+        return (
+            out | "Leaders" >> beam.Filter(lambda e: isinstance(e, ImageRecord)),
+            out | "Followers" >> beam.FlatMap(lambda e: [(e.sha256, e.record)] if isinstance(e, Follower) else []),
+            out | "CopiedKnown" >> beam.FlatMap(lambda e: [e.row] if isinstance(e, Copied) else []),
+        )
 
 
 class CopyCaptionsToFollowers(beam.PTransform):
@@ -134,7 +150,12 @@ class CopyCaptionsToFollowers(beam.PTransform):
 
     def expand(self, inputs: PCollections) -> PCollections:
         keyed = inputs["rows"] | "KeyRowsByContent" >> beam.Map(lambda r: (r["image_sha256"], r))
-        out = ({"rows": keyed, "followers": inputs["followers"]} | "GroupFollowers" >> beam.CoGroupByKey()
-               | "CopyToFollowers" >> beam.ParDo(CopyToFollowers()))
-        return (out | "FollowerRows" >> beam.Filter(lambda e: not isinstance(e, Failed)),
-                out | "FollowerErrors" >> beam.FlatMap(lambda e: [e.row] if isinstance(e, Failed) else []))
+        out = (
+            {"rows": keyed, "followers": inputs["followers"]}
+            | "GroupFollowers" >> beam.CoGroupByKey()
+            | "CopyToFollowers" >> beam.ParDo(CopyToFollowers())
+        )
+        return (
+            out | "FollowerRows" >> beam.Filter(lambda e: not isinstance(e, Failed)),
+            out | "FollowerErrors" >> beam.FlatMap(lambda e: [e.row] if isinstance(e, Failed) else []),
+        )

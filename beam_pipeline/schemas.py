@@ -3,6 +3,7 @@
 ``captions/*.parquet`` holds one row per captioned image, ``errors/*.parquet`` one row per input
 that could not be captioned; see docs/OUTPUTS.md "Output schemas".
 """
+
 from __future__ import annotations
 
 import pyarrow as pa

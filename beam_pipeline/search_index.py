@@ -23,12 +23,14 @@ process, so lancedb is never loaded in the driver. lancedb's async runtime is no
 warns of a possible deadlock in a forked child), and the driver forks worker processes after the
 preflight (and a process may run several pipelines, as the tests do).
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import uuid
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -81,8 +83,9 @@ def connect(uri: str) -> Any:
     try:
         import lancedb
     except ImportError as exc:
-        raise PreflightError(f"--search_index needs lancedb: pip install 'batch-image-captioning[search]' ({exc})") \
-            from exc
+        raise PreflightError(
+            f"--search_index needs lancedb: pip install 'batch-image-captioning[search]' ({exc})"
+        ) from exc
     try:
         return lancedb.connect(uri)
     except Exception as exc:  # noqa: BLE001 - a bad URI: refuse before reading images
@@ -124,13 +127,17 @@ def prepare_index(uri: str, model_id: str, emit_embeddings: bool) -> None:
         return
     other = table.search().where(f"model_id != {_sql_string(model_id)}").select(["model_id"]).limit(1).to_arrow()
     if other.num_rows:
-        raise PreflightError(f"search index {uri} already holds captions of model {other.column('model_id')[0].as_py()}; "
-                             f"this run uses model {model_id}. Use the same model, or another --search_index")
+        raise PreflightError(
+            f"search index {uri} already holds captions of model {other.column('model_id')[0].as_py()}; "
+            f"this run uses model {model_id}. Use the same model, or another --search_index"
+        )
     has_embedding = EMBEDDING_COLUMN in table.schema.names
     if has_embedding != emit_embeddings:
-        raise PreflightError(f"search index {uri} was built {'with' if has_embedding else 'without'} "
-                             f"--emit_embeddings; run {'with' if has_embedding else 'without'} it too, or use "
-                             "another --search_index")
+        raise PreflightError(
+            f"search index {uri} was built {'with' if has_embedding else 'without'} "
+            f"--emit_embeddings; run {'with' if has_embedding else 'without'} it too, or use "
+            "another --search_index"
+        )
 
 
 def _sql_string(value: str) -> str:
@@ -141,8 +148,12 @@ def indexed_times(table: Any) -> pa.Table:
     """``image_uri`` and ``processed_at`` key (int64 ms) of every row the index holds (two columns
     read, no vectors)."""
     known = table.search().select(["image_uri", "processed_at"]).limit(None).to_arrow()
-    return pa.table({"image_uri": known.column("image_uri").combine_chunks().cast(pa.string()),
-                     "processed_at": time_keys(known.column("processed_at"))})
+    return pa.table(
+        {
+            "image_uri": known.column("image_uri").combine_chunks().cast(pa.string()),
+            "processed_at": time_keys(known.column("processed_at")),
+        }
+    )
 
 
 def indexed_times_empty() -> pa.Table:
@@ -159,8 +170,11 @@ def newest_rows(latest: LatestRows, known: pa.Table, schema: pa.Schema) -> pa.Ta
 
     held = known.rename_columns(["image_uri", "indexed_at"])
     joined = latest.of_kind("captions").join(held, "image_uri", join_type="left outer")
-    add = joined.filter(pc.or_kleene(pc.is_null(joined.column("indexed_at")),
-                                     pc.less(joined.column("indexed_at"), joined.column("processed_at"))))
+    add = joined.filter(
+        pc.or_kleene(
+            pc.is_null(joined.column("indexed_at")), pc.less(joined.column("indexed_at"), joined.column("processed_at"))
+        )
+    )
     parts = []
     for index in sorted(set(add.column("file").to_pylist())):
         rows = np.sort(pc.filter(add.column("row"), pc.equal(add.column("file"), index)).to_numpy())
@@ -186,7 +200,7 @@ DELETE_CHUNK = 1000  # URIs per delete predicate
 def delete_uris(table: Any, uris: list[str]) -> None:
     """Remove the index rows of ``uris`` (a predicate of ``DELETE_CHUNK`` URIs at a time)."""
     for start in range(0, len(uris), DELETE_CHUNK):
-        chunk = uris[start:start + DELETE_CHUNK]
+        chunk = uris[start : start + DELETE_CHUNK]
         table.delete("image_uri IN (" + ", ".join(_sql_string(u) for u in chunk) + ")")
 
 
@@ -224,9 +238,13 @@ def ensure_indexes(table: Any, changed: bool = True) -> dict[str, bool]:
     vector = (EMBEDDING_COLUMN,) in names
     if not vector and EMBEDDING_COLUMN in table.schema.names and table.count_rows() >= VECTOR_INDEX_MIN_ROWS:
         dim = table.schema.field(EMBEDDING_COLUMN).type.list_size
-        table.create_index(metric=DISTANCE, vector_column_name=EMBEDDING_COLUMN, index_type="IVF_PQ",
-                           num_partitions=ivf_partitions(table.count_rows()),
-                           num_sub_vectors=_sub_vectors(dim))
+        table.create_index(
+            metric=DISTANCE,
+            vector_column_name=EMBEDDING_COLUMN,
+            index_type="IVF_PQ",
+            num_partitions=ivf_partitions(table.count_rows()),
+            num_sub_vectors=_sub_vectors(dim),
+        )
         vector = True
     return {"full_text": True, "vector": vector}
 
@@ -266,9 +284,16 @@ def sync_output_to_index(uri: str, output: str) -> dict[str, Any]:
         new = newest_rows(latest, known, table.schema)
         if new.num_rows:
             table.merge_insert("image_uri").when_matched_update_all(
-                where="target.processed_at < source.processed_at").when_not_matched_insert_all().execute(new)
+                where="target.processed_at < source.processed_at"
+            ).when_not_matched_insert_all().execute(new)
         deleted = superseded_by_errors(latest, known)
         delete_uris(table, deleted)
     indexes = ensure_indexes(table, changed=bool(new.num_rows or deleted))
-    return {"index": uri, "table": TABLE, "upserted": new.num_rows, "deleted": len(deleted),
-            "rows": table.count_rows(), "indexes": indexes}
+    return {
+        "index": uri,
+        "table": TABLE,
+        "upserted": new.num_rows,
+        "deleted": len(deleted),
+        "rows": table.count_rows(),
+        "indexes": indexes,
+    }

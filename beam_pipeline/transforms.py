@@ -7,6 +7,7 @@ module and can be applied and tested on its own (tests/test_transforms.py).
 Every DoFn has one output; error rows and other side results ride in it (``outcomes``) and are
 split off with single-output steps, so a composite returns a tuple of PCollections.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,14 +23,14 @@ from apache_beam.ml.inference.base import RunInference
 from beam_pipeline.caption_handler import CaptionModelHandler
 from beam_pipeline.commit_writer import CommitRows
 from beam_pipeline.dedupe import DONE, DONE_BY_INTERRUPTED, DONE_COLUMNS, DedupeAndResume, done_entry
+from beam_pipeline.image_reads import ReadAndDecode
+from beam_pipeline.matching import MatchGlob, ReadManifest
 from beam_pipeline.object_reads import ReadSettings
 from beam_pipeline.outcomes import PCollections, recaptioned_uris, skipped_flags, split, worker_reports
 from beam_pipeline.output_files import read_rows
 from beam_pipeline.records import ImageRef, with_reference_captions, with_references
-from beam_pipeline.retries import RetryPolicy
-from beam_pipeline.image_reads import ReadAndDecode
-from beam_pipeline.matching import MatchGlob, ReadManifest
 from beam_pipeline.references import read_references
+from beam_pipeline.retries import RetryPolicy
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("beam_pipeline.progress")  # beam_pipeline.console.PROGRESS_LOGGER
@@ -39,8 +40,14 @@ class MatchInputs(beam.PTransform):
     """Pipeline root -> (ImageRefs, match error rows): every ``--input`` glob and the rows of
     ``--input_manifest``; a glob matching nothing or a broken manifest is an error row."""
 
-    def __init__(self, globs: list[str], manifest: str | None = None, uri_column: str = "image_uri",
-                 id_column: str | None = None, references_column: str | None = None) -> None:
+    def __init__(
+        self,
+        globs: list[str],
+        manifest: str | None = None,
+        uri_column: str = "image_uri",
+        id_column: str | None = None,
+        references_column: str | None = None,
+    ) -> None:
         super().__init__()
         self.globs, self.manifest = list(globs), manifest
         self.columns = (uri_column, id_column, references_column)
@@ -48,13 +55,18 @@ class MatchInputs(beam.PTransform):
     def expand(self, root: beam.pvalue.PBegin) -> PCollections:
         refs, errors = [], []
         if self.globs:
-            matched, failed = split(root | "Globs" >> beam.Create(self.globs)
-                                    | "Match" >> beam.ParDo(MatchGlob()), "Match")
+            matched, failed = split(
+                root | "Globs" >> beam.Create(self.globs) | "Match" >> beam.ParDo(MatchGlob()), "Match"
+            )
             refs.append(matched)
             errors.append(failed)
         if self.manifest:
-            listed, failed = split(root | "Manifest" >> beam.Create([self.manifest])
-                                   | "ReadManifest" >> beam.ParDo(ReadManifest(*self.columns)), "ReadManifest")
+            listed, failed = split(
+                root
+                | "Manifest" >> beam.Create([self.manifest])
+                | "ReadManifest" >> beam.ParDo(ReadManifest(*self.columns)),
+                "ReadManifest",
+            )
             refs.append(listed)
             errors.append(failed)
         return refs | "AllRefs" >> beam.Flatten(), errors | "MatchErrors" >> beam.Flatten()
@@ -77,11 +89,16 @@ class AttachReferences(beam.PTransform):
         self.references, self.id_column, self.caption_column = references, id_column, caption_column
 
     def expand(self, refs: beam.PCollection) -> beam.PCollection:
-        table = (refs.pipeline | "ReferencesFile" >> beam.Create([self.references])
-                 | "ReadReferences" >> beam.FlatMap(read_references, self.id_column, self.caption_column))
-        return ({"refs": refs | "KeyById" >> beam.Map(lambda r: (r.image_id, r)), "captions": table}
-                | "JoinReferences" >> beam.CoGroupByKey()
-                | "Attach" >> beam.FlatMap(_attach))
+        table = (
+            refs.pipeline
+            | "ReferencesFile" >> beam.Create([self.references])
+            | "ReadReferences" >> beam.FlatMap(read_references, self.id_column, self.caption_column)
+        )
+        return (
+            {"refs": refs | "KeyById" >> beam.Map(lambda r: (r.image_id, r)), "captions": table}
+            | "JoinReferences" >> beam.CoGroupByKey()
+            | "Attach" >> beam.FlatMap(_attach)
+        )
 
 
 class SkipDoneAndDuplicates(beam.PTransform):
@@ -99,25 +116,36 @@ class SkipDoneAndDuplicates(beam.PTransform):
         p = refs.pipeline
         groups: dict[str, Any] = {"refs": refs | "KeyByUri" >> beam.Map(lambda r: (r.uri, r))}
         interrupted = set(self.interrupted_files)
-        done_sets = [(DONE, [f for f in self.done_files if f not in interrupted]),
-                     (DONE_BY_INTERRUPTED, self.interrupted_files)]
-        marks = [p | f"DoneFiles{mark}" >> beam.Create(files)
-                 | f"ReadDone{mark}" >> beam.FlatMap(read_rows, DONE_COLUMNS)
-                 | f"KeyDone{mark}" >> beam.Map(done_entry, mark)
-                 for mark, files in done_sets if files]
+        done_sets = [
+            (DONE, [f for f in self.done_files if f not in interrupted]),
+            (DONE_BY_INTERRUPTED, self.interrupted_files),
+        ]
+        marks = [
+            p
+            | f"DoneFiles{mark}" >> beam.Create(files)
+            | f"ReadDone{mark}" >> beam.FlatMap(read_rows, DONE_COLUMNS)
+            | f"KeyDone{mark}" >> beam.Map(done_entry, mark)
+            for mark, files in done_sets
+            if files
+        ]
         if marks:
             groups["done"] = marks | "AllDone" >> beam.Flatten()
         deduped = groups | "GroupByUri" >> beam.CoGroupByKey() | "Dedupe" >> beam.ParDo(DedupeAndResume())
         todo, duplicates = split(deduped, "Dedupe")
-        return (todo, duplicates, deduped | "Skipped" >> beam.FlatMap(skipped_flags),
-                deduped | "Recaptioned" >> beam.FlatMap(recaptioned_uris))
+        return (
+            todo,
+            duplicates,
+            deduped | "Skipped" >> beam.FlatMap(skipped_flags),
+            deduped | "Recaptioned" >> beam.FlatMap(recaptioned_uris),
+        )
 
 
 class ReadImages(beam.PTransform):
     """ImageRefs -> (ImageRecords at the model's input size, read/decode error rows)."""
 
-    def __init__(self, image_size: tuple[int, int], max_bytes: int, max_pixels: int,
-                 settings: ReadSettings | None = None) -> None:
+    def __init__(
+        self, image_size: tuple[int, int], max_bytes: int, max_pixels: int, settings: ReadSettings | None = None
+    ) -> None:
         super().__init__()
         self.dofn = ReadAndDecode(image_size, max_bytes, max_pixels, settings)
 
@@ -144,8 +172,9 @@ class _Progress:
             if self.interval > 0 and now - self.last >= self.interval:
                 self.last = now
                 rate = self.count / max(1e-9, now - self.start)
-                progress_log.info("progress (pid %d): %d images captioned, %.1f images/s", os.getpid(), self.count,
-                                  rate)
+                progress_log.info(
+                    "progress (pid %d): %d images captioned, %.1f images/s", os.getpid(), self.count, rate
+                )
 
 
 _PROGRESS: dict[float, _Progress] = {}
@@ -188,15 +217,21 @@ class CaptionImages(beam.PTransform):
     processes); ``model_identifier`` names that shared copy. ``sentence_bleu``: add each row's
     BLEU against the references it carries."""
 
-    def __init__(self, handler: CaptionModelHandler, model_identifier: str, progress_seconds: float = 10.0,
-                 sentence_bleu: bool = False) -> None:
+    def __init__(
+        self,
+        handler: CaptionModelHandler,
+        model_identifier: str,
+        progress_seconds: float = 10.0,
+        sentence_bleu: bool = False,
+    ) -> None:
         super().__init__()
         self.handler, self.model_identifier = handler, model_identifier
         self.progress_seconds, self.sentence_bleu = progress_seconds, sentence_bleu
 
     def expand(self, records: beam.PCollection) -> PCollections:
         outcomes = records | "RunInference" >> RunInference(
-            self.handler, clock=_Clock(), model_identifier=self.model_identifier)
+            self.handler, clock=_Clock(), model_identifier=self.model_identifier
+        )
         rows, errors = split(outcomes, "Caption")
         rows = rows | "Progress" >> beam.ParDo(CountProgress(self.progress_seconds))
         if self.sentence_bleu:
@@ -210,8 +245,16 @@ class CommitOutputs(beam.PTransform):
     (``CommitRows``) under ``directory``, fused with the step that makes its rows (a Flatten in
     front of one writer could put it in a stage that only runs once every source has finished)."""
 
-    def __init__(self, directory: str, run_id: str, schema: Any, every: int, seconds: float,
-                 policy: RetryPolicy | None = None, label_prefix: str = "") -> None:
+    def __init__(
+        self,
+        directory: str,
+        run_id: str,
+        schema: Any,
+        every: int,
+        seconds: float,
+        policy: RetryPolicy | None = None,
+        label_prefix: str = "",
+    ) -> None:
         super().__init__()
         self.directory, self.run_id, self.schema = directory, run_id, schema
         self.every, self.seconds, self.policy, self.label_prefix = every, seconds, policy, label_prefix
@@ -222,6 +265,7 @@ class CommitOutputs(beam.PTransform):
         out = {}
         for label, rows in sources.items():
             name = self.label_prefix + label
-            out[name] = rows | f"Commit-{name}" >> beam.ParDo(CommitRows(
-                self.directory, self.run_id, name, self.schema, self.every, self.seconds, self.policy))
+            out[name] = rows | f"Commit-{name}" >> beam.ParDo(
+                CommitRows(self.directory, self.run_id, name, self.schema, self.every, self.seconds, self.policy)
+            )
         return out

@@ -12,6 +12,7 @@ with its own shipped model, and the harness warns that it timed two models)::
 
 Prints each run's images/s (from the run's own summary) and the medians; B/A < 1 means B is slower.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--images", type=int, default=480)
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--extra", action="append", default=[],
-                    help="one more run_pipeline.py argument for both builds; repeat it (--extra=--model --extra=DIR)")
+    ap.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        help="one more run_pipeline.py argument for both builds; repeat it (--extra=--model --extra=DIR)",
+    )
     return ap
 
 
@@ -66,7 +71,7 @@ def main() -> int:
     for i in range(args.repeats):
         # A B, then B A, ...: a build that always runs second in its round would carry any effect
         # of the order (the previous run's leftovers in caches, the host's own rhythm) alone.
-        for label, repo in (pair if i % 2 == 0 else pair[::-1]):
+        for label, repo in pair if i % 2 == 0 else pair[::-1]:
             s = run_from(repo, image_dir, args)
             rates[label].append(s["images_per_second"])
             models[label].add(f"{s.get('model_id')} ({s.get('decode')})")
@@ -79,7 +84,9 @@ def main() -> int:
         print("WARNING: A and B captioned with different models (pass the same --extra=--model --extra=DIR to both)")
     a, b = statistics.median(rates["A"]), statistics.median(rates["B"])
     print()
-    print(table(["median images/s A (baseline)", "median images/s B (this checkout)", "B/A"], [[a, b, round(b / a, 3)]]))
+    print(
+        table(["median images/s A (baseline)", "median images/s B (this checkout)", "B/A"], [[a, b, round(b / a, 3)]])
+    )
     return 0
 
 

@@ -13,6 +13,7 @@ INT8 encoder on the same photos (one process, the pipeline's batch), printing a 
 each search's share of the encoder's time (the issue's limit: 15 %). The shipped merge ensemble
 decodes the same images (pooled vectors = the maps' means) for a comparison under the same load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,15 +56,35 @@ def main() -> int:
     from training.train_attention import build_parser
 
     data = str(SHARED / "data" / "flickr8k")
-    targs = build_parser().parse_args(["--flickr8k", data, "--encoder-weights", str(XCEPTION_WEIGHTS), "--work-dir",
-                                       args.work_dir, "--cache-dir", args.cache_dir or DEFAULT_CACHE, "--no-progress"])
+    targs = build_parser().parse_args(
+        [
+            "--flickr8k",
+            data,
+            "--encoder-weights",
+            str(XCEPTION_WEIGHTS),
+            "--work-dir",
+            args.work_dir,
+            "--cache-dir",
+            args.cache_dir or DEFAULT_CACHE,
+            "--no-progress",
+        ]
+    )
     items, maps, _ = load_split_features(targs, "dev", "xception", str(XCEPTION_WEIGHTS), (299, 299), spatial=True)
-    items, maps = items[:args.images], maps[:args.images]
+    items, maps = items[: args.images], maps[: args.images]
     with open(os.path.join(args.work_dir, "vocabulary.json")) as f:
         saved = json.load(f)
     vocab, max_length = Vocabulary.from_json(saved["vocabulary"]), int(saved["max_length"])
-    config = AttentionConfig(len(vocab), max_length, maps.shape[-1], int(np.prod(maps.shape[1:-1])),
-                             args.embedding_dim, args.units, args.attention_dim, 0.0, args.kind)
+    config = AttentionConfig(
+        len(vocab),
+        max_length,
+        maps.shape[-1],
+        int(np.prod(maps.shape[1:-1])),
+        args.embedding_dim,
+        args.units,
+        args.attention_dim,
+        0.0,
+        args.kind,
+    )
     decoder = AttentionDecoder(config)
     decoder.load_weights(os.path.join(args.work_dir, "member-1", "best.weights.h5"))
 
@@ -73,22 +94,28 @@ def main() -> int:
 
     def encode() -> None:
         for i in range(0, len(pixels), args.batch_size):
-            encoder(pixels[i:i + args.batch_size])
+            encoder(pixels[i : i + args.batch_size])
+
     encode()
     enc_ms = 1000 * median_time(encode, args.repeats)[0] / len(pixels)
 
     rows = []
     for runtime in ("openvino", "tensorflow"):
         step = make_attention_step_model([decoder], runtime, cache="none")
-        for settings in (DecodeSettings("greedy", max_length=max_length),
-                         DecodeSettings("beam", args.beam_width, 0.5, max_length)):
+        for settings in (
+            DecodeSettings("greedy", max_length=max_length),
+            DecodeSettings("beam", args.beam_width, 0.5, max_length),
+        ):
+
             def decode(step=step, settings=settings) -> None:
                 for i in range(0, len(maps), args.batch_size):
-                    caption_features(step, vocab, maps[i:i + args.batch_size], settings)
+                    caption_features(step, vocab, maps[i : i + args.batch_size], settings)
+
             decode()
             per = 1000 * median_time(decode, args.repeats)[0] / len(maps)
-            rows.append([f"{settings.describe()}, {runtime}", round(per, 2), round(enc_ms, 2),
-                         f"{100 * per / enc_ms:.1f} %"])
+            rows.append(
+                [f"{settings.describe()}, {runtime}", round(per, 2), round(enc_ms, 2), f"{100 * per / enc_ms:.1f} %"]
+            )
     # The shipped merge ensemble on the same images (its pooled vector is the map's mean), for a
     # comparison under the same load.
     from model.captioner import build_step_model
@@ -96,15 +123,26 @@ def main() -> int:
     pooled = maps.astype(np.float32).mean(axis=(1, 2))
     shipped = build_step_model(contents, "openvino", cache="none")
     for settings in (contents.decode_settings(method="greedy"), contents.decode_settings()):
+
         def decode_shipped(settings=settings) -> None:
             for i in range(0, len(pooled), args.batch_size):
-                caption_features(shipped, contents.vocab, pooled[i:i + args.batch_size], settings)
+                caption_features(shipped, contents.vocab, pooled[i : i + args.batch_size], settings)
+
         decode_shipped()
         per = 1000 * median_time(decode_shipped, args.repeats)[0] / len(pooled)
-        rows.append([f"shipped merge ensemble ({len(contents.decoder_weights_paths)} decoders), "
-                     f"{settings.describe()}, openvino", round(per, 2), round(enc_ms, 2), f"{100 * per / enc_ms:.1f} %"])
-    print(f"machine: {machine()}; {args.kind} attention decoder ({decoder.count_params()} parameters), "
-          f"{len(maps)} dev images, batch {args.batch_size}, median of {args.repeats}")
+        rows.append(
+            [
+                f"shipped merge ensemble ({len(contents.decoder_weights_paths)} decoders), "
+                f"{settings.describe()}, openvino",
+                round(per, 2),
+                round(enc_ms, 2),
+                f"{100 * per / enc_ms:.1f} %",
+            ]
+        )
+    print(
+        f"machine: {machine()}; {args.kind} attention decoder ({decoder.count_params()} parameters), "
+        f"{len(maps)} dev images, batch {args.batch_size}, median of {args.repeats}"
+    )
     print(table(["decoding", "ms / image", "INT8 encoder ms / image", "share of encoder"], rows))
     return 0
 

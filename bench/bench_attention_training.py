@@ -9,6 +9,7 @@ image, ``--batch-images`` images per batch, the real vocabulary size; after two 
 (tracing, first run), the median of ``--repeats`` batches per size and kind, and the train-only minutes of an
 epoch over 6,000 images it implies (the dev loss pass and dev evaluation come on top).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,9 @@ def main() -> int:
     for size in args.sizes:
         units, attention = (int(x) for x in size.split(":"))
         for kind in args.kinds:
-            decoder = AttentionDecoder(AttentionConfig(args.vocab_size, 24, units=units, attention_dim=attention,
-                                                       dropout=0.3, kind=kind))
+            decoder = AttentionDecoder(
+                AttentionConfig(args.vocab_size, 24, units=units, attention_dim=attention, dropout=0.3, kind=kind)
+            )
             model = decoder.training_model
             model.compile(optimizer=keras.optimizers.Adam(5e-4), loss=keras.losses.SparseCategoricalCrossentropy())
             for _ in range(2):  # tracing, then the first run of the traced graph (slower: allocations)
@@ -62,12 +64,14 @@ def main() -> int:
                 model.train_on_batch((maps, words), target)
                 times.append(time.perf_counter() - started)
             per = float(np.median(times))
-            rows.append([kind, units, attention, decoder.count_params(), round(per, 3),
-                         round(per * 6000 / b / 60, 1)])
-    print(f"machine: {machine()}; TF threads: {os.environ.get('CAPTION_TF_THREADS', 'default')}; "
-          f"batch {b} images x 5 captions x 18 tokens; median of {args.repeats}")
-    print(table(["kind", "units", "attention dim", "parameters", "s / batch", "train min / epoch (6,000 images)"],
-                rows))
+            rows.append([kind, units, attention, decoder.count_params(), round(per, 3), round(per * 6000 / b / 60, 1)])
+    print(
+        f"machine: {machine()}; TF threads: {os.environ.get('CAPTION_TF_THREADS', 'default')}; "
+        f"batch {b} images x 5 captions x 18 tokens; median of {args.repeats}"
+    )
+    print(
+        table(["kind", "units", "attention dim", "parameters", "s / batch", "train min / epoch (6,000 images)"], rows)
+    )
     return 0
 
 

@@ -15,6 +15,7 @@ second of the whole process, start-up included), the images captioned twice ("re
 before the kill but not committed) and the peak RSS of each run's process tree (sampled every
 0.5 s).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,15 @@ from bench.common import REPO, XCEPTION_WEIGHTS, machine, process_tree_rss_mib, 
 def committed_uris(out: Path) -> list[str]:
     import pyarrow.dataset as pads
 
-    return [u for sub in ("captions", "errors") if (out / sub).is_dir()
-            for u in pads.dataset(str(out / sub), format="parquet").to_table(columns=["image_uri"])
-            .column("image_uri").to_pylist()]
+    return [
+        u
+        for sub in ("captions", "errors")
+        if (out / sub).is_dir()
+        for u in pads.dataset(str(out / sub), format="parquet")
+        .to_table(columns=["image_uri"])
+        .column("image_uri")
+        .to_pylist()
+    ]
 
 
 def main() -> int:
@@ -57,13 +64,31 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-kill-resume-"))
     images = link_dir(dev_images(args.images), work / "images")
     out = work / "out"
-    cmd = [python(), str(REPO / "run_pipeline.py"), "--json", "--input", f"{images}/*.jpg", "--output", str(out),
-           "--encoder_weights", str(XCEPTION_WEIGHTS), "--batch_size", str(args.batch_size),
-           "--commit_every", str(args.commit_every), "--commit_seconds", str(args.commit_seconds),
-           "--progress_seconds", "1", "--precision", args.precision]
+    cmd = [
+        python(),
+        str(REPO / "run_pipeline.py"),
+        "--json",
+        "--input",
+        f"{images}/*.jpg",
+        "--output",
+        str(out),
+        "--encoder_weights",
+        str(XCEPTION_WEIGHTS),
+        "--batch_size",
+        str(args.batch_size),
+        "--commit_every",
+        str(args.commit_every),
+        "--commit_seconds",
+        str(args.commit_seconds),
+        "--progress_seconds",
+        "1",
+        "--precision",
+        args.precision,
+    ]
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     first_peak = [0.0]
     sampling = threading.Event()
 
@@ -93,22 +118,70 @@ def main() -> int:
     resume_wall = time.monotonic() - resumed_at
     if res.returncode != 0:
         raise SystemExit(f"resume failed:\n{res.stderr[-3000:]}")
-    summary = json.loads(res.stdout[res.stdout.index("{"):])
+    summary = json.loads(res.stdout[res.stdout.index("{") :])
     final = committed_uris(out)
     expected = sorted(str(p) for p in images.iterdir())
-    print(table(["images", "commit_every", "captioned per last progress line", "killed after s",
-                 "rows committed at kill", "resumed: captioned", "resumed: failed", "resumed: skipped_resume",
-                 "skipped_from_interrupted", "rows in output", "distinct", "every photo once"],
-                [[args.images, args.commit_every, at_kill, round(killed_after, 1), len(committed),
-                  summary["captioned"], summary["failed"], summary["skipped_resume"],
-                  summary["skipped_from_interrupted"], len(final), len(set(final)), sorted(final) == expected]]))
+    print(
+        table(
+            [
+                "images",
+                "commit_every",
+                "captioned per last progress line",
+                "killed after s",
+                "rows committed at kill",
+                "resumed: captioned",
+                "resumed: failed",
+                "resumed: skipped_resume",
+                "skipped_from_interrupted",
+                "rows in output",
+                "distinct",
+                "every photo once",
+            ],
+            [
+                [
+                    args.images,
+                    args.commit_every,
+                    at_kill,
+                    round(killed_after, 1),
+                    len(committed),
+                    summary["captioned"],
+                    summary["failed"],
+                    summary["skipped_resume"],
+                    summary["skipped_from_interrupted"],
+                    len(final),
+                    len(set(final)),
+                    sorted(final) == expected,
+                ]
+            ],
+        )
+    )
     print()
-    print(table(["precision", "first run: images/s (to the kill)", "first run: peak RSS MiB",
-                 "resumed run: images/s", "resumed run: wall s", "resumed run: peak RSS MiB",
-                 "redone images (captioned before the kill, not committed)", "redone % of all"],
-                [[args.precision, round(at_kill / killed_after, 2), round(first_peak[0]),
-                  round(summary["captioned"] / resume_wall, 2), round(resume_wall, 1), round(resume_peak),
-                  at_kill - len(committed), round(100 * (at_kill - len(committed)) / args.images, 2)]]))
+    print(
+        table(
+            [
+                "precision",
+                "first run: images/s (to the kill)",
+                "first run: peak RSS MiB",
+                "resumed run: images/s",
+                "resumed run: wall s",
+                "resumed run: peak RSS MiB",
+                "redone images (captioned before the kill, not committed)",
+                "redone % of all",
+            ],
+            [
+                [
+                    args.precision,
+                    round(at_kill / killed_after, 2),
+                    round(first_peak[0]),
+                    round(summary["captioned"] / resume_wall, 2),
+                    round(resume_wall, 1),
+                    round(resume_peak),
+                    at_kill - len(committed),
+                    round(100 * (at_kill - len(committed)) / args.images, 2),
+                ]
+            ],
+        )
+    )
     return 0
 
 

@@ -22,6 +22,7 @@ Sections:
   process by Beam's ``FileSystems.match`` (what ``MatchGlob`` does): time, listing requests
   (counted at the proxy), and the process's RSS before/after and peak.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,10 +52,17 @@ BUCKET = "bench"
 def aws_env(endpoint: str, tmp: Path) -> dict[str, str]:
     """Environment for a process whose S3 clients must talk to ``endpoint`` only."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and "proxy" not in k.lower()}
-    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-               AWS_ENDPOINT_URL=endpoint, AWS_ENDPOINT_URL_S3=endpoint, AWS_EC2_METADATA_DISABLED="true",
-               AWS_CONFIG_FILE=str(tmp / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp / "none"),
-               NO_PROXY="127.0.0.1,localhost")
+    env.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ENDPOINT_URL_S3=endpoint,
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE=str(tmp / "none"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp / "none"),
+        NO_PROXY="127.0.0.1,localhost",
+    )
     return env
 
 
@@ -117,16 +125,26 @@ def read_variants(keys: list[str], sizes: dict[str, int]) -> dict[str, Callable[
     def ours_16(ks):
         reads = ReadAhead(16, 256 << 20)
         try:
-            got = [n for k in ks for _, n in reads.submit(
-                lambda k=k: len(reader.read(f"s3://{BUCKET}/{k}", max_bytes, sizes[k])), sizes[k])]
+            got = [
+                n
+                for k in ks
+                for _, n in reads.submit(
+                    lambda k=k: len(reader.read(f"s3://{BUCKET}/{k}", max_bytes, sizes[k])), sizes[k]
+                )
+            ]
             return sum(got) + sum(n for _, n in reads.drain())
         finally:
             reads.close()
 
-    return {"boto3 get_object, 1 at a time": boto3_seq, "boto3 get_object, 16 threads": boto3_16,
-            "Beam FileSystems.open().read()": beam_open, "s3fs cat_file, 1 at a time": s3fs_cat_file,
-            "s3fs cat(all paths), async": s3fs_cat_many, "ObjectReader.read, 1 at a time": ours_seq,
-            "ObjectReader.read + ReadAhead(16)": ours_16}
+    return {
+        "boto3 get_object, 1 at a time": boto3_seq,
+        "boto3 get_object, 16 threads": boto3_16,
+        "Beam FileSystems.open().read()": beam_open,
+        "s3fs cat_file, 1 at a time": s3fs_cat_file,
+        "s3fs cat(all paths), async": s3fs_cat_many,
+        "ObjectReader.read, 1 at a time": ours_seq,
+        "ObjectReader.read + ReadAhead(16)": ours_16,
+    }
 
 
 def bench_reads(keys: list[str], sizes: dict[str, int], repeats: int, slow_subset: int) -> dict[str, float]:
@@ -146,11 +164,14 @@ def bench_reads(keys: list[str], sizes: dict[str, int], repeats: int, slow_subse
 
 
 # -- pipeline ----------------------------------------------------------------------------------
-def pipeline_runs(args: argparse.Namespace, local_dir: Path, moto_port: int, proxy_port: int, tmp: Path,
-                  extra: list[str]) -> dict[str, list[dict]]:
-    variants = {"local disk": (str(local_dir), None),
-                "S3, 0 ms": (f"s3://{BUCKET}/photos", f"http://127.0.0.1:{moto_port}"),
-                "S3, 50 ms per request": (f"s3://{BUCKET}/photos", f"http://127.0.0.1:{proxy_port}")}
+def pipeline_runs(
+    args: argparse.Namespace, local_dir: Path, moto_port: int, proxy_port: int, tmp: Path, extra: list[str]
+) -> dict[str, list[dict]]:
+    variants = {
+        "local disk": (str(local_dir), None),
+        "S3, 0 ms": (f"s3://{BUCKET}/photos", f"http://127.0.0.1:{moto_port}"),
+        "S3, 50 ms per request": (f"s3://{BUCKET}/photos", f"http://127.0.0.1:{proxy_port}"),
+    }
     if args.pipeline_variants:
         variants = {k: v for k, v in variants.items() if k in args.pipeline_variants.split(";")}
     results: dict[str, list[dict]] = {name: [] for name in variants}
@@ -158,8 +179,13 @@ def pipeline_runs(args: argparse.Namespace, local_dir: Path, moto_port: int, pro
         for name, (source, endpoint) in variants.items():
             env = aws_env(endpoint, tmp) if endpoint else None
             with tempfile.TemporaryDirectory() as out:
-                res = subprocess.run(pipeline_command(source, f"{out}/out", args, extra), capture_output=True,
-                                     text=True, cwd=REPO, env=env)
+                res = subprocess.run(
+                    pipeline_command(source, f"{out}/out", args, extra),
+                    capture_output=True,
+                    text=True,
+                    cwd=REPO,
+                    env=env,
+                )
             summary = pipeline_summary(res)
             assert summary["captioned"] == args.images and summary["failed"] == 0, summary
             results[name].append(summary)
@@ -192,8 +218,13 @@ def bench_listing(n: int, client: Any, proxy: FaultProxy, proxy_port: int, tmp: 
     out = []
     for _ in range(repeats):
         proxy.reset_counts()
-        res = subprocess.run([python(), "-c", LISTING_PROBE, f"s3://{BUCKET}/lake/*.jpg"], capture_output=True,
-                             text=True, cwd=REPO, env=aws_env(f"http://127.0.0.1:{proxy_port}", tmp))
+        res = subprocess.run(
+            [python(), "-c", LISTING_PROBE, f"s3://{BUCKET}/lake/*.jpg"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=aws_env(f"http://127.0.0.1:{proxy_port}", tmp),
+        )
         if res.returncode != 0:
             raise SystemExit(f"listing probe failed:\n{res.stderr[-3000:]}")
         row = json.loads(res.stdout.strip().splitlines()[-1])
@@ -209,11 +240,18 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3, help="pipeline runs per variant (interleaved)")
     parser.add_argument("--repeats", type=int, default=5, help="rounds of the read comparison")
-    parser.add_argument("--beam_open_subset", type=int, default=10,
-                        help="objects read with Beam's FileSystems.open per round (it is slow)")
+    parser.add_argument(
+        "--beam_open_subset",
+        type=int,
+        default=10,
+        help="objects read with Beam's FileSystems.open per round (it is slow)",
+    )
     parser.add_argument("--latency_ms", type=float, default=50.0)
-    parser.add_argument("--pipeline_variants", default="",
-                        help="';'-separated subset of: local disk;S3, 0 ms;S3, 50 ms per request (default all)")
+    parser.add_argument(
+        "--pipeline_variants",
+        default="",
+        help="';'-separated subset of: local disk;S3, 0 ms;S3, 50 ms per request (default all)",
+    )
     parser.add_argument("--listing_objects", type=int, default=20000)
     parser.add_argument("--encoder_weights", default=str(XCEPTION_WEIGHTS))
     parser.add_argument("--batch_size", type=int, default=16)
@@ -254,32 +292,67 @@ def main() -> int:
                 ms = bench_reads(keys, sizes, args.repeats, args.beam_open_subset)
                 base = ms["boto3 get_object, 1 at a time"]
                 print(f"### Reads from S3 (moto), {label}\n")
-                print(table(["read path", "ms per object (median)", "vs boto3 get_object 1 at a time"],
-                            [[name, v, f"{v / base:.2f}x"] for name, v in ms.items()]) + "\n", flush=True)
+                print(
+                    table(
+                        ["read path", "ms per object (median)", "vs boto3 get_object 1 at a time"],
+                        [[name, v, f"{v / base:.2f}x"] for name, v in ms.items()],
+                    )
+                    + "\n",
+                    flush=True,
+                )
 
         if "pipeline" in sections:
             results = pipeline_runs(args, local_dir, moto_port, proxy_port, tmp, args.pipeline_args)
-            local = statistics.median(args.images / s["wall_seconds"] for s in results.get("local disk", [])) \
-                if results.get("local disk") else float("nan")
+            local = (
+                statistics.median(args.images / s["wall_seconds"] for s in results.get("local disk", []))
+                if results.get("local disk")
+                else float("nan")
+            )
             rows = []
             for name, runs in results.items():
                 walls = [s["wall_seconds"] for s in runs]
                 ips = statistics.median(args.images / w for w in walls)
-                rows.append([name, statistics.median(walls), ips, f"{ips / local:.2f}",
-                             " / ".join(f"{w:.1f}" for w in walls)])
+                rows.append(
+                    [name, statistics.median(walls), ips, f"{ips / local:.2f}", " / ".join(f"{w:.1f}" for w in walls)]
+                )
             print(f"### Pipeline, {args.images} photos (shipped model, Xception, batch {args.batch_size})\n")
-            print(table(["source", "wall s (median)", "images/s (median)", "ratio to local", "runs (s)"], rows) + "\n",
-                  flush=True)
+            print(
+                table(["source", "wall s (median)", "images/s (median)", "ratio to local", "runs (s)"], rows) + "\n",
+                flush=True,
+            )
 
         if "listing" in sections:
             proxy.latency = 0.0
             use_endpoint(f"http://127.0.0.1:{moto_port}", tmp)
             runs = bench_listing(args.listing_objects, boto3.client("s3"), proxy, proxy_port, tmp, repeats=3)
             print(f"### Listing one glob over {args.listing_objects} objects (Beam FileSystems.match, fresh process)\n")
-            print(table(["run", "objects", "seconds", "listing requests", "object requests", "RSS before MiB",
-                         "RSS after MiB", "peak RSS MiB"],
-                        [[i + 1, r["objects"], r["seconds"], r["listing_requests"], r["object_requests"],
-                          r["rss_before_mib"], r["rss_after_mib"], r["peak_rss_mib"]] for i, r in enumerate(runs)]))
+            print(
+                table(
+                    [
+                        "run",
+                        "objects",
+                        "seconds",
+                        "listing requests",
+                        "object requests",
+                        "RSS before MiB",
+                        "RSS after MiB",
+                        "peak RSS MiB",
+                    ],
+                    [
+                        [
+                            i + 1,
+                            r["objects"],
+                            r["seconds"],
+                            r["listing_requests"],
+                            r["object_requests"],
+                            r["rss_before_mib"],
+                            r["rss_after_mib"],
+                            r["peak_rss_mib"],
+                        ]
+                        for i, r in enumerate(runs)
+                    ],
+                )
+            )
     finally:
         proxy.stop()
         stop_process(proc)

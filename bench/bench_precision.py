@@ -18,6 +18,7 @@ Sections (each prints a Markdown table):
             core-hour and core-hours per million images
   gate      the INT8 quality gate recorded in the artifact (1,000 dev images, training.quantize)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,16 @@ def encoder_section(args, paths: list[Path]) -> None:
     from model.captioner import load_caption_model
     from model.flickr8k import parse_token_file
 
-    models = {p: load_caption_model(args.model, encoder_weights=args.encoder_weights, precision=p,
-                                    runtime="openvino", cache=str(args.model_cache_dir)) for p in PRECISIONS}
+    models = {
+        p: load_caption_model(
+            args.model,
+            encoder_weights=args.encoder_weights,
+            precision=p,
+            runtime="openvino",
+            cache=str(args.model_cache_dir),
+        )
+        for p in PRECISIONS
+    }
     pixels = decode_all(paths, models["float32"].image_size)
     b = args.batch_size
     times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
@@ -57,23 +66,42 @@ def encoder_section(args, paths: list[Path]) -> None:
         for p in PRECISIONS:
             started = time.perf_counter()
             for i in range(0, len(pixels), b):
-                models[p].encode(pixels[i:i + b])
+                models[p].encode(pixels[i : i + b])
             times[p].append(time.perf_counter() - started)
     refs_by_id = parse_token_file((FLICKR8K / "Flickr8k.token.txt").read_text())
     refs = [[bleu_tokens(c) for c in refs_by_id[p.name]] for p in paths]
     captions = {}
     for p in PRECISIONS:
-        feats = np.concatenate([models[p].encode(pixels[i:i + b]) for i in range(0, len(pixels), b)])
+        feats = np.concatenate([models[p].encode(pixels[i : i + b]) for i in range(0, len(pixels), b)])
         captions[p] = [r.caption for r in models["float32"].caption_features(feats)]
     rate = {p: len(pixels) / statistics.median(times[p]) for p in PRECISIONS}
     rows = []
     for p in PRECISIONS:
         bleu = corpus_bleu_scores([bleu_tokens(c) for c in captions[p]], refs)
         same = np.mean([a == c for a, c in zip(captions["float32"], captions[p])])
-        rows.append([p, round(rate[p], 2), round(rate[p] / rate["float32"], 2), f"{100 * same:.1f} %",
-                     round(bleu["bleu1"], 4), round(bleu["bleu4"], 4)])
-    print(table(["encoder precision", f"images/s (median of {args.repeats}, interleaved)", "speed-up vs float32",
-                 f"captions identical to float32 ({len(paths)} images)", "BLEU-1", "BLEU-4"], rows))
+        rows.append(
+            [
+                p,
+                round(rate[p], 2),
+                round(rate[p] / rate["float32"], 2),
+                f"{100 * same:.1f} %",
+                round(bleu["bleu1"], 4),
+                round(bleu["bleu4"], 4),
+            ]
+        )
+    print(
+        table(
+            [
+                "encoder precision",
+                f"images/s (median of {args.repeats}, interleaved)",
+                "speed-up vs float32",
+                f"captions identical to float32 ({len(paths)} images)",
+                "BLEU-1",
+                "BLEU-4",
+            ],
+            rows,
+        )
+    )
     print()
 
 
@@ -93,10 +121,29 @@ def pipeline_section(args, paths: list[Path], work: Path) -> None:
     rows = []
     for p in precisions:
         per_core_hour = rate[p] * 3600 / cores
-        rows.append([p, " / ".join(f"{r['images_per_second']:.1f}" for r in runs[p]), round(rate[p], 2),
-                     round(rate[p] / rate["float32"], 2), int(round(per_core_hour)), round(1e6 / per_core_hour, 1)])
-    print(table(["pipeline precision", "runs (images/s)", f"median images/s ({len(paths)} images)",
-                 "speed-up vs float32", f"images per core-hour ({cores} cores)", "core-hours per 1 M images"], rows))
+        rows.append(
+            [
+                p,
+                " / ".join(f"{r['images_per_second']:.1f}" for r in runs[p]),
+                round(rate[p], 2),
+                round(rate[p] / rate["float32"], 2),
+                int(round(per_core_hour)),
+                round(1e6 / per_core_hour, 1),
+            ]
+        )
+    print(
+        table(
+            [
+                "pipeline precision",
+                "runs (images/s)",
+                f"median images/s ({len(paths)} images)",
+                "speed-up vs float32",
+                f"images per core-hour ({cores} cores)",
+                "core-hours per 1 M images",
+            ],
+            rows,
+        )
+    )
     print()
 
 
@@ -107,11 +154,15 @@ def gate_section(args) -> None:
     if not gate:
         print("(the artifact records no INT8 quality gate)\n")
         return
-    rows = [[k, round(gate["bleu_float32"][k], 4), round(gate["bleu_quantised"][k], 4), f"{gate['bleu_delta'][k]:+.4f}"]
-            for k in ("bleu1", "bleu2", "bleu3", "bleu4")]
-    print(f"INT8 quality gate recorded in the artifact: {gate['images']} {gate['split']} images, {gate['decode']}, "
-          f"identical captions {100 * gate['identical_captions']:.1f} %, feature cosine median "
-          f"{gate['feature_cosine']['median']:.4f} / min {gate['feature_cosine']['min']:.4f}")
+    rows = [
+        [k, round(gate["bleu_float32"][k], 4), round(gate["bleu_quantised"][k], 4), f"{gate['bleu_delta'][k]:+.4f}"]
+        for k in ("bleu1", "bleu2", "bleu3", "bleu4")
+    ]
+    print(
+        f"INT8 quality gate recorded in the artifact: {gate['images']} {gate['split']} images, {gate['decode']}, "
+        f"identical captions {100 * gate['identical_captions']:.1f} %, feature cosine median "
+        f"{gate['feature_cosine']['median']:.4f} / min {gate['feature_cosine']['min']:.4f}"
+    )
     print(table(["corpus BLEU", "float32", "INT8", "delta"], rows))
     print()
 
@@ -123,9 +174,16 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32, help="the pipeline's --batch_size (its default)")
     ap.add_argument("--model", default=str(REPO / "models" / "flickr8k-xception"))
     ap.add_argument("--encoder-weights", default=str(XCEPTION_WEIGHTS))
-    ap.add_argument("--only", nargs="+", default=["gate", "encoder", "pipeline"], choices=["gate", "encoder", "pipeline"])
-    ap.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS,
-                    help="pipeline section: which precisions to run (float32 first: the speed-ups are against it)")
+    ap.add_argument(
+        "--only", nargs="+", default=["gate", "encoder", "pipeline"], choices=["gate", "encoder", "pipeline"]
+    )
+    ap.add_argument(
+        "--precisions",
+        nargs="+",
+        default=list(PRECISIONS),
+        choices=PRECISIONS,
+        help="pipeline section: which precisions to run (float32 first: the speed-ups are against it)",
+    )
     args = ap.parse_args()
     if "float32" not in args.precisions:
         ap.error("--precisions must include float32 (the speed-ups are against it)")

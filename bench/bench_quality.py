@@ -22,6 +22,7 @@ keyed by the IR's hash) and the members from the artifact itself, so every row u
 shipped weights. Dev only: the test split is held back, and the shipped search was chosen on dev,
 so these numbers are optimistic for unseen data.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,27 @@ import numpy as np
 from bench.common import FLICKR8K, XCEPTION_WEIGHTS, machine, table
 
 STUDIES = ("members", "search", "mmi")
-HEADERS = ["decoders", "search", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D", "ROUGE-L", "distinct %",
-           "words", "novel %", "R@1", "R@5", "R@10", "MRR", "median rank", "decode ms/image", "% of INT8 encoder",
-           "% of INT8 encoder (CPU time)"]
+HEADERS = [
+    "decoders",
+    "search",
+    "BLEU-1",
+    "BLEU-2",
+    "BLEU-3",
+    "BLEU-4",
+    "CIDEr-D",
+    "ROUGE-L",
+    "distinct %",
+    "words",
+    "novel %",
+    "R@1",
+    "R@5",
+    "R@10",
+    "MRR",
+    "median rank",
+    "decode ms/image",
+    "% of INT8 encoder",
+    "% of INT8 encoder (CPU time)",
+]
 
 
 def int8_encoder(contents: Any, items: list, images: int, batch: int) -> Callable[[], tuple[float, float]]:
@@ -54,7 +73,7 @@ def int8_encoder(contents: Any, items: list, images: int, batch: int) -> Callabl
     encoder(pixels[:batch])  # compile + warm up
 
     def once() -> tuple[float, float]:
-        return timed(lambda: [encoder(pixels[i:i + batch]) for i in range(0, len(pixels), batch)], len(pixels))
+        return timed(lambda: [encoder(pixels[i : i + batch]) for i in range(0, len(pixels), batch)], len(pixels))
 
     return once
 
@@ -85,14 +104,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.5, 1.0])
     p.add_argument("--priors", nargs="+", choices=PRIORS, default=list(PRIORS))
     p.add_argument("--mmi-widths", type=int, nargs="+", default=[5, 10])
-    p.add_argument("--mmi-modes", nargs="+", choices=["rerank", "step"], default=["rerank"],
-                   help="step: the unigram prior's word penalty inside the search (other priors are skipped)")
+    p.add_argument(
+        "--mmi-modes",
+        nargs="+",
+        choices=["rerank", "step"],
+        default=["rerank"],
+        help="step: the unigram prior's word penalty inside the search (other priors are skipped)",
+    )
     p.add_argument("--lambdas", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5, 0.7, 1.0])
     p.add_argument("--prior-images", type=int, default=500, help="training images averaged for the decoder prior")
     p.add_argument("--batch-size", type=int, default=16, help="images per decoding call (the pipeline's batch)")
     p.add_argument("--timing-images", type=int, default=320)
-    p.add_argument("--encoder-images", type=int, default=32,
-                   help="photos the INT8 encoder is timed on, right before every timed decoding pass")
+    p.add_argument(
+        "--encoder-images",
+        type=int,
+        default=32,
+        help="photos the INT8 encoder is timed on, right before every timed decoding pass",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--output-json", default=None, help="append one JSON line per row here")
     add_data_arguments(p, with_dev=False)
@@ -114,24 +142,29 @@ def main(argv: list[str] | None = None) -> int:
     time_encoder = int8_encoder(contents, items, args.encoder_images, args.batch_size)
     encoder_ms = float(np.median([time_encoder()[0] for _ in range(args.repeats)]))
     anchor = human_anchor([it.captions for it in items])
-    print(f"machine: {machine()}; model {contents.model_id}; dev images {len(items)}, {args.precision} features; "
-          f"INT8 encoder {encoder_ms:.1f} ms/image (batch {args.batch_size}, {args.encoder_images} photos)\n"
-          f"human anchor (reference #1 indexed): R@1 {anchor.r_at_1:.3f} R@5 {anchor.r_at_5:.3f} "
-          f"R@10 {anchor.r_at_10:.3f} MRR {anchor.mrr:.3f} median rank {anchor.median_rank:g}\n", flush=True)
+    print(
+        f"machine: {machine()}; model {contents.model_id}; dev images {len(items)}, {args.precision} features; "
+        f"INT8 encoder {encoder_ms:.1f} ms/image (batch {args.batch_size}, {args.encoder_images} photos)\n"
+        f"human anchor (reference #1 indexed): R@1 {anchor.r_at_1:.3f} R@5 {anchor.r_at_5:.3f} "
+        f"R@10 {anchor.r_at_10:.3f} MRR {anchor.mrr:.3f} median rank {anchor.median_rank:g}\n",
+        flush=True,
+    )
 
     steps: dict[tuple[int, ...], Any] = {}
 
     def step_of(members: tuple[int, ...]) -> Any:
         if members not in steps:
-            steps[members] = make_step_model([decoders[i] for i in members], "openvino", None, "none",
-                                             contents.ensemble_combine)
+            steps[members] = make_step_model(
+                [decoders[i] for i in members], "openvino", None, "none", contents.ensemble_combine
+            )
         return steps[members]
 
     rows: list[list[Any]] = []
     timing = feats[: args.timing_images]
 
-    def measure(label: str, members: tuple[int, ...], settings: DecodeSettings, prior: Any = None,
-                prior_name: str = "") -> None:
+    def measure(
+        label: str, members: tuple[int, ...], settings: DecodeSettings, prior: Any = None, prior_name: str = ""
+    ) -> None:
         step = step_of(members)
         captions = generate_captions(step, contents.vocab, feats, settings, prior=prior)
         scores = {**caption_scores(captions, items), **findability_scores(captions, items, train_captions)}
@@ -140,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             if hasattr(prior, "_cache"):
                 prior._cache.clear()  # an n-gram prior starts cold for every timed pass
             for i in range(0, len(timing), args.batch_size):
-                generate_captions(step, contents.vocab, timing[i:i + args.batch_size], settings, args.batch_size, prior)
+                generate_captions(
+                    step, contents.vocab, timing[i : i + args.batch_size], settings, args.batch_size, prior
+                )
 
         decode_all()
         # Encoder and decoding timed back to back, so a busy spell on the machine hits both.
@@ -149,18 +184,31 @@ def main(argv: list[str] | None = None) -> int:
         share = float(np.median([d[0] / e[0] for e, d in pairs]))
         cpu_share = float(np.median([d[1] / e[1] for e, d in pairs]))
         search = settings.describe() + (f" [{prior_name} prior]" if prior_name else "")
-        rows.append([label, search] + [f"{scores[k]:.4f}" for k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider_d",
-                                                                      "rouge_l")]
-                    + [f"{100 * scores['distinct_share']:.1f}", scores["words"], f"{100 * scores['novel_share']:.1f}"]
-                    + [f"{scores[k]:.3f}" for k in ("r_at_1", "r_at_5", "r_at_10", "mrr")]
-                    + [f"{scores['median_rank']:g}", f"{ms:.2f}", f"{100 * share:.1f}", f"{100 * cpu_share:.1f}"])
+        rows.append(
+            [label, search]
+            + [f"{scores[k]:.4f}" for k in ("bleu1", "bleu2", "bleu3", "bleu4", "cider_d", "rouge_l")]
+            + [f"{100 * scores['distinct_share']:.1f}", scores["words"], f"{100 * scores['novel_share']:.1f}"]
+            + [f"{scores[k]:.3f}" for k in ("r_at_1", "r_at_5", "r_at_10", "mrr")]
+            + [f"{scores['median_rank']:g}", f"{ms:.2f}", f"{100 * share:.1f}", f"{100 * cpu_share:.1f}"]
+        )
         print(" | ".join(str(c) for c in rows[-1]), flush=True)
         if args.output_json:
             with open(args.output_json, "a") as f:
-                f.write(json.dumps({"decoders": label, "search": search, "precision": args.precision,
-                                    "decode_ms": ms, "decode_share_of_int8_encoder": share,
-                                    "decode_cpu_share_of_int8_encoder": cpu_share,
-                                    "timings_ms": [[e, d] for e, d in pairs], **scores}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "decoders": label,
+                            "search": search,
+                            "precision": args.precision,
+                            "decode_ms": ms,
+                            "decode_share_of_int8_encoder": share,
+                            "decode_cpu_share_of_int8_encoder": cpu_share,
+                            "timings_ms": [[e, d] for e, d in pairs],
+                            **scores,
+                        }
+                    )
+                    + "\n"
+                )
 
     everyone = tuple(range(len(decoders)))
     if "members" in args.study:
@@ -172,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         measure(f"{len(decoders)} (shipped)", everyone, DecodeSettings("greedy", max_length=shipped.max_length))
         for width in args.widths:
             for alpha in args.alphas:
-                measure(f"{len(decoders)} (shipped)", everyone, DecodeSettings("beam", width, alpha, shipped.max_length))
+                measure(
+                    f"{len(decoders)} (shipped)", everyone, DecodeSettings("beam", width, alpha, shipped.max_length)
+                )
     if "mmi" in args.study:
         for name in args.priors:
             prior = build_prior(name, args, contents, step_of(everyone), args.prior_images)

@@ -7,6 +7,7 @@ byte-identical copy). The shipped model captions them with and without the flag,
 
     python bench/bench_same_content.py --images 96 --repeats 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,12 @@ def main() -> int:
         for r in range(args.repeats):
             for name, extra in variants.items():
                 started = time.perf_counter()
-                res = subprocess.run(pipeline_command(images, f"{tmp}/{r}-{len(extra)}", args, extra),
-                                     capture_output=True, text=True, cwd=REPO)
+                res = subprocess.run(
+                    pipeline_command(images, f"{tmp}/{r}-{len(extra)}", args, extra),
+                    capture_output=True,
+                    text=True,
+                    cwd=REPO,
+                )
                 wall = time.perf_counter() - started
                 summary = pipeline_summary(res)
                 assert summary["captioned"] == args.images // 2 * 2, summary
@@ -62,12 +67,24 @@ def main() -> int:
                 pipeline_walls[name].append(summary["wall_seconds"])
                 model_runs[name] = summary["counters"]["images_captioned"]
                 print(f"repeat {r} {name}: {wall:.1f} s", flush=True)
-    rows = [[name, args.images, model_runs[name], statistics.median(walls[name]),
-             statistics.median(pipeline_walls[name]), " ".join(f"{w:.1f}" for w in walls[name])]
-            for name in variants]
+    rows = [
+        [
+            name,
+            args.images,
+            model_runs[name],
+            statistics.median(walls[name]),
+            statistics.median(pipeline_walls[name]),
+            " ".join(f"{w:.1f}" for w in walls[name]),
+        ]
+        for name in variants
+    ]
     print(f"\nmachine: {machine()}")
-    print(table(["variant", "images", "through the model", "median process s", "median pipeline s",
-                 "process s (all runs)"], rows))
+    print(
+        table(
+            ["variant", "images", "through the model", "median process s", "median pipeline s", "process s (all runs)"],
+            rows,
+        )
+    )
     return 0
 
 

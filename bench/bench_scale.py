@@ -14,6 +14,7 @@ The corpus is deleted at the end.
 Targets (issue 30): 100,010 inputs -> matched 100,010, distinct_content 1,010, 10 unreadable,
 under 20 minutes, peak RSS under 2 GB.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,17 @@ def run_inventory(pattern: str, out: Path, extra: list[str]) -> tuple[dict, floa
     """(summary, wall seconds, peak driver MiB, peak workers MiB) of one inventory process."""
     import psutil
 
-    cmd = [sys.executable, str(REPO / "run_pipeline.py"), "--json", "--inventory", "--input", pattern,
-           "--output", str(out), *extra]
+    cmd = [
+        sys.executable,
+        str(REPO / "run_pipeline.py"),
+        "--json",
+        "--inventory",
+        "--input",
+        pattern,
+        "--output",
+        str(out),
+        *extra,
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
@@ -98,7 +108,7 @@ def run_inventory(pattern: str, out: Path, extra: list[str]) -> tuple[dict, floa
     thread.join()
     if proc.returncode != 0:
         raise SystemExit(f"inventory failed ({proc.returncode}):\n{stderr[-4000:]}")
-    return json.loads(stdout[stdout.index("{"):]), wall, peaks[0], peaks[1]
+    return json.loads(stdout[stdout.index("{") :]), wall, peaks[0], peaks[1]
 
 
 SYNC_CHILD = r"""
@@ -133,11 +143,20 @@ def sync_rss(rows: int, changed: int, workdir: Path) -> dict:
     ``changed`` rows were captioned again; the peak RSS of that process."""
     root = Path(tempfile.mkdtemp(prefix="bench-scale-sync-", dir=workdir))
     try:
-        env = dict(os.environ, PYTHONPATH=str(REPO), PYICEBERG_CATALOG__BENCH__TYPE="sql",
-                   PYICEBERG_CATALOG__BENCH__URI=f"sqlite:///{root}/catalog.db",
-                   PYICEBERG_CATALOG__BENCH__WAREHOUSE=f"file://{root}/warehouse")
-        done = subprocess.run([sys.executable, "-c", SYNC_CHILD, str(root / "out"), str(rows), str(changed)],
-                              capture_output=True, text=True, env=env, cwd=REPO)
+        env = dict(
+            os.environ,
+            PYTHONPATH=str(REPO),
+            PYICEBERG_CATALOG__BENCH__TYPE="sql",
+            PYICEBERG_CATALOG__BENCH__URI=f"sqlite:///{root}/catalog.db",
+            PYICEBERG_CATALOG__BENCH__WAREHOUSE=f"file://{root}/warehouse",
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", SYNC_CHILD, str(root / "out"), str(rows), str(changed)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
         if done.returncode != 0:
             raise SystemExit(f"sync benchmark failed:\n{done.stderr[-4000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
@@ -151,10 +170,19 @@ def main() -> int:
     ap.add_argument("--distinct", type=int, default=1000)
     ap.add_argument("--broken", type=int, default=10)
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
-    ap.add_argument("--dask", type=int, default=0, help="run on a local Dask cluster with this many workers "
-                                                         "(started here, on 127.0.0.1)")
-    ap.add_argument("--sync-rows", type=int, nargs="*", default=[],
-                    help="instead: peak RSS of the Iceberg sync over this many committed caption rows")
+    ap.add_argument(
+        "--dask",
+        type=int,
+        default=0,
+        help="run on a local Dask cluster with this many workers (started here, on 127.0.0.1)",
+    )
+    ap.add_argument(
+        "--sync-rows",
+        type=int,
+        nargs="*",
+        default=[],
+        help="instead: peak RSS of the Iceberg sync over this many committed caption rows",
+    )
     ap.add_argument("extra", nargs="*", help="more run_pipeline.py flags (after --)")
     args = ap.parse_args()
     print(machine())
@@ -162,10 +190,21 @@ def main() -> int:
         rows = []
         for n in args.sync_rows:
             r = sync_rss(n, 1000, args.workdir)
-            rows.append([n, r["appended"], f"{r['first_s']:.1f}", r["replaced"], f"{r['second_s']:.1f}",
-                         f"{r['peak_rss_mib']:.0f}"])
-        print(table(["committed rows", "appended", "first sync (s)", "replaced", "second sync (s)",
-                     "peak RSS (MiB)"], rows))
+            rows.append(
+                [
+                    n,
+                    r["appended"],
+                    f"{r['first_s']:.1f}",
+                    r["replaced"],
+                    f"{r['second_s']:.1f}",
+                    f"{r['peak_rss_mib']:.0f}",
+                ]
+            )
+        print(
+            table(
+                ["committed rows", "appended", "first sync (s)", "replaced", "second sync (s)", "peak RSS (MiB)"], rows
+            )
+        )
         return 0
     with contextlib.ExitStack() as stack:
         if args.dask:
@@ -173,8 +212,14 @@ def main() -> int:
 
             logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-scale-dask-")))
             address = stack.enter_context(dask_cluster(logs, workers=args.dask))
-            args.extra += ["--runner", "DaskRunner", "--dask_client_address", address,
-                           "--dask_npartitions", str(2 * args.dask)]
+            args.extra += [
+                "--runner",
+                "DaskRunner",
+                "--dask_client_address",
+                address,
+                "--dask_npartitions",
+                str(2 * args.dask),
+            ]
         return run_all(args)
 
 
@@ -191,13 +236,54 @@ def run_all(args: argparse.Namespace) -> int:
             shutil.rmtree(root, ignore_errors=True)
         expected = (n + args.broken, args.distinct + args.broken, args.broken)
         got = (summary["matched"], summary["distinct_content"], summary["unreadable"])
-        rows.append([n + args.broken, summary["matched"], summary["distinct_content"], summary["unreadable"],
-                     "yes" if got == expected else f"NO, expected {expected}", f"{built:.0f}", f"{wall:.0f}",
-                     f"{summary['inputs_per_second']:.0f}", f"{driver:.0f}", f"{workers:.0f}"])
-        print(json.dumps({k: summary[k] for k in ("matched", "readable", "unreadable_by_type", "distinct_content",
-                                                  "duplicate_inputs", "bytes", "wall_seconds")}), flush=True)
-    print(table(["inputs", "matched", "distinct_content", "unreadable", "as expected", "corpus built (s)",
-                 "inventory wall (s)", "inputs/s", "peak RSS driver (MiB)", "peak RSS workers (MiB)"], rows))
+        rows.append(
+            [
+                n + args.broken,
+                summary["matched"],
+                summary["distinct_content"],
+                summary["unreadable"],
+                "yes" if got == expected else f"NO, expected {expected}",
+                f"{built:.0f}",
+                f"{wall:.0f}",
+                f"{summary['inputs_per_second']:.0f}",
+                f"{driver:.0f}",
+                f"{workers:.0f}",
+            ]
+        )
+        print(
+            json.dumps(
+                {
+                    k: summary[k]
+                    for k in (
+                        "matched",
+                        "readable",
+                        "unreadable_by_type",
+                        "distinct_content",
+                        "duplicate_inputs",
+                        "bytes",
+                        "wall_seconds",
+                    )
+                }
+            ),
+            flush=True,
+        )
+    print(
+        table(
+            [
+                "inputs",
+                "matched",
+                "distinct_content",
+                "unreadable",
+                "as expected",
+                "corpus built (s)",
+                "inventory wall (s)",
+                "inputs/s",
+                "peak RSS driver (MiB)",
+                "peak RSS workers (MiB)",
+            ],
+            rows,
+        )
+    )
     print("flags:", " ".join(args.extra) or "(DirectRunner defaults)")
     return 0
 

@@ -25,6 +25,7 @@ Reproduce::
    embeddings) on the dev index, and on synthetic indexes of ``--like_rows`` random 2048-d
    vectors (IVF-PQ). Text queries/s are medians of ``--repeats`` passes; --like rates one pass.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,9 +63,21 @@ def caption_dev(work: Path, photos: list[Path], precision: str, encoder_weights:
         return
     manifest = work / "manifest.csv"
     manifest.write_text("image_uri\n" + "\n".join(str(p) for p in photos) + "\n")
-    cmd = [sys.executable, str(REPO / "run_pipeline.py"), "--input_manifest", str(manifest), "--output",
-           str(work / "out"), "--search_index", str(index), "--emit_embeddings", "--precision", precision,
-           "--progress_seconds", "30"]
+    cmd = [
+        sys.executable,
+        str(REPO / "run_pipeline.py"),
+        "--input_manifest",
+        str(manifest),
+        "--output",
+        str(work / "out"),
+        "--search_index",
+        str(index),
+        "--emit_embeddings",
+        "--precision",
+        precision,
+        "--progress_seconds",
+        "30",
+    ]
     if encoder_weights:
         cmd += ["--encoder_weights", encoder_weights]
     if (work / "out").exists():
@@ -84,8 +97,9 @@ def queries_of(photos: list[Path]) -> list[tuple[str, str]]:
     return out
 
 
-def lance_ranks(tbl: Any, queries: list[tuple[int, str]], uris: list[str],
-                depth: int) -> tuple[list[float], list[float]]:
+def lance_ranks(
+    tbl: Any, queries: list[tuple[int, str]], uris: list[str], depth: int
+) -> tuple[list[float], list[float]]:
     """Per query: the rank as returned, and the expected rank within its tie group of equal
     LanceDB scores (g above, t tied: g + (t + 1) / 2), both from the top ``depth`` hits."""
     from caption_index.query import text_search
@@ -125,13 +139,21 @@ def synthetic_index(path: Path, rows: int) -> object:
     captions = [line.partition("\t")[2].strip() for line in (FLICKR8K / "Flickr8k.token.txt").read_text().splitlines()]
     captions = [c for c in captions if c]
     now = dt.datetime.now(dt.UTC)
-    batch = {"image_uri": [f"s3://synthetic/{i:07d}.jpg" for i in range(rows)],
-             "image_id": [f"{i:07d}.jpg" for i in range(rows)],
-             "caption": [captions[i % len(captions)] for i in range(rows)],
-             "score": [-1.0] * rows, "model_id": ["synthetic"] * rows, "image_sha256": [None] * rows,
-             "processed_at": [now] * rows, "width": [500] * rows, "height": [375] * rows, "flags": [None] * rows}
-    tbl = lancedb.connect(str(path)).create_table("captions", pa.Table.from_pydict(batch, schema=index_schema(None)),
-                                                  mode="overwrite")
+    batch = {
+        "image_uri": [f"s3://synthetic/{i:07d}.jpg" for i in range(rows)],
+        "image_id": [f"{i:07d}.jpg" for i in range(rows)],
+        "caption": [captions[i % len(captions)] for i in range(rows)],
+        "score": [-1.0] * rows,
+        "model_id": ["synthetic"] * rows,
+        "image_sha256": [None] * rows,
+        "processed_at": [now] * rows,
+        "width": [500] * rows,
+        "height": [375] * rows,
+        "flags": [None] * rows,
+    }
+    tbl = lancedb.connect(str(path)).create_table(
+        "captions", pa.Table.from_pydict(batch, schema=index_schema(None)), mode="overwrite"
+    )
     ensure_indexes(tbl)
     return tbl
 
@@ -150,12 +172,22 @@ def synthetic_vectors(path: Path, rows: int, dim: int) -> object:
     for start in range(0, rows, 10_000):
         n = min(10_000, rows - start)
         vectors = rng.random((n, dim), dtype=np.float32)
-        batch = pa.Table.from_pydict({
-            "image_uri": [f"s3://synthetic/{i:07d}.jpg" for i in range(start, start + n)],
-            "image_id": [f"{i:07d}.jpg" for i in range(start, start + n)], "caption": ["a photo"] * n,
-            "score": [-1.0] * n, "model_id": ["synthetic"] * n, "image_sha256": [None] * n,
-            "processed_at": [now] * n, "width": [500] * n, "height": [375] * n, "flags": [None] * n,
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim)}, schema=schema)
+        batch = pa.Table.from_pydict(
+            {
+                "image_uri": [f"s3://synthetic/{i:07d}.jpg" for i in range(start, start + n)],
+                "image_id": [f"{i:07d}.jpg" for i in range(start, start + n)],
+                "caption": ["a photo"] * n,
+                "score": [-1.0] * n,
+                "model_id": ["synthetic"] * n,
+                "image_sha256": [None] * n,
+                "processed_at": [now] * n,
+                "width": [500] * n,
+                "height": [375] * n,
+                "flags": [None] * n,
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
+            },
+            schema=schema,
+        )
         if tbl is None:
             tbl = db.create_table("captions", batch, mode="overwrite")
         else:
@@ -175,8 +207,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency_rows", type=int, nargs="*", default=[1000, 100000])
     parser.add_argument("--like_queries", type=int, default=200)
-    parser.add_argument("--like_rows", type=int, nargs="*", default=[100000],
-                        help="synthetic indexes of random 2048-d vectors for --like latency (IVF-PQ from 10,000 rows)")
+    parser.add_argument(
+        "--like_rows",
+        type=int,
+        nargs="*",
+        default=[100000],
+        help="synthetic indexes of random 2048-d vectors for --like latency (IVF-PQ from 10,000 rows)",
+    )
     args = parser.parse_args()
 
     from beam_pipeline.search_index import open_table
@@ -200,36 +237,73 @@ def main() -> None:
     bm25 = BM25Index(captions)
     plain_qps = queries_per_second(lambda t: np.argpartition(-bm25.scores(t), 10)[:10], texts, args.repeats)
     product_qps = queries_per_second(lambda t: text_search(tbl, t, 10), texts, args.repeats)
-    print(f"\nmachine: {machine()}\n{len(rows)} photos captioned ({args.precision}), {len(queries)} queries "
-          f"(references #2-#5)\n")
-    print(table(["search", "R@1", "R@5", "R@10", "MRR", "median rank", "queries/s"],
-                [["product: LanceDB BM25 (--search_index)", product.r_at_1, product.r_at_5, product.r_at_10,
-                  product.mrr, product.median_rank, round(product_qps)],
-                 ["product, ranks at the middle of LanceDB's score ties", product_tied.r_at_1, product_tied.r_at_5,
-                  product_tied.r_at_10, product_tied.mrr, product_tied.median_rank, ""],
-                 ["plain BM25 (model.retrieval_metrics)", plain.r_at_1, plain.r_at_5, plain.r_at_10, plain.mrr,
-                  plain.median_rank, round(plain_qps)]]))
+    print(
+        f"\nmachine: {machine()}\n{len(rows)} photos captioned ({args.precision}), {len(queries)} queries "
+        f"(references #2-#5)\n"
+    )
+    print(
+        table(
+            ["search", "R@1", "R@5", "R@10", "MRR", "median rank", "queries/s"],
+            [
+                [
+                    "product: LanceDB BM25 (--search_index)",
+                    product.r_at_1,
+                    product.r_at_5,
+                    product.r_at_10,
+                    product.mrr,
+                    product.median_rank,
+                    round(product_qps),
+                ],
+                [
+                    "product, ranks at the middle of LanceDB's score ties",
+                    product_tied.r_at_1,
+                    product_tied.r_at_5,
+                    product_tied.r_at_10,
+                    product_tied.mrr,
+                    product_tied.median_rank,
+                    "",
+                ],
+                [
+                    "plain BM25 (model.retrieval_metrics)",
+                    plain.r_at_1,
+                    plain.r_at_5,
+                    plain.r_at_10,
+                    plain.mrr,
+                    plain.median_rank,
+                    round(plain_qps),
+                ],
+            ],
+        )
+    )
 
     latency = []
     for n in args.latency_rows:
         synthetic = synthetic_index(args.work / f"synthetic-{n}", n)
         qps = queries_per_second(lambda t, index=synthetic: text_search(index, t, 10), texts[:1000], args.repeats)
         latency.append([n, "text (BM25), top 10", round(qps), round(1000 / qps, 2)])
-    some = [p.read_bytes() for p in photos[:args.like_queries]]
+    some = [p.read_bytes() for p in photos[: args.like_queries]]
     vectors = tbl.search().select(["embedding"]).limit(len(some)).to_arrow().column("embedding").to_pylist()
     start_like = time.perf_counter()
     for data, vector in zip(some, vectors):
         like_search(tbl, data, np.asarray(vector, np.float32), 10)
     like_qps = len(some) / (time.perf_counter() - start_like)
-    latency.append([len(rows), "--like (sha256 + exact cosine), top 10, embedding given", round(like_qps),
-                    round(1000 / like_qps, 2)])
+    latency.append(
+        [
+            len(rows),
+            "--like (sha256 + exact cosine), top 10, embedding given",
+            round(like_qps),
+            round(1000 / like_qps, 2),
+        ]
+    )
     for n in args.like_rows:
         synthetic, probes = synthetic_vectors(args.work / f"synthetic-vectors-{n}", n, 2048)
         start_like = time.perf_counter()
         for vector in probes:
             like_search(synthetic, b"", vector, 10)
         qps = len(probes) / (time.perf_counter() - start_like)
-        latency.append([n, "--like on synthetic vectors (IVF-PQ, refine x10), top 10", round(qps), round(1000 / qps, 2)])
+        latency.append(
+            [n, "--like on synthetic vectors (IVF-PQ, refine x10), top 10", round(qps), round(1000 / qps, 2)]
+        )
     print()
     print(table(["rows", "query", "queries/s", "ms/query"], latency))
 

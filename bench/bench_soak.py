@@ -22,6 +22,7 @@ What it does:
 progress (the first quarter covers model load, tracing and allocator warm-up), and the
 least-squares slope of RSS over captioned images in that span is reported per 10,000 images.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -161,15 +162,27 @@ def main() -> int:
         if model is None:
             model = str(work / "model")
             build_model(Path(model))
-        cmd = [python(), str(REPO / "run_pipeline.py"), "--json", "--input", f"{work / 'images'}/*.jpg",
-               "--output", str(work / "out"), "--model", model, "--batch_size", str(args.batch_size),
-               "--progress_seconds", str(args.progress_seconds)]
+        cmd = [
+            python(),
+            str(REPO / "run_pipeline.py"),
+            "--json",
+            "--input",
+            f"{work / 'images'}/*.jpg",
+            "--output",
+            str(work / "out"),
+            "--model",
+            model,
+            "--batch_size",
+            str(args.batch_size),
+            "--progress_seconds",
+            str(args.progress_seconds),
+        ]
         sampler = Sampler(cmd, args.interval, work / "pipeline.log")
         rc, stdout, wall = sampler.run()
         if rc != 0:
             print(open(work / "pipeline.log").read()[-4000:], file=sys.stderr)
             raise SystemExit(f"run_pipeline.py failed with exit status {rc}")
-        summary = json.loads(stdout[stdout.index("{"):])
+        summary = json.loads(stdout[stdout.index("{") :])
         return report(args, summary, wall, sampler)
     finally:
         if args.keep or args.work:
@@ -183,10 +196,32 @@ def report(args: argparse.Namespace, summary: dict, wall: float, sampler: Sample
     total = summary["captioned"]
     peak = max(r for _, r in rss)
     print()
-    print(table(["images", "captioned", "failed", "wall s (process)", "wall s (pipeline)", "images/s (pipeline)",
-                 "peak RSS MiB (process tree)", "RSS samples"],
-                [[args.images, total, summary["failed"], round(wall, 1), summary["wall_seconds"],
-                  summary["images_per_second"], round(peak, 1), len(rss)]]))
+    print(
+        table(
+            [
+                "images",
+                "captioned",
+                "failed",
+                "wall s (process)",
+                "wall s (pipeline)",
+                "images/s (pipeline)",
+                "peak RSS MiB (process tree)",
+                "RSS samples",
+            ],
+            [
+                [
+                    args.images,
+                    total,
+                    summary["failed"],
+                    round(wall, 1),
+                    summary["wall_seconds"],
+                    summary["images_per_second"],
+                    round(peak, 1),
+                    len(rss),
+                ]
+            ],
+        )
+    )
 
     # Progress lines come every --progress-seconds, so the last one may be a little short of
     # the total; it marks the end of captioning. Process exit (after the Parquet writes, the
@@ -200,15 +235,23 @@ def report(args: argparse.Namespace, summary: dict, wall: float, sampler: Sample
     if progress:
         t_last, c_last = progress[-1]
         at[100] = (t_last, rss_at(rss, t_last))
-        rows.append([f"{100 * c_last / max(total, 1):.0f} % (last progress line)", c_last, round(t_last, 1),
-                     round(at[100][1], 1)])
+        rows.append(
+            [
+                f"{100 * c_last / max(total, 1):.0f} % (last progress line)",
+                c_last,
+                round(t_last, 1),
+                round(at[100][1], 1),
+            ]
+        )
     rows.append(["process exit (last sample)", total, round(rss[-1][0], 1), round(rss[-1][1], 1)])
     print()
     print(table(["captioning progress", "images captioned", "elapsed s", "RSS MiB"], rows))
 
     times = [s[0] for s in rss]
-    rows = [[f"{q} %", round(times[-1] * q / 100, 1), round(rss_at(rss, times[-1] * q / 100), 1)]
-            for q in (10, 25, 50, 75, 90, 100)]
+    rows = [
+        [f"{q} %", round(times[-1] * q / 100, 1), round(rss_at(rss, times[-1] * q / 100), 1)]
+        for q in (10, 25, 50, 75, 90, 100)
+    ]
     print()
     print(table(["time quantile", "elapsed s", "RSS MiB"], rows))
 
@@ -224,10 +267,12 @@ def report(args: argparse.Namespace, summary: dict, wall: float, sampler: Sample
         growth = r100 - r25
         allowed = max(0.05 * r25, 32.0)
         verdict = "FLAT" if growth <= allowed and top - r25 <= allowed else "GREW"
-        print(f"\nRSS from 25 % of captioning to its end: {r25:.1f} -> {r100:.1f} MiB ({growth:+.1f} MiB, "
-              f"{100 * growth / r25:+.1f} %), highest in between {top:.1f} MiB; allowed +{allowed:.0f} MiB; "
-              f"slope {'n/a' if slope is None else f'{slope:+.1f} MiB per 10,000 images'} "
-              f"({len(span)} samples): {verdict}")
+        print(
+            f"\nRSS from 25 % of captioning to its end: {r25:.1f} -> {r100:.1f} MiB ({growth:+.1f} MiB, "
+            f"{100 * growth / r25:+.1f} %), highest in between {top:.1f} MiB; allowed +{allowed:.0f} MiB; "
+            f"slope {'n/a' if slope is None else f'{slope:+.1f} MiB per 10,000 images'} "
+            f"({len(span)} samples): {verdict}"
+        )
     else:
         print("\ntoo few progress lines to judge growth (use more --images or a smaller --progress-seconds)")
     return 0

@@ -8,6 +8,7 @@ time, next to the pipeline's own wall time and the model load time (from summary
 ``--baseline`` runs another checkout's run_pipeline.py (its own packages first on the path)
 interleaved with this one, run for run, so both see the same machine load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,22 +25,39 @@ from bench.common import FLICKR8K, REPO, XCEPTION_WEIGHTS, machine, python, tabl
 
 
 def one_run(photo_dir: Path, out: Path, cache: Path, repo: Path = REPO) -> tuple[float, dict]:
-    cmd = [python(), str(repo / "run_pipeline.py"), "--json", "--input", f"{photo_dir}/*.jpg", "--output", str(out),
-           "--encoder_weights", str(XCEPTION_WEIGHTS), "--model_cache_dir", str(cache)]
+    cmd = [
+        python(),
+        str(repo / "run_pipeline.py"),
+        "--json",
+        "--input",
+        f"{photo_dir}/*.jpg",
+        "--output",
+        str(out),
+        "--encoder_weights",
+        str(XCEPTION_WEIGHTS),
+        "--model_cache_dir",
+        str(cache),
+    ]
     env = {**os.environ, "PYTHONPATH": str(repo)}
     started = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, env=env)
     wall = time.perf_counter() - started
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-3000:])
-    return wall, json.loads(res.stdout[res.stdout.index("{"):])
+    return wall, json.loads(res.stdout[res.stdout.index("{") :])
 
 
 def stats_rows(label: str, walls: list[float], pipeline_walls: list[float], loads: list[float]) -> list[list]:
-    return [[f"{label}: process start to summary s", f"{min(walls):.2f}", f"{statistics.median(walls):.2f}",
-             f"{max(walls):.2f}"],
-            [f"{label}: pipeline wall s", min(pipeline_walls), statistics.median(pipeline_walls), max(pipeline_walls)],
-            [f"{label}: model load s", min(loads), statistics.median(loads), max(loads)]]
+    return [
+        [
+            f"{label}: process start to summary s",
+            f"{min(walls):.2f}",
+            f"{statistics.median(walls):.2f}",
+            f"{max(walls):.2f}",
+        ],
+        [f"{label}: pipeline wall s", min(pipeline_walls), statistics.median(pipeline_walls), max(pipeline_walls)],
+        [f"{label}: model load s", min(loads), statistics.median(loads), max(loads)],
+    ]
 
 
 def main() -> None:
@@ -68,8 +86,12 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     print(f"machine: {machine()}")
     print(table(["run", "checkout", "process start to summary s", "pipeline wall s", "model load s"], rows))
-    print(table(["", "min", "median", "max"],
-                [row for label, values in measured.items() for row in stats_rows(label, *values)]))
+    print(
+        table(
+            ["", "min", "median", "max"],
+            [row for label, values in measured.items() for row in stats_rows(label, *values)],
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ Xception at 299x299 plus a hash of the weights file). If the cache holds none of
 images, random 2048-d features stand in (with the real captions) and the output says so: the
 decoder's cost does not depend on the feature values.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,8 +68,11 @@ DEFAULT_CACHE = REPO / ".cache" / "features"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--flickr8k", default=str(DEFAULT_FLICKR8K), help="Flickr8k root (token file, split lists)")
-    p.add_argument("--encoder-weights", default=str(DEFAULT_WEIGHTS),
-                   help="Xception weights file the features were extracted with (only hashed, for the cache key)")
+    p.add_argument(
+        "--encoder-weights",
+        default=str(DEFAULT_WEIGHTS),
+        help="Xception weights file the features were extracted with (only hashed, for the cache key)",
+    )
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="feature cache directory of training.train")
     p.add_argument("--encoder", default="xception")
     p.add_argument("--image-size", type=int, default=299)
@@ -80,11 +84,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--min-count", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--memory-captions", type=int, nargs="*", default=[2000, 10000],
-                   help="caption counts of the peak-memory runs (each in its own subprocess); none to skip")
-    p.add_argument("--memory-images", type=int, default=None,
-                   help="use at most this many images in the memory runs (their captions are repeated), to "
-                        "keep the feature table fixed and vary only the number of captions")
+    p.add_argument(
+        "--memory-captions",
+        type=int,
+        nargs="*",
+        default=[2000, 10000],
+        help="caption counts of the peak-memory runs (each in its own subprocess); none to skip",
+    )
+    p.add_argument(
+        "--memory-images",
+        type=int,
+        default=None,
+        help="use at most this many images in the memory runs (their captions are repeated), to "
+        "keep the feature table fixed and vary only the number of captions",
+    )
     p.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -173,9 +186,15 @@ class Data:
     def decoder_config(self, args: argparse.Namespace):
         from model.artifact_config import DecoderConfig
 
-        return DecoderConfig(vocab_size=len(self.vocab), max_length=self.max_length,
-                             feature_dim=self.features.shape[1], embedding_dim=args.embedding_dim,
-                             units=args.units, image_dense=(args.units,), dropout=args.dropout)
+        return DecoderConfig(
+            vocab_size=len(self.vocab),
+            max_length=self.max_length,
+            feature_dim=self.features.shape[1],
+            embedding_dim=args.embedding_dim,
+            units=args.units,
+            image_dense=(args.units,),
+            dropout=args.dropout,
+        )
 
 
 def compile_model(model, args: argparse.Namespace) -> None:
@@ -208,7 +227,7 @@ def prefix_dataset(data: Data, args: argparse.Namespace, n: int | None = None):
         order = np.random.default_rng(args.seed + epoch[0]).permutation(n)
         epoch[0] += 1
         for start in range(0, n, args.batch_size):
-            rows = order[start:start + args.batch_size]
+            rows = order[start : start + args.batch_size]
             count = int((lengths[rows] - 1).sum())
             prefixes = np.zeros((count, L), np.int32)
             targets = np.empty(count, np.int32)
@@ -217,14 +236,16 @@ def prefix_dataset(data: Data, args: argparse.Namespace, n: int | None = None):
             for r in rows:
                 ids = captions[r]
                 for t in range(1, lengths[r]):
-                    prefixes[k, L - t:] = ids[:t]  # pre-padding, as keras pad_sequences does
+                    prefixes[k, L - t :] = ids[:t]  # pre-padding, as keras pad_sequences does
                     targets[k] = ids[t]
                     image_of[k] = index[r]
                     k += 1
             yield (data.features[image_of], prefixes), targets
 
-    signature = ((tf.TensorSpec((None, fdim), tf.float32), tf.TensorSpec((None, L), tf.int32)),
-                 tf.TensorSpec((None,), tf.int32))
+    signature = (
+        (tf.TensorSpec((None, fdim), tf.float32), tf.TensorSpec((None, L), tf.int32)),
+        tf.TensorSpec((None,), tf.int32),
+    )
     return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
 
 
@@ -248,29 +269,37 @@ def speed(args: argparse.Namespace) -> None:
     data = Data(args, args.captions)
     cfg = data.decoder_config(args)
     print(f"features: {data.source}")
-    print(f"captions: {len(data.index)} ({data.distinct_captions} distinct) of {len(data.items)} images; "
-          f"vocabulary {len(data.vocab)} (min count {args.min_count}); max_length {data.max_length}; "
-          f"batch {args.batch_size} captions; decoder embedding {cfg.embedding_dim}, units {cfg.units}")
-    print(f"machine: {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, Keras {keras.__version__}; "
-          f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"captions: {len(data.index)} ({data.distinct_captions} distinct) of {len(data.items)} images; "
+        f"vocabulary {len(data.vocab)} (min count {args.min_count}); max_length {data.max_length}; "
+        f"batch {args.batch_size} captions; decoder embedding {cfg.embedding_dim}, units {cfg.units}"
+    )
+    print(
+        f"machine: {os.cpu_count()} CPUs, TensorFlow {tf.__version__}, Keras {keras.__version__}; "
+        f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
     warm_n = args.batch_size * 2 + args.batch_size // 2  # two full batches and a partial one
     keras.utils.set_random_seed(args.seed)
     whole = MergeDecoder(cfg).training_model
     compile_model(whole, args)
-    w_times, w_loss = time_epochs(whole, whole_caption_dataset(data, args),
-                                  whole_caption_dataset(data, args, warm_n), args.repeats)
+    w_times, w_loss = time_epochs(
+        whole, whole_caption_dataset(data, args), whole_caption_dataset(data, args, warm_n), args.repeats
+    )
     keras.utils.set_random_seed(args.seed)
     prefix = build_prefix_model(cfg)
     compile_model(prefix, args)
-    p_times, p_loss = time_epochs(prefix, prefix_dataset(data, args), prefix_dataset(data, args, warm_n),
-                                  args.repeats)
+    p_times, p_loss = time_epochs(prefix, prefix_dataset(data, args), prefix_dataset(data, args, warm_n), args.repeats)
     steps = -(-len(data.index) // args.batch_size)
     w, p = statistics.median(w_times), statistics.median(p_times)
-    rows = [("whole caption (make_dataset)", len(data.index), steps, w, w_times, w_loss, 1.0),
-            ("per prefix, streamed (tutorial)", data.prefixes, steps, p, p_times, p_loss, p / w)]
+    rows = [
+        ("whole caption (make_dataset)", len(data.index), steps, w, w_times, w_loss, 1.0),
+        ("per prefix, streamed (tutorial)", data.prefixes, steps, p, p_times, p_loss, p / w),
+    ]
     print()
-    print(f"{'formulation':<34}{'examples/epoch':>15}{'steps':>7}{'s/epoch (median)':>18}"
-          f"{'runs (s)':>22}{'loss':>8}{'ratio':>8}")
+    print(
+        f"{'formulation':<34}{'examples/epoch':>15}{'steps':>7}{'s/epoch (median)':>18}"
+        f"{'runs (s)':>22}{'loss':>8}{'ratio':>8}"
+    )
     for name, examples, st, med, runs, loss, ratio in rows:
         runs_text = " ".join(f"{x:.2f}" for x in runs)
         print(f"{name:<34}{examples:>15,}{st:>7}{med:>18.2f}{runs_text:>22}{loss:>8.3f}{ratio:>7.2f}x")
@@ -295,23 +324,43 @@ def memory_child(args: argparse.Namespace) -> None:
     model.fit(whole_caption_dataset(data, args), epochs=1, verbose=0)
     seconds = time.perf_counter() - started
     L, fdim = data.max_length, data.features.shape[1]
-    print(json.dumps({
-        "captions": len(data.index), "distinct": data.distinct_captions, "images": len(data.items),
-        "features_mb": data.features.nbytes / 2**20,
-        "caption_arrays_mb": (data.index.nbytes + data.captions.nbytes) / 2**20,
-        "setup_peak_mb": setup_peak, "rss_before_fit_mb": before, "peak_reset": reset,
-        "peak_rss_mb": peak_rss_mb(),  # during the fit when the reset worked, else whole process
-        "seconds": seconds, "source": data.source,
-        # The tutorials' materialised arrays: per prefix a padded prefix (int32) and a copy of
-        # the image features (float32); the one-hot targets of some versions would add more.
-        "materialised_prefix_mb": data.prefixes * (L * 4 + fdim * 4 + 4) / 2**20,
-    }))
+    print(
+        json.dumps(
+            {
+                "captions": len(data.index),
+                "distinct": data.distinct_captions,
+                "images": len(data.items),
+                "features_mb": data.features.nbytes / 2**20,
+                "caption_arrays_mb": (data.index.nbytes + data.captions.nbytes) / 2**20,
+                "setup_peak_mb": setup_peak,
+                "rss_before_fit_mb": before,
+                "peak_reset": reset,
+                "peak_rss_mb": peak_rss_mb(),  # during the fit when the reset worked, else whole process
+                "seconds": seconds,
+                "source": data.source,
+                # The tutorials' materialised arrays: per prefix a padded prefix (int32) and a copy of
+                # the image features (float32); the one-hot targets of some versions would add more.
+                "materialised_prefix_mb": data.prefixes * (L * 4 + fdim * 4 + 4) / 2**20,
+            }
+        )
+    )
 
 
 def run_memory_child(args: argparse.Namespace, n: int, max_images: int | None) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", str(n)]
-    for flag in ("flickr8k", "encoder_weights", "cache_dir", "encoder", "image_size", "batch_size",
-                 "embedding_dim", "units", "dropout", "min_count", "seed"):
+    for flag in (
+        "flickr8k",
+        "encoder_weights",
+        "cache_dir",
+        "encoder",
+        "image_size",
+        "batch_size",
+        "embedding_dim",
+        "units",
+        "dropout",
+        "min_count",
+        "seed",
+    ):
         cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     if max_images is not None:
         cmd += ["--memory-images", str(max_images)]
@@ -327,21 +376,29 @@ def memory(args: argparse.Namespace) -> None:
     print()
     during = "during the fit" if all(r["peak_reset"] for r in results) else "of the whole process"
     print(f"Peak memory of one whole-caption epoch (fresh process per row; MB; peak RSS = VmHWM {during}):")
-    print(f"{'captions':>9}{'distinct':>9}{'images':>8}{'features':>10}{'caption arrays':>16}"
-          f"{'RSS before fit':>16}{'peak RSS':>10}{'fit adds':>10}{'epoch s':>9}{'tutorial arrays':>17}")
+    print(
+        f"{'captions':>9}{'distinct':>9}{'images':>8}{'features':>10}{'caption arrays':>16}"
+        f"{'RSS before fit':>16}{'peak RSS':>10}{'fit adds':>10}{'epoch s':>9}{'tutorial arrays':>17}"
+    )
     for r in results:
-        print(f"{r['captions']:>9,}{r['distinct']:>9,}{r['images']:>8,}{r['features_mb']:>10.1f}"
-              f"{r['caption_arrays_mb']:>16.2f}{r['rss_before_fit_mb']:>16.0f}{r['peak_rss_mb']:>10.0f}"
-              f"{r['peak_rss_mb'] - r['rss_before_fit_mb']:>10.0f}{r['seconds']:>9.1f}"
-              f"{r['materialised_prefix_mb']:>17.0f}")
-    print("(features: feature table of the captions' images, held as numpy and again as a tf.constant; "
-          "tutorial arrays: every prefix materialised with a copy of its image features, as the tutorials do)")
+        print(
+            f"{r['captions']:>9,}{r['distinct']:>9,}{r['images']:>8,}{r['features_mb']:>10.1f}"
+            f"{r['caption_arrays_mb']:>16.2f}{r['rss_before_fit_mb']:>16.0f}{r['peak_rss_mb']:>10.0f}"
+            f"{r['peak_rss_mb'] - r['rss_before_fit_mb']:>10.0f}{r['seconds']:>9.1f}"
+            f"{r['materialised_prefix_mb']:>17.0f}"
+        )
+    print(
+        "(features: feature table of the captions' images, held as numpy and again as a tf.constant; "
+        "tutorial arrays: every prefix materialised with a copy of its image features, as the tutorials do)"
+    )
     a = results[0]
     for b in results[1:]:
-        print(f"{b['captions'] / a['captions']:.1f}x the captions on {b['images']:,} images: peak RSS "
-              f"{b['peak_rss_mb'] - a['peak_rss_mb']:+.0f} MB (features {b['features_mb'] - a['features_mb']:+.1f} MB, "
-              f"caption arrays {b['caption_arrays_mb'] - a['caption_arrays_mb']:+.2f} MB); the tutorial's arrays "
-              f"would grow by {b['materialised_prefix_mb'] - a['materialised_prefix_mb']:+.0f} MB")
+        print(
+            f"{b['captions'] / a['captions']:.1f}x the captions on {b['images']:,} images: peak RSS "
+            f"{b['peak_rss_mb'] - a['peak_rss_mb']:+.0f} MB (features {b['features_mb'] - a['features_mb']:+.1f} MB, "
+            f"caption arrays {b['caption_arrays_mb'] - a['caption_arrays_mb']:+.2f} MB); the tutorial's arrays "
+            f"would grow by {b['materialised_prefix_mb'] - a['materialised_prefix_mb']:+.0f} MB"
+        )
     if results:
         print(f"features: {results[0]['source']}")
 

@@ -1,4 +1,5 @@
 """Shared bits of the benchmark scripts: paths, timing, tables, process-tree RSS sampling."""
+
 from __future__ import annotations
 
 import os
@@ -47,10 +48,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A Markdown table (pastes into docs/PERFORMANCE.md as is)."""
     cells = [[str(h) for h in headers]] + [[f"{c:.3g}" if isinstance(c, float) else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
     def line(r: list[str]) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
 
-    return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells[1:]])
+    return "\n".join(
+        [line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells[1:]]
+    )
 
 
 def processes_rss_mib(procs: Sequence[Any]) -> float:
@@ -78,7 +82,9 @@ def process_tree_rss_mib(pid: int) -> float:
     return processes_rss_mib(procs)
 
 
-def run_with_rss(cmd: Sequence[str], interval: float = 0.5, **kwargs: Any) -> tuple[subprocess.CompletedProcess, float, list[tuple[float, float]]]:
+def run_with_rss(
+    cmd: Sequence[str], interval: float = 0.5, **kwargs: Any
+) -> tuple[subprocess.CompletedProcess, float, list[tuple[float, float]]]:
     """Run a command; sample the RSS of its whole process tree. Returns (result, peak MiB, samples)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
     samples: list[tuple[float, float]] = []

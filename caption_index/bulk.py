@@ -8,6 +8,7 @@ columns (``processed_at`` as ISO 8601 UTC, ``embedding`` as a list of floats whe
 one). A file holds at most ``max_bytes``; an action + document pair is never split (a single pair
 larger than ``max_bytes`` gets a file of its own).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -43,8 +44,12 @@ def bulk_pairs(table: Any, index_name: str) -> Iterator[bytes]:
             row.pop("_rowid", None)
             doc = {k: _json_value(v) for k, v in row.items()}
             action = {"index": {"_index": index_name, "_id": document_id(row["image_uri"])}}
-            yield (json.dumps(action, separators=(",", ":")) + "\n"
-                   + json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+            yield (
+                json.dumps(action, separators=(",", ":"))
+                + "\n"
+                + json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+                + "\n"
+            ).encode("utf-8")
 
 
 def export_bulk(table: Any, out_dir: str, *, index_name: str = "captions", max_bytes: int = 10_000_000) -> list[str]:

@@ -7,6 +7,7 @@
 
 Exit status: 0 done, 2 refused (bad arguments, no index, an image or model that does not fit).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,27 +22,48 @@ from beam_pipeline.preflight import PreflightError
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line's parser (unknown flags are errors: exit 2 with argparse's message)."""
-    parser = argparse.ArgumentParser(prog="python -m caption_index",
-                                     description="Search a caption index made by run_pipeline.py --search_index, "
-                                                 "or export it for Elasticsearch / OpenSearch.")
+    parser = argparse.ArgumentParser(
+        prog="python -m caption_index",
+        description="Search a caption index made by run_pipeline.py --search_index, "
+        "or export it for Elasticsearch / OpenSearch.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("search", help="BM25 over the captions, or look-alikes of an image")
     s.add_argument("index", metavar="URI", help="the index (the --search_index URI of the runs)")
     s.add_argument("query", nargs="?", default=None, help="words to look for in the captions")
-    s.add_argument("--queries", default=None, metavar="FILE",
-                   help="a file of queries, one per line; prints one JSON line per query")
-    s.add_argument("--like", default=None, metavar="IMAGE",
-                   help="an image (path or URI): byte-identical copies first, then the nearest by embedding")
+    s.add_argument(
+        "--queries",
+        default=None,
+        metavar="FILE",
+        help="a file of queries, one per line; prints one JSON line per query",
+    )
+    s.add_argument(
+        "--like",
+        default=None,
+        metavar="IMAGE",
+        help="an image (path or URI): byte-identical copies first, then the nearest by embedding",
+    )
     s.add_argument("--k", type=int, default=10, help="hits per query (default 10)")
     s.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     s.add_argument("--html", default=None, metavar="OUT.html", help="also write the hits as a page with thumbnails")
     s.add_argument("--model", default=None, help="--like: the index's model artifact (default: shipped model)")
-    s.add_argument("--encoder_weights", default=os.environ.get("CAPTION_ENCODER_WEIGHTS"),
-                   help="--like: encoder weights path/URI (as run_pipeline.py)")
-    s.add_argument("--precision", choices=["float32", "bfloat16", "int8"], default="float32",
-                   help="--like: encoder precision (use the runs' for the closest distances)")
-    s.add_argument("--encoder_runtime", choices=["auto", "openvino", "tensorflow"], default="auto",
-                   help="--like: who runs the encoder (as run_pipeline.py)")
+    s.add_argument(
+        "--encoder_weights",
+        default=os.environ.get("CAPTION_ENCODER_WEIGHTS"),
+        help="--like: encoder weights path/URI (as run_pipeline.py)",
+    )
+    s.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16", "int8"],
+        default="float32",
+        help="--like: encoder precision (use the runs' for the closest distances)",
+    )
+    s.add_argument(
+        "--encoder_runtime",
+        choices=["auto", "openvino", "tensorflow"],
+        default="auto",
+        help="--like: who runs the encoder (as run_pipeline.py)",
+    )
     e = sub.add_parser("export", help="write Elasticsearch / OpenSearch _bulk files")
     e.add_argument("index", metavar="URI")
     e.add_argument("out_dir", metavar="OUT_DIR", help="folder for the bulk-NNNNN.ndjson files")
@@ -95,17 +117,22 @@ def _like(args: argparse.Namespace) -> list:
     except (OSError, ValueError) as exc:
         raise PreflightError(f"--like {args.like}: cannot read it: {exc}") from exc
     model_uri = args.model or default_model_uri()
-    vector, model_id = q.embed_image(data, model_uri, encoder_weights=args.encoder_weights,
-                                     precision=args.precision, runtime=args.encoder_runtime)
+    vector, model_id = q.embed_image(
+        data, model_uri, encoder_weights=args.encoder_weights, precision=args.precision, runtime=args.encoder_runtime
+    )
     table = q.open_index(args.index)
     if not q.has_embeddings(table):
-        print("note: the index has no embeddings (built without --emit_embeddings): byte-identical copies only",
-              file=sys.stderr)
+        print(
+            "note: the index has no embeddings (built without --emit_embeddings): byte-identical copies only",
+            file=sys.stderr,
+        )
         vector = None
     indexed_by = q.model_id_of(table)
     if vector is not None and indexed_by not in (None, model_id):
-        raise PreflightError(f"--like: the index was built by model {indexed_by}, --model {model_uri} is {model_id}; "
-                             "embeddings of different models cannot be compared")
+        raise PreflightError(
+            f"--like: the index was built by model {indexed_by}, --model {model_uri} is {model_id}; "
+            "embeddings of different models cannot be compared"
+        )
     return q.like_search(table, data, vector, args.k)
 
 
@@ -115,8 +142,9 @@ def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if args.max_mb <= 0:
         parser.error("--max_mb must be > 0")
-    files = export_bulk(open_index(args.index), args.out_dir, index_name=args.index_name,
-                        max_bytes=int(args.max_mb * 1_000_000))
+    files = export_bulk(
+        open_index(args.index), args.out_dir, index_name=args.index_name, max_bytes=int(args.max_mb * 1_000_000)
+    )
     for path in files:
         print(path)
     return 0

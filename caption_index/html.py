@@ -1,6 +1,7 @@
 """The hits of one or more searches as one self-contained HTML page: thumbnails inlined as
 ``data:`` URIs (``caption_report``'s thumbnailing: bounded reads, the model core's decoding), no
 script, no external resource."""
+
 from __future__ import annotations
 
 import html
@@ -21,22 +22,29 @@ def _card(rank: int, hit: Hit, thumb: str | None) -> str:
     e = html.escape
     image = f'<img src="{thumb}" alt="">' if thumb else '<div class="missing">no preview</div>'
     flags = "".join(f' <span class="flag">{e(f)}</span>' for f in hit.flags or ())
-    return (f"<figure>{image}<figcaption>#{rank} {e(hit.caption)}{flags}"
-            f'<div class="meta">score {hit.score:.3f} · {e(hit.image_uri)}</div></figcaption></figure>')
+    return (
+        f"<figure>{image}<figcaption>#{rank} {e(hit.caption)}{flags}"
+        f'<div class="meta">score {hit.score:.3f} · {e(hit.image_uri)}</div></figcaption></figure>'
+    )
 
 
-def render_results(results: Sequence[tuple[str, Sequence[Hit]]], title: str,
-                   thumbnail_px: int = DEFAULT_THUMBNAIL_PX) -> str:
+def render_results(
+    results: Sequence[tuple[str, Sequence[Hit]]], title: str, thumbnail_px: int = DEFAULT_THUMBNAIL_PX
+) -> str:
     """The page for ``results`` = (query, hits best first) pairs."""
     uris = list(dict.fromkeys(h.image_uri for _, hits in results for h in hits))
     thumbs = dict(zip(uris, make_thumbnails(uris, thumbnail_px)))
     sections = []
     for query, hits in results:
         cards = "".join(_card(i + 1, h, thumbs.get(h.image_uri)) for i, h in enumerate(hits))
-        sections.append(f"<h2>{html.escape(query)} <small>({len(hits)} hits)</small></h2>"
-                        f'<div class="grid">{cards or "<p>no hits</p>"}</div>')
-    return ("<!doctype html><html><head><meta charset=\"utf-8\">"
-            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
-            "style-src 'unsafe-inline'\">"
-            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>\n")
+        sections.append(
+            f"<h2>{html.escape(query)} <small>({len(hits)} hits)</small></h2>"
+            f'<div class="grid">{cards or "<p>no hits</p>"}</div>'
+        )
+    return (
+        '<!doctype html><html><head><meta charset="utf-8">'
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
+        "style-src 'unsafe-inline'\">"
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>\n"
+    )

@@ -7,6 +7,7 @@ is the BM25 score. Look-alike search (``like``) puts byte-identical copies first
 embedding (score = cosine similarity, 1 - distance): exact below ``VECTOR_INDEX_MIN_ROWS`` rows,
 IVF-PQ with re-ranking of the candidates on the full vectors above.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,9 +40,14 @@ class Hit:
     height: int | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {"image_uri": self.image_uri, "caption": self.caption, "score": round(self.score, 6),
-                "caption_score": self.caption_score, "image_id": self.image_id,
-                "flags": list(self.flags) if self.flags is not None else None}
+        return {
+            "image_uri": self.image_uri,
+            "caption": self.caption,
+            "score": round(self.score, 6),
+            "caption_score": self.caption_score,
+            "image_id": self.image_id,
+            "flags": list(self.flags) if self.flags is not None else None,
+        }
 
 
 def open_index(uri: str) -> Any:
@@ -53,9 +59,19 @@ def open_index(uri: str) -> Any:
 
 
 def _hits(rows: list[dict[str, Any]], score_of: Callable[[dict[str, Any]], float]) -> list[Hit]:
-    return [Hit(r["image_uri"], r["caption"], float(score_of(r)), r.get("score"), r.get("image_id"),
-                tuple(r["flags"]) if r.get("flags") is not None else None, r.get("width"), r.get("height"))
-            for r in rows]
+    return [
+        Hit(
+            r["image_uri"],
+            r["caption"],
+            float(score_of(r)),
+            r.get("score"),
+            r.get("image_id"),
+            tuple(r["flags"]) if r.get("flags") is not None else None,
+            r.get("width"),
+            r.get("height"),
+        )
+        for r in rows
+    ]
 
 
 def text_search(table: Any, query: str, k: int = 10) -> list[Hit]:
@@ -64,7 +80,12 @@ def text_search(table: Any, query: str, k: int = 10) -> list[Hit]:
 
     if not query.strip():
         return []
-    rows = table.search(MatchQuery(query, "caption"), query_type="fts").select(SHOWN_COLUMNS + ["_score"]).limit(k).to_list()
+    rows = (
+        table.search(MatchQuery(query, "caption"), query_type="fts")
+        .select(SHOWN_COLUMNS + ["_score"])
+        .limit(k)
+        .to_list()
+    )
     return _hits(rows, lambda r: r["_score"])
 
 
@@ -78,8 +99,14 @@ def has_embeddings(table: Any) -> bool:
     return EMBEDDING_COLUMN in table.schema.names
 
 
-def embed_image(data: bytes, model_uri: str, *, encoder_weights: str | None = None, precision: str = "float32",
-                runtime: str = "auto") -> tuple[np.ndarray, str]:
+def embed_image(
+    data: bytes,
+    model_uri: str,
+    *,
+    encoder_weights: str | None = None,
+    precision: str = "float32",
+    runtime: str = "auto",
+) -> tuple[np.ndarray, str]:
     """(the encoder feature vector of the image ``data``, decoded as the pipeline does; the
     artifact's model_id): compare the id with the index's before comparing vectors."""
     from model.captioner import load_caption_model
@@ -98,8 +125,12 @@ def like_search(table: Any, data: bytes, vector: np.ndarray | None, k: int = 10)
     hits = _hits(sorted(exact, key=lambda r: r["image_uri"]), lambda r: 1.0)
     if vector is None or len(hits) >= k:
         return hits[:k]
-    search = table.search(np.asarray(vector, np.float32), vector_column_name=EMBEDDING_COLUMN) \
-        .distance_type(DISTANCE).select(SHOWN_COLUMNS + ["_distance"]).limit(k + len(hits))
+    search = (
+        table.search(np.asarray(vector, np.float32), vector_column_name=EMBEDDING_COLUMN)
+        .distance_type(DISTANCE)
+        .select(SHOWN_COLUMNS + ["_distance"])
+        .limit(k + len(hits))
+    )
     if any(tuple(ix.columns) == (EMBEDDING_COLUMN,) for ix in table.list_indices()):
         search = search.refine_factor(REFINE_FACTOR)
     seen = {h.image_uri for h in hits}

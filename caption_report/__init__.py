@@ -11,20 +11,34 @@ core's image decoding), :mod:`~caption_report.render` (the HTML page, pure; CSS 
 package data files ``static/report.css`` and ``static/report.js``),
 :mod:`~caption_report.writer` (:func:`write_report`: the glue) and :mod:`~caption_report.cli`.
 """
+
 from caption_report.data import (
-                                 CaptionRow,
-                                 CaptionSample,
-                                 ErrorRow,
-                                 ErrorRows,
-                                 bottom_k_keys,
-                                 load_captions,
-                                 load_errors,
-                                 load_summary,
+    CaptionRow,
+    CaptionSample,
+    ErrorRow,
+    ErrorRows,
+    bottom_k_keys,
+    load_captions,
+    load_errors,
+    load_summary,
 )
 from caption_report.render import ReportData, render_html
 from caption_report.thumbnails import make_thumbnail, make_thumbnails, thumbnail_from_bytes
 from caption_report.writer import write_report
 
-__all__ = ["CaptionRow", "CaptionSample", "ErrorRow", "ErrorRows", "ReportData", "bottom_k_keys",
-           "load_captions", "load_errors", "load_summary", "make_thumbnail", "make_thumbnails",
-           "render_html", "thumbnail_from_bytes", "write_report"]
+__all__ = [
+    "CaptionRow",
+    "CaptionSample",
+    "ErrorRow",
+    "ErrorRows",
+    "ReportData",
+    "bottom_k_keys",
+    "load_captions",
+    "load_errors",
+    "load_summary",
+    "make_thumbnail",
+    "make_thumbnails",
+    "render_html",
+    "thumbnail_from_bytes",
+    "write_report",
+]

@@ -12,6 +12,7 @@ captions or errors) is neither shown nor counted. Finding them reads the ``image
 ``processed_at`` columns of every file once (Arrow columns, tens of bytes per row, held while the
 report loads).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,12 +43,29 @@ DEFAULT_MAX_ERRORS = 1000
 _BATCH_ROWS = 8192
 
 # Only what the page shows: never the (possibly huge) embedding column.
-CAPTION_COLUMNS = ("image_uri", "image_id", "caption", "score", "decode", "model_id",
-                   "width", "height", "references", "bleu4")
+CAPTION_COLUMNS = (
+    "image_uri",
+    "image_id",
+    "caption",
+    "score",
+    "decode",
+    "model_id",
+    "width",
+    "height",
+    "references",
+    "bleu4",
+)
 ERROR_COLUMNS = ("image_uri", "image_id", "stage", "error_type", "message", "processed_at")
 REVIEW_COLUMNS = ("image_uri", "image_id", "caption", "score", "model_id", "flags", "reason")
-_REVIEW_TYPES = {"image_uri": pa.string(), "image_id": pa.string(), "caption": pa.string(), "score": pa.float64(),
-                 "model_id": pa.string(), "flags": pa.list_(pa.string()), "reason": pa.string()}
+_REVIEW_TYPES = {
+    "image_uri": pa.string(),
+    "image_id": pa.string(),
+    "caption": pa.string(),
+    "score": pa.float64(),
+    "model_id": pa.string(),
+    "flags": pa.list_(pa.string()),
+    "reason": pa.string(),
+}
 _CAPTION_TYPES = {f.name: f.type for f in CAPTION_FIELDS}
 _ERROR_TYPES = {f.name: f.type for f in ERROR_FIELDS}
 
@@ -119,7 +137,7 @@ def list_parquet_files(directory: str) -> list[str]:
     root = root.rstrip("/")
     keep = []
     for path in found:
-        rel = path[len(root):].lstrip("/") if path.startswith(root) else posixpath.basename(path)
+        rel = path[len(root) :].lstrip("/") if path.startswith(root) else posixpath.basename(path)
         if not rel.endswith(".parquet"):
             continue
         if any(part.startswith((".", "_")) for part in rel.split("/")):
@@ -152,8 +170,9 @@ def load_summary(out_dir: str) -> tuple[dict[str, Any], str | None]:
     return data, None
 
 
-def _iter_batches(paths: Sequence[str], columns: Sequence[str], types: Mapping[str, pa.DataType],
-                  unreadable: list[str]) -> Iterator[pa.RecordBatch]:
+def _iter_batches(
+    paths: Sequence[str], columns: Sequence[str], types: Mapping[str, pa.DataType], unreadable: list[str]
+) -> Iterator[pa.RecordBatch]:
     """Record batches with exactly ``columns`` (cast to ``types``; absent columns become nulls,
     so files of older runs still load). A file that cannot be read is noted and skipped."""
     schema = pa.schema([pa.field(c, types[c]) for c in columns])
@@ -182,8 +201,9 @@ def current_rows(out_dir: str) -> LatestRows:
     """Each URI's latest row over ``OUT_DIR/captions`` and ``OUT_DIR/errors`` (the output's rule,
     ``beam_pipeline.output_files.latest_rows``); damaged files are left out here (the loaders
     note them)."""
-    return latest_rows({kind: list_parquet_files(storage.join(out_dir, kind)) for kind in ("captions", "errors")},
-                       unreadable=[])
+    return latest_rows(
+        {kind: list_parquet_files(storage.join(out_dir, kind)) for kind in ("captions", "errors")}, unreadable=[]
+    )
 
 
 def _current(batch: pa.RecordBatch, latest: LatestRows, kind: str) -> pa.RecordBatch:
@@ -202,8 +222,7 @@ def bottom_k_keys(image_uris: Sequence[str | None], seed: int) -> np.ndarray:
     salt = int(seed).to_bytes(8, "little", signed=True)
     keys = np.empty(len(image_uris), dtype=np.uint64)
     for i, uri in enumerate(image_uris):
-        digest = hashlib.blake2b((uri or "").encode("utf-8", "surrogatepass"), digest_size=8,
-                                 salt=salt + b"\0" * 8)
+        digest = hashlib.blake2b((uri or "").encode("utf-8", "surrogatepass"), digest_size=8, salt=salt + b"\0" * 8)
         keys[i] = int.from_bytes(digest.digest(), "little")
     return keys
 
@@ -288,11 +307,16 @@ def load_errors(out_dir: str, *, max_errors: int = DEFAULT_MAX_ERRORS) -> ErrorR
         room = max_errors - len(rows)
         if room > 0:
             for d in batch.slice(0, room).to_pylist():
-                rows.append(ErrorRow(
-                    image_uri=text(d["image_uri"]), image_id=d["image_id"], stage=text(d["stage"]),
-                    error_type=text(d["error_type"]), message=text(d["message"]),
-                    processed_at=d["processed_at"],
-                ))
+                rows.append(
+                    ErrorRow(
+                        image_uri=text(d["image_uri"]),
+                        image_id=d["image_id"],
+                        stage=text(d["stage"]),
+                        error_type=text(d["error_type"]),
+                        message=text(d["message"]),
+                        processed_at=d["processed_at"],
+                    )
+                )
     return ErrorRows(rows=rows, total=total, by_type=by_type, unreadable=unreadable)
 
 
@@ -301,15 +325,21 @@ def load_review(out_dir: str, *, limit: int = DEFAULT_SAMPLE) -> tuple[list[Capt
     ``limit`` rows as CaptionRows with their ``review`` reason and flags, and the total count."""
     rows: list[CaptionRow] = []
     total = 0
-    for batch in _iter_batches(list_parquet_files(storage.join(out_dir, "review")), REVIEW_COLUMNS,
-                               _REVIEW_TYPES, []):
+    for batch in _iter_batches(list_parquet_files(storage.join(out_dir, "review")), REVIEW_COLUMNS, _REVIEW_TYPES, []):
         total += batch.num_rows
         for d in batch.slice(0, max(0, limit - len(rows))).to_pylist():
             score = d.get("score")
-            rows.append(CaptionRow(image_uri=text(d["image_uri"]), image_id=text(d["image_id"]),
-                                   caption=text(d["caption"]), score=float("nan") if score is None else float(score),
-                                   model_id=text(d.get("model_id")), review=text(d["reason"]),
-                                   flags=tuple(d["flags"]) if d.get("flags") is not None else None))
+            rows.append(
+                CaptionRow(
+                    image_uri=text(d["image_uri"]),
+                    image_id=text(d["image_id"]),
+                    caption=text(d["caption"]),
+                    score=float("nan") if score is None else float(score),
+                    model_id=text(d.get("model_id")),
+                    review=text(d["reason"]),
+                    flags=tuple(d["flags"]) if d.get("flags") is not None else None,
+                )
+            )
     return rows, total
 
 
@@ -317,8 +347,12 @@ def with_review(sample: CaptionSample, review: list[CaptionRow]) -> CaptionSampl
     """The sample with each row's review reason, and the review rows it lacks added (so the
     gallery's "needs review" filter shows the whole queue, up to its limit); least confident first."""
     reasons = {r.image_uri: r for r in review}
-    rows = [replace(r, review=reasons[r.image_uri].review, flags=reasons[r.image_uri].flags)
-            if r.image_uri in reasons else r for r in sample.rows]
+    rows = [
+        replace(r, review=reasons[r.image_uri].review, flags=reasons[r.image_uri].flags)
+        if r.image_uri in reasons
+        else r
+        for r in sample.rows
+    ]
     have = {r.image_uri for r in rows}
     rows += [r for r in review if r.image_uri not in have]
     rows.sort(key=_score_sort_key)

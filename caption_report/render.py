@@ -9,6 +9,7 @@ through :func:`html.escape`.
 The script is progressive enhancement: without JS the grid is already least-confident-first. It
 reads/writes the URL fragment, e.g. ``report.html#sort=score-desc&min=-2&max=-0.5``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -104,8 +105,12 @@ def _render_summary(data: ReportData) -> str:
         tiles.append((label, _num(value, digits), bad))
 
     if s:
-        for key, label in (("matched", "matched"), ("captioned", "captioned"),
-                           ("failed", "failed"), ("skipped_resume", "skipped (resume)")):
+        for key, label in (
+            ("matched", "matched"),
+            ("captioned", "captioned"),
+            ("failed", "failed"),
+            ("skipped_resume", "skipped (resume)"),
+        ):
             if key in s:
                 v = s[key]
                 tile(label, v, bad=key == "failed" and isinstance(v, (int, float)) and v > 0)
@@ -118,8 +123,9 @@ def _render_summary(data: ReportData) -> str:
     tile("caption rows (all files)", caps.total)
     tile("error rows (all files)", errs.total, bad=errs.total > 0)
     stats = "".join(
-        f'<div class="stat{" bad" if bad else ""}"><div class="v">{_e(v)}</div>'
-        f'<div class="k">{_e(label)}</div></div>' for label, v, bad in tiles)
+        f'<div class="stat{" bad" if bad else ""}"><div class="v">{_e(v)}</div><div class="k">{_e(label)}</div></div>'
+        for label, v, bad in tiles
+    )
 
     meta: list[tuple[str, str]] = []
     if "model_id" in s:
@@ -141,12 +147,24 @@ def _render_summary(data: ReportData) -> str:
             if isinstance(v, list):
                 shown = v[:50]
                 more = f"<li class='muted'>… {len(v) - 50} more</li>" if len(v) > 50 else ""
-                meta.append((label, "<ul>" + "".join(f"<li><code>{_e(x)}</code></li>" for x in shown)
-                             + more + "</ul>"))
+                meta.append((label, "<ul>" + "".join(f"<li><code>{_e(x)}</code></li>" for x in shown) + more + "</ul>"))
             else:
                 meta.append((label, f"<code>{_e(v)}</code>"))
-    known = {"run_id", "matched", "captioned", "failed", "skipped_resume", "images_per_second",
-             "wall_seconds", "model_loads", "model_id", "decode", "bleu", "inputs", "output"}
+    known = {
+        "run_id",
+        "matched",
+        "captioned",
+        "failed",
+        "skipped_resume",
+        "images_per_second",
+        "wall_seconds",
+        "model_loads",
+        "model_id",
+        "decode",
+        "bleu",
+        "inputs",
+        "output",
+    }
     for key in s:
         if key not in known:
             v = s[key]
@@ -163,55 +181,79 @@ def _render_card(rank: int, row: CaptionRow, thumb: str | None, show_model: bool
     if thumb:
         img = f'<div class="thumb"><img src="{_e(thumb)}" alt="{alt}"></div>'
     else:
-        img = ('<div class="thumb missing" role="img" aria-label="image unavailable">'
-               '<span class="x" aria-hidden="true">&#x2298;</span><span>image unavailable</span></div>')
+        img = (
+            '<div class="thumb missing" role="img" aria-label="image unavailable">'
+            '<span class="x" aria-hidden="true">&#x2298;</span><span>image unavailable</span></div>'
+        )
     score = row.score
     score_attr = "nan" if math.isnan(score) else repr(float(score))
-    prob = "" if math.isnan(score) else (
-        '<span class="muted" title="per-token probability exp(score)">'
-        f'p&#8776;{math.exp(min(score, 0.0)):.2f}/token</span>')
+    prob = (
+        ""
+        if math.isnan(score)
+        else (
+            '<span class="muted" title="per-token probability exp(score)">'
+            f"p&#8776;{math.exp(min(score, 0.0)):.2f}/token</span>"
+        )
+    )
     parts = [
         f'<p class="caption">{_e(_clip(row.caption))}</p>',
         f'<div class="scoreline"><span class="badge {_score_class(score)}" title="mean token log-probability">'
-        f'score {_e(_num(score, 3))}</span>{prob}</div>',
+        f"score {_e(_num(score, 3))}</span>{prob}</div>",
     ]
     if row.references is not None:
         refs = row.references[:_MAX_REFERENCES]
-        more = (f"<li class='muted'>… {len(row.references) - len(refs)} more</li>"
-                if len(row.references) > len(refs) else "")
+        more = (
+            f"<li class='muted'>… {len(row.references) - len(refs)} more</li>"
+            if len(row.references) > len(refs)
+            else ""
+        )
         bleu = "—" if row.bleu4 is None else _num(float(row.bleu4), 3)
         parts.append(
             f'<details class="refs"><summary>{len(row.references)} reference'
             f'{"" if len(row.references) == 1 else "s"} · BLEU-4 <span class="bleu4">{_e(bleu)}</span></summary>'
-            f'<ol>{"".join(f"<li>{_e(_clip(r))}</li>" for r in refs)}{more}</ol></details>')
+            f"<ol>{''.join(f'<li>{_e(_clip(r))}</li>' for r in refs)}{more}</ol></details>"
+        )
     if row.review:
         flags = f" ({', '.join(row.flags)})" if row.flags else ""
-        parts.append(f'<div class="review"><span class="badge review-badge">needs review: {_e(row.review)}'
-                     f'{_e(flags)}</span></div>')
+        parts.append(
+            f'<div class="review"><span class="badge review-badge">needs review: {_e(row.review)}'
+            f"{_e(flags)}</span></div>"
+        )
     size = f" · {row.width}×{row.height}" if row.width and row.height else ""
     model = f" · model <code>{_e(row.model_id[:12])}</code> {_e(row.decode)}" if show_model else ""
     parts.append(f'<div class="uri" title="{_e(row.image_uri)}">{_e(_clip(row.image_uri, 300))}{_e(size)}{model}</div>')
     review = f' data-review="{_e(row.review)}"' if row.review else ""
-    return (f'<article class="card" data-score="{_e(score_attr)}" data-rank="{rank}"{review}>'
-            f'{img}<div class="body">{"".join(parts)}</div></article>')
+    return (
+        f'<article class="card" data-score="{_e(score_attr)}" data-rank="{rank}"{review}>'
+        f'{img}<div class="body">{"".join(parts)}</div></article>'
+    )
 
 
 def _render_gallery(data: ReportData) -> str:
     rows, total = data.captions.rows, data.captions.total
     n = len(rows)
-    how = (f"a deterministic random sample (seed {data.seed}, <code>--sample {data.sample}</code>)"
-           if n < total else "all of them")
-    head = (f'<h2>Captions</h2><p class="sub" id="showing">Showing {n:,} of {total:,} captions '
-            f'({how}); least confident (lowest score) first.')
+    how = (
+        f"a deterministic random sample (seed {data.seed}, <code>--sample {data.sample}</code>)"
+        if n < total
+        else "all of them"
+    )
+    head = (
+        f'<h2>Captions</h2><p class="sub" id="showing">Showing {n:,} of {total:,} captions '
+        f"({how}); least confident (lowest score) first."
+    )
     if n:
         scores = np.array([r.score for r in rows], dtype=np.float64)
         finite = scores[np.isfinite(scores)]
         if finite.size:
-            head += (f' Scores in this sample: min {finite.min():.3f}, median {np.median(finite):.3f}, '
-                     f'max {finite.max():.3f}.')
+            head += (
+                f" Scores in this sample: min {finite.min():.3f}, median {np.median(finite):.3f}, "
+                f"max {finite.max():.3f}."
+            )
     if data.review_total:
-        head += (f' <strong>{data.review_total:,} need review</strong> (<code>review/*.parquet</code>: flagged by '
-                 'the watch-list or below <code>--review_below</code>); those not in the sample are added.')
+        head += (
+            f" <strong>{data.review_total:,} need review</strong> (<code>review/*.parquet</code>: flagged by "
+            "the watch-list or below <code>--review_below</code>); those not in the sample are added."
+        )
     head += "</p>"
     if not n:
         return f'<section id="gallery">{head}<p class="empty">No captions to show.</p></section>'
@@ -221,35 +263,47 @@ def _render_gallery(data: ReportData) -> str:
         '<option value="score-desc">most confident first (score ↓)</option></select></label>'
         '<label>min score <input id="min-score" type="number" step="0.1" placeholder="e.g. -3"></label>'
         '<label>max score <input id="max-score" type="number" step="0.1" placeholder="e.g. -0.5"></label>'
-        + ('<label><input id="needs-review" type="checkbox"> needs review only</label>'
-           if any(r.review for r in rows) else "") +
-        '<button type="button" id="reset">Reset</button>'
-        '<span class="muted" id="visible-count"></span></form>')
+        + (
+            '<label><input id="needs-review" type="checkbox"> needs review only</label>'
+            if any(r.review for r in rows)
+            else ""
+        )
+        + '<button type="button" id="reset">Reset</button>'
+        '<span class="muted" id="visible-count"></span></form>'
+    )
     show_model = len({(r.model_id, r.decode) for r in rows}) > 1
-    cards = "".join(_render_card(i, row, thumb, show_model)
-                    for i, (row, thumb) in enumerate(zip(rows, data.thumbnails)))
+    cards = "".join(
+        _render_card(i, row, thumb, show_model) for i, (row, thumb) in enumerate(zip(rows, data.thumbnails))
+    )
     grid = f'<div id="grid" class="grid" data-sort="score-asc">{cards}</div>'
     return f'<section id="gallery">{head}{controls}{grid}</section>'
 
 
 def _render_errors(data: ReportData) -> str:
     errs = data.errors
-    head = f'<h2>Errors ({errs.total:,})</h2>'
+    head = f"<h2>Errors ({errs.total:,})</h2>"
     if not errs.total:
         return f'<section id="errors">{head}<p class="empty">No error rows.</p></section>'
-    breakdown = ", ".join(f"{_e(stage)} / {_e(etype)}: {count:,}"
-                          for (stage, etype), count in sorted(errs.by_type.items(), key=lambda kv: (-kv[1], kv[0])))
+    breakdown = ", ".join(
+        f"{_e(stage)} / {_e(etype)}: {count:,}"
+        for (stage, etype), count in sorted(errs.by_type.items(), key=lambda kv: (-kv[1], kv[0]))
+    )
     note = f'<p class="sub">By stage / error type: {breakdown}.'
     if len(errs.rows) < errs.total:
-        note += (f' <strong>Showing the first {len(errs.rows):,} of {errs.total:,} error rows</strong> '
-                 f'(capped; read <code>errors/*.parquet</code> for all).')
+        note += (
+            f" <strong>Showing the first {len(errs.rows):,} of {errs.total:,} error rows</strong> "
+            f"(capped; read <code>errors/*.parquet</code> for all)."
+        )
     note += "</p>"
     body = "".join(
         f'<tr><td class="mono">{_e(_clip(r.image_uri, 500))}</td><td>{_e(r.stage)}</td>'
         f'<td class="etype"><code>{_e(r.error_type)}</code></td><td class="msg">{_e(_clip(r.message))}</td></tr>'
-        for r in errs.rows)
-    table = ('<table id="error-table"><thead><tr><th>image_uri</th><th>stage</th><th>error_type</th>'
-             f'<th>message</th></tr></thead><tbody>{body}</tbody></table>')
+        for r in errs.rows
+    )
+    table = (
+        '<table id="error-table"><thead><tr><th>image_uri</th><th>stage</th><th>error_type</th>'
+        f"<th>message</th></tr></thead><tbody>{body}</tbody></table>"
+    )
     return f'<section id="errors">{head}{note}{table}</section>'
 
 
@@ -268,17 +322,22 @@ def render_html(data: ReportData, *, thumbnail_px: int = DEFAULT_THUMBNAIL_PX) -
     notes_html = ('<div class="notes">' + "".join(f"<p>{_e(n)}</p>" for n in notes) + "</div>") if notes else ""
     css = _inline("report.css").replace("--thumb,160px", f"--thumb,{int(thumbnail_px)}px")
     js = _inline("report.js")
-    csp = ("default-src 'none'; img-src data:; style-src " + _csp_hash(css) + "; script-src "
-           + _csp_hash(js) + "; base-uri 'none'; form-action 'none'")
+    csp = (
+        "default-src 'none'; img-src data:; style-src "
+        + _csp_hash(css)
+        + "; script-src "
+        + _csp_hash(js)
+        + "; base-uri 'none'; form-action 'none'"
+    )
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{html.escape(csp, quote=False)}">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         '<meta name="referrer" content="no-referrer">'
         f"<title>{_e(title)}</title><style>{css}</style></head><body><main>"
         f'<header><h1>{_e(title)}</h1><p class="sub">{" · ".join(sub)}</p></header>'
         f"{notes_html}{_render_summary(data)}{_render_gallery(data)}{_render_errors(data)}"
-        "<noscript><p class=\"muted\">JavaScript is off: captions are listed least confident first; "
+        '<noscript><p class="muted">JavaScript is off: captions are listed least confident first; '
         "sorting and filtering need JavaScript.</p></noscript>"
         f"</main><script>{js}</script></body></html>\n"
     )

@@ -6,6 +6,7 @@ orientation and colour-mode handling as the pipeline); the upright size comes fr
 :func:`model.image_loading.upright_size`. Bytes are fetched a few at a time by threads and
 decoded one by one on the calling thread.
 """
+
 from __future__ import annotations
 
 import base64
@@ -33,9 +34,13 @@ def fit(width: int, height: int, px: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def thumbnail_from_bytes(data: bytes, px: int = DEFAULT_THUMBNAIL_PX, *,
-                         max_bytes: int = DEFAULT_MAX_BYTES,
-                         max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+def thumbnail_from_bytes(
+    data: bytes,
+    px: int = DEFAULT_THUMBNAIL_PX,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> str:
     """A ``data:image/jpeg;base64,...`` URI of ``data`` shrunk to fit ``px`` (upright, RGB).
     Raises :class:`~model.image_loading.ImageDecodeError` on bad bytes."""
     if px <= 0:
@@ -50,8 +55,7 @@ def thumbnail_from_bytes(data: bytes, px: int = DEFAULT_THUMBNAIL_PX, *,
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
-def make_thumbnail(uri: str, px: int = DEFAULT_THUMBNAIL_PX, *,
-                   max_bytes: int = DEFAULT_MAX_BYTES) -> str | None:
+def make_thumbnail(uri: str, px: int = DEFAULT_THUMBNAIL_PX, *, max_bytes: int = DEFAULT_MAX_BYTES) -> str | None:
     """Thumbnail data URI of the image at ``uri``, or None when it cannot be read or decoded."""
     try:
         return thumbnail_from_bytes(read_prefix(uri, max_bytes), px, max_bytes=max_bytes)
@@ -60,9 +64,13 @@ def make_thumbnail(uri: str, px: int = DEFAULT_THUMBNAIL_PX, *,
         return None
 
 
-def make_thumbnails(uris: Sequence[str], px: int = DEFAULT_THUMBNAIL_PX, *,
-                    workers: int = _FETCH_WORKERS,
-                    max_bytes: int = DEFAULT_MAX_BYTES) -> list[str | None]:
+def make_thumbnails(
+    uris: Sequence[str],
+    px: int = DEFAULT_THUMBNAIL_PX,
+    *,
+    workers: int = _FETCH_WORKERS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> list[str | None]:
     """Thumbnails for ``uris`` (None where unavailable). Reads run ``workers`` at a time in threads;
     decoding stays on this thread (decode_image's warning filters are not thread-safe) and at most
     ``workers`` images' bytes are held at once."""
@@ -77,7 +85,7 @@ def make_thumbnails(uris: Sequence[str], px: int = DEFAULT_THUMBNAIL_PX, *,
     workers = max(1, workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(uris), workers):
-            chunk = uris[start:start + workers]
+            chunk = uris[start : start + workers]
             for uri, data in zip(chunk, pool.map(fetch, chunk)):
                 if isinstance(data, Exception):
                     log.info("no thumbnail for %s: %s", uri, data)

@@ -1,4 +1,5 @@
 """Glue: load a run's output, make the thumbnails, render the page and write it."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -20,9 +21,15 @@ from model import storage
 REPORT_NAME = "report.html"
 
 
-def write_report(out_dir: str, *, sample: int = DEFAULT_SAMPLE, seed: int = 0,
-                 thumbnail_px: int = DEFAULT_THUMBNAIL_PX, output: str | None = None,
-                 max_errors: int = DEFAULT_MAX_ERRORS) -> str:
+def write_report(
+    out_dir: str,
+    *,
+    sample: int = DEFAULT_SAMPLE,
+    seed: int = 0,
+    thumbnail_px: int = DEFAULT_THUMBNAIL_PX,
+    output: str | None = None,
+    max_errors: int = DEFAULT_MAX_ERRORS,
+) -> str:
     """Write the HTML report of the run in ``out_dir`` to ``output`` (default
     ``OUT_DIR/report.html``) via fsspec and return that path."""
     if sample < 0:
@@ -39,9 +46,16 @@ def write_report(out_dir: str, *, sample: int = DEFAULT_SAMPLE, seed: int = 0,
     errors = load_errors(out_dir, max_errors=max_errors)
     thumbs = make_thumbnails([r.image_uri for r in captions.rows], thumbnail_px)
     data = ReportData(
-        summary=summary, captions=captions, errors=errors, thumbnails=thumbs, out_dir=out_dir,
-        sample=sample, seed=seed, notes=[note] if note else [],
-        generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"), review_total=review_total,
+        summary=summary,
+        captions=captions,
+        errors=errors,
+        thumbnails=thumbs,
+        out_dir=out_dir,
+        sample=sample,
+        seed=seed,
+        notes=[note] if note else [],
+        generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        review_total=review_total,
     )
     page = render_html(data, thumbnail_px=thumbnail_px)
     target = output or storage.join(out_dir, REPORT_NAME)

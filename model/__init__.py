@@ -7,6 +7,7 @@ The light parts (``model.text``, ``model.vocabulary``, ``model.bleu``, ``model.c
 ``model.flickr8k``, ``model.image_loading``) import without TensorFlow; ``model.encoder`` (to build)
 and ``model.lstm_decoder`` need it.
 """
+
 import os as _os
 
 # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) hides real messages.

@@ -17,6 +17,7 @@ Loading never executes code from the artifact: no pickle, no Keras model deseria
 JSON, HDF5 weight arrays and OpenVINO IR (an XML graph and raw weights), each checked against
 the manifest before use.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from model import storage
-from model.artifact_config import (ATTENTION_FORMAT, DECODER_WEIGHTS, ENSEMBLE_FORMAT, MERGE_FORMAT,
-                                   READABLE_FORMATS, ArtifactConfig, AttentionConfig, EncoderConfig, member_file)
+from model.artifact_config import (
+    ATTENTION_FORMAT,
+    DECODER_WEIGHTS,
+    ENSEMBLE_FORMAT,
+    MERGE_FORMAT,
+    READABLE_FORMATS,
+    ArtifactConfig,
+    AttentionConfig,
+    EncoderConfig,
+    member_file,
+)
 from model.caption_search import DecodeSettings
 from model.vocabulary import Vocabulary, VocabularyError
 
@@ -58,14 +68,26 @@ def library_versions() -> dict[str, str]:
     import numpy
     import tensorflow
 
-    return {"python": platform.python_version(), "tensorflow": tensorflow.__version__,
-            "keras": keras.__version__, "numpy": numpy.__version__}
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tensorflow.__version__,
+        "keras": keras.__version__,
+        "numpy": numpy.__version__,
+    }
 
 
-def save_artifact(uri: str, *, decoder: Any, vocab: Vocabulary, encoder: EncoderConfig,
-                  decoding: DecodeSettings, training: dict[str, Any] | None = None,
-                  encoder_model: Any = None, extra_files: dict[str, bytes] | None = None,
-                  combine: str = "mean_logprob") -> str:
+def save_artifact(
+    uri: str,
+    *,
+    decoder: Any,
+    vocab: Vocabulary,
+    encoder: EncoderConfig,
+    decoding: DecodeSettings,
+    training: dict[str, Any] | None = None,
+    encoder_model: Any = None,
+    extra_files: dict[str, bytes] | None = None,
+    combine: str = "mean_logprob",
+) -> str:
     """Write an artifact and return its ``model_id``.
 
     ``decoder`` is one decoder or a list of them (an ensemble of the same sizes whose
@@ -87,23 +109,33 @@ def save_artifact(uri: str, *, decoder: Any, vocab: Vocabulary, encoder: Encoder
     from model.image_loading import RESIZE_METHOD
 
     encoder_block = EncoderConfig(
-        name=encoder.name, image_size=encoder.image_size,
+        name=encoder.name,
+        image_size=encoder.image_size,
         weights=ENCODER_WEIGHTS_IN_ARTIFACT if encoder_model is not None else encoder.weights,
         preprocessing=get_backbone(encoder.name).preprocessing_function,
-        feature_dim=first.feature_dim, resize=RESIZE_METHOD)
+        feature_dim=first.feature_dim,
+        resize=RESIZE_METHOD,
+    )
     config: dict[str, Any] = {
         "encoder": encoder_block.to_dict(),
-        "decoding": {"method": decoding.method, "beam_width": decoding.beam_width,
-                     "length_alpha": decoding.length_alpha},
+        "decoding": {
+            "method": decoding.method,
+            "beam_width": decoding.beam_width,
+            "length_alpha": decoding.length_alpha,
+        },
         "versions": library_versions(),
         "training": training or {},
     }
     files_of = [member_file(i) for i in range(len(members))]
     if attention:
-        config.update(format=ATTENTION_FORMAT,
-                      decoder={k: v for k, v in first.to_dict().items() if k != "kind"},
-                      ensemble={"members": [{"file": f, "kind": m.config.kind} for f, m in zip(files_of, members)],
-                                "combine": combine})
+        config.update(
+            format=ATTENTION_FORMAT,
+            decoder={k: v for k, v in first.to_dict().items() if k != "kind"},
+            ensemble={
+                "members": [{"file": f, "kind": m.config.kind} for f, m in zip(files_of, members)],
+                "combine": combine,
+            },
+        )
     else:
         config.update(format=MERGE_FORMAT if len(members) == 1 else ENSEMBLE_FORMAT, decoder=first.to_dict())
         if len(members) > 1:
@@ -175,8 +207,9 @@ def _json(uri: str, name: str, data: bytes) -> dict[str, Any]:
     return value
 
 
-def read_artifact(uri: str, *, expected_model_id: str | None = None,
-                  encoder_weights: str | None = None) -> ArtifactContents:
+def read_artifact(
+    uri: str, *, expected_model_id: str | None = None, encoder_weights: str | None = None
+) -> ArtifactContents:
     """Read and verify an artifact without building any model.
 
     Checks, in order: the manifest, every file's size and SHA-256, the ``model_id`` (and the
@@ -188,16 +221,19 @@ def read_artifact(uri: str, *, expected_model_id: str | None = None,
     return _checked_contents(uri, manifest, files, model_id, encoder_weights)
 
 
-def _read_verified_files(uri: str, expected_model_id: str | None = None
-                         ) -> tuple[dict[str, Any], dict[str, bytes], str]:
+def _read_verified_files(
+    uri: str, expected_model_id: str | None = None
+) -> tuple[dict[str, Any], dict[str, bytes], str]:
     """The manifest, every file it lists (each read once, its size and SHA-256 checked) and the
     ``model_id`` they hash to (checked against the manifest's and the expected one)."""
     manifest = _json(uri, MANIFEST, _read(uri, MANIFEST))
     listed = manifest.get("files")
     if manifest.get("format") not in READABLE_FORMATS or not isinstance(listed, dict):
-        raise ArtifactError(f"{MANIFEST} of model artifact {uri} is not an {' or '.join(READABLE_FORMATS)} "
-                            f"manifest (format={manifest.get('format')!r}; a newer artifact needs a newer version "
-                            f"of this package)")
+        raise ArtifactError(
+            f"{MANIFEST} of model artifact {uri} is not an {' or '.join(READABLE_FORMATS)} "
+            f"manifest (format={manifest.get('format')!r}; a newer artifact needs a newer version "
+            f"of this package)"
+        )
     for name in REQUIRED_FILES:
         if name not in listed:
             raise ArtifactError(f"{MANIFEST} of model artifact {uri} does not list {name}")
@@ -208,30 +244,38 @@ def _read_verified_files(uri: str, expected_model_id: str | None = None
             raise ArtifactError(f"{MANIFEST} of model artifact {uri} lists an unsafe file name {name!r}")
         data = _read(uri, name)
         if len(data) != meta.get("bytes"):
-            raise ArtifactError(f"{name} of model artifact {uri} has {len(data)} bytes but the manifest "
-                                f"records {meta.get('bytes')} (truncated or replaced)")
+            raise ArtifactError(
+                f"{name} of model artifact {uri} has {len(data)} bytes but the manifest "
+                f"records {meta.get('bytes')} (truncated or replaced)"
+            )
         digest = storage.sha256_hex(data)
         if digest != meta.get("sha256"):
-            raise ArtifactError(f"{name} of model artifact {uri} does not match its SHA-256 in the manifest (tampered or corrupt)")
+            raise ArtifactError(
+                f"{name} of model artifact {uri} does not match its SHA-256 in the manifest (tampered or corrupt)"
+            )
         hashes[name] = digest
         contents[name] = data
     model_id = compute_model_id(hashes)
     if manifest.get("model_id") != model_id:
-        raise ArtifactError(f"{MANIFEST} of model artifact {uri} records model_id {manifest.get('model_id')} "
-                            f"but the files hash to {model_id}")
+        raise ArtifactError(
+            f"{MANIFEST} of model artifact {uri} records model_id {manifest.get('model_id')} "
+            f"but the files hash to {model_id}"
+        )
     if expected_model_id and expected_model_id != model_id:
         raise ArtifactError(f"model artifact {uri} has model_id {model_id}, expected {expected_model_id}")
     return manifest, contents, model_id
 
 
-def _checked_contents(uri: str, manifest: dict[str, Any], contents: dict[str, bytes], model_id: str,
-                      encoder_weights: str | None) -> ArtifactContents:
+def _checked_contents(
+    uri: str, manifest: dict[str, Any], contents: dict[str, bytes], model_id: str, encoder_weights: str | None
+) -> ArtifactContents:
     """Parse and check verified files (config, vocabulary, ensemble, INT8 IR, HDF5 weights)."""
     listed = manifest["files"]
     raw_config = _json(uri, CONFIG, contents[CONFIG])
     if raw_config.get("format") != manifest.get("format"):
-        raise ArtifactError(f"{CONFIG} of model artifact {uri} is not {manifest.get('format')} "
-                            f"(format={raw_config.get('format')!r})")
+        raise ArtifactError(
+            f"{CONFIG} of model artifact {uri} is not {manifest.get('format')} (format={raw_config.get('format')!r})"
+        )
     for key in ("encoder", "decoder"):
         if not isinstance(raw_config.get(key), dict):
             raise ArtifactError(f"{CONFIG} of model artifact {uri} has no '{key}' section")
@@ -246,15 +290,19 @@ def _checked_contents(uri: str, manifest: dict[str, Any], contents: dict[str, by
     _check_encoder_claims(uri, config.encoder)
     decoder_config = config.decoder
     if config.encoder.feature_dim is not None and config.encoder.feature_dim != decoder_config.feature_dim:
-        raise ArtifactError(f"{CONFIG} of model artifact {uri}: encoder feature_dim {config.encoder.feature_dim} "
-                            f"does not match the decoder's {decoder_config.feature_dim}")
+        raise ArtifactError(
+            f"{CONFIG} of model artifact {uri}: encoder feature_dim {config.encoder.feature_dim} "
+            f"does not match the decoder's {decoder_config.feature_dim}"
+        )
     try:
         vocab = Vocabulary.from_json(contents[VOCAB].decode("utf-8"))
     except (VocabularyError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{VOCAB} of model artifact {uri} is invalid: {exc}") from None
     if len(vocab) != decoder_config.vocab_size:
-        raise ArtifactError(f"{CONFIG} of model artifact {uri} says vocab_size={decoder_config.vocab_size} "
-                            f"but {VOCAB} has {len(vocab)} tokens")
+        raise ArtifactError(
+            f"{CONFIG} of model artifact {uri} says vocab_size={decoder_config.vocab_size} "
+            f"but {VOCAB} has {len(vocab)} tokens"
+        )
 
     int8 = _int8_encoder(uri, config, contents)
     tmp = tempfile.TemporaryDirectory(prefix="caption-artifact-")
@@ -269,12 +317,21 @@ def _checked_contents(uri: str, manifest: dict[str, Any], contents: dict[str, by
     weights = encoder_weights if encoder_weights is not None else config.encoder.weights
     if weights == ENCODER_WEIGHTS_IN_ARTIFACT:
         if ENCODER_WEIGHTS not in local:
-            raise ArtifactError(f"{CONFIG} of model artifact {uri} says the encoder weights are in the "
-                                f"artifact but {ENCODER_WEIGHTS} is not listed in its manifest")
+            raise ArtifactError(
+                f"{CONFIG} of model artifact {uri} says the encoder weights are in the "
+                f"artifact but {ENCODER_WEIGHTS} is not listed in its manifest"
+            )
         weights = local[ENCODER_WEIGHTS]
-    return ArtifactContents(uri=uri, model_id=model_id, config=config, vocab=vocab,
-                            decoder_weights_paths=[local[m] for m in members], encoder_weights=weights,
-                            int8_encoder=int8, _tmp=tmp)
+    return ArtifactContents(
+        uri=uri,
+        model_id=model_id,
+        config=config,
+        vocab=vocab,
+        decoder_weights_paths=[local[m] for m in members],
+        encoder_weights=weights,
+        int8_encoder=int8,
+        _tmp=tmp,
+    )
 
 
 def _check_encoder_claims(uri: str, encoder: EncoderConfig) -> None:
@@ -289,11 +346,15 @@ def _check_encoder_claims(uri: str, encoder: EncoderConfig) -> None:
     except EncoderError as exc:
         raise ArtifactError(f"{CONFIG} of model artifact {uri}: {exc}") from None
     if encoder.preprocessing not in (None, expected):
-        raise ArtifactError(f"{CONFIG} of model artifact {uri} says the images are preprocessed with "
-                            f"{encoder.preprocessing!r}, but this version runs {expected} for {encoder.name} (refused)")
+        raise ArtifactError(
+            f"{CONFIG} of model artifact {uri} says the images are preprocessed with "
+            f"{encoder.preprocessing!r}, but this version runs {expected} for {encoder.name} (refused)"
+        )
     if encoder.resize not in (None, RESIZE_METHOD):
-        raise ArtifactError(f"{CONFIG} of model artifact {uri} says the images are resized with "
-                            f"{encoder.resize!r}, but this version resizes with {RESIZE_METHOD!r} only (refused)")
+        raise ArtifactError(
+            f"{CONFIG} of model artifact {uri} says the images are resized with "
+            f"{encoder.resize!r}, but this version resizes with {RESIZE_METHOD!r} only (refused)"
+        )
 
 
 def _int8_encoder(uri: str, config: ArtifactConfig, contents: dict[str, bytes]) -> tuple[bytes, bytes] | None:
@@ -304,18 +365,23 @@ def _int8_encoder(uri: str, config: ArtifactConfig, contents: dict[str, bytes]) 
         return None
     for name in (INT8_ENCODER_XML, INT8_ENCODER_BIN):
         if name not in contents:
-            raise ArtifactError(f"{CONFIG} of model artifact {uri} announces an INT8 encoder but {name} is not "
-                                f"listed in its manifest")
+            raise ArtifactError(
+                f"{CONFIG} of model artifact {uri} announces an INT8 encoder but {name} is not listed in its manifest"
+            )
     xml = contents[INT8_ENCODER_XML]
     if not xml.lstrip().startswith(b"<?xml") or b"<net " not in xml[:4096]:
         raise ArtifactError(f"{INT8_ENCODER_XML} of model artifact {uri} is not an OpenVINO IR graph (refused)")
     encoder = config.encoder
     if block.get("output", "pooled") != config.encoder_output:
-        raise ArtifactError(f"the INT8 encoder of model artifact {uri} outputs the {block.get('output', 'pooled')} "
-                            f"features but its decoder reads the {config.encoder_output} ones (refused)")
+        raise ArtifactError(
+            f"the INT8 encoder of model artifact {uri} outputs the {block.get('output', 'pooled')} "
+            f"features but its decoder reads the {config.encoder_output} ones (refused)"
+        )
     if block.get("encoder") != encoder.name or list(block.get("image_size", [])) != list(encoder.image_size):
-        raise ArtifactError(f"the INT8 encoder of model artifact {uri} was built for {block.get('encoder')} at "
-                            f"{block.get('image_size')}, not {encoder.name} at {list(encoder.image_size)}")
+        raise ArtifactError(
+            f"the INT8 encoder of model artifact {uri} was built for {block.get('encoder')} at "
+            f"{block.get('image_size')}, not {encoder.name} at {list(encoder.image_size)}"
+        )
     return xml, contents[INT8_ENCODER_BIN]
 
 
@@ -333,8 +399,11 @@ def write_files(uri: str, files: dict[str, bytes]) -> str:
     hashes = {name: storage.sha256_hex(data) for name, data in files.items()}
     model_id = compute_model_id(hashes)
     fmt = json.loads(files[CONFIG]).get("format", ARTIFACT_FORMAT) if CONFIG in files else ARTIFACT_FORMAT
-    manifest = {"format": fmt, "model_id": model_id,
-                "files": {name: {"sha256": hashes[name], "bytes": len(data)} for name, data in files.items()}}
+    manifest = {
+        "format": fmt,
+        "model_id": model_id,
+        "files": {name: {"sha256": hashes[name], "bytes": len(data)} for name, data in files.items()},
+    }
     for name, data in files.items():
         storage.write_bytes(storage.join(uri, name), data)
     storage.write_bytes(storage.join(uri, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True).encode())

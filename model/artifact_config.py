@@ -22,10 +22,12 @@ The ensemble is parsed here only (``ArtifactConfig.ensemble_members``). Readers 
 (``config.encoder.image_size``), never string keys; the JSON on disk is written by
 ``model.artifact.save_artifact`` and is not changed by parsing it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 from model.caption_search import DecodeSettings
 
@@ -69,7 +71,7 @@ class DecoderConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "DecoderConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> DecoderConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:
@@ -103,7 +105,7 @@ class EncoderConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "EncoderConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> EncoderConfig:
         name = d.get("name")
         if not isinstance(name, str) or not name:
             raise ValueError(f"encoder name must be a non-empty string, got {name!r}")
@@ -114,11 +116,15 @@ class EncoderConfig:
         if int8 is not None and not isinstance(int8, dict):
             raise ValueError("encoder.int8 must be an object")
         feature_dim = d.get("feature_dim")
-        return cls(name=name, image_size=(int(size[0]), int(size[1])),
-                   weights=d.get("weights", DEFAULT_ENCODER_WEIGHTS),
-                   preprocessing=d.get("preprocessing"),
-                   feature_dim=None if feature_dim is None else int(feature_dim),
-                   resize=d.get("resize"), int8=int8)
+        return cls(
+            name=name,
+            image_size=(int(size[0]), int(size[1])),
+            weights=d.get("weights", DEFAULT_ENCODER_WEIGHTS),
+            preprocessing=d.get("preprocessing"),
+            feature_dim=None if feature_dim is None else int(feature_dim),
+            resize=d.get("resize"),
+            int8=int8,
+        )
 
 
 def decode_settings_from_dict(d: Mapping[str, Any], max_length: int) -> DecodeSettings:
@@ -159,12 +165,14 @@ class ArtifactConfig:
         return tuple(replace(self.decoder, kind=kind) for kind in self.member_kinds)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ArtifactConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> ArtifactConfig:
         """Parse config.json; raises ValueError naming the invalid section."""
         fmt = d.get("format")
         if fmt not in READABLE_FORMATS:
-            raise ValueError(f"unknown format {fmt!r} (this version reads {', '.join(READABLE_FORMATS)}; "
-                             f"a newer artifact needs a newer version of this package)")
+            raise ValueError(
+                f"unknown format {fmt!r} (this version reads {', '.join(READABLE_FORMATS)}; "
+                f"a newer artifact needs a newer version of this package)"
+            )
         try:
             members, kinds, combine = _ensemble(fmt, d.get("ensemble"))
         except (TypeError, ValueError, AttributeError) as exc:
@@ -184,9 +192,17 @@ class ArtifactConfig:
             decoding = decode_settings_from_dict(d.get("decoding") or {}, decoder.max_length)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"invalid decoding section: {exc}") from None
-        return cls(format=fmt, encoder=encoder, decoder=decoder, decoding=decoding, ensemble_members=members,
-                   ensemble_combine=combine, member_kinds=kinds, training=d.get("training") or {},
-                   versions=d.get("versions") or {})
+        return cls(
+            format=fmt,
+            encoder=encoder,
+            decoder=decoder,
+            decoding=decoding,
+            ensemble_members=members,
+            ensemble_combine=combine,
+            member_kinds=kinds,
+            training=d.get("training") or {},
+            versions=d.get("versions") or {},
+        )
 
     def decode_settings(self, **overrides: Any) -> DecodeSettings:
         """The default search with the given fields replaced (``None`` values are ignored)."""
@@ -208,14 +224,18 @@ def _ensemble(fmt: str, ensemble: Any) -> tuple[tuple[str, ...], tuple[str, ...]
     if fmt == ATTENTION_FORMAT:
         for m in ensemble["members"]:
             if not isinstance(m, dict) or set(m) != {"file", "kind"} or m["kind"] not in ATTENTION_KINDS:
-                raise ValueError(f"an attention member must be {{'file': ..., 'kind': one of {ATTENTION_KINDS}}}, "
-                                 f"not {m!r}")
+                raise ValueError(
+                    f"an attention member must be {{'file': ..., 'kind': one of {ATTENTION_KINDS}}}, not {m!r}"
+                )
         names = [m["file"] for m in ensemble["members"]]
         kinds = tuple(m["kind"] for m in ensemble["members"])
     else:
         names = list(ensemble["members"])
-    if names[0] != DECODER_WEIGHTS or len(set(names)) != len(names) or any(
-            not isinstance(n, str) or not n.endswith(".weights.h5") or "/" in n for n in names):
+    if (
+        names[0] != DECODER_WEIGHTS
+        or len(set(names)) != len(names)
+        or any(not isinstance(n, str) or not n.endswith(".weights.h5") or "/" in n for n in names)
+    ):
         raise ValueError(f"member files must be distinct *.weights.h5 names, the first {DECODER_WEIGHTS}: {names}")
     combine = ensemble.get("combine", "mean_logprob")
     if combine not in ENSEMBLE_COMBINE:
@@ -255,7 +275,7 @@ class AttentionConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "AttentionConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> AttentionConfig:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown attention decoder config keys: {sorted(unknown)}")

@@ -25,10 +25,12 @@ projected once per image and shared by its captions. ``AttentionStepModel`` impl
 ``model.lstm_decoder.KerasStepModel``); its state carries the projected map once per image.
 ``model.attention_runtime`` runs the same two graphs on OpenVINO.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -123,8 +125,9 @@ class AttentionNetwork(keras.Model):
         logits = self.word_logits(self.output_dropout(context + hq, training=training))
         return tf.reshape(tf.nn.softmax(logits), [n, k, t, self.config.vocab_size])
 
-    def step_tensors(self, word_ids: tf.Tensor, h: tf.Tensor, m: tf.Tensor, values: tf.Tensor, keys: tf.Tensor,
-                     image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    def step_tensors(
+        self, word_ids: tf.Tensor, h: tf.Tensor, m: tf.Tensor, values: tf.Tensor, keys: tf.Tensor, image: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """One inference step: (log-probabilities, h, m)."""
         x = tf.concat([tf.gather(self.embedding.embeddings, word_ids), image], axis=-1)
         _, (h2, m2) = self.memory_cell.cell(x, [h, m], training=False)
@@ -140,8 +143,9 @@ class AttentionDecoder:
     def __init__(self, config: AttentionConfig) -> None:
         self.config = config
         self.training_model = AttentionNetwork(config)
-        self.training_model((np.zeros((1, config.regions, config.feature_dim), np.float32),
-                             np.zeros((1, 1, 2), np.int32)))
+        self.training_model(
+            (np.zeros((1, config.regions, config.feature_dim), np.float32), np.zeros((1, 1, 2), np.int32))
+        )
 
     def count_params(self) -> int:
         return int(self.training_model.count_params())
@@ -161,7 +165,7 @@ class AttentionDecoder:
         """Load weights strictly: a layer the file does not cover is an error, not a warning."""
         load_weights_strictly(self.training_model, path)
 
-    def step_model(self, runtime: str = "tensorflow") -> "AttentionStepModel":
+    def step_model(self, runtime: str = "tensorflow") -> AttentionStepModel:
         """The step-wise graph of this decoder alone, run by TensorFlow or OpenVINO."""
         return make_attention_step_model([self], runtime)
 
@@ -193,14 +197,21 @@ class AttentionStepModel:
         n = len(members)
         self.width = n * c.units  # the recurrent state's width
         f32 = tf.float32
-        self._image = tf.function(self.project_image,
-                                  input_signature=[tf.TensorSpec([None, c.regions, c.feature_dim], f32)])
-        self._step = tf.function(self.step_by_image, input_signature=[
-            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, n * c.units], f32),
-            tf.TensorSpec([None, n * c.units], f32), tf.TensorSpec([None], tf.int32),
-            tf.TensorSpec([None, c.regions, n * c.units], f32),
-            tf.TensorSpec([None, c.regions, n * c.attention_dim], f32),
-            tf.TensorSpec([None, n * c.embedding_dim], f32)])
+        self._image = tf.function(
+            self.project_image, input_signature=[tf.TensorSpec([None, c.regions, c.feature_dim], f32)]
+        )
+        self._step = tf.function(
+            self.step_by_image,
+            input_signature=[
+                tf.TensorSpec([None], tf.int32),
+                tf.TensorSpec([None, n * c.units], f32),
+                tf.TensorSpec([None, n * c.units], f32),
+                tf.TensorSpec([None], tf.int32),
+                tf.TensorSpec([None, c.regions, n * c.units], f32),
+                tf.TensorSpec([None, c.regions, n * c.attention_dim], f32),
+                tf.TensorSpec([None, n * c.embedding_dim], f32),
+            ],
+        )
 
     @property
     def members(self) -> int:
@@ -210,17 +221,28 @@ class AttentionStepModel:
         parts = [net.encode_image(maps) for net in self._networks]
         return tuple(tf.concat([p[i] for p in parts], axis=-1) for i in range(3))
 
-    def step_tensors(self, word_ids: tf.Tensor, h: tf.Tensor, m: tf.Tensor, values: tf.Tensor, keys: tf.Tensor,
-                     image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    def step_tensors(
+        self, word_ids: tf.Tensor, h: tf.Tensor, m: tf.Tensor, values: tf.Tensor, keys: tf.Tensor, image: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         n = len(self._networks)
-        outs = [net.step_tensors(word_ids, *parts) for net, *parts in zip(
-            self._networks, *(tf.split(x, n, axis=-1) for x in (h, m, values, keys, image)))]
+        outs = [
+            net.step_tensors(word_ids, *parts)
+            for net, *parts in zip(self._networks, *(tf.split(x, n, axis=-1) for x in (h, m, values, keys, image)))
+        ]
         logps = [o[0] for o in outs]
         logp = combine_member_logprobs(logps, self.combine)
         return logp, tf.concat([o[1] for o in outs], axis=-1), tf.concat([o[2] for o in outs], axis=-1)
 
-    def step_by_image(self, word_ids: tf.Tensor, h: tf.Tensor, m: tf.Tensor, image_index: tf.Tensor,
-                      values: tf.Tensor, keys: tf.Tensor, image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    def step_by_image(
+        self,
+        word_ids: tf.Tensor,
+        h: tf.Tensor,
+        m: tf.Tensor,
+        image_index: tf.Tensor,
+        values: tf.Tensor,
+        keys: tf.Tensor,
+        image: tf.Tensor,
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """``step_tensors`` with the projected map given once per image and gathered per row."""
         return self.step_tensors(word_ids, h, m, *(tf.gather(x, image_index) for x in (values, keys, image)))
 
@@ -238,16 +260,21 @@ class AttentionStepModel:
         return logp.numpy(), (h2.numpy(), m2.numpy(), image_index, projected)
 
 
-def make_attention_step_model(members: Sequence[AttentionDecoder], runtime: str = "tensorflow",
-                              combine: str = "mean_logprob", cache_identity: str | None = None,
-                              cache: str | None = None) -> Any:
+def make_attention_step_model(
+    members: Sequence[AttentionDecoder],
+    runtime: str = "tensorflow",
+    combine: str = "mean_logprob",
+    cache_identity: str | None = None,
+    cache: str | None = None,
+) -> Any:
     """One step-wise graph over one or several attention decoders, run by ``runtime``
     (``AttentionStepModel``, or ``model.attention_runtime.OpenVinoAttentionStepModel``)."""
     if runtime == "openvino":
         from model.attention_runtime import OpenVinoAttentionStepModel
 
-        return OpenVinoAttentionStepModel(lambda: AttentionStepModel(members, combine), [m.config for m in members],
-                                          combine, cache_identity, cache)
+        return OpenVinoAttentionStepModel(
+            lambda: AttentionStepModel(members, combine), [m.config for m in members], combine, cache_identity, cache
+        )
     if runtime != "tensorflow":
         raise ValueError(f"decoder runtime must be tensorflow or openvino, not {runtime!r}")
     return AttentionStepModel(members, combine)

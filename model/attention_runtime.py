@@ -8,10 +8,12 @@ ensemble combination, and a later process compiles them from there without Tenso
 ``OpenVinoAttentionStepModel`` takes a factory of the TensorFlow step model, called only on a
 cache miss.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -46,8 +48,14 @@ class OpenVinoAttentionStepModel:
     only when a graph is not in the cache. ``configs`` are the members' configs (their kinds),
     ``cache_identity`` keys the converted graphs (``None``: converted on every load)."""
 
-    def __init__(self, tensorflow_model: Callable[[], Any], configs: Sequence[AttentionConfig],
-                 combine: str = "mean_logprob", cache_identity: str | None = None, cache: str | None = None) -> None:
+    def __init__(
+        self,
+        tensorflow_model: Callable[[], Any],
+        configs: Sequence[AttentionConfig],
+        combine: str = "mean_logprob",
+        cache_identity: str | None = None,
+        cache: str | None = None,
+    ) -> None:
         from model import openvino_runtime as ovr
 
         if not configs:
@@ -65,11 +73,16 @@ class OpenVinoAttentionStepModel:
         def key(graph: str) -> str | None:
             return None if cache_identity is None else attention_graph_key(graph, cache_identity, combine, kinds)
 
-        self._run = ovr.ThreadLocalRequests([
-            ovr.compile_traced(lambda: model()._image.get_concrete_function(), "float32", key(ATTENTION_GRAPHS[0]),
-                               folder),
-            ovr.compile_traced(lambda: model()._step.get_concrete_function(), "float32", key(ATTENTION_GRAPHS[1]),
-                               folder)])
+        self._run = ovr.ThreadLocalRequests(
+            [
+                ovr.compile_traced(
+                    lambda: model()._image.get_concrete_function(), "float32", key(ATTENTION_GRAPHS[0]), folder
+                ),
+                ovr.compile_traced(
+                    lambda: model()._step.get_concrete_function(), "float32", key(ATTENTION_GRAPHS[1]), folder
+                ),
+            ]
+        )
 
     def initial_state(self, features: np.ndarray) -> tuple[Any, ...]:
         """``features``: spatial maps ``(n, h, w, feature_dim)`` or ``(n, regions, feature_dim)``;

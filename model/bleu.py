@@ -28,6 +28,7 @@ nltk behaviour mirrored here (nltk 3.10, ``corpus_bleu`` with no smoothing):
   it does compute contribute exactly 0, so one set of statistics for n = 1..4 serves all
   four scores.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,9 +66,7 @@ def bleu_tokens(text_or_tokens: str | Sequence[str] | None) -> list[str]:
     """
     if text_or_tokens is None:
         return []
-    pieces: Iterable[str] = (
-        text_or_tokens.split() if isinstance(text_or_tokens, str) else text_or_tokens
-    )
+    pieces: Iterable[str] = text_or_tokens.split() if isinstance(text_or_tokens, str) else text_or_tokens
     out: list[str] = []
     for piece in pieces:
         lowered = str(piece).strip().lower()
@@ -97,8 +96,7 @@ class BleuStats:
     def __post_init__(self) -> None:
         if len(self.matches) != len(self.totals) or not self.matches:
             raise ValueError(
-                f"matches and totals need the same non-zero length, got "
-                f"{len(self.matches)} and {len(self.totals)}"
+                f"matches and totals need the same non-zero length, got {len(self.matches)} and {len(self.totals)}"
             )
 
     @property
@@ -157,9 +155,7 @@ def _ngram_counts(tokens: Sequence[str], n: int) -> Counter:
     return Counter(zip(*(tokens[i:] for i in range(n))))
 
 
-def segment_stats(
-    hypothesis: Sequence[str], references: Sequence[Sequence[str]], max_n: int = MAX_N
-) -> BleuStats:
+def segment_stats(hypothesis: Sequence[str], references: Sequence[Sequence[str]], max_n: int = MAX_N) -> BleuStats:
     """BLEU statistics of one hypothesis against its references (both already tokenised).
 
     Mirrors nltk's ``modified_precision``, ``closest_ref_length`` and length bookkeeping, so
@@ -212,10 +208,7 @@ def corpus_bleu_from_stats(stats: BleuStats) -> dict[str, float]:
         return {name: 0.0 for name in BLEU_WEIGHTS}
     bp = _brevity_penalty(stats.ref_len, stats.hyp_len)
     # Python ints divide with correct rounding, as float(Fraction(num, den)) does in nltk.
-    precisions = [
-        num / den if num != 0 else _ZERO_PRECISION
-        for num, den in zip(stats.matches, stats.totals)
-    ]
+    precisions = [num / den if num != 0 else _ZERO_PRECISION for num, den in zip(stats.matches, stats.totals)]
     return {
         name: bp * math.exp(math.fsum(w * math.log(p) for w, p in zip(weights, precisions)))
         for name, weights in BLEU_WEIGHTS.items()
@@ -229,18 +222,14 @@ def corpus_bleu_scores(
     hyps = list(hypotheses)
     refs_list = list(references_list)
     if len(hyps) != len(refs_list):
-        raise ValueError(
-            f"got {len(hyps)} hypotheses but {len(refs_list)} reference lists"
-        )
+        raise ValueError(f"got {len(hyps)} hypotheses but {len(refs_list)} reference lists")
     total = BleuStats.zero()
     for hyp, refs in zip(hyps, refs_list):
         total = total.merge(segment_stats(hyp, refs))
     return corpus_bleu_from_stats(total)
 
 
-def sentence_bleu_scores(
-    hypothesis: Sequence[str], references: Sequence[Sequence[str]]
-) -> dict[str, float]:
+def sentence_bleu_scores(hypothesis: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
     """Per-row sentence BLEU-1..4, smoothed with Chen & Cherry method 1 (epsilon 0.1).
 
     Unsmoothed sentence BLEU is 0 (or ~1e-154) for almost every short caption because some

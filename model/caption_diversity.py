@@ -13,6 +13,7 @@ For one caption per image (in image order) and each image's reference captions:
 
 Captions are compared and indexed in their cleaned form, so "A dog." and "a dog" are one caption.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -55,8 +56,9 @@ def reference_queries(references: Sequence[Sequence[str]]) -> list[tuple[int, st
     return queries
 
 
-def caption_findability(captions: Sequence[str | Sequence[str]],
-                        references: Sequence[Sequence[str]]) -> FindabilityReport:
+def caption_findability(
+    captions: Sequence[str | Sequence[str]], references: Sequence[Sequence[str]]
+) -> FindabilityReport:
     """BM25 findability of ``captions`` (one per image) with references #2..#5 as queries."""
     if len(captions) != len(references):
         raise ValueError(f"{len(captions)} captions for {len(references)} reference sets")
@@ -68,15 +70,20 @@ def human_anchor(references: Sequence[Sequence[str]]) -> FindabilityReport:
     return caption_findability([refs[0] if refs else "" for refs in references], references)
 
 
-def caption_set_report(captions: Sequence[str | Sequence[str]], references: Sequence[Sequence[str]],
-                       training_captions: Iterable[str] | None) -> dict[str, float]:
+def caption_set_report(
+    captions: Sequence[str | Sequence[str]],
+    references: Sequence[Sequence[str]],
+    training_captions: Iterable[str] | None,
+) -> dict[str, float]:
     """All columns at once, flat (JSON-ready): distinct_share, distinct_captions, words,
     novel_share (left out when ``training_captions`` is None) and findability as r_at_1,
     r_at_5, r_at_10, mrr, median_rank, queries."""
     found = caption_findability(captions, references)
-    report = {"distinct_share": distinct_share(captions),
-              "distinct_captions": len({_as_text(c) for c in captions}),
-              "words": distinct_words(captions)}
+    report = {
+        "distinct_share": distinct_share(captions),
+        "distinct_captions": len({_as_text(c) for c in captions}),
+        "words": distinct_words(captions),
+    }
     if training_captions is not None:
         report["novel_share"] = novel_share(captions, training_captions)
     return {**report, **asdict(found)}

@@ -14,6 +14,7 @@ counts bigrams (its ``n == 1`` is the second order): mirrored on purpose.
 ROUGE-L (Lin 2004, as in ``pycocoevalcap.rouge``): longest common subsequence, F-measure of the
 best precision and best recall over the references with beta 1.2; the corpus score is the mean.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,7 +32,7 @@ def _ngrams(tokens: Tokens, max_n: int = CIDER_N) -> Counter:
     counts: Counter = Counter()
     for n in range(1, max_n + 1):
         for i in range(len(tokens) - n + 1):
-            counts[tuple(tokens[i:i + n])] += 1
+            counts[tuple(tokens[i : i + n])] += 1
     return counts
 
 
@@ -51,7 +52,7 @@ def _tfidf(counts: Counter, doc_freq: Counter, log_corpus: float) -> tuple[list[
 
 def _cider_sim(hyp: tuple, ref: tuple) -> list[float]:
     (vh, nh, lh), (vr, nr, lr) = hyp, ref
-    penalty = math.exp(-((lh - lr) ** 2) / (2 * CIDER_SIGMA ** 2))
+    penalty = math.exp(-((lh - lr) ** 2) / (2 * CIDER_SIGMA**2))
     out = []
     for n in range(CIDER_N):
         val = sum(min(v, vr[n].get(g, 0.0)) * vr[n].get(g, 0.0) for g, v in vh[n].items())
@@ -129,7 +130,7 @@ def rouge_l_segment(hypothesis: Tokens, references: Sequence[Tokens]) -> float:
     p, r = max(precisions), max(recalls)
     if p == 0 or r == 0:
         return 0.0
-    return (1 + ROUGE_BETA ** 2) * p * r / (r + ROUGE_BETA ** 2 * p)
+    return (1 + ROUGE_BETA**2) * p * r / (r + ROUGE_BETA**2 * p)
 
 
 def rouge_l(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -> float:

@@ -12,6 +12,7 @@ for *this* image but unlikely in general: score = log p(c|image) - lambda * log 
 
 Both score token ids after <start>, with <end> when the caption reached it (as ``Hypothesis``).
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -35,8 +36,8 @@ class DecoderPrior:
         """Teacher-forced sum of log-probabilities of each sequence (0.0 for an empty one)."""
         out = np.zeros(len(token_ids), np.float64)
         for start in range(0, len(token_ids), self.batch_rows):
-            chunk = token_ids[start:start + self.batch_rows]
-            out[start:start + len(chunk)] = self._chunk(chunk)
+            chunk = token_ids[start : start + self.batch_rows]
+            out[start : start + len(chunk)] = self._chunk(chunk)
         return out
 
     def _chunk(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
@@ -52,7 +53,7 @@ class DecoderPrior:
         width = int(lengths.max())
         padded = np.zeros((n, width), np.int64)
         for i, t in enumerate(token_ids):
-            padded[i, :len(t)] = t
+            padded[i, : len(t)] = t
         total = np.zeros(n, np.float64)
         state = self.step_model.initial_state(np.repeat(self.feature, n, axis=0))
         words = np.full(n, self.start_id, np.int32)
@@ -75,8 +76,9 @@ class NgramPrior:
     ``order - 1`` copies of ``start_id``. The unigram level is interpolated with a uniform
     distribution over ``vocab_size`` ids, so no id has probability 0."""
 
-    def __init__(self, sequences: Iterable[Sequence[int]], vocab_size: int, start_id: int,
-                 order: int = 3, discount: float = 0.75) -> None:
+    def __init__(
+        self, sequences: Iterable[Sequence[int]], vocab_size: int, start_id: int, order: int = 3, discount: float = 0.75
+    ) -> None:
         if order < 1 or not 0 < discount < 1:
             raise ValueError("n-gram prior needs order >= 1 and 0 < discount < 1")
         self.order, self.discount, self.vocab_size, self.start_id = order, discount, vocab_size, start_id
@@ -86,7 +88,7 @@ class NgramPrior:
         for seq in sequences:
             padded = (start_id,) * (order - 1) + tuple(int(w) for w in seq)
             for i in range(order - 1, len(padded)):
-                top[padded[i - order + 1:i]][padded[i]] += 1
+                top[padded[i - order + 1 : i]][padded[i]] += 1
         self.counts: list[dict[tuple, Counter]] = [defaultdict(Counter) for _ in range(order)]
         self.counts[order - 1] = top
         for k in range(order - 1, 0, -1):
@@ -122,6 +124,8 @@ class NgramPrior:
         out = np.zeros(len(token_ids), np.float64)
         for i, seq in enumerate(token_ids):
             padded = (self.start_id,) * (self.order - 1) + tuple(int(w) for w in seq)
-            out[i] = sum(np.log(self._prob(padded[j - self.order + 1:j], padded[j]))
-                         for j in range(self.order - 1, len(padded)))
+            out[i] = sum(
+                np.log(self._prob(padded[j - self.order + 1 : j], padded[j]))
+                for j in range(self.order - 1, len(padded))
+            )
         return out

@@ -7,6 +7,7 @@ first axis is the row, so beams and finished images are handled by row selection
 instead be ``PerImage``: arrays with one entry per image, shared by that image's rows (the model
 keeps a per-row image index in the state to find them), which row selection does not copy.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -113,8 +114,9 @@ def _select(state: State, rows: np.ndarray) -> State:
     return tuple(s if isinstance(s, PerImage) else s[rows] for s in state)
 
 
-def greedy_decode(decoder: StepModel, features: np.ndarray, start_id: int, end_id: int,
-                  max_length: int) -> list[Hypothesis]:
+def greedy_decode(
+    decoder: StepModel, features: np.ndarray, start_id: int, end_id: int, max_length: int
+) -> list[Hypothesis]:
     """Pick the most likely next word at every step, for a whole batch of images at once."""
     n = len(features)
     state = decoder.initial_state(features)
@@ -136,8 +138,15 @@ def greedy_decode(decoder: StepModel, features: np.ndarray, start_id: int, end_i
     return [Hypothesis(tuple(t), float(lp)) for t, lp in zip(tokens, logprobs)]
 
 
-def beam_search(decoder: StepModel, features: np.ndarray, start_id: int, end_id: int,
-                max_length: int, beam_width: int = 3, length_alpha: float = 0.7) -> list[Hypothesis]:
+def beam_search(
+    decoder: StepModel,
+    features: np.ndarray,
+    start_id: int,
+    end_id: int,
+    max_length: int,
+    beam_width: int = 3,
+    length_alpha: float = 0.7,
+) -> list[Hypothesis]:
     """Keep the ``beam_width`` best partial captions per image; finished ones are ranked by
     ``logprob / len ** length_alpha``. All live beams of all images advance in one decoder call.
 
@@ -152,8 +161,15 @@ def _normalised(h: Hypothesis, length_alpha: float, logprob: float | None = None
     return (h.logprob if logprob is None else logprob) / max(1, len(h.token_ids)) ** length_alpha
 
 
-def beam_candidates(decoder: StepModel, features: np.ndarray, start_id: int, end_id: int,
-                    max_length: int, beam_width: int = 3, length_alpha: float = 0.7) -> list[list[Hypothesis]]:
+def beam_candidates(
+    decoder: StepModel,
+    features: np.ndarray,
+    start_id: int,
+    end_id: int,
+    max_length: int,
+    beam_width: int = 3,
+    length_alpha: float = 0.7,
+) -> list[list[Hypothesis]]:
     """Every finished caption of :func:`beam_search`, per image, in the order they finished
     (at least one per image); ``beam_search`` picks the best of each list."""
     n = len(features)
@@ -207,7 +223,7 @@ def beam_candidates(decoder: StepModel, features: np.ndarray, start_id: int, end
             if finished[image] and live:
                 # HF-style stop: the best finished caption beats what the live beams score now.
                 cur_len = step + 1
-                if max(map(normalised, finished[image])) >= max(live) / cur_len ** length_alpha:
+                if max(map(normalised, finished[image])) >= max(live) / cur_len**length_alpha:
                     drop = [i for i, im in enumerate(new_image) if im == image]
                     for i in reversed(drop):
                         del keep_rows[i], keep_words[i], new_tokens[i], new_logp[i], new_image[i]
@@ -219,8 +235,9 @@ def beam_candidates(decoder: StepModel, features: np.ndarray, start_id: int, end
     return finished
 
 
-def mmi_rerank(candidates: Sequence[Sequence[Hypothesis]], prior: CaptionPrior, mmi_lambda: float,
-               length_alpha: float) -> list[Hypothesis]:
+def mmi_rerank(
+    candidates: Sequence[Sequence[Hypothesis]], prior: CaptionPrior, mmi_lambda: float, length_alpha: float
+) -> list[Hypothesis]:
     """Per image, the candidate maximising ``(logprob - mmi_lambda * log p(c)) / len ** alpha``
     (first of equals; lambda 0 gives the beam's own choice). Returned hypotheses keep their
     conditional log-probability, so ``score`` stays a confidence in the image's caption."""
@@ -257,9 +274,15 @@ class BannedWords:
         return logp, state
 
 
-def decode_batch(decoder: StepModel, features: np.ndarray, start_id: int, end_id: int,
-                 settings: DecodeSettings, banned_ids: Sequence[int] = (),
-                 prior: CaptionPrior | None = None) -> list[Hypothesis]:
+def decode_batch(
+    decoder: StepModel,
+    features: np.ndarray,
+    start_id: int,
+    end_id: int,
+    settings: DecodeSettings,
+    banned_ids: Sequence[int] = (),
+    prior: CaptionPrior | None = None,
+) -> list[Hypothesis]:
     """Decode a batch of image feature vectors with the given settings; ``banned_ids`` are
     never generated (callers ban padding, <start> and <unk>). ``prior`` is needed (and only
     used) when ``settings.mmi_lambda`` > 0."""
@@ -274,15 +297,18 @@ def decode_batch(decoder: StepModel, features: np.ndarray, start_id: int, end_id
     if settings.method == "greedy":
         return greedy_decode(decoder, features, start_id, end_id, settings.max_length)
     if settings.mmi_lambda:
-        candidates = beam_candidates(decoder, features, start_id, end_id, settings.max_length,
-                                     settings.beam_width, settings.length_alpha)
+        candidates = beam_candidates(
+            decoder, features, start_id, end_id, settings.max_length, settings.beam_width, settings.length_alpha
+        )
         return mmi_rerank(candidates, prior, settings.mmi_lambda, settings.length_alpha)
-    return beam_search(decoder, features, start_id, end_id, settings.max_length,
-                       settings.beam_width, settings.length_alpha)
+    return beam_search(
+        decoder, features, start_id, end_id, settings.max_length, settings.beam_width, settings.length_alpha
+    )
 
 
-def _step_mmi(decoder: StepModel, features: np.ndarray, start_id: int, end_id: int,
-              settings: DecodeSettings, prior: CaptionPrior) -> list[Hypothesis]:
+def _step_mmi(
+    decoder: StepModel, features: np.ndarray, start_id: int, end_id: int, settings: DecodeSettings, prior: CaptionPrior
+) -> list[Hypothesis]:
     """Search with each word penalised by -lambda * log p(word) (<end> is not penalised), then
     give every hypothesis back its conditional log-probability."""
     word_logprobs = getattr(prior, "word_logprobs", None)
@@ -314,13 +340,25 @@ class CaptionResult:
     score: float
 
 
-def caption_features(step_model: StepModel, vocab: Vocabulary, features: np.ndarray,
-                     settings: DecodeSettings, prior: CaptionPrior | None = None) -> list[CaptionResult]:
+def caption_features(
+    step_model: StepModel,
+    vocab: Vocabulary,
+    features: np.ndarray,
+    settings: DecodeSettings,
+    prior: CaptionPrior | None = None,
+) -> list[CaptionResult]:
     """Captions of a batch of encoder feature vectors: the one features -> captions path of the
     project (``model.captioner.CaptionModel`` for the pipeline, ``training.evaluate`` for scores).
     Padding, <start> and <unk> are never generated; ``prior`` serves MMI reranking."""
-    hyps = decode_batch(step_model, np.asarray(features, np.float32), vocab.start_id, vocab.end_id, settings,
-                        vocab.never_generated, prior)
+    hyps = decode_batch(
+        step_model,
+        np.asarray(features, np.float32),
+        vocab.start_id,
+        vocab.end_id,
+        settings,
+        vocab.never_generated,
+        prior,
+    )
     results = []
     for hyp in hyps:
         words = tuple(vocab.decode(strip_end(hyp.token_ids, vocab.end_id)))

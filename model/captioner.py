@@ -4,6 +4,7 @@ A merge-decoder artifact (formats 1 and 2) gets an encoder that returns the pool
 attention artifact (format 3) gets one that returns the spatial map, and its search runs on the
 map. Either way ``caption_images`` returns the pooled vector as the image's embedding (for an
 attention model the map's global average, which is what the pooled encoder computes)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,22 +15,32 @@ from model.artifact import ArtifactContents, ArtifactError, read_artifact
 from model.artifact_config import ArtifactConfig
 from model.caption_search import CaptionResult, DecodeSettings, caption_features
 from model.encoder import ImageEncoder
-from model.lstm_decoder import STEP_GRAPHS, DecoderSource, KerasStepModel, MergeDecoder, make_step_model, step_graph_key
+from model.lstm_decoder import STEP_GRAPHS, DecoderSource, MergeDecoder, make_step_model, step_graph_key
 from model.vocabulary import Vocabulary
 
 
 class CaptionModel:
     """A ready-to-run captioner; build it with ``load_caption_model``."""
 
-    def __init__(self, encoder: ImageEncoder | None, decoders: list[MergeDecoder] | DecoderSource | None,
-                 vocab: Vocabulary, model_id: str, config: ArtifactConfig, default_settings: DecodeSettings,
-                 cache: str | None = None, combine: str = "mean_logprob", step_model: Any = None) -> None:
+    def __init__(
+        self,
+        encoder: ImageEncoder | None,
+        decoders: list[MergeDecoder] | DecoderSource | None,
+        vocab: Vocabulary,
+        model_id: str,
+        config: ArtifactConfig,
+        default_settings: DecodeSettings,
+        cache: str | None = None,
+        combine: str = "mean_logprob",
+        step_model: Any = None,
+    ) -> None:
         """``decoders``: the merge decoders; or ``step_model``, any ready ``StepModel`` (attention)."""
         self.encoder = encoder
         # The decoder runs where the encoder runs: one runtime's thread pool per process.
         runtime = encoder.runtime if encoder is not None else "tensorflow"
-        self.step_model = step_model if step_model is not None else \
-            make_step_model(decoders, runtime, model_id, cache, combine)
+        self.step_model = (
+            step_model if step_model is not None else make_step_model(decoders, runtime, model_id, cache, combine)
+        )
         self.vocab = vocab
         self.model_id = model_id
         self.config = config
@@ -60,7 +71,9 @@ class CaptionModel:
         """Captions for a batch of encoder feature vectors (``model.caption_search.caption_features``)."""
         return caption_features(self.step_model, self.vocab, features, settings or self.default_settings)
 
-    def caption_images(self, images: np.ndarray, settings: DecodeSettings | None = None) -> tuple[np.ndarray, list[CaptionResult]]:
+    def caption_images(
+        self, images: np.ndarray, settings: DecodeSettings | None = None
+    ) -> tuple[np.ndarray, list[CaptionResult]]:
         """Encode and caption a batch; returns the pooled feature vectors too (for
         ``--emit_embeddings``): an attention model's map averaged over its cells."""
         features = self.encode(images)
@@ -85,8 +98,10 @@ def build_decoders(contents: ArtifactContents) -> list[Any]:
         try:
             decoder.load_weights(path)
         except Exception as exc:  # noqa: BLE001 - Keras raises several types for bad weights
-            raise ArtifactError(f"{os.path.basename(path)} of model artifact {contents.uri} does not fit the "
-                                f"configured decoder: {type(exc).__name__}: {exc}") from None
+            raise ArtifactError(
+                f"{os.path.basename(path)} of model artifact {contents.uri} does not fit the "
+                f"configured decoder: {type(exc).__name__}: {exc}"
+            ) from None
         decoders.append(decoder)
     return decoders
 
@@ -115,8 +130,7 @@ def build_decoder(contents: ArtifactContents) -> MergeDecoder:
     return build_decoders(contents)[0]
 
 
-def build_step_model(contents: ArtifactContents, runtime: str = "tensorflow",
-                     cache: str | None = None) -> Any:
+def build_step_model(contents: ArtifactContents, runtime: str = "tensorflow", cache: str | None = None) -> Any:
     """The artifact's step-wise decoder: its one decoder, or all members combined as it says.
     For an attention artifact on OpenVINO the decoders are built only when a graph is not cached."""
     if contents.config.is_attention:
@@ -126,9 +140,11 @@ def build_step_model(contents: ArtifactContents, runtime: str = "tensorflow",
             from model.attention_decoder import AttentionStepModel
 
             return AttentionStepModel(build_decoders(contents), contents.ensemble_combine)
+
         if runtime == "openvino":
-            return OpenVinoAttentionStepModel(tensorflow_model, contents.config.member_configs(),
-                                              contents.ensemble_combine, contents.model_id, cache)
+            return OpenVinoAttentionStepModel(
+                tensorflow_model, contents.config.member_configs(), contents.ensemble_combine, contents.model_id, cache
+            )
         if runtime != "tensorflow":
             raise ValueError(f"decoder runtime must be tensorflow or openvino, not {runtime!r}")
         return tensorflow_model()
@@ -143,15 +159,24 @@ def check_encoder_ready(contents: ArtifactContents, precision: str, runtime: str
     if precision == "int8":
         choose_runtime(runtime, precision)  # refuses TensorFlow
         if contents.int8_encoder is None:
-            raise ArtifactError(f"model artifact {contents.uri} has no INT8 encoder (--precision int8); build one "
-                                f"with: python -m training.quantize --model {contents.uri} ...")
+            raise ArtifactError(
+                f"model artifact {contents.uri} has no INT8 encoder (--precision int8); build one "
+                f"with: python -m training.quantize --model {contents.uri} ..."
+            )
         return
     check_weights_available(contents.config.encoder.name, contents.encoder_weights)
 
 
-def load_caption_model(uri: str, *, encoder_weights: str | None = None, expected_model_id: str | None = None,
-                       with_encoder: bool = True, precision: str = "float32",
-                       runtime: str = "auto", cache: str | None = None) -> CaptionModel:
+def load_caption_model(
+    uri: str,
+    *,
+    encoder_weights: str | None = None,
+    expected_model_id: str | None = None,
+    with_encoder: bool = True,
+    precision: str = "float32",
+    runtime: str = "auto",
+    cache: str | None = None,
+) -> CaptionModel:
     """Verify and load an artifact (see ``model.artifact``) into a CaptionModel. ``cache``: where
     converted OpenVINO graphs are kept (``model.openvino_runtime.cache_dir``; "none" for nowhere)."""
     contents = read_artifact(uri, expected_model_id=expected_model_id, encoder_weights=encoder_weights)
@@ -159,30 +184,58 @@ def load_caption_model(uri: str, *, encoder_weights: str | None = None, expected
         return _load_attention_model(contents, with_encoder, precision, runtime, cache)
     # The Keras decoders are built when a step graph is traced: for TensorFlow now, for OpenVINO
     # only on a cache miss (the cache key is the artifact's content hash, weights included).
-    decoders = DecoderSource(contents.config.decoder, len(contents.decoder_weights_paths),
-                             lambda: build_decoders(contents))
+    decoders = DecoderSource(
+        contents.config.decoder, len(contents.decoder_weights_paths), lambda: build_decoders(contents)
+    )
     encoder = _encoder(contents, precision, runtime, cache) if with_encoder else None
-    return CaptionModel(encoder, decoders, contents.vocab, contents.model_id, contents.config,
-                        contents.decode_settings(), cache, contents.ensemble_combine)
+    return CaptionModel(
+        encoder,
+        decoders,
+        contents.vocab,
+        contents.model_id,
+        contents.config,
+        contents.decode_settings(),
+        cache,
+        contents.ensemble_combine,
+    )
 
 
 def _encoder(contents: ArtifactContents, precision: str, runtime: str, cache: str | None) -> ImageEncoder:
     """The artifact's encoder, returning what its decoder reads (pooled vector or spatial map)."""
     enc = contents.config.encoder
-    encoder = ImageEncoder(enc.name, contents.encoder_weights, enc.image_size, precision=precision, runtime=runtime,
-                           cache=cache, int8_ir=contents.int8_encoder if precision == "int8" else None,
-                           spatial=contents.config.encoder_output == "map")
+    encoder = ImageEncoder(
+        enc.name,
+        contents.encoder_weights,
+        enc.image_size,
+        precision=precision,
+        runtime=runtime,
+        cache=cache,
+        int8_ir=contents.int8_encoder if precision == "int8" else None,
+        spatial=contents.config.encoder_output == "map",
+    )
     if encoder.feature_dim != contents.config.decoder.feature_dim:
-        raise ArtifactError(f"encoder {enc.name} gives {encoder.feature_dim}-d features but the decoder of model "
-                            f"artifact {contents.uri} expects {contents.config.decoder.feature_dim}")
+        raise ArtifactError(
+            f"encoder {enc.name} gives {encoder.feature_dim}-d features but the decoder of model "
+            f"artifact {contents.uri} expects {contents.config.decoder.feature_dim}"
+        )
     return encoder
 
 
-def _load_attention_model(contents: ArtifactContents, with_encoder: bool, precision: str, runtime: str,
-                          cache: str | None) -> CaptionModel:
+def _load_attention_model(
+    contents: ArtifactContents, with_encoder: bool, precision: str, runtime: str, cache: str | None
+) -> CaptionModel:
     """An attention artifact's CaptionModel: the encoder returns the map; the decoder runs on the
     encoder's runtime (OpenVINO graphs from the cache need no TensorFlow)."""
     encoder = _encoder(contents, precision, runtime, cache) if with_encoder else None
     step = build_step_model(contents, encoder.runtime if encoder is not None else "tensorflow", cache)
-    return CaptionModel(encoder, None, contents.vocab, contents.model_id, contents.config, contents.decode_settings(),
-                        cache, contents.ensemble_combine, step_model=step)
+    return CaptionModel(
+        encoder,
+        None,
+        contents.vocab,
+        contents.model_id,
+        contents.config,
+        contents.decode_settings(),
+        cache,
+        contents.ensemble_combine,
+        step_model=step,
+    )

@@ -1,5 +1,6 @@
 """Strict command lines: every CLI of the project refuses an unknown flag (exit 2) and names the
 flag it probably meant, instead of running on with a default. Light: argparse and difflib only."""
+
 from __future__ import annotations
 
 import argparse
@@ -43,9 +44,15 @@ class StrictArgumentParser(argparse.ArgumentParser):
         """Parse, refusing unknown flags first (before argparse complains about a missing required
         flag that the typo was meant to be)."""
         argv = list(sys.argv[1:] if args is None else args)
-        flags = argv[:argv.index("--")] if "--" in argv else argv
-        unknown = [a for a in flags if a.startswith("-") and len(a) > 1 and not _NUMBER.match(a)
-                   and a.split("=", 1)[0] not in self._option_string_actions]
+        flags = argv[: argv.index("--")] if "--" in argv else argv
+        unknown = [
+            a
+            for a in flags
+            if a.startswith("-")
+            and len(a) > 1
+            and not _NUMBER.match(a)
+            and a.split("=", 1)[0] not in self._option_string_actions
+        ]
         if unknown:
             self.error(unknown_arguments_message(unknown, self._option_string_actions))
         parsed, extra = self.parse_known_args(argv, namespace)

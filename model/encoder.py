@@ -8,6 +8,7 @@ The Keras model is the source of truth (weights, layer names); on CPUs it is con
 which runs Xception faster than TensorFlow on CPUs, and has real bf16 kernels on AVX-512 BF16 CPUs
 (speeds in docs/PERFORMANCE.md). TensorFlow executes it when it sees a GPU or on request.
 """
+
 from __future__ import annotations
 
 import functools
@@ -45,8 +46,7 @@ class Backbone:
 
 
 BACKBONES: dict[str, Backbone] = {
-    "xception": Backbone("Xception", "xception", 299, 2048, min_size=71,
-                         float32_stem_end="block4_sepconv1_act"),
+    "xception": Backbone("Xception", "xception", 299, 2048, min_size=71, float32_stem_end="block4_sepconv1_act"),
     "inception_v3": Backbone("InceptionV3", "inception_v3", 299, 2048, min_size=75),
     "resnet50": Backbone("ResNet50", "resnet", 224, 2048),
     "efficientnet_b0": Backbone("EfficientNetB0", "efficientnet", 224, 1280),
@@ -88,11 +88,15 @@ def check_weights_available(name: str, weights: str | None) -> None:
     import keras
 
     try:
-        getattr(keras.applications, get_backbone(name).constructor)(include_top=False, weights="imagenet", pooling="avg")
+        getattr(keras.applications, get_backbone(name).constructor)(
+            include_top=False, weights="imagenet", pooling="avg"
+        )
     except Exception as exc:  # noqa: BLE001 - network errors come in many types
-        raise EncoderError(f"could not get the ImageNet weights of {name} (Keras download; no internet?): "
-                           f"{type(exc).__name__}: {exc}. Pass --encoder_weights PATH_OR_URI "
-                           "(or set CAPTION_ENCODER_WEIGHTS) to use a local copy.") from None
+        raise EncoderError(
+            f"could not get the ImageNet weights of {name} (Keras download; no internet?): "
+            f"{type(exc).__name__}: {exc}. Pass --encoder_weights PATH_OR_URI "
+            "(or set CAPTION_ENCODER_WEIGHTS) to use a local copy."
+        ) from None
 
 
 def weights_fingerprint(weights: str | None) -> str:
@@ -122,8 +126,9 @@ def may_have_gpu() -> bool:
 
     if not sys.platform.startswith("linux"):
         return True  # ask TensorFlow (e.g. Metal on macOS)
-    return bool(glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/proc/driver/nvidia/version")
-                or os.path.exists("/dev/kfd"))
+    return bool(
+        glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/kfd")
+    )
 
 
 def choose_runtime(runtime: str, precision: str = "float32") -> str:
@@ -133,8 +138,10 @@ def choose_runtime(runtime: str, precision: str = "float32") -> str:
         raise EncoderError(f"encoder runtime must be one of {RUNTIMES}, not {runtime!r}")
     if precision == "int8":
         if runtime == "tensorflow":
-            raise EncoderError("--precision int8 runs only on OpenVINO (CPU): use --encoder_runtime openvino or "
-                               "auto, or float32/bfloat16 with TensorFlow (GPUs)")
+            raise EncoderError(
+                "--precision int8 runs only on OpenVINO (CPU): use --encoder_runtime openvino or "
+                "auto, or float32/bfloat16 with TensorFlow (GPUs)"
+            )
         return "openvino"
     if runtime != "auto":
         return runtime
@@ -153,10 +160,18 @@ def choose_runtime(runtime: str, precision: str = "float32") -> str:
 class ImageEncoder:
     """Compiled batch feature extractor: uint8 RGB images -> pooled feature vectors."""
 
-    def __init__(self, name: str = "xception", weights: str | None = "imagenet",
-                 image_size: tuple[int, int] | None = None, precision: str = "float32",
-                 runtime: str = "auto", float32_stem: bool = True, cache: str | None = None,
-                 int8_ir: tuple[bytes, bytes] | None = None, spatial: bool = False) -> None:
+    def __init__(
+        self,
+        name: str = "xception",
+        weights: str | None = "imagenet",
+        image_size: tuple[int, int] | None = None,
+        precision: str = "float32",
+        runtime: str = "auto",
+        float32_stem: bool = True,
+        cache: str | None = None,
+        int8_ir: tuple[bytes, bytes] | None = None,
+        spatial: bool = False,
+    ) -> None:
         """``precision="bfloat16"`` runs the backbone in bf16 except its float32 stem (see
         ``Backbone.float32_stem_end``; ``float32_stem=False`` makes it all bf16, for benchmarks).
         ``precision="int8"`` runs ``int8_ir``, the quantised OpenVINO IR (xml, bin) of a verified
@@ -179,12 +194,13 @@ class ImageEncoder:
         self.weights = weights
         self.runtime = choose_runtime(runtime, precision)
         self._model: Any = None
-        self.float32_stem_end = self.backbone.float32_stem_end \
-            if float32_stem and precision == "bfloat16" else None
+        self.float32_stem_end = self.backbone.float32_stem_end if float32_stem and precision == "bfloat16" else None
         if precision == "int8":
             if int8_ir is None:
-                raise EncoderError("this model artifact has no INT8 encoder; build one with "
-                                   "python -m training.quantize --model ARTIFACT ...")
+                raise EncoderError(
+                    "this model artifact has no INT8 encoder; build one with "
+                    "python -m training.quantize --model ARTIFACT ..."
+                )
             from model import openvino_runtime as ovr
 
             self._resolved_weights = None  # the IR carries its own (quantised) weights
@@ -204,8 +220,12 @@ class ImageEncoder:
 
             constructor: Callable[..., Any] = getattr(keras.applications, self.backbone.constructor)
             try:
-                self._model = constructor(include_top=False, weights=self._resolved_weights,
-                                          pooling=None if self.spatial else "avg", input_shape=(*self.image_size, 3))
+                self._model = constructor(
+                    include_top=False,
+                    weights=self._resolved_weights,
+                    pooling=None if self.spatial else "avg",
+                    input_shape=(*self.image_size, 3),
+                )
             except (ValueError, OSError) as exc:
                 raise EncoderError(f"could not load {self.name} weights from {self.weights}: {exc}") from exc
         return self._model
@@ -221,6 +241,7 @@ class ImageEncoder:
             if with_preprocessing:
                 x = preprocess(tf.cast(x, tf.float32))
             return tf.cast(graph(x, training=False), tf.float32)
+
         dtype = tf.uint8 if with_preprocessing else tf.float32
         return tf.function(forward, input_signature=[tf.TensorSpec([None, *input_shape], dtype)])
 
@@ -244,8 +265,9 @@ class ImageEncoder:
         if self.precision == "bfloat16" and not ovr.cpu_has_bf16():
             import logging
 
-            logging.getLogger(__name__).warning("this CPU has no bf16 instructions; OpenVINO runs bfloat16 "
-                                                "stages in float32")
+            logging.getLogger(__name__).warning(
+                "this CPU has no bf16 instructions; OpenVINO runs bfloat16 stages in float32"
+            )
         shape = (*self.image_size, 3)
 
         def whole() -> Any:
@@ -261,19 +283,35 @@ class ImageEncoder:
             return self._traced(part, tuple(part.input.shape[1:]), False).get_concrete_function()
 
         # OpenVINO sets precision per compiled model, so a float32 stem is its own stage.
-        stages = [("whole", whole, self.precision)] if self.float32_stem_end is None else \
-            [("stem", stem, "float32"), ("rest", rest, self.precision)]
+        stages = (
+            [("whole", whole, self.precision)]
+            if self.float32_stem_end is None
+            else [("stem", stem, "float32"), ("rest", rest, self.precision)]
+        )
         # Random weights differ on every build, so only real weights are cached (and hashed only
         # when there is a cache to key).
         folder = ovr.cache_dir(cache)
         fingerprint = None if self._resolved_weights is None or folder is None else weights_fingerprint(self.weights)
-        compiled = [ovr.compile_traced(trace, precision,
-                                       None if fingerprint is None else ovr.compiled_graph_key(
-                                           graph="encoder", backbone=self.name, image_size=self.image_size,
-                                           stage=stage, stem_end=self.float32_stem_end, weights=fingerprint,
-                                           **({"spatial": True} if self.spatial else {})),
-                                       folder, throughput=True)
-                    for stage, trace, precision in stages]
+        compiled = [
+            ovr.compile_traced(
+                trace,
+                precision,
+                None
+                if fingerprint is None
+                else ovr.compiled_graph_key(
+                    graph="encoder",
+                    backbone=self.name,
+                    image_size=self.image_size,
+                    stage=stage,
+                    stem_end=self.float32_stem_end,
+                    weights=fingerprint,
+                    **({"spatial": True} if self.spatial else {}),
+                ),
+                folder,
+                throughput=True,
+            )
+            for stage, trace, precision in stages
+        ]
         return ovr.ChunkedRequests(compiled, OPENVINO_CHUNK).chain
 
     def _tensorflow_forward(self) -> Callable[[np.ndarray], np.ndarray]:
@@ -286,8 +324,12 @@ class ImageEncoder:
             previous_policy = keras.config.dtype_policy()
             try:
                 keras.config.set_dtype_policy("mixed_bfloat16")
-                twin = constructor(include_top=False, weights=None, pooling=None if self.spatial else "avg",
-                                          input_shape=(*self.image_size, 3))
+                twin = constructor(
+                    include_top=False,
+                    weights=None,
+                    pooling=None if self.spatial else "avg",
+                    input_shape=(*self.image_size, 3),
+                )
             finally:
                 keras.config.set_dtype_policy(previous_policy)
             twin.set_weights(self.model.get_weights())
@@ -295,6 +337,7 @@ class ImageEncoder:
             if self.float32_stem_end is not None:
                 stem = self._stem_split(self.model)[0]
                 rest = self._stem_split(twin)[1]
+
                 def graph(x: Any, training: bool) -> Any:
                     return rest(stem(x, training=training), training=training)
 

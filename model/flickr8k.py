@@ -3,13 +3,17 @@
 Used by training (``training.datasets.read_flickr8k``) and by the pipeline (reference captions
 for BLEU), so it lives in the model core that both depend on.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
 
 TOKEN_FILE = "Flickr8k.token.txt"
-SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "dev": "Flickr_8k.devImages.txt",
-               "test": "Flickr_8k.testImages.txt"}
+SPLIT_FILES = {
+    "train": "Flickr_8k.trainImages.txt",
+    "dev": "Flickr_8k.devImages.txt",
+    "test": "Flickr_8k.testImages.txt",
+}
 
 
 def parse_token_file(text: str) -> OrderedDict[str, list[str]]:

@@ -18,6 +18,7 @@ Decoding order, and why:
 Global Pillow state (``Image.MAX_IMAGE_PIXELS``, ``ImageFile.LOAD_TRUNCATED_IMAGES``) is
 never modified.
 """
+
 from __future__ import annotations
 
 import io
@@ -179,8 +180,9 @@ def upright_size(data: bytes) -> tuple[int, int]:
     return header.width, header.height
 
 
-def probe_image(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
+def probe_image(
+    data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> ImageHeader:
     """Format and upright size from the header, after the checks :func:`decode_image` makes before
     it decodes pixels (empty, too large, not an image, decompression bomb), with the same error
     types. No pixel is decoded, so a file whose pixel data is truncated or corrupt passes here and
@@ -208,9 +210,7 @@ def _check_byte_size(data: bytes, max_bytes: int) -> None:
     if len(data) == 0:
         raise ImageDecodeError(EMPTY_FILE, "file is empty (0 bytes)")
     if len(data) > max_bytes:
-        raise ImageDecodeError(
-            TOO_LARGE, f"file is {len(data)} bytes, over the limit of {max_bytes} bytes"
-        )
+        raise ImageDecodeError(TOO_LARGE, f"file is {len(data)} bytes, over the limit of {max_bytes} bytes")
 
 
 def _check_declared_pixels(width: int, height: int, max_pixels: int) -> None:
@@ -220,8 +220,7 @@ def _check_declared_pixels(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ImageDecodeError(
             DECOMPRESSION_BOMB,
-            f"image declares {width}x{height} = {width * height} pixels, "
-            f"over the limit of {max_pixels}",
+            f"image declares {width}x{height} = {width * height} pixels, over the limit of {max_pixels}",
         )
 
 
@@ -335,7 +334,6 @@ def _sniff_format(data: bytes) -> str | None:
     return None
 
 
-
 def _preview(data: bytes) -> str:
     """Repr of the first bytes: always ASCII, never huge, safe to put in a message."""
     head = data[:_PREVIEW_BYTES]
@@ -352,9 +350,7 @@ def _unidentified_error(data: bytes) -> ImageDecodeError:
             f"not a recognised image ({len(data)} bytes); starts with {_preview(data)}",
         )
     if sniffed == "HEIF/AVIF":
-        return ImageDecodeError(
-            NOT_AN_IMAGE, f"{sniffed} container that this Pillow build cannot decode"
-        )
+        return ImageDecodeError(NOT_AN_IMAGE, f"{sniffed} container that this Pillow build cannot decode")
     return ImageDecodeError(
         CORRUPT_IMAGE,
         f"starts like a {sniffed} file but its header cannot be parsed ({len(data)} bytes); "

@@ -16,6 +16,7 @@ One set of Keras layers serves three graphs:
 TensorFlow and Keras are imported where a graph is built or traced, not with this module: an
 ``OpenVinoStepModel`` whose graphs come from the cache never imports them (seconds of start-up).
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,8 +34,6 @@ if TYPE_CHECKING:  # annotations only; imported where graphs are built (see modu
     import tensorflow as tf
 
 
-
-
 def combine_member_logprobs(logps: list[Any], combine: str) -> Any:
     """An ensemble's next-word log-probabilities from its members' (TensorFlow tensors):
     ``mean_logprob`` renormalises the mean of the log-probabilities (a geometric mean), any other
@@ -48,16 +47,19 @@ def combine_member_logprobs(logps: list[Any], combine: str) -> Any:
         return tf.nn.log_softmax(tf.add_n(logps) / n)
     return tf.reduce_logsumexp(tf.stack(logps), axis=0) - np.log(n)
 
+
 def load_weights_strictly(keras_model: Any, path: str) -> None:
     """Load ``path`` into ``keras_model``; Keras only warns when a layer finds no weights in the
     file and keeps its random initialisation: here that is a ValueError."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         keras_model.load_weights(path)
-    skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)
-               or "freshly-initialized" in str(w.message)]
+    skipped = [
+        str(w.message) for w in caught if "Skipping" in str(w.message) or "freshly-initialized" in str(w.message)
+    ]
     if skipped:
         raise ValueError(f"weights file does not cover every decoder layer: {skipped[0]}")
+
 
 class MergeDecoder:
     """Owns the decoder layers; builds the graphs that share them."""
@@ -68,8 +70,9 @@ class MergeDecoder:
         self.config = config
         c = config
         self.image_dropout = layers.Dropout(c.dropout, name="image_dropout")
-        self.image_dense = [layers.Dense(u, activation="relu", name=f"image_dense_{i + 1}")
-                            for i, u in enumerate(c.image_dense)]
+        self.image_dense = [
+            layers.Dense(u, activation="relu", name=f"image_dense_{i + 1}") for i, u in enumerate(c.image_dense)
+        ]
         self.embedding = layers.Embedding(c.vocab_size, c.embedding_dim, mask_zero=True, name="word_embedding")
         self.word_dropout = layers.Dropout(c.dropout, name="word_dropout")
         self.lstm = layers.LSTM(c.units, return_sequences=True, name="caption_lstm")
@@ -114,16 +117,21 @@ class MergeDecoder:
         """Load weights strictly (``load_weights_strictly``)."""
         load_weights_strictly(self.training_model, path)
 
-    def step_model(self, runtime: str = "tensorflow", cache_identity: str | None = None,
-                   cache: str | None = None) -> KerasStepModel:
+    def step_model(
+        self, runtime: str = "tensorflow", cache_identity: str | None = None, cache: str | None = None
+    ) -> KerasStepModel:
         """The step-wise inference graph run by TensorFlow or OpenVINO (``runtime``); an OpenVINO
         graph is cached under ``cache_identity`` (the artifact's model_id) when given."""
         return make_step_model([self], runtime, cache_identity, cache)
 
 
-def make_step_model(members: Sequence[MergeDecoder] | DecoderSource, runtime: str = "tensorflow",
-                    cache_identity: str | None = None, cache: str | None = None,
-                    combine: str = "mean_logprob") -> KerasStepModel:
+def make_step_model(
+    members: Sequence[MergeDecoder] | DecoderSource,
+    runtime: str = "tensorflow",
+    cache_identity: str | None = None,
+    cache: str | None = None,
+    combine: str = "mean_logprob",
+) -> KerasStepModel:
     """One step-wise graph over one decoder or an ensemble of decoders (see ``KerasStepModel``).
     A ``DecoderSource`` is built here for TensorFlow, and only on a cache miss for OpenVINO."""
     if runtime == "openvino":
@@ -192,8 +200,9 @@ class KerasStepModel:
     combined: ``mean_logprob`` (renormalised geometric mean of the distributions) or
     ``mean_prob`` (arithmetic mean). One decoder gives exactly its own log-softmax."""
 
-    def __init__(self, members: MergeDecoder | Sequence[MergeDecoder] | DecoderSource,
-                 combine: str = "mean_logprob") -> None:
+    def __init__(
+        self, members: MergeDecoder | Sequence[MergeDecoder] | DecoderSource, combine: str = "mean_logprob"
+    ) -> None:
         """``members``: the decoders, or a ``DecoderSource`` that builds them on first trace."""
         if isinstance(members, DecoderSource):
             source = members
@@ -224,9 +233,15 @@ class KerasStepModel:
         import tensorflow as tf
 
         w = self.width
-        return tf.function(self.step_tensors, input_signature=[
-            tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, w], tf.float32),
-            tf.TensorSpec([None, w], tf.float32), tf.TensorSpec([None, w], tf.float32)])
+        return tf.function(
+            self.step_tensors,
+            input_signature=[
+                tf.TensorSpec([None], tf.int32),
+                tf.TensorSpec([None, w], tf.float32),
+                tf.TensorSpec([None, w], tf.float32),
+                tf.TensorSpec([None, w], tf.float32),
+            ],
+        )
 
     @functools.cached_property
     def _members(self) -> list[MergeDecoder]:
@@ -289,14 +304,22 @@ def step_graph_key(graph: str, cache_identity: str, combine: str) -> str:
 class OpenVinoStepModel(KerasStepModel):
     """``KerasStepModel``'s traced graphs converted to OpenVINO (same weights, same maths)."""
 
-    def __init__(self, members: MergeDecoder | Sequence[MergeDecoder] | DecoderSource, cache_identity: str | None,
-                 cache: str | None = None, combine: str = "mean_logprob") -> None:
+    def __init__(
+        self,
+        members: MergeDecoder | Sequence[MergeDecoder] | DecoderSource,
+        cache_identity: str | None,
+        cache: str | None = None,
+        combine: str = "mean_logprob",
+    ) -> None:
         from model import openvino_runtime as ovr
 
         super().__init__(members, combine)
         folder = ovr.cache_dir(cache)
-        key = (lambda graph: None) if cache_identity is None else \
-            (lambda graph: step_graph_key(graph, cache_identity, combine))
+        key = (
+            (lambda graph: None)
+            if cache_identity is None
+            else (lambda graph: step_graph_key(graph, cache_identity, combine))
+        )
 
         def trace(name: str) -> Any:
             # Build the decoders before tracing, so that their errors (an ArtifactError for
@@ -304,9 +327,12 @@ class OpenVinoStepModel(KerasStepModel):
             # Only on a cache miss: the tf.function (and TensorFlow) is made inside.
             return lambda: (self.member_decoders(), getattr(self, name).get_concrete_function())[1]
 
-        self._run = ovr.ThreadLocalRequests([
-            ovr.compile_traced(trace("_image"), "float32", key("decoder-image"), folder),
-            ovr.compile_traced(trace("_step"), "float32", key("decoder-step"), folder)])
+        self._run = ovr.ThreadLocalRequests(
+            [
+                ovr.compile_traced(trace("_image"), "float32", key("decoder-image"), folder),
+                ovr.compile_traced(trace("_step"), "float32", key("decoder-step"), folder),
+            ]
+        )
 
     def initial_state(self, features: np.ndarray) -> tuple[np.ndarray, ...]:
         (image,) = self._run.run(0, [np.asarray(features, dtype=np.float32)])

@@ -10,6 +10,7 @@ Callers name what a graph is made of in ``compiled_graph_key`` (weights content 
 versions), the key of its folder in this cache; ``None`` means "never cache" (e.g. random
 weights, which differ on every build).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,9 +59,13 @@ def _version(*distributions: str) -> str | None:
 def compiled_graph_key(**identity: Any) -> str:
     """The key of a converted graph in the OpenVINO cache folder, from what it is made of, plus the library versions
     that shape the conversion."""
-    full = {"format": CACHE_FORMAT, "openvino": _version("openvino"),
-            "tensorflow": _version("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tf-nightly"),
-            "keras": _version("keras"), **identity}
+    full = {
+        "format": CACHE_FORMAT,
+        "openvino": _version("openvino"),
+        "tensorflow": _version("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tf-nightly"),
+        "keras": _version("keras"),
+        **identity,
+    }
     return hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
@@ -115,8 +120,12 @@ def _private_folder(root: str) -> bool:
         log.warning("OpenVINO cache %s is not usable (%s); converting in memory", root, exc)
         return False
     if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
-        log.warning("OpenVINO cache %s is not private to this user (owner uid %d, mode %o); not using it",
-                    root, st.st_uid, st.st_mode & 0o777)
+        log.warning(
+            "OpenVINO cache %s is not private to this user (owner uid %d, mode %o); not using it",
+            root,
+            st.st_uid,
+            st.st_mode & 0o777,
+        )
         return False
     return True
 
@@ -156,8 +165,9 @@ def compile_options(precision: str, throughput: bool = False) -> dict[str, Any]:
     return options
 
 
-def compile_traced(trace: Callable[[], Any], precision: str, key: str | None, cache: str | None,
-                   throughput: bool = False) -> Any:
+def compile_traced(
+    trace: Callable[[], Any], precision: str, key: str | None, cache: str | None, throughput: bool = False
+) -> Any:
     """Compile a graph for the CPU: read from the cache under ``key`` when present, else call
     ``trace()`` (a tf ConcreteFunction), convert it and store it. ``precision`` is float32 or
     bfloat16 (OpenVINO's inference precision hint; it is not part of the stored graph);
@@ -250,7 +260,7 @@ class ChunkedRequests:
 
     def chain(self, x: np.ndarray) -> np.ndarray:
         """``ThreadLocalRequests.chain`` of the whole batch, computed chunk by chunk."""
-        chunks = [x[i:i + self.chunk] for i in range(0, max(len(x), 1), self.chunk)]
+        chunks = [x[i : i + self.chunk] for i in range(0, max(len(x), 1), self.chunk)]
         parts: list[np.ndarray] = []
         if len(chunks) == 1 or self.parallel == 1:
             parts = [self._requests.chain(c) for c in chunks]

@@ -17,6 +17,7 @@ position is uniform over ``g+1 .. g+t``. Then P(rank <= k) = clip((k - g) / t, 0
 E[1/rank] = mean(1/p for p in g+1..g+t) and the expected rank is g + (t + 1) / 2. R@k and MRR
 average these over queries; the median rank is the median of the expected ranks.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -116,9 +117,14 @@ def _report(above: np.ndarray, tied: np.ndarray) -> FindabilityReport:
     recall = [float(np.mean(np.clip((k - above) / tied, 0.0, 1.0))) for k in RECALL_AT]
     reciprocal = [float(np.mean(1.0 / np.arange(g + 1, g + t + 1))) for g, t in zip(above, tied)]
     ranks = above + (tied + 1.0) / 2.0
-    return FindabilityReport(r_at_1=recall[0], r_at_5=recall[1], r_at_10=recall[2],
-                             mrr=float(np.mean(reciprocal)), median_rank=float(np.median(ranks)),
-                             queries=len(above))
+    return FindabilityReport(
+        r_at_1=recall[0],
+        r_at_5=recall[1],
+        r_at_10=recall[2],
+        mrr=float(np.mean(reciprocal)),
+        median_rank=float(np.median(ranks)),
+        queries=len(above),
+    )
 
 
 def findability(documents: Sequence[str], queries: Sequence[tuple[int, str]]) -> FindabilityReport:
@@ -139,6 +145,11 @@ def findability_of_ranks(ranks: Sequence[float]) -> FindabilityReport:
     if np.any(r < 1):
         raise ValueError("ranks are 1-based")
     recall = [float(np.mean(r <= k)) for k in RECALL_AT]
-    return FindabilityReport(r_at_1=recall[0], r_at_5=recall[1], r_at_10=recall[2],
-                             mrr=float(np.mean(1.0 / r)), median_rank=float(np.median(r)),
-                             queries=int(r.size))
+    return FindabilityReport(
+        r_at_1=recall[0],
+        r_at_5=recall[1],
+        r_at_10=recall[2],
+        mrr=float(np.mean(1.0 / r)),
+        median_rank=float(np.median(r)),
+        queries=int(r.size),
+    )

@@ -2,6 +2,7 @@
 project, ``read_bytes(uri, max_bytes)``, and the one atomic write, ``write_atomically`` /
 ``atomic_local_path``), the one "is this URI local?" test (``is_local``), and a local copy when a
 library (Keras' HDF5 loader) needs a real file."""
+
 from __future__ import annotations
 
 import contextlib

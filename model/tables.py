@@ -1,5 +1,6 @@
 """Tables (Parquet, CSV, TSV, JSONL) read through fsspec: the one table reader of the project
 (pipeline manifests and reference captions, training caption tables)."""
+
 from __future__ import annotations
 
 import io

@@ -3,6 +3,7 @@
 The rules follow the classic Flickr8k merge-model recipe: lowercase, strip punctuation and
 digits, and drop one-letter tokens except "a".
 """
+
 from __future__ import annotations
 
 import re

@@ -3,6 +3,7 @@
 Index 0 is padding (so Keras ``mask_zero`` works), then the start, end and unknown tokens,
 then words by decreasing training frequency.
 """
+
 from __future__ import annotations
 
 import json
@@ -81,8 +82,9 @@ class Vocabulary:
         return words
 
     def to_json(self) -> str:
-        return json.dumps({"format": VOCAB_FORMAT, "min_count": self.min_count, "tokens": self.tokens},
-                          ensure_ascii=False, indent=0)
+        return json.dumps(
+            {"format": VOCAB_FORMAT, "min_count": self.min_count, "tokens": self.tokens}, ensure_ascii=False, indent=0
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Vocabulary:

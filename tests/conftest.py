@@ -1,6 +1,8 @@
 """Shared fixtures: paths to the real data beside the checkout and a tiny model artifact."""
+
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import tempfile
@@ -61,3 +63,19 @@ def tiny_attention_artifact(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("tiny-attention-model") / "model"
     make_tiny_attention_artifact(str(path), kinds=("soft", "adaptive"))
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def photo_tables(tmp_path_factory) -> Path:
+    """train.csv (calibration) and dev.csv (gate) tables of small real JPEGs with captions."""
+    from tests.factories import TINY_CAPTIONS, write_jpeg
+
+    root = tmp_path_factory.mktemp("int8-data")
+    for split, seeds in (("train", range(0, 8)), ("dev", range(100, 106))):
+        with open(root / f"{split}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "caption"])
+            for i, seed in enumerate(seeds):
+                write_jpeg(root / "images" / f"{split}{i}.jpg", size=(72, 64), seed=seed)
+                writer.writerow([f"images/{split}{i}.jpg", TINY_CAPTIONS[i % len(TINY_CAPTIONS)]])
+    return root

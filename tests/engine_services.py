@@ -1,6 +1,7 @@
 """Real engine services for tests, started as separate processes on 127.0.0.1 with free ports and
 stopped afterwards: a Dask scheduler with worker processes, and Beam's job service with an
 EXTERNAL SDK worker pool (the Fn API path of Flink, Spark and Dataflow Runner v2)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -68,13 +69,17 @@ def dask_cluster(logs: Path, workers: int = 2, pin_cores: bool = False) -> Itera
     from distributed import Client
 
     port = free_port()
-    with service([_bin("dask"), "scheduler", "--host", HOST, "--port", str(port), "--no-dashboard"],
-                 logs / "dask-scheduler.log") as scheduler:
+    with service(
+        [_bin("dask"), "scheduler", "--host", HOST, "--port", str(port), "--no-dashboard"], logs / "dask-scheduler.log"
+    ) as scheduler:
         wait_for_port(port, scheduler, logs / "dask-scheduler.log")
         address = f"{HOST}:{port}"
         worker = [_bin("dask"), "worker", f"tcp://{address}", "--nthreads", "1", "--host", HOST, "--no-dashboard"]
-        commands = ([["taskset", "-c", str(i), *worker, "--nworkers", "1"] for i in range(workers)] if pin_cores
-                    else [[*worker, "--nworkers", str(workers)]])
+        commands = (
+            [["taskset", "-c", str(i), *worker, "--nworkers", "1"] for i in range(workers)]
+            if pin_cores
+            else [[*worker, "--nworkers", str(workers)]]
+        )
         with contextlib.ExitStack() as stack:
             for i, command in enumerate(commands):
                 stack.enter_context(service(command, logs / f"dask-workers-{i}.log"))
@@ -87,10 +92,16 @@ def dask_cluster(logs: Path, workers: int = 2, pin_cores: bool = False) -> Itera
 def beam_job_service(logs: Path) -> Iterator[tuple[str, str]]:
     """Beam's Python job service + an EXTERNAL worker pool; yields (job endpoint, pool address)."""
     job_port, pool_port = free_port(), free_port()
-    with service([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
-                  "--port", str(job_port)], logs / "job-service.log") as jobs, \
-            service([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-                     "--service_port", str(pool_port)], logs / "worker-pool.log") as pool:
+    with (
+        service(
+            [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main", "--port", str(job_port)],
+            logs / "job-service.log",
+        ) as jobs,
+        service(
+            [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", "--service_port", str(pool_port)],
+            logs / "worker-pool.log",
+        ) as pool,
+    ):
         wait_for_port(job_port, jobs, logs / "job-service.log")
         wait_for_port(pool_port, pool, logs / "worker-pool.log")
         yield f"{HOST}:{job_port}", f"{HOST}:{pool_port}"

@@ -1,4 +1,5 @@
 """Builders of small real models and images for tests (no mocks: real Keras layers, real files)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,14 +7,18 @@ from pathlib import Path
 import numpy as np
 
 TINY_CAPTIONS = [
-    "a red circle on a white background", "a blue square on a white background",
-    "a green triangle on a white background", "a dog runs on the grass", "a man rides a bike",
-    "two children play in the water", "a black dog jumps over a log", "a woman in a red shirt",
+    "a red circle on a white background",
+    "a blue square on a white background",
+    "a green triangle on a white background",
+    "a dog runs on the grass",
+    "a man rides a bike",
+    "two children play in the water",
+    "a black dog jumps over a log",
+    "a woman in a red shirt",
 ]
 
 
-def make_tiny_decoder(*, seed: int = 0, feature_dim: int = 24, max_length: int = 12,
-                      captions: list[str] | None = None):
+def make_tiny_decoder(*, seed: int = 0, feature_dim: int = 24, max_length: int = 12, captions: list[str] | None = None):
     """A small random-initialised (seeded) merge decoder and the vocabulary of ``captions``."""
     import keras
 
@@ -23,13 +28,21 @@ def make_tiny_decoder(*, seed: int = 0, feature_dim: int = 24, max_length: int =
 
     keras.utils.set_random_seed(seed)
     vocab = Vocabulary.build(captions or TINY_CAPTIONS, min_count=1)
-    cfg = DecoderConfig(vocab_size=len(vocab), max_length=max_length, feature_dim=feature_dim,
-                        embedding_dim=16, units=32, image_dense=(64, 32), dropout=0.1)
+    cfg = DecoderConfig(
+        vocab_size=len(vocab),
+        max_length=max_length,
+        feature_dim=feature_dim,
+        embedding_dim=16,
+        units=32,
+        image_dense=(64, 32),
+        dropout=0.1,
+    )
     return MergeDecoder(cfg), vocab
 
 
-def make_tiny_artifact(uri: str, *, seed: int = 0, image_size: int = 64, max_length: int = 12,
-                       captions: list[str] | None = None) -> str:
+def make_tiny_artifact(
+    uri: str, *, seed: int = 0, image_size: int = 64, max_length: int = 12, captions: list[str] | None = None
+) -> str:
     """Write an artifact with a random-initialised (seeded) MobileNetV3Small encoder embedded and a
     small random merge decoder; returns its model_id."""
     import keras
@@ -44,18 +57,37 @@ def make_tiny_artifact(uri: str, *, seed: int = 0, image_size: int = 64, max_len
     keras.utils.set_random_seed(seed)
     vocab = Vocabulary.build(captions or TINY_CAPTIONS, min_count=1)
     encoder = ImageEncoder("mobilenet_v3_small", None, (image_size, image_size))
-    cfg = DecoderConfig(vocab_size=len(vocab), max_length=max_length, feature_dim=encoder.feature_dim,
-                        embedding_dim=16, units=32, image_dense=(64, 32), dropout=0.1)
+    cfg = DecoderConfig(
+        vocab_size=len(vocab),
+        max_length=max_length,
+        feature_dim=encoder.feature_dim,
+        embedding_dim=16,
+        units=32,
+        image_dense=(64, 32),
+        dropout=0.1,
+    )
     decoder = MergeDecoder(cfg)
-    return save_artifact(uri, decoder=decoder, vocab=vocab,
-                         encoder=EncoderConfig("mobilenet_v3_small", (image_size, image_size)),
-                         decoding=DecodeSettings("beam", 2, 0.7, max_length), encoder_model=encoder,
-                         training={"note": "random weights, for tests"})
+    return save_artifact(
+        uri,
+        decoder=decoder,
+        vocab=vocab,
+        encoder=EncoderConfig("mobilenet_v3_small", (image_size, image_size)),
+        decoding=DecodeSettings("beam", 2, 0.7, max_length),
+        encoder_model=encoder,
+        training={"note": "random weights, for tests"},
+    )
 
 
-def make_tiny_attention_artifact(uri: str, *, kinds: tuple[str, ...] = ("soft",), seed: int = 0,
-                                 image_size: int = 64, max_length: int = 12, captions: list[str] | None = None,
-                                 decoding: tuple[str, int, float] = ("beam", 2, 0.5)) -> str:
+def make_tiny_attention_artifact(
+    uri: str,
+    *,
+    kinds: tuple[str, ...] = ("soft",),
+    seed: int = 0,
+    image_size: int = 64,
+    max_length: int = 12,
+    captions: list[str] | None = None,
+    decoding: tuple[str, int, float] = ("beam", 2, 0.5),
+) -> str:
     """Write an attention artifact (format 3): a random-initialised (seeded) MobileNetV3Small
     encoder embedded (its last map: 2x2x576 at 64 px) and small random attention decoders, one
     per kind; returns its model_id."""
@@ -72,18 +104,37 @@ def make_tiny_attention_artifact(uri: str, *, kinds: tuple[str, ...] = ("soft",)
     vocab = Vocabulary.build(captions or TINY_CAPTIONS, min_count=1)
     encoder = ImageEncoder("mobilenet_v3_small", None, (image_size, image_size), spatial=True)
     side = encoder.model.output_shape[1]
-    members = [AttentionDecoder(AttentionConfig(vocab_size=len(vocab), max_length=max_length,
-                                                feature_dim=encoder.feature_dim, regions=side * side,
-                                                embedding_dim=16, units=32, attention_dim=16, dropout=0.1,
-                                                kind=kind)) for kind in kinds]
+    members = [
+        AttentionDecoder(
+            AttentionConfig(
+                vocab_size=len(vocab),
+                max_length=max_length,
+                feature_dim=encoder.feature_dim,
+                regions=side * side,
+                embedding_dim=16,
+                units=32,
+                attention_dim=16,
+                dropout=0.1,
+                kind=kind,
+            )
+        )
+        for kind in kinds
+    ]
     method, width, alpha = decoding
-    return save_artifact(uri, decoder=members, vocab=vocab,
-                         encoder=EncoderConfig("mobilenet_v3_small", (image_size, image_size)),
-                         decoding=DecodeSettings(method, width, alpha, max_length), encoder_model=encoder,
-                         training={"note": "random weights, for tests"})
+    return save_artifact(
+        uri,
+        decoder=members,
+        vocab=vocab,
+        encoder=EncoderConfig("mobilenet_v3_small", (image_size, image_size)),
+        decoding=DecodeSettings(method, width, alpha, max_length),
+        encoder_model=encoder,
+        training={"note": "random weights, for tests"},
+    )
 
 
-def write_jpeg(path: Path, size: tuple[int, int] = (96, 80), seed: int = 0, colour: tuple[int, int, int] | None = None) -> Path:
+def write_jpeg(
+    path: Path, size: tuple[int, int] = (96, 80), seed: int = 0, colour: tuple[int, int, int] | None = None
+) -> Path:
     """A small valid JPEG with smooth random content (or a flat colour)."""
     from PIL import Image
 

@@ -8,6 +8,7 @@ module regenerates the golden file from an older checkout:
         --weights ../shared/models/xception_weights_tf_dim_ordering_tf_kernels_notop.h5 \
         --out tests/data/golden_run.json [--model MODEL_DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,21 @@ import pyarrow.dataset as pads
 
 PHOTOS = 10
 # Volatile or machine-dependent fields, left out of the comparison.
-SUMMARY_SKIP = {"run_id", "wall_seconds", "images_per_second", "inputs", "input_manifest", "references", "output",
-                "model", "model_load_seconds", "worker_processes", "captioned_per_process", "hosts", "report"}
+SUMMARY_SKIP = {
+    "run_id",
+    "wall_seconds",
+    "images_per_second",
+    "inputs",
+    "input_manifest",
+    "references",
+    "output",
+    "model",
+    "model_load_seconds",
+    "worker_processes",
+    "captioned_per_process",
+    "hosts",
+    "report",
+}
 VOLATILE_COLUMNS = ("processed_at", "created_at", "run_id")
 # Added after the golden file was made (issue 30): the input's listing (source_mtime is the
 # machine's file time) and the count of changed inputs captioned again. Left out of the
@@ -35,8 +49,9 @@ def make_inputs(folder: Path, flickr8k: Path) -> tuple[list[str], Path]:
     """Ten dev photos and four bad inputs; returns (pipeline input args, reference token file)."""
     images = folder / "images"
     images.mkdir(parents=True)
-    dev = sorted(n for n in (flickr8k / "Flickr_8k.devImages.txt").read_text().split()
-                 if (flickr8k / "images" / n).exists())[:PHOTOS]
+    dev = sorted(
+        n for n in (flickr8k / "Flickr_8k.devImages.txt").read_text().split() if (flickr8k / "images" / n).exists()
+    )[:PHOTOS]
     for name in dev:
         (images / name).write_bytes((flickr8k / "images" / name).read_bytes())
     first = (flickr8k / "images" / dev[0]).read_bytes()
@@ -44,8 +59,9 @@ def make_inputs(folder: Path, flickr8k: Path) -> tuple[list[str], Path]:
     (images / "zz_text.jpg").write_text("this is not an image\n")
     (images / "zz_empty.jpg").write_bytes(b"")
     wanted = set(dev)
-    lines = [line for line in (flickr8k / "Flickr8k.token.txt").read_text().splitlines()
-             if line.split("#", 1)[0] in wanted]
+    lines = [
+        line for line in (flickr8k / "Flickr8k.token.txt").read_text().splitlines() if line.split("#", 1)[0] in wanted
+    ]
     tokens = folder / "references.txt"
     tokens.write_text("\n".join(lines) + "\n")
     # The first photo matched twice (a duplicate input) and a glob that matches nothing.
@@ -65,6 +81,7 @@ def _name(uri: str | None) -> str | None:
 def normalise(out: Path, summary: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Rows and summary with paths reduced to file names (``<dir>`` in messages) and volatile
     fields removed."""
+
     def rows(kind: str) -> list[dict[str, Any]]:
         kept = []
         for row in _rows(out, kind):
@@ -77,6 +94,7 @@ def normalise(out: Path, summary: dict[str, Any], folder: Path) -> dict[str, Any
     kept = {k: v for k, v in summary.items() if k not in SUMMARY_SKIP | ADDED_SUMMARY_KEYS and k != "counters"}
     kept["counters"] = {k: summary.get("counters", {}).get(k) for k in COUNTERS}
     kept["summary_keys"] = sorted(set(summary) - ADDED_SUMMARY_KEYS)
+
     def key(r: dict[str, Any]) -> tuple[str, str]:
         return str(r.get("image_uri")), str(r.get("error_type", ""))
 
@@ -84,16 +102,27 @@ def normalise(out: Path, summary: dict[str, Any], folder: Path) -> dict[str, Any
     return json.loads(json.dumps(result, default=str).replace(str(folder), "<dir>"))
 
 
-def golden_run(folder: Path, flickr8k: Path, weights: Path, model: str | None = None,
-               extra: Sequence[str] = ()) -> dict[str, Any]:
+def golden_run(
+    folder: Path, flickr8k: Path, weights: Path, model: str | None = None, extra: Sequence[str] = ()
+) -> dict[str, Any]:
     """Run the fixed inputs through the pipeline (``extra``: more flags, e.g. another runner) and
     return the normalised result."""
     from beam_pipeline.pipeline import run
 
     args, tokens = make_inputs(folder, flickr8k)
     out = folder / "out"
-    argv = args + ["--output", str(out), "--encoder_weights", str(weights), "--references", str(tokens),
-                   "--progress_seconds", "0", "--batch_size", "4"]
+    argv = args + [
+        "--output",
+        str(out),
+        "--encoder_weights",
+        str(weights),
+        "--references",
+        str(tokens),
+        "--progress_seconds",
+        "0",
+        "--batch_size",
+        "4",
+    ]
     if model:
         argv += ["--model", model]
     return normalise(out, run(argv + list(extra)), folder)

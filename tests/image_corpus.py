@@ -7,6 +7,7 @@ when decoding with ``max_bytes=CORPUS_MAX_BYTES`` and the default ``max_pixels``
 
 Module constants describe the content of the files that tests check pixel by pixel.
 """
+
 from __future__ import annotations
 
 import io
@@ -54,10 +55,7 @@ def make_photo_like_array(size: tuple[int, int], seed: int = 0) -> np.ndarray:
     y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
     x = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :]
     phase = rng.uniform(0, 2 * np.pi, 3).astype(np.float32)
-    channels = [
-        127 + 100 * np.sin(3 * x + 2 * y + phase[c]) * np.cos(2 * x - 3 * y + phase[c])
-        for c in range(3)
-    ]
+    channels = [127 + 100 * np.sin(3 * x + 2 * y + phase[c]) * np.cos(2 * x - 3 * y + phase[c]) for c in range(3)]
     img = np.stack(channels, axis=-1)
     img += rng.normal(0, 6, (height, 1, 1)).astype(np.float32)  # row jitter, cheap "texture"
     return np.clip(img, 0, 255).astype(np.uint8)
@@ -97,12 +95,7 @@ def bomb_png(width: int = BOMB_SIZE[0], height: int = BOMB_SIZE[1]) -> bytes:
     """A tiny PNG whose IHDR declares width x height RGB pixels (a decompression bomb)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
     idat = zlib.compress(b"\x00" * 4096, 9)  # a few rows' worth; the file stays tiny
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", ihdr)
-        + png_chunk(b"IDAT", idat)
-        + png_chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 def pad_jpeg_with_comments(jpeg: bytes, min_size: int) -> bytes:
@@ -152,9 +145,7 @@ def rgba_png() -> bytes:
 def animation(fmt: str, **params) -> bytes:
     """Two-frame animation with FRAME_COLOURS in the given format (GIF, PNG=APNG, WEBP)."""
     frames = [Image.new("RGB", ANIMATION_SIZE, colour) for colour in FRAME_COLOURS]
-    return encode(
-        frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0, **params
-    )
+    return encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0, **params)
 
 
 def _photo(size: tuple[int, int], fmt: str, seed: int = 0, **params) -> bytes:

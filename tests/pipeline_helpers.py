@@ -1,4 +1,5 @@
 """Run the real pipeline in-process and read its real Parquet output back with pyarrow."""
+
 from __future__ import annotations
 
 import json
@@ -37,6 +38,6 @@ def write_token_file(path: Path, captions: dict[str, list[str]]) -> Path:
 
 def flickr8k_photos(flickr8k: Path, start: int, count: int) -> list[Path]:
     """``count`` real Flickr8k photos, the ``start``-th onwards in name order."""
-    names = sorted(p.name for p in (flickr8k / "images").glob("*.jpg"))[start:start + count]
+    names = sorted(p.name for p in (flickr8k / "images").glob("*.jpg"))[start : start + count]
     assert len(names) == count, "not enough Flickr8k photos"
     return [flickr8k / "images" / n for n in names]

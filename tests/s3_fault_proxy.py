@@ -6,6 +6,7 @@ object GETs in flight, so tests can prove what was (not) retried and how many re
 Listens on 127.0.0.1 with a port chosen by the OS; forwards to the upstream server on 127.0.0.1.
 Used by tests/test_object_store_reads.py and bench/bench_object_store.py.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -20,8 +21,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 S3_ERRORS = {503: "SlowDown", 403: "AccessDenied", 404: "NoSuchKey", 500: "InternalError", 429: "TooManyRequests"}
-S3_MESSAGES = {503: "Please reduce your request rate.", 403: "Access Denied", 404: "The specified key does not exist.",
-               500: "We encountered an internal error. Please try again.", 429: "Too many requests"}
+S3_MESSAGES = {
+    503: "Please reduce your request rate.",
+    403: "Access Denied",
+    404: "The specified key does not exist.",
+    500: "We encountered an internal error. Please try again.",
+    429: "Too many requests",
+}
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 
@@ -41,8 +47,9 @@ class FaultProxy:
     object key for GETs (reads), and ``fail(method, path)`` for any request (e.g. the PUTs of an
     output store), answered with an S3 500 ``InternalError`` and listed in ``failed``."""
 
-    def __init__(self, upstream_port: int, latency: float = 0.0,
-                 fail: Callable[[str, str], bool] | None = None) -> None:
+    def __init__(
+        self, upstream_port: int, latency: float = 0.0, fail: Callable[[str, str], bool] | None = None
+    ) -> None:
         self.upstream_port = upstream_port
         self.latency = latency
         self.faults: dict[str, Fault] = {}
@@ -177,9 +184,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def _send_s3_error(self, status: int, key: str) -> None:
         code = S3_ERRORS.get(status, "ServiceUnavailable")
-        payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
-                   f"<Message>{S3_MESSAGES.get(status, code)}</Message><Key>{key}</Key>"
-                   "<RequestId>fault-proxy</RequestId></Error>").encode()
+        payload = (
+            f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+            f"<Message>{S3_MESSAGES.get(status, code)}</Message><Key>{key}</Key>"
+            "<RequestId>fault-proxy</RequestId></Error>"
+        ).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/xml")
         self.send_header("Content-Length", str(len(payload)))

@@ -1,5 +1,6 @@
 """A real moto S3 server process on 127.0.0.1 for tests and benchmarks, the AWS environment
 pointing clients at it, and a guard that refuses any connection leaving 127.0.0.1."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -63,7 +64,7 @@ class LoopbackOnly:
 
     def assert_only_to(self, port: int) -> None:
         assert not self.refused, f"requests tried to leave 127.0.0.1: {self.refused}"
-        assert (("127.0.0.1", port) in self.seen), f"no connection to the S3 server at port {port}: {self.seen}"
+        assert ("127.0.0.1", port) in self.seen, f"no connection to the S3 server at port {port}: {self.seen}"
 
 
 def start_moto(log_path: Path) -> tuple[subprocess.Popen, int]:
@@ -71,8 +72,12 @@ def start_moto(log_path: Path) -> tuple[subprocess.Popen, int]:
     port is read from the server's start-up line. Output goes to a file, so a full pipe can
     never block the server."""
     log = log_path.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     log.close()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -99,9 +104,21 @@ def stop_process(proc: subprocess.Popen) -> None:
 def point_aws_env_at(mp: pytest.MonkeyPatch, endpoint: str, tmp: Path) -> None:
     """Every S3 client of this process (botocore for Beam, aiobotocore for s3fs) and of the
     processes it starts talks to ``endpoint`` with test credentials, and nothing else."""
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-                 "AWS_REGION", "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "AWS_CA_BUNDLE",
-                 "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+    for name in (
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_REGION",
+        "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+        "AWS_CA_BUNDLE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ):
         mp.delenv(name, raising=False)
     mp.setenv("AWS_ACCESS_KEY_ID", "testing")
     mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")

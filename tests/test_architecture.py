@@ -5,6 +5,7 @@
   depend on) imports neither;
 * no module of ``model/``, ``training/`` or ``beam_pipeline/`` over 400 lines.
 """
+
 from __future__ import annotations
 
 import ast
@@ -21,8 +22,11 @@ MAX_LINES = 400
 
 def project_packages() -> list[str]:
     """The top-level project packages: the three above and any other package folder at the root."""
-    found = {p.parent.name for p in ROOT.glob("*/__init__.py")
-             if p.parent.name not in ("tests", "bench", "models") and not p.parent.name.startswith(".")}
+    found = {
+        p.parent.name
+        for p in ROOT.glob("*/__init__.py")
+        if p.parent.name not in ("tests", "bench", "models") and not p.parent.name.startswith(".")
+    }
     return sorted(found | set(PACKAGES))
 
 
@@ -51,7 +55,7 @@ def imported_modules(path: Path, name: str, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base_parts = package.split(".")
-                base_parts = base_parts[:len(base_parts) - (node.level - 1)]
+                base_parts = base_parts[: len(base_parts) - (node.level - 1)]
                 base = ".".join(base_parts + ([node.module] if node.module else []))
             else:
                 base = node.module or ""
@@ -86,7 +90,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if colour.get(nxt, white) == grey:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if colour.get(nxt, white) == white and nxt in graph:
                 cycle = visit(nxt)
                 if cycle:
@@ -105,6 +109,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def package_edges(graph: dict[str, set[str]], source: str, target: str) -> list[str]:
     """``module -> module`` edges from package ``source`` into package ``target``."""
+
     def top(name: str) -> str:
         return name.split(".")[0]
 
@@ -112,6 +117,7 @@ def package_edges(graph: dict[str, set[str]], source: str, target: str) -> list[
 
 
 # --------------------------------------------------------------------------- the finders can fail
+
 
 def test_cycle_finder_finds_cycles_in_a_synthetic_graph():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
@@ -123,20 +129,23 @@ def test_cycle_finder_finds_cycles_in_a_synthetic_graph():
 def test_import_parser_sees_deferred_relative_and_from_imports(tmp_path):
     known = {"pkg", "pkg.a", "pkg.b", "pkg.c", "other", "other.x"}
     source = tmp_path / "a.py"
-    source.write_text("import os\n"
-                      "from pkg import b\n"
-                      "def f():\n"
-                      "    from other.x import thing  # deferred\n"
-                      "    import pkg.c\n"
-                      "class K:\n"
-                      "    def g(self):\n"
-                      "        from . import b\n")
+    source.write_text(
+        "import os\n"
+        "from pkg import b\n"
+        "def f():\n"
+        "    from other.x import thing  # deferred\n"
+        "    import pkg.c\n"
+        "class K:\n"
+        "    def g(self):\n"
+        "        from . import b\n"
+    )
     assert imported_modules(source, "pkg.a", known) == {"pkg", "pkg.b", "pkg.c", "other.x"}
     graph = {"pkg.a": {"other.x"}, "other.x": {"pkg.b"}, "pkg.b": set()}
     assert package_edges(graph, "other", "pkg") == ["other.x -> pkg.b"]
 
 
 # --------------------------------------------------------------------------- the rules
+
 
 def test_the_project_graph_is_found():
     graph = import_graph()
@@ -180,34 +189,55 @@ def test_no_cycles_between_top_level_packages():
     assert package_edges(graph, "model", "caption_report") == []
 
 
-LIGHT_MODULES = ("model.text", "model.vocabulary", "model.bleu", "model.caption_search", "model.artifact_config",
-                 "model.artifact", "model.storage", "model.tables", "model.flickr8k", "model.image_loading",
-                 "model.cli")
+LIGHT_MODULES = (
+    "model.text",
+    "model.vocabulary",
+    "model.bleu",
+    "model.caption_search",
+    "model.artifact_config",
+    "model.artifact",
+    "model.storage",
+    "model.tables",
+    "model.flickr8k",
+    "model.image_loading",
+    "model.cli",
+)
 
 
 def test_light_model_modules_import_neither_tensorflow_nor_beam():
     """Reading and checking an artifact, searching captions and reading inputs need no TensorFlow."""
-    code = (f"import sys; import {', '.join(LIGHT_MODULES)}; "
-            "bad = [m for m in ('tensorflow', 'keras', 'apache_beam') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        f"import sys; import {', '.join(LIGHT_MODULES)}; "
+        "bad = [m for m in ('tensorflow', 'keras', 'apache_beam') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
 def hard_coded_tmp_paths(source: str) -> list[str]:
     """String constants in ``source`` that name a fixed place under /tmp (debugging leftovers: the
     code must write where the user's flags say, or to ``tempfile``'s folders)."""
-    return [node.value for node in ast.walk(ast.parse(source))
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("/tmp/")]
+    return [
+        node.value
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("/tmp/")
+    ]
 
 
 def test_tmp_path_finder_sees_plain_and_formatted_strings():
-    assert hard_coded_tmp_paths('open("/tmp/eng/calls.txt", "a")\nx = f"/tmp/{y}"\nz = "tmp/ok"') == \
-        ["/tmp/eng/calls.txt", "/tmp/"]
+    assert hard_coded_tmp_paths('open("/tmp/eng/calls.txt", "a")\nx = f"/tmp/{y}"\nz = "tmp/ok"') == [
+        "/tmp/eng/calls.txt",
+        "/tmp/",
+    ]
 
 
 def test_no_project_module_writes_to_a_fixed_tmp_path():
-    found = {path.relative_to(ROOT).as_posix(): hits for path in module_files().values()
-             if (hits := hard_coded_tmp_paths(path.read_text()))}
-    found.update({name: hits for name in ("run_pipeline.py",)
-                  if (hits := hard_coded_tmp_paths((ROOT / name).read_text()))})
+    found = {
+        path.relative_to(ROOT).as_posix(): hits
+        for path in module_files().values()
+        if (hits := hard_coded_tmp_paths(path.read_text()))
+    }
+    found.update(
+        {name: hits for name in ("run_pipeline.py",) if (hits := hard_coded_tmp_paths((ROOT / name).read_text()))}
+    )
     assert found == {}

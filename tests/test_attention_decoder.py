@@ -1,5 +1,6 @@
 """Attention decoders over a spatial map (model.attention_decoder) and their resumable training
 (training.train_attention): tiny shapes, random data, real Keras, CPU seconds."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,17 @@ from training.fit import FitSettings, fit_member  # noqa: E402
 
 
 def tiny(kind: str, **sizes) -> AttentionConfig:
-    values = dict(vocab_size=11, max_length=6, feature_dim=8, regions=4, embedding_dim=6, units=5, attention_dim=3,
-                  dropout=0.0, kind=kind)
+    values = dict(
+        vocab_size=11,
+        max_length=6,
+        feature_dim=8,
+        regions=4,
+        embedding_dim=6,
+        units=5,
+        attention_dim=3,
+        dropout=0.0,
+        kind=kind,
+    )
     return AttentionConfig(**{**values, **sizes})
 
 
@@ -52,7 +62,10 @@ def test_step_model_reproduces_the_teacher_forced_graph(kind: str):
 def test_the_sentinel_changes_the_network():
     keras.utils.set_random_seed(2)
     soft, adaptive = AttentionDecoder(tiny("soft")), AttentionDecoder(tiny("adaptive"))
-    names = lambda d: {layer.name for layer in d.training_model.layers if layer.weights}
+
+    def names(d: AttentionDecoder) -> set[str]:
+        return {layer.name for layer in d.training_model.layers if layer.weights}
+
     assert names(adaptive) - names(soft) == {"sentinel_input", "sentinel_hidden", "sentinel_key"}
     assert adaptive.count_params() > soft.count_params()
 
@@ -97,8 +110,11 @@ def test_weights_round_trip_and_load_strictly(tmp_path: Path):
     twin = AttentionDecoder(tiny("adaptive"))
     twin.load_weights(path)
     maps, words = random_inputs(seed=6)
-    np.testing.assert_allclose(twin.training_model((maps.reshape(2, 4, 8), words)),
-                               decoder.training_model((maps.reshape(2, 4, 8), words)), atol=1e-6)
+    np.testing.assert_allclose(
+        twin.training_model((maps.reshape(2, 4, 8), words)),
+        decoder.training_model((maps.reshape(2, 4, 8), words)),
+        atol=1e-6,
+    )
     soft_path = str(tmp_path / "s.weights.h5")
     AttentionDecoder(tiny("soft")).save_weights(soft_path)
     with pytest.raises(ValueError):
@@ -134,8 +150,10 @@ def test_caption_table_and_batches_weigh_only_real_tokens():
 
 
 def test_dev_quality_counts_distinct_and_findable_captions():
-    items = [CaptionedImage(f"{i}", f"{i}.jpg", (f"r{i}", f"a {w} dog", f"the {w} dog runs")) for i, w in
-             enumerate(["red", "blue", "green"])]
+    items = [
+        CaptionedImage(f"{i}", f"{i}.jpg", (f"r{i}", f"a {w} dog", f"the {w} dog runs"))
+        for i, w in enumerate(["red", "blue", "green"])
+    ]
     apart = train_attention.dev_quality([["a", w, "dog"] for w in ("red", "blue", "green")], items)
     assert apart["distinct"] == 1.0 and apart["r_at_1"] == 1.0 and apart["median_rank"] == 1.0
     same = train_attention.dev_quality([["a", "dog"]] * 3, items)
@@ -169,13 +187,19 @@ def test_fit_learns_the_hot_cell_and_an_interrupted_fit_resumes(tmp_path: Path):
     work = str(tmp_path / "member")
 
     def fit(on_epoch=None):
-        return fit_member(AttentionDecoder(config), train_attention.make_image_dataset(maps, table, 16, True, 0),
-                          train_attention.make_image_dataset(dev_maps, dev_words, 30, False, 0), settings, work,
-                          on_epoch=on_epoch)
+        return fit_member(
+            AttentionDecoder(config),
+            train_attention.make_image_dataset(maps, table, 16, True, 0),
+            train_attention.make_image_dataset(dev_maps, dev_words, 30, False, 0),
+            settings,
+            work,
+            on_epoch=on_epoch,
+        )
 
     def stop_at_third(epoch: int, logs: dict) -> None:
         if epoch == 2:
             raise Interrupted
+
     with pytest.raises(Interrupted):
         fit(stop_at_third)
     assert json.loads((tmp_path / "member" / "state.json").read_text())["epoch"] == 2
@@ -226,10 +250,31 @@ def test_train_attention_cli_trains_resumes_and_evaluates(tmp_path: Path, capsys
 
     shapes = make_shapes(tmp_path / "data")
     work = tmp_path / "work"
-    args = ["--flickr8k", str(shapes.root), "--encoder", "mobilenet_v3_small", "--encoder-weights", "none",
-            "--cache-dir", str(tmp_path / "cache"), "--work-dir", str(work), "--no-progress", "--units", "16",
-            "--embedding-dim", "8", "--attention-dim", "8", "--min-count", "1", "--batch-images", "32",
-            "--dev-eval", "10"]
+    args = [
+        "--flickr8k",
+        str(shapes.root),
+        "--encoder",
+        "mobilenet_v3_small",
+        "--encoder-weights",
+        "none",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--work-dir",
+        str(work),
+        "--no-progress",
+        "--units",
+        "16",
+        "--embedding-dim",
+        "8",
+        "--attention-dim",
+        "8",
+        "--min-count",
+        "1",
+        "--batch-images",
+        "32",
+        "--dev-eval",
+        "10",
+    ]
     with pytest.raises(SystemExit, match="no trained decoder"):
         train_attention.main([*args, "--evaluate-only"])
     assert not work.exists()
@@ -244,8 +289,12 @@ def test_train_attention_cli_trains_resumes_and_evaluates(tmp_path: Path, capsys
     assert selected["metric"] == "cider_d+r_at_5" and selected["epoch"] == 1 + int(np.argmax(scores))
     assert train_attention.main([*args, "--epochs", "2", "--image-size", "64"]) == 0  # finished: reused
     assert json.loads(capsys.readouterr().out)["epochs"] == 2
-    assert train_attention.main([*args, "--epochs", "2", "--image-size", "64", "--evaluate-only",
-                                 "--decode", "beam:2:0.5"]) == 0
+    assert (
+        train_attention.main(
+            [*args, "--epochs", "2", "--image-size", "64", "--evaluate-only", "--decode", "beam:2:0.5"]
+        )
+        == 0
+    )
     scores = json.loads(capsys.readouterr().out)
     assert scores["decode"].startswith("beam(k=2") and 0 <= scores["r_at_5"] <= 1 and 0 < scores["distinct"] <= 1
     with pytest.raises(SystemExit, match="holds a decoder of config"):
@@ -254,16 +303,40 @@ def test_train_attention_cli_trains_resumes_and_evaluates(tmp_path: Path, capsys
     other[other.index("--work-dir") + 1] = str(tmp_path / "soft")
     assert train_attention.main([*other, "--epochs", "1", "--image-size", "64", "--kind", "soft"]) == 0
     capsys.readouterr()
-    assert train_attention.main([*args, "--epochs", "2", "--image-size", "64", "--evaluate-only",
-                                 "--ensemble-with", str(tmp_path / "soft")]) == 0
+    assert (
+        train_attention.main(
+            [*args, "--epochs", "2", "--image-size", "64", "--evaluate-only", "--ensemble-with", str(tmp_path / "soft")]
+        )
+        == 0
+    )
     assert len(json.loads(capsys.readouterr().out)["members"]) == 2
-    assert train_attention.main([*args, "--epochs", "2", "--image-size", "64", "--evaluate-only",
-                                 "--checkpoint", "selected"]) == 0
+    assert (
+        train_attention.main(
+            [*args, "--epochs", "2", "--image-size", "64", "--evaluate-only", "--checkpoint", "selected"]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["epoch"] == selected["epoch"]
     recorded = [json.loads(line) for line in (work / "evaluations.jsonl").read_text().splitlines()]
     assert [len(r["members"]) for r in recorded] == [1, 2, 1] and recorded[0]["epoch"] == 2
-    assert train_attention.main([*args, "--epochs", "2", "--image-size", "64", "--scst-epochs", "1",
-                                 "--scst-discriminability", "0.5", "--scst-beam-width", "1"]) == 0
+    assert (
+        train_attention.main(
+            [
+                *args,
+                "--epochs",
+                "2",
+                "--image-size",
+                "64",
+                "--scst-epochs",
+                "1",
+                "--scst-discriminability",
+                "0.5",
+                "--scst-beam-width",
+                "1",
+            ]
+        )
+        == 0
+    )
     scst = json.loads(capsys.readouterr().out)["scst"]
     assert scst["settings"]["discriminability"] == 0.5 and [h["epoch"] for h in scst["history"]] == [0, 1]
     assert 0 < scst["history"][1]["findability"] <= 1 and "r_at_5" in scst["history"][1]["dev"]
@@ -284,8 +357,9 @@ def test_openvino_step_graphs_give_tensorflows_captions(kind: str):
         ov_logp, ov_state = ov_step.step(words[:, 0, t], ov_state)
         np.testing.assert_allclose(ov_logp, tf_logp, atol=1e-4)
     settings = DecodeSettings("beam", 3, 0.5, 6)
-    assert [h.token_ids for h in decode_batch(ov_step, maps, 1, 2, settings)] == \
-        [h.token_ids for h in decode_batch(tf_step, maps, 1, 2, settings)]
+    assert [h.token_ids for h in decode_batch(ov_step, maps, 1, 2, settings)] == [
+        h.token_ids for h in decode_batch(tf_step, maps, 1, 2, settings)
+    ]
     with pytest.raises(ValueError, match="runtime"):
         make_attention_step_model(members, "cuda")
 
@@ -299,6 +373,7 @@ def test_findability_reward_prefers_captions_that_tell_the_batch_apart():
     def row(text: str) -> list[int]:
         ids = vocab.encode(text, 6)
         return ids + [0] * (6 - len(ids))
+
     # images 0 and 1, two samples each (image-major): slot 0 tells them apart, slot 1 does not
     tokens = np.array([row("a red dog"), row("a dog"), row("a blue cat"), row("a dog")])
     np.testing.assert_allclose(reward([0, 0, 1, 1], tokens, 2), [1.0, 0.75, 1.0, 0.75])

@@ -3,12 +3,14 @@
 ``--extra`` was once ``nargs="*"``: ``--extra=--model --extra=DIR`` kept only ``DIR`` (a stray
 positional the pipeline ignored), so each build captioned with its own default model and the A/B
 timed two models instead of two builds."""
+
 from bench.bench_ab import build_parser
 
 
 def test_repeated_extra_keeps_every_argument_in_order():
-    args = build_parser().parse_args(["--baseline", "/tmp/a", "--extra=--model", "--extra=/m/dir",
-                                      "--extra=--read_concurrency", "--extra=1"])
+    args = build_parser().parse_args(
+        ["--baseline", "/tmp/a", "--extra=--model", "--extra=/m/dir", "--extra=--read_concurrency", "--extra=1"]
+    )
     assert args.extra == ["--model", "/m/dir", "--read_concurrency", "1"]
 
 

@@ -1,4 +1,5 @@
 """Corpus BLEU from sufficient statistics must equal nltk's corpus_bleu exactly (pure Python)."""
+
 from __future__ import annotations
 
 import json
@@ -39,10 +40,7 @@ def nltk_scores(hypotheses, references_list) -> dict[str, float]:
     """Reference values: one nltk corpus_bleu call per weight vector, its warnings silenced."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return {
-            name: float(corpus_bleu(references_list, hypotheses, weights=w))
-            for name, w in NLTK_WEIGHTS.items()
-        }
+        return {name: float(corpus_bleu(references_list, hypotheses, weights=w)) for name, w in NLTK_WEIGHTS.items()}
 
 
 def assert_same(ours: dict[str, float], theirs: dict[str, float]) -> None:
@@ -59,9 +57,7 @@ def random_corpus(rng: random.Random, vocab_size: int, n_segments: int, max_len:
     hyps, refs_list = [], []
     for _ in range(n_segments):
         hyps.append(rng.choices(vocab, k=rng.randint(0, max_len)))
-        refs_list.append(
-            [rng.choices(vocab, k=rng.randint(0, max_len)) for _ in range(rng.randint(1, 4))]
-        )
+        refs_list.append([rng.choices(vocab, k=rng.randint(0, max_len)) for _ in range(rng.randint(1, 4))])
     return hyps, refs_list
 
 
@@ -149,8 +145,9 @@ def test_real_looking_captions_equal_nltk():
 def test_nltk_docstring_example():
     hyp1 = "It is a guide to action which ensures that the military always obeys the commands of the party".split()
     ref1a = "It is a guide to action that ensures that the military will forever heed Party commands".split()
-    ref1b = ("It is the guiding principle which guarantees the military forces always being under the command "
-             "of the Party").split()
+    ref1b = (
+        "It is the guiding principle which guarantees the military forces always being under the command of the Party"
+    ).split()
     ref1c = "It is the practical guide for the army always to heed the directions of the party".split()
     hyp2 = "he read the book because he was interested in world history".split()
     ref2a = "he was interested in world history because he read the book".split()
@@ -290,9 +287,7 @@ def test_sentence_bleu_scores_match_nltk_method1():
             expected = sentence_bleu(refs, hyp, weights=w, smoothing_function=smooth)
             assert ours[name] == pytest.approx(expected, rel=1e-12, abs=1e-15), name
     assert sentence_bleu_scores(["x"], [["a"]]) == {n: 0.0 for n in NAMES}
-    assert sentence_bleu_scores(["a", "b", "c", "d"], [["a", "b", "c", "d"]]) == pytest.approx(
-        {n: 1.0 for n in NAMES}
-    )
+    assert sentence_bleu_scores(["a", "b", "c", "d"], [["a", "b", "c", "d"]]) == pytest.approx({n: 1.0 for n in NAMES})
 
 
 def test_module_imports_neither_tensorflow_nor_beam():
@@ -310,7 +305,12 @@ def test_large_counts_stay_exact():
     base = BleuStats.zero()
     for h, r in zip(hyps, refs):
         base = base.merge(segment_stats(h, r))
-    big = BleuStats([m * 10**6 for m in base.matches], [t * 10**6 for t in base.totals],
-                    base.hyp_len * 10**6, base.ref_len * 10**6, base.count * 10**6)
+    big = BleuStats(
+        [m * 10**6 for m in base.matches],
+        [t * 10**6 for t in base.totals],
+        base.hyp_len * 10**6,
+        base.ref_len * 10**6,
+        base.count * 10**6,
+    )
     for name, value in corpus_bleu_from_stats(big).items():
         assert math.isclose(value, corpus_bleu_from_stats(base)[name], rel_tol=1e-12)

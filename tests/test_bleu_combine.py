@@ -1,4 +1,5 @@
 """CorpusBleuFn inside real Beam pipelines must give nltk's corpus_bleu, whatever the merge order."""
+
 from __future__ import annotations
 
 import itertools
@@ -107,8 +108,12 @@ def test_merge_order_does_not_matter():
     for order in itertools.permutations(accs):
         flat = fn.merge_accumulators(order)
         nested = fn.merge_accumulators(
-            [fn.merge_accumulators(order[:2]), fn.merge_accumulators([order[2]]),
-             fn.merge_accumulators(order[3:]), fn.create_accumulator()]
+            [
+                fn.merge_accumulators(order[:2]),
+                fn.merge_accumulators([order[2]]),
+                fn.merge_accumulators(order[3:]),
+                fn.create_accumulator(),
+            ]
         )
         assert flat == nested
         results.add(tuple(sorted(fn.extract_output(flat).items())))

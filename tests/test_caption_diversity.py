@@ -1,4 +1,5 @@
 """Diversity and findability of caption sets, on hand-made captions whose answers are known."""
+
 from __future__ import annotations
 
 import pytest
@@ -35,9 +36,11 @@ def test_queries_are_references_two_to_five():
 
 
 def references() -> list[tuple[str, ...]]:
-    return [("a red car", "a red car parked", "red car on a street"),
-            ("a dog on grass", "a brown dog on the grass", "dog playing on grass"),
-            ("a girl in pink", "little girl in a pink dress", "a girl wearing pink")]
+    return [
+        ("a red car", "a red car parked", "red car on a street"),
+        ("a dog on grass", "a brown dog on the grass", "dog playing on grass"),
+        ("a girl in pink", "little girl in a pink dress", "a girl wearing pink"),
+    ]
 
 
 def test_specific_captions_find_their_images_and_generic_ones_tie():

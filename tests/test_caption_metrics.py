@@ -1,5 +1,6 @@
 """CIDEr-D and ROUGE-L against the COCO caption evaluation code (pycocoevalcap), the field's
 reference, on real Flickr8k captions and on generated ones; plus hand-worked small cases."""
+
 from __future__ import annotations
 
 import random
@@ -41,8 +42,9 @@ def test_equal_to_pycocoevalcap_on_random_captions(seed: int):
     rng = random.Random(seed)
     words = "a the dog man woman runs on grass in red shirt two children play ball water beach".split()
     hyps = [[rng.choice(words) for _ in range(rng.randint(1, 12))] for _ in range(60)]
-    refs = [[[rng.choice(words) for _ in range(rng.randint(1, 14))] for _ in range(rng.randint(1, 5))]
-            for _ in range(60)]
+    refs = [
+        [[rng.choice(words) for _ in range(rng.randint(1, 14))] for _ in range(rng.randint(1, 5))] for _ in range(60)
+    ]
     cider, per_image, rouge = reference_scores(hyps, refs)
     assert cider_d(hyps, refs) == pytest.approx(cider, rel=1e-9, abs=1e-12)
     assert cider_d_segments(hyps, refs) == pytest.approx(per_image, rel=1e-9, abs=1e-12)
@@ -55,16 +57,19 @@ def test_rouge_l_by_hand():
     # Best precision and best recall may come from different references.
     p, r = 2 / 2, 2 / 5  # "a dog" vs ["a dog", ...]: P 1, R 1 for the first ref -> F 1
     assert rouge_l_segment(["a", "dog"], [["a", "dog"], ["a", "big", "dog", "is", "here"]]) == pytest.approx(1.0)
-    beta2 = 1.2 ** 2
-    assert rouge_l_segment(["a", "dog"], [["a", "big", "dog", "is", "here"]]) == \
-        pytest.approx((1 + beta2) * p * r / (r + beta2 * p))
+    beta2 = 1.2**2
+    assert rouge_l_segment(["a", "dog"], [["a", "big", "dog", "is", "here"]]) == pytest.approx(
+        (1 + beta2) * p * r / (r + beta2 * p)
+    )
     assert rouge_l_segment(["cat"], [["a", "dog"]]) == 0.0
     assert rouge_l_segment([], [["a", "dog"]]) == 0.0
 
 
 def test_cider_d_basic_properties():
-    refs = [["a dog runs on the grass".split(), "a brown dog runs".split()],
-            ["two children play in the water".split(), "kids splash in a lake".split()]]
+    refs = [
+        ["a dog runs on the grass".split(), "a brown dog runs".split()],
+        ["two children play in the water".split(), "kids splash in a lake".split()],
+    ]
     perfect = cider_d([refs[0][0], refs[1][0]], refs)
     wrong = cider_d([refs[1][0], refs[0][0]], refs)  # captions swapped between the images
     assert perfect > wrong >= 0.0

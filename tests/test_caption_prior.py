@@ -1,5 +1,6 @@
 """MMI reranking of beam candidates and the caption priors behind it, on hand-written step
 decoders (pure NumPy, no TensorFlow)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -52,7 +53,9 @@ def test_mmi_prefers_the_caption_that_is_unlikely_in_general():
     mmi = decode_batch(generic_vs_specific(), feats, START, END, DecodeSettings("beam", 3, 0.0, 5, 1.0), prior=prior)[0]
     assert mmi.token_ids == (4, END)
     assert mmi.logprob == pytest.approx(np.log(0.4), abs=1e-6)  # the conditional log-prob is kept
-    small = decode_batch(generic_vs_specific(), feats, START, END, DecodeSettings("beam", 3, 0.0, 5, 0.05), prior=prior)[0]
+    small = decode_batch(
+        generic_vs_specific(), feats, START, END, DecodeSettings("beam", 3, 0.0, 5, 0.05), prior=prior
+    )[0]
     assert small.token_ids == (3, END)  # .05 * (log .9 - log .1) = 0.11 < log .5 - log .4 = 0.22
 
 
@@ -112,8 +115,10 @@ class UnigramPrior(FixedPrior):
 
 def test_step_wise_mmi_penalises_common_words_during_the_search():
     assert DecodeSettings("beam", 5, 0.0, 24, 0.5, "step").describe() == "beam(k=5,alpha=0,mmi_step=0.5,max_len=24)"
-    assert DecodeSettings("greedy", max_length=9, mmi_lambda=1, mmi_mode="step").describe() == \
-        "greedy(mmi_step=1,max_len=9)"
+    assert (
+        DecodeSettings("greedy", max_length=9, mmi_lambda=1, mmi_mode="step").describe()
+        == "greedy(mmi_step=1,max_len=9)"
+    )
     with pytest.raises(ValueError, match="mmi_mode"):
         DecodeSettings(mmi_mode="other")
     prior = UnigramPrior([0.01, 0.01, 0.01, 0.9, 0.05, 0.02])  # word 3 is common, 4 rare
@@ -122,13 +127,20 @@ def test_step_wise_mmi_penalises_common_words_during_the_search():
         plain = decode_batch(generic_vs_specific(), feats, START, END, DecodeSettings(method, width, 0.0, 5))[0]
         assert plain.token_ids == (3, END)
         # lambda 1: word 3 scores log .5 - log .9 = -0.59, word 4 log .4 - log .05 = 2.08
-        step = decode_batch(generic_vs_specific(), feats, START, END,
-                            DecodeSettings(method, width, 0.0, 5, 1.0, "step"), prior=prior)[0]
+        step = decode_batch(
+            generic_vs_specific(), feats, START, END, DecodeSettings(method, width, 0.0, 5, 1.0, "step"), prior=prior
+        )[0]
         assert step.token_ids == (4, END)
         assert step.logprob == pytest.approx(np.log(0.4), abs=1e-6)  # the conditional log-prob again
     with pytest.raises(ValueError, match="context-free"):
-        decode_batch(generic_vs_specific(), feats, START, END, DecodeSettings("beam", 3, 0.0, 5, 1.0, "step"),
-                     prior=FixedPrior({}))
+        decode_batch(
+            generic_vs_specific(),
+            feats,
+            START,
+            END,
+            DecodeSettings("beam", 3, 0.0, 5, 1.0, "step"),
+            prior=FixedPrior({}),
+        )
 
 
 def test_unigram_word_logprobs_are_a_distribution():

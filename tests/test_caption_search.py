@@ -1,4 +1,5 @@
 """Greedy and beam search on hand-built step decoders: pure NumPy, no TensorFlow."""
+
 import numpy as np
 import pytest
 
@@ -80,7 +81,7 @@ def test_batch_results_do_not_depend_on_batch_company():
     dec = TableDecoder(random_tables(3))
     feats = np.array([[0], [1], [2], [3]])
     together = beam_search(dec, feats, START, END, 9, beam_width=3)
-    alone = [beam_search(dec, feats[i:i + 1], START, END, 9, beam_width=3)[0] for i in range(4)]
+    alone = [beam_search(dec, feats[i : i + 1], START, END, 9, beam_width=3)[0] for i in range(4)]
     assert together == alone
 
 

@@ -1,6 +1,7 @@
 """The command lines as a user meets them: a run is quiet (a header, progress, a short summary;
 no library noise), ``--json`` prints summary.json, unknown flags are refused with exit 2 and a
 did-you-mean before anything is read, on run_pipeline.py and on every other CLI."""
+
 from __future__ import annotations
 
 import importlib
@@ -17,13 +18,20 @@ from model.cli import StrictArgumentParser, did_you_mean
 
 REPO = Path(__file__).resolve().parents[1]
 # What library chatter looks like: absl/TensorFlow C++ lines, Python warnings, Beam's root warnings.
-NOISE = re.compile(r"^[IWEF]\d{4} |absl|cuInit|cuda|oneDNN|type hint|apitools|Resource module|Warning|WARNING|"
-                   r"Traceback|DeprecationWarning|UserWarning")
+NOISE = re.compile(
+    r"^[IWEF]\d{4} |absl|cuInit|cuda|oneDNN|type hint|apitools|Resource module|Warning|WARNING|"
+    r"Traceback|DeprecationWarning|UserWarning"
+)
 
 
 def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "run_pipeline.py"), *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(REPO / "run_pipeline.py"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +55,25 @@ def test_a_30_photo_run_is_quiet_and_short(photos30, tiny_artifact, tmp_path):
     assert proc.stderr.startswith(f"Captioning {photos30}/*.jpg with model ")  # the header
     summary = json.loads((out / "summary.json").read_text())
     first = proc.stdout.splitlines()[0]
-    assert first.startswith("Captioned 28 of 30 inputs; 2 errors: ") and "NotAnImage 1" in first \
-        and "EmptyFile 1" in first, first
+    assert (
+        first.startswith("Captioned 28 of 30 inputs; 2 errors: ") and "NotAnImage 1" in first and "EmptyFile 1" in first
+    ), first
     assert f"{out}/summary.json" in proc.stdout and (summary["captioned"], summary["failed"]) == (28, 2)
 
     # --json prints summary.json's content instead of the human summary (3 of the photos: quicker).
-    again = _cli("--input", f"{photos30}/100*.jpg", "--input", f"{photos30}/empty.jpg", "--output",
-                 str(tmp_path / "out2"), "--model", tiny_artifact, "--batch_size", "4", "--json")
+    again = _cli(
+        "--input",
+        f"{photos30}/100*.jpg",
+        "--input",
+        f"{photos30}/empty.jpg",
+        "--output",
+        str(tmp_path / "out2"),
+        "--model",
+        tiny_artifact,
+        "--batch_size",
+        "4",
+        "--json",
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout) == json.loads((tmp_path / "out2" / "summary.json").read_text())
 
@@ -69,22 +89,63 @@ def test_a_misspelt_flag_is_refused_before_anything_is_read(tmp_path):
 def test_every_flag_beam_registers_is_still_accepted():
     from beam_pipeline.options import UsageError, check_flags
 
-    check_flags(["--input", "x", "--output", "o", "--runner", "DataflowRunner", "--project", "p", "--region", "r",
-                 "--temp_location", "gs://b/t", "--setup_file", "./setup.py", "--experiments", "use_runner_v2",
-                 "--dask_client_address", "h:1", "--dask_npartitions", "3", "--job_endpoint", "h:2",
-                 "--environment_type", "EXTERNAL", "--environment_config", "h:3", "--flink_master", "h:4",
-                 "--direct_running_mode", "multi_processing", "--direct_num_workers", "2", "--beam_width=3",
-                 "--verbose", "--json", "--dry_run", "True"])
+    check_flags(
+        [
+            "--input",
+            "x",
+            "--output",
+            "o",
+            "--runner",
+            "DataflowRunner",
+            "--project",
+            "p",
+            "--region",
+            "r",
+            "--temp_location",
+            "gs://b/t",
+            "--setup_file",
+            "./setup.py",
+            "--experiments",
+            "use_runner_v2",
+            "--dask_client_address",
+            "h:1",
+            "--dask_npartitions",
+            "3",
+            "--job_endpoint",
+            "h:2",
+            "--environment_type",
+            "EXTERNAL",
+            "--environment_config",
+            "h:3",
+            "--flink_master",
+            "h:4",
+            "--direct_running_mode",
+            "multi_processing",
+            "--direct_num_workers",
+            "2",
+            "--beam_width=3",
+            "--verbose",
+            "--json",
+            "--dry_run",
+            "True",
+        ]
+    )
     with pytest.raises(UsageError, match="unknown flag --inptu"):
         check_flags(["--inptu", "x"])
     with pytest.raises(UsageError, match="unexpected argument"):
         check_flags(["stray"])
 
 
-@pytest.mark.parametrize("module,typo,meant", [
-    ("training.train", "--epochz", "--epochs"), ("training.evaluate", "--modle", "--model"),
-    ("training.quantize", "--modle", "--model"), ("training.compare_precision", "--modle", "--model"),
-    ("caption_report.cli", "--sampel", "--sample")])
+@pytest.mark.parametrize(
+    "module,typo,meant",
+    [
+        ("training.train", "--epochz", "--epochs"),
+        ("training.evaluate", "--modle", "--model"),
+        ("training.quantize", "--modle", "--model"),
+        ("training.compare_precision", "--modle", "--model"),
+        ("caption_report.cli", "--sampel", "--sample"),
+    ],
+)
 def test_other_clis_refuse_unknown_flags_with_a_suggestion(module, typo, meant, capsys):
     main = importlib.import_module(module).main
     with pytest.raises(SystemExit) as exit_info:

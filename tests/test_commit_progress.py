@@ -1,6 +1,7 @@
 """Incremental commits through the real pipeline: a reader polling the output while a run goes,
 and an S3 output store that fails (a fault-injecting proxy of our own in front of moto's real S3
 server, both on 127.0.0.1). The SIGKILL + --resume test is in test_reliability.py."""
+
 from __future__ import annotations
 
 import subprocess
@@ -28,10 +29,25 @@ def test_reader_polling_the_output_during_a_run_never_fails_on_a_file(tmp_path, 
     for i in range(96):
         write_jpeg(images / f"img{i:03d}.jpg", size=(64, 64), seed=i)
     out = tmp_path / "out"
-    args = [sys.executable, str(REPO / "run_pipeline.py"), "--input", f"{images}/*.jpg", "--output", str(out),
-            "--model", tiny_artifact, "--batch_size", "4", "--commit_every", "4", "--progress_seconds", "0"]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    args = [
+        sys.executable,
+        str(REPO / "run_pipeline.py"),
+        "--input",
+        f"{images}/*.jpg",
+        "--output",
+        str(out),
+        "--model",
+        tiny_artifact,
+        "--batch_size",
+        "4",
+        "--commit_every",
+        "4",
+        "--progress_seconds",
+        "0",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     seen: list[int] = []  # rows the reader saw, read after read, while the run was going
     try:
         deadline = time.monotonic() + 300
@@ -55,6 +71,7 @@ def test_reader_polling_the_output_during_a_run_never_fails_on_a_file(tmp_path, 
 
 
 # --------------------------------------------------------------------------- S3 output store failing
+
 
 @pytest.fixture(scope="module")
 def faulty_s3(tmp_path_factory: pytest.TempPathFactory, tiny_artifact: str) -> Iterator[dict[str, Any]]:
@@ -96,9 +113,16 @@ def _uris(client: Any, bucket: str, prefix: str) -> list[str]:
 
     import pyarrow.parquet as pq
 
-    return [uri for key in _keys(client, bucket, prefix) if key.endswith(".parquet")
-            for uri in pq.read_table(io.BytesIO(client.get_object(Bucket=bucket, Key=key)["Body"].read()),
-                                     columns=["image_uri"]).column("image_uri").to_pylist()]
+    return [
+        uri
+        for key in _keys(client, bucket, prefix)
+        if key.endswith(".parquet")
+        for uri in pq.read_table(
+            io.BytesIO(client.get_object(Bucket=bucket, Key=key)["Body"].read()), columns=["image_uri"]
+        )
+        .column("image_uri")
+        .to_pylist()
+    ]
 
 
 def test_output_store_failing_fails_the_job_loudly_and_resume_completes_it(faulty_s3, monkeypatch):
@@ -124,9 +148,20 @@ def test_output_store_failing_fails_the_job_loudly_and_resume_completes_it(fault
         return True
 
     proxy.fail = fault
-    args = ["--input", f"s3://{bucket}/images/*.jpg", "--model", f"s3://{bucket}/models/tiny",
-            "--output", f"s3://{bucket}/failing", "--batch_size", "2", "--commit_every", "2",
-            "--commit_attempts", "2"]
+    args = [
+        "--input",
+        f"s3://{bucket}/images/*.jpg",
+        "--model",
+        f"s3://{bucket}/models/tiny",
+        "--output",
+        f"s3://{bucket}/failing",
+        "--batch_size",
+        "2",
+        "--commit_every",
+        "2",
+        "--commit_attempts",
+        "2",
+    ]
     reason = r"could not commit .* after 2 attempts: OSError: .*internal error"
     with pytest.raises(Exception, match=reason) as failure:
         run_pipeline(args)
@@ -142,8 +177,9 @@ def test_output_store_failing_fails_the_job_loudly_and_resume_completes_it(fault
     assert summary["matched"] == 13 == summary["captioned"] + summary["failed"] + summary["skipped_resume"]
     assert summary["skipped_resume"] == summary["skipped_from_interrupted"] == len(committed)
     uris = _uris(client, bucket, "failing/captions/") + _uris(client, bucket, "failing/errors/")
-    assert sorted(uris) == sorted(f"s3://{bucket}/images/{n}" for n in
-                                  [f"img{i:02d}.jpg" for i in range(12)] + ["broken.jpg"])
+    assert sorted(uris) == sorted(
+        f"s3://{bucket}/images/{n}" for n in [f"img{i:02d}.jpg" for i in range(12)] + ["broken.jpg"]
+    )
     assert summary["counters"]["rows_committed"] == 13 - len(committed)
     _clear_s3fs_instances()
     faulty_s3["guard"].assert_only_to(proxy.port)

@@ -1,5 +1,6 @@
 """The commit rules on their own (no Beam runner, no TensorFlow): file naming, atomic writes,
 the commit policy, retries, and the writer DoFn fed the same bundle twice (a runner's retry)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -31,12 +32,19 @@ def write_atomically(directory: str, name: str, data: bytes) -> str:
 
     return write(join(directory, name), data)
 
+
 RUN = "20261127T152958Z-abc123"
 
 
 def _error(uri: str) -> dict:
-    return {"image_uri": uri, "image_id": uri.rsplit("/", 1)[-1], "stage": "read", "error_type": "FileNotFound",
-            "message": "gone", "processed_at": dt.datetime(2026, 11, 27, tzinfo=dt.UTC)}
+    return {
+        "image_uri": uri,
+        "image_id": uri.rsplit("/", 1)[-1],
+        "stage": "read",
+        "error_type": "FileNotFound",
+        "message": "gone",
+        "processed_at": dt.datetime(2026, 11, 27, tzinfo=dt.UTC),
+    }
 
 
 def test_file_name_depends_on_content_not_order():
@@ -133,8 +141,9 @@ def test_same_bundle_through_the_writer_twice_leaves_no_duplicates(tmp_path: Pat
 def test_writer_failure_raises_after_retries_and_commits_nothing(tmp_path: Path):
     blocked = tmp_path / "errors"
     blocked.write_text("a file where the output folder should be")
-    writer = CommitRows(str(blocked), RUN, "errors-read", ERROR_SCHEMA, every=2, seconds=0,
-                        policy=RetryPolicy(tries=2, base_delay=0.01))
+    writer = CommitRows(
+        str(blocked), RUN, "errors-read", ERROR_SCHEMA, every=2, seconds=0, policy=RetryPolicy(tries=2, base_delay=0.01)
+    )
     writer.start_bundle()
     list(writer.process(_error("a.jpg")))
     with pytest.raises(CommitError, match="could not commit 2 errors-read rows .* after 2 attempts"):

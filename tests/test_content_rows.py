@@ -1,5 +1,6 @@
 """Pure parts of issue 16 (no Beam pipeline, no TensorFlow, no pyiceberg): content-hash columns
 on rows, copies for byte-identical content, table names, conforming older files to the table."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -34,8 +35,16 @@ def test_rows_carry_the_content_hash_and_fit_the_schemas():
 
 
 def test_same_content_row_copies_the_caption_but_keeps_its_own_identity():
-    earlier = {"image_sha256": "ab", "caption": "a dog runs", "score": -0.25, "decode": "beam(k=3)",
-               "model_id": "m1", "encoder": "xception", "embedding": [0.5, 1.5], "image_uri": "/old/a.jpg"}
+    earlier = {
+        "image_sha256": "ab",
+        "caption": "a dog runs",
+        "score": -0.25,
+        "decode": "beam(k=3)",
+        "model_id": "m1",
+        "encoder": "xception",
+        "embedding": [0.5, 1.5],
+        "image_uri": "/old/a.jpg",
+    }
     row = same_content_row(_record("/new/copy.jpg", "ab", ("a dog",)), earlier)
     assert row["image_uri"] == "/new/copy.jpg" and row["image_id"] == "copy.jpg"
     assert (row["width"], row["height"], row["references"]) == (30, 20, ["a dog"])
@@ -58,9 +67,18 @@ def test_table_names():
 def test_conform_fills_columns_an_older_file_lacks():
     target = caption_schema(emit_embeddings=True)
     old_schema = pa.schema([f for f in caption_schema() if f.name not in ("image_sha256", "caption_source")])
-    row = {"image_uri": "/a.jpg", "image_id": "a.jpg", "caption": "c", "score": -1.0, "decode": "g",
-           "model_id": "m", "encoder": "e", "width": 1, "height": 2,
-           "processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}
+    row = {
+        "image_uri": "/a.jpg",
+        "image_id": "a.jpg",
+        "caption": "c",
+        "score": -1.0,
+        "decode": "g",
+        "model_id": "m",
+        "encoder": "e",
+        "width": 1,
+        "height": 2,
+        "processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    }
     conformed = conform(pa.Table.from_pylist([row], schema=old_schema), target)
     assert conformed.schema == target
     (out,) = conformed.to_pylist()
@@ -71,9 +89,19 @@ def test_older_files_give_null_columns_and_incomplete_rows_are_not_copied_from(t
     from beam_pipeline.output_files import read_rows
 
     new, old = tmp_path / "new.parquet", tmp_path / "old.parquet"
-    row = {"image_uri": "/a.jpg", "image_id": "a.jpg", "caption": "c", "score": -1.0, "decode": "g",
-           "model_id": "m", "encoder": "e", "width": 1, "height": 2, "image_sha256": "f" * 64,
-           "processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}
+    row = {
+        "image_uri": "/a.jpg",
+        "image_id": "a.jpg",
+        "caption": "c",
+        "score": -1.0,
+        "decode": "g",
+        "model_id": "m",
+        "encoder": "e",
+        "width": 1,
+        "height": 2,
+        "image_sha256": "f" * 64,
+        "processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    }
     pq.write_table(pa.Table.from_pylist([row], schema=caption_schema()), new)
     old_schema = pa.schema([f for f in caption_schema() if f.name != "image_sha256"])
     pq.write_table(pa.Table.from_pylist([row], schema=old_schema), old)
@@ -97,27 +125,55 @@ def test_sync_plan_keeps_the_latest_row_per_uri_across_captions_and_errors(tmp_p
     t1 = t0 + dt.timedelta(hours=1)
 
     def caption(uri: str, when: dt.datetime, text: str) -> dict:
-        return {"image_uri": uri, "image_id": uri, "caption": text, "score": -1.0, "decode": "g", "model_id": "m",
-                "encoder": "e", "width": 1, "height": 1, "processed_at": when}
+        return {
+            "image_uri": uri,
+            "image_id": uri,
+            "caption": text,
+            "score": -1.0,
+            "decode": "g",
+            "model_id": "m",
+            "encoder": "e",
+            "width": 1,
+            "height": 1,
+            "processed_at": when,
+        }
 
-    files = {"captions": [str(tmp_path / "c1.parquet"), str(tmp_path / "c2.parquet")],
-             "errors": [str(tmp_path / "e1.parquet")]}
-    pq.write_table(pa.Table.from_pylist([caption("a", t0, "old a"), caption("b", t0, "b"), caption("c", t0, "c")],
-                                        schema=caption_schema()), files["captions"][0])
-    pq.write_table(pa.Table.from_pylist([caption("a", t1, "new a"), caption("d", t1, "d")], schema=caption_schema()),
-                   files["captions"][1])
-    pq.write_table(pa.Table.from_pylist([error_row("c", "c", "decode", "TruncatedImage", "now broken") |
-                                         {"processed_at": t1}], schema=ERROR_SCHEMA), files["errors"][0])
+    files = {
+        "captions": [str(tmp_path / "c1.parquet"), str(tmp_path / "c2.parquet")],
+        "errors": [str(tmp_path / "e1.parquet")],
+    }
+    pq.write_table(
+        pa.Table.from_pylist(
+            [caption("a", t0, "old a"), caption("b", t0, "b"), caption("c", t0, "c")], schema=caption_schema()
+        ),
+        files["captions"][0],
+    )
+    pq.write_table(
+        pa.Table.from_pylist([caption("a", t1, "new a"), caption("d", t1, "d")], schema=caption_schema()),
+        files["captions"][1],
+    )
+    pq.write_table(
+        pa.Table.from_pylist(
+            [error_row("c", "c", "decode", "TruncatedImage", "now broken") | {"processed_at": t1}], schema=ERROR_SCHEMA
+        ),
+        files["errors"][0],
+    )
     latest = latest_rows(files)
     assert latest.get("a") == (epoch_ms(t1), "captions") and latest.get("c") == (epoch_ms(t1), "errors")
     assert latest.replaced == 2  # the old rows of a and c
     in_table = pa.table({"image_uri": ["a", "b", "c"], "processed_at": pa.array([epoch_ms(t0)] * 3, pa.int64())})
     plan = plan_sync("captions", latest, caption_schema(), in_table)
-    assert sorted(zip(plan.rows.column("image_uri").to_pylist(), plan.rows.column("caption").to_pylist())) == \
-        [("a", "new a"), ("d", "d")]
+    assert sorted(zip(plan.rows.column("image_uri").to_pylist(), plan.rows.column("caption").to_pylist())) == [
+        ("a", "new a"),
+        ("d", "d"),
+    ]
     assert plan.replaced == {"a", "c"}  # a: a newer caption; c: its latest row is an error now
-    errors = plan_sync("errors", latest, ERROR_SCHEMA, pa.table({"image_uri": pa.array([], pa.string()),
-                                                                   "processed_at": pa.array([], pa.int64())}))
+    errors = plan_sync(
+        "errors",
+        latest,
+        ERROR_SCHEMA,
+        pa.table({"image_uri": pa.array([], pa.string()), "processed_at": pa.array([], pa.int64())}),
+    )
     assert errors.rows.column("image_uri").to_pylist() == ["c"] and errors.replaced == set()
 
 
@@ -127,24 +183,40 @@ def test_latest_row_rule_ties_missing_times_and_unreadable_files(tmp_path):
     or is noted and left out when the caller asks."""
     from beam_pipeline.output_files import MISSING_TIME, epoch_ms, latest_rows
 
-    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
     def caption(uri: str, when: dt.datetime, text: str) -> dict:
-        return {"image_uri": uri, "image_id": uri, "caption": text, "score": -1.0, "decode": "g", "model_id": "m",
-                "encoder": "e", "width": 1, "height": 1, "processed_at": when}
+        return {
+            "image_uri": uri,
+            "image_id": uri,
+            "caption": text,
+            "score": -1.0,
+            "decode": "g",
+            "model_id": "m",
+            "encoder": "e",
+            "width": 1,
+            "height": 1,
+            "processed_at": when,
+        }
 
     c0, c1, c2, e1 = (str(tmp_path / n) for n in ("c0.parquet", "c1.parquet", "c2.parquet", "e1.parquet"))
     pq.write_table(pa.table({"image_uri": ["none"], "caption": ["a file without processed_at"]}), c0)
     pq.write_table(pa.Table.from_pylist([caption("tie", t0, "first")], schema=caption_schema()), c1)
     pq.write_table(pa.Table.from_pylist([caption("tie", t0, "second")], schema=caption_schema()), c2)
-    pq.write_table(pa.Table.from_pylist([error_row(u, u, "read", "FileNotFound", "gone") | {"processed_at": t0}
-                                         for u in ("tie", "none")], schema=ERROR_SCHEMA), e1)
+    pq.write_table(
+        pa.Table.from_pylist(
+            [error_row(u, u, "read", "FileNotFound", "gone") | {"processed_at": t0} for u in ("tie", "none")],
+            schema=ERROR_SCHEMA,
+        ),
+        e1,
+    )
     latest = latest_rows({"captions": [c0, c1, c2], "errors": [e1]})
     assert latest.get("tie") == (epoch_ms(t0), "captions") and latest.get("none") == (epoch_ms(t0), "errors")
     assert latest.rows_in(c1, "captions").tolist() == [0] and latest.rows_in(c2, "captions").tolist() == []
     assert latest.replaced == 3 and latest.get("elsewhere") is None
-    assert latest.is_current("captions", pa.array(["tie", "none"]),
-                             pa.array([epoch_ms(t0), MISSING_TIME], pa.int64())).tolist() == [True, False]
+    assert latest.is_current(
+        "captions", pa.array(["tie", "none"]), pa.array([epoch_ms(t0), MISSING_TIME], pa.int64())
+    ).tolist() == [True, False]
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"not parquet")
     with pytest.raises(pa.ArrowInvalid):

@@ -8,6 +8,7 @@ local files here (``--output``: plan_run checks the output folder; ``--model`` /
 ``--encoder_weights``: plan_run verifies the artifact), because reading gs:// needs credentials
 and network; the inputs stay gs:// (workers match them, the driver does not).
 """
+
 from __future__ import annotations
 
 import re
@@ -18,12 +19,22 @@ import pytest
 
 pytest.importorskip("apache_beam.runners.dataflow.internal.apiclient")  # the gcp extra
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning"),
-              pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = {"--output", "--model", "--encoder_weights"}  # read by the driver before the job is built
-STEPS = ("MatchInputs", "SkipDoneAndDuplicates", "ReadImages", "CaptionImages", "CommitCaptions", "CommitErrors",
-         "RunStats")
+STEPS = (
+    "MatchInputs",
+    "SkipDoneAndDuplicates",
+    "ReadImages",
+    "CaptionImages",
+    "CommitCaptions",
+    "CommitErrors",
+    "RunStats",
+)
 
 
 def deploy_command() -> list[str]:
@@ -46,8 +57,9 @@ def with_local(argv: list[str], local: dict[str, str | None]) -> list[str]:
         else:
             out.append(argv[i])
             i += 1
-    return out + [item for flag, value in local.items() if flag not in argv and value is not None
-                  for item in (flag, value)]
+    return out + [
+        item for flag, value in local.items() if flag not in argv and value is not None for item in (flag, value)
+    ]
 
 
 @pytest.fixture
@@ -61,11 +73,13 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
         if host not in ("127.0.0.1", "localhost", None):
             raise AssertionError(f"the dry run tried to reach {host}")
         return lookup(host, *args, **kwargs)
+
     monkeypatch.setattr(socket, "getaddrinfo", local_only)
 
 
-def test_dataflow_job_is_built_offline_with_our_steps_handler_and_setup_file(tiny_artifact, tmp_path, monkeypatch,
-                                                                            no_network):
+def test_dataflow_job_is_built_offline_with_our_steps_handler_and_setup_file(
+    tiny_artifact, tmp_path, monkeypatch, no_network
+):
     import apache_beam as beam
     from apache_beam.internal import pickler
     from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, SetupOptions
@@ -81,8 +95,9 @@ def test_dataflow_job_is_built_offline_with_our_steps_handler_and_setup_file(tin
     documented = deploy_command()
     assert "--setup_file" in documented and documented[documented.index("--runner") + 1] == "DataflowRunner"
     # The small test artifact carries its encoder weights, so --encoder_weights is dropped.
-    argv = with_local(documented, {"--output": str(tmp_path / "out"), "--model": tiny_artifact,
-                                   "--encoder_weights": None}) + ["--dry_run", "True"]
+    argv = with_local(
+        documented, {"--output": str(tmp_path / "out"), "--model": tiny_artifact, "--encoder_weights": None}
+    ) + ["--dry_run", "True"]
     check_flags(argv)  # every documented flag is one Beam or we know
     options = PipelineOptions(argv)
     plan = plan_run(options.view_as(CaptionOptions))
@@ -98,8 +113,11 @@ def test_dataflow_job_is_built_offline_with_our_steps_handler_and_setup_file(tin
 
     # Our ModelHandler and DoFns are in the job as pickled payloads that load back.
     def dofn(name: str) -> object:
-        [payload] = [beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload).do_fn.payload for t in transforms
-                     if t.unique_name == name and t.spec.urn == common_urns.primitives.PAR_DO.urn]
+        [payload] = [
+            beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload).do_fn.payload
+            for t in transforms
+            if t.unique_name == name and t.spec.urn == common_urns.primitives.PAR_DO.urn
+        ]
         return pickler.loads(payload)[0]
 
     handler = dofn("CaptionImages/RunInference/BeamML_RunInference")._model_handler
@@ -112,8 +130,11 @@ def test_dataflow_job_is_built_offline_with_our_steps_handler_and_setup_file(tin
     cloud = job.options.view_as(GoogleCloudOptions)
     assert cloud.project == documented[documented.index("--project") + 1]
     assert cloud.temp_location.startswith(documented[documented.index("--temp_location") + 1] + "/")
-    staged = {beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(d.role_payload).staged_name
-              for env in job.proto_pipeline.components.environments.values() for d in env.dependencies}
+    staged = {
+        beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(d.role_payload).staged_name
+        for env in job.proto_pipeline.components.environments.values()
+        for d in env.dependencies
+    }
     assert "workflow.tar.gz" in staged, staged
 
     # The command line's path: the same dry run through pipeline.run builds the job and writes nothing.
@@ -125,6 +146,6 @@ def test_dataflow_job_is_built_offline_with_our_steps_handler_and_setup_file(tin
 
 
 def test_local_replaces_and_adds_flags():
-    assert with_local(["--a", "1", "--output", "gs://x", "--w", "gs://w"], {"--output": "/tmp/o", "--model": "m",
-                                                                       "--w": None}) == \
-        ["--a", "1", "--output", "/tmp/o", "--model", "m"]
+    assert with_local(
+        ["--a", "1", "--output", "gs://x", "--w", "gs://w"], {"--output": "/tmp/o", "--model": "m", "--w": None}
+    ) == ["--a", "1", "--output", "/tmp/o", "--model", "m"]

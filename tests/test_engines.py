@@ -9,6 +9,7 @@ time), batch size 4 so that partial batches (emitted in BatchElements' finish_bu
 share of two partitions is binomial, and below 25 % for one of them with probability 11 % for 10
 photos, 0.07 % for 40. ``CAPTION_ENGINE_PHOTOS=60`` runs the issue's 60 + 2 case.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,11 @@ import pytest
 from tests.engine_services import beam_job_service, dask_cluster
 from tests.pipeline_helpers import read_rows, run_pipeline
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning"),
-              pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
 PHOTOS = int(os.environ.get("CAPTION_ENGINE_PHOTOS", "40"))
 BAD = {"not_a_photo.jpg": "NotAnImage", "empty.jpg": "EmptyFile"}
 
@@ -56,8 +60,9 @@ def direct(photos: Path, tiny_artifact: str, tmp_path_factory: pytest.TempPathFa
     return (summary, *_outcome(out))
 
 
-def _check_same_as_direct(summary: dict[str, Any], out: Path, direct: tuple[dict, dict, dict], photos: Path,
-                          processes: int) -> None:
+def _check_same_as_direct(
+    summary: dict[str, Any], out: Path, direct: tuple[dict, dict, dict], photos: Path, processes: int
+) -> None:
     """Same rows as the DirectRunner, every input once, model loads <= captioning processes <= ``processes``."""
     _, direct_captions, direct_errors = direct
     captions, errors = _outcome(out)
@@ -74,8 +79,10 @@ def _check_same_as_direct(summary: dict[str, Any], out: Path, direct: tuple[dict
 def test_dask_cluster_gives_the_direct_runner_rows(photos, tiny_artifact, direct, tmp_path):
     out = tmp_path / "out"
     with dask_cluster(tmp_path / "logs", workers=2) as address:
-        summary = run_pipeline(_args(photos, out, tiny_artifact)
-                               + ["--runner", "DaskRunner", "--dask_client_address", address, "--dask_npartitions", "2"])
+        summary = run_pipeline(
+            _args(photos, out, tiny_artifact)
+            + ["--runner", "DaskRunner", "--dask_client_address", address, "--dask_npartitions", "2"]
+        )
     _check_same_as_direct(summary, out, direct, photos, processes=2)
     assert summary["runner"] == "DaskRunner"
     # The work spreads: each of the two worker processes captioned at least a quarter of the photos.
@@ -86,13 +93,24 @@ def test_dask_cluster_gives_the_direct_runner_rows(photos, tiny_artifact, direct
     assert not list(out.glob("*/beam-temp-*")), "the Parquet sinks left temp folders behind"
 
 
-def test_portable_runner_with_external_worker_pool_gives_the_direct_runner_rows(photos, tiny_artifact, direct,
-                                                                                 tmp_path):
+def test_portable_runner_with_external_worker_pool_gives_the_direct_runner_rows(
+    photos, tiny_artifact, direct, tmp_path
+):
     out = tmp_path / "out"
     with beam_job_service(tmp_path / "logs") as (job_endpoint, pool):
-        summary = run_pipeline(_args(photos, out, tiny_artifact)
-                               + ["--runner", "PortableRunner", "--job_endpoint", job_endpoint,
-                                  "--environment_type", "EXTERNAL", "--environment_config", pool])
+        summary = run_pipeline(
+            _args(photos, out, tiny_artifact)
+            + [
+                "--runner",
+                "PortableRunner",
+                "--job_endpoint",
+                job_endpoint,
+                "--environment_type",
+                "EXTERNAL",
+                "--environment_config",
+                pool,
+            ]
+        )
     _check_same_as_direct(summary, out, direct, photos, processes=1)
     assert summary["counters"]["model_loads"] == summary["model_loads"]
     assert list(summary["captioned_per_process"].values()) == [PHOTOS]
@@ -100,9 +118,10 @@ def test_portable_runner_with_external_worker_pool_gives_the_direct_runner_rows(
 
 def test_share_model_across_processes_loads_one_copy_for_two_processes(photos, tiny_artifact, direct, tmp_path):
     out = tmp_path / "out"
-    summary = run_pipeline(_args(photos, out, tiny_artifact)
-                           + ["--share_model_across_processes", "--direct_running_mode", "multi_processing",
-                              "--direct_num_workers", "2"])
+    summary = run_pipeline(
+        _args(photos, out, tiny_artifact)
+        + ["--share_model_across_processes", "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
+    )
     _check_same_as_direct(summary, out, direct, photos, processes=2)
     # Both SDK processes captioned (batches of 4 split over 2 workers), with one model copy.
     assert (summary["model_loads"], summary["worker_processes"]) == (1, 2)

@@ -1,5 +1,6 @@
 """Decoder ensembles (one graph, members' log-probabilities combined per step), the ensemble
 artifact format, and resumable member fits. Real Keras layers and files, small sizes."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,9 @@ from model.captioner import build_decoders, load_caption_model
 from model.lstm_decoder import MergeDecoder, make_step_model
 from model.vocabulary import Vocabulary
 
-CFG = DecoderConfig(vocab_size=30, max_length=8, feature_dim=12, embedding_dim=8, units=16, image_dense=(16,),
-                    dropout=0.0)
+CFG = DecoderConfig(
+    vocab_size=30, max_length=8, feature_dim=12, embedding_dim=8, units=16, image_dense=(16,), dropout=0.0
+)
 
 
 def members(n: int, seed: int = 0) -> list[MergeDecoder]:
@@ -80,9 +82,14 @@ def save(uri: str, ds: list[MergeDecoder], combine: str = "mean_logprob") -> str
     words = ["word" + "".join(chr(97 + int(d)) for d in str(i)) for i in range(CFG.vocab_size - 4)]
     cfg_vocab = Vocabulary.build([" ".join(words)], min_count=1)
     assert len(cfg_vocab) == CFG.vocab_size
-    return save_artifact(uri, decoder=ds if len(ds) > 1 else ds[0], vocab=cfg_vocab,
-                         encoder=EncoderConfig("mobilenet_v3_small", (32, 32), "none"),
-                         decoding=DecodeSettings("beam", 2, 0.5, CFG.max_length), combine=combine)
+    return save_artifact(
+        uri,
+        decoder=ds if len(ds) > 1 else ds[0],
+        vocab=cfg_vocab,
+        encoder=EncoderConfig("mobilenet_v3_small", (32, 32), "none"),
+        decoding=DecodeSettings("beam", 2, 0.5, CFG.max_length),
+        combine=combine,
+    )
 
 
 def test_ensemble_artifact_round_trip(tmp_path):
@@ -91,8 +98,10 @@ def test_ensemble_artifact_round_trip(tmp_path):
     save(str(tmp_path / "one"), ds[:1])
     config = json.loads((tmp_path / "ens" / "config.json").read_text())
     assert config["format"] == ENSEMBLE_FORMAT
-    assert config["ensemble"] == {"members": ["decoder.weights.h5", "decoder-2.weights.h5", "decoder-3.weights.h5"],
-                                  "combine": "mean_prob"}
+    assert config["ensemble"] == {
+        "members": ["decoder.weights.h5", "decoder-2.weights.h5", "decoder-3.weights.h5"],
+        "combine": "mean_prob",
+    }
     # A single decoder is still written in the first format, which every earlier reader loads.
     assert json.loads((tmp_path / "one" / "config.json").read_text())["format"] == ARTIFACT_FORMAT
     contents = read_artifact(str(tmp_path / "ens"))
@@ -104,11 +113,18 @@ def test_ensemble_artifact_round_trip(tmp_path):
     model = load_caption_model(str(tmp_path / "ens"), with_encoder=False)
     assert model.step_model.members == 3 and model.step_model.combine == "mean_prob"
     feats = np.random.default_rng(2).normal(size=(3, CFG.feature_dim)).astype(np.float32)
-    expected = decode_batch(make_step_model(ds, combine="mean_prob"), feats, contents.vocab.start_id,
-                            contents.vocab.end_id, model.default_settings, contents.vocab.never_generated)
+    expected = decode_batch(
+        make_step_model(ds, combine="mean_prob"),
+        feats,
+        contents.vocab.start_id,
+        contents.vocab.end_id,
+        model.default_settings,
+        contents.vocab.never_generated,
+    )
     got = model.caption_features(feats)
-    assert [r.caption for r in got] == [" ".join(contents.vocab.decode(
-        [t for t in h.token_ids if t != contents.vocab.end_id])) for h in expected]
+    assert [r.caption for r in got] == [
+        " ".join(contents.vocab.decode([t for t in h.token_ids if t != contents.vocab.end_id])) for h in expected
+    ]
 
 
 def test_broken_ensemble_artifacts_are_refused(tmp_path):

@@ -2,6 +2,7 @@
 inputs gives the rows, error rows and summary fields kept in tests/data/golden_run.json, made by
 ``tests/golden_run.py`` from the code before the re-layout of issue #12 (commit b75b23a) with the
 shipped model (see its docstring to regenerate it, e.g. after the shipped model changes)."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,9 @@ def test_fixed_run_gives_the_golden_rows_and_summary(tmp_path, flickr8k, xceptio
     expected = json.loads(GOLDEN.read_text())
     actual = golden_run(tmp_path, flickr8k, xception_weights)
     assert [r["caption"] for r in actual["captions"]] == [r["caption"] for r in expected["captions"]]
-    assert [(r["image_uri"], r["error_type"], r["stage"]) for r in actual["errors"]] == \
-        [(r["image_uri"], r["error_type"], r["stage"]) for r in expected["errors"]]
+    assert [(r["image_uri"], r["error_type"], r["stage"]) for r in actual["errors"]] == [
+        (r["image_uri"], r["error_type"], r["stage"]) for r in expected["errors"]
+    ]
     _assert_same(actual, expected, "run")
     assert actual["summary"]["matched"] == actual["summary"]["captioned"] + actual["summary"]["failed"]
 
@@ -58,20 +60,39 @@ def test_the_golden_run_is_the_same_on_distributed_engines(engine, tmp_path, fli
     expected = json.loads(GOLDEN.read_text())
     if engine == "dask":
         with dask_cluster(tmp_path / "logs", workers=2) as address:
-            actual = golden_run(tmp_path, flickr8k, xception_weights, extra=[
-                "--runner", "DaskRunner", "--dask_client_address", address, "--dask_npartitions", "2"])
+            actual = golden_run(
+                tmp_path,
+                flickr8k,
+                xception_weights,
+                extra=["--runner", "DaskRunner", "--dask_client_address", address, "--dask_npartitions", "2"],
+            )
         assert actual["summary"]["runner"] == "DaskRunner" and actual["summary"]["model_loads"] in (1, 2)
     else:
         with beam_job_service(tmp_path / "logs") as (job_endpoint, pool):
-            actual = golden_run(tmp_path, flickr8k, xception_weights, extra=[
-                "--runner", "PortableRunner", "--job_endpoint", job_endpoint, "--environment_type", "EXTERNAL",
-                "--environment_config", pool])
+            actual = golden_run(
+                tmp_path,
+                flickr8k,
+                xception_weights,
+                extra=[
+                    "--runner",
+                    "PortableRunner",
+                    "--job_endpoint",
+                    job_endpoint,
+                    "--environment_type",
+                    "EXTERNAL",
+                    "--environment_config",
+                    pool,
+                ],
+            )
         _assert_same(actual["summary"]["counters"], expected["summary"]["counters"], "counters")
         assert actual["summary"]["model_loads"] == expected["summary"]["model_loads"]
     _assert_same(actual["captions"], expected["captions"], "captions")
     _assert_same(actual["errors"], expected["errors"], "errors")
-    _assert_same({k: v for k, v in actual["summary"].items() if k not in ENGINE_FIELDS},
-                 {k: v for k, v in expected["summary"].items() if k not in ENGINE_FIELDS}, "summary")
+    _assert_same(
+        {k: v for k, v in actual["summary"].items() if k not in ENGINE_FIELDS},
+        {k: v for k, v in expected["summary"].items() if k not in ENGINE_FIELDS},
+        "summary",
+    )
 
 
 def test_the_comparison_notices_a_changed_row():

@@ -6,6 +6,7 @@ Real Flickr8k photos, the small test model (caption quality does not matter here
 and real Iceberg metadata; rows are read back with pyiceberg's scan and with pyarrow from the
 snapshot's data files.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,8 +54,9 @@ def _data_file_rows(table: Any, read_bytes: Callable[[str], bytes]) -> list[dict
     """Rows read with pyarrow straight from the current snapshot's data files (no pyiceberg reader)."""
     files = [task.file.file_path for task in table.scan().plan_files()]
     assert files, "the snapshot has no data files"
-    return pa.concat_tables([pq.read_table(io.BytesIO(read_bytes(f))) for f in files],
-                            promote_options="default").to_pylist()
+    return pa.concat_tables(
+        [pq.read_table(io.BytesIO(read_bytes(f))) for f in files], promote_options="default"
+    ).to_pylist()
 
 
 def _local_bytes(uri: str) -> bytes:
@@ -70,18 +72,33 @@ def lake(tmp_path, monkeypatch) -> str:
 def test_two_runs_then_resume_leave_each_image_once_in_two_snapshots(tmp_path, lake, flickr8k, tiny_artifact):
     """The issue's "done when": 40 photos, then --resume with 40 more -> 80 distinct images, each
     once, in >= 2 snapshots, the same rows as the Parquet files; errors in the errors table."""
-    first, second = _link(flickr8k_photos(flickr8k, 0, 40), tmp_path / "a"), _link(flickr8k_photos(flickr8k, 40, 40), tmp_path / "b")
+    first, second = (
+        _link(flickr8k_photos(flickr8k, 0, 40), tmp_path / "a"),
+        _link(flickr8k_photos(flickr8k, 40, 40), tmp_path / "b"),
+    )
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "notes.jpg").write_text("not a picture")
     out = tmp_path / "out"
-    common = ["--output", str(out), "--model", tiny_artifact, "--batch_size", "16",
-              "--iceberg_table", TABLE, "--iceberg_catalog", lake]
-    one = run_pipeline(["--input", f"{first}/*.jpg", "--input", f"{bad}/*.jpg",
-                        "--input", f"{tmp_path}/nowhere/*.jpg"] + common)
+    common = [
+        "--output",
+        str(out),
+        "--model",
+        tiny_artifact,
+        "--batch_size",
+        "16",
+        "--iceberg_table",
+        TABLE,
+        "--iceberg_catalog",
+        lake,
+    ]
+    one = run_pipeline(
+        ["--input", f"{first}/*.jpg", "--input", f"{bad}/*.jpg", "--input", f"{tmp_path}/nowhere/*.jpg"] + common
+    )
     assert one["iceberg"]["captions"]["appended"] == 40 and one["iceberg"]["errors"]["appended"] == 2
-    two = run_pipeline(["--input", f"{first}/*.jpg", "--input", f"{second}/*.jpg", "--input", f"{bad}/*.jpg",
-                        "--resume"] + common)
+    two = run_pipeline(
+        ["--input", f"{first}/*.jpg", "--input", f"{second}/*.jpg", "--input", f"{bad}/*.jpg", "--resume"] + common
+    )
     assert two["captioned"] == 40 and two["skipped_resume"] == 41
     assert two["iceberg"]["captions"]["appended"] == 40 and two["iceberg"]["errors"]["appended"] == 0
 
@@ -94,10 +111,16 @@ def test_two_runs_then_resume_leave_each_image_once_in_two_snapshots(tmp_path, l
     assert set(parquet) == set(uris)
     for row in rows:
         expected = parquet[row["image_uri"]]
-        assert (row["caption"], row["image_id"], row["model_id"]) == \
-            (expected["caption"], expected["image_id"], expected["model_id"])
-        assert row["image_sha256"] == expected["image_sha256"] == \
-            hashlib.sha256(Path(row["image_uri"]).read_bytes()).hexdigest()
+        assert (row["caption"], row["image_id"], row["model_id"]) == (
+            expected["caption"],
+            expected["image_id"],
+            expected["model_id"],
+        )
+        assert (
+            row["image_sha256"]
+            == expected["image_sha256"]
+            == hashlib.sha256(Path(row["image_uri"]).read_bytes()).hexdigest()
+        )
         assert row["caption_source"] == "model"
     direct = _data_file_rows(table, _local_bytes)
     assert sorted(r["image_uri"] for r in direct) == sorted(uris)
@@ -130,8 +153,10 @@ def test_embeddings_add_the_column_and_a_foreign_model_is_refused(tmp_path, lake
     common = ["--output", str(out), "--model", tiny_artifact, "--iceberg_table", TABLE, "--iceberg_catalog", lake]
     run_pipeline(["--input", f"{_link(flickr8k_photos(flickr8k, 0, 4), tmp_path / 'a')}/*.jpg"] + common)
     assert "embedding" not in {f.name for f in _load(lake, TABLE).schema().fields}
-    run_pipeline(["--input", f"{_link(flickr8k_photos(flickr8k, 4, 4), tmp_path / 'b')}/*.jpg", "--resume",
-                  "--emit_embeddings"] + common)
+    run_pipeline(
+        ["--input", f"{_link(flickr8k_photos(flickr8k, 4, 4), tmp_path / 'b')}/*.jpg", "--resume", "--emit_embeddings"]
+        + common
+    )
     table = _load(lake, TABLE)
     assert "embedding" in {f.name for f in table.schema().fields}
     rows = table.scan().to_arrow().to_pylist()
@@ -141,14 +166,39 @@ def test_embeddings_add_the_column_and_a_foreign_model_is_refused(tmp_path, lake
 
     other = str(tmp_path / "other-model")
     make_tiny_artifact(other, seed=1)
-    args = ["--input", f"{tmp_path / 'a'}/*.jpg", "--output", str(tmp_path / "out2"), "--model", other,
-            "--iceberg_table", TABLE, "--iceberg_catalog", lake]
+    args = [
+        "--input",
+        f"{tmp_path / 'a'}/*.jpg",
+        "--output",
+        str(tmp_path / "out2"),
+        "--model",
+        other,
+        "--iceberg_table",
+        TABLE,
+        "--iceberg_catalog",
+        lake,
+    ]
     with pytest.raises(PreflightError, match="already holds captions of model"):
         run_pipeline(args)
     assert main(args) == 2  # the command line's refusal exit code
     assert not (tmp_path / "out2").exists()
-    assert main(["--input", f"{tmp_path / 'a'}/*.jpg", "--output", str(tmp_path / "out3"), "--model",
-                 tiny_artifact, "--iceberg_table", TABLE, "--iceberg_catalog", "nosuchcatalog"]) == 2
+    assert (
+        main(
+            [
+                "--input",
+                f"{tmp_path / 'a'}/*.jpg",
+                "--output",
+                str(tmp_path / "out3"),
+                "--model",
+                tiny_artifact,
+                "--iceberg_table",
+                TABLE,
+                "--iceberg_catalog",
+                "nosuchcatalog",
+            ]
+        )
+        == 2
+    )
 
 
 def test_skip_known_content_captions_each_content_once(tmp_path, lake, flickr8k, tiny_artifact):
@@ -159,8 +209,17 @@ def test_skip_known_content_captions_each_content_once(tmp_path, lake, flickr8k,
     for photo in photos[:3]:  # byte-identical copies under other names
         (images / f"copy-of-{photo.name}").write_bytes(photo.read_bytes())
     out = tmp_path / "out"
-    common = ["--output", str(out), "--model", tiny_artifact, "--skip_known_content",
-              "--iceberg_table", TABLE, "--iceberg_catalog", lake]
+    common = [
+        "--output",
+        str(out),
+        "--model",
+        tiny_artifact,
+        "--skip_known_content",
+        "--iceberg_table",
+        TABLE,
+        "--iceberg_catalog",
+        lake,
+    ]
     one = run_pipeline(["--input", f"{images}/*.jpg"] + common)
     assert one["captioned"] == 9 and one["counters"]["images_captioned"] == 6
     assert one["counters"]["images_same_content"] == 3
@@ -168,8 +227,11 @@ def test_skip_known_content_captions_each_content_once(tmp_path, lake, flickr8k,
     for photo in photos[:3]:  # which of the two went through the model is up to the runner
         pair = sorted((rows[f"copy-of-{photo.name}"], rows[photo.name]), key=lambda r: r["caption_source"])
         assert [r["caption_source"] for r in pair] == ["model", "same_content"]
-        assert (pair[0]["caption"], pair[0]["score"], pair[0]["image_sha256"]) == \
-            (pair[1]["caption"], pair[1]["score"], pair[1]["image_sha256"])
+        assert (pair[0]["caption"], pair[0]["score"], pair[0]["image_sha256"]) == (
+            pair[1]["caption"],
+            pair[1]["score"],
+            pair[1]["image_sha256"],
+        )
     assert all(rows[p.name]["caption_source"] == "model" for p in photos[3:])
 
     later = tmp_path / "later"  # copies of captioned photos arriving in a later --resume run
@@ -181,8 +243,21 @@ def test_skip_known_content_captions_each_content_once(tmp_path, lake, flickr8k,
     assert again["caption_source"] == "same_content" and again["caption"] == rows[photos[4].name]["caption"]
 
     # A new output, same table: the known captions come from the table.
-    three = run_pipeline(["--input", f"{later}/*.jpg", "--output", str(tmp_path / "fresh"), "--model",
-                          tiny_artifact, "--skip_known_content", "--iceberg_table", TABLE, "--iceberg_catalog", lake])
+    three = run_pipeline(
+        [
+            "--input",
+            f"{later}/*.jpg",
+            "--output",
+            str(tmp_path / "fresh"),
+            "--model",
+            tiny_artifact,
+            "--skip_known_content",
+            "--iceberg_table",
+            TABLE,
+            "--iceberg_catalog",
+            lake,
+        ]
+    )
     assert three["counters"]["images_captioned"] == 0 and three["counters"]["images_same_content"] == 1
     # The URI is already in the table: the newer row replaces it (the latest row wins), still one row.
     assert (three["iceberg"]["captions"]["appended"], three["iceberg"]["captions"]["replaced"]) == (1, 1)
@@ -201,20 +276,49 @@ def test_warehouse_on_moto_s3(tmp_path, monkeypatch, flickr8k, tiny_artifact):
     proc, port = _start_moto(tmp_path / "moto.log")
     try:
         endpoint = f"http://127.0.0.1:{port}"
-        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
-                              aws_secret_access_key="testing", region_name="us-east-1")
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
         client.create_bucket(Bucket="lake")
-        _catalog_env(monkeypatch, "s3lake", tmp_path, "s3://lake/warehouse", S3__ENDPOINT=endpoint,
-                     S3__ACCESS_KEY_ID="testing", S3__SECRET_ACCESS_KEY="testing", S3__REGION="us-east-1")
+        _catalog_env(
+            monkeypatch,
+            "s3lake",
+            tmp_path,
+            "s3://lake/warehouse",
+            S3__ENDPOINT=endpoint,
+            S3__ACCESS_KEY_ID="testing",
+            S3__SECRET_ACCESS_KEY="testing",
+            S3__REGION="us-east-1",
+        )
         for name in ("AWS_PROFILE", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
             monkeypatch.delenv(name, raising=False)
         monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
         out = tmp_path / "out"
-        common = ["--output", str(out), "--model", tiny_artifact, "--iceberg_table", TABLE,
-                  "--iceberg_catalog", "s3lake"]
+        common = [
+            "--output",
+            str(out),
+            "--model",
+            tiny_artifact,
+            "--iceberg_table",
+            TABLE,
+            "--iceberg_catalog",
+            "s3lake",
+        ]
         run_pipeline(["--input", f"{_link(flickr8k_photos(flickr8k, 0, 5), tmp_path / 'a')}/*.jpg"] + common)
-        run_pipeline(["--input", f"{tmp_path / 'a'}/*.jpg", "--input",
-                      f"{_link(flickr8k_photos(flickr8k, 5, 5), tmp_path / 'b')}/*.jpg", "--resume"] + common)
+        run_pipeline(
+            [
+                "--input",
+                f"{tmp_path / 'a'}/*.jpg",
+                "--input",
+                f"{_link(flickr8k_photos(flickr8k, 5, 5), tmp_path / 'b')}/*.jpg",
+                "--resume",
+            ]
+            + common
+        )
         table = _load("s3lake", TABLE)
         uris = [r["image_uri"] for r in table.scan().to_arrow().to_pylist()]
         assert len(uris) == len(set(uris)) == 10 and len(table.snapshots()) >= 2
@@ -232,8 +336,9 @@ def test_warehouse_on_moto_s3(tmp_path, monkeypatch, flickr8k, tiny_artifact):
         _stop(proc)
 
 
-def test_changed_photos_are_captioned_again_and_replace_their_rows_in_one_snapshot(tmp_path, lake, flickr8k,
-                                                                                     tiny_artifact):
+def test_changed_photos_are_captioned_again_and_replace_their_rows_in_one_snapshot(
+    tmp_path, lake, flickr8k, tiny_artifact
+):
     """The issue's scenario: 40 photos into the table, 5 files overwritten with other photos, then
     --resume: exactly those 5 are captioned again, and the table holds 40 rows (one per URI) with
     the new captions and hashes, replaced in a single snapshot."""
@@ -244,8 +349,20 @@ def test_changed_photos_are_captioned_again_and_replace_their_rows_in_one_snapsh
     for photo in flickr8k_photos(flickr8k, 0, 40):
         shutil.copyfile(photo, folder / photo.name)
     out = tmp_path / "out"
-    common = ["--input", f"{folder}/*.jpg", "--output", str(out), "--model", tiny_artifact, "--batch_size", "16",
-              "--iceberg_table", TABLE, "--iceberg_catalog", lake]
+    common = [
+        "--input",
+        f"{folder}/*.jpg",
+        "--output",
+        str(out),
+        "--model",
+        tiny_artifact,
+        "--batch_size",
+        "16",
+        "--iceberg_table",
+        TABLE,
+        "--iceberg_catalog",
+        lake,
+    ]
     first = run_pipeline(common)
     assert first["captioned"] == 40 and first["iceberg"]["captions"]["appended"] == 40
     before = {r["image_uri"]: r for r in _load(lake, TABLE).scan().to_arrow().to_pylist()}
@@ -270,7 +387,9 @@ def test_changed_photos_are_captioned_again_and_replace_their_rows_in_one_snapsh
         assert row["image_sha256"] == hashlib.sha256(Path(uri).read_bytes()).hexdigest()
         assert row["caption"] == latest[uri]["caption"]
         if Path(uri) in changed:
-            assert row["image_sha256"] != before[uri]["image_sha256"] and row["processed_at"] > before[uri]["processed_at"]
+            assert (
+                row["image_sha256"] != before[uri]["image_sha256"] and row["processed_at"] > before[uri]["processed_at"]
+            )
         else:
             assert row == before[uri]
     assert sorted(r["image_uri"] for r in _data_file_rows(table, _local_bytes)) == sorted(rows)

@@ -1,4 +1,5 @@
 """Tests for model.image_loading: the bad-input corpus, modes, orientation, fuzzing."""
+
 from __future__ import annotations
 
 import io
@@ -141,9 +142,7 @@ def test_bomb_rejected_without_pillows_global_limit(monkeypatch: pytest.MonkeyPa
 def test_bomb_caught_by_pillow_check_has_useful_message() -> None:
     with pytest.raises(ImageDecodeError) as info:
         decode_image(corpus.bomb_png(), (8, 8))
-    assert info.value.message == (
-        f"image declares 10000000000 pixels, over the limit of {DEFAULT_MAX_PIXELS}"
-    )
+    assert info.value.message == (f"image declares 10000000000 pixels, over the limit of {DEFAULT_MAX_PIXELS}")
 
 
 def test_pillow_bomb_warning_becomes_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -277,9 +276,7 @@ def test_cmyk_gives_sensible_rgb() -> None:
     _assert_close(decoded.pixels[8, 8], corpus.RED, tol=10)
 
 
-@pytest.mark.parametrize(
-    "mode", ["1", "L", "P", "YCbCr", "LAB", "HSV", "RGBX", "I;16L", "La", "RGBa", "PA"]
-)
+@pytest.mark.parametrize("mode", ["1", "L", "P", "YCbCr", "LAB", "HSV", "RGBX", "I;16L", "La", "RGBa", "PA"])
 def test_every_mode_converts_to_rgb(mode: str) -> None:
     base = Image.new("RGB", (6, 4), (200, 100, 50))
     if mode == "La":

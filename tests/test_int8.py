@@ -1,8 +1,8 @@
 """INT8 encoder: built by training.quantize (real NNCF on a small real model), refused by the
 quality gate when it loses too much, carried and verified in the artifact, run by the pipeline."""
+
 from __future__ import annotations
 
-import csv
 import json
 import re
 import shutil
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.factories import TINY_CAPTIONS, make_tiny_artifact, write_jpeg
+from tests.factories import make_tiny_artifact
 from tests.pipeline_helpers import read_rows, run_pipeline
 from training.compare_precision import caption_agreement, feature_cosines, gate_failures
 
@@ -25,15 +25,20 @@ def test_feature_cosines_and_caption_agreement():
     refs = [["a dog runs on the grass"], ["a man rides a bike"]]
     same = caption_agreement([["a", "dog", "runs"], ["a", "man"]], [["a", "dog", "runs"], ["a", "man"]], refs)
     assert same["identical_captions"] == 1.0 and all(v == 0 for v in same["bleu_delta"].values())
-    worse = caption_agreement([["a", "dog", "runs", "on", "the", "grass"], ["a", "man", "rides", "a", "bike"]],
-                              [["a", "cat"], ["a", "man", "rides", "a", "bike"]], refs)
+    worse = caption_agreement(
+        [["a", "dog", "runs", "on", "the", "grass"], ["a", "man", "rides", "a", "bike"]],
+        [["a", "cat"], ["a", "man", "rides", "a", "bike"]],
+        refs,
+    )
     assert worse["identical_captions"] == 0.5
     assert worse["bleu_delta"]["bleu1"] < 0 and worse["bleu_float32"]["bleu4"] == pytest.approx(1.0)
 
 
 def test_gate_failures_name_each_broken_margin():
-    report = {"identical_captions": 0.85, "bleu_delta": {"bleu1": 0.001, "bleu2": -0.002, "bleu3": -0.004,
-                                                          "bleu4": -0.006}}
+    report = {
+        "identical_captions": 0.85,
+        "bleu_delta": {"bleu1": 0.001, "bleu2": -0.002, "bleu3": -0.004, "bleu4": -0.006},
+    }
     failures = gate_failures(report, max_bleu_drop=0.005, min_identical=0.9)
     assert len(failures) == 2 and failures[0].startswith("bleu4 drops by 0.0060") and "85.0 %" in failures[1]
     assert gate_failures(report, max_bleu_drop=0.01, min_identical=0.8) == []
@@ -42,25 +47,25 @@ def test_gate_failures_name_each_broken_margin():
 # --- real quantisation of the tiny model ------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def photo_tables(tmp_path_factory) -> Path:
-    """train.csv (calibration) and dev.csv (gate) tables of small real JPEGs with captions."""
-    root = tmp_path_factory.mktemp("int8-data")
-    for split, seeds in (("train", range(0, 8)), ("dev", range(100, 106))):
-        with open(root / f"{split}.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["image", "caption"])
-            for i, seed in enumerate(seeds):
-                write_jpeg(root / "images" / f"{split}{i}.jpg", size=(72, 64), seed=seed)
-                writer.writerow([f"images/{split}{i}.jpg", TINY_CAPTIONS[i % len(TINY_CAPTIONS)]])
-    return root
-
-
 def _quantize(model: str, tables: Path, cache: Path, *extra: str) -> int:
     from training.quantize import main
 
-    return main(["--model", model, "--table", str(tables / "train.csv"), "--dev-table", str(tables / "dev.csv"),
-                 "--cache-dir", str(cache), "--calibration-images", "6", "--no-progress", *extra])
+    return main(
+        [
+            "--model",
+            model,
+            "--table",
+            str(tables / "train.csv"),
+            "--dev-table",
+            str(tables / "dev.csv"),
+            "--cache-dir",
+            str(cache),
+            "--calibration-images",
+            "6",
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +73,10 @@ def int8_artifact(tiny_artifact, photo_tables, tmp_path_factory) -> str:
     """The tiny artifact plus its INT8 encoder (generous margins: random weights caption badly)."""
     out = str(tmp_path_factory.mktemp("int8-model") / "model")
     cache = tmp_path_factory.mktemp("int8-features")
-    assert _quantize(tiny_artifact, photo_tables, cache, "--output", out, "--max-bleu-drop", "1",
-                     "--min-identical", "0") == 0
+    assert (
+        _quantize(tiny_artifact, photo_tables, cache, "--output", out, "--max-bleu-drop", "1", "--min-identical", "0")
+        == 0
+    )
     return out
 
 
@@ -95,8 +102,9 @@ def test_int8_artifact_records_calibration_and_runs(int8_artifact, tiny_artifact
     assert all(i.startswith("train") for i in block["calibration"]["image_ids"])
     assert block["versions"]["nncf"] and block["quality_gate"]["split"] == "dev"
     assert contents.model_id != read_artifact(tiny_artifact).model_id
-    images = np.stack([decode_image((photo_tables / "images" / f"dev{i}.jpg").read_bytes(), (64, 64)).pixels
-                       for i in range(4)])
+    images = np.stack(
+        [decode_image((photo_tables / "images" / f"dev{i}.jpg").read_bytes(), (64, 64)).pixels for i in range(4)]
+    )
     f32 = load_caption_model(tiny_artifact, runtime="openvino", cache="none").encode(images)
     model8 = load_caption_model(int8_artifact, precision="int8")
     f8, captions = model8.caption_images(images)
@@ -107,7 +115,9 @@ def test_int8_artifact_records_calibration_and_runs(int8_artifact, tiny_artifact
     xml = contents.int8_encoder[0]
     assert xml.count(b'type="FakeQuantize"') > 10 and re.search(rb'element_type="[iu]8"', xml)
     # float32 of the INT8 artifact is still the float32 encoder
-    assert np.allclose(load_caption_model(int8_artifact, runtime="openvino", cache="none").encode(images), f32, atol=1e-4)
+    assert np.allclose(
+        load_caption_model(int8_artifact, runtime="openvino", cache="none").encode(images), f32, atol=1e-4
+    )
 
 
 def test_preset_reaches_nncf_and_is_recorded(int8_artifact, tiny_artifact, photo_tables, tmp_path):
@@ -116,8 +126,22 @@ def test_preset_reaches_nncf_and_is_recorded(int8_artifact, tiny_artifact, photo
     from model.artifact import read_artifact
 
     out = str(tmp_path / "model")
-    assert _quantize(tiny_artifact, photo_tables, tmp_path / "cache", "--output", out, "--preset", "performance",
-                     "--max-bleu-drop", "1", "--min-identical", "0") == 0
+    assert (
+        _quantize(
+            tiny_artifact,
+            photo_tables,
+            tmp_path / "cache",
+            "--output",
+            out,
+            "--preset",
+            "performance",
+            "--max-bleu-drop",
+            "1",
+            "--min-identical",
+            "0",
+        )
+        == 0
+    )
     symmetric, mixed = read_artifact(out).config.encoder.int8, read_artifact(int8_artifact).config.encoder.int8
     assert symmetric["preset"].startswith("performance") and mixed["preset"].startswith("mixed")
     assert mixed["ignored_scope"]["name"] == "block1" and len(mixed["ignored_scope"]["node_names"]) == 2
@@ -168,8 +192,20 @@ def test_from_artifact_copies_the_ir_only_for_the_same_encoder(int8_artifact, ti
 
     model = tmp_path / "model"
     shutil.copytree(tiny_artifact, model)  # e.g. the same encoder with a retrained decoder
-    assert _quantize(str(model), photo_tables, tmp_path / "cache", "--from-artifact", int8_artifact,
-                     "--max-bleu-drop", "1", "--min-identical", "0") == 0
+    assert (
+        _quantize(
+            str(model),
+            photo_tables,
+            tmp_path / "cache",
+            "--from-artifact",
+            int8_artifact,
+            "--max-bleu-drop",
+            "1",
+            "--min-identical",
+            "0",
+        )
+        == 0
+    )
     copied = read_artifact(str(model))
     assert copied.int8_encoder == read_artifact(int8_artifact).int8_encoder
     assert copied.config.encoder.int8["copied_from_model_id"] == read_artifact(int8_artifact).model_id
@@ -182,8 +218,15 @@ def test_from_artifact_copies_the_ir_only_for_the_same_encoder(int8_artifact, ti
 def test_compare_precision_command(int8_artifact, photo_tables, tmp_path, capsys):
     from training.compare_precision import main
 
-    args = ["--model", int8_artifact, "--table", str(photo_tables / "dev.csv"), "--cache-dir", str(tmp_path),
-            "--no-progress"]
+    args = [
+        "--model",
+        int8_artifact,
+        "--table",
+        str(photo_tables / "dev.csv"),
+        "--cache-dir",
+        str(tmp_path),
+        "--no-progress",
+    ]
     assert main(args + ["--max-bleu-drop", "1", "--min-identical", "0"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 6 and 0 <= report["identical_captions"] <= 1
@@ -196,13 +239,38 @@ def test_pipeline_runs_int8_and_refuses_int8_on_tensorflow(int8_artifact, tiny_a
     from model.encoder import EncoderError
 
     images = f"{photo_tables}/images/dev*.jpg"
-    summary = run_pipeline(["--input", images, "--output", str(tmp_path / "out"), "--model", int8_artifact,
-                            "--precision", "int8", "--batch_size", "4"])
+    summary = run_pipeline(
+        [
+            "--input",
+            images,
+            "--output",
+            str(tmp_path / "out"),
+            "--model",
+            int8_artifact,
+            "--precision",
+            "int8",
+            "--batch_size",
+            "4",
+        ]
+    )
     assert summary["captioned"] == 6 and summary["failed"] == 0 and summary["encoder_precision"] == "int8"
     assert len(read_rows(tmp_path / "out", "captions")) == 6
     with pytest.raises(EncoderError, match="only on OpenVINO"):
-        run_pipeline(["--input", images, "--output", str(tmp_path / "tf"), "--model", int8_artifact,
-                      "--precision", "int8", "--encoder_runtime", "tensorflow"])
+        run_pipeline(
+            [
+                "--input",
+                images,
+                "--output",
+                str(tmp_path / "tf"),
+                "--model",
+                int8_artifact,
+                "--precision",
+                "int8",
+                "--encoder_runtime",
+                "tensorflow",
+            ]
+        )
     with pytest.raises(ArtifactError, match="has no INT8 encoder"):
-        run_pipeline(["--input", images, "--output", str(tmp_path / "none"), "--model", tiny_artifact,
-                      "--precision", "int8"])
+        run_pipeline(
+            ["--input", images, "--output", str(tmp_path / "none"), "--model", tiny_artifact, "--precision", "int8"]
+        )

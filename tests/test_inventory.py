@@ -4,6 +4,7 @@ Real Flickr8k photos (copies and hard links: identical content under other names
 files and odd entries on the local disk, the real pipeline on the DirectRunner and on a Dask
 cluster started by the test on 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,13 @@ from tests.pipeline_helpers import run_pipeline
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-BAD = {"text.jpg": "NotAnImage", "empty.jpg": "EmptyFile", "broken.jpg": "BrokenSymlink",
-       "album.jpg": "IsADirectory", "pipe.jpg": "NotARegularFile"}
+BAD = {
+    "text.jpg": "NotAnImage",
+    "empty.jpg": "EmptyFile",
+    "broken.jpg": "BrokenSymlink",
+    "album.jpg": "IsADirectory",
+    "pipe.jpg": "NotARegularFile",
+}
 
 
 @pytest.fixture()
@@ -76,8 +82,17 @@ def _check(summary: dict, out: Path, folder: Path, photos: list[Path]) -> None:
 
 
 def _args(folder: Path, out: Path, photos: list[Path]) -> list[str]:
-    return ["--inventory", "--input", f"{folder}/*.jpg", "--input", str(folder / photos[2].name),
-            "--input", f"{folder}/none/*.jpg", "--output", str(out)]
+    return [
+        "--inventory",
+        "--input",
+        f"{folder}/*.jpg",
+        "--input",
+        str(folder / photos[2].name),
+        "--input",
+        f"{folder}/none/*.jpg",
+        "--output",
+        str(out),
+    ]
 
 
 def test_inventory_counts_every_input_without_the_model(lake, tmp_path):
@@ -98,8 +113,10 @@ def test_inventory_on_a_dask_cluster(lake, tmp_path):
     folder, photos = lake
     out = tmp_path / "out"
     with dask_cluster(tmp_path / "logs", workers=2) as address:
-        summary = run_pipeline(_args(folder, out, photos) + ["--runner", "DaskRunner", "--dask_client_address",
-                                                             address, "--dask_npartitions", "2"])
+        summary = run_pipeline(
+            _args(folder, out, photos)
+            + ["--runner", "DaskRunner", "--dask_client_address", address, "--dask_npartitions", "2"]
+        )
     assert summary["runner"] == "DaskRunner"
     _check(summary, out, folder, photos)
 
@@ -120,13 +137,19 @@ def test_the_command_line_prints_a_short_inventory_summary(lake, tmp_path):
     folder, photos = lake
     out = tmp_path / "out"
     repo = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, str(repo / "run_pipeline.py"), *_args(folder, out, photos)], cwd=repo,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(repo / "run_pipeline.py"), *_args(folder, out, photos)],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     summary = json.loads((out / "inventory_summary.json").read_text())
-    assert lines[0] == (f"Inventory of 14 inputs: 7 readable, 6 distinct contents, 3 duplicate inputs, "
-                        f"{summary['bytes']} bytes")
+    assert lines[0] == (
+        f"Inventory of 14 inputs: 7 readable, 6 distinct contents, 3 duplicate inputs, {summary['bytes']} bytes"
+    )
     assert lines[1].startswith(f"Unreadable: {len(BAD) + 2} (") and "BrokenSymlink 1" in lines[1]
     assert "int8" in lines[2] and "core-hours" in lines[2]
     assert lines[-1] == f"Outputs: {out}/inventory, {out}/inventory_summary.json" and len(lines) == 4

@@ -5,6 +5,7 @@ The odd entries are real ones made on the local disk (broken and looping symboli
 directory and a FIFO named like images); the listing is tested on its own and through a real
 pipeline run with the tiny test model.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,13 @@ from tests.pipeline_helpers import read_rows, run_pipeline
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-ODD = {"broken.jpg": "BrokenSymlink", "loop_a.jpg": "SymlinkLoop", "loop_b.jpg": "SymlinkLoop",
-       "album.jpg": "IsADirectory", "pipe.jpg": "NotARegularFile"}
+ODD = {
+    "broken.jpg": "BrokenSymlink",
+    "loop_a.jpg": "SymlinkLoop",
+    "loop_b.jpg": "SymlinkLoop",
+    "album.jpg": "IsADirectory",
+    "pipe.jpg": "NotARegularFile",
+}
 
 
 def _odd_folder(folder: Path) -> Path:

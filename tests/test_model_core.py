@@ -1,4 +1,5 @@
 """Decoder formulations, encoder, and the verified model artifact (real Keras, small sizes)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,9 @@ from model.captioner import load_caption_model
 from model.encoder import EncoderError, ImageEncoder, choose_runtime
 from model.lstm_decoder import MergeDecoder, build_prefix_model, copy_weights
 
-CFG = DecoderConfig(vocab_size=40, max_length=9, feature_dim=24, embedding_dim=12, units=16,
-                    image_dense=(32, 16), dropout=0.5)
+CFG = DecoderConfig(
+    vocab_size=40, max_length=9, feature_dim=24, embedding_dim=12, units=16, image_dense=(32, 16), dropout=0.5
+)
 
 
 def test_decoder_shapes_and_parameter_count():
@@ -62,7 +64,7 @@ def test_per_prefix_and_whole_caption_formulations_agree():
     state = step.initial_state(feats)
     for t in range(5):
         prefix = np.zeros((4, CFG.max_length), np.int32)  # pre-padded, as the tutorials do
-        prefix[:, CFG.max_length - t - 1:] = captions[:, : t + 1]
+        prefix[:, CFG.max_length - t - 1 :] = captions[:, : t + 1]
         per_prefix = prefix_model([feats, prefix], training=False).numpy()
         np.testing.assert_allclose(per_prefix, whole[:, t], atol=1e-5)
         logp, state = step.step(captions[:, t], state)
@@ -92,8 +94,9 @@ def test_xception_encoder_with_real_imagenet_weights(xception_weights):
 
 def test_openvino_and_tensorflow_runtimes_give_the_same_features():
     images = np.random.default_rng(1).integers(0, 255, (3, 96, 96, 3), dtype=np.uint8)
-    feats = {rt: ImageEncoder("mobilenet_v3_small", None, (96, 96), runtime=rt)(images)
-             for rt in ("openvino", "tensorflow")}
+    feats = {
+        rt: ImageEncoder("mobilenet_v3_small", None, (96, 96), runtime=rt)(images) for rt in ("openvino", "tensorflow")
+    }
     assert feats["openvino"].shape == (3, 576) and feats["openvino"].dtype == np.float32
     np.testing.assert_allclose(feats["openvino"], feats["tensorflow"], rtol=1e-3, atol=1e-4)
 
@@ -297,8 +300,10 @@ def test_shipped_config_parses_into_dataclasses_and_back_unchanged():
     assert config.decoder.to_dict() == raw["decoder"]
     assert config.encoder.image_size == (299, 299) and config.encoder.name == "xception"
     d = raw["decoding"]
-    assert config.decoding.describe() == \
-        f"{d['method']}(k={d['beam_width']},alpha={d['length_alpha']:g},max_len={raw['decoder']['max_length']})"
+    assert (
+        config.decoding.describe()
+        == f"{d['method']}(k={d['beam_width']},alpha={d['length_alpha']:g},max_len={raw['decoder']['max_length']})"
+    )
     assert config.decode_settings(method="greedy", beam_width=None).describe() == "greedy(max_len=24)"
     assert EncoderConfig.from_dict(config.encoder.to_dict()) == config.encoder
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -2,6 +2,7 @@
 pipeline runs with the small test model whose flags and review rows are checked against the
 captions of an unmoderated run of the same photos, in the caption files, the review table, the
 search index and the gallery."""
+
 from __future__ import annotations
 
 import shutil
@@ -18,20 +19,36 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::Deprecat
 
 
 def test_phrases_match_caption_tokens_with_simple_plurals():
-    wl = parse_watchlist("category,phrase\n# animals\nanimal,dogs\nanimal,puppy\nfire,\"camp fire\"\n"
-                         "boxes,box\n\nwater,Water\n")
+    wl = parse_watchlist(
+        'category,phrase\n# animals\nanimal,dogs\nanimal,puppy\nfire,"camp fire"\nboxes,box\n\nwater,Water\n'
+    )
     assert wl.flags("Two dogs play in the water") == ["animal", "water"]
     assert wl.flags("a dog's puppies") == ["animal"]  # dog's -> dogs -> dog; puppies -> puppy
     assert wl.flags("a camp fire at night") == ["fire"] and wl.flags("a fire camp") == []
     assert wl.flags("boxes on a table") == ["boxes"]
     assert wl.flags("a hotdog stand") == [] and wl.flags("waterfall") == []  # whole tokens only
-    assert [singular(w) for w in ("glass", "bus", "dogs", "boxes", "churches", "puppies", "is")] == \
-        ["glass", "bus", "dog", "box", "church", "puppy", "is"]
+    assert [singular(w) for w in ("glass", "bus", "dogs", "boxes", "churches", "puppies", "is")] == [
+        "glass",
+        "bus",
+        "dog",
+        "box",
+        "church",
+        "puppy",
+        "is",
+    ]
 
 
-@pytest.mark.parametrize("text, line", [("ab,cd\nweapons\n", 2), ("weapons,gun\nWeapons!,knife\n", 2),
-                                         ("# c\n\nweapons,gun,knife\n", 3), ("ok,gun\nempty,  \n", 2),
-                                         ("x,\"unclosed\n", 1), ("ok,gun\nnum,123\n", 2)])
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ("ab,cd\nweapons\n", 2),
+        ("weapons,gun\nWeapons!,knife\n", 2),
+        ("# c\n\nweapons,gun,knife\n", 3),
+        ("ok,gun\nempty,  \n", 2),
+        ('x,"unclosed\n', 1),
+        ("ok,gun\nnum,123\n", 2),
+    ],
+)
 def test_a_malformed_watchlist_is_refused_with_its_line_number(text, line):
     with pytest.raises(PreflightError, match=f"line {line}:"):
         parse_watchlist(text, "w.csv")
@@ -46,10 +63,14 @@ def test_review_reasons():
 
 
 def test_flags_and_review_rows_reach_the_captions_the_review_table_iceberg_the_index_and_the_gallery(
-        tmp_path, flickr8k, tiny_artifact, monkeypatch):
+    tmp_path, flickr8k, tiny_artifact, monkeypatch
+):
     pytest.importorskip("pyiceberg")
-    for key, value in (("TYPE", "sql"), ("URI", f"sqlite:///{tmp_path}/catalog.db"),
-                       ("WAREHOUSE", f"file://{tmp_path}/warehouse")):
+    for key, value in (
+        ("TYPE", "sql"),
+        ("URI", f"sqlite:///{tmp_path}/catalog.db"),
+        ("WAREHOUSE", f"file://{tmp_path}/warehouse"),
+    ):
         monkeypatch.setenv(f"PYICEBERG_CATALOG__LAKE__{key}", value)
     names = sorted(p.name for p in (flickr8k / "images").glob("*.jpg"))[30:36]
     images = tmp_path / "images"
@@ -67,9 +88,24 @@ def test_flags_and_review_rows_reach_the_captions_the_review_table_iceberg_the_i
     threshold = statistics.median(r["score"] for r in plain.values())
 
     out, index = tmp_path / "out", str(tmp_path / "index")
-    summary = run_pipeline(common + ["--output", str(out), "--watchlist", str(watchlist), "--review_below",
-                                     str(threshold), "--search_index", index, "--report",
-                                     "--iceberg_catalog", "lake", "--iceberg_table", "lake.captions"])
+    summary = run_pipeline(
+        common
+        + [
+            "--output",
+            str(out),
+            "--watchlist",
+            str(watchlist),
+            "--review_below",
+            str(threshold),
+            "--search_index",
+            index,
+            "--report",
+            "--iceberg_catalog",
+            "lake",
+            "--iceberg_table",
+            "lake.captions",
+        ]
+    )
     captions = {r["image_uri"]: r for r in read_rows(out, "captions")}
     assert {u: r["caption"] for u, r in captions.items()} == {u: r["caption"] for u, r in plain.items()}
     expected_flags = {u: (["watched"] if watched in r["caption"].split() else []) for u, r in plain.items()}
@@ -103,8 +139,18 @@ def test_a_malformed_watchlist_stops_the_run_before_any_image_is_read(tmp_path, 
     watchlist = tmp_path / "watch.csv"
     watchlist.write_text("weapons,gun\nweapons gun\n")
     out = tmp_path / "out"
-    status = main(["--input", f"{flickr8k}/images/1000*.jpg", "--output", str(out), "--model", tiny_artifact,
-                   "--watchlist", str(watchlist)])
+    status = main(
+        [
+            "--input",
+            f"{flickr8k}/images/1000*.jpg",
+            "--output",
+            str(out),
+            "--model",
+            tiny_artifact,
+            "--watchlist",
+            str(watchlist),
+        ]
+    )
     assert status == 2 and "line 2" in capsys.readouterr().err
     assert not out.exists() or read_rows(out, "captions") == []
 
@@ -129,14 +175,34 @@ def test_the_gallery_needs_review_filter_in_headless_chromium(tmp_path):
     out = tmp_path / "out"
     for sub in ("captions", "review"):
         (out / sub).mkdir(parents=True)
-    captions = [{"image_uri": f"/nowhere/{i}.jpg", "image_id": f"{i}.jpg", "caption": f"caption {i}",
-                 "score": -0.5 * i, "decode": "greedy", "model_id": "m", "encoder": "e", "width": 1, "height": 1,
-                 "processed_at": now, "flags": ["animal"] if i == 1 else []} for i in range(4)]
-    pq.write_table(pa.Table.from_pylist(captions, schema=caption_schema(flags=True)), out / "captions" / "part-a.parquet")
-    review = [{**captions[1], "reason": "flagged"}, {**captions[3], "reason": "low_score"},
-              {**captions[3], "image_uri": "/nowhere/extra.jpg", "image_id": "extra.jpg", "reason": "low_score"}]
-    pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in REVIEW_SCHEMA.names} for r in review],
-                                        schema=REVIEW_SCHEMA), out / "review" / "part-a.parquet")
+    captions = [
+        {
+            "image_uri": f"/nowhere/{i}.jpg",
+            "image_id": f"{i}.jpg",
+            "caption": f"caption {i}",
+            "score": -0.5 * i,
+            "decode": "greedy",
+            "model_id": "m",
+            "encoder": "e",
+            "width": 1,
+            "height": 1,
+            "processed_at": now,
+            "flags": ["animal"] if i == 1 else [],
+        }
+        for i in range(4)
+    ]
+    pq.write_table(
+        pa.Table.from_pylist(captions, schema=caption_schema(flags=True)), out / "captions" / "part-a.parquet"
+    )
+    review = [
+        {**captions[1], "reason": "flagged"},
+        {**captions[3], "reason": "low_score"},
+        {**captions[3], "image_uri": "/nowhere/extra.jpg", "image_id": "extra.jpg", "reason": "low_score"},
+    ]
+    pq.write_table(
+        pa.Table.from_pylist([{k: r.get(k) for k in REVIEW_SCHEMA.names} for r in review], schema=REVIEW_SCHEMA),
+        out / "review" / "part-a.parquet",
+    )
     (out / "summary.json").write_text(json.dumps({"run_id": "r", "captioned": 4}))
     url = Path(write_report(str(out))).resolve().as_uri()
 

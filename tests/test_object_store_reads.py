@@ -5,6 +5,7 @@ loses and delays objects per key, and counts every request it forwards.
 The pipeline (tiny test model, local output) lists and reads ``s3://`` through the proxy; test
 data is uploaded straight to moto, so the proxy sees only what the pipeline does.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -86,10 +87,26 @@ def test_faults_are_retried_or_reported_once_and_403_404_are_not_retried(s3, ima
     proxy.reset_counts()
     out = tmp_path / "out"
     try:
-        summary = run_pipeline(["--input", f"s3://{BUCKET}/images/*.jpg", "--output", str(out),
-                                "--model", tiny_artifact, "--batch_size", "4",
-                                "--read_concurrency", "4", "--read_retries", str(RETRIES),
-                                "--read_backoff_seconds", "0.05", "--read_timeout_seconds", "1"])
+        summary = run_pipeline(
+            [
+                "--input",
+                f"s3://{BUCKET}/images/*.jpg",
+                "--output",
+                str(out),
+                "--model",
+                tiny_artifact,
+                "--batch_size",
+                "4",
+                "--read_concurrency",
+                "4",
+                "--read_retries",
+                str(RETRIES),
+                "--read_backoff_seconds",
+                "0.05",
+                "--read_timeout_seconds",
+                "1",
+            ]
+        )
     finally:
         proxy.latency = 0.0
         proxy.faults = {}
@@ -127,9 +144,11 @@ def test_manifest_on_multi_processing_runner_reads_sizes_unknown_and_real_404(s3
     big = s3["tmp"] / "big.jpg"
     write_jpeg(big, size=(400, 300), seed=99)
     s3["direct"].upload_file(str(big), BUCKET, "images-extra/big.jpg")
-    uris = [f"s3://{BUCKET}/images/{n}" for n in GOOD[:3]] + \
-        [f"s3://{BUCKET}/images/throttled-twice.jpg", f"s3://{BUCKET}/images/missing.jpg",
-         f"s3://{BUCKET}/images-extra/big.jpg"]
+    uris = [f"s3://{BUCKET}/images/{n}" for n in GOOD[:3]] + [
+        f"s3://{BUCKET}/images/throttled-twice.jpg",
+        f"s3://{BUCKET}/images/missing.jpg",
+        f"s3://{BUCKET}/images-extra/big.jpg",
+    ]
     manifest = tmp_path / "manifest.parquet"
     pq.write_table(pa.table({"image_uri": uris}), manifest)
     proxy.faults = {"images/throttled-twice.jpg": Fault(503, times=1)}
@@ -137,16 +156,34 @@ def test_manifest_on_multi_processing_runner_reads_sizes_unknown_and_real_404(s3
     out = tmp_path / "out"
     max_bytes = big.stat().st_size - 1
     try:
-        summary = run_pipeline(["--input_manifest", str(manifest), "--output", str(out), "--model", tiny_artifact,
-                                "--batch_size", "4", "--direct_running_mode", "multi_processing",
-                                "--direct_num_workers", "2", "--read_backoff_seconds", "0.05",
-                                "--max_image_bytes", str(max_bytes)])
+        summary = run_pipeline(
+            [
+                "--input_manifest",
+                str(manifest),
+                "--output",
+                str(out),
+                "--model",
+                tiny_artifact,
+                "--batch_size",
+                "4",
+                "--direct_running_mode",
+                "multi_processing",
+                "--direct_num_workers",
+                "2",
+                "--read_backoff_seconds",
+                "0.05",
+                "--max_image_bytes",
+                str(max_bytes),
+            ]
+        )
     finally:
         proxy.faults = {}
     captions, errors = read_rows(out, "captions"), read_rows(out, "errors")
     assert sorted(r["image_id"] for r in captions) == sorted(GOOD[:3] + ["throttled-twice.jpg"])
     assert {r["image_id"]: (r["stage"], r["error_type"]) for r in errors} == {
-        "missing.jpg": ("read", "FileNotFound"), "big.jpg": ("decode", "TooLarge")}
+        "missing.jpg": ("read", "FileNotFound"),
+        "big.jpg": ("decode", "TooLarge"),
+    }
     assert summary["matched"] == 6 == summary["captioned"] + summary["failed"]
     assert proxy.count("GET", "images/throttled-twice.jpg") == 2
     assert proxy.count("GET", "images/missing.jpg") == 1
@@ -215,8 +252,20 @@ def test_read_concurrency_1_reads_one_at_a_time_from_process(tmp_path, tiny_arti
         write_jpeg(images / f"ok{i}.jpg", size=(40, 30), seed=i)
     (images / "empty.jpg").write_bytes(b"")
     out = tmp_path / "out"
-    summary = run_pipeline(["--input", f"{images}/*.jpg", "--output", str(out), "--model", tiny_artifact,
-                            "--read_concurrency", "1", "--read_bytes_in_flight", "1"])
+    summary = run_pipeline(
+        [
+            "--input",
+            f"{images}/*.jpg",
+            "--output",
+            str(out),
+            "--model",
+            tiny_artifact,
+            "--read_concurrency",
+            "1",
+            "--read_bytes_in_flight",
+            "1",
+        ]
+    )
     assert sorted(r["image_id"] for r in read_rows(out, "captions")) == [f"ok{i}.jpg" for i in range(5)]
     assert [(r["image_id"], r["error_type"]) for r in read_rows(out, "errors")] == [("empty.jpg", "EmptyFile")]
     assert summary["matched"] == 6 == summary["captioned"] + summary["failed"]
@@ -226,7 +275,16 @@ def test_read_settings_flags_are_checked_before_anything_is_read(tmp_path, tiny_
     from beam_pipeline.preflight import PreflightError
 
     with pytest.raises(PreflightError, match="read_concurrency"):
-        run_pipeline(["--input", f"{tmp_path}/*.jpg", "--output", str(tmp_path / "out"), "--model", tiny_artifact,
-                      "--read_concurrency", "0"])
+        run_pipeline(
+            [
+                "--input",
+                f"{tmp_path}/*.jpg",
+                "--output",
+                str(tmp_path / "out"),
+                "--model",
+                tiny_artifact,
+                "--read_concurrency",
+                "0",
+            ]
+        )
     assert not (tmp_path / "out").exists()
-

@@ -1,5 +1,6 @@
 """The OpenVINO runtime: converted-graph cache (hit, miss, damage, off) and the OpenVINO step
 decoder, with real (small) TensorFlow graphs and real files."""
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,11 @@ def _affine_trace(calls: list[int], scale: float = 2.0):
 
     def trace():
         calls.append(1)
-        fn = tf.function(lambda x: tf.matmul(x, weights) * scale + 1.0,
-                         input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+        fn = tf.function(
+            lambda x: tf.matmul(x, weights) * scale + 1.0, input_signature=[tf.TensorSpec([None, 4], tf.float32)]
+        )
         return fn.get_concrete_function()
+
     return trace
 
 
@@ -88,7 +91,9 @@ def test_keys_separate_what_differs_and_none_turns_caching_off(tmp_path, monkeyp
     assert ovr.compiled_graph_key(graph="a", weights="w1") != ovr.compiled_graph_key(graph="a", weights="w2")
     calls: list[int] = []
     ovr.compile_traced(_affine_trace(calls, 2.0), "float32", ovr.compiled_graph_key(g="s2"), str(tmp_path))
-    out = _run(ovr.compile_traced(_affine_trace(calls, 3.0), "float32", ovr.compiled_graph_key(g="s3"), str(tmp_path)), X)
+    out = _run(
+        ovr.compile_traced(_affine_trace(calls, 3.0), "float32", ovr.compiled_graph_key(g="s3"), str(tmp_path)), X
+    )
     assert calls == [1, 1]
     np.testing.assert_allclose(out, (EXPECTED - 1.0) * 1.5 + 1.0, rtol=1e-5)
 
@@ -135,12 +140,15 @@ def test_openvino_step_decoder_matches_tensorflow(tiny_artifact, tmp_path):
     ov_state, tf_state = ov_model.step_model.initial_state(feats), tf_model.step_model.initial_state(feats)
     words = np.array([1, 2, 3, 4], np.int32)
     for _ in range(3):
-        (ov_logp, ov_state), (tf_logp, tf_state) = (ov_model.step_model.step(words, ov_state),
-                                                    tf_model.step_model.step(words, tf_state))
+        (ov_logp, ov_state), (tf_logp, tf_state) = (
+            ov_model.step_model.step(words, ov_state),
+            tf_model.step_model.step(words, tf_state),
+        )
         np.testing.assert_allclose(ov_logp, tf_logp, rtol=1e-4, atol=1e-4)
         words = tf_logp.argmax(axis=1).astype(np.int32)
-    assert [r.caption for r in ov_model.caption_features(feats)] == \
-        [r.caption for r in tf_model.caption_features(feats)]
+    assert [r.caption for r in ov_model.caption_features(feats)] == [
+        r.caption for r in tf_model.caption_features(feats)
+    ]
     # Decoder graphs are cached under the artifact's model_id: a second load reads them back.
     entries = set(os.listdir(tmp_path))
     load_caption_model(tiny_artifact, runtime="openvino", cache=str(tmp_path))
@@ -169,8 +177,10 @@ def test_compile_options_always_set_the_precision(monkeypatch):
     """Left unset, the CPU plugin may run float32 graphs in bf16; THROUGHPUT only when asked."""
     assert ovr.compile_options("float32") == {"INFERENCE_PRECISION_HINT": "f32"}
     assert ovr.compile_options("bfloat16") == {"INFERENCE_PRECISION_HINT": "bf16"}
-    assert ovr.compile_options("float32", throughput=True) == {"INFERENCE_PRECISION_HINT": "f32",
-                                                               "PERFORMANCE_HINT": "THROUGHPUT"}
+    assert ovr.compile_options("float32", throughput=True) == {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "THROUGHPUT",
+    }
 
 
 def test_thread_limit_reaches_the_compiled_graph(monkeypatch, tmp_path):
@@ -178,8 +188,12 @@ def test_thread_limit_reaches_the_compiled_graph(monkeypatch, tmp_path):
     OpenVINO's compiled model; nonsense is refused."""
     monkeypatch.setenv(ovr.THREADS_ENV, "1")
     assert ovr.compile_options("float32", throughput=True) == {
-        "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_NUM_THREADS": 1,
-        "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False}
+        "INFERENCE_PRECISION_HINT": "f32",
+        "PERFORMANCE_HINT": "THROUGHPUT",
+        "INFERENCE_NUM_THREADS": 1,
+        "NUM_STREAMS": 1,
+        "ENABLE_CPU_PINNING": False,
+    }
     compiled = ovr.compile_traced(_affine_trace([]), "float32", None, None, throughput=True)
     assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
     assert int(compiled.get_property("NUM_STREAMS")) == 1
@@ -228,8 +242,9 @@ def test_limited_graph_threads_are_not_pinned_to_a_core(limit, pinned_expected):
     may be restricted to fewer CPUs than the process has; without a limit the plugin still pins its
     stream threads (the probe's control: it does see pinning)."""
     env = {**os.environ, ovr.THREADS_ENV: limit, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    probe = subprocess.run([sys.executable, "-c", _PINNING_PROBE], capture_output=True, text=True, env=env,
-                           timeout=120, check=True)
+    probe = subprocess.run(
+        [sys.executable, "-c", _PINNING_PROBE], capture_output=True, text=True, env=env, timeout=120, check=True
+    )
     masks = set(probe.stdout.split())
     process_cpus = open("/proc/self/status").read().split("Cpus_allowed_list:")[1].split()[0]
     assert process_cpus in masks
@@ -266,6 +281,7 @@ def test_chunked_requests_chain_several_graphs():
     def second_trace():
         fn = tf.function(lambda x: x * 3.0 - 1.0, input_signature=[tf.TensorSpec([None, 3], tf.float32)])
         return fn.get_concrete_function()
+
     second = ovr.compile_traced(second_trace, "float32", None, None, throughput=True)
     x = np.random.default_rng(9).normal(size=(9, 4)).astype(np.float32)
     out = ovr.ChunkedRequests([first, second], chunk=4).chain(x)
@@ -286,6 +302,7 @@ def test_first_batch_runs_its_first_chunk_on_the_calling_thread():
     def recording(x):
         seen.append(threading.current_thread().name)
         return chain(x)
+
     runner._requests.chain = recording
     x = np.random.default_rng(5).normal(size=(6, 4)).astype(np.float32)
     np.testing.assert_allclose(runner.chain(x), _affine(x), rtol=1e-5, atol=1e-6)

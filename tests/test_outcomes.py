@@ -1,4 +1,5 @@
 """The single-output protocol of the pipeline's DoFns (pure Python, no Beam runner)."""
+
 from __future__ import annotations
 
 from beam_pipeline.outcomes import (

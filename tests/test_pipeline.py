@@ -1,5 +1,6 @@
 """End-to-end runs of the Beam pipeline on the in-process DirectRunner (Beam's FnApiRunner),
 with a small real model artifact, generated images and real Parquet output."""
+
 from __future__ import annotations
 
 import csv
@@ -33,9 +34,22 @@ def images(tmp_path) -> Path:
 
 def test_every_input_accounted_for_exactly_once(images, tmp_path, tiny_artifact):
     out = tmp_path / "out"
-    summary = run_pipeline(["--input", f"{images}/*.jpg", "--input", f"{images}/img03.jpg",
-                            "--input", f"{tmp_path}/nowhere/*.png", "--output", str(out),
-                            "--model", tiny_artifact, "--batch_size", "4"])
+    summary = run_pipeline(
+        [
+            "--input",
+            f"{images}/*.jpg",
+            "--input",
+            f"{images}/img03.jpg",
+            "--input",
+            f"{tmp_path}/nowhere/*.png",
+            "--output",
+            str(out),
+            "--model",
+            tiny_artifact,
+            "--batch_size",
+            "4",
+        ]
+    )
     captions, errors = read_rows(out, "captions"), read_rows(out, "errors")
     assert len(captions) == 12
     assert {r["image_id"] for r in captions} == {f"img{i:02d}.jpg" for i in range(12)}
@@ -66,8 +80,20 @@ def test_references_bleu_columns_and_corpus_bleu(images, tmp_path, tiny_artifact
     refs = {f"img{i:02d}.jpg": ["a dog runs on the grass", f"a man rides a bike number {i}"] for i in range(0, 12, 2)}
     token_file = write_token_file(tmp_path / "refs.txt", refs)
     out = tmp_path / "out"
-    summary = run_pipeline(["--input", f"{images}/img*.jpg", "--output", str(out), "--model", tiny_artifact,
-                            "--references", str(token_file), "--decode", "greedy"])
+    summary = run_pipeline(
+        [
+            "--input",
+            f"{images}/img*.jpg",
+            "--output",
+            str(out),
+            "--model",
+            tiny_artifact,
+            "--references",
+            str(token_file),
+            "--decode",
+            "greedy",
+        ]
+    )
     captions = read_rows(out, "captions")
     with_refs = [r for r in captions if r["references"]]
     assert {r["image_id"] for r in with_refs} == set(refs)
@@ -93,9 +119,22 @@ def test_manifest_input_with_ids_and_references(images, tmp_path, tiny_artifact)
         w.writerow([f"{images}/img02.jpg", "second", ""])
         w.writerow([f"{images}/missing.jpg", "gone", ""])
     out = tmp_path / "out"
-    summary = run_pipeline(["--input_manifest", str(manifest), "--manifest_uri_column", "uri",
-                            "--manifest_id_column", "id", "--manifest_references_column", "refs",
-                            "--output", str(out), "--model", tiny_artifact])
+    summary = run_pipeline(
+        [
+            "--input_manifest",
+            str(manifest),
+            "--manifest_uri_column",
+            "uri",
+            "--manifest_id_column",
+            "id",
+            "--manifest_references_column",
+            "refs",
+            "--output",
+            str(out),
+            "--model",
+            tiny_artifact,
+        ]
+    )
     rows = {r["image_id"]: r for r in read_rows(out, "captions")}
     assert set(rows) == {"first", "second"}
     assert rows["first"]["references"] == ["a dog runs", "a dog on grass"]
@@ -148,8 +187,9 @@ def test_output_inside_input_is_refused(images, tiny_artifact):
 
 def test_emit_embeddings(images, tmp_path, tiny_artifact):
     out = tmp_path / "out"
-    run_pipeline(["--input", f"{images}/img0[0-2].jpg", "--output", str(out), "--model", tiny_artifact,
-                  "--emit_embeddings"])
+    run_pipeline(
+        ["--input", f"{images}/img0[0-2].jpg", "--output", str(out), "--model", tiny_artifact, "--emit_embeddings"]
+    )
     rows = read_rows(out, "captions")
     assert len(rows) == 3 and all(len(r["embedding"]) == 576 for r in rows)
 
@@ -159,8 +199,19 @@ def test_both_encoder_runtimes_give_the_same_captions(images, tmp_path, tiny_art
     rows = {}
     for runtime in ("openvino", "tensorflow"):
         out = tmp_path / runtime
-        summary = run_pipeline(["--input", f"{images}/*.jpg", "--output", str(out), "--model", tiny_artifact,
-                                "--encoder_runtime", runtime, "--emit_embeddings"])
+        summary = run_pipeline(
+            [
+                "--input",
+                f"{images}/*.jpg",
+                "--output",
+                str(out),
+                "--model",
+                tiny_artifact,
+                "--encoder_runtime",
+                runtime,
+                "--emit_embeddings",
+            ]
+        )
         assert summary["encoder_runtime"] == runtime and summary["captioned"] == 12
         rows[runtime] = {r["image_uri"]: r for r in read_rows(out, "captions")}
     assert rows["openvino"].keys() == rows["tensorflow"].keys()
@@ -177,35 +228,85 @@ def test_model_cache_dir_cold_and_warm_starts_give_the_same_rows(images, tmp_pat
     rows = []
     for i in range(2):
         out = tmp_path / f"out{i}"
-        summary = run_pipeline(["--input", f"{images}/*.jpg", "--output", str(out), "--model", tiny_artifact,
-                                "--encoder_runtime", "openvino", "--model_cache_dir", str(cache),
-                                "--emit_embeddings"])
+        summary = run_pipeline(
+            [
+                "--input",
+                f"{images}/*.jpg",
+                "--output",
+                str(out),
+                "--model",
+                tiny_artifact,
+                "--encoder_runtime",
+                "openvino",
+                "--model_cache_dir",
+                str(cache),
+                "--emit_embeddings",
+            ]
+        )
         assert summary["captioned"] == 12 and summary["batch_size"] == 32
         assert len([p for p in cache.iterdir() if (p / "model.xml").is_file()]) == 3
         rows.append({r["image_uri"]: (r["caption"], r["score"], r["embedding"]) for r in read_rows(out, "captions")})
     assert rows[0] == rows[1]
 
     before = sorted(Path(os.environ["CAPTION_CACHE_DIR"]).rglob("*"))
-    summary = run_pipeline(["--input", f"{images}/*.jpg", "--output", str(tmp_path / "out-none"),
-                            "--model", tiny_artifact, "--encoder_runtime", "openvino", "--model_cache_dir", "none"])
+    summary = run_pipeline(
+        [
+            "--input",
+            f"{images}/*.jpg",
+            "--output",
+            str(tmp_path / "out-none"),
+            "--model",
+            tiny_artifact,
+            "--encoder_runtime",
+            "openvino",
+            "--model_cache_dir",
+            "none",
+        ]
+    )
     assert summary["captioned"] == 12
     assert sorted(Path(os.environ["CAPTION_CACHE_DIR"]).rglob("*")) == before
 
 
 def test_multi_threading_loads_the_model_once(images, tmp_path, tiny_artifact):
     out = tmp_path / "out"
-    summary = run_pipeline(["--input", f"{images}/*.jpg", "--output", str(out), "--model", tiny_artifact,
-                            "--direct_running_mode", "multi_threading", "--direct_num_workers", "4",
-                            "--batch_size", "2"])
+    summary = run_pipeline(
+        [
+            "--input",
+            f"{images}/*.jpg",
+            "--output",
+            str(out),
+            "--model",
+            tiny_artifact,
+            "--direct_running_mode",
+            "multi_threading",
+            "--direct_num_workers",
+            "4",
+            "--batch_size",
+            "2",
+        ]
+    )
     assert summary["captioned"] == 12 and summary["model_loads"] == 1
 
 
 @pytest.mark.slow
 def test_multi_processing_pickles_and_loads_once_per_process(images, tmp_path, tiny_artifact):
     out = tmp_path / "out"
-    summary = run_pipeline(["--input", f"{images}/*.jpg", "--output", str(out), "--model", tiny_artifact,
-                            "--direct_running_mode", "multi_processing", "--direct_num_workers", "2",
-                            "--batch_size", "2"])
+    summary = run_pipeline(
+        [
+            "--input",
+            f"{images}/*.jpg",
+            "--output",
+            str(out),
+            "--model",
+            tiny_artifact,
+            "--direct_running_mode",
+            "multi_processing",
+            "--direct_num_workers",
+            "2",
+            "--batch_size",
+            "2",
+        ]
+    )
     assert summary["captioned"] == 12 and summary["failed"] == 3
     assert 1 <= summary["model_loads"] <= 2
     assert len(read_rows(out, "captions")) == 12
@@ -229,9 +330,27 @@ def test_report_flag_writes_the_gallery(images, tmp_path, tiny_artifact, capsys)
     import run_pipeline as cli
 
     out = tmp_path / "out"
-    assert cli.main(["--input", f"{images}/img0[0-2].jpg", "--input", f"{images}/empty.jpg", "--output", str(out),
-                     "--model", tiny_artifact, "--report", "--report_sample", "2", "--progress_seconds", "0",
-                     "--json"]) == 0
+    assert (
+        cli.main(
+            [
+                "--input",
+                f"{images}/img0[0-2].jpg",
+                "--input",
+                f"{images}/empty.jpg",
+                "--output",
+                str(out),
+                "--model",
+                tiny_artifact,
+                "--report",
+                "--report_sample",
+                "2",
+                "--progress_seconds",
+                "0",
+                "--json",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert json.loads(printed)["report"] == str(out / "report.html")
     page = (out / "report.html").read_text()

@@ -1,5 +1,6 @@
 """The read policy and the bounded read-ahead, tested on their own (no Beam, no network):
 error classification, retries with backoff, and the count/bytes bound on reads in flight."""
+
 from __future__ import annotations
 
 import errno
@@ -40,22 +41,25 @@ class ServerDisconnectedError(Exception):  # the name aiohttp gives it
     pass
 
 
-@pytest.mark.parametrize("exc, expected", [
-    (FakeClientError(503, "SlowDown"), ("Throttled", True)),
-    (FakeClientError(429, "TooManyRequests"), ("Throttled", True)),
-    (OSError(errno.EBUSY, "Please reduce your request rate."), ("Throttled", True)),  # s3fs's translation
-    (FakeClientError(500, "InternalError"), ("ServerError", True)),
-    (ReadTimeoutError("Read timeout on endpoint URL"), ("ReadTimeout", True)),
-    (TimeoutError(), ("ReadTimeout", True)),
-    (ConnectionResetError(104, "Connection reset by peer"), ("ConnectionError", True)),
-    (ServerDisconnectedError("Server disconnected"), ("ConnectionError", True)),
-    (FakeClientError(403, "AccessDenied"), ("PermissionDenied", False)),
-    (PermissionError(13, "Permission denied"), ("PermissionDenied", False)),
-    (FakeClientError(404, "NoSuchKey"), ("FileNotFound", False)),
-    (FileNotFoundError(2, "No such file or directory"), ("FileNotFound", False)),
-    (IsADirectoryError(21, "Is a directory"), ("IsADirectory", False)),
-    (ValueError("something else"), ("ValueError", False)),
-])
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (FakeClientError(503, "SlowDown"), ("Throttled", True)),
+        (FakeClientError(429, "TooManyRequests"), ("Throttled", True)),
+        (OSError(errno.EBUSY, "Please reduce your request rate."), ("Throttled", True)),  # s3fs's translation
+        (FakeClientError(500, "InternalError"), ("ServerError", True)),
+        (ReadTimeoutError("Read timeout on endpoint URL"), ("ReadTimeout", True)),
+        (TimeoutError(), ("ReadTimeout", True)),
+        (ConnectionResetError(104, "Connection reset by peer"), ("ConnectionError", True)),
+        (ServerDisconnectedError("Server disconnected"), ("ConnectionError", True)),
+        (FakeClientError(403, "AccessDenied"), ("PermissionDenied", False)),
+        (PermissionError(13, "Permission denied"), ("PermissionDenied", False)),
+        (FakeClientError(404, "NoSuchKey"), ("FileNotFound", False)),
+        (FileNotFoundError(2, "No such file or directory"), ("FileNotFound", False)),
+        (IsADirectoryError(21, "Is a directory"), ("IsADirectory", False)),
+        (ValueError("something else"), ("ValueError", False)),
+    ],
+)
 def test_classify_read_error(exc, expected):
     assert classify_read_error(exc) == expected
 
@@ -83,15 +87,23 @@ def _flaky(failures: list[BaseException], result: str = "ok"):
         if len(calls) <= len(failures):
             raise failures[len(calls) - 1]
         return result
+
     return fn, calls
 
 
 def test_transient_failures_are_retried_until_success():
     sleeps: list[float] = []
     fn, calls = _flaky([FakeClientError(503, "SlowDown"), ConnectionResetError("reset")])
-    assert call_with_retries(fn, RetryPolicy(tries=3, base_delay=0.5, jitter=True), classify=classify_read_error,
-                             sleep=sleeps.append,
-                             rng=random.Random(1)) == "ok"
+    assert (
+        call_with_retries(
+            fn,
+            RetryPolicy(tries=3, base_delay=0.5, jitter=True),
+            classify=classify_read_error,
+            sleep=sleeps.append,
+            rng=random.Random(1),
+        )
+        == "ok"
+    )
     assert len(calls) == 3 and len(sleeps) == 2
     assert 0 <= sleeps[0] <= 0.5 and 0 <= sleeps[1] <= 1.0
 
@@ -100,15 +112,16 @@ def test_retries_are_bounded_then_the_last_error_type_is_reported():
     sleeps: list[float] = []
     fn, calls = _flaky([FakeClientError(503, "SlowDown")] * 10)
     with pytest.raises(GaveUp) as info:
-        call_with_retries(fn, RetryPolicy(tries=4, base_delay=0.01), classify=classify_read_error,
-                          sleep=sleeps.append)
+        call_with_retries(fn, RetryPolicy(tries=4, base_delay=0.01), classify=classify_read_error, sleep=sleeps.append)
     assert len(calls) == 4 and len(sleeps) == 3
     assert info.value.error_type == "Throttled" and info.value.tries == 4
     assert "SlowDown" in str(info.value)
 
 
-@pytest.mark.parametrize("exc, error_type", [(FakeClientError(403, "AccessDenied"), "PermissionDenied"),
-                                             (FakeClientError(404, "NoSuchKey"), "FileNotFound")])
+@pytest.mark.parametrize(
+    "exc, error_type",
+    [(FakeClientError(403, "AccessDenied"), "PermissionDenied"), (FakeClientError(404, "NoSuchKey"), "FileNotFound")],
+)
 def test_permanent_failures_are_not_retried(exc, error_type):
     sleeps: list[float] = []
     fn, calls = _flaky([exc] * 5)

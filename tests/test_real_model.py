@@ -2,6 +2,7 @@
 
 Skipped (with the reason printed) only when ../shared lacks the weights or the photos.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -31,9 +32,18 @@ def test_shipped_model_captions_name_what_is_in_the_pictures(tmp_path, xception_
     for name in dogs + others:
         (images / name).symlink_to(flickr8k / "images" / name)
     out = tmp_path / "out"
-    summary = run_pipeline(["--input", f"{images}/*.jpg", "--output", str(out),
-                            "--encoder_weights", str(xception_weights),
-                            "--references", str(flickr8k / "Flickr8k.token.txt")])
+    summary = run_pipeline(
+        [
+            "--input",
+            f"{images}/*.jpg",
+            "--output",
+            str(out),
+            "--encoder_weights",
+            str(xception_weights),
+            "--references",
+            str(flickr8k / "Flickr8k.token.txt"),
+        ]
+    )
     assert summary["captioned"] == 50 and summary["failed"] == 0
     rows = {r["image_id"]: r for r in read_rows(out, "captions")}
     dog_rate = sum(_mentions_dog(rows[n]["caption"]) for n in dogs) / len(dogs)

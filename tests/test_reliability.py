@@ -7,6 +7,7 @@ run_pipeline.py`` as a subprocess where a real process is needed (SIGKILL, dropp
 Nothing here mocks storage, Beam or the model; the only patched code is in the two
 fault-injection tests, and each says exactly what it patches and why.
 """
+
 from __future__ import annotations
 
 import io
@@ -53,8 +54,13 @@ READ_STAGE_ERRORS = {"TooLarge", "PermissionDenied", "NotARegularFile", "IsADire
 # Drop the two capabilities that let root ignore file permission bits. The process stays uid 0,
 # so it can still reach pytest's 0700 temp dirs and the interpreter under /root, but a file with
 # mode 000 is now genuinely unreadable to it (the kernel applies the owner bits: ---).
-DROP_DAC = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search",
-            "--inh-caps", "-dac_override,-dac_read_search"]
+DROP_DAC = [
+    "setpriv",
+    "--bounding-set",
+    "-dac_override,-dac_read_search",
+    "--inh-caps",
+    "-dac_override,-dac_read_search",
+]
 
 
 def _env() -> dict[str, str]:
@@ -70,8 +76,9 @@ def _all_rows(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 
 def _stale_temp_dirs(out: Path) -> list[Path]:
-    return sorted(p for sub in ("captions", "errors") for pattern in ("beam-temp-*", ".tmp-*")
-                  for p in (out / sub).glob(pattern))
+    return sorted(
+        p for sub in ("captions", "errors") for pattern in ("beam-temp-*", ".tmp-*") for p in (out / sub).glob(pattern)
+    )
 
 
 class FifoTripwire:
@@ -140,8 +147,10 @@ def _exif_helpers() -> dict[str, bytes]:
     stored (no EXIF, not rotated). The pipeline must treat the JPEG exactly like the first."""
     stored = Image.open(io.BytesIO(CORPUS["exif_rotated_6.jpg"][0]))
     stored.load()
-    return {"exif_upright.png": _png(ImageOps.exif_transpose(stored)),
-            "exif_stored.png": _png(Image.fromarray(np.asarray(stored)))}
+    return {
+        "exif_upright.png": _png(ImageOps.exif_transpose(stored)),
+        "exif_stored.png": _png(Image.fromarray(np.asarray(stored))),
+    }
 
 
 # --------------------------------------------------------------------------- 1. bad inputs
@@ -160,8 +169,7 @@ class CorpusRun:
 
     def rows_for(self, name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         uri = str(self.inputs / name)
-        return ([r for r in self.captions if r["image_uri"] == uri],
-                [r for r in self.errors if r["image_uri"] == uri])
+        return ([r for r in self.captions if r["image_uri"] == uri], [r for r in self.errors if r["image_uri"] == uri])
 
 
 @pytest.fixture(scope="module")
@@ -188,9 +196,25 @@ def corpus_run(tmp_path_factory: pytest.TempPathFactory, tiny_artifact: str) -> 
     manifest = base / "manifest.csv"
     manifest.write_text(f"image_uri\n{inputs / 'never_existed.jpg'}\n")
     out = base / "out"
-    args = ["--input", f"{inputs}/*", "--input", str(inputs / "photo.jpg"), "--input", str(inputs / "directory.jpg"),
-            "--input_manifest", str(manifest), "--output", str(out), "--model", tiny_artifact,
-            "--max_image_bytes", str(CORPUS_MAX_BYTES), "--emit_embeddings", "--progress_seconds", "0"]
+    args = [
+        "--input",
+        f"{inputs}/*",
+        "--input",
+        str(inputs / "photo.jpg"),
+        "--input",
+        str(inputs / "directory.jpg"),
+        "--input_manifest",
+        str(manifest),
+        "--output",
+        str(out),
+        "--model",
+        tiny_artifact,
+        "--max_image_bytes",
+        str(CORPUS_MAX_BYTES),
+        "--emit_embeddings",
+        "--progress_seconds",
+        "0",
+    ]
     with FifoTripwire(inputs / "fifo.jpg") as fifo:
         files = sorted(p.name for p in inputs.iterdir() if not p.is_dir())  # what the glob matches
         proc = subprocess.run(_cli(args, prefix), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
@@ -301,8 +325,9 @@ def test_worker_exception_costs_the_image_not_the_batch(tmp_path, tiny_artifact,
 
     monkeypatch.setattr(CaptionModel, "caption_images", flaky)
     out = tmp_path / "out"
-    summary = run_pipeline(["--input", f"{images}/*", "--output", str(out), "--model", tiny_artifact,
-                            "--batch_size", "4"])
+    summary = run_pipeline(
+        ["--input", f"{images}/*", "--output", str(out), "--model", tiny_artifact, "--batch_size", "4"]
+    )
     captions, errors = _all_rows(out)
     (err,) = errors
     assert err["image_id"] == "poison.png" and err["stage"] == "infer"
@@ -350,8 +375,10 @@ def test_file_deleted_between_matching_and_reading(tmp_path, tiny_artifact, monk
 
 def _committed_rows(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows of the committed files (a pyarrow dataset skips temp names starting with '.')."""
-    return tuple(pads.dataset(str(out / sub), format="parquet").to_table().to_pylist() if (out / sub).is_dir()
-                 else [] for sub in ("captions", "errors"))
+    return tuple(
+        pads.dataset(str(out / sub), format="parquet").to_table().to_pylist() if (out / sub).is_dir() else []
+        for sub in ("captions", "errors")
+    )
 
 
 def test_sigkill_mid_run_then_resume_holds_every_image_once(tmp_path, tiny_artifact):
@@ -366,10 +393,29 @@ def test_sigkill_mid_run_then_resume_holds_every_image_once(tmp_path, tiny_artif
     expected = sorted(str(p) for p in images.iterdir())
     out = tmp_path / "out"
     every = 8
-    args = ["--input", f"{images}/*.jpg", "--output", str(out), "--model", tiny_artifact, "--batch_size", "4",
-            "--commit_every", str(every), "--progress_seconds", "0.05"]
-    proc = subprocess.Popen(_cli(args), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    args = [
+        "--input",
+        f"{images}/*.jpg",
+        "--output",
+        str(out),
+        "--model",
+        tiny_artifact,
+        "--batch_size",
+        "4",
+        "--commit_every",
+        str(every),
+        "--progress_seconds",
+        "0.05",
+    ]
+    proc = subprocess.Popen(
+        _cli(args),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     progress: list[int] = []  # captioned counts of the progress lines, read as they come
 
     def read_progress() -> None:
@@ -402,15 +448,16 @@ def test_sigkill_mid_run_then_resume_holds_every_image_once(tmp_path, tiny_artif
     assert len(committed) == len(captions) + len(errors) < 152, "committed rows are duplicated, or nothing was left"
     assert seen_before_kill - len(captions) < every, "more than one commit interval of captions was lost"
 
-    rerun = subprocess.run(_cli(args + ["--resume"]), cwd=REPO, env=_env(), capture_output=True, text=True,
-                           timeout=300)
+    rerun = subprocess.run(_cli(args + ["--resume"]), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     captions, errors = _all_rows(out)
     uris = [r["image_uri"] for r in captions + errors]
     assert len(uris) == len(set(uris)), "an image appears twice"
     assert sorted(uris) == expected, "an image is missing"
-    assert {Path(e["image_uri"]).name: e["error_type"] for e in errors} == {"text.jpg": "NotAnImage",
-                                                                             "empty.jpg": "EmptyFile"}
+    assert {Path(e["image_uri"]).name: e["error_type"] for e in errors} == {
+        "text.jpg": "NotAnImage",
+        "empty.jpg": "EmptyFile",
+    }
     assert not _stale_temp_dirs(out)
     s = read_summary(out)
     assert s["matched"] == 152 == s["captioned"] + s["failed"] + s["skipped_resume"]
@@ -459,15 +506,23 @@ def _vocab_size(model: Path) -> int:
 TAMPERS = {
     "missing_vocab": (lambda m: (m / "vocab.json").unlink(), r"vocab\.json is missing"),
     "missing_manifest": (lambda m: (m / "manifest.json").unlink(), r"manifest\.json is missing"),
-    "truncated_decoder_weights": (lambda m: _truncate(m / "decoder.weights.h5"),
-                                  r"decoder\.weights\.h5 of model artifact .* has \d+ bytes but the manifest records"),
+    "truncated_decoder_weights": (
+        lambda m: _truncate(m / "decoder.weights.h5"),
+        r"decoder\.weights\.h5 of model artifact .* has \d+ bytes but the manifest records",
+    ),
     "flipped_byte_in_weights": (lambda m: _flip_byte(m / "decoder.weights.h5"), r"does not match its SHA-256"),
-    "config_of_another_vocab_size": (lambda m: _edit_config(m, vocab_size=_vocab_size(m) + 7),
-                                     r"says vocab_size=\d+ but vocab\.json has \d+ tokens"),
-    "weights_of_another_decoder": (lambda m: _edit_config(m, units=48, image_dense=[64, 48]),
-                                   r"decoder\.weights\.h5 .* does not fit the configured decoder"),
-    "pickle_instead_of_weights": (lambda m: ((m / "decoder.weights.h5").write_bytes(pickle.dumps({"x": 1})),
-                                             _resign(m)), r"not an HDF5 weights file \(refused\)"),
+    "config_of_another_vocab_size": (
+        lambda m: _edit_config(m, vocab_size=_vocab_size(m) + 7),
+        r"says vocab_size=\d+ but vocab\.json has \d+ tokens",
+    ),
+    "weights_of_another_decoder": (
+        lambda m: _edit_config(m, units=48, image_dense=[64, 48]),
+        r"decoder\.weights\.h5 .* does not fit the configured decoder",
+    ),
+    "pickle_instead_of_weights": (
+        lambda m: ((m / "decoder.weights.h5").write_bytes(pickle.dumps({"x": 1})), _resign(m)),
+        r"not an HDF5 weights file \(refused\)",
+    ),
 }
 
 
@@ -488,8 +543,7 @@ def _refused(args: list[str], capsys: pytest.CaptureFixture) -> str:
 
 
 @pytest.mark.parametrize("case", sorted(TAMPERS) + ["expected_model_id_mismatch"])
-def test_bad_model_artifact_is_refused_before_any_image_is_read(case, tmp_path, tiny_artifact, guarded_inputs,
-                                                                 capsys):
+def test_bad_model_artifact_is_refused_before_any_image_is_read(case, tmp_path, tiny_artifact, guarded_inputs, capsys):
 
     images, fifo = guarded_inputs
     model = tmp_path / "model"
@@ -518,8 +572,7 @@ def test_output_in_or_inside_the_input_directory_is_refused(tmp_path, tiny_artif
     assert fifo.opened == 0
 
 
-def test_existing_output_without_resume_is_refused_and_left_untouched(tmp_path, tiny_artifact, guarded_inputs,
-                                                                      capsys):
+def test_existing_output_without_resume_is_refused_and_left_untouched(tmp_path, tiny_artifact, guarded_inputs, capsys):
     images, fifo = guarded_inputs
     out = tmp_path / "out"
     out.mkdir()

@@ -1,5 +1,6 @@
 """The HTML caption report: real Parquet + JPEG fixtures, pure-function tests, and a headless
 Chromium test of the rendered page (DOM after JS, sorting via the URL fragment, screenshot)."""
+
 from __future__ import annotations
 
 import base64
@@ -58,27 +59,44 @@ RUN2 = [
     ("broken", -2.20, None, "corrupt"),
     ("street", -0.92, None, "ok"),
 ]
-CAPTIONS = {"dog": "a brown dog runs across the grass", "bike": "a man rides a bike on a dirt road",
-            "beach": "two children play in the water", "xss": XSS_CAPTION,
-            "gone": "a picture that was deleted", "tree": "a green tree in a field",
-            "crowd": "a crowd of people at a concert", "broken": "a corrupt file",
-            "street": "a busy street at night"}
+CAPTIONS = {
+    "dog": "a brown dog runs across the grass",
+    "bike": "a man rides a bike on a dirt road",
+    "beach": "two children play in the water",
+    "xss": XSS_CAPTION,
+    "gone": "a picture that was deleted",
+    "tree": "a green tree in a field",
+    "crowd": "a crowd of people at a concert",
+    "broken": "a corrupt file",
+    "street": "a busy street at night",
+}
 SIZES = [(96, 80), (64, 120), (200, 120), (120, 120), (150, 90), (80, 140), (110, 70)]
 
 
-def caption_row(uri: str, image_id: str, caption: str, score: float, refs: list[str] | None = None,
-                **extra) -> dict:
+def caption_row(uri: str, image_id: str, caption: str, score: float, refs: list[str] | None = None, **extra) -> dict:
     bleu = {f"bleu{n}": (round(0.9 - 0.15 * n, 3) if refs else None) for n in range(1, 5)}
-    row = dict(image_uri=uri, image_id=image_id, caption=caption, score=score, decode=DECODE,
-               model_id=MODEL_ID, encoder="xception", width=96, height=80, processed_at=NOW,
-               references=refs, **bleu)
+    row = dict(
+        image_uri=uri,
+        image_id=image_id,
+        caption=caption,
+        score=score,
+        decode=DECODE,
+        model_id=MODEL_ID,
+        encoder="xception",
+        width=96,
+        height=80,
+        processed_at=NOW,
+        references=refs,
+        **bleu,
+    )
     row.update(extra)
     return row
 
 
 def error_row(uri: str, stage: str, error_type: str, message: str) -> dict:
-    return dict(image_uri=uri, image_id=Path(uri).stem, stage=stage, error_type=error_type,
-                message=message, processed_at=NOW)
+    return dict(
+        image_uri=uri, image_id=Path(uri).stem, stage=stage, error_type=error_type, message=message, processed_at=NOW
+    )
 
 
 def write_parquet(rows: list[dict], schema: pa.Schema, path: Path) -> None:
@@ -109,15 +127,29 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     errors = [
         error_row(str(images / "empty.jpg"), "decode", "EmptyFile", "file is empty (0 bytes)"),
         error_row(str(images / "notes.txt"), "decode", "NotAnImage", XSS_MESSAGE),
-        error_row("s3://bucket/huge.png", "decode", "DecompressionBomb",
-                  "image declares 30000x30000 = 900000000 pixels, over the limit of 89478485"),
+        error_row(
+            "s3://bucket/huge.png",
+            "decode",
+            "DecompressionBomb",
+            "image declares 30000x30000 = 900000000 pixels, over the limit of 89478485",
+        ),
     ]
     write_parquet(errors, ERROR_SCHEMA, out / "errors" / "part-00000.parquet")
-    summary = {"run_id": "run-2024-05-01", "matched": 12, "captioned": 9, "failed": 3,
-               "skipped_resume": 5, "model_loads": 1, "images_per_second": 12.34,
-               "wall_seconds": 4.1, "model_id": MODEL_ID, "decode": DECODE,
-               "bleu": {"bleu1": 0.61, "bleu2": 0.42, "bleu3": 0.29, "bleu4": 0.19},
-               "inputs": [str(images / "*.jpg")], "output": str(out)}
+    summary = {
+        "run_id": "run-2024-05-01",
+        "matched": 12,
+        "captioned": 9,
+        "failed": 3,
+        "skipped_resume": 5,
+        "model_loads": 1,
+        "images_per_second": 12.34,
+        "wall_seconds": 4.1,
+        "model_id": MODEL_ID,
+        "decode": DECODE,
+        "bleu": {"bleu1": 0.61, "bleu2": 0.42, "bleu3": 0.29, "bleu4": 0.19},
+        "inputs": [str(images / "*.jpg")],
+        "output": str(out),
+    }
     (out / "summary.json").write_text(json.dumps(summary))
     return out
 
@@ -163,8 +195,15 @@ class Dom(HTMLParser):
             self.ids[a["id"]] = a
             self._texts[a["id"]] = []
         if tag == "article" and "card" in cls:
-            self._card = {"score": float(a["data-score"]), "hidden": "hidden" in a, "caption": "",
-                          "img": False, "missing": False, "refs": [], "bleu4": None}
+            self._card = {
+                "score": float(a["data-score"]),
+                "hidden": "hidden" in a,
+                "caption": "",
+                "img": False,
+                "missing": False,
+                "refs": [],
+                "bleu4": None,
+            }
             self.cards.append(self._card)
         if self._card is not None:
             if tag == "img":
@@ -241,30 +280,50 @@ def test_only_the_latest_row_of_each_uri_is_shown_and_counted(tmp_path: Path) ->
     from datetime import timedelta
 
     later = NOW + timedelta(hours=1)
-    write_parquet([caption_row("/x/a.jpg", "a", "an old caption", -1.0),
-                   caption_row("/x/b.jpg", "b", "a photo that broke", -1.5)],
-                  caption_schema(), tmp_path / "captions" / "run1.parquet")
-    write_parquet([error_row("/x/c.jpg", "decode", "NotAnImage", "was text, since fixed")],
-                  ERROR_SCHEMA, tmp_path / "errors" / "run1.parquet")
-    write_parquet([caption_row("/x/a.jpg", "a", "the new caption", -0.5, processed_at=later),
-                   caption_row("/x/c.jpg", "c", "now a photo", -0.7, processed_at=later)],
-                  caption_schema(), tmp_path / "captions" / "run2.parquet")
-    write_parquet([error_row("/x/b.jpg", "decode", "TruncatedImage", "now truncated") | {"processed_at": later}],
-                  ERROR_SCHEMA, tmp_path / "errors" / "run2.parquet")
+    write_parquet(
+        [
+            caption_row("/x/a.jpg", "a", "an old caption", -1.0),
+            caption_row("/x/b.jpg", "b", "a photo that broke", -1.5),
+        ],
+        caption_schema(),
+        tmp_path / "captions" / "run1.parquet",
+    )
+    write_parquet(
+        [error_row("/x/c.jpg", "decode", "NotAnImage", "was text, since fixed")],
+        ERROR_SCHEMA,
+        tmp_path / "errors" / "run1.parquet",
+    )
+    write_parquet(
+        [
+            caption_row("/x/a.jpg", "a", "the new caption", -0.5, processed_at=later),
+            caption_row("/x/c.jpg", "c", "now a photo", -0.7, processed_at=later),
+        ],
+        caption_schema(),
+        tmp_path / "captions" / "run2.parquet",
+    )
+    write_parquet(
+        [error_row("/x/b.jpg", "decode", "TruncatedImage", "now truncated") | {"processed_at": later}],
+        ERROR_SCHEMA,
+        tmp_path / "errors" / "run2.parquet",
+    )
     latest = report_data.current_rows(str(tmp_path))
     assert latest.replaced == 3 and {u: latest.get(u)[1] for u in ("/x/a.jpg", "/x/b.jpg", "/x/c.jpg")} == {
-        "/x/a.jpg": "captions", "/x/b.jpg": "errors", "/x/c.jpg": "captions"}
+        "/x/a.jpg": "captions",
+        "/x/b.jpg": "errors",
+        "/x/c.jpg": "captions",
+    }
     sample = load_captions(str(tmp_path), sample=10)
     assert sample.total == 2 and {(r.image_uri, r.caption) for r in sample.rows} == {
-        ("/x/a.jpg", "the new caption"), ("/x/c.jpg", "now a photo")}
+        ("/x/a.jpg", "the new caption"),
+        ("/x/c.jpg", "now a photo"),
+    }
     errors = load_errors(str(tmp_path))
     assert errors.total == 1 and [(e.image_uri, e.error_type) for e in errors.rows] == [("/x/b.jpg", "TruncatedImage")]
     assert report_data.current_rows(str(tmp_path / "captions")).replaced == 0  # no output there: nothing replaced
 
 
 def _many_rows(n: int) -> list[dict]:
-    return [caption_row(f"s3://bucket/img/{i:05d}.jpg", f"{i:05d}", f"caption {i}", -i / n)
-            for i in range(n)]
+    return [caption_row(f"s3://bucket/img/{i:05d}.jpg", f"{i:05d}", f"caption {i}", -i / n) for i in range(n)]
 
 
 def test_sampling_count_determinism_and_independence_from_file_layout(tmp_path: Path) -> None:
@@ -293,13 +352,18 @@ def test_sampling_streams_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyP
     seen = []
     real_concat = pa.concat_tables
     # the reservoir's tables (caption rows); the latest-row pass holds only image_uri/processed_at keys
-    monkeypatch.setattr(pa, "concat_tables", lambda ts: (
-        "caption" in ts[0].column_names and seen.append(sum(t.num_rows for t in ts))) or real_concat(ts))
+    monkeypatch.setattr(
+        pa,
+        "concat_tables",
+        lambda ts: ("caption" in ts[0].column_names and seen.append(sum(t.num_rows for t in ts))) or real_concat(ts),
+    )
     got = load_captions(str(tmp_path), sample=30, seed=1)
     assert len(got.rows) == 30 and got.total == 400
     assert seen and max(seen) <= 30 + 16
     monkeypatch.undo()
-    assert [r.image_uri for r in got.rows] == [r.image_uri for r in load_captions(str(tmp_path), sample=30, seed=1).rows]
+    assert [r.image_uri for r in got.rows] == [
+        r.image_uri for r in load_captions(str(tmp_path), sample=30, seed=1).rows
+    ]
 
 
 def test_missing_dirs_and_old_files_without_some_columns(tmp_path: Path) -> None:
@@ -333,8 +397,9 @@ def test_summary_missing_partial_or_broken(tmp_path: Path) -> None:
     (tmp_path / "summary.json").write_text(json.dumps({"matched": 5, "bleu": None, "extra_key": [1, 2]}))
     summary, note = load_summary(str(tmp_path))
     assert note is None
-    page = render_html(ReportData(summary=summary, captions=CaptionSample([], 0),
-                                  errors=ErrorRows([], 0), thumbnails=[]))
+    page = render_html(
+        ReportData(summary=summary, captions=CaptionSample([], 0), errors=ErrorRows([], 0), thumbnails=[])
+    )
     assert ">5<" in page and "matched" in page and "extra_key" in page and "no references" in page
 
 
@@ -364,13 +429,18 @@ def test_thumbnail_applies_exif_orientation(tmp_path: Path) -> None:
 
 def test_unreadable_thumbnails_become_placeholders(tmp_path: Path) -> None:
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    uris = [str(tmp_path / "nope.jpg"), str(tmp_path / "bad.jpg"), "memory://nowhere/x.jpg",
-            str(write_jpeg(tmp_path / "ok.jpg"))]
+    uris = [
+        str(tmp_path / "nope.jpg"),
+        str(tmp_path / "bad.jpg"),
+        "memory://nowhere/x.jpg",
+        str(write_jpeg(tmp_path / "ok.jpg")),
+    ]
     thumbs = make_thumbnails(uris, px=32, workers=2)
     assert thumbs[:3] == [None, None, None] and thumbs[3].startswith("data:image/jpeg")
     row = CaptionRow(image_uri=uris[0], image_id="nope", caption="a missing picture", score=-1.0)
-    page = render_html(ReportData(summary={}, captions=CaptionSample([row], 1),
-                                  errors=ErrorRows([], 0), thumbnails=[None]))
+    page = render_html(
+        ReportData(summary={}, captions=CaptionSample([row], 1), errors=ErrorRows([], 0), thumbnails=[None])
+    )
     dom = Dom(page)
     assert dom.cards[0]["missing"] and not dom.cards[0]["img"] and "image unavailable" in page
 
@@ -380,8 +450,9 @@ def test_memory_filesystem_inputs_and_output() -> None:
     buf = io.BytesIO()
     Image.new("RGB", (50, 40), (200, 30, 30)).save(buf, "JPEG")
     fs.pipe("/rep-test/img/red.jpg", buf.getvalue())
-    table = pa.Table.from_pylist([caption_row("memory://rep-test/img/red.jpg", "red", "a red square", -0.3)],
-                                 schema=caption_schema())
+    table = pa.Table.from_pylist(
+        [caption_row("memory://rep-test/img/red.jpg", "red", "a red square", -0.3)], schema=caption_schema()
+    )
     with fs.open("/rep-test/out/captions/part-0.parquet", "wb") as f:
         pq.write_table(table, f)
     try:
@@ -423,8 +494,23 @@ def test_report_content(report_path: Path, run_dir: Path) -> None:
     assert [c["score"] for c in dom.cards] == sorted(c["score"] for c in dom.cards)  # no-JS order
     assert f"Showing {n} of {n} captions" in dom.text("showing")
     summary = dom.text("summary")
-    for text in ("12", "matched", "9", "captioned", "3", "failed", "5", "skipped (resume)",
-                 "12.3", "images / s", MODEL_ID, DECODE, "0.610", "0.190", "BLEU-4"):
+    for text in (
+        "12",
+        "matched",
+        "9",
+        "captioned",
+        "3",
+        "failed",
+        "5",
+        "skipped (resume)",
+        "12.3",
+        "images / s",
+        MODEL_ID,
+        DECODE,
+        "0.610",
+        "0.190",
+        "BLEU-4",
+    ):
         assert text in summary, text
     dog = next(c for c in dom.cards if c["caption"] == CAPTIONS["dog"])
     assert dog["refs"] == RUN1[0][2] and dog["bleu4"] == "0.300"
@@ -462,9 +548,22 @@ def test_cli(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert cli.main([str(tmp_path / "nope")]) == 1
     with pytest.raises(SystemExit):
         cli.main([str(run_dir), "--sample", "-1"])
-    proc = subprocess.run([sys.executable, "-m", "caption_report", str(run_dir), "--sample", "2",
-                           "--output", str(tmp_path / "module.html")], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "caption_report",
+            str(run_dir),
+            "--sample",
+            "2",
+            "--output",
+            str(tmp_path / "module.html"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(tmp_path / "module.html")
     assert len(Dom((tmp_path / "module.html").read_text()).cards) == 2
@@ -486,10 +585,22 @@ def chromium() -> str:
 
 
 def run_chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-           "--disable-extensions", "--disable-dev-shm-usage", "--hide-scrollbars",
-           f"--user-data-dir={profile}", *args]
+    cmd = [
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+        "--disable-extensions",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc

@@ -1,5 +1,6 @@
 """Findability metrics on small hand-made corpora whose BM25 scores and ranks are worked out by
 hand, plus the properties the issue asks for (ties broken in expectation, order independence)."""
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,14 @@ def test_two_document_score_is_ln2():
 
 
 def test_scores_equal_the_formula_on_a_small_corpus():
-    docs = ["a black dog runs on the grass", "a dog", "two dogs play in the snow",
-            "a man rides a bike on a dirt road", "", "dog dog dog"]
+    docs = [
+        "a black dog runs on the grass",
+        "a dog",
+        "two dogs play in the snow",
+        "a man rides a bike on a dirt road",
+        "",
+        "dog dog dog",
+    ]
     index = BM25Index(docs)
     for query in ["a black dog", "dog on grass", "man on a bike", "snow dogs", "cat", "dog dog"]:
         assert index.scores(query) == pytest.approx(bm25_by_hand(docs, query), rel=1e-12, abs=1e-12)
@@ -84,15 +91,21 @@ def test_expected_rank_breaks_ties_in_expectation():
 
 def test_known_ranks_on_a_hand_made_corpus():
     docs = ["red car", "blue car", "red bike", "dog on grass"]
-    queries = [(0, "red car"),  # doc 0 matches both words: rank 1
-               (3, "dog"),  # only doc 3: rank 1
-               (1, "car"),  # docs 0 and 1 tie: positions 1..2
-               (2, "cat")]  # nothing matches: all four tie, positions 1..4
+    queries = [
+        (0, "red car"),  # doc 0 matches both words: rank 1
+        (3, "dog"),  # only doc 3: rank 1
+        (1, "car"),  # docs 0 and 1 tie: positions 1..2
+        (2, "cat"),
+    ]  # nothing matches: all four tie, positions 1..4
     report = findability(docs, queries)
     assert report == FindabilityReport(
-        r_at_1=pytest.approx((1 + 1 + 0.5 + 0.25) / 4), r_at_5=1.0, r_at_10=1.0,
+        r_at_1=pytest.approx((1 + 1 + 0.5 + 0.25) / 4),
+        r_at_5=1.0,
+        r_at_10=1.0,
         mrr=pytest.approx((1 + 1 + 0.75 + (1 + 1 / 2 + 1 / 3 + 1 / 4) / 4) / 4),
-        median_rank=1.25, queries=4)
+        median_rank=1.25,
+        queries=4,
+    )
 
 
 def test_tie_group_straddling_k():

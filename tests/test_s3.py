@@ -8,6 +8,7 @@ model artifact, references, preflight) both honour: ``AWS_ENDPOINT_URL_S3`` /
 No ``--s3_*`` pipeline flag is needed. Every socket connect of the test process is checked to
 go to 127.0.0.1 only.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,8 +32,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 BUCKET = "caption-test"
 IMAGES = [f"img{i}.jpg" for i in range(6)]
 BROKEN = "broken.jpg"
-REFERENCES = {name: ["a dog runs on the grass", f"a man rides a bike number {i}"]
-              for i, name in enumerate(IMAGES) if i % 2 == 0}
+REFERENCES = {
+    name: ["a dog runs on the grass", f"a man rides a bike number {i}"] for i, name in enumerate(IMAGES) if i % 2 == 0
+}
 
 
 def _clear_s3fs_instances() -> None:
@@ -42,8 +44,7 @@ def _clear_s3fs_instances() -> None:
     s3fs.S3FileSystem.clear_instance_cache()
 
 
-def point_aws_at(mp: pytest.MonkeyPatch, endpoint: str, tmp: Path, guard: LoopbackOnly,
-                 proc: Any) -> Any:
+def point_aws_at(mp: pytest.MonkeyPatch, endpoint: str, tmp: Path, guard: LoopbackOnly, proc: Any) -> Any:
     """Point both S3 clients (botocore, s3fs) of this process at ``endpoint`` through the AWS
     environment, install the loopback-only guard, and return a boto3 client once it answers."""
     point_aws_env_at(mp, endpoint, tmp)
@@ -113,8 +114,11 @@ def _rows(client: Any, prefix: str) -> list[dict[str, Any]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tables = [pq.read_table(io.BytesIO(client.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
-              for key in _keys(client, prefix + "/") if key.endswith(".parquet")]
+    tables = [
+        pq.read_table(io.BytesIO(client.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
+        for key in _keys(client, prefix + "/")
+        if key.endswith(".parquet")
+    ]
     return pa.concat_tables(tables).to_pylist() if tables else []
 
 
@@ -123,8 +127,18 @@ def _json(client: Any, key: str) -> dict[str, Any]:
 
 
 def _args(out: str, model: str = "models/tiny", images: str = "*.jpg") -> list[str]:
-    return ["--input", f"s3://{BUCKET}/images/{images}", "--model", f"s3://{BUCKET}/{model}",
-            "--output", f"s3://{BUCKET}/{out}", "--references", f"s3://{BUCKET}/refs.txt", "--batch_size", "4"]
+    return [
+        "--input",
+        f"s3://{BUCKET}/images/{images}",
+        "--model",
+        f"s3://{BUCKET}/{model}",
+        "--output",
+        f"s3://{BUCKET}/{out}",
+        "--references",
+        f"s3://{BUCKET}/refs.txt",
+        "--batch_size",
+        "4",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -201,8 +215,9 @@ def test_tampered_artifact_on_s3_is_refused_before_any_output(s3, bucket):
     client = bucket["client"]
     for path in sorted(bucket["artifact"].iterdir()):
         client.upload_file(str(path), BUCKET, f"models/tampered/{path.name}")
-    client.put_object(Bucket=BUCKET, Key="models/tampered/vocab.json",
-                      Body=b'{"format": "image-caption-vocab/1", "tokens": []}')
+    client.put_object(
+        Bucket=BUCKET, Key="models/tampered/vocab.json", Body=b'{"format": "image-caption-vocab/1", "tokens": []}'
+    )
     with pytest.raises(ArtifactError, match="vocab.json"):
         run_pipeline(_args("tampered-out", model="models/tampered"))
     assert _keys(client, "tampered-out") == []
@@ -219,13 +234,23 @@ def test_folder_markers_are_error_rows_and_changed_objects_are_captioned_again(s
         client.put_object(Bucket=BUCKET, Key=key, Body=b"")
     for i, photo in enumerate(photos[:3]):
         client.upload_file(str(photo), BUCKET, f"lake/2024/p{i}.jpg")
-    args = ["--input", f"s3://{BUCKET}/lake/**", "--model", f"s3://{BUCKET}/models/tiny",
-            "--output", f"s3://{BUCKET}/lake-out", "--batch_size", "4"]
+    args = [
+        "--input",
+        f"s3://{BUCKET}/lake/**",
+        "--model",
+        f"s3://{BUCKET}/models/tiny",
+        "--output",
+        f"s3://{BUCKET}/lake-out",
+        "--batch_size",
+        "4",
+    ]
     first = run_pipeline(args)
     assert (first["matched"], first["captioned"], first["failed"]) == (5, 3, 2)
     errors = {r["image_uri"]: r for r in _rows(client, "lake-out/errors")}
     assert {u: r["error_type"] for u, r in errors.items()} == {
-        f"s3://{BUCKET}/lake/2024/": "FolderMarker", f"s3://{BUCKET}/lake/old_$folder$": "FolderMarker"}
+        f"s3://{BUCKET}/lake/2024/": "FolderMarker",
+        f"s3://{BUCKET}/lake/old_$folder$": "FolderMarker",
+    }
     captions = {r["image_uri"]: r for r in _rows(client, "lake-out/captions")}
     head = client.head_object(Bucket=BUCKET, Key="lake/2024/p1.jpg")
     row = captions[f"s3://{BUCKET}/lake/2024/p1.jpg"]

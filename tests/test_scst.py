@@ -1,5 +1,6 @@
 """Self-critical sequence training (training.scst) on the tiny real Keras decoder: sampling,
 CIDEr-D rewards, advantages, the sign of the policy-gradient update and resuming."""
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,7 @@ def token_rows(vocab, captions: list[str], length: int = 12) -> np.ndarray:
     tokens = np.zeros((len(captions), length), np.int32)
     for i, caption in enumerate(captions):
         ids = vocab.encode(caption, length)
-        tokens[i, :len(ids)] = ids
+        tokens[i, : len(ids)] = ids
     return tokens
 
 
@@ -66,7 +67,9 @@ def test_cider_reward_scores_token_ids_against_known_references():
     # its n-grams carry no information (idf 0), so the same caption now earns nothing
     corpus = [refs[1], ["a man rides a bike"], ["a man rides a bike on the grass"]]
     trained = CiderReward(vocab, refs, corpus=corpus)
-    assert CiderD([[bleu_tokens(c) for c in r] for r in corpus]).doc_freq[("man", "rides")] == 3 and trained.scorer.log_corpus == pytest.approx(np.log(3))
+    assert CiderD([[bleu_tokens(c) for c in r] for r in corpus]).doc_freq[
+        ("man", "rides")
+    ] == 3 and trained.scorer.log_corpus == pytest.approx(np.log(3))
     assert trained([1, 0], token_rows(vocab, hyps[1:2] + hyps[:1])) == pytest.approx([0.0, 10.0])
 
 
@@ -88,14 +91,14 @@ def test_sampler_draws_valid_captions_and_its_greedy_matches_the_search():
     for row in body:
         ends = np.flatnonzero(row == vocab.end_id)
         if len(ends):
-            assert (row[ends[0] + 1:] == 0).all()  # padding after <end>
-            assert (row[:ends[0]] > 0).all()
+            assert (row[ends[0] + 1 :] == 0).all()  # padding after <end>
+            assert (row[: ends[0]] > 0).all()
     assert len({tuple(r) for r in tokens}) > 4  # random weights: samples differ
     assert (sampler(feats, (1, 2)) == tokens).all()  # seeded
     greedy = sampler(features(4), greedy=True)
     hyps = greedy_decode(sampler.step, features(4), vocab.start_id, vocab.end_id, 12)
     for row, hyp in zip(greedy, hyps):
-        assert list(row[1:1 + len(hyp.token_ids)]) == list(hyp.token_ids)
+        assert list(row[1 : 1 + len(hyp.token_ids)]) == list(hyp.token_ids)
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
@@ -121,8 +124,9 @@ def test_scst_member_raises_the_reward_keeps_the_best_epoch_and_resumes(tmp_path
     train_items, dev_items = items_of(caps * 40), items_of(caps)
     train_feats = np.tile(features(2, seed=7), (40, 1))
     dev_feats = train_feats[:2]
-    settings = ScstSettings(epochs=3, learning_rate=1e-2, samples=4, batch_images=4, select="cider_d",
-                            beam_width=2, length_alpha=0.5)
+    settings = ScstSettings(
+        epochs=3, learning_rate=1e-2, samples=4, batch_images=4, select="cider_d", beam_width=2, length_alpha=0.5
+    )
     state = scst_member(decoder, vocab, train_items, train_feats, dev_items, dev_feats, settings, str(tmp_path))
     assert [h["epoch"] for h in state["history"]] == [0, 1, 2, 3] and state["done"]
     rewards = [h["reward"] for h in state["history"][1:]]
@@ -130,22 +134,41 @@ def test_scst_member_raises_the_reward_keeps_the_best_epoch_and_resumes(tmp_path
     best = max(state["history"], key=lambda h: h["dev"]["cider_d"])  # the first of equals, as kept
     assert state["best_epoch"] == best["epoch"]
     search = DecodeSettings("beam", 2, 0.5, 8)  # the decoder left behind holds the chosen epoch's weights
-    assert bleu_on(decoder.step_model(), vocab, dev_items, dev_feats, search, extended=True) == \
-        pytest.approx(best["dev"], rel=1e-9)
+    assert bleu_on(decoder.step_model(), vocab, dev_items, dev_feats, search, extended=True) == pytest.approx(
+        best["dev"], rel=1e-9
+    )
     saved = json.loads((tmp_path / "state.json").read_text())
     assert saved["settings"] == settings.identity() and saved["epoch"] == 3
 
-    again, _ = make_tiny_decoder(feature_dim=FEATURES, captions=[c[0] for c in caps], max_length=8, seed=9)  # other weights: the folder's must be loaded
+    again, _ = make_tiny_decoder(
+        feature_dim=FEATURES, captions=[c[0] for c in caps], max_length=8, seed=9
+    )  # other weights: the folder's must be loaded
     reused = scst_member(again, vocab, train_items, train_feats, dev_items, dev_feats, settings, str(tmp_path))
     assert reused["history"] == state["history"]
     for a, b in zip(again.training_model.get_weights(), decoder.training_model.get_weights()):
         np.testing.assert_array_equal(a, b)
-    more = scst_member(again, vocab, train_items, train_feats, dev_items, dev_feats,
-                       ScstSettings(**{**settings.__dict__, "epochs": 4}), str(tmp_path))
+    more = scst_member(
+        again,
+        vocab,
+        train_items,
+        train_feats,
+        dev_items,
+        dev_feats,
+        ScstSettings(**{**settings.__dict__, "epochs": 4}),
+        str(tmp_path),
+    )
     assert [h["epoch"] for h in more["history"]] == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="other settings"):
-        scst_member(again, vocab, train_items, train_feats, dev_items, dev_feats,
-                    ScstSettings(**{**settings.__dict__, "learning_rate": 1e-3}), str(tmp_path))
+        scst_member(
+            again,
+            vocab,
+            train_items,
+            train_feats,
+            dev_items,
+            dev_feats,
+            ScstSettings(**{**settings.__dict__, "learning_rate": 1e-3}),
+            str(tmp_path),
+        )
 
 
 def test_an_epoch_with_the_greedy_baseline_rewards_samples_against_the_greedy_caption():
@@ -156,8 +179,9 @@ def test_an_epoch_with_the_greedy_baseline_rewards_samples_against_the_greedy_ca
     sampler = Sampler(decoder, vocab)
     greedy = reward(range(8), sampler(feats, greedy=True)).mean()
     settings = ScstSettings(samples=3, batch_images=4, baseline="greedy")
-    stats = scst_epoch(decoder, sampler, make_train_step(decoder, keras.optimizers.Adam(1e-3)), reward, feats,
-                       settings, 1)
+    stats = scst_epoch(
+        decoder, sampler, make_train_step(decoder, keras.optimizers.Adam(1e-3)), reward, feats, settings, 1
+    )
     assert stats["baseline"] == pytest.approx(greedy, rel=1e-6)  # lr 1e-3: the two updates barely move it
     assert stats["reward"] != pytest.approx(stats["baseline"])
 

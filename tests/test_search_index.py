@@ -1,5 +1,6 @@
 """The LanceDB caption index (``--search_index``) and ``python -m caption_index``: real pipeline runs
 with the small test model on real Flickr8k photos, a real LanceDB in temporary folders."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -74,11 +75,28 @@ def test_two_resume_runs_index_each_image_once_and_are_searchable(tmp_path, flic
 def _caption_file(out: Path, name: str, rows: list[tuple[str, str, int]]) -> None:
     """A committed caption file with (uri, caption, seconds) rows."""
     schema = caption_schema()
-    full = [{"image_uri": uri, "image_id": uri, "caption": caption, "score": -1.0, "decode": "greedy",
-             "model_id": "m1", "encoder": "tiny", "width": 10, "height": 10, "references": None,
-             "processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=s),
-             "bleu1": None, "bleu2": None, "bleu3": None, "bleu4": None, "image_sha256": None,
-             "caption_source": "model"} for uri, caption, s in rows]
+    full = [
+        {
+            "image_uri": uri,
+            "image_id": uri,
+            "caption": caption,
+            "score": -1.0,
+            "decode": "greedy",
+            "model_id": "m1",
+            "encoder": "tiny",
+            "width": 10,
+            "height": 10,
+            "references": None,
+            "processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=s),
+            "bleu1": None,
+            "bleu2": None,
+            "bleu3": None,
+            "bleu4": None,
+            "image_sha256": None,
+            "caption_source": "model",
+        }
+        for uri, caption, s in rows
+    ]
     (out / "captions").mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(full, schema=schema), out / "captions" / name)
 
@@ -104,9 +122,11 @@ def _error_file(out: Path, name: str, rows: list[tuple[str, int]]) -> None:
     from beam_pipeline.records import error_row
     from beam_pipeline.schemas import ERROR_SCHEMA
 
-    full = [error_row(uri, uri, "decode", "NotAnImage", "overwritten by a text file") |
-            {"processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=s)}
-            for uri, s in rows]
+    full = [
+        error_row(uri, uri, "decode", "NotAnImage", "overwritten by a text file")
+        | {"processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=s)}
+        for uri, s in rows
+    ]
     (out / "errors").mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(full, schema=ERROR_SCHEMA), out / "errors" / name)
 
@@ -128,7 +148,10 @@ def test_a_uri_whose_latest_row_is_an_error_leaves_the_index(tmp_path):
     _caption_file(out, "part-b.parquet", [("u1", "a new cat", 9)])  # fixed and captioned again
     assert sync_output_to_index(index, str(out))["upserted"] == 1
     assert {r["image_uri"]: r["caption"] for r in _index_rows(index)} == {
-        "u1": "a new cat", "u2": "a dog", "u3": "a bird"}
+        "u1": "a new cat",
+        "u2": "a dog",
+        "u3": "a bird",
+    }
     fresh = str(tmp_path / "fresh")  # a new index built from the same OUTPUT agrees
     _error_file(out, "part-e2.parquet", [("u2", 10)])
     assert sync_output_to_index(fresh, str(out))["upserted"] == 2
@@ -139,15 +162,30 @@ def test_like_finds_a_byte_identical_copy_first(tmp_path, flickr8k, tiny_artifac
     photos = flickr8k_photos(flickr8k, 10, 6)
     images = _copy(photos, tmp_path / "images")
     out, index = tmp_path / "out", str(tmp_path / "index")
-    summary = run_pipeline(["--input", f"{images}/*.jpg", "--output", str(out), "--model", tiny_artifact,
-                            "--search_index", index, "--emit_embeddings"])
+    summary = run_pipeline(
+        [
+            "--input",
+            f"{images}/*.jpg",
+            "--output",
+            str(out),
+            "--model",
+            tiny_artifact,
+            "--search_index",
+            index,
+            "--emit_embeddings",
+        ]
+    )
     assert summary["search_index"]["rows"] == 6 and summary["search_index"]["indexes"]["vector"] is False
     query = tmp_path / "elsewhere" / "query.jpg"  # a copy under another name, not in the index
     query.parent.mkdir()
     shutil.copyfile(photos[3], query)
     html = tmp_path / "like.html"
-    assert index_main(["search", index, "--like", str(query), "--model", tiny_artifact, "--k", "4", "--json",
-                       "--html", str(html)]) == 0
+    assert (
+        index_main(
+            ["search", index, "--like", str(query), "--model", tiny_artifact, "--k", "4", "--json", "--html", str(html)]
+        )
+        == 0
+    )
     (line,) = _json_lines(capsys)
     hits = line["results"]
     assert len(hits) == 4 and hits[0]["image_uri"] == str(images / photos[3].name) and hits[0]["score"] == 1.0
@@ -176,15 +214,37 @@ def test_like_finds_a_byte_identical_copy_first(tmp_path, flickr8k, tiny_artifac
 def test_an_index_of_another_model_and_an_unwritable_index_are_refused(tmp_path, flickr8k, tiny_artifact, capsys):
     images = _copy(flickr8k_photos(flickr8k, 20, 2), tmp_path / "images")
     index = str(tmp_path / "index")
-    run_pipeline(["--input", f"{images}/*.jpg", "--output", str(tmp_path / "out"), "--model", tiny_artifact,
-                  "--search_index", index])
+    run_pipeline(
+        [
+            "--input",
+            f"{images}/*.jpg",
+            "--output",
+            str(tmp_path / "out"),
+            "--model",
+            tiny_artifact,
+            "--search_index",
+            index,
+        ]
+    )
     from run_pipeline import main as pipeline_main
     from tests.factories import make_tiny_artifact
 
     other = str(tmp_path / "other-model")
     make_tiny_artifact(other, seed=1)
-    status = pipeline_main(["--input", f"{images}/*.jpg", "--output", str(tmp_path / "out-other"), "--model", other,
-                            "--search_index", index, "--progress_seconds", "0"])
+    status = pipeline_main(
+        [
+            "--input",
+            f"{images}/*.jpg",
+            "--output",
+            str(tmp_path / "out-other"),
+            "--model",
+            other,
+            "--search_index",
+            index,
+            "--progress_seconds",
+            "0",
+        ]
+    )
     assert status == 2 and "holds captions of model" in capsys.readouterr().err
     assert read_rows(tmp_path / "out-other", "captions") == []
     with pytest.raises(PreflightError, match="holds captions of model"):
@@ -194,8 +254,20 @@ def test_an_index_of_another_model_and_an_unwritable_index_are_refused(tmp_path,
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     out = tmp_path / "out2"
-    status = pipeline_main(["--input", f"{images}/*.jpg", "--output", str(out), "--model", tiny_artifact,
-                            "--search_index", str(blocker / "index"), "--progress_seconds", "0"])
+    status = pipeline_main(
+        [
+            "--input",
+            f"{images}/*.jpg",
+            "--output",
+            str(out),
+            "--model",
+            tiny_artifact,
+            "--search_index",
+            str(blocker / "index"),
+            "--progress_seconds",
+            "0",
+        ]
+    )
     assert status == 2 and "is not writable" in capsys.readouterr().err
     assert read_rows(out, "captions") == [] and read_rows(out, "errors") == []  # refused before reading
 
@@ -215,15 +287,35 @@ def test_bulk_files_parse_as_ndjson_and_round_trip_to_the_rows(tmp_path, capsys)
     import hashlib
 
     out, index = tmp_path / "out", str(tmp_path / "index")
-    rows = [{"image_uri": f"s3://bucket/img-{i:02d}.jpg", "image_id": f"img-{i:02d}.jpg", "caption": f"a dog number {i}",
-             "score": -0.5 - i / 100, "decode": "greedy", "model_id": "m1", "encoder": "tiny", "width": 10 + i,
-             "height": 20, "references": None, "bleu1": None, "bleu2": None, "bleu3": None, "bleu4": None,
-             "processed_at": dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC),
-             "image_sha256": hashlib.sha256(bytes([i])).hexdigest(), "caption_source": "model",
-             "embedding": [float(i), 0.5, -1.0], "flags": ["animal"] if i % 3 == 0 else []} for i in range(30)]
+    rows = [
+        {
+            "image_uri": f"s3://bucket/img-{i:02d}.jpg",
+            "image_id": f"img-{i:02d}.jpg",
+            "caption": f"a dog number {i}",
+            "score": -0.5 - i / 100,
+            "decode": "greedy",
+            "model_id": "m1",
+            "encoder": "tiny",
+            "width": 10 + i,
+            "height": 20,
+            "references": None,
+            "bleu1": None,
+            "bleu2": None,
+            "bleu3": None,
+            "bleu4": None,
+            "processed_at": dt.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC),
+            "image_sha256": hashlib.sha256(bytes([i])).hexdigest(),
+            "caption_source": "model",
+            "embedding": [float(i), 0.5, -1.0],
+            "flags": ["animal"] if i % 3 == 0 else [],
+        }
+        for i in range(30)
+    ]
     (out / "captions").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=caption_schema(emit_embeddings=True, flags=True)),
-                   out / "captions" / "part-x.parquet")
+    pq.write_table(
+        pa.Table.from_pylist(rows, schema=caption_schema(emit_embeddings=True, flags=True)),
+        out / "captions" / "part-x.parquet",
+    )
     sync_output_to_index(index, str(out))
     bulk = tmp_path / "bulk"
     assert index_main(["export", index, "--format", "bulk-ndjson", str(bulk), "--max_mb", "0.002"]) == 0
@@ -236,15 +328,18 @@ def test_bulk_files_parse_as_ndjson_and_round_trip_to_the_rows(tmp_path, capsys)
         lines = [json.loads(line) for line in data.decode().splitlines()]  # every line is one JSON value
         assert len(lines) % 2 == 0
         for action, doc in zip(lines[::2], lines[1::2]):
-            assert action == {"index": {"_index": "captions", "_id": hashlib.sha1(doc["image_uri"].encode()).hexdigest()}}
+            assert action == {
+                "index": {"_index": "captions", "_id": hashlib.sha1(doc["image_uri"].encode()).hexdigest()}
+            }
             docs[doc["image_uri"]] = doc
     assert len(docs) == 30
     for row in rows:
         doc = docs[row["image_uri"]]
         assert doc["processed_at"] == "2026-01-02T03:04:05.678Z"
         assert doc["embedding"] == row["embedding"] and doc["flags"] == row["flags"]
-        assert {k: doc[k] for k in ("caption", "score", "image_id", "image_sha256", "width", "height", "model_id")} == \
-            {k: row[k] for k in ("caption", "score", "image_id", "image_sha256", "width", "height", "model_id")}
+        assert {k: doc[k] for k in ("caption", "score", "image_id", "image_sha256", "width", "height", "model_id")} == {
+            k: row[k] for k in ("caption", "score", "image_id", "image_sha256", "width", "height", "model_id")
+        }
     assert index_main(["export", index, "--format", "bulk-ndjson", str(bulk)]) == 2  # never mixed with old files
     with pytest.raises(SystemExit) as exc:
         index_main(["export", index, str(bulk)])  # --format is required
@@ -265,12 +360,32 @@ def test_a_big_enough_index_gets_an_ivf_pq_vector_index_and_still_finds_the_same
     (out / "captions").mkdir(parents=True)
     schema = caption_schema(emit_embeddings=True)
     for part, rows in (("a", range(0, 200)), ("b", range(200, 400))):  # two syncs: 200 rows (exact), then 400
-        table = pa.Table.from_pylist([
-            {"image_uri": f"u{i}", "image_id": f"u{i}", "caption": f"photo {i}", "score": -1.0, "decode": "greedy",
-             "model_id": "m", "encoder": "e", "width": 1, "height": 1, "references": None, "bleu1": None,
-             "bleu2": None, "bleu3": None, "bleu4": None, "image_sha256": None, "caption_source": "model",
-             "processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC), "embedding": vectors[i].tolist()}
-            for i in rows], schema=schema)
+        table = pa.Table.from_pylist(
+            [
+                {
+                    "image_uri": f"u{i}",
+                    "image_id": f"u{i}",
+                    "caption": f"photo {i}",
+                    "score": -1.0,
+                    "decode": "greedy",
+                    "model_id": "m",
+                    "encoder": "e",
+                    "width": 1,
+                    "height": 1,
+                    "references": None,
+                    "bleu1": None,
+                    "bleu2": None,
+                    "bleu3": None,
+                    "bleu4": None,
+                    "image_sha256": None,
+                    "caption_source": "model",
+                    "processed_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+                    "embedding": vectors[i].tolist(),
+                }
+                for i in rows
+            ],
+            schema=schema,
+        )
         pq.write_table(table, out / "captions" / f"part-{part}.parquet")
         result = sync_output_to_index(index, str(out))
         assert result["indexes"]["vector"] is (part == "b")
@@ -282,8 +397,9 @@ def test_a_big_enough_index_gets_an_ivf_pq_vector_index_and_still_finds_the_same
         assert hits[0].image_uri == f"u{i}" and hits[0].score > 0.999  # re-ranked on the full vectors
 
 
-def test_an_index_on_s3_is_written_searched_and_an_unwritable_bucket_refused(tmp_path, flickr8k, tiny_artifact,
-                                                                             monkeypatch, capsys):
+def test_an_index_on_s3_is_written_searched_and_an_unwritable_bucket_refused(
+    tmp_path, flickr8k, tiny_artifact, monkeypatch, capsys
+):
     """LanceDB on a moto S3 server on 127.0.0.1 (the AWS environment of tests/s3_server.py)."""
     pytest.importorskip("moto.server")
     import s3fs
@@ -306,8 +422,17 @@ def test_an_index_on_s3_is_written_searched_and_an_unwritable_bucket_refused(tmp
         assert index_main(["search", uri, word, "--json"]) == 0
         (line,) = _json_lines(capsys)
         assert line["results"] and all(word in h["caption"] for h in line["results"])
-        status = pipeline_main(common + ["--output", str(tmp_path / "out2"), "--search_index",
-                                         "s3://no-such-bucket/index", "--progress_seconds", "0"])
+        status = pipeline_main(
+            common
+            + [
+                "--output",
+                str(tmp_path / "out2"),
+                "--search_index",
+                "s3://no-such-bucket/index",
+                "--progress_seconds",
+                "0",
+            ]
+        )
         assert status == 2 and "is not writable" in capsys.readouterr().err
         guard.assert_only_to(port)  # Python's clients; LanceDB's own (Rust) get only the AWS_* endpoint
     finally:

@@ -1,4 +1,5 @@
 """model.storage's bounded byte reader and model.tables' column reader (no TensorFlow)."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Text cleaning and vocabulary: pure Python, no TensorFlow."""
+
 import json
 
 import pytest

@@ -11,6 +11,7 @@ small red circle shape"), so a captioner that sees the image beats a caption cho
 * ``xception_run``: the real ImageNet Xception weights at 96 px, 30 epochs (about 10 s): shows
   that training learns. It skips, with the fixture's reason, when the weights file is absent.
 """
+
 from __future__ import annotations
 
 import csv
@@ -156,9 +157,31 @@ def random_run(shapes: Shapes, tmp_path_factory: pytest.TempPathFactory) -> Run:
     high learning rate: a language model of the captions, as the features are nearly constant."""
     out = tmp_path_factory.mktemp("random-run")
     model, cache = out / "model", out / "cache"
-    seconds = run_training(["--flickr8k", str(shapes.root), "--encoder", "mobilenet_v3_small", "--image-size", "64",
-                            "--encoder-weights", "none", "--artifact-encoder-weights", "none",
-                            "--cache-dir", str(cache), "--output", str(model), "--epochs", "3", "--learning-rate", "0.01", "--bleu-sample", "20", *SMALL_DECODER])
+    seconds = run_training(
+        [
+            "--flickr8k",
+            str(shapes.root),
+            "--encoder",
+            "mobilenet_v3_small",
+            "--image-size",
+            "64",
+            "--encoder-weights",
+            "none",
+            "--artifact-encoder-weights",
+            "none",
+            "--cache-dir",
+            str(cache),
+            "--output",
+            str(model),
+            "--epochs",
+            "3",
+            "--learning-rate",
+            "0.01",
+            "--bleu-sample",
+            "20",
+            *SMALL_DECODER,
+        ]
+    )
     return Run(model, cache, config_of(model)["training"], seconds)
 
 
@@ -167,10 +190,31 @@ def xception_run(shapes: Shapes, xception_weights: Path, tmp_path_factory: pytes
     """Real ImageNet Xception features at 96 px; 30 epochs of the small decoder."""
     out = tmp_path_factory.mktemp("xception-run")
     model, cache = out / "model", out / "cache"
-    seconds = run_training(["--flickr8k", str(shapes.root), "--encoder", "xception", "--image-size", "96",
-                            "--encoder-weights", str(xception_weights),
-                            "--artifact-encoder-weights", str(xception_weights), "--cache-dir", str(cache),
-                            "--output", str(model), "--epochs", "30", "--patience", "5", "--bleu-sample", "20", *SMALL_DECODER])
+    seconds = run_training(
+        [
+            "--flickr8k",
+            str(shapes.root),
+            "--encoder",
+            "xception",
+            "--image-size",
+            "96",
+            "--encoder-weights",
+            str(xception_weights),
+            "--artifact-encoder-weights",
+            str(xception_weights),
+            "--cache-dir",
+            str(cache),
+            "--output",
+            str(model),
+            "--epochs",
+            "30",
+            "--patience",
+            "5",
+            "--bleu-sample",
+            "20",
+            *SMALL_DECODER,
+        ]
+    )
     return Run(model, cache, config_of(model)["training"], seconds)
 
 
@@ -187,8 +231,9 @@ def forbid_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def dev_features(run: Run, shapes: Shapes, encoder: str, weights: str, size: int):
     """(items, features) of the dev split, read through the feature cache of a run."""
-    args = training_train.build_parser().parse_args(["--flickr8k", str(shapes.root), "--cache-dir", str(run.cache),
-                                                     "--output", "unused", "--no-progress"])
+    args = training_train.build_parser().parse_args(
+        ["--flickr8k", str(shapes.root), "--cache-dir", str(run.cache), "--output", "unused", "--no-progress"]
+    )
     items, feats, _ = training_train.load_split_features(args, "dev", encoder, weights, (size, size))
     return items, feats
 
@@ -238,17 +283,39 @@ def test_corrupt_and_missing_images_are_skipped_and_reported(random_run: Run):
     assert skipped["dev"]["encoded"] == N_DEV
 
 
-def test_second_run_reuses_the_cache_without_the_encoder(random_run: Run, shapes: Shapes, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch):
+def test_second_run_reuses_the_cache_without_the_encoder(
+    random_run: Run, shapes: Shapes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """Same cache, table format this time (image ids are the file names, so the features match),
     Word2Vec-initialised embedding, 2 epochs; the encoder may not even be built."""
     parts_before = sorted(p.name for p in random_run.cache.rglob("*.npz"))
     forbid_encoder(monkeypatch)
     model = tmp_path / "model"
-    run_training(["--table", str(shapes.train_table), "--dev-table", str(shapes.dev_table),
-                  "--encoder", "mobilenet_v3_small", "--image-size", "64", "--encoder-weights", "none",
-                  "--cache-dir", str(random_run.cache), "--output", str(model), "--epochs", "2",
-                  "--embedding", "word2vec", "--bleu-sample", "20", *SMALL_DECODER])
+    run_training(
+        [
+            "--table",
+            str(shapes.train_table),
+            "--dev-table",
+            str(shapes.dev_table),
+            "--encoder",
+            "mobilenet_v3_small",
+            "--image-size",
+            "64",
+            "--encoder-weights",
+            "none",
+            "--cache-dir",
+            str(random_run.cache),
+            "--output",
+            str(model),
+            "--epochs",
+            "2",
+            "--embedding",
+            "word2vec",
+            "--bleu-sample",
+            "20",
+            *SMALL_DECODER,
+        ]
+    )
     t = config_of(model)["training"]
     train, dev = t["data"]["skipped"]["train"], t["data"]["skipped"]["dev"]
     assert (train["cached"], train["encoded"], dev["cached"], dev["encoded"]) == (N_TRAIN, 0, N_DEV, 0)
@@ -292,8 +359,9 @@ def test_trained_artifact_captions_new_drawings(xception_run: Run, xception_weig
     model = load_caption_model(str(xception_run.model), encoder_weights=str(xception_weights))
     rng = np.random.default_rng(123)
     labels = [(c, k, s) for c in COLOURS for k in KINDS for s in SIZES]
-    images = np.stack([np.asarray(draw_shape(k, c, s, rng).resize(model.image_size, Image.BILINEAR))
-                       for c, k, s in labels])
+    images = np.stack(
+        [np.asarray(draw_shape(k, c, s, rng).resize(model.image_size, Image.BILINEAR)) for c, k, s in labels]
+    )
     _, results = model.caption_images(images)
     # Colour and kind both right: 1 in 12 by chance; about 3 in 4 here (colours are the harder part).
     right = [c in r.tokens and k in r.tokens for (c, k, _), r in zip(labels, results)]
@@ -301,8 +369,9 @@ def test_trained_artifact_captions_new_drawings(xception_run: Run, xception_weig
 
 
 @pytest.mark.parametrize("which", ["random_run", pytest.param("xception_run", marks=pytest.mark.slow)])
-def test_our_bleu_equals_nltk_corpus_bleu_on_generated_captions(which: str, shapes: Shapes,
-                                                                request: pytest.FixtureRequest):
+def test_our_bleu_equals_nltk_corpus_bleu_on_generated_captions(
+    which: str, shapes: Shapes, request: pytest.FixtureRequest
+):
     run: Run = request.getfixturevalue(which)
     contents = read_artifact(str(run.model))
     step = build_decoder(contents).step_model()
@@ -330,61 +399,166 @@ def test_evaluation_captions_come_from_the_model_core_caption_path(random_run: R
     items, feats = dev_features(random_run, shapes, enc.name, contents.encoder_weights, enc.image_size[0])
     for settings in (contents.decode_settings(method="greedy"), contents.decode_settings()):
         expected = [list(r.tokens) for r in model.caption_features(feats, settings)]
-        assert training_evaluate.generate_captions(model.step_model, contents.vocab, feats, settings,
-                                                   batch_size=3) == expected
+        assert (
+            training_evaluate.generate_captions(model.step_model, contents.vocab, feats, settings, batch_size=3)
+            == expected
+        )
 
 
 def training_train_generate(step, vocab: Vocabulary, feats: np.ndarray, settings: DecodeSettings) -> list[list[str]]:
     return [bleu_tokens(h) for h in training_evaluate.generate_captions(step, vocab, feats, settings)]
 
 
-def test_evaluate_cli_prints_greedy_and_beam_bleu(random_run: Run, shapes: Shapes, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
+def test_evaluate_cli_prints_greedy_and_beam_bleu(
+    random_run: Run, shapes: Shapes, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
     forbid_encoder(monkeypatch)  # dev features are all cached
     out_json = tmp_path / "scores.json"
-    assert training_evaluate.main(["--model", str(random_run.model), "--flickr8k", str(shapes.root),
-                                   "--split", "dev", "--cache-dir", str(random_run.cache), "--no-progress",
-                                   "--output-json", str(out_json)]) == 0
+    assert (
+        training_evaluate.main(
+            [
+                "--model",
+                str(random_run.model),
+                "--flickr8k",
+                str(shapes.root),
+                "--split",
+                "dev",
+                "--cache-dir",
+                str(random_run.cache),
+                "--no-progress",
+                "--output-json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out_json.read_text())
     assert printed["images"] == N_DEV and printed["split"] == "dev"
     assert printed["model_id"] == read_artifact(str(random_run.model)).model_id
     greedy, beam = printed["greedy(max_len=7)"], printed["beam(k=3,alpha=0.7,max_len=7)"]
     assert set(greedy) == set(beam) == SCORE_KEYS | FINDABILITY_KEYS
-    assert {k: greedy[k] for k in SCORE_KEYS} == \
-        pytest.approx(random_run.summary["dev_metrics"]["greedy(max_len=7)"], rel=1e-9)
+    assert {k: greedy[k] for k in SCORE_KEYS} == pytest.approx(
+        random_run.summary["dev_metrics"]["greedy(max_len=7)"], rel=1e-9
+    )
     assert set(printed["human_anchor"]) == FINDABILITY_KEYS and printed["human_anchor"]["distinct_share"] > 0
     assert 0 <= greedy["r_at_1"] <= greedy["r_at_5"] <= greedy["r_at_10"] <= 1
 
-    assert training_evaluate.main(["--model", str(random_run.model), "--flickr8k", str(shapes.root),
-                                   "--split", "dev", "--cache-dir", str(random_run.cache), "--no-progress",
-                                   "--decode", "beam", "--mmi-lambda", "0.5", "--mmi-prior", "ngram"]) == 0
+    assert (
+        training_evaluate.main(
+            [
+                "--model",
+                str(random_run.model),
+                "--flickr8k",
+                str(shapes.root),
+                "--split",
+                "dev",
+                "--cache-dir",
+                str(random_run.cache),
+                "--no-progress",
+                "--decode",
+                "beam",
+                "--mmi-lambda",
+                "0.5",
+                "--mmi-prior",
+                "ngram",
+            ]
+        )
+        == 0
+    )
     mmi = json.loads(capsys.readouterr().out)
     assert set(mmi["beam(k=3,alpha=0.7,mmi=0.5,max_len=7)"]) == SCORE_KEYS | FINDABILITY_KEYS
     # The decoder prior averages cached training features (the encoder is forbidden above; the
     # first 8 training images include the corrupt and the missing one, skipped without it).
-    assert training_evaluate.main(["--model", str(random_run.model), "--flickr8k", str(shapes.root),
-                                   "--split", "dev", "--cache-dir", str(random_run.cache), "--no-progress",
-                                   "--decode", "beam", "--mmi-lambda", "0.3", "--mmi-prior", "decoder",
-                                   "--prior-images", "8"]) == 0
+    assert (
+        training_evaluate.main(
+            [
+                "--model",
+                str(random_run.model),
+                "--flickr8k",
+                str(shapes.root),
+                "--split",
+                "dev",
+                "--cache-dir",
+                str(random_run.cache),
+                "--no-progress",
+                "--decode",
+                "beam",
+                "--mmi-lambda",
+                "0.3",
+                "--mmi-prior",
+                "decoder",
+                "--prior-images",
+                "8",
+            ]
+        )
+        == 0
+    )
     assert "beam(k=3,alpha=0.7,mmi=0.3,max_len=7)" in json.loads(capsys.readouterr().out)
-    assert training_evaluate.main(["--model", str(random_run.model), "--flickr8k", str(shapes.root),
-                                   "--split", "dev", "--cache-dir", str(random_run.cache), "--no-progress",
-                                   "--decode", "beam", "--mmi-lambda", "0.3", "--mmi-prior", "unigram",
-                                   "--mmi-mode", "step"]) == 0
+    assert (
+        training_evaluate.main(
+            [
+                "--model",
+                str(random_run.model),
+                "--flickr8k",
+                str(shapes.root),
+                "--split",
+                "dev",
+                "--cache-dir",
+                str(random_run.cache),
+                "--no-progress",
+                "--decode",
+                "beam",
+                "--mmi-lambda",
+                "0.3",
+                "--mmi-prior",
+                "unigram",
+                "--mmi-mode",
+                "step",
+            ]
+        )
+        == 0
+    )
     assert "beam(k=3,alpha=0.7,mmi_step=0.3,max_len=7)" in json.loads(capsys.readouterr().out)
 
-    assert training_evaluate.main(["--model", str(random_run.model), "--table", str(shapes.dev_table),
-                                   "--split", "dev", "--cache-dir", str(random_run.cache), "--no-progress",
-                                   "--decode", "greedy", "--limit", "10"]) == 0
+    assert (
+        training_evaluate.main(
+            [
+                "--model",
+                str(random_run.model),
+                "--table",
+                str(shapes.dev_table),
+                "--split",
+                "dev",
+                "--cache-dir",
+                str(random_run.cache),
+                "--no-progress",
+                "--decode",
+                "greedy",
+                "--limit",
+                "10",
+            ]
+        )
+        == 0
+    )
     limited = json.loads(capsys.readouterr().out)
     assert limited["images"] == 10 and list(k for k in limited if k.startswith("beam")) == []
     assert set(limited["greedy(max_len=7)"]) == SCORE_KEYS | FINDABILITY_KEYS - {"novel_share"}  # no train split
 
 
 SCORE_KEYS = {"bleu1", "bleu2", "bleu3", "bleu4", "cider_d", "rouge_l"}
-FINDABILITY_KEYS = {"distinct_share", "distinct_captions", "words", "novel_share", "r_at_1", "r_at_5", "r_at_10",
-                    "mrr", "median_rank", "queries"}
+FINDABILITY_KEYS = {
+    "distinct_share",
+    "distinct_captions",
+    "words",
+    "novel_share",
+    "r_at_1",
+    "r_at_5",
+    "r_at_10",
+    "mrr",
+    "median_rank",
+    "queries",
+}
 
 
 # --------------------------------------------------------------------------- feature cache
@@ -415,15 +589,21 @@ def test_interrupted_extraction_resumes_with_the_remaining_images(shapes: Shapes
     key = features.feature_cache_key("fake", (32, 32), "none")
     first = CountingEncoder(fail_on_call=4)
     with pytest.raises(KeyboardInterrupt):
-        features.extract_features(items, first, (32, 32), features.FeatureCache(str(tmp_path), key),
-                                  batch_size=10, chunk_size=10, progress=False)
+        features.extract_features(
+            items,
+            first,
+            (32, 32),
+            features.FeatureCache(str(tmp_path), key),
+            batch_size=10,
+            chunk_size=10,
+            progress=False,
+        )
     assert first.images == 30  # three batches encoded and persisted before the fourth failed
 
     cache = features.FeatureCache(str(tmp_path), key)  # a new process: reads the parts from disk
     assert len(cache) == 30
     second = CountingEncoder()
-    report = features.extract_features(items, second, (32, 32), cache, batch_size=10, chunk_size=10,
-                                       progress=False)
+    report = features.extract_features(items, second, (32, 32), cache, batch_size=10, chunk_size=10, progress=False)
     assert second.images == N_TRAIN - 30 == report.encoded
     assert report.cached == 30
     assert (len(report.missing), len(report.undecodable)) == (1, 1)
@@ -457,8 +637,15 @@ def test_a_write_cut_short_never_corrupts_the_cache(shapes: Shapes, tmp_path: Pa
 
     monkeypatch.setattr(features.np, "savez", savez_then_die)
     with pytest.raises(KeyboardInterrupt):
-        features.extract_features(items, CountingEncoder(), (32, 32), features.FeatureCache(str(tmp_path), key),
-                                  batch_size=10, chunk_size=10, progress=False)
+        features.extract_features(
+            items,
+            CountingEncoder(),
+            (32, 32),
+            features.FeatureCache(str(tmp_path), key),
+            batch_size=10,
+            chunk_size=10,
+            progress=False,
+        )
     monkeypatch.undo()
     cache = features.FeatureCache(str(tmp_path), key)
     assert len(cache) == 10
@@ -471,9 +658,17 @@ def test_a_write_cut_short_never_corrupts_the_cache(shapes: Shapes, tmp_path: Pa
 def test_feature_cache_key_separates_encoders():
     a = features.feature_cache_key("xception", (299, 299), "abc")
     assert a == features.feature_cache_key("xception", (299, 299), "abc")
-    assert len({a, features.feature_cache_key("xception", (96, 96), "abc"),
+    assert (
+        len(
+            {
+                a,
+                features.feature_cache_key("xception", (96, 96), "abc"),
                 features.feature_cache_key("xception", (299, 299), "abd"),
-                features.feature_cache_key("resnet50", (299, 299), "abc")}) == 4
+                features.feature_cache_key("resnet50", (299, 299), "abc"),
+            }
+        )
+        == 4
+    )
 
 
 # --------------------------------------------------------------------------- datasets
@@ -518,16 +713,19 @@ def test_caption_tables_group_rows_and_resolve_relative_paths(shapes: Shapes, tm
     folder = tmp_path / "tables"
     folder.mkdir()
     table = folder / "t.csv"
-    table.write_text("path,text,key\n"
-                     "imgs/x.jpg,first caption,k1\n"
-                     f"{tmp_path}/abs/y.jpg,other image,k2\n"
-                     "imgs/x.jpg,second caption,k1\n"
-                     "imgs/x.jpg,,k1\n"
-                     ",orphan caption,k3\n")
+    table.write_text(
+        "path,text,key\n"
+        "imgs/x.jpg,first caption,k1\n"
+        f"{tmp_path}/abs/y.jpg,other image,k2\n"
+        "imgs/x.jpg,second caption,k1\n"
+        "imgs/x.jpg,,k1\n"
+        ",orphan caption,k3\n"
+    )
     rows = datasets.read_caption_table(str(table), "path", "text")
     assert [(it.image_id, it.uri, it.captions) for it in rows] == [
         ("x.jpg", f"{folder}/imgs/x.jpg", ("first caption", "second caption")),
-        ("y.jpg", f"{tmp_path}/abs/y.jpg", ("other image",))]
+        ("y.jpg", f"{tmp_path}/abs/y.jpg", ("other image",)),
+    ]
     keyed = datasets.read_caption_table(str(table), "path", "text", id_column="key", base_dir="/data")
     assert [(it.image_id, it.uri) for it in keyed] == [("k1", "/data/imgs/x.jpg"), ("k2", f"{tmp_path}/abs/y.jpg")]
     with pytest.raises(ValueError, match=r"no column\(s\) \['image', 'caption'\]"):
@@ -559,11 +757,7 @@ def test_word2vec_gives_vectors_for_frequent_words(shapes: Shapes):
 
 def test_text_vectors_file_and_embedding_matrix(tmp_path: Path):
     path = tmp_path / "vectors.txt"
-    path.write_text("4 3\n"
-                    "dog 0.1 0.2 0.3\n"
-                    "cat -1 0 1\n"
-                    "runs 0.5 0.5 0.5\n"
-                    "zebra 9 9 9\n")
+    path.write_text("4 3\ndog 0.1 0.2 0.3\ncat -1 0 1\nruns 0.5 0.5 0.5\nzebra 9 9 9\n")
     everything = embeddings.load_text_vectors(str(path))
     assert set(everything) == {"dog", "cat", "runs", "zebra"}
     np.testing.assert_array_equal(everything["cat"], np.array([-1, 0, 1], np.float32))
@@ -593,8 +787,9 @@ def test_text_vectors_file_and_embedding_matrix(tmp_path: Path):
         embeddings.embedding_matrix(vocab, kept, 5)
 
 
-def test_training_with_a_text_vectors_file(random_run: Run, shapes: Shapes, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch):
+def test_training_with_a_text_vectors_file(
+    random_run: Run, shapes: Shapes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """--embedding PATH: a word2vec text file covering some words initialises the embedding."""
     forbid_encoder(monkeypatch)
     vectors = embeddings.train_word2vec(shape_sentences(shapes), dim=32, seed=0, epochs=2)
@@ -605,9 +800,29 @@ def test_training_with_a_text_vectors_file(random_run: Run, shapes: Shapes, tmp_
         for word in covered:
             f.write(word + " " + " ".join(f"{x:.6f}" for x in vectors[word]) + "\n")
     model = tmp_path / "model"
-    run_training(["--flickr8k", str(shapes.root), "--encoder", "mobilenet_v3_small", "--image-size", "64",
-                  "--encoder-weights", "none", "--cache-dir", str(random_run.cache), "--output", str(model),
-                  "--epochs", "1", "--bleu-sample", "0", "--embedding", str(path), *SMALL_DECODER])
+    run_training(
+        [
+            "--flickr8k",
+            str(shapes.root),
+            "--encoder",
+            "mobilenet_v3_small",
+            "--image-size",
+            "64",
+            "--encoder-weights",
+            "none",
+            "--cache-dir",
+            str(random_run.cache),
+            "--output",
+            str(model),
+            "--epochs",
+            "1",
+            "--bleu-sample",
+            "0",
+            "--embedding",
+            str(path),
+            *SMALL_DECODER,
+        ]
+    )
     t = config_of(model)["training"]
     vocab_words = len(read_artifact(str(model)).vocab) - 4
     assert t["embedding"] == {"source": str(path), "coverage": round(len(covered) / vocab_words, 4)}
@@ -620,23 +835,59 @@ def test_training_with_a_text_vectors_file(random_run: Run, shapes: Shapes, tmp_
 
 def _small_training_args(shapes: Shapes, tmp_path: Path) -> list[str]:
     """A quick training run on the shapes data set sharing one cache and work folder."""
-    return ["--flickr8k", str(shapes.root), "--encoder", "mobilenet_v3_small", "--image-size", "64",
-            "--encoder-weights", "none", "--artifact-encoder-weights", "none", "--cache-dir", str(tmp_path / "cache"),
-            "--work-dir", str(tmp_path / "work"), "--epochs", "2", "--learning-rate", "0.01", "--bleu-sample", "10",
-            *SMALL_DECODER]
+    return [
+        "--flickr8k",
+        str(shapes.root),
+        "--encoder",
+        "mobilenet_v3_small",
+        "--image-size",
+        "64",
+        "--encoder-weights",
+        "none",
+        "--artifact-encoder-weights",
+        "none",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--epochs",
+        "2",
+        "--learning-rate",
+        "0.01",
+        "--bleu-sample",
+        "10",
+        *SMALL_DECODER,
+    ]
 
 
-def test_ensemble_training_tunes_decoding_and_reuses_finished_members(shapes: Shapes, tmp_path: Path,
-                                                                      caplog: pytest.LogCaptureFixture):
+def test_ensemble_training_tunes_decoding_and_reuses_finished_members(
+    shapes: Shapes, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     common = _small_training_args(shapes, tmp_path)
     run_training([*common, "--output", str(tmp_path / "one")])
     with caplog.at_level("INFO", logger="training"):
-        run_training([*common, "--ensemble", "2", "--tune-decoding", "--tune-widths", "1", "2",
-                      "--tune-alphas", "0.0", "0.9", "--output", str(tmp_path / "two")])
+        run_training(
+            [
+                *common,
+                "--ensemble",
+                "2",
+                "--tune-decoding",
+                "--tune-widths",
+                "1",
+                "2",
+                "--tune-alphas",
+                "0.0",
+                "0.9",
+                "--output",
+                str(tmp_path / "two"),
+            ]
+        )
     assert "already trained" in caplog.text  # member 1 came from the first run, only member 2 was fitted
     one, two = config_of(tmp_path / "one"), config_of(tmp_path / "two")
     assert two["ensemble"]["members"] == ["decoder.weights.h5", "decoder-2.weights.h5"]
-    assert (tmp_path / "one" / "decoder.weights.h5").read_bytes() == (tmp_path / "two" / "decoder.weights.h5").read_bytes()
+    assert (tmp_path / "one" / "decoder.weights.h5").read_bytes() == (
+        tmp_path / "two" / "decoder.weights.h5"
+    ).read_bytes()
     t = two["training"]
     assert [m["seed"] for m in t["members"]] == [0, 1] and t["hyperparameters"]["ensemble"] == 2
     grid = t["decoding_tuning"]["grid"]
@@ -645,31 +896,54 @@ def test_ensemble_training_tunes_decoding_and_reuses_finished_members(shapes: Sh
     assert two["decoding"] == {"method": "beam", "beam_width": best["beam_width"], "length_alpha": best["length_alpha"]}
     assert t["decoding_tuning"]["chosen"] == best["decode"]
     chosen = t["dev_metrics"][best["decode"]]
-    assert {k: chosen[k] for k in ("bleu1", "bleu4", "cider_d", "rouge_l")} == \
-        pytest.approx({k: best[k] for k in ("bleu1", "bleu4", "cider_d", "rouge_l")}, rel=1e-9)
+    assert {k: chosen[k] for k in ("bleu1", "bleu4", "cider_d", "rouge_l")} == pytest.approx(
+        {k: best[k] for k in ("bleu1", "bleu4", "cider_d", "rouge_l")}, rel=1e-9
+    )
     assert one["format"] == "image-caption-model/1" and two["format"] == "image-caption-model/2"
     model = load_caption_model(str(tmp_path / "two"))
     assert model.step_model.members == 2
 
 
-def test_scst_continues_the_cross_entropy_members_and_is_recorded(shapes: Shapes, tmp_path: Path,
-                                                                  caplog: pytest.LogCaptureFixture):
+def test_scst_continues_the_cross_entropy_members_and_is_recorded(
+    shapes: Shapes, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     common = _small_training_args(shapes, tmp_path)
     run_training([*common, "--output", str(tmp_path / "ce")])
-    scst = ["--scst-epochs", "1", "--scst-samples", "2", "--scst-batch-images", "8", "--scst-learning-rate", "0.01",
-            "--scst-beam-width", "2"]
+    scst = [
+        "--scst-epochs",
+        "1",
+        "--scst-samples",
+        "2",
+        "--scst-batch-images",
+        "8",
+        "--scst-learning-rate",
+        "0.01",
+        "--scst-beam-width",
+        "2",
+    ]
     with caplog.at_level("INFO", logger="training"):
         run_training([*common, *scst, "--output", str(tmp_path / "scst")])
     assert "already trained" in caplog.text  # the cross-entropy member was reused, not refitted
     t = config_of(tmp_path / "scst")["training"]
     assert "--scst-epochs 1" in t["command"]
-    assert t["scst"]["settings"] == {"epochs": 1, "learning_rate": 0.01, "samples": 2, "batch_images": 8,
-                                     "baseline": "mean", "select": "bleu4", "beam_width": 2, "length_alpha": 0.5,
-                                     "seed": 0, "discriminability": 0.0}
+    assert t["scst"]["settings"] == {
+        "epochs": 1,
+        "learning_rate": 0.01,
+        "samples": 2,
+        "batch_images": 8,
+        "baseline": "mean",
+        "select": "bleu4",
+        "beam_width": 2,
+        "length_alpha": 0.5,
+        "seed": 0,
+        "discriminability": 0.0,
+    }
     (member,) = t["scst"]["members"]
     assert [h["epoch"] for h in member["history"]] == [0, 1] and member["history"][1]["reward"] >= 0
     assert t["seconds"]["scst_members"] == [member["seconds"]]
     assert len(list((tmp_path / "work" / "member-1").glob("scst-*/state.json"))) == 1
-    same = (tmp_path / "ce" / "decoder.weights.h5").read_bytes() == (tmp_path / "scst" / "decoder.weights.h5").read_bytes()
+    same = (tmp_path / "ce" / "decoder.weights.h5").read_bytes() == (
+        tmp_path / "scst" / "decoder.weights.h5"
+    ).read_bytes()
     assert same == (member["best_epoch"] == 0)  # the artifact holds the epoch chosen on dev
     assert config_of(tmp_path / "ce")["training"]["scst"] is None

@@ -6,6 +6,7 @@ and the training captions that novelty is measured against.
 * ``ngram``: an interpolated Kneser-Ney trigram over the training captions' vocabulary ids;
 * ``unigram``: the same model of order 1 (word frequencies only: penalises common words).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,12 @@ DEFAULT_PRIOR_IMAGES = 500
 def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
     """``--mmi-prior`` and ``--prior-images`` (shared by evaluate and bench_quality)."""
     parser.add_argument("--mmi-prior", choices=PRIORS, default="decoder", help="log p(c) for MMI reranking")
-    parser.add_argument("--prior-images", type=int, default=DEFAULT_PRIOR_IMAGES,
-                        help="training images whose mean feature feeds the decoder prior")
+    parser.add_argument(
+        "--prior-images",
+        type=int,
+        default=DEFAULT_PRIOR_IMAGES,
+        help="training images whose mean feature feeds the decoder prior",
+    )
 
 
 def training_captions(args: argparse.Namespace) -> list[str] | None:
@@ -57,8 +62,9 @@ def mean_training_feature(args: argparse.Namespace, contents: Any, images: int) 
                 built.append(ImageEncoder(enc.name, weights, enc.image_size))
             return built[0](images)
 
-        extract_features(items, encoder, enc.image_size, cache, batch_size=args.extract_batch_size,
-                         progress=not args.no_progress)
+        extract_features(
+            items, encoder, enc.image_size, cache, batch_size=args.extract_batch_size, progress=not args.no_progress
+        )
     feats = [cache.get(it.image_id) for it in items if it.image_id in cache]
     if not feats:
         raise SystemExit("no training image could be encoded for the decoder prior")
@@ -66,8 +72,9 @@ def mean_training_feature(args: argparse.Namespace, contents: Any, images: int) 
     return np.mean(np.stack(feats).astype(np.float64), axis=0).astype(np.float32)
 
 
-def build_prior(kind: str, args: argparse.Namespace, contents: Any, step_model: StepModel,
-                images: int = DEFAULT_PRIOR_IMAGES) -> CaptionPrior:
+def build_prior(
+    kind: str, args: argparse.Namespace, contents: Any, step_model: StepModel, images: int = DEFAULT_PRIOR_IMAGES
+) -> CaptionPrior:
     """The ``kind`` prior (``decoder`` or ``ngram``) of an artifact, from the training split."""
     vocab = contents.vocab
     if kind == "decoder":
@@ -77,6 +84,10 @@ def build_prior(kind: str, args: argparse.Namespace, contents: Any, step_model: 
         if captions is None:
             raise SystemExit("the n-gram prior needs the Flickr8k training captions (--flickr8k)")
         max_len = contents.config.decoder.max_length
-        return NgramPrior((vocab.encode(c, max_len)[1:] for c in captions), len(vocab), vocab.start_id,
-                          order=3 if kind == "ngram" else 1)
+        return NgramPrior(
+            (vocab.encode(c, max_len)[1:] for c in captions),
+            len(vocab),
+            vocab.start_id,
+            order=3 if kind == "ngram" else 1,
+        )
     raise ValueError(f"unknown caption prior {kind!r}; known: {PRIORS}")

@@ -8,6 +8,7 @@ same comparison before it writes an INT8 encoder and refuses one that fails the 
 CLI: ``python -m training.compare_precision --model DIR --flickr8k ROOT --split dev --encoder-weights W``
 (exit status 1 when the gate fails).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,9 @@ def feature_cosines(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)
 
 
-def caption_agreement(reference: Sequence[Sequence[str]], other: Sequence[Sequence[str]],
-                      references: Sequence[Sequence[str]]) -> dict[str, Any]:
+def caption_agreement(
+    reference: Sequence[Sequence[str]], other: Sequence[Sequence[str]], references: Sequence[Sequence[str]]
+) -> dict[str, Any]:
     """Identical-caption share and corpus BLEU-1..4 of two caption lists (word lists) against
     the same reference captions, with ``other - reference`` BLEU differences."""
     if len(reference) != len(other) or len(reference) != len(references):
@@ -49,18 +51,27 @@ def caption_agreement(reference: Sequence[Sequence[str]], other: Sequence[Sequen
     bleu_ref = corpus_bleu_scores([bleu_tokens(" ".join(h)) for h in reference], refs)
     bleu_other = corpus_bleu_scores([bleu_tokens(" ".join(h)) for h in other], refs)
     same = sum(list(a) == list(b) for a, b in zip(reference, other))
-    return {"images": len(reference), "identical_captions": same / max(1, len(reference)),
-            "bleu_float32": bleu_ref, "bleu_quantised": bleu_other,
-            "bleu_delta": {k: bleu_other[k] - bleu_ref[k] for k in BLEU_KEYS}}
+    return {
+        "images": len(reference),
+        "identical_captions": same / max(1, len(reference)),
+        "bleu_float32": bleu_ref,
+        "bleu_quantised": bleu_other,
+        "bleu_delta": {k: bleu_other[k] - bleu_ref[k] for k in BLEU_KEYS},
+    }
 
 
 def gate_failures(report: dict[str, Any], max_bleu_drop: float, min_identical: float) -> list[str]:
     """Why a comparison report fails the gate (empty when it passes): any BLEU-n lower than
     float32's by more than ``max_bleu_drop``, or fewer identical captions than ``min_identical``."""
-    failures = [f"{k} drops by {-delta:.4f} (> {max_bleu_drop})"
-                for k, delta in report["bleu_delta"].items() if -delta > max_bleu_drop]
+    failures = [
+        f"{k} drops by {-delta:.4f} (> {max_bleu_drop})"
+        for k, delta in report["bleu_delta"].items()
+        if -delta > max_bleu_drop
+    ]
     if report["identical_captions"] < min_identical:
-        failures.append(f"identical captions {100 * report['identical_captions']:.1f} % (< {100 * min_identical:.1f} %)")
+        failures.append(
+            f"identical captions {100 * report['identical_captions']:.1f} % (< {100 * min_identical:.1f} %)"
+        )
     return failures
 
 
@@ -69,18 +80,25 @@ def ir_fingerprint(xml: bytes, weights: bytes) -> str:
     return sha256_hex(sha256_hex(xml).encode() + sha256_hex(weights).encode())[:16]
 
 
-def int8_split_features(args: argparse.Namespace, items: Sequence[CaptionedImage], encoder_name: str,
-                        image_size: tuple[int, int], ir: tuple[bytes, bytes],
-                        spatial: bool = False) -> dict[str, np.ndarray]:
+def int8_split_features(
+    args: argparse.Namespace,
+    items: Sequence[CaptionedImage],
+    encoder_name: str,
+    image_size: tuple[int, int],
+    ir: tuple[bytes, bytes],
+    spatial: bool = False,
+) -> dict[str, np.ndarray]:
     """Features of ``items`` from the INT8 IR, through the feature cache (keyed by the IR's hash,
     so a re-run of the gate on the same IR does not run the encoder again); ``spatial``: the IR
     outputs the map (kept in float16, as the float32 encoder's maps)."""
     from model.encoder import ImageEncoder
     from training.features import FeatureCache, extract_features, feature_cache_key
 
-    cache = FeatureCache(args.cache_dir, feature_cache_key(f"{encoder_name}-int8", image_size, ir_fingerprint(*ir),
-                                                           spatial=spatial),
-                         dtype=np.float16 if spatial else np.float32)
+    cache = FeatureCache(
+        args.cache_dir,
+        feature_cache_key(f"{encoder_name}-int8", image_size, ir_fingerprint(*ir), spatial=spatial),
+        dtype=np.float16 if spatial else np.float32,
+    )
     built: list[ImageEncoder] = []
 
     def encode(images: np.ndarray) -> np.ndarray:
@@ -92,8 +110,9 @@ def int8_split_features(args: argparse.Namespace, items: Sequence[CaptionedImage
     return {it.image_id: cache.get(it.image_id) for it in items if it.image_id in cache}
 
 
-def compare_int8(args: argparse.Namespace, contents: Any, ir: tuple[bytes, bytes], split: str,
-                 limit: int | None = None) -> dict[str, Any]:
+def compare_int8(
+    args: argparse.Namespace, contents: Any, ir: tuple[bytes, bytes], split: str, limit: int | None = None
+) -> dict[str, Any]:
     """Compare the artifact's decoder on float32 features and on INT8 features of ``split``."""
     from model.captioner import build_step_model
     from training.evaluate import generate_captions
@@ -102,8 +121,7 @@ def compare_int8(args: argparse.Namespace, contents: Any, ir: tuple[bytes, bytes
     enc = contents.config.encoder
     size = enc.image_size
     spatial = contents.config.encoder_output == "map"  # maps stay float16 (the step model casts each batch)
-    items, feats32, report = load_split_features(args, split, enc.name, contents.encoder_weights, size,
-                                                 spatial=spatial)
+    items, feats32, report = load_split_features(args, split, enc.name, contents.encoder_weights, size, spatial=spatial)
     if limit:
         items, feats32 = items[:limit], feats32[:limit]
     by_id = int8_split_features(args, items, enc.name, size, ir, spatial)
@@ -115,24 +133,34 @@ def compare_int8(args: argparse.Namespace, contents: Any, ir: tuple[bytes, bytes
     step = build_step_model(contents)
     captions32 = generate_captions(step, contents.vocab, feats32, settings)
     captions8 = generate_captions(step, contents.vocab, feats8, settings)
-    pooled = (lambda f: f.reshape(len(f), -1, f.shape[-1]).mean(axis=1, dtype=np.float32)) if spatial else \
-        (lambda f: f)
+    pooled = (lambda f: f.reshape(len(f), -1, f.shape[-1]).mean(axis=1, dtype=np.float32)) if spatial else (lambda f: f)
     cos = feature_cosines(pooled(feats32), pooled(feats8))  # of the embeddings the pipeline emits
-    result = {"split": split, "decode": settings.describe(), "model_id": contents.model_id,
-              **caption_agreement(captions32, captions8, [it.captions for it in items]),
-              "feature_cosine": {"median": float(np.median(cos)), "min": float(np.min(cos)),
-                                 "mean": float(np.mean(cos))},
-              "skipped": report.summary()["missing"] + report.summary()["undecodable"]}
+    result = {
+        "split": split,
+        "decode": settings.describe(),
+        "model_id": contents.model_id,
+        **caption_agreement(captions32, captions8, [it.captions for it in items]),
+        "feature_cosine": {"median": float(np.median(cos)), "min": float(np.min(cos)), "mean": float(np.mean(cos))},
+        "skipped": report.summary()["missing"] + report.summary()["undecodable"],
+    }
     return result
 
 
 def add_gate_arguments(parser: argparse.ArgumentParser) -> None:
     """The gate's margins (shared with ``training.quantize``)."""
     g = parser.add_argument_group("quality gate")
-    g.add_argument("--max-bleu-drop", type=float, default=DEFAULT_MAX_BLEU_DROP,
-                   help="refuse when any corpus BLEU-1..4 is lower than float32's by more than this")
-    g.add_argument("--min-identical", type=float, default=DEFAULT_MIN_IDENTICAL,
-                   help="refuse when fewer captions than this share are identical to float32's")
+    g.add_argument(
+        "--max-bleu-drop",
+        type=float,
+        default=DEFAULT_MAX_BLEU_DROP,
+        help="refuse when any corpus BLEU-1..4 is lower than float32's by more than this",
+    )
+    g.add_argument(
+        "--min-identical",
+        type=float,
+        default=DEFAULT_MIN_IDENTICAL,
+        help="refuse when fewer captions than this share are identical to float32's",
+    )
     g.add_argument("--gate-images", type=int, default=None, help="compare only the first N images of the split")
 
 
@@ -140,8 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from model.artifact import read_artifact
     from training.splits import add_data_arguments
 
-    parser = StrictArgumentParser(prog="python -m training.compare_precision", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StrictArgumentParser(
+        prog="python -m training.compare_precision",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--model", required=True, help="model artifact holding an INT8 encoder")
     parser.add_argument("--split", default="dev", help="split to compare on (never the calibration split)")
     parser.add_argument("--output-json", default=None, help="also write the report here")
@@ -155,8 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     report = compare_int8(args, contents, contents.int8_encoder, args.split, args.gate_images)
     failures = gate_failures(report, args.max_bleu_drop, args.min_identical)
-    report["gate"] = {"passed": not failures, "failures": failures, "max_bleu_drop": args.max_bleu_drop,
-                      "min_identical": args.min_identical}
+    report["gate"] = {
+        "passed": not failures,
+        "failures": failures,
+        "max_bleu_drop": args.max_bleu_drop,
+        "min_identical": args.min_identical,
+    }
     text = json.dumps(report, indent=2)
     print(text)
     if args.output_json:

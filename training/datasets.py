@@ -4,6 +4,7 @@
 
 Paths and URIs go through fsspec, so a dataset can live on local disk, gs:// or s3://.
 """
+
 from __future__ import annotations
 
 import posixpath
@@ -31,8 +32,9 @@ def _join(base: str, name: str) -> str:
     return base.rstrip("/") + "/" + name
 
 
-def read_flickr8k(root: str, split: str | None = "train", images_dir: str = "images",
-                  token_file: str = TOKEN_FILE) -> list[CaptionedImage]:
+def read_flickr8k(
+    root: str, split: str | None = "train", images_dir: str = "images", token_file: str = TOKEN_FILE
+) -> list[CaptionedImage]:
     """The images of one standard split (``train``/``dev``/``test``; ``None`` = all captioned
     images) with their captions. Listed images may be missing on disk: feature extraction skips
     and reports them."""
@@ -52,8 +54,13 @@ def read_flickr8k(root: str, split: str | None = "train", images_dir: str = "ima
     return out
 
 
-def read_caption_table(uri: str, image_column: str = "image", caption_column: str = "caption",
-                       id_column: str | None = None, base_dir: str | None = None) -> list[CaptionedImage]:
+def read_caption_table(
+    uri: str,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    id_column: str | None = None,
+    base_dir: str | None = None,
+) -> list[CaptionedImage]:
     """A table with one (image, caption) pair per row; rows of the same image are grouped.
     Relative image paths are resolved against ``base_dir`` (default: the table's folder)."""
     columns = [image_column, caption_column] + ([id_column] if id_column else [])

@@ -3,6 +3,7 @@
 As in the seed, vectors can come from Word2Vec trained on the training captions (gensim), from a
 word2vec/GloVe text file, or the layer is learned from scratch.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,13 +17,22 @@ from model.vocabulary import SPECIAL_TOKENS, Vocabulary
 log = logging.getLogger(__name__)
 
 
-def train_word2vec(sentences: Iterable[Sequence[str]], dim: int, seed: int = 0, epochs: int = 20,
-                   window: int = 5, min_count: int = 1) -> dict[str, np.ndarray]:
+def train_word2vec(
+    sentences: Iterable[Sequence[str]], dim: int, seed: int = 0, epochs: int = 20, window: int = 5, min_count: int = 1
+) -> dict[str, np.ndarray]:
     """Skip-gram Word2Vec on tokenised captions; one worker so results are reproducible."""
     from gensim.models import Word2Vec
 
-    model = Word2Vec(sentences=[list(s) for s in sentences], vector_size=dim, window=window,
-                     min_count=min_count, sg=1, seed=seed, workers=1, epochs=epochs)
+    model = Word2Vec(
+        sentences=[list(s) for s in sentences],
+        vector_size=dim,
+        window=window,
+        min_count=min_count,
+        sg=1,
+        seed=seed,
+        workers=1,
+        epochs=epochs,
+    )
     return {word: model.wv[word].astype(np.float32) for word in model.wv.index_to_key}
 
 
@@ -51,8 +61,9 @@ def load_text_vectors(uri: str, vocabulary: Vocabulary | None = None) -> dict[st
     return vectors
 
 
-def embedding_matrix(vocab: Vocabulary, vectors: Mapping[str, np.ndarray], dim: int,
-                     seed: int = 0) -> tuple[np.ndarray, float]:
+def embedding_matrix(
+    vocab: Vocabulary, vectors: Mapping[str, np.ndarray], dim: int, seed: int = 0
+) -> tuple[np.ndarray, float]:
     """Initial Embedding weights: known words get their vector; others a random vector of the
     same scale; padding stays zero. Returns the matrix and the share of words covered."""
     sample = next(iter(vectors.values()))

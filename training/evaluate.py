@@ -5,6 +5,7 @@ findability with references #2-#5 as queries, beside the reference-#1 human anch
 
 CLI: ``python -m training.evaluate --model DIR --flickr8k ROOT --split dev``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,20 +27,27 @@ from training.datasets import CaptionedImage
 log = logging.getLogger(__name__)
 
 
-def generate_captions(step_model: StepModel, vocab: Vocabulary, features: np.ndarray, settings: DecodeSettings,
-                      batch_size: int = 128, prior: CaptionPrior | None = None) -> list[list[str]]:
+def generate_captions(
+    step_model: StepModel,
+    vocab: Vocabulary,
+    features: np.ndarray,
+    settings: DecodeSettings,
+    batch_size: int = 128,
+    prior: CaptionPrior | None = None,
+) -> list[list[str]]:
     """Captions (as word lists) for a matrix of encoder features, in batches, through the model
     core's caption path (``model.caption_search.caption_features``, as ``CaptionModel``);
     ``prior`` serves MMI reranking (``settings.mmi_lambda``)."""
     out: list[list[str]] = []
     for start in range(0, len(features), batch_size):
-        batch = caption_features(step_model, vocab, features[start:start + batch_size], settings, prior)
+        batch = caption_features(step_model, vocab, features[start : start + batch_size], settings, prior)
         out.extend(list(r.tokens) for r in batch)
     return out
 
 
-def caption_scores(hypotheses: Sequence[Sequence[str]], items: Sequence[CaptionedImage],
-                   extended: bool = True) -> dict[str, float]:
+def caption_scores(
+    hypotheses: Sequence[Sequence[str]], items: Sequence[CaptionedImage], extended: bool = True
+) -> dict[str, float]:
     """Corpus BLEU-1..4 (and with ``extended`` CIDEr-D and ROUGE-L) of captions (word lists)
     against each image's reference captions."""
     hyps = [bleu_tokens(h) for h in hypotheses]
@@ -51,15 +59,22 @@ def caption_scores(hypotheses: Sequence[Sequence[str]], items: Sequence[Captione
     return scores
 
 
-def findability_scores(hypotheses: Sequence[Sequence[str]], items: Sequence[CaptionedImage],
-                       training_captions: Sequence[str] | None = None) -> dict[str, float]:
+def findability_scores(
+    hypotheses: Sequence[Sequence[str]], items: Sequence[CaptionedImage], training_captions: Sequence[str] | None = None
+) -> dict[str, float]:
     """Distinct captions, words, novel captions (with ``training_captions``) and BM25 findability
     of captions (word lists), queried with each image's references #2-#5."""
     return caption_set_report(hypotheses, [item.captions for item in items], training_captions)
 
 
-def bleu_on(step_model: StepModel, vocab: Vocabulary, items: Sequence[CaptionedImage], features: np.ndarray,
-            settings: DecodeSettings, extended: bool = False) -> dict[str, float]:
+def bleu_on(
+    step_model: StepModel,
+    vocab: Vocabulary,
+    items: Sequence[CaptionedImage],
+    features: np.ndarray,
+    settings: DecodeSettings,
+    extended: bool = False,
+) -> dict[str, float]:
     """Corpus BLEU-1..4 (and with ``extended`` CIDEr-D and ROUGE-L) of generated captions."""
     return caption_scores(generate_captions(step_model, vocab, features, settings), items, extended)
 
@@ -69,14 +84,21 @@ def objective(scores: dict[str, float], metric: str) -> float:
     return sum(scores[name.strip()] for name in metric.split("+"))
 
 
-def tune_decoding(step_model: StepModel, vocab: Vocabulary, items: Sequence[CaptionedImage], features: np.ndarray,
-                  max_length: int, widths: Sequence[int], alphas: Sequence[float],
-                  metric: str = "bleu4") -> tuple[DecodeSettings, list[dict]]:
+def tune_decoding(
+    step_model: StepModel,
+    vocab: Vocabulary,
+    items: Sequence[CaptionedImage],
+    features: np.ndarray,
+    max_length: int,
+    widths: Sequence[int],
+    alphas: Sequence[float],
+    metric: str = "bleu4",
+) -> tuple[DecodeSettings, list[dict]]:
     """Score every beam width x length alpha on ``items`` (a dev split: never the test split)
     and return the best settings by ``metric`` with the whole grid."""
     grid = []
     for width in widths:
-        for alpha in (alphas if width > 1 else alphas[:1]):  # alpha only ranks finished beams
+        for alpha in alphas if width > 1 else alphas[:1]:  # alpha only ranks finished beams
             settings = DecodeSettings("beam", width, alpha, max_length)
             scores = bleu_on(step_model, vocab, items, features, settings, extended=True)
             grid.append({"decode": settings.describe(), "beam_width": width, "length_alpha": alpha, **scores})
@@ -89,8 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.caption_priors import add_prior_arguments, build_prior, training_captions
     from training.splits import add_data_arguments, load_split_features
 
-    parser = StrictArgumentParser(prog="python -m training.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StrictArgumentParser(
+        prog="python -m training.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", required=True, help="model artifact directory or URI")
     parser.add_argument("--split", default="dev", help="split to score (Flickr8k: train/dev/test)")
     parser.add_argument("--decode", nargs="+", default=["greedy", "beam"], choices=["greedy", "beam"])
@@ -99,8 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="score only the first N images")
     parser.add_argument("--output-json", default=None, help="also write the scores here")
     parser.add_argument("--mmi-lambda", type=float, default=None, help="MMI reranking of beam candidates (0 = off)")
-    parser.add_argument("--mmi-mode", choices=["rerank", "step"], default=None,
-                        help="rerank the beam's captions, or penalise words during the search (unigram prior)")
+    parser.add_argument(
+        "--mmi-mode",
+        choices=["rerank", "step"],
+        default=None,
+        help="rerank the beam's captions, or penalise words during the search (unigram prior)",
+    )
     add_data_arguments(parser, with_dev=False)
     add_prior_arguments(parser)
     args = parser.parse_args(argv)
@@ -117,17 +144,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     step = build_step_model(contents)
     train_captions = training_captions(args)
     prior = build_prior(args.mmi_prior, args, contents, step, args.prior_images) if args.mmi_lambda else None
-    results = {"model_id": contents.model_id, "split": args.split, "images": len(items),
-               "skipped": report.summary(),
-               "human_anchor": findability_scores([it.captions[0] for it in items], items, train_captions)}
+    results = {
+        "model_id": contents.model_id,
+        "split": args.split,
+        "images": len(items),
+        "skipped": report.summary(),
+        "human_anchor": findability_scores([it.captions[0] for it in items], items, train_captions),
+    }
     for method in args.decode:
-        settings = contents.decode_settings(method=method, beam_width=args.beam_width if method == "beam" else None,
-                                            length_alpha=args.length_alpha,
-                                            mmi_lambda=args.mmi_lambda if method == "beam" else None,
-                                            mmi_mode=args.mmi_mode)
+        settings = contents.decode_settings(
+            method=method,
+            beam_width=args.beam_width if method == "beam" else None,
+            length_alpha=args.length_alpha,
+            mmi_lambda=args.mmi_lambda if method == "beam" else None,
+            mmi_mode=args.mmi_mode,
+        )
         captions = generate_captions(step, contents.vocab, feats, settings, prior=prior)
-        results[settings.describe()] = {**caption_scores(captions, items),
-                                        **findability_scores(captions, items, train_captions)}
+        results[settings.describe()] = {
+            **caption_scores(captions, items),
+            **findability_scores(captions, items, train_captions),
+        }
     text = json.dumps(results, indent=2)
     print(text)
     if args.output_json:

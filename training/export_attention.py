@@ -10,7 +10,8 @@ CLI (the work folders of ``python -m training.train_attention``)::
 
 Members: the work folder's decoder (``--checkpoint``: ``best`` dev loss, ``last`` epoch, the
 ``selected`` epoch of the dev objective, or ``scst``: the chosen epoch of its SCST run in
-``member-1/scst-*/``, named by ``--scst-run`` when there are several), then each ``--ensemble-with`` folder's (``--ensemble-checkpoint``). They must
+``member-1/scst-*/``, named by ``--scst-run`` when there are several), then each ``--ensemble-with``
+folder's (``--ensemble-checkpoint``). They must
 share the vocabulary and the decoder sizes (kinds may differ).
 
 Decoding (``--decode auto``, the default): the search chosen on dev. For ``scst``, the search the
@@ -23,6 +24,7 @@ recorded in ``config.json`` (``training.dev``). No record: name the search with 
 after the data flags: calibration, ignored scope, preset, quality gate); the artifact is only
 changed when the gate passes (exit 3 otherwise, the float32 artifact stays).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +33,8 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from model.cli import StrictArgumentParser
 from model.vocabulary import Vocabulary
@@ -63,8 +66,9 @@ def scst_folder(work_dir: str, run: str | None = None) -> str:
         return path
     found = sorted(glob.glob(os.path.join(work_dir, "member-1", "scst-*", "state.json")))
     if len(found) != 1:
-        raise SystemExit(f"{work_dir} holds {len(found)} SCST runs ({[os.path.dirname(f) for f in found]}); "
-                         f"name one with --scst-run")
+        raise SystemExit(
+            f"{work_dir} holds {len(found)} SCST runs ({[os.path.dirname(f) for f in found]}); name one with --scst-run"
+        )
     return os.path.dirname(found[0])
 
 
@@ -138,28 +142,42 @@ def chosen_on_dev(args: argparse.Namespace, max_length: int) -> tuple[Any, dict[
         settings = state["settings"]
         best = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
         search = DecodeSettings("beam", int(settings["beam_width"]), float(settings["length_alpha"]), max_length)
-        return search, {"source": folder, "epoch": state["best_epoch"], "select": settings.get("select"),
-                        "decode": search.describe(), **best["dev"]}
+        return search, {
+            "source": folder,
+            "epoch": state["best_epoch"],
+            "select": settings.get("select"),
+            "decode": search.describe(),
+            **best["dev"],
+        }
     members = [os.path.abspath(d) for d in (args.work_dir, *args.ensemble_with)]
     path = os.path.join(args.work_dir, "evaluations.jsonl")
     records = []
     if os.path.exists(path):
         with open(path) as f:
             records = [json.loads(line) for line in f if line.strip()]
-    epochs = [checkpoint_epoch(d, c) for d, c in zip(members, [args.checkpoint] + [args.ensemble_checkpoint]
-                                                     * len(args.ensemble_with))]
-    matching = [r for r in records if [os.path.abspath(m) for m in r.get("members", [])] == members
-                and r.get("checkpoint") == args.checkpoint and r.get("epoch") == epochs[0]
-                and r.get("member_epochs", epochs) == epochs
-                and r.get("combine", "mean_logprob") == args.ensemble_combine
-                and "mmi" not in r.get("decode", "mmi")]  # an artifact's search has no caption prior
+    epochs = [
+        checkpoint_epoch(d, c)
+        for d, c in zip(members, [args.checkpoint] + [args.ensemble_checkpoint] * len(args.ensemble_with))
+    ]
+    matching = [
+        r
+        for r in records
+        if [os.path.abspath(m) for m in r.get("members", [])] == members
+        and r.get("checkpoint") == args.checkpoint
+        and r.get("epoch") == epochs[0]
+        and r.get("member_epochs", epochs) == epochs
+        and r.get("combine", "mean_logprob") == args.ensemble_combine
+        and "mmi" not in r.get("decode", "mmi")
+    ]  # an artifact's search has no caption prior
     if len(members) > 1 and any("member_epochs" not in r for r in matching):
         log.warning("older dev records do not name the other members' epochs: taken to be of their current weights")
     if not matching:
-        raise SystemExit(f"{path} has no dev evaluation of members {members} at checkpoint {args.checkpoint} "
-                         f"(epochs {epochs}): "
-                         f"run python -m training.train_attention ... --evaluate-only --decode SEARCH first, or "
-                         f"name the search with --decode")
+        raise SystemExit(
+            f"{path} has no dev evaluation of members {members} at checkpoint {args.checkpoint} "
+            f"(epochs {epochs}): "
+            f"run python -m training.train_attention ... --evaluate-only --decode SEARCH first, or "
+            f"name the search with --decode"
+        )
     best = max(matching, key=lambda r: objective(r, args.select))
     return _settings_of(best["decode"], max_length), {"source": path, "select": args.select, **best}
 
@@ -168,7 +186,7 @@ def _settings_of(described: str, max_length: int) -> Any:
     """DecodeSettings from its ``describe()`` text (``greedy(...)`` or ``beam(k=W,alpha=A,...)``)."""
     if described.startswith("greedy"):
         return parse_decode("greedy", max_length)
-    fields = dict(part.split("=") for part in described[described.index("(") + 1:-1].split(","))
+    fields = dict(part.split("=") for part in described[described.index("(") + 1 : -1].split(","))
     return parse_decode(f"beam:{fields['k']}:{fields['alpha']}", max_length)
 
 
@@ -176,14 +194,26 @@ def build_parser() -> argparse.ArgumentParser:
     from training.compare_precision import add_gate_arguments
     from training.splits import add_data_arguments
 
-    p = StrictArgumentParser(prog="python -m training.export_attention", description=__doc__,
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = StrictArgumentParser(
+        prog="python -m training.export_attention",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--work-dir", required=True, help="training.train_attention work folder (member 1)")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
-    p.add_argument("--scst-run", default=None, metavar="scst-HASH",
-                   help="with --checkpoint scst: which SCST run of the work folder (needed when it holds several)")
-    p.add_argument("--ensemble-with", action="append", default=[], metavar="WORK_DIR",
-                   help="another work folder whose decoder joins the ensemble (repeatable)")
+    p.add_argument(
+        "--scst-run",
+        default=None,
+        metavar="scst-HASH",
+        help="with --checkpoint scst: which SCST run of the work folder (needed when it holds several)",
+    )
+    p.add_argument(
+        "--ensemble-with",
+        action="append",
+        default=[],
+        metavar="WORK_DIR",
+        help="another work folder whose decoder joins the ensemble (repeatable)",
+    )
     p.add_argument("--ensemble-checkpoint", choices=CHECKPOINTS, default="best")
     p.add_argument("--ensemble-combine", choices=["mean_logprob", "mean_prob"], default="mean_logprob")
     p.add_argument("--out", required=True, help="artifact folder or URI to write (e.g. models/NAME)")
@@ -191,9 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select", default=DEFAULT_SELECT, help="dev objective of --decode auto")
     p.add_argument("--encoder", default="xception")
     p.add_argument("--image-size", type=int, default=None, help="square encoder input size (default: backbone's)")
-    p.add_argument("--record-encoder-weights", default="imagenet",
-                   help="the encoder weights source written in the artifact (users override it with "
-                        "--encoder_weights / $CAPTION_ENCODER_WEIGHTS)")
+    p.add_argument(
+        "--record-encoder-weights",
+        default="imagenet",
+        help="the encoder weights source written in the artifact (users override it with "
+        "--encoder_weights / $CAPTION_ENCODER_WEIGHTS)",
+    )
     p.add_argument("--int8", action="store_true", help="then build and gate the INT8 encoder (training.quantize)")
     from training.quantize import add_quantize_arguments
 
@@ -211,23 +244,43 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
 
     vocab = work_vocabulary(args.work_dir)
     max_length = int(read_json(os.path.join(args.work_dir, "vocabulary.json"))["max_length"])
-    members = [load_member(args.work_dir, args.checkpoint, vocab, args.scst_run),
-               *(load_member(d, args.ensemble_checkpoint, vocab) for d in args.ensemble_with)]
+    members = [
+        load_member(args.work_dir, args.checkpoint, vocab, args.scst_run),
+        *(load_member(d, args.ensemble_checkpoint, vocab) for d in args.ensemble_with),
+    ]
     if args.decode == "auto":
         search, dev = chosen_on_dev(args, max_length)
     else:
         search, dev = parse_decode(args.decode, max_length), {"source": "--decode (not chosen here)"}
     size = args.image_size or get_backbone(args.encoder).default_size
-    training = {"members": [{"work_dir": os.path.abspath(d), "checkpoint": c, "kind": m.config.kind}
-                            for d, c, m in zip([args.work_dir, *args.ensemble_with],
-                                               [args.checkpoint] + [args.ensemble_checkpoint] * len(args.ensemble_with),
-                                               members)],
-                "dev": dev, "command": "python -m training.export_attention " + " ".join(sys.argv[1:])}
-    model_id = save_artifact(args.out, decoder=members, vocab=vocab, encoder=EncoderConfig(
-        args.encoder, (size, size), args.record_encoder_weights), decoding=search, training=training,
-        combine=args.ensemble_combine)
-    return {"written": args.out, "model_id": model_id, "decode": search.describe(),
-            "members": len(members), "kinds": [m.config.kind for m in members]}
+    training = {
+        "members": [
+            {"work_dir": os.path.abspath(d), "checkpoint": c, "kind": m.config.kind}
+            for d, c, m in zip(
+                [args.work_dir, *args.ensemble_with],
+                [args.checkpoint] + [args.ensemble_checkpoint] * len(args.ensemble_with),
+                members,
+            )
+        ],
+        "dev": dev,
+        "command": "python -m training.export_attention " + " ".join(sys.argv[1:]),
+    }
+    model_id = save_artifact(
+        args.out,
+        decoder=members,
+        vocab=vocab,
+        encoder=EncoderConfig(args.encoder, (size, size), args.record_encoder_weights),
+        decoding=search,
+        training=training,
+        combine=args.ensemble_combine,
+    )
+    return {
+        "written": args.out,
+        "model_id": model_id,
+        "decode": search.describe(),
+        "members": len(members),
+        "kinds": [m.config.kind for m in members],
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

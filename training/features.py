@@ -6,6 +6,7 @@ atomically every chunk, so an interrupted extraction resumes where it stopped. T
 encoder name, image size and a fingerprint of its weights, so a different encoder never reuses
 stale features. Files are loaded with ``allow_pickle=False``.
 """
+
 from __future__ import annotations
 
 import glob
@@ -35,14 +36,19 @@ class ExtractionReport:
     undecodable: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict:
-        return {"cached": self.cached, "encoded": self.encoded, "missing": len(self.missing),
-                "undecodable": len(self.undecodable),
-                "missing_examples": sorted(self.missing)[:10],
-                "undecodable_examples": dict(sorted(self.undecodable.items())[:10])}
+        return {
+            "cached": self.cached,
+            "encoded": self.encoded,
+            "missing": len(self.missing),
+            "undecodable": len(self.undecodable),
+            "missing_examples": sorted(self.missing)[:10],
+            "undecodable_examples": dict(sorted(self.undecodable.items())[:10]),
+        }
 
 
-def feature_cache_key(encoder_name: str, image_size: Sequence[int], weights_fingerprint: str,
-                      spatial: bool = False) -> str:
+def feature_cache_key(
+    encoder_name: str, image_size: Sequence[int], weights_fingerprint: str, spatial: bool = False
+) -> str:
     """The folder name of one encoder configuration's features in the feature cache
     (``spatial``: the encoder's last convolutional map instead of its pooled vector)."""
     raw = f"{encoder_name}|{image_size[0]}x{image_size[1]}|{weights_fingerprint}" + ("|spatial" if spatial else "")
@@ -96,8 +102,9 @@ class FeatureCache:
             self._features[image_id] = np.asarray(vec, self.dtype)
 
 
-def load_image(item: CaptionedImage, size: tuple[int, int],
-                max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[str, np.ndarray | None, str | None, str | None]:
+def load_image(
+    item: CaptionedImage, size: tuple[int, int], max_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[str, np.ndarray | None, str | None, str | None]:
     """Read (at most ``max_bytes``) and decode one training image to ``size``; never raises for a bad
     image. Returns (image id, pixels, failure kind, message): pixels and ``None, None`` when it
     decodes; ``None``, ``"missing"`` (unreadable) or ``"undecodable"`` (too large, not an image, ...)
@@ -116,9 +123,16 @@ def load_image(item: CaptionedImage, size: tuple[int, int],
         return item.image_id, None, "undecodable", f"{exc.error_type}: {exc.message}"
 
 
-def extract_features(items: Iterable[CaptionedImage], encode: Callable[[np.ndarray], np.ndarray],
-                     image_size: tuple[int, int], cache: FeatureCache, batch_size: int = 32,
-                     chunk_size: int = 256, threads: int = 4, progress: bool = True) -> ExtractionReport:
+def extract_features(
+    items: Iterable[CaptionedImage],
+    encode: Callable[[np.ndarray], np.ndarray],
+    image_size: tuple[int, int],
+    cache: FeatureCache,
+    batch_size: int = 32,
+    chunk_size: int = 256,
+    threads: int = 4,
+    progress: bool = True,
+) -> ExtractionReport:
     """Encode every image not yet in ``cache``; missing and undecodable images are skipped and
     reported, never fatal. Image reading/decoding runs in a thread pool, overlapping the encoder."""
     report = ExtractionReport()
@@ -162,7 +176,7 @@ def extract_features(items: Iterable[CaptionedImage], encode: Callable[[np.ndarr
         window = max(batch_size * 4, 64)
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for start in range(0, len(todo), window):
-                yield from pool.map(lambda it: load_image(it, image_size), todo[start:start + window])
+                yield from pool.map(lambda it: load_image(it, image_size), todo[start : start + window])
 
     for image_id, pixels, kind, message in loaded():
         if pixels is None:

@@ -6,6 +6,7 @@ every epoch the member's progress is saved in its work folder: the last and the 
 the history and early-stopping counters. A fit that is interrupted (crash, kill, reboot)
 continues from its last finished epoch; a finished member is never trained again.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,9 @@ class FitSettings:
     seed: int = 0
 
 
-def make_dataset(features: np.ndarray, index: np.ndarray, captions: np.ndarray, batch_size: int,
-                 shuffle: bool, seed: int):
+def make_dataset(
+    features: np.ndarray, index: np.ndarray, captions: np.ndarray, batch_size: int, shuffle: bool, seed: int
+):
     """tf.data over whole captions: inputs (features, caption[:-1]), target caption[1:], and a
     per-token weight that masks padding and normalises the loss to a mean over real tokens."""
     import tensorflow as tf
@@ -87,8 +89,9 @@ def _save_optimizer(optimizer: Any, path: str) -> None:
 def _restore_optimizer(optimizer: Any, path: str) -> bool:
     with np.load(path, allow_pickle=False) as data:
         values = [data[f"arr_{i}"] for i in range(len(data.files))]
-    if len(values) != len(optimizer.variables) or any(v.shape != tuple(var.shape)
-                                                      for v, var in zip(values, optimizer.variables)):
+    if len(values) != len(optimizer.variables) or any(
+        v.shape != tuple(var.shape) for v, var in zip(values, optimizer.variables)
+    ):
         return False
     for var, value in zip(optimizer.variables, values):
         var.assign(value)
@@ -108,8 +111,15 @@ def _load_weights(decoder: Any, path: str) -> None:
     decoder.training_model.set_weights(twin.training_model.get_weights())
 
 
-def fit_member(decoder: Any, train_ds: Any, dev_ds: Any, settings: FitSettings, work_dir: str,
-               on_epoch: Callable[[int, dict[str, float]], None] | None = None, verbose: int = 0) -> dict[str, Any]:
+def fit_member(
+    decoder: Any,
+    train_ds: Any,
+    dev_ds: Any,
+    settings: FitSettings,
+    work_dir: str,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    verbose: int = 0,
+) -> dict[str, Any]:
     """Train ``decoder`` (a ``MergeDecoder``) until dev loss stops improving for ``patience``
     epochs, resuming from ``work_dir`` when it holds an earlier, interrupted fit of the same
     member. Leaves the best weights in ``decoder`` and returns the member's record (history,
@@ -118,27 +128,47 @@ def fit_member(decoder: Any, train_ds: Any, dev_ds: Any, settings: FitSettings, 
 
     os.makedirs(work_dir, exist_ok=True)
     state_path = os.path.join(work_dir, STATE)
-    state = {"epoch": 0, "history": {}, "best_loss": None, "best_epoch": 0, "wait": 0, "done": False,
-             "seconds": 0.0, "settings": settings.__dict__}
+    state = {
+        "epoch": 0,
+        "history": {},
+        "best_loss": None,
+        "best_epoch": 0,
+        "wait": 0,
+        "done": False,
+        "seconds": 0.0,
+        "settings": settings.__dict__,
+    }
     model = decoder.training_model
-    model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
-                  loss=_loss(settings.label_smoothing, decoder.config.vocab_size))
+    model.compile(
+        optimizer=keras.optimizers.Adam(settings.learning_rate),
+        loss=_loss(settings.label_smoothing, decoder.config.vocab_size),
+    )
     if os.path.exists(state_path):
         with open(state_path) as f:
             saved = json.load(f)
         if saved.get("settings") != settings.__dict__:
-            raise ValueError(f"{work_dir} holds a fit with other settings ({saved.get('settings')}); "
-                             f"use another --work-dir or delete it")
+            raise ValueError(
+                f"{work_dir} holds a fit with other settings ({saved.get('settings')}); "
+                f"use another --work-dir or delete it"
+            )
         state = saved
         _load_weights(decoder, os.path.join(work_dir, BEST if state["done"] else LAST))
         if state["done"]:
-            log.info("member in %s already trained (%d epochs, best %d): reused", work_dir,
-                     state["epoch"], state["best_epoch"])
+            log.info(
+                "member in %s already trained (%d epochs, best %d): reused",
+                work_dir,
+                state["epoch"],
+                state["best_epoch"],
+            )
             return state
         model.optimizer.build(model.trainable_variables)
         restored = _restore_optimizer(model.optimizer, os.path.join(work_dir, OPTIMIZER))
-        log.info("resuming member in %s after epoch %d (optimizer state %s)", work_dir, state["epoch"],
-                 "restored" if restored else "reset")
+        log.info(
+            "resuming member in %s after epoch %d (optimizer state %s)",
+            work_dir,
+            state["epoch"],
+            "restored" if restored else "reset",
+        )
 
     class Progress(keras.callbacks.Callback):
         """Per epoch: extra metrics, early stopping bookkeeping and the resumable checkpoint."""
@@ -167,8 +197,14 @@ def fit_member(decoder: Any, train_ds: Any, dev_ds: Any, settings: FitSettings, 
             _atomic_json(state_path, state)
 
     if state["epoch"] < settings.epochs and state["wait"] < settings.patience:
-        model.fit(train_ds, validation_data=dev_ds, epochs=settings.epochs, initial_epoch=state["epoch"],
-                  callbacks=[Progress()], verbose=verbose)
+        model.fit(
+            train_ds,
+            validation_data=dev_ds,
+            epochs=settings.epochs,
+            initial_epoch=state["epoch"],
+            callbacks=[Progress()],
+            verbose=verbose,
+        )
     _load_weights(decoder, os.path.join(work_dir, BEST))
     state["done"] = True
     _atomic_json(state_path, state)

@@ -15,6 +15,7 @@ CLI::
       --encoder-weights ../shared/models/xception_weights_tf_dim_ordering_tf_kernels_notop.h5 \\
       --calibration-images 300 --seed 0
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,10 @@ log = logging.getLogger(__name__)
 # (docs/PERFORMANCE.md, "INT8"): with the "mixed" preset, block1 in float32 is the only setting
 # measured to reach the gate's 90 % identical captions; "none" quantises every layer NNCF can.
 IGNORED_SCOPES: dict[str, tuple[int, tuple[str, ...]]] = {
-    "none": (0, ()), "block1": (2, ()), "blocks1-3": (12, ()), "depthwise": (0, ("GroupConvolution",)),
+    "none": (0, ()),
+    "block1": (2, ()),
+    "blocks1-3": (12, ()),
+    "depthwise": (0, ("GroupConvolution",)),
     "block1+depthwise": (2, ("GroupConvolution",)),
 }
 DEFAULT_IGNORED_SCOPE = "block1"
@@ -59,8 +63,9 @@ def first_weighted_ops(graph: Any, count: int) -> list[str]:
     return names[:count]
 
 
-def calibration_sample(items: Sequence[CaptionedImage], count: int, seed: int,
-                       image_size: tuple[int, int]) -> tuple[list[str], np.ndarray, int]:
+def calibration_sample(
+    items: Sequence[CaptionedImage], count: int, seed: int, image_size: tuple[int, int]
+) -> tuple[list[str], np.ndarray, int]:
     """``count`` decoded training photos drawn at random (``seed``) from ``items``; listed
     photos that are missing or undecodable are skipped (and counted), the draw goes on."""
     order = list(items)
@@ -85,25 +90,41 @@ def calibration_sample(items: Sequence[CaptionedImage], count: int, seed: int,
 # NNCF presets: "performance" = symmetric INT8 weights and activations; "mixed" = symmetric weights,
 # asymmetric activations (a zero point per tensor: signed tensors whose range is lopsided, such as
 # the depthwise outputs and the residual sums, keep more of their 256 levels). Same speed here.
-PRESETS = {"performance": "performance (symmetric int8 weights and activations)",
-           "mixed": "mixed (symmetric int8 weights, asymmetric int8 activations)"}
+PRESETS = {
+    "performance": "performance (symmetric int8 weights and activations)",
+    "mixed": "mixed (symmetric int8 weights, asymmetric int8 activations)",
+}
 DEFAULT_PRESET = "mixed"
 
 
-def quantize_graph(float32_graph: Any, images: np.ndarray, ignored_names: Sequence[str],
-                   fast_bias_correction: bool = True, ignored_types: Sequence[str] = (),
-                   preset: str = DEFAULT_PRESET) -> tuple[bytes, bytes]:
+def quantize_graph(
+    float32_graph: Any,
+    images: np.ndarray,
+    ignored_names: Sequence[str],
+    fast_bias_correction: bool = True,
+    ignored_types: Sequence[str] = (),
+    preset: str = DEFAULT_PRESET,
+) -> tuple[bytes, bytes]:
     """NNCF post-training quantisation of an OpenVINO model (uint8 images in) -> IR (xml, bin);
     the nodes ``ignored_names`` and those of ``ignored_types`` stay float32."""
     import nncf
     import openvino as ov
 
-    dataset = nncf.Dataset([images[i:i + 1] for i in range(len(images))])
-    scope = nncf.IgnoredScope(names=list(ignored_names), types=list(ignored_types)) \
-        if ignored_names or ignored_types else None
+    dataset = nncf.Dataset([images[i : i + 1] for i in range(len(images))])
+    scope = (
+        nncf.IgnoredScope(names=list(ignored_names), types=list(ignored_types))
+        if ignored_names or ignored_types
+        else None
+    )
     kwargs = {"ignored_scope": scope} if scope is not None else {}
-    quantised = nncf.quantize(float32_graph, dataset, subset_size=len(images), preset=nncf.QuantizationPreset(preset),
-                              fast_bias_correction=fast_bias_correction, **kwargs)
+    quantised = nncf.quantize(
+        float32_graph,
+        dataset,
+        subset_size=len(images),
+        preset=nncf.QuantizationPreset(preset),
+        fast_bias_correction=fast_bias_correction,
+        **kwargs,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "encoder.int8.xml")
         ov.save_model(quantised, path, compress_to_fp16=False)
@@ -120,13 +141,17 @@ def encoder_identity(contents: ArtifactContents) -> dict[str, Any]:
     from model.encoder import weights_fingerprint
 
     enc = contents.config.encoder
-    return {"encoder": enc.name, "image_size": list(enc.image_size),
-            "source_weights_sha256_16": weights_fingerprint(contents.encoder_weights),
-            "output": contents.config.encoder_output}
+    return {
+        "encoder": enc.name,
+        "image_size": list(enc.image_size),
+        "source_weights_sha256_16": weights_fingerprint(contents.encoder_weights),
+        "output": contents.config.encoder_output,
+    }
 
 
-def build_int8(args: argparse.Namespace, contents: ArtifactContents, identity: dict[str, Any]
-               ) -> tuple[tuple[bytes, bytes], dict[str, Any]]:
+def build_int8(
+    args: argparse.Namespace, contents: ArtifactContents, identity: dict[str, Any]
+) -> tuple[tuple[bytes, bytes], dict[str, Any]]:
     """Quantise the artifact's encoder; returns the IR and its config block (calibration record)."""
     import nncf
     import openvino
@@ -139,8 +164,14 @@ def build_int8(args: argparse.Namespace, contents: ArtifactContents, identity: d
     size = (identity["image_size"][0], identity["image_size"][1])
     train = read_split(args, args.calibration_split)
     ids, images, skipped = calibration_sample(train, args.calibration_images, args.seed, size)
-    encoder = ImageEncoder(identity["encoder"], contents.encoder_weights, size, runtime="openvino", cache="none",
-                           spatial=identity["output"] == "map")
+    encoder = ImageEncoder(
+        identity["encoder"],
+        contents.encoder_weights,
+        size,
+        runtime="openvino",
+        cache="none",
+        spatial=identity["output"] == "map",
+    )
     graph = encoder.openvino_float32_graph()
     first, types = IGNORED_SCOPES[args.ignored_scope]
     ignored = first_weighted_ops(graph, first)
@@ -148,15 +179,27 @@ def build_int8(args: argparse.Namespace, contents: ArtifactContents, identity: d
     ir = quantize_graph(graph, images, ignored, not args.full_bias_correction, types, args.preset)
     seconds = time.monotonic() - started
     log.info("quantised %s on %d calibration images in %.1f s", identity["encoder"], len(ids), seconds)
-    block = {**identity, "method": "nncf.quantize (post-training, min-max + bias correction)",
-             "preset": PRESETS[args.preset],
-             "fast_bias_correction": not args.full_bias_correction,
-             "ignored_scope": {"name": args.ignored_scope, "first_weighted_layers_float32": len(ignored),
-                               "node_names": ignored, "op_types": list(types)},
-             "calibration": {"split": args.calibration_split, "count": len(ids), "seed": args.seed,
-                             "skipped_unreadable": skipped, "image_ids": ids},
-             "versions": {"nncf": nncf.__version__, "openvino": openvino.__version__},
-             "quantisation_seconds": round(seconds, 1)}
+    block = {
+        **identity,
+        "method": "nncf.quantize (post-training, min-max + bias correction)",
+        "preset": PRESETS[args.preset],
+        "fast_bias_correction": not args.full_bias_correction,
+        "ignored_scope": {
+            "name": args.ignored_scope,
+            "first_weighted_layers_float32": len(ignored),
+            "node_names": ignored,
+            "op_types": list(types),
+        },
+        "calibration": {
+            "split": args.calibration_split,
+            "count": len(ids),
+            "seed": args.seed,
+            "skipped_unreadable": skipped,
+            "image_ids": ids,
+        },
+        "versions": {"nncf": nncf.__version__, "openvino": openvino.__version__},
+        "quantisation_seconds": round(seconds, 1),
+    }
     return ir, block
 
 
@@ -168,23 +211,37 @@ def reuse_int8(other_uri: str, identity: dict[str, Any]) -> tuple[tuple[bytes, b
         raise SystemExit(f"model artifact {other_uri} has no INT8 encoder to copy")
     theirs = {k: block.get(k, "pooled" if k == "output" else None) for k in identity}  # older IRs: pooled
     if theirs != identity:
-        raise SystemExit(f"the INT8 encoder of {other_uri} was built from another encoder ({theirs}); this "
-                         f"artifact's is {identity}: quantise again instead")
+        raise SystemExit(
+            f"the INT8 encoder of {other_uri} was built from another encoder ({theirs}); this "
+            f"artifact's is {identity}: quantise again instead"
+        )
     copied = {k: v for k, v in block.items() if k != "quality_gate"}
     return other.int8_encoder, {**copied, "copied_from_model_id": other.model_id}
 
 
 def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
     """Calibration and quantisation flags (shared with ``training.export_attention --int8``)."""
-    parser.add_argument("--calibration-images", type=int, default=300,
-                        help="photos NNCF calibrates on, drawn with --seed from --calibration-split")
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=300,
+        help="photos NNCF calibrates on, drawn with --seed from --calibration-split",
+    )
     parser.add_argument("--calibration-split", default="train", help="split the calibration photos come from")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
-    parser.add_argument("--ignored-scope", choices=sorted(IGNORED_SCOPES), default=DEFAULT_IGNORED_SCOPE,
-                        help="layers kept in float32: none, block1 (first 2 convolutions), blocks1-3 (first 12), "
-                             "depthwise (every depthwise convolution), block1+depthwise")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
-                        help="NNCF preset: mixed (asymmetric activations, default) or performance (all symmetric)")
+    parser.add_argument(
+        "--ignored-scope",
+        choices=sorted(IGNORED_SCOPES),
+        default=DEFAULT_IGNORED_SCOPE,
+        help="layers kept in float32: none, block1 (first 2 convolutions), blocks1-3 (first 12), "
+        "depthwise (every depthwise convolution), block1+depthwise",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=DEFAULT_PRESET,
+        help="NNCF preset: mixed (asymmetric activations, default) or performance (all symmetric)",
+    )
     parser.add_argument("--full-bias-correction", action="store_true", help="NNCF's slower, exact bias correction")
     parser.add_argument("--gate-split", default="dev", help="split the quality gate compares on (not calibration)")
 
@@ -192,12 +249,16 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from training.splits import add_data_arguments
 
-    parser = StrictArgumentParser(prog="python -m training.quantize", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StrictArgumentParser(
+        prog="python -m training.quantize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", required=True, help="model artifact (float32 source) to add the INT8 encoder to")
     parser.add_argument("--output", default=None, help="where to write the artifact (default: in place)")
-    parser.add_argument("--from-artifact", default=None,
-                        help="copy the INT8 encoder of this artifact (same encoder weights) instead of quantising")
+    parser.add_argument(
+        "--from-artifact",
+        default=None,
+        help="copy the INT8 encoder of this artifact (same encoder weights) instead of quantising",
+    )
     add_quantize_arguments(parser)
     add_gate_arguments(parser)
     add_data_arguments(parser, with_dev=True)
@@ -214,8 +275,12 @@ def quantize_artifact(args: argparse.Namespace) -> int:
     ir, block = reuse_int8(args.from_artifact, identity) if args.from_artifact else build_int8(args, contents, identity)
     report = compare_int8(args, contents, ir, args.gate_split, args.gate_images)
     failures = gate_failures(report, args.max_bleu_drop, args.min_identical)
-    report["gate"] = {"passed": not failures, "failures": failures, "max_bleu_drop": args.max_bleu_drop,
-                      "min_identical": args.min_identical}
+    report["gate"] = {
+        "passed": not failures,
+        "failures": failures,
+        "max_bleu_drop": args.max_bleu_drop,
+        "min_identical": args.min_identical,
+    }
     print(json.dumps(report, indent=2))
     if failures:
         log.error("INT8 encoder refused, nothing written: %s", "; ".join(failures))

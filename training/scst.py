@@ -18,6 +18,7 @@ best ``select`` metric is kept (epoch 0 is the cross-entropy start, so SCST can 
 it is measured to help). Progress is saved per epoch in the work folder like ``training.fit``:
 last and best weights, the optimizer's variables and a JSON state.
 """
+
 from __future__ import annotations
 
 import logging
@@ -79,15 +80,15 @@ class ScstSettings:
     def identity(self) -> dict[str, Any]:
         """Everything but ``epochs``: a run asked for more epochs continues the same one (and no
         ``discriminability`` when it is 0, so runs from before it existed still resume)."""
-        return {k: v for k, v in asdict(self).items() if k != "epochs"
-                and not (k == "discriminability" and v == 0)}
+        return {k: v for k, v in asdict(self).items() if k != "epochs" and not (k == "discriminability" and v == 0)}
 
 
 class CiderReward:
     """CIDEr-D of token-id captions against each image's references, DF from ``corpus``."""
 
-    def __init__(self, vocab: Vocabulary, references: Sequence[Sequence[str]],
-                 corpus: Sequence[Sequence[str]] | None = None) -> None:
+    def __init__(
+        self, vocab: Vocabulary, references: Sequence[Sequence[str]], corpus: Sequence[Sequence[str]] | None = None
+    ) -> None:
         tokenised = [[bleu_tokens(c) for c in refs] for refs in references]
         self.vocab = vocab
         self.scorer = CiderD(tokenised if corpus is None else [[bleu_tokens(c) for c in refs] for refs in corpus])
@@ -95,8 +96,13 @@ class CiderReward:
 
     def __call__(self, image_index: Sequence[int], token_ids: np.ndarray) -> np.ndarray:
         """Rewards of rows ``token_ids`` (``[<start>, w1 .. <end>, pad ..]``) of images ``image_index``."""
-        return np.asarray([self.scorer.score(bleu_tokens(self.vocab.decode(row[1:])), self.prepared[i])
-                           for i, row in zip(image_index, token_ids)], np.float64)
+        return np.asarray(
+            [
+                self.scorer.score(bleu_tokens(self.vocab.decode(row[1:])), self.prepared[i])
+                for i, row in zip(image_index, token_ids)
+            ],
+            np.float64,
+        )
 
 
 class FindabilityReward:
@@ -209,8 +215,16 @@ def sequence_logprob(decoder: Any, features: np.ndarray, tokens: np.ndarray) -> 
     return (np.log(np.maximum(picked, 1e-12)) * (target > 0)).sum(axis=1)
 
 
-def scst_epoch(decoder: Any, sampler: Sampler, train_step: Any, reward: CiderReward, features: np.ndarray,
-               settings: ScstSettings, epoch: int, findable: FindabilityReward | None = None) -> dict[str, float]:
+def scst_epoch(
+    decoder: Any,
+    sampler: Sampler,
+    train_step: Any,
+    reward: CiderReward,
+    features: np.ndarray,
+    settings: ScstSettings,
+    epoch: int,
+    findable: FindabilityReward | None = None,
+) -> dict[str, float]:
     """One pass over the images in a seeded order; returns mean sample/greedy reward and loss (and
     with ``findable`` and a discriminability weight, the samples' mean findability reward)."""
     import tensorflow as tf
@@ -220,7 +234,7 @@ def scst_epoch(decoder: Any, sampler: Sampler, train_step: Any, reward: CiderRew
     weight = settings.discriminability if findable is not None else 0.0
     sums = {"reward": 0.0, "baseline": 0.0, "loss": 0.0, "findability": 0.0}
     for b, start in enumerate(range(0, len(order), settings.batch_images)):
-        idx = order[start:start + settings.batch_images]
+        idx = order[start : start + settings.batch_images]
         feats = np.repeat(features[idx], k, axis=0)
         rows_image = np.repeat(idx, k)
         tokens = sampler(feats, (settings.seed * 1000 + epoch, b * 64))
@@ -245,10 +259,17 @@ def scst_epoch(decoder: Any, sampler: Sampler, train_step: Any, reward: CiderRew
     return stats
 
 
-def scst_member(decoder: Any, vocab: Vocabulary, train_items: Sequence[CaptionedImage], train_feats: np.ndarray,
-                dev_items: Sequence[CaptionedImage], dev_feats: np.ndarray, settings: ScstSettings,
-                work_dir: str, score_captions: Callable[[list[list[str]], Sequence[CaptionedImage]],
-                                                        dict[str, float]] | None = None) -> dict[str, Any]:
+def scst_member(
+    decoder: Any,
+    vocab: Vocabulary,
+    train_items: Sequence[CaptionedImage],
+    train_feats: np.ndarray,
+    dev_items: Sequence[CaptionedImage],
+    dev_feats: np.ndarray,
+    settings: ScstSettings,
+    work_dir: str,
+    score_captions: Callable[[list[list[str]], Sequence[CaptionedImage]], dict[str, float]] | None = None,
+) -> dict[str, Any]:
     """Run SCST on ``decoder`` (its cross-entropy weights loaded) for ``settings.epochs``,
     resuming from ``work_dir``; leaves the chosen epoch's weights in it and returns the record.
     ``score_captions`` scores the dev captions for the epoch choice (default: BLEU-1..4, CIDEr-D,
@@ -275,22 +296,34 @@ def scst_member(decoder: Any, vocab: Vocabulary, train_items: Sequence[Captioned
         with open(state_path) as f:
             state = json.load(f)
         if state.get("settings") != settings.identity():
-            raise ValueError(f"{work_dir} holds SCST with other settings ({state.get('settings')}); "
-                             f"use another --work-dir or delete it")
+            raise ValueError(
+                f"{work_dir} holds SCST with other settings ({state.get('settings')}); "
+                f"use another --work-dir or delete it"
+            )
         finished = state["done"] and state["epoch"] >= settings.epochs
         _load_weights(decoder, os.path.join(work_dir, BEST if finished else LAST))
         if finished:
             log.info("SCST member in %s already done (best epoch %d): reused", work_dir, state["best_epoch"])
             return state
         restored = _restore_optimizer(optimizer, os.path.join(work_dir, OPTIMIZER))
-        log.info("resuming SCST in %s after epoch %d (optimizer %s)", work_dir, state["epoch"],
-                 "restored" if restored else "reset")
+        log.info(
+            "resuming SCST in %s after epoch %d (optimizer %s)",
+            work_dir,
+            state["epoch"],
+            "restored" if restored else "reset",
+        )
     else:
         started = time.time()
         scores = dev_scores()
-        state = {"epoch": 0, "history": [{"epoch": 0, "dev": scores, "seconds": round(time.time() - started, 1)}],
-                 "best_epoch": 0, "best_score": objective(scores, settings.select), "done": False,
-                 "seconds": 0.0, "settings": settings.identity()}
+        state = {
+            "epoch": 0,
+            "history": [{"epoch": 0, "dev": scores, "seconds": round(time.time() - started, 1)}],
+            "best_epoch": 0,
+            "best_score": objective(scores, settings.select),
+            "done": False,
+            "seconds": 0.0,
+            "settings": settings.identity(),
+        }
         log.info("SCST start (CE weights): dev %s", " ".join(f"{k}={v:.4f}" for k, v in scores.items()))
         _save_weights(decoder, os.path.join(work_dir, BEST))
         _atomic_json(state_path, state)
@@ -306,10 +339,23 @@ def scst_member(decoder: Any, vocab: Vocabulary, train_items: Sequence[Captioned
         fitted = time.time()
         scores = dev_scores()
         score = objective(scores, settings.select)
-        state["history"].append({"epoch": epoch, **stats, "dev": scores, "seconds": round(fitted - started, 1),
-                                 "dev_seconds": round(time.time() - fitted, 1)})
-        log.info("SCST epoch %d: reward %.4f (baseline %.4f) in %.0f s; dev %s", epoch, stats["reward"],
-                 stats["baseline"], fitted - started, " ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+        state["history"].append(
+            {
+                "epoch": epoch,
+                **stats,
+                "dev": scores,
+                "seconds": round(fitted - started, 1),
+                "dev_seconds": round(time.time() - fitted, 1),
+            }
+        )
+        log.info(
+            "SCST epoch %d: reward %.4f (baseline %.4f) in %.0f s; dev %s",
+            epoch,
+            stats["reward"],
+            stats["baseline"],
+            fitted - started,
+            " ".join(f"{k}={v:.4f}" for k, v in scores.items()),
+        )
         if score > state["best_score"]:
             state.update(best_epoch=epoch, best_score=score)
             _save_weights(decoder, os.path.join(work_dir, BEST))

@@ -10,6 +10,7 @@ at 299 px), stored as float16 in the feature cache (``--cache-dir``, default
 ``~/.cache/image-captioning/features``), one atomically written part per chunk: an interrupted
 run continues where it stopped when started again. Missing or undecodable images are reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,11 @@ log = logging.getLogger("training")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.spatial_features", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m training.spatial_features",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_data_arguments(p)
     p.add_argument("--encoder", default="xception")
     p.add_argument("--image-size", type=int, default=None)
@@ -33,10 +37,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     size = args.image_size or get_backbone(args.encoder).default_size
     for split in args.splits:
-        items, feats, report = load_split_features(args, split, args.encoder, args.encoder_weights, (size, size),
-                                                   spatial=True)
-        print(json.dumps({"split": split, "images": len(items), "shape": list(feats.shape),
-                          "dtype": str(feats.dtype), **report.summary()}))
+        items, feats, report = load_split_features(
+            args, split, args.encoder, args.encoder_weights, (size, size), spatial=True
+        )
+        print(
+            json.dumps(
+                {
+                    "split": split,
+                    "images": len(items),
+                    "shape": list(feats.shape),
+                    "dtype": str(feats.dtype),
+                    **report.summary(),
+                }
+            )
+        )
         del feats
     return 0
 

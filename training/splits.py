@@ -1,4 +1,5 @@
 """Dataset flags shared by train and evaluate, and a split's items with their cached features."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,11 +28,15 @@ def add_data_arguments(parser: argparse.ArgumentParser, with_dev: bool = True) -
     g.add_argument("--image-column", default="image", help="image path/URI column of --table files")
     g.add_argument("--caption-column", default="caption", help="caption column of --table files")
     g.add_argument("--id-column", default=None, help="image id column of --table files (default: the file name)")
-    g.add_argument("--encoder-weights", default=None,
-                   help="encoder weights: 'imagenet' (download), a path or fsspec URI to an HDF5 file")
+    g.add_argument(
+        "--encoder-weights",
+        default=None,
+        help="encoder weights: 'imagenet' (download), a path or fsspec URI to an HDF5 file",
+    )
     g.add_argument("--cache-dir", default=DEFAULT_CACHE, help="feature cache directory")
-    g.add_argument("--extract-batch-size", type=int, default=32,
-                   help="images per encoder batch while filling the feature cache")
+    g.add_argument(
+        "--extract-batch-size", type=int, default=32, help="images per encoder batch while filling the feature cache"
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -44,18 +49,26 @@ def read_split(args: argparse.Namespace, split: str) -> list[CaptionedImage]:
     return read_caption_table(table, args.image_column, args.caption_column, args.id_column)
 
 
-def load_split_features(args: argparse.Namespace, split: str, encoder_name: str, weights: str | None,
-                        image_size: tuple[int, int], encoder: Any = None, spatial: bool = False
-                        ) -> tuple[list[CaptionedImage], np.ndarray, ExtractionReport]:
+def load_split_features(
+    args: argparse.Namespace,
+    split: str,
+    encoder_name: str,
+    weights: str | None,
+    image_size: tuple[int, int],
+    encoder: Any = None,
+    spatial: bool = False,
+) -> tuple[list[CaptionedImage], np.ndarray, ExtractionReport]:
     """Items of a split that have features, their feature matrix, and what was skipped.
     ``spatial``: the encoder's last convolutional maps, cached and returned as float16
     ``(n, h, w, d)``; else pooled float32 vectors ``(n, d)``."""
     from model.encoder import ImageEncoder, weights_fingerprint
 
     items = read_split(args, split)
-    cache = FeatureCache(args.cache_dir, feature_cache_key(encoder_name, image_size, weights_fingerprint(weights),
-                                                           spatial=spatial),
-                         dtype=np.float16 if spatial else np.float32)
+    cache = FeatureCache(
+        args.cache_dir,
+        feature_cache_key(encoder_name, image_size, weights_fingerprint(weights), spatial=spatial),
+        dtype=np.float16 if spatial else np.float32,
+    )
     todo = [it for it in items if it.image_id not in cache]
     if todo and encoder is None:
         # Built on first use only: when every uncached image is missing or undecodable (they are
@@ -67,12 +80,24 @@ def load_split_features(args: argparse.Namespace, split: str, encoder_name: str,
                 built.append(ImageEncoder(encoder_name, weights, image_size, spatial=spatial))
             return built[0](images)
 
-    report = extract_features(items, encoder, image_size, cache, batch_size=args.extract_batch_size,
-                              progress=not args.no_progress) if todo else ExtractionReport(cached=len(items))
+    report = (
+        extract_features(
+            items, encoder, image_size, cache, batch_size=args.extract_batch_size, progress=not args.no_progress
+        )
+        if todo
+        else ExtractionReport(cached=len(items))
+    )
     kept = [it for it in items if it.image_id in cache]
     skipped = len(items) - len(kept)
-    log.info("%s: %d images listed, %d with features, %d skipped (missing %d, undecodable %d)", split,
-             len(items), len(kept), skipped, len(report.missing), len(report.undecodable))
+    log.info(
+        "%s: %d images listed, %d with features, %d skipped (missing %d, undecodable %d)",
+        split,
+        len(items),
+        len(kept),
+        skipped,
+        len(report.missing),
+        len(report.undecodable),
+    )
     if not kept:
         raise SystemExit(f"no usable images in the {split} split")
     feats = cache.stacked([it.image_id for it in kept])

@@ -16,6 +16,7 @@ reward, ``training.scst``), keeping per member the epoch (0 = none) with the bes
 its epochs are saved in the member's work folder too. ``CAPTION_TF_THREADS=N`` limits
 TensorFlow to N threads (a shared machine).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,13 +42,33 @@ from training.splits import add_data_arguments, load_split_features
 log = logging.getLogger("training")
 
 # Flags that do not change what is trained (so a resumed run may differ in them).
-NOT_IDENTITY = ("output", "work_dir", "no_progress", "extract_batch_size", "cache_dir", "tune_decoding",
-                "tune_widths", "tune_alphas", "tune_metric", "ensemble", "artifact_encoder_weights",
-                "scst_epochs", "scst_learning_rate", "scst_samples", "scst_batch_images", "scst_baseline",
-                "scst_select", "scst_beam_width", "scst_length_alpha", "scst_discriminability")
+NOT_IDENTITY = (
+    "output",
+    "work_dir",
+    "no_progress",
+    "extract_batch_size",
+    "cache_dir",
+    "tune_decoding",
+    "tune_widths",
+    "tune_alphas",
+    "tune_metric",
+    "ensemble",
+    "artifact_encoder_weights",
+    "scst_epochs",
+    "scst_learning_rate",
+    "scst_samples",
+    "scst_batch_images",
+    "scst_baseline",
+    "scst_select",
+    "scst_beam_width",
+    "scst_length_alpha",
+    "scst_discriminability",
+)
 
 
-def caption_arrays(items: Sequence[CaptionedImage], vocab: Vocabulary, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+def caption_arrays(
+    items: Sequence[CaptionedImage], vocab: Vocabulary, max_length: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(image index, padded token ids) for every non-empty caption: one caption, one example."""
     index, rows = [], []
     for i, item in enumerate(items):
@@ -83,83 +104,120 @@ def plot_curves(histories: Sequence[dict[str, list[float]]], path: str) -> None:
             key = f"dev_bleu{n}"
             if key in history:
                 ax2.plot(epochs, history[key], label=f"BLEU-{n}" + tag)
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("cross-entropy per token"), ax1.legend(fontsize=7), ax1.grid(alpha=.3)
-    ax2.set_xlabel("epoch"), ax2.set_ylabel("dev BLEU (greedy, sample)"), ax2.legend(fontsize=7), ax2.grid(alpha=.3)
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("cross-entropy per token"), ax1.legend(fontsize=7), ax1.grid(alpha=0.3)
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("dev BLEU (greedy, sample)"), ax2.legend(fontsize=7), ax2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = StrictArgumentParser(prog="python -m training.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = StrictArgumentParser(
+        prog="python -m training.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_data_arguments(p)
     p.add_argument("--output", required=True, help="artifact directory or URI to write")
     p.add_argument("--encoder", default="xception", help="keras.applications backbone (see model.encoder)")
     p.add_argument("--image-size", type=int, default=None, help="square encoder input size (default: backbone's)")
-    p.add_argument("--train-split", default="train",
-                   help="split the decoders are fitted on")
-    p.add_argument("--dev-split", default="dev",
-                   help="split for early stopping, per-epoch BLEU and decoding tuning")
-    p.add_argument("--epochs", type=int, default=30,
-                   help="most cross-entropy epochs per member (early stopping may end sooner)")
+    p.add_argument("--train-split", default="train", help="split the decoders are fitted on")
+    p.add_argument("--dev-split", default="dev", help="split for early stopping, per-epoch BLEU and decoding tuning")
+    p.add_argument(
+        "--epochs", type=int, default=30, help="most cross-entropy epochs per member (early stopping may end sooner)"
+    )
     p.add_argument("--patience", type=int, default=3, help="early stopping patience on dev loss")
-    p.add_argument("--batch-size", type=int, default=64,
-                   help="captions per training step")
-    p.add_argument("--learning-rate", type=float, default=1e-3,
-                   help="Adam learning rate of the cross-entropy fit")
-    p.add_argument("--embedding", default="learned",
-                   help="'learned', 'word2vec' (gensim on the training captions) or a word2vec/GloVe text file")
-    p.add_argument("--embedding-dim", type=int, default=256,
-                   help="word embedding size (a vectors file sets its own)")
-    p.add_argument("--units", type=int, default=256,
-                   help="LSTM units")
-    p.add_argument("--image-dense", type=int, nargs="+", default=None, help="image branch Dense sizes (end with --units)")
-    p.add_argument("--dropout", type=float, default=0.5,
-                   help="dropout rate of the image and word branches")
+    p.add_argument("--batch-size", type=int, default=64, help="captions per training step")
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate of the cross-entropy fit")
+    p.add_argument(
+        "--embedding",
+        default="learned",
+        help="'learned', 'word2vec' (gensim on the training captions) or a word2vec/GloVe text file",
+    )
+    p.add_argument("--embedding-dim", type=int, default=256, help="word embedding size (a vectors file sets its own)")
+    p.add_argument("--units", type=int, default=256, help="LSTM units")
+    p.add_argument(
+        "--image-dense", type=int, nargs="+", default=None, help="image branch Dense sizes (end with --units)"
+    )
+    p.add_argument("--dropout", type=float, default=0.5, help="dropout rate of the image and word branches")
     p.add_argument("--min-count", type=int, default=5, help="minimum word count for the vocabulary")
-    p.add_argument("--max-length", type=int, default=None, help="max caption tokens incl. start/end (default: 99th percentile)")
+    p.add_argument(
+        "--max-length", type=int, default=None, help="max caption tokens incl. start/end (default: 99th percentile)"
+    )
     p.add_argument("--bleu-sample", type=int, default=200, help="dev images scored per epoch (0 = off)")
-    p.add_argument("--beam-width", type=int, default=3,
-                   help="default beam width stored in the artifact (unless --tune-decoding)")
-    p.add_argument("--length-alpha", type=float, default=0.7,
-                   help="default length penalty stored in the artifact (unless --tune-decoding)")
+    p.add_argument(
+        "--beam-width", type=int, default=3, help="default beam width stored in the artifact (unless --tune-decoding)"
+    )
+    p.add_argument(
+        "--length-alpha",
+        type=float,
+        default=0.7,
+        help="default length penalty stored in the artifact (unless --tune-decoding)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the first ensemble member (member i: seed + i)")
-    p.add_argument("--label-smoothing", type=float, default=0.0,
-                   help="label smoothing of the cross-entropy loss (0 = off)")
+    p.add_argument(
+        "--label-smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy loss (0 = off)"
+    )
     p.add_argument("--ensemble", type=int, default=1, help="number of decoders trained and combined")
-    p.add_argument("--ensemble-combine", choices=["mean_logprob", "mean_prob"], default="mean_logprob",
-                   help="how members' next-word distributions are combined: renormalised geometric mean, or mean probability")
-    p.add_argument("--tune-decoding", action="store_true",
-                   help="choose beam width and length alpha on the dev split (grid below)")
-    p.add_argument("--tune-widths", type=int, nargs="+", default=[1, 2, 3, 4, 5],
-                   help="beam widths tried by --tune-decoding")
-    p.add_argument("--tune-alphas", type=float, nargs="+", default=[0.0, 0.3, 0.5, 0.7, 0.9, 1.1, 1.3],
-                   help="length penalties tried by --tune-decoding")
+    p.add_argument(
+        "--ensemble-combine",
+        choices=["mean_logprob", "mean_prob"],
+        default="mean_logprob",
+        help="how members' next-word distributions are combined: renormalised geometric mean, or mean probability",
+    )
+    p.add_argument(
+        "--tune-decoding", action="store_true", help="choose beam width and length alpha on the dev split (grid below)"
+    )
+    p.add_argument(
+        "--tune-widths", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="beam widths tried by --tune-decoding"
+    )
+    p.add_argument(
+        "--tune-alphas",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.3, 0.5, 0.7, 0.9, 1.1, 1.3],
+        help="length penalties tried by --tune-decoding",
+    )
     p.add_argument("--tune-metric", default="bleu1+bleu4", help="metric, or sum of metrics, to maximise")
-    p.add_argument("--scst-epochs", type=int, default=0,
-                   help="self-critical sequence training epochs (CIDEr-D reward) after each member's "
-                        "cross-entropy fit; 0 = off (see training.scst)")
-    p.add_argument("--scst-learning-rate", type=float, default=5e-5,
-                   help="Adam learning rate of SCST")
+    p.add_argument(
+        "--scst-epochs",
+        type=int,
+        default=0,
+        help="self-critical sequence training epochs (CIDEr-D reward) after each member's "
+        "cross-entropy fit; 0 = off (see training.scst)",
+    )
+    p.add_argument("--scst-learning-rate", type=float, default=5e-5, help="Adam learning rate of SCST")
     p.add_argument("--scst-samples", type=int, default=5, help="captions sampled per image and update")
     p.add_argument("--scst-batch-images", type=int, default=16, help="images per SCST update")
-    p.add_argument("--scst-baseline", choices=["mean", "greedy"], default="mean",
-                   help="reward baseline: mean of the image's other samples, or its greedy caption")
+    p.add_argument(
+        "--scst-baseline",
+        choices=["mean", "greedy"],
+        default="mean",
+        help="reward baseline: mean of the image's other samples, or its greedy caption",
+    )
     p.add_argument("--scst-select", default="bleu4", help="dev metric choosing each member's SCST epoch")
     p.add_argument("--scst-beam-width", type=int, default=4, help="dev search of the SCST epoch choice")
-    p.add_argument("--scst-length-alpha", type=float, default=0.5,
-                   help="length penalty of the dev search of the SCST epoch choice")
-    p.add_argument("--scst-discriminability", type=float, default=0.0,
-                   help="weight of the findability reward (BM25 among the batch's captions, training.scst) added "
-                        "to CIDEr-D; 0 = off")
-    p.add_argument("--work-dir", default=None,
-                   help="where finished epochs and members are kept for resuming (default: training/ under "
-                        "$CAPTION_CACHE_DIR or ~/.cache/image-captioning, in a folder named by a hash of "
-                        "the training flags)")
-    p.add_argument("--artifact-encoder-weights", default="imagenet",
-                   help="encoder weights source recorded in config.json (weights are not copied into the "
-                        "artifact); 'imagenet' lets each user resolve them (download or --encoder_weights)")
+    p.add_argument(
+        "--scst-length-alpha", type=float, default=0.5, help="length penalty of the dev search of the SCST epoch choice"
+    )
+    p.add_argument(
+        "--scst-discriminability",
+        type=float,
+        default=0.0,
+        help="weight of the findability reward (BM25 among the batch's captions, training.scst) added "
+        "to CIDEr-D; 0 = off",
+    )
+    p.add_argument(
+        "--work-dir",
+        default=None,
+        help="where finished epochs and members are kept for resuming (default: training/ under "
+        "$CAPTION_CACHE_DIR or ~/.cache/image-captioning, in a folder named by a hash of "
+        "the training flags)",
+    )
+    p.add_argument(
+        "--artifact-encoder-weights",
+        default="imagenet",
+        help="encoder weights source recorded in config.json (weights are not copied into the "
+        "artifact); 'imagenet' lets each user resolve them (download or --encoder_weights)",
+    )
     return p
 
 
@@ -192,16 +250,24 @@ def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
     size = args.image_size or backbone.default_size
     image_size = (size, size)
     weights = args.encoder_weights or "imagenet"
-    train_items, train_feats, train_report = load_split_features(args, args.train_split, args.encoder, weights, image_size)
+    train_items, train_feats, train_report = load_split_features(
+        args, args.train_split, args.encoder, weights, image_size
+    )
     dev_items, dev_feats, dev_report = load_split_features(args, args.dev_split, args.encoder, weights, image_size)
     features_done = time.time()
 
     vocab = Vocabulary.build((c for it in train_items for c in it.captions), min_count=args.min_count)
     max_length = args.max_length or choose_max_length(train_items)
     log.info("vocabulary: %d tokens (min count %d); max caption length %d", len(vocab), args.min_count, max_length)
-    cfg = DecoderConfig(vocab_size=len(vocab), max_length=max_length, feature_dim=train_feats.shape[1],
-                        embedding_dim=args.embedding_dim, units=args.units,
-                        image_dense=tuple(args.image_dense or (args.units,)), dropout=args.dropout)
+    cfg = DecoderConfig(
+        vocab_size=len(vocab),
+        max_length=max_length,
+        feature_dim=train_feats.shape[1],
+        embedding_dim=args.embedding_dim,
+        units=args.units,
+        image_dense=tuple(args.image_dense or (args.units,)),
+        dropout=args.dropout,
+    )
     tr_index, tr_caps = caption_arrays(train_items, vocab, max_length)
     dv_index, dv_caps = caption_arrays(dev_items, vocab, max_length)
     dev_ds = make_dataset(dev_feats, dv_index, dv_caps, 256, False, args.seed)
@@ -211,9 +277,18 @@ def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
 
     scst = None
     if args.scst_epochs > 0:
-        scst = ScstSettings(args.scst_epochs, args.scst_learning_rate, args.scst_samples, args.scst_batch_images,
-                            args.scst_baseline, args.scst_select, args.scst_beam_width, args.scst_length_alpha,
-                            args.seed, args.scst_discriminability)
+        scst = ScstSettings(
+            args.scst_epochs,
+            args.scst_learning_rate,
+            args.scst_samples,
+            args.scst_batch_images,
+            args.scst_baseline,
+            args.scst_select,
+            args.scst_beam_width,
+            args.scst_length_alpha,
+            args.seed,
+            args.scst_discriminability,
+        )
         scst_tag = "scst-" + hashlib.sha256(json.dumps(scst.identity(), sort_keys=True).encode()).hexdigest()[:12]
     members, records, scst_records = [], [], []
     embedding_info: dict[str, Any] = {"source": args.embedding}
@@ -223,8 +298,9 @@ def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
         decoder = MergeDecoder(cfg)
         if args.embedding != "learned":
             if args.embedding == "word2vec":
-                vectors = train_word2vec((clean_tokens(c) for it in train_items for c in it.captions),
-                                         args.embedding_dim, seed=seed)
+                vectors = train_word2vec(
+                    (clean_tokens(c) for it in train_items for c in it.captions), args.embedding_dim, seed=seed
+                )
             else:
                 vectors = load_text_vectors(args.embedding, vocab)
             matrix, coverage = embedding_matrix(vocab, vectors, args.embedding_dim, seed=seed)
@@ -238,59 +314,116 @@ def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
             scores = bleu_on(step_model, vocab, [dev_items[j] for j in sample], dev_feats[sample], greedy)
             for k, v in scores.items():
                 logs[f"dev_{k}"] = v
-            log.info("member %d epoch %d: loss %.4f dev loss %.4f dev BLEU-1 %.3f BLEU-4 %.3f", member + 1, epoch + 1,
-                     logs["loss"], logs["val_loss"], scores["bleu1"], scores["bleu4"])
+            log.info(
+                "member %d epoch %d: loss %.4f dev loss %.4f dev BLEU-1 %.3f BLEU-4 %.3f",
+                member + 1,
+                epoch + 1,
+                logs["loss"],
+                logs["val_loss"],
+                scores["bleu1"],
+                scores["bleu4"],
+            )
 
-        settings = FitSettings(args.epochs, args.patience, args.batch_size, args.learning_rate, args.label_smoothing, seed)
+        settings = FitSettings(
+            args.epochs, args.patience, args.batch_size, args.learning_rate, args.label_smoothing, seed
+        )
         train_ds = make_dataset(train_feats, tr_index, tr_caps, args.batch_size, True, seed)
-        record = fit_member(decoder, train_ds, dev_ds, settings, os.path.join(work_dir, f"member-{i + 1}"),
-                            on_epoch=dev_bleu, verbose=0 if args.no_progress else 2)
+        record = fit_member(
+            decoder,
+            train_ds,
+            dev_ds,
+            settings,
+            os.path.join(work_dir, f"member-{i + 1}"),
+            on_epoch=dev_bleu,
+            verbose=0 if args.no_progress else 2,
+        )
         members.append(decoder)
-        records.append({"seed": seed, "epochs_run": record["epoch"], "best_epoch": record["best_epoch"],
-                        "best_dev_loss": record["best_loss"], "fit_seconds": record["seconds"],
-                        "history": record["history"]})
+        records.append(
+            {
+                "seed": seed,
+                "epochs_run": record["epoch"],
+                "best_epoch": record["best_epoch"],
+                "best_dev_loss": record["best_loss"],
+                "fit_seconds": record["seconds"],
+                "history": record["history"],
+            }
+        )
         if scst is not None:
-            run = scst_member(decoder, vocab, train_items, train_feats, dev_items, dev_feats,
-                              ScstSettings(**{**asdict(scst), "seed": seed}),
-                              os.path.join(work_dir, f"member-{i + 1}", scst_tag))
-            scst_records.append({"seed": seed, "best_epoch": run["best_epoch"], "seconds": run["seconds"],
-                                 "history": run["history"]})
+            run = scst_member(
+                decoder,
+                vocab,
+                train_items,
+                train_feats,
+                dev_items,
+                dev_feats,
+                ScstSettings(**{**asdict(scst), "seed": seed}),
+                os.path.join(work_dir, f"member-{i + 1}", scst_tag),
+            )
+            scst_records.append(
+                {"seed": seed, "best_epoch": run["best_epoch"], "seconds": run["seconds"], "history": run["history"]}
+            )
     trained = time.time()
 
     ensemble = make_step_model(members, combine=args.ensemble_combine)
     beam = DecodeSettings("beam", args.beam_width, args.length_alpha, max_length)
     tuning = None
     if args.tune_decoding:
-        beam, grid = tune_decoding(ensemble, vocab, dev_items, dev_feats, max_length, args.tune_widths,
-                                   args.tune_alphas, args.tune_metric)
+        beam, grid = tune_decoding(
+            ensemble, vocab, dev_items, dev_feats, max_length, args.tune_widths, args.tune_alphas, args.tune_metric
+        )
         tuning = {"split": args.dev_split, "metric": args.tune_metric, "chosen": beam.describe(), "grid": grid}
         log.info("decoding chosen on %s by %s: %s", args.dev_split, args.tune_metric, beam.describe())
-    dev_metrics = {s.describe(): bleu_on(ensemble, vocab, dev_items, dev_feats, s, extended=True)
-                   for s in (greedy, beam)}
+    dev_metrics = {
+        s.describe(): bleu_on(ensemble, vocab, dev_items, dev_feats, s, extended=True) for s in (greedy, beam)
+    }
     for name, scores in dev_metrics.items():
         log.info("dev %s: %s", name, " ".join(f"{k}={v:.4f}" for k, v in scores.items()))
     bleu_keys = ("bleu1", "bleu2", "bleu3", "bleu4")
     history = records[0]["history"]
     summary = {
         "command": "python -m training.train " + shlex.join(argv),
-        "data": {"source": args.flickr8k or args.table, "train_split": args.train_split, "dev_split": args.dev_split,
-                 "train_images": len(train_items), "train_captions": int(len(tr_caps)),
-                 "dev_images": len(dev_items), "dev_captions": int(len(dv_caps)),
-                 "skipped": {"train": train_report.summary(), "dev": dev_report.summary()}},
+        "data": {
+            "source": args.flickr8k or args.table,
+            "train_split": args.train_split,
+            "dev_split": args.dev_split,
+            "train_images": len(train_items),
+            "train_captions": int(len(tr_caps)),
+            "dev_images": len(dev_items),
+            "dev_captions": int(len(dv_caps)),
+            "skipped": {"train": train_report.summary(), "dev": dev_report.summary()},
+        },
         "embedding": embedding_info,
-        "hyperparameters": {k: getattr(args, k) for k in ("epochs", "patience", "batch_size", "learning_rate",
-                                                           "min_count", "seed", "dropout", "label_smoothing",
-                                                           "ensemble", "ensemble_combine")},
+        "hyperparameters": {
+            k: getattr(args, k)
+            for k in (
+                "epochs",
+                "patience",
+                "batch_size",
+                "learning_rate",
+                "min_count",
+                "seed",
+                "dropout",
+                "label_smoothing",
+                "ensemble",
+                "ensemble_combine",
+            )
+        },
         "scst": {"settings": asdict(scst), "members": scst_records} if scst is not None else None,
-        "epochs_run": records[0]["epochs_run"], "best_epoch": records[0]["best_epoch"],
+        "epochs_run": records[0]["epochs_run"],
+        "best_epoch": records[0]["best_epoch"],
         "best_dev_loss": records[0]["best_dev_loss"],
         "dev_bleu": {name: {k: scores[k] for k in bleu_keys} for name, scores in dev_metrics.items()},
-        "dev_metrics": dev_metrics, "decoding_tuning": tuning, "history": history,
+        "dev_metrics": dev_metrics,
+        "decoding_tuning": tuning,
+        "history": history,
         "members": records if len(records) > 1 else None,
-        "seconds": {"features": round(features_done - started, 1), "fit": round(trained - features_done, 1),
-                    "fit_members": [r["fit_seconds"] for r in records],
-                    "scst_members": [r["seconds"] for r in scst_records] or None,
-                    "total": round(time.time() - started, 1)},
+        "seconds": {
+            "features": round(features_done - started, 1),
+            "fit": round(trained - features_done, 1),
+            "fit_members": [r["fit_seconds"] for r in records],
+            "scst_members": [r["seconds"] for r in scst_records] or None,
+            "total": round(time.time() - started, 1),
+        },
     }
     import tempfile
 
@@ -299,10 +432,16 @@ def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
         plot_curves([r["history"] for r in records], png)
         with open(png, "rb") as f:
             curves = f.read()
-    model_id = save_artifact(args.output, decoder=members, vocab=vocab,
-                             encoder=EncoderConfig(args.encoder, image_size, args.artifact_encoder_weights),
-                             decoding=beam, training=summary, extra_files={"training_curves.png": curves},
-                             combine=args.ensemble_combine)
+    model_id = save_artifact(
+        args.output,
+        decoder=members,
+        vocab=vocab,
+        encoder=EncoderConfig(args.encoder, image_size, args.artifact_encoder_weights),
+        decoding=beam,
+        training=summary,
+        extra_files={"training_curves.png": curves},
+        combine=args.ensemble_combine,
+    )
     summary["model_id"] = model_id
     log.info("wrote %s (model_id %s) in %.0f s", args.output, model_id, time.time() - started)
     return summary
@@ -316,8 +455,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     limit_threads_from_env()
     summary = train(args, argv)
-    print(json.dumps({"model_id": summary["model_id"], "dev_bleu": summary["dev_bleu"],
-                      "best_epoch": summary["best_epoch"], "seconds": summary["seconds"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "model_id": summary["model_id"],
+                "dev_bleu": summary["dev_bleu"],
+                "best_epoch": summary["best_epoch"],
+                "seconds": summary["seconds"],
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -12,13 +12,15 @@ Every finished epoch is saved in ``--work-dir`` by ``training.fit.fit_member`` (
 weights, weights-only HDF5; optimizer state; JSON history), so a rerun of the same command continues
 after the last finished epoch (the shuffling order of a resumed run differs from an uninterrupted
 one). Run it from a copy of the code that is not edited meanwhile: TensorFlow's autograph re-reads
-the source of the step graphs each time they are traced. After each epoch the whole dev split is captioned greedily and scored: BLEU-1..4, CIDEr-D,
+the source of the step graphs each time they are traced. After each epoch the whole dev split is
+captioned greedily and scored: BLEU-1..4, CIDEr-D,
 ROUGE-L, the share of distinct captions and findability (``model.retrieval_metrics``: BM25 over the
 captions, queried with references #2-#5). ``--evaluate-only`` scores the best (or ``--checkpoint
 last``) weights of a work folder with the given search instead of training (optionally as an
 ensemble with other runs' best weights, ``--ensemble-with``), and appends the scores to the work
 folder's ``evaluations.jsonl``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +29,8 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,8 +42,9 @@ from training.splits import add_data_arguments, load_split_features
 log = logging.getLogger("training")
 
 
-def caption_table(items: Sequence[CaptionedImage], vocab: Vocabulary, max_length: int,
-                  per_image: int | None = None) -> np.ndarray:
+def caption_table(
+    items: Sequence[CaptionedImage], vocab: Vocabulary, max_length: int, per_image: int | None = None
+) -> np.ndarray:
     """Token ids ``(images, per_image, max_length)``: each image's non-empty captions, padded with
     all-padding rows (which weigh nothing in the loss)."""
     per_image = per_image or max(1, max(len(it.captions) for it in items))
@@ -48,22 +52,23 @@ def caption_table(items: Sequence[CaptionedImage], vocab: Vocabulary, max_length
     for i, item in enumerate(items):
         rows = [vocab.encode(c, max_length) for c in item.captions if clean_tokens(c)][:per_image]
         for j, ids in enumerate(rows):
-            table[i, j, :len(ids)] = ids
+            table[i, j, : len(ids)] = ids
     return table
 
 
-def image_batches(maps: np.ndarray, captions: np.ndarray, batch_images: int, shuffle: bool,
-                  seed: int) -> Iterator[tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]]:
+def image_batches(
+    maps: np.ndarray, captions: np.ndarray, batch_images: int, shuffle: bool, seed: int
+) -> Iterator[tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]]:
     """Batches ``((maps, caption[:-1]), caption[1:], weight)`` of whole images, cut to the longest
     caption of the batch; ``weight`` masks padding and makes the loss a mean over real tokens.
     ``maps`` ``(images, ..., feature_dim)`` keep their dtype (float16 from the cache)."""
     n = len(maps)
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
     for start in range(0, n, batch_images):
-        idx = np.sort(order[start:start + batch_images])
+        idx = np.sort(order[start : start + batch_images])
         caps = captions[idx]
         length = int(np.flatnonzero((caps > 0).any(axis=(0, 1)))[-1]) + 1 if caps.any() else 2
-        caps = caps[:, :, :max(length, 2)]
+        caps = caps[:, :, : max(length, 2)]
         target = caps[:, :, 1:]
         weight = (target > 0).astype(np.float32)
         weight /= max(weight.mean(), 1e-9)
@@ -79,12 +84,20 @@ def make_image_dataset(maps: np.ndarray, captions: np.ndarray, batch_images: int
     regions = int(np.prod(maps.shape[1:-1]))
     k = captions.shape[1]
     spec = tf.TensorSpec((None, k, None), tf.int32)
-    signature = ((tf.TensorSpec((None, regions, maps.shape[-1]), tf.as_dtype(maps.dtype)), spec), spec,
-                 tf.TensorSpec((None, k, None), tf.float32))
+    signature = (
+        (tf.TensorSpec((None, regions, maps.shape[-1]), tf.as_dtype(maps.dtype)), spec),
+        spec,
+        tf.TensorSpec((None, k, None), tf.float32),
+    )
     batches = -(-len(maps) // batch_images)
-    return tf.data.Dataset.from_generator(
-        lambda: image_batches(maps, captions, batch_images, shuffle, seed + next(epochs)),
-        output_signature=signature).apply(tf.data.experimental.assert_cardinality(batches)).prefetch(2)
+    return (
+        tf.data.Dataset.from_generator(
+            lambda: image_batches(maps, captions, batch_images, shuffle, seed + next(epochs)),
+            output_signature=signature,
+        )
+        .apply(tf.data.experimental.assert_cardinality(batches))
+        .prefetch(2)
+    )
 
 
 def dev_quality(captions: Sequence[Sequence[str]], items: Sequence[CaptionedImage]) -> dict[str, float]:
@@ -96,14 +109,23 @@ def dev_quality(captions: Sequence[Sequence[str]], items: Sequence[CaptionedImag
     scores = caption_scores(captions, items)
     texts = [" ".join(c) for c in captions]
     report = findability(texts, [(i, ref) for i, it in enumerate(items) for ref in it.captions[1:5]])
-    scores.update(distinct=len(set(texts)) / max(1, len(texts)), r_at_1=report.r_at_1, r_at_5=report.r_at_5,
-                  r_at_10=report.r_at_10, mrr=report.mrr, median_rank=report.median_rank)
+    scores.update(
+        distinct=len(set(texts)) / max(1, len(texts)),
+        r_at_1=report.r_at_1,
+        r_at_5=report.r_at_5,
+        r_at_10=report.r_at_10,
+        mrr=report.mrr,
+        median_rank=report.median_rank,
+    )
     return scores
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.train_attention", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m training.train_attention",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_data_arguments(p)
     p.add_argument("--work-dir", required=True, help="resume folder (weights, optimizer, history, vocabulary)")
     p.add_argument("--encoder", default="xception")
@@ -127,21 +149,40 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scst-samples", type=int, default=5)
     g.add_argument("--scst-batch-images", type=int, default=16)
     g.add_argument("--scst-baseline", choices=["mean", "greedy"], default="mean")
-    g.add_argument("--scst-discriminability", type=float, default=0.0,
-                   help="weight of the findability reward (BM25 among the batch's captions) added to CIDEr-D")
-    g.add_argument("--scst-select", default="cider_d+r_at_5",
-                   help="dev metric (or sum) choosing the SCST epoch (0 = the cross-entropy weights)")
+    g.add_argument(
+        "--scst-discriminability",
+        type=float,
+        default=0.0,
+        help="weight of the findability reward (BM25 among the batch's captions) added to CIDEr-D",
+    )
+    g.add_argument(
+        "--scst-select",
+        default="cider_d+r_at_5",
+        help="dev metric (or sum) choosing the SCST epoch (0 = the cross-entropy weights)",
+    )
     g.add_argument("--scst-beam-width", type=int, default=3)
     g.add_argument("--scst-length-alpha", type=float, default=0.5)
     p.add_argument("--evaluate-only", action="store_true", help="score a work folder's weights, do not train")
-    p.add_argument("--select", default="cider_d+r_at_5",
-                   help="dev metric (or sum of metrics) of the greedy evaluation whose best epoch is also kept "
-                        "as the 'selected' checkpoint (early stopping stays on dev loss)")
-    p.add_argument("--checkpoint", choices=["best", "last", "selected"], default="best",
-                   help="with --evaluate-only: best dev loss, last epoch, or best --select score")
-    p.add_argument("--ensemble-with", action="append", default=[], metavar="WORK_DIR",
-                   help="with --evaluate-only: also the best weights of another run (same vocabulary and sizes; "
-                        "the kind may differ), all members combined in one step graph")
+    p.add_argument(
+        "--select",
+        default="cider_d+r_at_5",
+        help="dev metric (or sum of metrics) of the greedy evaluation whose best epoch is also kept "
+        "as the 'selected' checkpoint (early stopping stays on dev loss)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        choices=["best", "last", "selected"],
+        default="best",
+        help="with --evaluate-only: best dev loss, last epoch, or best --select score",
+    )
+    p.add_argument(
+        "--ensemble-with",
+        action="append",
+        default=[],
+        metavar="WORK_DIR",
+        help="with --evaluate-only: also the best weights of another run (same vocabulary and sizes; "
+        "the kind may differ), all members combined in one step graph",
+    )
     p.add_argument("--ensemble-combine", choices=["mean_logprob", "mean_prob"], default="mean_logprob")
     p.add_argument("--decode", default="greedy", help="with --evaluate-only: greedy or beam:WIDTH:ALPHA")
     return p
@@ -207,8 +248,10 @@ def _check_config(work_dir: str, config: Any) -> None:
     with open(path) as f:
         saved = AttentionConfig.from_dict(json.load(f))
     if saved != config:
-        raise SystemExit(f"{work_dir} holds a decoder of config {saved.to_dict()}; these flags ask for "
-                         f"{config.to_dict()}: use the same flags or another --work-dir")
+        raise SystemExit(
+            f"{work_dir} holds a decoder of config {saved.to_dict()}; these flags ask for "
+            f"{config.to_dict()}: use the same flags or another --work-dir"
+        )
 
 
 def _ensemble_member(work_dir: str, vocab: Vocabulary) -> Any:
@@ -244,25 +287,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dev_items, dev_maps, _ = load_split_features(args, "dev", args.encoder, weights, (size, size), spatial=True)
     train_items: list[CaptionedImage] = []
     if not args.evaluate_only or not os.path.exists(os.path.join(args.work_dir, "vocabulary.json")):
-        train_items, train_maps, _ = load_split_features(args, "train", args.encoder, weights, (size, size),
-                                                         spatial=True)
+        train_items, train_maps, _ = load_split_features(
+            args, "train", args.encoder, weights, (size, size), spatial=True
+        )
     vocab, max_length = _vocabulary(args, train_items)
-    config = AttentionConfig(vocab_size=len(vocab), max_length=max_length, feature_dim=dev_maps.shape[-1],
-                             regions=int(np.prod(dev_maps.shape[1:-1])), embedding_dim=args.embedding_dim,
-                             units=args.units, attention_dim=args.attention_dim, dropout=args.dropout, kind=args.kind)
+    config = AttentionConfig(
+        vocab_size=len(vocab),
+        max_length=max_length,
+        feature_dim=dev_maps.shape[-1],
+        regions=int(np.prod(dev_maps.shape[1:-1])),
+        embedding_dim=args.embedding_dim,
+        units=args.units,
+        attention_dim=args.attention_dim,
+        dropout=args.dropout,
+        kind=args.kind,
+    )
     _check_config(args.work_dir, config)
     keras.utils.set_random_seed(args.seed)
     decoder = AttentionDecoder(config)
     member_dir = os.path.join(args.work_dir, "member-1")
-    evaluate: Callable[[Any], dict[str, float]] = lambda settings, step=None: dev_quality(
-        generate_captions(step or decoder.step_model(), vocab, dev_maps[:args.dev_eval], settings, batch_size=100),
-        dev_items[:args.dev_eval])
+
+    def evaluate(settings: Any, step: Any = None) -> dict[str, float]:
+        return dev_quality(
+            generate_captions(step or decoder.step_model(), vocab, dev_maps[: args.dev_eval], settings, batch_size=100),
+            dev_items[: args.dev_eval],
+        )
+
     if args.evaluate_only:
         from model.attention_decoder import AttentionStepModel
 
-
-        decoder.load_weights(os.path.join(member_dir, {"best": BEST, "last": LAST, "selected": SELECTED}[
-            args.checkpoint]))
+        decoder.load_weights(
+            os.path.join(member_dir, {"best": BEST, "last": LAST, "selected": SELECTED}[args.checkpoint])
+        )
         members = [decoder, *(_ensemble_member(d, vocab) for d in args.ensemble_with)]
         settings = _settings(args.decode, max_length)
         with open(os.path.join(member_dir, "state.json")) as f:
@@ -272,17 +328,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with open(os.path.join(member_dir, SELECTION)) as f:
                 epochs["selected"] = json.load(f)["epoch"]
         others = [json.load(open(os.path.join(d, "member-1", "state.json")))["best_epoch"] for d in args.ensemble_with]
-        result = {"checkpoint": args.checkpoint, "epoch": epochs[args.checkpoint],
-                  "member_epochs": [epochs[args.checkpoint], *others], "combine": args.ensemble_combine,
-                  "decode": settings.describe(), "members": [args.work_dir, *args.ensemble_with],
-                  "images": len(dev_items[:args.dev_eval]),
-                  **evaluate(settings, AttentionStepModel(members, args.ensemble_combine))}
+        result = {
+            "checkpoint": args.checkpoint,
+            "epoch": epochs[args.checkpoint],
+            "member_epochs": [epochs[args.checkpoint], *others],
+            "combine": args.ensemble_combine,
+            "decode": settings.describe(),
+            "members": [args.work_dir, *args.ensemble_with],
+            "images": len(dev_items[: args.dev_eval]),
+            **evaluate(settings, AttentionStepModel(members, args.ensemble_combine)),
+        }
         with open(os.path.join(args.work_dir, "evaluations.jsonl"), "a") as f:  # the record of every score
             f.write(json.dumps(result) + "\n")
         return result
 
-    log.info("%s attention decoder: %d parameters; %d train / %d dev images", args.kind, decoder.count_params(),
-             len(train_items), len(dev_items))
+    log.info(
+        "%s attention decoder: %d parameters; %d train / %d dev images",
+        args.kind,
+        decoder.count_params(),
+        len(train_items),
+        len(dev_items),
+    )
     greedy = _settings("greedy", max_length)
 
     def on_epoch(epoch: int, logs: dict) -> None:
@@ -295,40 +361,82 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         logs.update({f"dev_{k}": v for k, v in scores.items()}, dev_eval_seconds=time.time() - started)
         if scores:
             _keep_selected(decoder, member_dir, epoch + 1, args.select, scores)
-        log.info("epoch %d: loss %.4f dev loss %.4f | dev greedy %s (%.0f s)", epoch + 1, logs["loss"],
-                 logs["val_loss"], " ".join(f"{k}={v:.4f}" for k, v in scores.items()), time.time() - started)
+        log.info(
+            "epoch %d: loss %.4f dev loss %.4f | dev greedy %s (%.0f s)",
+            epoch + 1,
+            logs["loss"],
+            logs["val_loss"],
+            " ".join(f"{k}={v:.4f}" for k, v in scores.items()),
+            time.time() - started,
+        )
 
     settings = FitSettings(args.epochs, args.patience, args.batch_images, args.learning_rate, 0.0, args.seed)
-    train_ds = make_image_dataset(train_maps, caption_table(train_items, vocab, max_length), args.batch_images,
-                                  True, args.seed)
+    train_ds = make_image_dataset(
+        train_maps, caption_table(train_items, vocab, max_length), args.batch_images, True, args.seed
+    )
     dev_ds = make_image_dataset(dev_maps, caption_table(dev_items, vocab, max_length), 50, False, args.seed)
-    record = fit_member(decoder, train_ds, dev_ds, settings, member_dir, on_epoch=on_epoch,
-                        verbose=0 if args.no_progress else 2)
-    result = {"config": config.to_dict(), "epochs": record["epoch"], "best_epoch": record["best_epoch"],
-              "seconds": record["seconds"], "history": record["history"]}
+    record = fit_member(
+        decoder, train_ds, dev_ds, settings, member_dir, on_epoch=on_epoch, verbose=0 if args.no_progress else 2
+    )
+    result = {
+        "config": config.to_dict(),
+        "epochs": record["epoch"],
+        "best_epoch": record["best_epoch"],
+        "seconds": record["seconds"],
+        "history": record["history"],
+    }
     if args.scst_epochs > 0:
         result["scst"] = _scst(args, decoder, vocab, train_items, train_maps, dev_items, dev_maps, member_dir)
     return result
 
 
-def _scst(args: argparse.Namespace, decoder: Any, vocab: Vocabulary, train_items: Sequence[CaptionedImage],
-          train_maps: np.ndarray, dev_items: Sequence[CaptionedImage], dev_maps: np.ndarray,
-          member_dir: str) -> dict[str, Any]:
+def _scst(
+    args: argparse.Namespace,
+    decoder: Any,
+    vocab: Vocabulary,
+    train_items: Sequence[CaptionedImage],
+    train_maps: np.ndarray,
+    dev_items: Sequence[CaptionedImage],
+    dev_maps: np.ndarray,
+    member_dir: str,
+) -> dict[str, Any]:
     """SCST of the fitted decoder in ``member_dir/scst-<hash of its settings>`` (resumable)."""
     import hashlib
 
     from training.scst import ScstSettings, scst_member
 
-    settings = ScstSettings(args.scst_epochs, args.scst_learning_rate, args.scst_samples, args.scst_batch_images,
-                            args.scst_baseline, args.scst_select, args.scst_beam_width, args.scst_length_alpha,
-                            args.seed, args.scst_discriminability)
+    settings = ScstSettings(
+        args.scst_epochs,
+        args.scst_learning_rate,
+        args.scst_samples,
+        args.scst_batch_images,
+        args.scst_baseline,
+        args.scst_select,
+        args.scst_beam_width,
+        args.scst_length_alpha,
+        args.seed,
+        args.scst_discriminability,
+    )
     tag = hashlib.sha256(json.dumps(settings.identity(), sort_keys=True).encode()).hexdigest()[:12]
     flat = train_maps.reshape(len(train_maps), -1, train_maps.shape[-1])  # a view: (images, regions, dim)
     n = args.dev_eval
-    state = scst_member(decoder, vocab, train_items, flat, dev_items[:n], dev_maps[:n], settings,
-                        os.path.join(member_dir, f"scst-{tag}"), score_captions=dev_quality)
-    return {"settings": settings.identity(), "best_epoch": state["best_epoch"], "seconds": state["seconds"],
-            "history": state["history"]}
+    state = scst_member(
+        decoder,
+        vocab,
+        train_items,
+        flat,
+        dev_items[:n],
+        dev_maps[:n],
+        settings,
+        os.path.join(member_dir, f"scst-{tag}"),
+        score_captions=dev_quality,
+    )
+    return {
+        "settings": settings.identity(),
+        "best_epoch": state["best_epoch"],
+        "seconds": state["seconds"],
+        "history": state["history"],
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
