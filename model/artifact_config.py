@@ -20,7 +20,7 @@ Formats (``config.json`` and ``manifest.json`` say which):
 A format this version does not know is refused by name (a newer artifact needs a newer package).
 The ensemble is parsed here only (``ArtifactConfig.ensemble_members``). Readers use attributes
 (``config.encoder.image_size``), never string keys; the JSON on disk is written by
-``model.artifact.save_artifact`` and is not changed by parsing it.
+``model.artifact_writer.save_artifact`` and is not changed by parsing it.
 """
 
 from __future__ import annotations

@@ -47,8 +47,8 @@ def make_tiny_artifact(
     small random merge decoder; returns its model_id."""
     import keras
 
-    from model.artifact import save_artifact
     from model.artifact_config import DecoderConfig, EncoderConfig
+    from model.artifact_writer import save_artifact
     from model.caption_search import DecodeSettings
     from model.encoder import ImageEncoder
     from model.lstm_decoder import MergeDecoder
@@ -93,8 +93,8 @@ def make_tiny_attention_artifact(
     per kind; returns its model_id."""
     import keras
 
-    from model.artifact import save_artifact
     from model.artifact_config import AttentionConfig, EncoderConfig
+    from model.artifact_writer import save_artifact
     from model.attention_decoder import AttentionDecoder
     from model.caption_search import DecodeSettings
     from model.encoder import ImageEncoder

@@ -19,11 +19,9 @@ from model.artifact import (  # noqa: E402
     ArtifactError,
     artifact_files,
     read_artifact,
-    save_artifact,
-    with_int8_encoder,
-    write_files,
 )
 from model.artifact_config import ATTENTION_FORMAT, AttentionConfig, EncoderConfig  # noqa: E402
+from model.artifact_writer import save_artifact, with_int8_encoder, write_files
 from model.attention_decoder import AttentionDecoder, AttentionStepModel  # noqa: E402
 from model.caption_search import DecodeSettings, decode_batch  # noqa: E402
 from model.captioner import build_decoders, build_step_model, load_caption_model  # noqa: E402

@@ -15,7 +15,7 @@ from model.artifact_config import AttentionConfig  # noqa: E402
 from model.attention_decoder import AttentionDecoder, AttentionStepModel  # noqa: E402
 from model.caption_search import DecodeSettings, decode_batch  # noqa: E402
 from model.vocabulary import Vocabulary  # noqa: E402
-from training import train_attention  # noqa: E402
+from training import attention_data, train_attention
 from training.datasets import CaptionedImage  # noqa: E402
 from training.fit import FitSettings, fit_member  # noqa: E402
 
@@ -133,19 +133,19 @@ def test_config_is_checked_and_round_trips():
 def test_caption_table_and_batches_weigh_only_real_tokens():
     vocab = Vocabulary.build(["a red dog", "a dog", "the cat runs"], min_count=1)
     items = [CaptionedImage("x", "x.jpg", ("a red dog", "a dog")), CaptionedImage("y", "y.jpg", ("the cat runs", "?!"))]
-    table = train_attention.caption_table(items, vocab, max_length=7)
+    table = attention_data.caption_table(items, vocab, max_length=7)
     assert table.shape == (2, 2, 7)
     assert not table[1, 1].any()  # "?!" has no words: an all-padding row
     assert list(table[0, 1, :4]) == vocab.encode("a dog", 7)
     maps = np.arange(2 * 4 * 3, dtype=np.float16).reshape(2, 2, 2, 3)
-    batches = list(train_attention.image_batches(maps, table, batch_images=2, shuffle=False, seed=0))
+    batches = list(attention_data.image_batches(maps, table, batch_images=2, shuffle=False, seed=0))
     (x, inputs), target, weight = batches[0]
     assert x.shape == (2, 4, 3) and x.dtype == np.float16
     longest = max(len(vocab.encode(c, 7)) for it in items for c in it.captions)
     assert inputs.shape == target.shape == weight.shape == (2, 2, longest - 1)  # cut to the longest caption
     np.testing.assert_array_equal(weight > 0, target > 0)
     assert weight.mean() == pytest.approx(1.0)
-    shuffled = list(train_attention.image_batches(maps, table, batch_images=1, shuffle=True, seed=3))
+    shuffled = list(attention_data.image_batches(maps, table, batch_images=1, shuffle=True, seed=3))
     assert sorted(float(b[0][0][0, 0, 0]) for b in shuffled) == [0.0, 12.0]
 
 
@@ -154,9 +154,9 @@ def test_dev_quality_counts_distinct_and_findable_captions():
         CaptionedImage(f"{i}", f"{i}.jpg", (f"r{i}", f"a {w} dog", f"the {w} dog runs"))
         for i, w in enumerate(["red", "blue", "green"])
     ]
-    apart = train_attention.dev_quality([["a", w, "dog"] for w in ("red", "blue", "green")], items)
+    apart = attention_data.dev_quality([["a", w, "dog"] for w in ("red", "blue", "green")], items)
     assert apart["distinct"] == 1.0 and apart["r_at_1"] == 1.0 and apart["median_rank"] == 1.0
-    same = train_attention.dev_quality([["a", "dog"]] * 3, items)
+    same = attention_data.dev_quality([["a", "dog"]] * 3, items)
     assert same["distinct"] == pytest.approx(1 / 3)
     assert same["r_at_1"] == pytest.approx(1 / 3)  # three tied documents: found first one time in three
     assert same["bleu1"] < apart["bleu1"]
@@ -189,8 +189,8 @@ def test_fit_learns_the_hot_cell_and_an_interrupted_fit_resumes(tmp_path: Path):
     def fit(on_epoch=None):
         return fit_member(
             AttentionDecoder(config),
-            train_attention.make_image_dataset(maps, table, 16, True, 0),
-            train_attention.make_image_dataset(dev_maps, dev_words, 30, False, 0),
+            attention_data.make_image_dataset(maps, table, 16, True, 0),
+            attention_data.make_image_dataset(dev_maps, dev_words, 30, False, 0),
             settings,
             work,
             on_epoch=on_epoch,

@@ -163,7 +163,8 @@ def test_tampered_int8_files_are_refused(int8_artifact, tmp_path, name):
 
 
 def test_non_ir_xml_with_a_matching_manifest_is_refused(int8_artifact, tmp_path):
-    from model.artifact import ArtifactError, artifact_files, write_files
+    from model.artifact import ArtifactError, artifact_files
+    from model.artifact_writer import write_files
     from model.captioner import load_caption_model
 
     files = artifact_files(int8_artifact)

@@ -238,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def export(args: argparse.Namespace) -> dict[str, Any]:
     """Write the float32 artifact; returns what was written."""
-    from model.artifact import save_artifact
     from model.artifact_config import EncoderConfig
+    from model.artifact_writer import save_artifact
     from model.encoder import get_backbone
 
     vocab = work_vocabulary(args.work_dir)

@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from model.artifact import ArtifactContents, read_artifact, with_int8_encoder
+from model.artifact import ArtifactContents, read_artifact
+from model.artifact_writer import with_int8_encoder
 from model.cli import StrictArgumentParser
 from training.compare_precision import add_gate_arguments, compare_int8, gate_failures
 from training.datasets import CaptionedImage

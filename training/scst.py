@@ -273,7 +273,7 @@ def scst_member(
     """Run SCST on ``decoder`` (its cross-entropy weights loaded) for ``settings.epochs``,
     resuming from ``work_dir``; leaves the chosen epoch's weights in it and returns the record.
     ``score_captions`` scores the dev captions for the epoch choice (default: BLEU-1..4, CIDEr-D,
-    ROUGE-L; e.g. ``training.train_attention.dev_quality`` adds distinct captions and findability)."""
+    ROUGE-L; e.g. ``training.attention_data.dev_quality`` adds distinct captions and findability)."""
     import keras
     import tensorflow as tf
 
