@@ -13,8 +13,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from model.artifact import ARTIFACT_FORMAT, ENSEMBLE_FORMAT, MANIFEST, ArtifactError, read_artifact
-from model.artifact_config import DecoderConfig, EncoderConfig
+from model.artifact import ARTIFACT_FORMAT, MANIFEST, ArtifactError, read_artifact
+from model.artifact_config import ENSEMBLE_FORMAT, DecoderConfig, EncoderConfig
 from model.artifact_writer import save_artifact
 from model.caption_search import DecodeSettings, decode_batch
 from model.captioner import build_decoders, load_caption_model
