@@ -365,7 +365,8 @@ def test_openvino_step_graphs_give_tensorflows_captions(kind: str):
 
 
 def test_findability_reward_prefers_captions_that_tell_the_batch_apart():
-    from training.scst import FindabilityReward, ScstSettings
+    from training.scst import ScstSettings
+    from training.scst_rewards import FindabilityReward
 
     vocab = Vocabulary.build(["a red dog", "a blue cat"], min_count=1)
     reward = FindabilityReward(vocab, [("a red dog", "red dog"), ("a blue cat", "blue cat"), ("x",)])

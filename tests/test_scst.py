@@ -19,15 +19,14 @@ from tests.factories import TINY_CAPTIONS, make_tiny_decoder
 from training.datasets import CaptionedImage
 from training.evaluate import bleu_on
 from training.scst import (
-    CiderReward,
     Sampler,
     ScstSettings,
-    advantages,
     make_train_step,
     scst_epoch,
     scst_member,
     sequence_logprob,
 )
+from training.scst_rewards import CiderReward, advantages
 
 FEATURES = 24
 

@@ -20,7 +20,6 @@ TensorFlow to N threads (a shared machine).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -141,19 +140,8 @@ def train(args: argparse.Namespace, argv: Sequence[str] = ()) -> dict[str, Any]:
 
     scst = None
     if args.scst_epochs > 0:
-        scst = ScstSettings(
-            args.scst_epochs,
-            args.scst_learning_rate,
-            args.scst_samples,
-            args.scst_batch_images,
-            args.scst_baseline,
-            args.scst_select,
-            args.scst_beam_width,
-            args.scst_length_alpha,
-            args.seed,
-            args.scst_discriminability,
-        )
-        scst_tag = "scst-" + hashlib.sha256(json.dumps(scst.identity(), sort_keys=True).encode()).hexdigest()[:12]
+        scst = ScstSettings.from_flags(args)
+        scst_tag = scst.run_folder()
     members, records, scst_records = [], [], []
     embedding_info: dict[str, Any] = {"source": args.embedding}
     for i in range(args.ensemble):

@@ -323,23 +323,10 @@ def _scst(
     member_dir: str,
 ) -> dict[str, Any]:
     """SCST of the fitted decoder in ``member_dir/scst-<hash of its settings>`` (resumable)."""
-    import hashlib
 
     from training.scst import ScstSettings, scst_member
 
-    settings = ScstSettings(
-        args.scst_epochs,
-        args.scst_learning_rate,
-        args.scst_samples,
-        args.scst_batch_images,
-        args.scst_baseline,
-        args.scst_select,
-        args.scst_beam_width,
-        args.scst_length_alpha,
-        args.seed,
-        args.scst_discriminability,
-    )
-    tag = hashlib.sha256(json.dumps(settings.identity(), sort_keys=True).encode()).hexdigest()[:12]
+    settings = ScstSettings.from_flags(args)
     flat = train_maps.reshape(len(train_maps), -1, train_maps.shape[-1])  # a view: (images, regions, dim)
     n = args.dev_eval
     state = scst_member(
@@ -350,7 +337,7 @@ def _scst(
         dev_items[:n],
         dev_maps[:n],
         settings,
-        os.path.join(member_dir, f"scst-{tag}"),
+        os.path.join(member_dir, settings.run_folder()),
         score_captions=dev_quality,
     )
     return {
