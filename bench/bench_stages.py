@@ -36,17 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import FLICKR8K, REPO, XCEPTION_WEIGHTS, machine, python, table
+from bench.bench_throughput import dev_images, link_dir
+from bench.common import REPO, XCEPTION_WEIGHTS, machine, python, table
 
 STAGES = ("read", "sha256", "decode", "encoder", "search", "rows", "commit")
-
-
-def dev_photos(n: int) -> list[Path]:
-    names = (FLICKR8K / "Flickr_8k.devImages.txt").read_text().split()
-    photos = [FLICKR8K / "images" / name for name in names if (FLICKR8K / "images" / name).exists()]
-    if len(photos) < n:
-        raise SystemExit(f"only {len(photos)} dev photos under {FLICKR8K}")
-    return photos[:n]
 
 
 def cpu_seconds(fn: Callable[[], Any]) -> tuple[float, float, Any]:
@@ -112,10 +105,7 @@ def stage_costs(photos: list[Path], precision: str, batch_size: int, commit_ever
 
 def pipeline_run(photos: list[Path], precision: str, work: Path, cache: str) -> tuple[float, float]:
     """(CPU s of the process tree, wall s) of ``run_pipeline.py`` over ``photos`` (a glob of links)."""
-    inputs = work / f"in-{len(photos)}"
-    inputs.mkdir(parents=True)
-    for p in photos:
-        os.symlink(p, inputs / p.name)
+    inputs = link_dir(photos, work / f"in-{len(photos)}")
     out = work / f"out-{len(photos)}-{time.monotonic_ns()}"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -156,7 +146,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--commit_every", type=int, default=256)
     args = parser.parse_args()
-    photos = dev_photos(args.images)
+    photos = dev_images(args.images)
     small = photos[: max(1, args.images // 4)]
     work = Path(tempfile.mkdtemp(prefix="bench-stages-"))
     cache = str(work / "graph-cache")
