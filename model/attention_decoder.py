@@ -98,13 +98,15 @@ class AttentionNetwork(keras.Model):
 
     def attend(self, values: tf.Tensor, keys: tf.Tensor, h: tf.Tensor, sentinel: tf.Tensor | None) -> tf.Tensor:
         """Context of queries ``h`` ``(n, q, units)`` over one image's cells each: ``(n, q, units)``."""
+        # expand_dims and a batched matmul rather than slicing with None and einsum: OpenVINO
+        # copies a None-slice and lowers this einsum with a broadcast multiply (same maths)
         query = self.query(h)  # (n, q, A)
-        z = tf.squeeze(self.score(tf.tanh(keys[:, None] + query[:, :, None])), -1)  # (n, q, R)
+        z = tf.squeeze(self.score(tf.tanh(tf.expand_dims(keys, 1) + tf.expand_dims(query, 2))), -1)  # (n, q, R)
         if sentinel is None:
-            return tf.einsum("nqr,nru->nqu", tf.nn.softmax(z, axis=-1), values)
+            return tf.matmul(tf.nn.softmax(z, axis=-1), values)
         z_s = self.score(tf.tanh(self.sentinel_key(sentinel) + query))  # (n, q, 1)
         alpha = tf.nn.softmax(tf.concat([z, z_s], axis=-1), axis=-1)
-        return tf.einsum("nqr,nru->nqu", alpha[..., :-1], values) + alpha[..., -1:] * sentinel
+        return tf.matmul(alpha[..., :-1], values) + alpha[..., -1:] * sentinel
 
     def call(self, inputs: Sequence[tf.Tensor], training: bool = False) -> tf.Tensor:
         maps, words = inputs
@@ -132,6 +134,44 @@ class AttentionNetwork(keras.Model):
         x = tf.concat([tf.gather(self.embedding.embeddings, word_ids), image], axis=-1)
         _, (h2, m2) = self.memory_cell.cell(x, [h, m], training=False)
         sentinel = self.sentinel(x, h, m2)[:, None] if self.adaptive else None
+        context = self.attend(values, keys, h2[:, None], sentinel)[:, 0]
+        return tf.nn.log_softmax(self.word_logits(context + h2)), h2, m2
+
+    def image_gates(self, image: tf.Tensor) -> tf.Tensor:
+        """The image's share of the LSTM's input gates, ``v_g`` times its kernel rows: the same at
+        every step, so computed once per image (``AttentionStepModel.project_image_gates``)."""
+        kernel = self.memory_cell.cell.kernel
+        return tf.matmul(image, kernel[self.config.embedding_dim :])
+
+    def word_gates(self) -> tf.Tensor:
+        """Every word's share of the LSTM's input gates with the bias, ``(vocab, 4 units)``: built
+        from the weights inside the graph, a constant once OpenVINO folds it."""
+        cell = self.memory_cell.cell
+        return tf.matmul(self.embedding.embeddings, cell.kernel[: self.config.embedding_dim]) + cell.bias
+
+    def step_from_gates(
+        self,
+        word_ids: tf.Tensor,
+        h: tf.Tensor,
+        m: tf.Tensor,
+        values: tf.Tensor,
+        keys: tf.Tensor,
+        image: tf.Tensor | None,
+        image_gates: tf.Tensor,
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """``step_tensors``' maths with the LSTM's input product split by linearity,
+        ``[e; v_g] W = e W_e + v_g W_g``: the word part looked up from ``word_gates``, the image part
+        given (``image_gates``), so a step multiplies only ``h`` by the recurrent kernel. Keras'
+        LSTMCell gate order and activations (i, f, c, o; sigmoid and tanh)."""
+        cell = self.memory_cell.cell
+        z = tf.gather(self.word_gates(), word_ids) + image_gates + tf.matmul(h, cell.recurrent_kernel)
+        zi, zf, zc, zo = tf.split(z, 4, axis=-1)
+        m2 = tf.sigmoid(zf) * m + tf.sigmoid(zi) * tf.tanh(zc)
+        h2 = tf.sigmoid(zo) * tf.tanh(m2)
+        sentinel = None
+        if self.adaptive:
+            x = tf.concat([tf.gather(self.embedding.embeddings, word_ids), image], axis=-1)
+            sentinel = self.sentinel(x, h, m2)[:, None]
         context = self.attend(values, keys, h2[:, None], sentinel)[:, 0]
         return tf.nn.log_softmax(self.word_logits(context + h2)), h2, m2
 
@@ -216,6 +256,40 @@ class AttentionStepModel:
     @property
     def members(self) -> int:
         return len(self._networks)
+
+    def folded_graphs(self) -> tuple[Any, Any]:
+        """The two graphs OpenVINO runs (``model.attention_runtime``): the projection, giving per
+        image the values, keys and each member's image gates (and the global vector when a member
+        is adaptive: its sentinel reads it), and a step that adds the gates
+        (``AttentionNetwork.step_from_gates``; the word gates fold into a constant on conversion).
+        Same captions as ``_image``/``_step`` up to float rounding (tested)."""
+        c, n, f32 = self.config, self.members, tf.float32
+        adaptive = any(net.adaptive for net in self._networks)
+
+        def project(maps: tf.Tensor) -> tuple[tf.Tensor, ...]:
+            values, keys, image = self.project_image(maps)
+            gates = [net.image_gates(g) for net, g in zip(self._networks, tf.split(image, n, axis=-1))]
+            return (values, keys, tf.concat(gates, axis=-1), *((image,) if adaptive else ()))
+
+        def step(word_ids, h, m, image_index, *per_image) -> tuple[tf.Tensor, ...]:
+            rows = [tf.split(tf.gather(x, image_index), n, axis=-1) for x in per_image]
+            values, keys, gates, image = (*rows, [None] * n) if not adaptive else rows
+            parts = zip(self._networks, tf.split(h, n, axis=-1), tf.split(m, n, axis=-1), values, keys, image, gates)
+            outs = [net.step_from_gates(word_ids, *p) for net, *p in parts]
+            logp = combine_member_logprobs([o[0] for o in outs], self.combine)
+            return logp, tf.concat([o[1] for o in outs], axis=-1), tf.concat([o[2] for o in outs], axis=-1)
+
+        per_image = [
+            tf.TensorSpec([None, c.regions, n * c.units], f32),
+            tf.TensorSpec([None, c.regions, n * c.attention_dim], f32),
+            tf.TensorSpec([None, n * 4 * c.units], f32),
+            *([tf.TensorSpec([None, n * c.embedding_dim], f32)] if adaptive else []),
+        ]
+        rows = [tf.TensorSpec([None], tf.int32), *[tf.TensorSpec([None, n * c.units], f32)] * 2]
+        return (
+            tf.function(project, input_signature=[tf.TensorSpec([None, c.regions, c.feature_dim], f32)]),
+            tf.function(step, input_signature=[*rows, tf.TensorSpec([None], tf.int32), *per_image]),
+        )
 
     def project_image(self, maps: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         parts = [net.encode_image(maps) for net in self._networks]

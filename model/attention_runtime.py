@@ -20,7 +20,8 @@ import numpy as np
 from model.artifact_config import ENSEMBLE_COMBINE, AttentionConfig
 from model.caption_search import PerImage
 
-ATTENTION_GRAPHS = ("attention-image", "attention-step-by-image")  # the step takes the map per image
+# the step takes the map per image; "gates": the LSTM's input product split per word and per image
+ATTENTION_GRAPHS = ("attention-image-gates", "attention-step-gates")
 
 
 def spatial_maps(features: np.ndarray, config: AttentionConfig) -> np.ndarray:
@@ -68,7 +69,7 @@ class OpenVinoAttentionStepModel:
         self.width = self.members * self.config.units
         folder = ovr.cache_dir(cache)
         kinds = [c.kind for c in configs]
-        model = functools.cache(tensorflow_model)
+        graphs = functools.cache(lambda: tensorflow_model().folded_graphs())
 
         def key(graph: str) -> str | None:
             return None if cache_identity is None else attention_graph_key(graph, cache_identity, combine, kinds)
@@ -76,17 +77,18 @@ class OpenVinoAttentionStepModel:
         self._run = ovr.ThreadLocalRequests(
             [
                 ovr.compile_traced(
-                    lambda: model()._image.get_concrete_function(), "float32", key(ATTENTION_GRAPHS[0]), folder
+                    lambda: graphs()[0].get_concrete_function(), "float32", key(ATTENTION_GRAPHS[0]), folder
                 ),
                 ovr.compile_traced(
-                    lambda: model()._step.get_concrete_function(), "float32", key(ATTENTION_GRAPHS[1]), folder
+                    lambda: graphs()[1].get_concrete_function(), "float32", key(ATTENTION_GRAPHS[1]), folder
                 ),
             ]
         )
 
     def initial_state(self, features: np.ndarray) -> tuple[Any, ...]:
         """``features``: spatial maps ``(n, h, w, feature_dim)`` or ``(n, regions, feature_dim)``;
-        the state is ``AttentionStepModel``'s (the projected map once per image)."""
+        the state is ``AttentionStepModel``'s with the per-image entries of
+        ``AttentionStepModel.folded_graphs`` (values, keys, image gates, [global vector])."""
         maps = spatial_maps(features, self.config)
         projected = PerImage(self._run.run(0, [maps]))
         zeros = np.zeros((len(maps), self.width), np.float32)

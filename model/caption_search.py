@@ -161,6 +161,39 @@ def _normalised(h: Hypothesis, length_alpha: float, logprob: float | None = None
     return (h.logprob if logprob is None else logprob) / max(1, len(h.token_ids)) ** length_alpha
 
 
+def _top_extensions(
+    row_image: np.ndarray, row_logp: np.ndarray, logp: np.ndarray, take: int
+) -> tuple[np.ndarray, list[list[int]], list[list[int]], list[list[float]]]:
+    """Each image's ``take`` best extensions of its live rows, best first, in one set of array
+    operations over all images (``row_image`` is sorted: rows are grouped by image).
+
+    Returns the images (sorted) and, per image, the candidates' rank-ordered rows, words and
+    total log-probabilities (an image with fewer than ``take`` extensions has fewer)."""
+    images, starts, counts = np.unique(row_image, return_index=True, return_counts=True)
+    vocab = logp.shape[1]
+    width = int(counts.max())
+    group = np.repeat(np.arange(len(images)), counts)
+    slot = np.arange(len(row_image)) - starts[group]
+    # (images, beams, vocab); padding is NaN, which sorts after every real extension (-inf included)
+    total = np.full((len(images), width, vocab), np.nan)
+    total[group, slot] = row_logp[:, None] + logp
+    flat = total.reshape(len(images), width * vocab)
+    take = min(take, flat.shape[1])
+    part = np.argpartition(-flat, take - 1, axis=1)[:, :take]
+    values = np.take_along_axis(flat, part, 1)
+    order = np.argsort(-values, axis=1, kind="stable")
+    part, values = np.take_along_axis(part, order, 1), np.take_along_axis(values, order, 1)
+    beam, word = np.divmod(part, vocab)
+    real = beam < counts[:, None]  # padding rows of images with fewer beams are not candidates
+    rows, words, totals = [], [], []
+    for i in range(len(images)):
+        keep = real[i]
+        rows.append((starts[i] + beam[i][keep]).tolist())
+        words.append(word[i][keep].tolist())
+        totals.append(values[i][keep].tolist())
+    return images, rows, words, totals
+
+
 def beam_candidates(
     decoder: StepModel,
     features: np.ndarray,
@@ -175,58 +208,48 @@ def beam_candidates(
     n = len(features)
     k = beam_width
     base = decoder.initial_state(features)
-    # Live beams: one flat list of rows; per row its image, tokens and log-prob.
+    # Live beams: one flat list of rows, grouped by image; per row its image, tokens and log-prob.
     state = base
     row_image = np.arange(n)
     row_tokens: list[tuple[int, ...]] = [() for _ in range(n)]
     row_logp = np.zeros(n, dtype=np.float64)
     words = np.full(n, start_id, dtype=np.int32)
     finished: list[list[Hypothesis]] = [[] for _ in range(n)]
-
-    def normalised(h: Hypothesis) -> float:
-        return _normalised(h, length_alpha)
+    best_finished = [-np.inf] * n  # the best normalised score among finished[image]
 
     for step in range(max_length - 1):
         logp, state = decoder.step(words, state)
         last_step = step == max_length - 2
+        cur_len = step + 1
         keep_rows: list[int] = []
         keep_words: list[int] = []
         new_tokens: list[tuple[int, ...]] = []
         new_logp: list[float] = []
         new_image: list[int] = []
-        for image in np.unique(row_image):
-            rows = np.flatnonzero(row_image == image)
-            total = row_logp[rows, None] + logp[rows]  # (beams, vocab)
-            flat = total.ravel()
-            take = min(flat.size, 2 * k)
-            order = np.argpartition(-flat, take - 1)[:take]
-            order = order[np.argsort(-flat[order], kind="stable")]
+        images, cand_rows, cand_words, cand_totals = _top_extensions(row_image, row_logp, logp, 2 * k)
+        for i, image in enumerate(images.tolist()):
             kept = 0
-            for rank, idx in enumerate(order):
+            best_live = -np.inf
+            for rank, (row, word, total) in enumerate(zip(cand_rows[i], cand_words[i], cand_totals[i])):
                 if kept == k:
                     break
-                beam, word = divmod(int(idx), total.shape[1])
-                row = int(rows[beam])
                 hyp_tokens = row_tokens[row] + (word,)
                 if word == end_id or last_step:
                     # Like HF/im2txt: an ending only counts if it ranks among the top k.
                     if rank < k:
-                        finished[image].append(Hypothesis(hyp_tokens, float(flat[idx])))
+                        finished[image].append(Hypothesis(hyp_tokens, total))
+                        best_finished[image] = max(best_finished[image], _normalised(finished[image][-1], length_alpha))
                     continue
                 keep_rows.append(row)
                 keep_words.append(word)
                 new_tokens.append(hyp_tokens)
-                new_logp.append(float(flat[idx]))
-                new_image.append(int(image))
+                new_logp.append(total)
+                new_image.append(image)
+                best_live = max(best_live, total)
                 kept += 1
-            live = [lp for lp, im in zip(new_logp, new_image) if im == image]
-            if finished[image] and live:
-                # HF-style stop: the best finished caption beats what the live beams score now.
-                cur_len = step + 1
-                if max(map(normalised, finished[image])) >= max(live) / cur_len**length_alpha:
-                    drop = [i for i, im in enumerate(new_image) if im == image]
-                    for i in reversed(drop):
-                        del keep_rows[i], keep_words[i], new_tokens[i], new_logp[i], new_image[i]
+            # HF-style stop: the best finished caption beats what the live beams score now.
+            if kept and finished[image] and best_finished[image] >= best_live / cur_len**length_alpha:
+                del keep_rows[-kept:], keep_words[-kept:], new_tokens[-kept:], new_logp[-kept:], new_image[-kept:]
         if not keep_rows:
             break
         state = _select(state, np.asarray(keep_rows))

@@ -226,8 +226,10 @@ class ThreadLocalRequests:
         return np.asarray(x, dtype=np.float32)
 
     def run(self, index: int, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Run compiled model ``index`` on positional inputs; copies of all its outputs."""
-        result = self.requests()[index].infer(dict(enumerate(inputs)))
+        """Run compiled model ``index`` on positional inputs; copies of all its outputs. The
+        inputs are read in place, not copied (``share_inputs``): a step graph is fed the same
+        per-image arrays (an attention decoder's map) at every step, and they are not changed."""
+        result = self.requests()[index].infer(dict(enumerate(inputs)), share_inputs=True)
         return [result[i] for i in range(len(result))]
 
 

@@ -342,12 +342,14 @@ def test_train_attention_cli_trains_resumes_and_evaluates(tmp_path: Path, capsys
     assert 0 < scst["history"][1]["findability"] <= 1 and "r_at_5" in scst["history"][1]["dev"]
 
 
-@pytest.mark.parametrize("kind", ["soft", "adaptive"])
-def test_openvino_step_graphs_give_tensorflows_captions(kind: str):
+@pytest.mark.parametrize("kinds", [("soft", "soft"), ("adaptive", "adaptive"), ("soft", "adaptive")])
+def test_openvino_step_graphs_give_tensorflows_captions(kinds: tuple[str, str]):
+    """OpenVINO runs the folded graphs (the LSTM's input gates split per word and per image),
+    TensorFlow the plain step: same log-probabilities and captions."""
     from model.attention_decoder import make_attention_step_model
 
     keras.utils.set_random_seed(14)
-    members = [AttentionDecoder(tiny(kind)) for _ in range(2)]
+    members = [AttentionDecoder(tiny(kind)) for kind in kinds]
     maps, words = random_inputs(seed=15, images=3, captions=1)
     tf_step = make_attention_step_model(members)
     ov_step = make_attention_step_model(members, "openvino", cache="none")

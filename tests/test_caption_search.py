@@ -144,3 +144,87 @@ def test_row_selection_leaves_per_image_state_whole():
     rows, index, kept = _select((np.array([10, 11, 12]), np.array([0, 0, 1]), shared), np.array([2, 2, 0]))
     assert list(rows) == [12, 12, 10] and list(index) == [1, 1, 0]
     assert kept is shared  # one per image, not copied per row
+
+
+def reference_beam_candidates(decoder, features, start_id, end_id, max_length, k, length_alpha):
+    """The search written plainly, one image at a time (the rule ``beam_candidates`` implements
+    with array operations over all images): top 2k extensions of an image's live rows, an
+    ending counts only among the top k, k live beams kept, HF-style stop."""
+    n = len(features)
+    state = decoder.initial_state(features)
+    live = [[((), 0.0, i)] for i in range(n)]  # per image: (tokens, logprob, state row)
+    finished = [[] for _ in range(n)]
+    words = np.full(n, start_id, dtype=np.int32)
+    for step in range(max_length - 1):
+        logp, state = decoder.step(words, state)
+        rows, next_words, next_live = [], [], [[] for _ in range(n)]
+        for image in range(n):
+            cands = [
+                (lp + float(logp[row, w]), b * logp.shape[1] + w, b, w)
+                for b, (tokens, lp, row) in enumerate(live[image])
+                for w in range(logp.shape[1])
+            ]
+            cands.sort(key=lambda c: (-c[0], c[1]))
+            kept = 0
+            for rank, (total, _, b, w) in enumerate(cands[: 2 * k]):
+                if kept == k:
+                    break
+                tokens = live[image][b][0] + (w,)
+                if w == end_id or step == max_length - 2:
+                    if rank < k:
+                        finished[image].append(Hypothesis(tokens, total))
+                    continue
+                next_live[image].append((tokens, total, live[image][b][2]))
+                kept += 1
+            if finished[image] and next_live[image]:
+                best = max(h.logprob / max(1, len(h.token_ids)) ** length_alpha for h in finished[image])
+                if best >= max(lp for _, lp, _ in next_live[image]) / (step + 1) ** length_alpha:
+                    next_live[image] = []
+        live = [[] for _ in range(n)]
+        for image in range(n):
+            for tokens, lp, row in next_live[image]:
+                live[image].append((tokens, lp, len(rows)))
+                rows.append(row)
+                next_words.append(tokens[-1])
+        if not rows:
+            break
+        state = tuple(s[np.asarray(rows)] for s in state)
+        words = np.asarray(next_words, dtype=np.int32)
+    return finished
+
+
+class RandomDecoder:
+    """Next-word log-probs from a random table row picked by a hash of the row's whole history
+    (so different captions practically never tie); ``banned`` words are -inf."""
+
+    def __init__(self, rng: np.random.Generator, vocab: int, banned: tuple[int, ...] = ()) -> None:
+        logits = rng.normal(0, 2.0, (997, vocab))
+        self.table = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        self.table[:, list(banned)] = -np.inf
+
+    def initial_state(self, features):
+        return (np.arange(len(features), dtype=np.int64) * 7919,)
+
+    def step(self, word_ids, state):
+        (history,) = state
+        history = (history * 31 + np.asarray(word_ids, np.int64) + 1) % 997
+        return self.table[history].astype(np.float32), (history,)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_beam_candidates_match_the_plain_search(seed):
+    from model.caption_search import beam_candidates
+
+    rng = np.random.default_rng(seed)
+    vocab = int(rng.choice([4, 5, 9, 40]))  # tiny vocabularies: fewer extensions than 2k
+    k = int(rng.integers(1, 5))
+    images = int(rng.integers(1, 7))
+    banned = (0,) if seed % 3 == 0 else ()
+    decoder = RandomDecoder(rng, vocab, banned)
+    features = np.zeros((images, 1), np.float32)
+    alpha = float(rng.choice([0.0, 0.5, 0.7]))
+    got = beam_candidates(decoder, features, START, END, 7, k, alpha)
+    want = reference_beam_candidates(decoder, features, START, END, 7, k, alpha)
+    assert [[h.token_ids for h in f] for f in got] == [[h.token_ids for h in f] for f in want]
+    for f, g in zip(got, want):
+        assert [h.logprob for h in f] == pytest.approx([h.logprob for h in g], rel=1e-12, abs=1e-12)
