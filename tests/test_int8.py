@@ -44,6 +44,40 @@ def test_gate_failures_name_each_broken_margin():
     assert gate_failures(report, max_bleu_drop=0.01, min_identical=0.8) == []
 
 
+def test_gate_refuses_lost_findability_distinctness_or_cider():
+    report = {
+        "identical_captions": 0.6,
+        "bleu_delta": dict.fromkeys(("bleu1", "bleu2", "bleu3", "bleu4"), 0.0),
+        "quality_delta": {"cider_d": -0.03, "r_at_5": -0.02, "distinct_share": -0.01},
+    }
+    failures = gate_failures(report, max_bleu_drop=0.005, min_identical=0.5)
+    assert [f.split()[0] for f in failures] == ["cider_d", "r_at_5"]
+    assert gate_failures(report, 0.005, 0.5, max_cider_drop=0.05, max_r5_drop=0.05) == []
+    assert gate_failures(report, 0.005, 0.5, 0.05, 0.05, max_distinct_drop=0.005)[0].startswith("distinct_share")
+
+
+def test_agreement_reports_each_quality_column_of_both_caption_lists():
+    refs = [["a dog runs on grass", "a brown dog runs"], ["a man rides a bike", "a cyclist on a road"]]
+    same = [["a", "dog", "runs"], ["a", "man", "rides", "a", "bike"]]
+    generic = [["a", "dog", "runs"], ["a", "dog", "runs"]]
+    report = caption_agreement(same, generic, refs)
+    assert report["quality_float32"]["distinct_share"] == 1.0 and report["quality_quantised"]["distinct_share"] == 0.5
+    assert report["quality_delta"]["distinct_share"] == -0.5
+    assert report["quality_delta"]["r_at_5"] <= 0 and report["quality_delta"]["cider_d"] < 0
+
+
+def test_identical_caption_default_depends_on_what_the_encoder_returns():
+    import argparse
+
+    from training.compare_precision import add_gate_arguments, gate_margins
+
+    parser = argparse.ArgumentParser()
+    add_gate_arguments(parser)
+    args = parser.parse_args([])
+    assert gate_margins(args, "pooled")["min_identical"] == 0.9 and gate_margins(args, "map")["min_identical"] == 0.5
+    assert gate_margins(parser.parse_args(["--min-identical", "0.7"]), "map")["min_identical"] == 0.7
+
+
 # --- real quantisation of the tiny model ------------------------------------------------------
 
 

@@ -74,15 +74,19 @@ def make_image_dataset(maps: np.ndarray, captions: np.ndarray, batch_images: int
 
 def dev_quality(captions: Sequence[Sequence[str]], items: Sequence[CaptionedImage]) -> dict[str, float]:
     """BLEU-1..4, CIDEr-D, ROUGE-L, distinct-caption share and BM25 findability (R@1/5/10, MRR,
-    median rank; queries: references #2-#5 of each image) of one caption per item."""
+    median rank; queries: references #2-#5 of each image) of one caption per item; without any
+    second reference (a one-caption table) the findability columns are left out."""
     from model.retrieval_metrics import findability
     from training.evaluate import caption_scores
 
     scores = caption_scores(captions, items)
     texts = [" ".join(c) for c in captions]
-    report = findability(texts, [(i, ref) for i, it in enumerate(items) for ref in it.captions[1:5]])
+    scores["distinct"] = len(set(texts)) / max(1, len(texts))
+    queries = [(i, ref) for i, it in enumerate(items) for ref in it.captions[1:5]]
+    if not queries:
+        return scores
+    report = findability(texts, queries)
     scores.update(
-        distinct=len(set(texts)) / max(1, len(texts)),
         r_at_1=report.r_at_1,
         r_at_5=report.r_at_5,
         r_at_10=report.r_at_10,

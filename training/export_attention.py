@@ -182,6 +182,31 @@ def chosen_on_dev(args: argparse.Namespace, max_length: int) -> tuple[Any, dict[
     return _settings_of(best["decode"], max_length), {"source": path, "select": args.select, **best}
 
 
+def scored_on_dev(
+    args: argparse.Namespace, members: Sequence[Any], vocab: Vocabulary, search: Any, image_size: tuple[int, int]
+) -> dict[str, Any]:
+    """The dev record of a search named with ``--decode``: the members scored with it on the dev
+    split's cached maps (``training.attention_data.dev_quality``), or only its source when no
+    data is given (``--flickr8k`` or ``--table``/``--dev-table``)."""
+    if not (args.flickr8k or args.dev_table or args.table):
+        return {"source": "--decode (not scored: no data flags)", "decode": search.describe()}
+    from model.attention_decoder import make_attention_step_model
+    from training.attention_data import dev_quality
+    from training.evaluate import generate_captions
+    from training.splits import load_split_features
+
+    items, maps, _ = load_split_features(args, "dev", args.encoder, args.encoder_weights, image_size, spatial=True)
+    step = make_attention_step_model(members, "openvino", args.ensemble_combine, cache="none")
+    captions = generate_captions(step, vocab, maps, search)
+    epoch = checkpoint_epoch(args.work_dir, args.checkpoint, args.scst_run)
+    return {
+        "source": "dev, scored at export (--decode)",
+        "epoch": epoch,
+        "decode": search.describe(),
+        **dev_quality(captions, items),
+    }
+
+
 def _settings_of(described: str, max_length: int) -> Any:
     """DecodeSettings from its ``describe()`` text (``greedy(...)`` or ``beam(k=W,alpha=A,...)``)."""
     if described.startswith("greedy"):
@@ -248,11 +273,12 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         load_member(args.work_dir, args.checkpoint, vocab, args.scst_run),
         *(load_member(d, args.ensemble_checkpoint, vocab) for d in args.ensemble_with),
     ]
+    size = args.image_size or get_backbone(args.encoder).default_size
     if args.decode == "auto":
         search, dev = chosen_on_dev(args, max_length)
     else:
-        search, dev = parse_decode(args.decode, max_length), {"source": "--decode (not chosen here)"}
-    size = args.image_size or get_backbone(args.encoder).default_size
+        search = parse_decode(args.decode, max_length)
+        dev = scored_on_dev(args, members, vocab, search, (size, size))
     training = {
         "members": [
             {"work_dir": os.path.abspath(d), "checkpoint": c, "kind": m.config.kind}

@@ -34,7 +34,7 @@ import numpy as np
 from model.artifact import ArtifactContents, read_artifact
 from model.artifact_writer import with_int8_encoder
 from model.cli import StrictArgumentParser
-from training.compare_precision import add_gate_arguments, compare_int8, gate_failures
+from training.compare_precision import add_gate_arguments, compare_int8, gate_failures, gate_margins
 from training.datasets import CaptionedImage
 from training.features import load_image
 
@@ -275,13 +275,9 @@ def quantize_artifact(args: argparse.Namespace) -> int:
     identity = encoder_identity(contents)
     ir, block = reuse_int8(args.from_artifact, identity) if args.from_artifact else build_int8(args, contents, identity)
     report = compare_int8(args, contents, ir, args.gate_split, args.gate_images)
-    failures = gate_failures(report, args.max_bleu_drop, args.min_identical)
-    report["gate"] = {
-        "passed": not failures,
-        "failures": failures,
-        "max_bleu_drop": args.max_bleu_drop,
-        "min_identical": args.min_identical,
-    }
+    margins = gate_margins(args, contents.config.encoder_output)
+    failures = gate_failures(report, **margins)
+    report["gate"] = {"passed": not failures, "failures": failures, **margins}
     print(json.dumps(report, indent=2))
     if failures:
         log.error("INT8 encoder refused, nothing written: %s", "; ".join(failures))
