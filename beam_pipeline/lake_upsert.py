@@ -167,6 +167,7 @@ def sync_tables(
                     drops[kind].add(task_group[plan.drops.column("data_file").to_numpy()], plan.drops)
                     counts[kind]["appended"] += plan.adds.num_rows
                     counts[kind]["replaced"] += plan.replaced
+                pa.default_memory_pool().release_unused()  # the allocator keeps freed pages otherwise
         for kind, table in tables.items():
             if counts[kind]["appended"] or counts[kind]["replaced"]:
                 schema = table.schema().as_arrow()
@@ -176,6 +177,7 @@ def sync_tables(
                     _added(adds[kind], [uri for uri, _ in files], schema, rows_per_bucket),
                     replace=bool(counts[kind]["replaced"]),
                 )
+                pa.default_memory_pool().release_unused()
     return counts
 
 
