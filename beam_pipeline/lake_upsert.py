@@ -23,8 +23,10 @@ How, with bounded memory (``beam_pipeline.spill``):
    time, and writes them ``rows_per_bucket`` rows at a time, and rewrites each data file holding
    rows to drop once.
 
-Driver memory: one bucket's keys, one chunk of new rows, and one table data file being rewritten
-(see docs/PERFORMANCE.md section 11b); local disk: the key columns of OUTPUT and of the tables.
+Driver memory does not grow with the number of rows: one bucket's keys, one chunk of new rows
+and one table data file being rewritten, plus the lists of OUTPUT files and table data files
+(a path and a row count each); see docs/PERFORMANCE.md section 11b. Local disk: the key columns
+of OUTPUT and of the tables, in a temporary folder removed at the end.
 """
 
 from __future__ import annotations

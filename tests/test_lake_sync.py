@@ -12,6 +12,7 @@ one bucket.
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -162,3 +163,32 @@ def test_tiny_buckets_keep_one_latest_row_per_uri_in_one_snapshot_per_table(tmp_
     assert all(
         third["tiny"][0][kind]["appended"] == third["tiny"][0][kind]["replaced"] == 0 for kind in ("captions", "errors")
     )
+
+
+def test_a_damaged_output_file_commits_nothing_and_leaves_no_spill(tmp_path, catalogs):
+    """The sync fails before any snapshot when an OUTPUT file cannot be read; its spill folder is
+    removed whether it succeeds or not."""
+    from beam_pipeline.lake_table import open_catalog
+    from beam_pipeline.lake_upsert import sync_tables
+
+    out = tmp_path / "out"
+    _write(out, "captions", "part-1", [_caption(f"/lake/q{i}.jpg", T0, "a caption") for i in range(7)])
+    _write(out, "errors", "part-1", [_error("/lake/bad.jpg", T0, "broken")])
+    _sync(out, catalogs)
+    catalog = open_catalog("tiny")
+    identifiers = {"captions": "lake.captions", "errors": "lake.captions_errors"}
+    tables = {kind: catalog.load_table(identifier) for kind, identifier in identifiers.items()}
+    snapshots = {kind: len(table.snapshots()) for kind, table in tables.items()}
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    _write(out, "captions", "part-2", [_caption("/lake/q0.jpg", T1, "newer")])
+    (out / "captions" / "part-3.parquet").write_bytes(b"not parquet")
+    files = {kind: sorted(str(f) for f in (out / kind).glob("*.parquet")) for kind in ("captions", "errors")}
+    with pytest.raises(pa.ArrowInvalid):
+        sync_tables(tables, files, rows_per_bucket=2, workdir=str(spill))
+    assert {kind: len(catalog.load_table(identifiers[kind]).snapshots()) for kind in tables} == snapshots
+    assert os.listdir(spill) == []
+    files["captions"].remove(str(out / "captions" / "part-3.parquet"))
+    counts = sync_tables(tables, files, rows_per_bucket=2, workdir=str(spill))
+    assert counts == {"captions": {"appended": 1, "replaced": 1}, "errors": {"appended": 0, "replaced": 0}}
+    assert _held(catalog, "lake.captions")["/lake/q0.jpg"][1] == "newer" and os.listdir(spill) == []
