@@ -4,7 +4,8 @@ The commit is "make the table agree with the committed Parquet files under OUTPU
 caption / error Parquet files, keep each URI's latest row (``beam_pipeline.output_files``), drop
 every row the table already holds, and append the rest in one ``append`` (= one Iceberg snapshot
 per table); rows that replace an older row of the same URI (an input changed and was captioned
-again) go in one ``overwrite`` snapshot with the removal of the old row (``lake_upsert``). So
+again) go in one ``overwrite`` snapshot with the removal of the old row (``lake_upsert``, in
+bounded memory: it works a bucket of URIs at a time, spilled to local disk). So
 ``--resume`` adds only new rows, a table never holds two rows for one image, and a crash between
 writing the files and committing the snapshot is repaired by the next run (it finds the rows
 missing and adds them).
@@ -12,7 +13,7 @@ missing and adds them).
 
 The catalog's settings come only from pyiceberg's own configuration (``~/.pyiceberg.yaml`` or
 ``PYICEBERG_CATALOG__NAME__*`` environment variables), so REST, Glue, Hive and SQL catalogs work
-without flags of ours. pyiceberg is imported only here and in ``lake_upsert``, and only when a flag asks.
+without flags of ours. pyiceberg is imported only here and in ``lake_commit``, and only when a flag asks.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from beam_pipeline.lake_upsert import commit_plan, plan_sync, table_rows
+from beam_pipeline.lake_upsert import ROWS_PER_BUCKET, sync_tables
 from beam_pipeline.library_versions import warn_if_untested
-from beam_pipeline.output_files import LatestRows, latest_rows
 from beam_pipeline.preflight import PreflightError, existing_outputs
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
 
@@ -110,39 +110,36 @@ def _open_or_create(catalog: Any, identifier: str, schema: pa.Schema, partition:
     return table
 
 
-def _sync_one(catalog: Any, identifier: str, schema: pa.Schema, kind: str, latest: LatestRows) -> dict[str, Any]:
-    """Make one table hold each URI's latest OUTPUT row of its kind (``lake_upsert``): new rows are
-    appended (one snapshot); rows that replace the table's rows of the same URIs go in one
-    overwrite snapshot with the removal of those rows."""
-    table = _open_or_create(catalog, identifier, schema, partition=True)
-    plan = plan_sync(kind, latest, table.schema().as_arrow(), table_rows(table))
-    if plan.count or plan.replaced:
-        commit_plan(table, plan)  # one snapshot
-        table = catalog.load_table(identifier)
-    snapshot = table.current_snapshot()
-    # appended: rows written (new URIs and replacements); replaced: URIs whose earlier row was dropped
-    return {
-        "table": identifier,
-        "appended": plan.count,
-        "replaced": len(plan.replaced),
-        "snapshot_id": snapshot.snapshot_id if snapshot else None,
-    }
-
-
 def sync_output_to_table(
-    catalog_name: str, table: str, output: str, emit_embeddings: bool, flags: bool = False
+    catalog_name: str,
+    table: str,
+    output: str,
+    emit_embeddings: bool,
+    flags: bool = False,
+    rows_per_bucket: int = ROWS_PER_BUCKET,
 ) -> dict[str, Any]:
-    """Make ``table`` and ``table``_errors agree with OUTPUT/captions and OUTPUT/errors: append the
-    rows the tables do not hold yet (one snapshot each). Returns what was appended, per table."""
+    """Make ``table`` and ``table``_errors agree with OUTPUT/captions and OUTPUT/errors: each URI's
+    latest row, one row per URI, in one snapshot per table that changes (``lake_upsert``, whose
+    memory does not grow with the number of rows: ``rows_per_bucket``). Returns per table what
+    was appended and replaced, and its current snapshot."""
     catalog = open_catalog(catalog_name)
     captions_id, errors_id = table_names(table)
+    identifiers = {"captions": captions_id, "errors": errors_id}
+    schemas = {"captions": caption_schema(emit_embeddings, flags), "errors": ERROR_SCHEMA}
+    tables = {kind: _open_or_create(catalog, identifiers[kind], schemas[kind], partition=True) for kind in identifiers}
     files = existing_outputs(output)
     by_kind = {kind: [f for f in files if f"/{kind}/" in f] for kind in ("captions", "errors")}
-    latest = latest_rows(by_kind)  # OUTPUT's rule: the latest row of a URI wins, over both kinds
-    return {
-        "captions": _sync_one(catalog, captions_id, caption_schema(emit_embeddings, flags), "captions", latest),
-        "errors": _sync_one(catalog, errors_id, ERROR_SCHEMA, "errors", latest),
-    }
+    counts = sync_tables(tables, by_kind, rows_per_bucket)  # OUTPUT's rule: the latest row of a URI wins
+    summary = {}
+    for kind, identifier in identifiers.items():
+        snapshot = catalog.load_table(identifier).current_snapshot()
+        # appended: rows written (new URIs and replacements); replaced: URIs whose earlier row was dropped
+        summary[kind] = {
+            "table": identifier,
+            **counts[kind],
+            "snapshot_id": snapshot.snapshot_id if snapshot else None,
+        }
+    return summary
 
 
 def prepare_table(
@@ -153,7 +150,7 @@ def prepare_table(
     Parquet file under ``export_dir`` for the workers to read, and return its URI ([] if none)."""
     table_names(table)
     catalog = open_catalog(catalog_name)
-    warn_if_untested("pyiceberg")  # lake_upsert writes snapshots through pyiceberg internals
+    warn_if_untested("pyiceberg")  # lake_commit writes snapshots through pyiceberg internals
     check_table_model(catalog, table, model_id)
     if not known_columns or export_dir is None:
         return []

@@ -17,7 +17,7 @@ TESTED: dict[str, tuple[str, str]] = {
     # beam_pipeline/dask_runner.py: transform_evaluator's ParDo, GroupByKey, apply_dofn_to_bundle, TRANSLATIONS;
     # beam_pipeline/listing.py: FileSystem._list / _url_dirname (streamed remote globs)
     "apache-beam": ("2.78.0", "2.79.0"),
-    # beam_pipeline/lake_upsert.py: pyiceberg.io.pyarrow._dataframe_to_data_files, ArrowScan, Transaction._scan
+    # beam_pipeline/lake_commit.py: pyiceberg.io.pyarrow._dataframe_to_data_files, ArrowScan, snapshot producers
     "pyiceberg": ("0.12.0", "0.13.0"),
 }
 

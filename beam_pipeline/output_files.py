@@ -83,19 +83,44 @@ def time_keys(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     return column.cast(pa.int64()).fill_null(MISSING_TIME)
 
 
-def _key_table(uri: str) -> pa.Table:
-    """``image_uri`` and ``processed_at`` (``time_keys``) of one committed file."""
+KEY_SCHEMA = pa.schema([("image_uri", pa.string()), ("processed_at", pa.int64())])
+
+
+def key_batches(uri: str, batch_rows: int = 65536) -> Iterator[pa.Table]:
+    """``image_uri`` and ``processed_at`` (``time_keys``) of one committed file, ``batch_rows``
+    rows at a time (``KEY_SCHEMA``; null where the file lacks a column)."""
     import fsspec
     import pyarrow.parquet as pq
 
     fs, path = fsspec.core.url_to_fs(uri)
     with fs.open(path, "rb") as f:
         parquet = pq.ParquetFile(f)
-        names = parquet.schema_arrow.names
-        table = parquet.read(columns=[c for c in ("image_uri", "processed_at") if c in names])
-    times = table.column("processed_at") if "processed_at" in names else pa.nulls(table.num_rows, pa.int64())
-    uris = table.column("image_uri") if "image_uri" in names else pa.nulls(table.num_rows, pa.string())
-    return pa.table({"image_uri": uris.cast(pa.string()), "processed_at": time_keys(times)})
+        present = [c for c in KEY_SCHEMA.names if c in parquet.schema_arrow.names]
+        if not present:
+            for start in range(0, parquet.metadata.num_rows, batch_rows):
+                n = min(batch_rows, parquet.metadata.num_rows - start)
+                yield pa.table([pa.nulls(n, pa.string()), time_keys(pa.nulls(n))], schema=KEY_SCHEMA)
+            return
+        for batch in parquet.iter_batches(batch_size=batch_rows, columns=present):
+            n = batch.num_rows
+            uris = batch.column("image_uri") if "image_uri" in present else pa.nulls(n, pa.string())
+            times = batch.column("processed_at") if "processed_at" in present else pa.nulls(n)
+            yield pa.table([uris.cast(pa.string()), time_keys(times)], schema=KEY_SCHEMA)
+
+
+def row_count(uri: str) -> int:
+    """How many rows one committed file holds (its footer)."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    with fs.open(path, "rb") as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
+def _key_table(uri: str) -> pa.Table:
+    """``key_batches`` of one committed file as one table."""
+    return pa.concat_tables([KEY_SCHEMA.empty_table(), *key_batches(uri)])
 
 
 KIND_ORDER = ("captions", "errors")  # on a tie of processed_at, the earlier kind wins
@@ -202,6 +227,17 @@ def latest_rows(files_by_kind: Mapping[str, Sequence[str]], unreadable: list[str
     if not parts:
         return LatestRows(empty.empty_table(), files)
     rows = pa.concat_tables(parts).filter(pc.is_valid(pc.field("image_uri")))
+    return LatestRows(pick_latest(rows).drop_columns(["rank"]), files, rows.num_rows)
+
+
+def pick_latest(rows: pa.Table) -> pa.Table:
+    """The latest row of each URI among ``rows`` (columns ``image_uri``, ``processed_at`` key,
+    ``rank``: the kind's place in ``KIND_ORDER``, ``file``, ``row``, and any others): the module
+    docstring's rule, vectorised (a sort, then the first row of each URI). Rows without a URI are
+    left out."""
+    import pyarrow.compute as pc
+
+    rows = rows.filter(pc.is_valid(rows.column("image_uri")))
     rows = rows.sort_by(
         [
             ("image_uri", "ascending"),
@@ -215,4 +251,4 @@ def latest_rows(files_by_kind: Mapping[str, Sequence[str]], unreadable: list[str
     first = np.ones(len(uris), dtype=bool)
     if len(uris) > 1:
         first[1:] = pc.not_equal(uris.slice(1), uris.slice(0, len(uris) - 1)).to_numpy(zero_copy_only=False)
-    return LatestRows(rows.filter(pa.array(first)).drop_columns(["rank"]).combine_chunks(), files, len(uris))
+    return rows.filter(pa.array(first)).combine_chunks()

@@ -115,10 +115,10 @@ def test_older_files_give_null_columns_and_incomplete_rows_are_not_copied_from(t
 
 
 def test_sync_plan_keeps_the_latest_row_per_uri_across_captions_and_errors(tmp_path):
-    """What the Iceberg sync adds and replaces (beam_pipeline.lake_upsert), on real Parquet files:
-    a re-captioned URI replaces its table row, a URI whose latest row is now an error leaves the
-    captions table, a URI the table already holds at that time is not added again."""
-    from beam_pipeline.lake_upsert import plan_sync
+    """What the Iceberg sync adds and replaces (beam_pipeline.lake_upsert.plan_bucket), on real
+    Parquet files: a re-captioned URI replaces its table row, a URI whose latest row is now an
+    error leaves the captions table, a URI the table already holds at that time is not added again."""
+    from beam_pipeline.lake_upsert import output_keys, plan_bucket
     from beam_pipeline.output_files import epoch_ms, latest_rows
 
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -161,20 +161,34 @@ def test_sync_plan_keeps_the_latest_row_per_uri_across_captions_and_errors(tmp_p
     latest = latest_rows(files)
     assert latest.get("a") == (epoch_ms(t1), "captions") and latest.get("c") == (epoch_ms(t1), "errors")
     assert latest.replaced == 2  # the old rows of a and c
-    in_table = pa.table({"image_uri": ["a", "b", "c"], "processed_at": pa.array([epoch_ms(t0)] * 3, pa.int64())})
-    plan = plan_sync("captions", latest, caption_schema(), in_table)
-    assert sorted(zip(plan.rows.column("image_uri").to_pylist(), plan.rows.column("caption").to_pylist())) == [
-        ("a", "new a"),
-        ("d", "d"),
-    ]
-    assert plan.replaced == {"a", "c"}  # a: a newer caption; c: its latest row is an error now
-    errors = plan_sync(
-        "errors",
-        latest,
-        ERROR_SCHEMA,
-        pa.table({"image_uri": pa.array([], pa.string()), "processed_at": pa.array([], pa.int64())}),
+    ordered = [(uri, kind) for kind, uris in files.items() for uri in uris]
+    output = pa.concat_tables(
+        [keys for index, (uri, kind) in enumerate(ordered) for keys in output_keys(index, uri, kind)]
     )
-    assert errors.rows.column("image_uri").to_pylist() == ["c"] and errors.replaced == set()
+    held = pa.table(
+        {
+            "image_uri": ["a", "b", "c"],
+            "processed_at": pa.array([epoch_ms(t0)] * 3, pa.int64()),
+            "rank": pa.array([0, 0, 0], pa.int8()),
+            "data_file": pa.array([0, 0, 1], pa.int32()),
+        }
+    )
+    plans = plan_bucket(output, held, ["captions", "errors"])
+    added = [
+        pq.read_table(ordered[f][0]).slice(r, 1).to_pylist()[0]
+        for f, r in zip(
+            plans["captions"].adds.column("file").to_pylist(), plans["captions"].adds.column("row").to_pylist()
+        )
+    ]
+    assert sorted((row["image_uri"], row["caption"]) for row in added) == [("a", "new a"), ("d", "d")]
+    # a: a newer caption; c: its latest row is an error now (each dropped from the data file holding it)
+    assert sorted(plans["captions"].drops.to_pylist(), key=str) == [
+        {"data_file": 0, "image_uri": "a"},
+        {"data_file": 1, "image_uri": "c"},
+    ]
+    assert plans["captions"].replaced == 2
+    errors = plans["errors"]
+    assert errors.adds.to_pylist() == [{"file": 2, "row": 0}] and errors.drops.num_rows == 0 and errors.replaced == 0
 
 
 def test_latest_row_rule_ties_missing_times_and_unreadable_files(tmp_path):
