@@ -98,6 +98,7 @@ def save_artifact(
             "method": decoding.method,
             "beam_width": decoding.beam_width,
             "length_alpha": decoding.length_alpha,
+            **({"no_repeat": True} if decoding.no_repeat else {}),  # older artifacts: absent, off
         },
         "versions": library_versions(),
         "training": training or {},

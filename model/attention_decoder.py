@@ -39,8 +39,8 @@ from keras import layers
 
 from model.artifact_config import ENSEMBLE_COMBINE, AttentionConfig
 from model.attention_runtime import spatial_maps
-from model.caption_search import PerImage
 from model.lstm_decoder import combine_member_logprobs, load_weights_strictly
+from model.step_model import PerImage
 
 
 class _MemoryCell(layers.Layer):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from model.artifact_config import ENSEMBLE_COMBINE, AttentionConfig
-from model.caption_search import PerImage
+from model.step_model import PerImage
 
 # the step takes the map per image; "gates": the LSTM's input product split per word and per image
 ATTENTION_GRAPHS = ("attention-image-gates", "attention-step-gates")

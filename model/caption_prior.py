@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from model.caption_search import StepModel
+from model.step_model import StepModel
 
 
 class DecoderPrior:

@@ -16,20 +16,9 @@ from typing import Protocol
 
 import numpy as np
 
+from model.step_filters import BannedWords, NoRepeat, WordPenalty
+from model.step_model import StepModel, select_rows
 from model.vocabulary import Vocabulary
-
-State = tuple[np.ndarray, ...]
-
-
-class StepModel(Protocol):
-    """What the search needs of a network: advance one word at a time, carrying the recurrent
-    state (implemented by ``model.lstm_decoder.KerasStepModel`` / ``OpenVinoStepModel``)."""
-
-    def initial_state(self, features: np.ndarray) -> State: ...
-
-    def step(self, word_ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        """Return log-probabilities ``(rows, vocab)`` of the next word and the new state."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -46,6 +35,8 @@ class DecodeSettings:
     # "rerank": the beam's finished captions; "step": every word's log-prob gets -mmi_lambda *
     # log p(word) of a context-free (unigram) prior during the search itself (not <end>).
     mmi_mode: str = "rerank"
+    # no caption repeats a word straight away or a trigram (``model.step_filters.NoRepeat``)
+    no_repeat: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in ("greedy", "beam"):
@@ -61,8 +52,25 @@ class DecodeSettings:
         if self.mmi_lambda and self.mmi_mode == "rerank" and self.method != "beam":
             raise ValueError("MMI reranking needs beam search (it reranks the beam's candidates)")
 
+    @classmethod
+    def parse(cls, spec: str, max_length: int) -> DecodeSettings:
+        """A command line's search: ``greedy`` or ``beam:WIDTH:ALPHA``, either followed by
+        ``:no_repeat`` (ValueError naming the form otherwise)."""
+        parts = spec.split(":")
+        no_repeat = parts[-1] == "no_repeat"
+        parts = parts[:-1] if no_repeat else parts
+        try:
+            if parts == ["greedy"]:
+                return cls("greedy", max_length=max_length, no_repeat=no_repeat)
+            if len(parts) == 3 and parts[0] == "beam":
+                return cls("beam", int(parts[1]), float(parts[2]), max_length, no_repeat=no_repeat)
+        except ValueError:
+            pass
+        raise ValueError(f"a search is greedy or beam:WIDTH:ALPHA, optionally with :no_repeat, not {spec!r}")
+
     def describe(self) -> str:
         mmi = f",{'mmi' if self.mmi_mode == 'rerank' else 'mmi_step'}={self.mmi_lambda:g}" if self.mmi_lambda else ""
+        mmi += ",no_repeat" if self.no_repeat else ""
         if self.method == "greedy":
             return f"greedy({mmi[1:]}{',' if mmi else ''}max_len={self.max_length})"
         return f"beam(k={self.beam_width},alpha={self.length_alpha:g}{mmi},max_len={self.max_length})"
@@ -76,22 +84,6 @@ class CaptionPrior(Protocol):
         ...
 
 
-class WordPenalty:
-    """Wrap a step decoder so every word's log-probability gets ``bias[word]`` added (MMI during
-    the search: bias = -lambda * log p(word)); the result is a score, no longer normalised."""
-
-    def __init__(self, decoder: StepModel, bias: np.ndarray) -> None:
-        self.decoder = decoder
-        self.bias = np.asarray(bias, np.float64)
-
-    def initial_state(self, features: np.ndarray) -> State:
-        return self.decoder.initial_state(features)
-
-    def step(self, word_ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        logp, state = self.decoder.step(word_ids, state)
-        return np.asarray(logp, np.float64) + self.bias, state
-
-
 @dataclass(frozen=True)
 class Hypothesis:
     """A decoded caption: token ids (without <start>, with <end> when reached) and its log-prob."""
@@ -103,15 +95,6 @@ class Hypothesis:
     def score(self) -> float:
         """Mean token log-probability: a length-independent confidence in (-inf, 0]."""
         return self.logprob / max(1, len(self.token_ids))
-
-
-class PerImage(tuple):
-    """A state entry shared by the rows of each image (e.g. an attention decoder's projected map):
-    a tuple of arrays whose first axis is the image, left as it is by row selection."""
-
-
-def _select(state: State, rows: np.ndarray) -> State:
-    return tuple(s if isinstance(s, PerImage) else s[rows] for s in state)
 
 
 def greedy_decode(
@@ -134,7 +117,7 @@ def greedy_decode(
         alive = best != end_id
         if not alive.any():
             break
-        active, words, state = active[alive], best[alive].astype(np.int32), _select(state, np.flatnonzero(alive))
+        active, words, state = active[alive], best[alive].astype(np.int32), select_rows(state, np.flatnonzero(alive))
     return [Hypothesis(tuple(t), float(lp)) for t, lp in zip(tokens, logprobs)]
 
 
@@ -252,7 +235,7 @@ def beam_candidates(
                 del keep_rows[-kept:], keep_words[-kept:], new_tokens[-kept:], new_logp[-kept:], new_image[-kept:]
         if not keep_rows:
             break
-        state = _select(state, np.asarray(keep_rows))
+        state = select_rows(state, np.asarray(keep_rows))
         words = np.asarray(keep_words, dtype=np.int32)
         row_tokens, row_logp, row_image = new_tokens, np.asarray(new_logp), np.asarray(new_image)
     return finished
@@ -277,26 +260,6 @@ def mmi_rerank(
     return out
 
 
-class BannedWords:
-    """Wrap a step decoder so some ids (padding, start, unknown word) are never generated; the
-    remaining log-probabilities are renormalised, so scores stay proper log-probabilities."""
-
-    def __init__(self, decoder: StepModel, banned_ids: Sequence[int]) -> None:
-        self.decoder = decoder
-        self.banned = np.asarray(sorted(set(banned_ids)), dtype=np.int64)
-
-    def initial_state(self, features: np.ndarray) -> State:
-        return self.decoder.initial_state(features)
-
-    def step(self, word_ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
-        logp, state = self.decoder.step(word_ids, state)
-        logp = np.array(logp, dtype=np.float64)
-        logp[:, self.banned] = -np.inf
-        top = logp.max(axis=1, keepdims=True)
-        logp -= top + np.log(np.exp(logp - top).sum(axis=1, keepdims=True))
-        return logp, state
-
-
 def decode_batch(
     decoder: StepModel,
     features: np.ndarray,
@@ -315,6 +278,8 @@ def decode_batch(
         return []
     if len(banned_ids):
         decoder = BannedWords(decoder, banned_ids)
+    if settings.no_repeat:
+        decoder = NoRepeat(decoder)
     if settings.mmi_lambda and settings.mmi_mode == "step":
         return _step_mmi(decoder, features, start_id, end_id, settings, prior)
     if settings.method == "greedy":

@@ -138,7 +138,8 @@ def test_banned_words_are_never_generated_and_scores_renormalised():
 
 
 def test_row_selection_leaves_per_image_state_whole():
-    from model.caption_search import PerImage, _select
+    from model.step_model import PerImage
+    from model.step_model import select_rows as _select
 
     shared = PerImage((np.arange(6).reshape(2, 3),))
     rows, index, kept = _select((np.array([10, 11, 12]), np.array([0, 0, 1]), shared), np.array([2, 2, 0]))
@@ -228,3 +229,71 @@ def test_beam_candidates_match_the_plain_search(seed):
     assert [[h.token_ids for h in f] for f in got] == [[h.token_ids for h in f] for f in want]
     for f, g in zip(got, want):
         assert [h.logprob for h in f] == pytest.approx([h.logprob for h in g], rel=1e-12, abs=1e-12)
+
+
+def test_repeat_bans_name_the_last_word_and_trigram_completions():
+    from model.step_filters import repeat_bans
+
+    history = np.array([[1, 5, 6, 5], [1, 7, 8, 9], [1, 3, 4, 3]])
+    rows, words = repeat_bans(history)
+    bans = {(int(r), int(w)) for r, w in zip(rows, words)}
+    # row 0: "5 6 5" -> 6 would repeat "5 6" only as a bigram (allowed), 5 again is banned
+    # row 2: "3 4 3" -> (4, 3) seen? no; last word 3 banned
+    assert bans == {(0, 5), (1, 9), (2, 3)}
+    rows, words = repeat_bans(np.array([[1, 5, 6, 5, 6]]))  # "5 6 5 6": next 5 repeats "6 5 6"? no: "5 6 5"
+    assert {(int(r), int(w)) for r, w in zip(rows, words)} == {(0, 6), (0, 5)}
+
+
+class LoopDecoder:
+    """Always prefers repeating the previous word (word 5 after <start>), then <end>."""
+
+    def __init__(self, vocab: int = 8) -> None:
+        self.vocab = vocab
+
+    def initial_state(self, features):
+        return (np.zeros(len(features)),)
+
+    def step(self, word_ids, state):
+        logp = np.full((len(word_ids), self.vocab), np.log(0.02))
+        for row, w in enumerate(word_ids):
+            logp[row, 5 if w == START else w] = np.log(0.6)
+            logp[row, END] = np.log(0.1)
+            logp[row, 3 + (row + int(w)) % 2] = np.log(0.15)
+        logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+        return logp, state
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_no_repeat_stops_word_loops_and_keeps_scores_normalised(method):
+    features = np.zeros((2, 1), np.float32)
+    plain = DecodeSettings(method, 3, 0.5, 10)
+    looping = decode_batch(LoopDecoder(), features, START, END, plain)
+    assert any(h.token_ids[:3] == (5, 5, 5) for h in looping)  # the loop the filter is for
+    settings = DecodeSettings(method, 3, 0.5, 10, no_repeat=True)
+    for h in decode_batch(LoopDecoder(), features, START, END, settings):
+        words = list(h.token_ids)
+        assert all(a != b for a, b in zip(words, words[1:]))
+        trigrams = list(zip(words, words[1:], words[2:]))
+        assert len(trigrams) == len(set(trigrams))
+        assert h.logprob <= 0
+    assert settings.describe().endswith("no_repeat,max_len=10)")
+    spec = "beam:3:0.5:no_repeat" if method == "beam" else "greedy:no_repeat"
+    assert DecodeSettings.parse(spec, 10).describe() == settings.describe()
+    with pytest.raises(ValueError, match="no_repeat"):
+        DecodeSettings.parse("beam:3", 10)
+
+
+def test_ban_renormalises_like_a_full_log_sum_exp():
+    from model.step_filters import ban
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 3, (5, 12))
+    logits[4, 2] = 40.0  # row 4: the banned word holds nearly all the mass (full renormalisation)
+    logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    rows, words = np.array([0, 0, 0, 2, 4, 4]), np.array([1, 7, 1, 11, 2, 3])  # a repeated pair
+    got = ban(logp.copy(), rows, words)
+    want = logp.copy()
+    want[rows, words] = -np.inf
+    want -= np.log(np.exp(want).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    assert np.isneginf(got[rows, words]).all() and np.allclose(np.exp(got).sum(axis=1), 1.0)

@@ -117,18 +117,13 @@ def load_member(work_dir: str, checkpoint: str, vocab: Vocabulary, scst_run: str
 
 
 def parse_decode(spec: str, max_length: int) -> Any:
-    """``greedy`` or ``beam:WIDTH:ALPHA`` as DecodeSettings (SystemExit naming the form)."""
+    """``--decode``'s search as DecodeSettings (``DecodeSettings.parse``; SystemExit naming the form)."""
     from model.caption_search import DecodeSettings
 
     try:
-        if spec == "greedy":
-            return DecodeSettings("greedy", max_length=max_length)
-        method, width, alpha = spec.split(":")
-        if method != "beam":
-            raise ValueError(method)
-        return DecodeSettings("beam", int(width), float(alpha), max_length)
+        return DecodeSettings.parse(spec, max_length)
     except ValueError:
-        raise SystemExit(f"--decode must be auto, greedy or beam:WIDTH:ALPHA, not {spec!r}") from None
+        raise SystemExit(f"--decode must be auto, greedy or beam:WIDTH:ALPHA[:no_repeat], not {spec!r}") from None
 
 
 def chosen_on_dev(args: argparse.Namespace, max_length: int) -> tuple[Any, dict[str, Any]]:
@@ -209,10 +204,12 @@ def scored_on_dev(
 
 def _settings_of(described: str, max_length: int) -> Any:
     """DecodeSettings from its ``describe()`` text (``greedy(...)`` or ``beam(k=W,alpha=A,...)``)."""
+    inside = described[described.index("(") + 1 : -1].split(",")
+    suffix = ":no_repeat" if "no_repeat" in inside else ""
     if described.startswith("greedy"):
-        return parse_decode("greedy", max_length)
-    fields = dict(part.split("=") for part in described[described.index("(") + 1 : -1].split(","))
-    return parse_decode(f"beam:{fields['k']}:{fields['alpha']}", max_length)
+        return parse_decode("greedy" + suffix, max_length)
+    fields = dict(part.split("=") for part in inside if "=" in part)
+    return parse_decode(f"beam:{fields['k']}:{fields['alpha']}{suffix}", max_length)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble-checkpoint", choices=CHECKPOINTS, default="best")
     p.add_argument("--ensemble-combine", choices=["mean_logprob", "mean_prob"], default="mean_logprob")
     p.add_argument("--out", required=True, help="artifact folder or URI to write (e.g. models/NAME)")
-    p.add_argument("--decode", default="auto", help="auto (chosen on dev), greedy or beam:WIDTH:ALPHA")
+    p.add_argument(
+        "--decode", default="auto", help="auto (chosen on dev), greedy or beam:WIDTH:ALPHA, optionally + :no_repeat"
+    )
     p.add_argument("--select", default=DEFAULT_SELECT, help="dev objective of --decode auto")
     p.add_argument("--encoder", default="xception")
     p.add_argument("--image-size", type=int, default=None, help="square encoder input size (default: backbone's)")

@@ -106,17 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
         "the kind may differ), all members combined in one step graph",
     )
     p.add_argument("--ensemble-combine", choices=["mean_logprob", "mean_prob"], default="mean_logprob")
-    p.add_argument("--decode", default="greedy", help="with --evaluate-only: greedy or beam:WIDTH:ALPHA")
+    p.add_argument(
+        "--decode", default="greedy", help="with --evaluate-only: greedy or beam:WIDTH:ALPHA, optionally + :no_repeat"
+    )
     return p
 
 
 def _settings(spec: str, max_length: int) -> Any:
     from model.caption_search import DecodeSettings
 
-    if spec == "greedy":
-        return DecodeSettings("greedy", max_length=max_length)
-    _, width, alpha = spec.split(":")
-    return DecodeSettings("beam", int(width), float(alpha), max_length)
+    return DecodeSettings.parse(spec, max_length)
 
 
 def _vocabulary(args: argparse.Namespace, train_items: Sequence[CaptionedImage]) -> tuple[Vocabulary, int]:
