@@ -114,12 +114,16 @@ def test_members_of_other_sizes_are_not_written(tmp_path: Path):
         save(tmp_path / "bad", decoders(("soft",)) + decoders(("soft",), units=8))
 
 
-def test_the_shipped_artifact_still_loads_unchanged():
+def test_the_shipped_artifact_is_an_attention_model_with_a_map_int8_encoder():
+    """(Format 2, the merge ensembles shipped before, is written and read in tests/test_ensemble.py.)"""
     contents = read_artifact(str(REPO / "models" / "flickr8k-xception"), encoder_weights="none")
-    assert contents.config.format == "image-caption-model/2" and not contents.config.is_attention
-    assert len(contents.decoder_weights_paths) == len(contents.config.ensemble_members) == 4
-    assert contents.config.encoder_output == "pooled" and contents.int8_encoder is not None
+    assert contents.config.format == "image-caption-model/3" and contents.config.is_attention
+    assert contents.config.encoder_output == "map" and contents.int8_encoder is not None
     assert contents.config.encoder.resize == "bilinear"
+    config = json.loads((REPO / "models" / "flickr8k-xception" / "config.json").read_text())
+    gate = config["encoder"]["int8"]["quality_gate"]
+    assert gate["gate"]["passed"] and gate["decode"] == contents.decode_settings().describe()
+    assert contents.decode_settings().no_repeat
 
 
 def test_newer_or_inconsistent_formats_are_refused_by_name(tmp_path: Path):

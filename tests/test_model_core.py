@@ -297,14 +297,18 @@ def test_shipped_config_parses_into_dataclasses_and_back_unchanged():
     raw = json.loads((Path(__file__).parent.parent / "models" / "flickr8k-xception" / "config.json").read_text())
     config = ArtifactConfig.from_dict(raw)
     assert config.encoder.to_dict() == raw["encoder"]
-    assert config.decoder.to_dict() == raw["decoder"]
+    # an attention artifact keeps each member's kind in its ensemble block, not in "decoder"
+    kind = {"kind": raw["ensemble"]["members"][0]["kind"]} if config.is_attention else {}
+    assert config.decoder.to_dict() == {**raw["decoder"], **kind}
     assert config.encoder.image_size == (299, 299) and config.encoder.name == "xception"
     d = raw["decoding"]
-    assert (
-        config.decoding.describe()
-        == f"{d['method']}(k={d['beam_width']},alpha={d['length_alpha']:g},max_len={raw['decoder']['max_length']})"
+    no_repeat = ",no_repeat" if d.get("no_repeat") else ""
+    assert config.decoding.describe() == (
+        f"{d['method']}(k={d['beam_width']},alpha={d['length_alpha']:g}{no_repeat},"
+        f"max_len={raw['decoder']['max_length']})"
     )
-    assert config.decode_settings(method="greedy", beam_width=None).describe() == "greedy(max_len=24)"
+    greedy = config.decode_settings(method="greedy", beam_width=None).describe()
+    assert greedy == ("greedy(no_repeat,max_len=24)" if no_repeat else "greedy(max_len=24)")
     assert EncoderConfig.from_dict(config.encoder.to_dict()) == config.encoder
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.encoder.name = "resnet50"  # type: ignore[misc]
