@@ -1,6 +1,6 @@
 """Per-stage CPU cost of captioning one image, next to the whole pipeline's (issue 31).
 
-Each stage runs alone in this process over the same N dev photos, with the shipped model, and is
+Each stage runs alone in this process over the same N dev photos, with the shipped model (``--model``), and is
 charged the CPU time of the whole process (all threads: OpenVINO's included) while it runs:
 
   read      the file's bytes (``object_reads.read_local_limited``, as the pipeline reads local files)
@@ -49,7 +49,9 @@ def cpu_seconds(fn: Callable[[], Any]) -> tuple[float, float, Any]:
     return time.process_time() - cpu, time.perf_counter() - wall, result
 
 
-def stage_costs(photos: list[Path], precision: str, batch_size: int, commit_every: int, cache: str) -> dict[str, Any]:
+def stage_costs(
+    photos: list[Path], precision: str, batch_size: int, commit_every: int, cache: str, model_dir: str
+) -> dict[str, Any]:
     """CPU ms per image of each stage, and the bare encoder's wall images/s, in this process."""
     from beam_pipeline.commits import parquet_bytes
     from beam_pipeline.object_reads import read_local_limited
@@ -60,7 +62,7 @@ def stage_costs(photos: list[Path], precision: str, batch_size: int, commit_ever
     from model.storage import write_atomically
 
     model = load_caption_model(
-        str(REPO / "models" / "flickr8k-xception"),
+        model_dir,
         encoder_weights=str(XCEPTION_WEIGHTS),
         precision=precision,
         cache=cache,
@@ -74,11 +76,11 @@ def stage_costs(photos: list[Path], precision: str, batch_size: int, commit_ever
     pixels = np.stack([d.pixels for d in decoded])
     batches = [pixels[i : i + batch_size] for i in range(0, n, batch_size)]
     model.encode(batches[0])  # first call compiles/warms the request
-    cost["encoder"], encoder_wall, features = cpu_seconds(lambda: np.concatenate([model.encode(b) for b in batches]))
-    model.caption_features(features[:batch_size])
-    cost["search"], _, results = cpu_seconds(
-        lambda: [r for i in range(0, n, batch_size) for r in model.caption_features(features[i : i + batch_size])]
-    )
+    # per batch, as the pipeline keeps them (one array of every image's map would be a copy of
+    # hundreds of MB that the pipeline never makes)
+    cost["encoder"], encoder_wall, features = cpu_seconds(lambda: [model.encode(b) for b in batches])
+    model.caption_features(features[0])
+    cost["search"], _, results = cpu_seconds(lambda: [r for f in features for r in model.caption_features(f)])
     records = [
         ImageRecord(ImageRef(str(p), p.name, len(b)), d.pixels, d.width, d.height, h)
         for p, b, d, h in zip(photos, blobs, decoded, hashes)
@@ -103,7 +105,7 @@ def stage_costs(photos: list[Path], precision: str, batch_size: int, commit_ever
     return {"ms": {k: 1000 * v / n for k, v in cost.items()}, "encoder_images_per_s": n / encoder_wall}
 
 
-def pipeline_run(photos: list[Path], precision: str, work: Path, cache: str) -> tuple[float, float]:
+def pipeline_run(photos: list[Path], precision: str, work: Path, cache: str, model_dir: str) -> tuple[float, float]:
     """(CPU s of the process tree, wall s) of ``run_pipeline.py`` over ``photos`` (a glob of links)."""
     inputs = link_dir(photos, work / f"in-{len(photos)}")
     out = work / f"out-{len(photos)}-{time.monotonic_ns()}"
@@ -124,6 +126,8 @@ def pipeline_run(photos: list[Path], precision: str, work: Path, cache: str) -> 
             precision,
             "--model_cache_dir",
             cache,
+            "--model",
+            model_dir,
         ],
         check=True,
         capture_output=True,
@@ -145,18 +149,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="interleaved repetitions; medians are reported")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--commit_every", type=int, default=256)
+    parser.add_argument("--model", default=str(REPO / "models" / "flickr8k-xception"), help="model artifact")
     args = parser.parse_args()
     photos = dev_images(args.images)
     small = photos[: max(1, args.images // 4)]
     work = Path(tempfile.mkdtemp(prefix="bench-stages-"))
     cache = str(work / "graph-cache")
-    pipeline_run(small, args.precision, work, cache)  # fills the graph cache: later runs start warm
+    pipeline_run(small, args.precision, work, cache, args.model)  # fills the graph cache: later runs start warm
     stage_runs: list[dict[str, Any]] = []
     marginal_cpu, marginal_rate = [], []
     for _ in range(args.runs):
-        stage_runs.append(stage_costs(photos, args.precision, args.batch_size, args.commit_every, cache))
-        cpu_big, wall_big = pipeline_run(photos, args.precision, work, cache)
-        cpu_small, wall_small = pipeline_run(small, args.precision, work, cache)
+        stage_runs.append(stage_costs(photos, args.precision, args.batch_size, args.commit_every, cache, args.model))
+        cpu_big, wall_big = pipeline_run(photos, args.precision, work, cache, args.model)
+        cpu_small, wall_small = pipeline_run(small, args.precision, work, cache, args.model)
         extra = len(photos) - len(small)
         marginal_cpu.append(1000 * (cpu_big - cpu_small) / extra)
         marginal_rate.append(extra / (wall_big - wall_small))
