@@ -57,10 +57,11 @@ INVENTORY_SCHEMA = pa.schema(
 # inventory. Source: docs/PERFORMANCE.md section 6, "Current (2026-11-28)": whole-pipeline
 # images/s of 2,000-photo runs of the shipped model on the 2-core development machine (float32
 # 23.5, bfloat16 34.1, int8 60.6 images/s on 2 cores), divided by 2.
-RECORDED_RATES = {"float32": 23.5 / 2, "bfloat16": 34.1 / 2, "int8": 60.6 / 2}
+RECORDED_RATES = {"float32": 23.3 / 2, "bfloat16": 34.1 / 2, "int8": 60.85 / 2}
 RATES_SOURCE = (
-    "recorded: docs/PERFORMANCE.md section 6 (2026-11-28, shipped model, 2-core development machine, "
-    "2,000-photo runs); not measured by this run"
+    "recorded: docs/PERFORMANCE.md section 13b (2026-12-06, the shipped attention model, 2-core "
+    "development machine, 2,000-photo runs, median of 6) for float32 and int8; bfloat16 from section 6 "
+    "(2026-11-28, the merge-ensemble model shipped before); not measured by this run"
 )
 
 
