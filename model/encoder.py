@@ -248,9 +248,9 @@ class ImageEncoder:
     def openvino_float32_graph(self) -> Any:
         """The whole encoder (uint8 images in, features out) as an uncompiled float32 OpenVINO
         model: what ``training.quantize`` hands to NNCF."""
-        import openvino as ov
+        from model.openvino_runtime import convert_traced
 
-        return ov.convert_model(self._traced(self.model, (*self.image_size, 3), True).get_concrete_function())
+        return convert_traced(self._traced(self.model, (*self.image_size, 3), True).get_concrete_function())
 
     def _stem_split(self, model: Any) -> tuple[Any, Any]:
         """(stem, rest) Keras models of ``model`` cut at ``float32_stem_end``."""

@@ -165,6 +165,16 @@ def compile_options(precision: str, throughput: bool = False) -> dict[str, Any]:
     return options
 
 
+def convert_traced(function: Any) -> Any:
+    """A tf ConcreteFunction as an OpenVINO model that owns its weights. ``convert_model`` shares
+    the TensorFlow variables' memory by default; the converted graph outlives the TensorFlow model
+    it came from (a step model keeps only its compiled graphs), and once that memory was freed and
+    reused the captions were garbage (tests/test_openvino_runtime.py reproduces it)."""
+    import openvino as ov
+
+    return ov.convert_model(function, share_weights=False)
+
+
 def compile_traced(
     trace: Callable[[], Any], precision: str, key: str | None, cache: str | None, throughput: bool = False
 ) -> Any:
@@ -180,7 +190,7 @@ def compile_traced(
     if folder:
         model = _read_cached(core, folder)
     if model is None:
-        model = ov.convert_model(trace())
+        model = convert_traced(trace())
         if folder:
             _write_cached(model, cache, key)
     return core.compile_model(model, "CPU", compile_options(precision, throughput))

@@ -417,3 +417,27 @@ def test_beam_search_with_the_map_per_image_finds_what_per_row_copies_find(runti
     got = decode_batch(make_attention_step_model(members, runtime, cache="none"), maps, 1, 2, settings)
     assert [h.token_ids for h in got] == [h.token_ids for h in expected]
     np.testing.assert_allclose([h.logprob for h in got], [h.logprob for h in expected], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_openvino_step_graphs_outlive_the_tensorflow_model_they_came_from():
+    """A converted graph must own its weights: a step model keeps only its compiled graphs, and
+    once the TensorFlow weights they were converted from were freed and their memory reused, the
+    captions were garbage (OpenVINO's convert_model shares the variables' memory by default).
+    Several step models of the shipped decoder, then allocations, then a TensorFlow reference."""
+    import gc
+
+    from model.artifact import read_artifact
+    from model.caption_search import caption_features
+    from model.captioner import build_step_model
+
+    contents = read_artifact(str(Path(__file__).parent.parent / "models" / "flickr8k-xception"), encoder_weights="none")
+    steps = [build_step_model(contents, "openvino", cache="none") for _ in range(4)]
+    gc.collect()
+    junk = [np.full((4096, 4096), 3.0, np.float32) for _ in range(8)]
+    reference = build_step_model(contents, "tensorflow")
+    maps = np.abs(np.random.default_rng(0).normal(0, 1, (8, 100, 2048))).astype(np.float32)
+    want = [r.caption for r in caption_features(reference, contents.vocab, maps, contents.decode_settings())]
+    for step in steps:
+        assert [r.caption for r in caption_features(step, contents.vocab, maps, contents.decode_settings())] == want
+    assert len(junk) == 8
