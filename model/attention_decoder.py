@@ -275,9 +275,7 @@ class AttentionStepModel:
             rows = [tf.split(tf.gather(x, image_index), n, axis=-1) for x in per_image]
             values, keys, gates, image = (*rows, [None] * n) if not adaptive else rows
             parts = zip(self._networks, tf.split(h, n, axis=-1), tf.split(m, n, axis=-1), values, keys, image, gates)
-            outs = [net.step_from_gates(word_ids, *p) for net, *p in parts]
-            logp = combine_member_logprobs([o[0] for o in outs], self.combine)
-            return logp, tf.concat([o[1] for o in outs], axis=-1), tf.concat([o[2] for o in outs], axis=-1)
+            return self._combined([net.step_from_gates(word_ids, *p) for net, *p in parts])
 
         per_image = [
             tf.TensorSpec([None, c.regions, n * c.units], f32),
@@ -303,8 +301,12 @@ class AttentionStepModel:
             net.step_tensors(word_ids, *parts)
             for net, *parts in zip(self._networks, *(tf.split(x, n, axis=-1) for x in (h, m, values, keys, image)))
         ]
-        logps = [o[0] for o in outs]
-        logp = combine_member_logprobs(logps, self.combine)
+        return self._combined(outs)
+
+    def _combined(self, outs: Sequence[tuple[Any, Any, Any]]) -> tuple[Any, Any, Any]:
+        """The members' (log-probabilities, h, m) of one step as one: log-probabilities combined,
+        states side by side."""
+        logp = combine_member_logprobs([o[0] for o in outs], self.combine)
         return logp, tf.concat([o[1] for o in outs], axis=-1), tf.concat([o[2] for o in outs], axis=-1)
 
     def step_by_image(

@@ -169,7 +169,7 @@ def convert_traced(function: Any) -> Any:
     """A tf ConcreteFunction as an OpenVINO model that owns its weights. ``convert_model`` shares
     the TensorFlow variables' memory by default; the converted graph outlives the TensorFlow model
     it came from (a step model keeps only its compiled graphs), and once that memory was freed and
-    reused the captions were garbage (tests/test_openvino_runtime.py reproduces it)."""
+    reused the captions were garbage (tests/test_attention_decoder.py reproduces it)."""
     import openvino as ov
 
     return ov.convert_model(function, share_weights=False)

@@ -28,7 +28,7 @@ def ban(logp: np.ndarray, rows: np.ndarray, words: np.ndarray) -> np.ndarray:
     mass = np.bincount(r, weights=np.exp(logp[r, w]), minlength=len(logp))
     logp[r, w] = -np.inf
     full = mass > NEARLY_ALL
-    logp[~full] -= np.log1p(-mass[~full])[:, None]
+    logp -= np.where(full, 0.0, np.log1p(-np.minimum(mass, NEARLY_ALL)))[:, None]  # in place, one pass
     if full.any():
         part = logp[full]
         top = part.max(axis=1, keepdims=True)
