@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -149,3 +150,20 @@ def write_jpeg(
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path, "JPEG", quality=90)
     return path
+
+
+def timed_caption_row(uri: str, when: Any, text: str) -> dict:
+    """A minimal caption row (the columns a caption needs; the rest are null) of ``uri``
+    processed at ``when``: for tests of the latest-row rule and the Iceberg sync."""
+    return {
+        "image_uri": uri,
+        "image_id": uri,
+        "caption": text,
+        "score": -1.0,
+        "decode": "g",
+        "model_id": "m",
+        "encoder": "e",
+        "width": 1,
+        "height": 1,
+        "processed_at": when,
+    }

@@ -16,6 +16,7 @@ from beam_pipeline.preflight import PreflightError
 from beam_pipeline.records import ImageRecord, ImageRef, caption_row, error_row, exception_row, same_content_row
 from beam_pipeline.same_content import complete, known_columns
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema, conform
+from tests.factories import timed_caption_row
 
 
 def _record(uri: str, sha: str | None, refs: tuple[str, ...] | None = None) -> ImageRecord:
@@ -124,32 +125,21 @@ def test_sync_plan_keeps_the_latest_row_per_uri_across_captions_and_errors(tmp_p
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     t1 = t0 + dt.timedelta(hours=1)
 
-    def caption(uri: str, when: dt.datetime, text: str) -> dict:
-        return {
-            "image_uri": uri,
-            "image_id": uri,
-            "caption": text,
-            "score": -1.0,
-            "decode": "g",
-            "model_id": "m",
-            "encoder": "e",
-            "width": 1,
-            "height": 1,
-            "processed_at": when,
-        }
-
     files = {
         "captions": [str(tmp_path / "c1.parquet"), str(tmp_path / "c2.parquet")],
         "errors": [str(tmp_path / "e1.parquet")],
     }
     pq.write_table(
         pa.Table.from_pylist(
-            [caption("a", t0, "old a"), caption("b", t0, "b"), caption("c", t0, "c")], schema=caption_schema()
+            [timed_caption_row("a", t0, "old a"), timed_caption_row("b", t0, "b"), timed_caption_row("c", t0, "c")],
+            schema=caption_schema(),
         ),
         files["captions"][0],
     )
     pq.write_table(
-        pa.Table.from_pylist([caption("a", t1, "new a"), caption("d", t1, "d")], schema=caption_schema()),
+        pa.Table.from_pylist(
+            [timed_caption_row("a", t1, "new a"), timed_caption_row("d", t1, "d")], schema=caption_schema()
+        ),
         files["captions"][1],
     )
     pq.write_table(
@@ -199,24 +189,10 @@ def test_latest_row_rule_ties_missing_times_and_unreadable_files(tmp_path):
 
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
-    def caption(uri: str, when: dt.datetime, text: str) -> dict:
-        return {
-            "image_uri": uri,
-            "image_id": uri,
-            "caption": text,
-            "score": -1.0,
-            "decode": "g",
-            "model_id": "m",
-            "encoder": "e",
-            "width": 1,
-            "height": 1,
-            "processed_at": when,
-        }
-
     c0, c1, c2, e1 = (str(tmp_path / n) for n in ("c0.parquet", "c1.parquet", "c2.parquet", "e1.parquet"))
     pq.write_table(pa.table({"image_uri": ["none"], "caption": ["a file without processed_at"]}), c0)
-    pq.write_table(pa.Table.from_pylist([caption("tie", t0, "first")], schema=caption_schema()), c1)
-    pq.write_table(pa.Table.from_pylist([caption("tie", t0, "second")], schema=caption_schema()), c2)
+    pq.write_table(pa.Table.from_pylist([timed_caption_row("tie", t0, "first")], schema=caption_schema()), c1)
+    pq.write_table(pa.Table.from_pylist([timed_caption_row("tie", t0, "second")], schema=caption_schema()), c2)
     pq.write_table(
         pa.Table.from_pylist(
             [error_row(u, u, "read", "FileNotFound", "gone") | {"processed_at": t0} for u in ("tie", "none")],

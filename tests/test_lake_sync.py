@@ -22,25 +22,11 @@ pytest.importorskip("pyiceberg", reason="Iceberg tests need pyiceberg (pip insta
 
 from beam_pipeline.records import error_row
 from beam_pipeline.schemas import ERROR_SCHEMA, caption_schema
+from tests.factories import timed_caption_row
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 T1 = T0 + dt.timedelta(hours=1)
-
-
-def _caption(uri: str, when: dt.datetime, text: str) -> dict:
-    return {
-        "image_uri": uri,
-        "image_id": uri,
-        "caption": text,
-        "score": -1.0,
-        "decode": "g",
-        "model_id": "m",
-        "encoder": "e",
-        "width": 1,
-        "height": 1,
-        "processed_at": when,
-    }
 
 
 def _error(uri: str, when: dt.datetime, message: str) -> dict:
@@ -117,8 +103,8 @@ def _sync(out, catalogs) -> dict:
 def test_tiny_buckets_keep_one_latest_row_per_uri_in_one_snapshot_per_table(tmp_path, catalogs):
     out = tmp_path / "out"
     uris = [f"/lake/p{i:02d}.jpg" for i in range(20)]
-    _write(out, "captions", "part-1", [_caption(u, T0, f"first {u}") for u in uris[:9]])
-    _write(out, "captions", "part-2", [_caption(u, T0, f"first {u}") for u in uris[9:]])
+    _write(out, "captions", "part-1", [timed_caption_row(u, T0, f"first {u}") for u in uris[:9]])
+    _write(out, "captions", "part-2", [timed_caption_row(u, T0, f"first {u}") for u in uris[9:]])
     _write(out, "errors", "part-1", [_error("/lake/x1.jpg", T0, "broken x1"), _error("/lake/x2.jpg", T0, "broken x2")])
     first = _sync(out, catalogs)
     result, catalog = first["tiny"]
@@ -130,16 +116,16 @@ def test_tiny_buckets_keep_one_latest_row_per_uri_in_one_snapshot_per_table(tmp_
     # error), x1 became readable (error -> caption), p07 got an error row at the same time as its
     # caption (a tie: the caption stays), p08 a second caption at the same time in a later file (a
     # tie: the earlier file's stays), p09 an older caption (ignored) and a new URI p20.
-    _write(out, "captions", "part-3", [_caption(u, T1, f"second {u}") for u in uris[:5]])
+    _write(out, "captions", "part-3", [timed_caption_row(u, T1, f"second {u}") for u in uris[:5]])
     _write(
         out,
         "captions",
         "part-4",
         [
-            _caption("/lake/x1.jpg", T1, "x1 readable now"),
-            _caption(uris[8], T0, "a tie, later file"),
-            _caption(uris[9], T0 - dt.timedelta(days=1), "older"),
-            _caption("/lake/p20.jpg", T1, "new p20"),
+            timed_caption_row("/lake/x1.jpg", T1, "x1 readable now"),
+            timed_caption_row(uris[8], T0, "a tie, later file"),
+            timed_caption_row(uris[9], T0 - dt.timedelta(days=1), "older"),
+            timed_caption_row("/lake/p20.jpg", T1, "new p20"),
         ],
     )
     _write(
@@ -172,7 +158,7 @@ def test_a_damaged_output_file_commits_nothing_and_leaves_no_spill(tmp_path, cat
     from beam_pipeline.lake_upsert import sync_tables
 
     out = tmp_path / "out"
-    _write(out, "captions", "part-1", [_caption(f"/lake/q{i}.jpg", T0, "a caption") for i in range(7)])
+    _write(out, "captions", "part-1", [timed_caption_row(f"/lake/q{i}.jpg", T0, "a caption") for i in range(7)])
     _write(out, "errors", "part-1", [_error("/lake/bad.jpg", T0, "broken")])
     _sync(out, catalogs)
     catalog = open_catalog("tiny")
@@ -181,7 +167,7 @@ def test_a_damaged_output_file_commits_nothing_and_leaves_no_spill(tmp_path, cat
     snapshots = {kind: len(table.snapshots()) for kind, table in tables.items()}
     spill = tmp_path / "spill"
     spill.mkdir()
-    _write(out, "captions", "part-2", [_caption("/lake/q0.jpg", T1, "newer")])
+    _write(out, "captions", "part-2", [timed_caption_row("/lake/q0.jpg", T1, "newer")])
     (out / "captions" / "part-3.parquet").write_bytes(b"not parquet")
     files = {kind: sorted(str(f) for f in (out / kind).glob("*.parquet")) for kind in ("captions", "errors")}
     with pytest.raises(pa.ArrowInvalid):
