@@ -162,17 +162,24 @@ class AttentionNetwork(keras.Model):
         """``step_tensors``' maths with the LSTM's input product split by linearity,
         ``[e; v_g] W = e W_e + v_g W_g``: the word part looked up from ``word_gates``, the image part
         given (``image_gates``), so a step multiplies only ``h`` by the recurrent kernel. Keras'
-        LSTMCell gate order and activations (i, f, c, o; sigmoid and tanh)."""
+        LSTMCell gate order and activations (i, f, c, o; sigmoid and tanh).
+
+        ``values`` and ``keys`` are per row, or per image when the rows are grouped by image with
+        the same number of rows each (image-major; ``word_ids``, ``h``, ``m``, ``image`` and
+        ``image_gates`` stay per row): each image's rows then attend over its cells without a
+        per-row copy of them."""
         cell = self.memory_cell.cell
         z = tf.gather(self.word_gates(), word_ids) + image_gates + tf.matmul(h, cell.recurrent_kernel)
         zi, zf, zc, zo = tf.split(z, 4, axis=-1)
         m2 = tf.sigmoid(zf) * m + tf.sigmoid(zi) * tf.tanh(zc)
         h2 = tf.sigmoid(zo) * tf.tanh(m2)
+        # rows grouped by image: (images, rows per image, units) queries over each image's cells
+        grouped = tf.stack([tf.shape(values)[0], -1, self.config.units])
         sentinel = None
         if self.adaptive:
             x = tf.concat([tf.gather(self.embedding.embeddings, word_ids), image], axis=-1)
-            sentinel = self.sentinel(x, h, m2)[:, None]
-        context = self.attend(values, keys, h2[:, None], sentinel)[:, 0]
+            sentinel = tf.reshape(self.sentinel(x, h, m2), grouped)
+        context = tf.reshape(self.attend(values, keys, tf.reshape(h2, grouped), sentinel), tf.shape(h2))
         return tf.nn.log_softmax(self.word_logits(context + h2)), h2, m2
 
 
@@ -257,12 +264,15 @@ class AttentionStepModel:
     def members(self) -> int:
         return len(self._networks)
 
-    def folded_graphs(self) -> tuple[Any, Any]:
-        """The two graphs OpenVINO runs (``model.attention_runtime``): the projection, giving per
+    def folded_graphs(self) -> tuple[Any, Any, Any]:
+        """The graphs OpenVINO runs (``model.attention_runtime``): the projection, giving per
         image the values, keys and each member's image gates (and the global vector when a member
-        is adaptive: its sentinel reads it), and a step that adds the gates
-        (``AttentionNetwork.step_from_gates``; the word gates fold into a constant on conversion).
-        Same captions as ``_image``/``_step`` up to float rounding (tested)."""
+        is adaptive: its sentinel reads it); a step that adds the gates
+        (``AttentionNetwork.step_from_gates``; the word gates fold into a constant on conversion)
+        and gathers the per-image entries by each row's image; and the same step for rows grouped
+        by image, the same number each, given the per-image entries of those images: no per-row
+        copy of the map (which was a fifth of a step). Same captions as ``_image``/``_step`` up to
+        float rounding (tested)."""
         c, n, f32 = self.config, self.members, tf.float32
         adaptive = any(net.adaptive for net in self._networks)
 
@@ -271,11 +281,19 @@ class AttentionStepModel:
             gates = [net.image_gates(g) for net, g in zip(self._networks, tf.split(image, n, axis=-1))]
             return (values, keys, tf.concat(gates, axis=-1), *((image,) if adaptive else ()))
 
-        def step(word_ids, h, m, image_index, *per_image) -> tuple[tf.Tensor, ...]:
-            rows = [tf.split(tf.gather(x, image_index), n, axis=-1) for x in per_image]
-            values, keys, gates, image = (*rows, [None] * n) if not adaptive else rows
+        def step_of(word_ids, h, m, values, keys, gates, image=None) -> tuple[tf.Tensor, ...]:
+            values, keys, gates = (tf.split(x, n, axis=-1) for x in (values, keys, gates))
+            image = tf.split(image, n, axis=-1) if adaptive else [None] * n
             parts = zip(self._networks, tf.split(h, n, axis=-1), tf.split(m, n, axis=-1), values, keys, image, gates)
             return self._combined([net.step_from_gates(word_ids, *p) for net, *p in parts])
+
+        def step(word_ids, h, m, image_index, values, keys, *per_row) -> tuple[tf.Tensor, ...]:
+            per_row = [tf.gather(x, image_index) for x in per_row]
+            return step_of(word_ids, h, m, tf.gather(values, image_index), tf.gather(keys, image_index), *per_row)
+
+        def step_grouped(word_ids, h, m, values, keys, *per_row) -> tuple[tf.Tensor, ...]:
+            rows_per_image = tf.shape(h)[0] // tf.shape(values)[0]
+            return step_of(word_ids, h, m, values, keys, *(tf.repeat(x, rows_per_image, axis=0) for x in per_row))
 
         per_image = [
             tf.TensorSpec([None, c.regions, n * c.units], f32),
@@ -287,6 +305,7 @@ class AttentionStepModel:
         return (
             tf.function(project, input_signature=[tf.TensorSpec([None, c.regions, c.feature_dim], f32)]),
             tf.function(step, input_signature=[*rows, tf.TensorSpec([None], tf.int32), *per_image]),
+            tf.function(step_grouped, input_signature=[*rows, *per_image]),
         )
 
     def project_image(self, maps: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:

@@ -12,6 +12,7 @@ cache miss.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,8 +21,9 @@ import numpy as np
 from model.artifact_config import ENSEMBLE_COMBINE, AttentionConfig
 from model.step_model import PerImage
 
-# the step takes the map per image; "gates": the LSTM's input product split per word and per image
-ATTENTION_GRAPHS = ("attention-image-gates", "attention-step-gates")
+# the step takes the map per image; "gates": the LSTM's input product split per word and per image;
+# "grouped": the step for rows grouped by image, given the map of those images only
+ATTENTION_GRAPHS = ("attention-image-gates", "attention-step-gates", "attention-step-gates-grouped")
 
 
 def spatial_maps(features: np.ndarray, config: AttentionConfig) -> np.ndarray:
@@ -74,16 +76,12 @@ class OpenVinoAttentionStepModel:
         def key(graph: str) -> str | None:
             return None if cache_identity is None else attention_graph_key(graph, cache_identity, combine, kinds)
 
-        self._run = ovr.ThreadLocalRequests(
-            [
-                ovr.compile_traced(
-                    lambda: graphs()[0].get_concrete_function(), "float32", key(ATTENTION_GRAPHS[0]), folder
-                ),
-                ovr.compile_traced(
-                    lambda: graphs()[1].get_concrete_function(), "float32", key(ATTENTION_GRAPHS[1]), folder
-                ),
-            ]
-        )
+        def compiled(i: int) -> Any:
+            trace = lambda: graphs()[i].get_concrete_function()  # noqa: E731 - called on a cache miss only
+            return ovr.compile_traced(trace, "float32", key(ATTENTION_GRAPHS[i]), folder)
+
+        self._run = ovr.ThreadLocalRequests([compiled(i) for i in range(len(ATTENTION_GRAPHS))])
+        self._live = threading.local()  # the per-image entries of the images last stepped
 
     def initial_state(self, features: np.ndarray) -> tuple[Any, ...]:
         """``features``: spatial maps ``(n, h, w, feature_dim)`` or ``(n, regions, feature_dim)``;
@@ -96,5 +94,36 @@ class OpenVinoAttentionStepModel:
 
     def step(self, word_ids: np.ndarray, state: tuple[Any, ...]) -> tuple[np.ndarray, tuple[Any, ...]]:
         h, m, image_index, projected = state
-        logp, h2, m2 = self._run.run(1, [np.asarray(word_ids, np.int32), h, m, image_index, *projected])
+        word_ids = np.asarray(word_ids, np.int32)
+        images = grouped_images(image_index)
+        if images is None:
+            logp, h2, m2 = self._run.run(1, [word_ids, h, m, image_index, *projected])
+        else:
+            logp, h2, m2 = self._run.run(2, [word_ids, h, m, *self._entries_of(projected, images)])
         return logp, (h2, m2, image_index, projected)
+
+    def _entries_of(self, projected: PerImage, images: np.ndarray) -> Sequence[np.ndarray]:
+        """The per-image entries of ``images``: ``projected`` itself when they are all its images
+        in order, else a copy of their rows, kept for the next steps (the live images change only
+        when one finishes)."""
+        if len(images) == len(projected[0]) and np.array_equal(images, np.arange(len(images))):
+            return projected
+        last = getattr(self._live, "last", None)
+        if last is not None and last[0] is projected and np.array_equal(last[1], images):
+            return last[2]
+        entries = [x[images] for x in projected]
+        self._live.last = (projected, images, entries)
+        return entries
+
+
+def grouped_images(image_index: np.ndarray) -> np.ndarray | None:
+    """The images of rows grouped by image with the same number of rows each (``image_index``
+    sorted, as the search keeps it), in order; None when the images have different numbers of rows."""
+    n = len(image_index)
+    if n == 0:
+        return None
+    starts = np.flatnonzero(np.diff(image_index)) + 1
+    per_image = starts[0] if len(starts) else n
+    if n % per_image or np.any(np.diff(starts, prepend=0, append=n) != per_image):
+        return None
+    return image_index[::per_image]

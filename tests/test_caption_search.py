@@ -297,3 +297,16 @@ def test_ban_renormalises_like_a_full_log_sum_exp():
     want -= np.log(np.exp(want).sum(axis=1, keepdims=True))
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
     assert np.isneginf(got[rows, words]).all() and np.allclose(np.exp(got).sum(axis=1), 1.0)
+
+
+def test_grouped_images_names_each_images_rows_only_when_every_image_has_as_many():
+    from model.attention_runtime import grouped_images
+
+    np.testing.assert_array_equal(grouped_images(np.array([0, 0, 2, 2, 3, 3])), [0, 2, 3])
+    np.testing.assert_array_equal(grouped_images(np.array([0, 1, 2])), [0, 1, 2])
+    np.testing.assert_array_equal(grouped_images(np.array([4])), [4])
+    np.testing.assert_array_equal(grouped_images(np.array([1, 1, 1, 0, 0, 0])), [1, 0])
+    assert grouped_images(np.array([0, 0, 1])) is None  # image 1 has one row, image 0 two
+    assert grouped_images(np.array([0, 1, 1])) is None
+    assert grouped_images(np.array([0, 0, 1, 1, 1, 2])) is None
+    assert grouped_images(np.array([], np.int32)) is None
