@@ -264,15 +264,14 @@ class AttentionStepModel:
     def members(self) -> int:
         return len(self._networks)
 
-    def folded_graphs(self) -> tuple[Any, Any, Any]:
-        """The graphs OpenVINO runs (``model.attention_runtime``): the projection, giving per
+    def folded_graphs(self) -> tuple[Any, Any]:
+        """The two graphs OpenVINO runs (``model.attention_runtime``): the projection, giving per
         image the values, keys and each member's image gates (and the global vector when a member
-        is adaptive: its sentinel reads it); a step that adds the gates
-        (``AttentionNetwork.step_from_gates``; the word gates fold into a constant on conversion)
-        and gathers the per-image entries by each row's image; and the same step for rows grouped
-        by image, the same number each, given the per-image entries of those images: no per-row
-        copy of the map (which was a fifth of a step). Same captions as ``_image``/``_step`` up to
-        float rounding (tested)."""
+        is adaptive: its sentinel reads it), and a step that adds the gates
+        (``AttentionNetwork.step_from_gates``; the word gates fold into a constant on conversion),
+        for rows grouped by image, the same number each, given the per-image entries of those
+        images: each image's rows attend over its map without a per-row copy of it (that gather
+        was a fifth of a step). Same captions as ``_image``/``_step`` up to float rounding (tested)."""
         c, n, f32 = self.config, self.members, tf.float32
         adaptive = any(net.adaptive for net in self._networks)
 
@@ -287,11 +286,7 @@ class AttentionStepModel:
             parts = zip(self._networks, tf.split(h, n, axis=-1), tf.split(m, n, axis=-1), values, keys, image, gates)
             return self._combined([net.step_from_gates(word_ids, *p) for net, *p in parts])
 
-        def step(word_ids, h, m, image_index, values, keys, *per_row) -> tuple[tf.Tensor, ...]:
-            per_row = [tf.gather(x, image_index) for x in per_row]
-            return step_of(word_ids, h, m, tf.gather(values, image_index), tf.gather(keys, image_index), *per_row)
-
-        def step_grouped(word_ids, h, m, values, keys, *per_row) -> tuple[tf.Tensor, ...]:
+        def step(word_ids, h, m, values, keys, *per_row) -> tuple[tf.Tensor, ...]:
             rows_per_image = tf.shape(h)[0] // tf.shape(values)[0]
             return step_of(word_ids, h, m, values, keys, *(tf.repeat(x, rows_per_image, axis=0) for x in per_row))
 
@@ -304,8 +299,7 @@ class AttentionStepModel:
         rows = [tf.TensorSpec([None], tf.int32), *[tf.TensorSpec([None, n * c.units], f32)] * 2]
         return (
             tf.function(project, input_signature=[tf.TensorSpec([None, c.regions, c.feature_dim], f32)]),
-            tf.function(step, input_signature=[*rows, tf.TensorSpec([None], tf.int32), *per_image]),
-            tf.function(step_grouped, input_signature=[*rows, *per_image]),
+            tf.function(step, input_signature=[*rows, *per_image]),
         )
 
     def project_image(self, maps: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:

@@ -21,9 +21,9 @@ import numpy as np
 from model.artifact_config import ENSEMBLE_COMBINE, AttentionConfig
 from model.step_model import PerImage
 
-# the step takes the map per image; "gates": the LSTM's input product split per word and per image;
-# "grouped": the step for rows grouped by image, given the map of those images only
-ATTENTION_GRAPHS = ("attention-image-gates", "attention-step-gates", "attention-step-gates-grouped")
+# "gates": the LSTM's input product split per word and per image; "grouped": the step takes rows
+# grouped by image, as many each, and the map of those images once each
+ATTENTION_GRAPHS = ("attention-image-gates", "attention-step-gates-grouped")
 
 
 def spatial_maps(features: np.ndarray, config: AttentionConfig) -> np.ndarray:
@@ -96,16 +96,15 @@ class OpenVinoAttentionStepModel:
         h, m, image_index, projected = state
         word_ids = np.asarray(word_ids, np.int32)
         images = grouped_images(image_index)
-        if images is None:
-            logp, h2, m2 = self._run.run(1, [word_ids, h, m, image_index, *projected])
-        else:
-            logp, h2, m2 = self._run.run(2, [word_ids, h, m, *self._entries_of(projected, images)])
+        # rows with different numbers per image (rare: endings took a beam's places): one group per row
+        entries = self._entries_of(projected, image_index if images is None else images)
+        logp, h2, m2 = self._run.run(1, [word_ids, h, m, *entries])
         return logp, (h2, m2, image_index, projected)
 
     def _entries_of(self, projected: PerImage, images: np.ndarray) -> Sequence[np.ndarray]:
-        """The per-image entries of ``images``: ``projected`` itself when they are all its images
-        in order, else a copy of their rows, kept for the next steps (the live images change only
-        when one finishes)."""
+        """The per-image entries of ``images`` (one group of rows each): ``projected`` itself when
+        they are all its images in order, else a copy of their rows, kept for the next steps (the
+        live images change only when one finishes)."""
         if len(images) == len(projected[0]) and np.array_equal(images, np.arange(len(images))):
             return projected
         last = getattr(self._live, "last", None)

@@ -421,9 +421,9 @@ def test_beam_search_with_the_map_per_image_finds_what_per_row_copies_find(runti
 
 @pytest.mark.parametrize("kinds", [("soft",), ("soft", "adaptive")])
 def test_openvino_grouped_step_reads_each_images_map_once_and_agrees_with_the_row_step(kinds: tuple[str, ...]):
-    """Rows grouped by image, as many each, run the grouped graph on those images' entries (no
-    per-row copy of the map); any other layout runs the row graph. Both give the TensorFlow step's
-    numbers, and the grouped graph is the one used for a regular layout."""
+    """Rows grouped by image, as many each, run the step on those images' entries once each (no
+    per-row copy of the map); any other layout gives each row its image's entries. Both give the
+    TensorFlow step's numbers."""
     from model import attention_runtime
     from model.attention_decoder import make_attention_step_model
 
@@ -433,9 +433,9 @@ def test_openvino_grouped_step_reads_each_images_map_once_and_agrees_with_the_ro
     tf_step = make_attention_step_model(members)
     ov_step = make_attention_step_model(members, "openvino", cache="none")
     rng = np.random.default_rng(9)
-    graphs_run = []
+    groups = []
     real_run = ov_step._run.run
-    ov_step._run.run = lambda index, inputs: graphs_run.append(index) or real_run(index, inputs)
+    ov_step._run.run = lambda index, inputs: (index == 1 and groups.append(len(inputs[3]))) or real_run(index, inputs)
     for rows in ([0, 1, 2, 3], [0, 0, 2, 2, 3, 3], [1, 1, 1, 3, 3, 3], [0, 2, 2], [3, 1]):
         image_index = np.array(rows, np.int32)
         h, m = (rng.normal(size=(len(rows), len(kinds) * 5)).astype(np.float32) for _ in range(2))
@@ -444,9 +444,9 @@ def test_openvino_grouped_step_reads_each_images_map_once_and_agrees_with_the_ro
         ov_logp, (ov_h, ov_m, *_) = ov_step.step(words, (h, m, image_index, ov_step.initial_state(maps)[3]))
         for got, want in ((ov_logp, tf_logp), (ov_h, tf_h), (ov_m, tf_m)):
             np.testing.assert_allclose(got, want, atol=1e-4)
-        grouped = attention_runtime.grouped_images(image_index) is not None
-        assert graphs_run[-1] == (2 if grouped else 1)
-    assert graphs_run.count(2) == 4 and graphs_run.count(1) == 1  # and graph 0 (the projection) per state
+        images = attention_runtime.grouped_images(image_index)
+        assert groups[-1] == (len(rows) if images is None else len(images))
+    assert groups == [4, 3, 2, 3, 2]  # the maps the step read: of the images, or of each row
 
 
 @pytest.mark.slow
