@@ -220,7 +220,7 @@ def plan_run(options: CaptionOptions) -> Plan:
     contents = read_artifact(
         model_uri, expected_model_id=options.expected_model_id, encoder_weights=options.encoder_weights
     )
-    check_decoders(contents, options.model_cache_dir)  # every decoder weights file must fit the config
+    check_decoders(contents, options.model_cache_dir, options.precision)  # decoder weights fit the config
     check_encoder_ready(contents, options.precision, options.encoder_runtime)
     done_files: list[str] = []
     interrupted: list[str] = []

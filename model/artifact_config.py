@@ -38,6 +38,9 @@ ENSEMBLE_FORMAT = "image-caption-model/2"  # several merge decoders
 ATTENTION_FORMAT = "image-caption-model/3"  # attention decoder(s) over the spatial map
 READABLE_FORMATS = (MERGE_FORMAT, ENSEMBLE_FORMAT, ATTENTION_FORMAT)
 DECODER_WEIGHTS = "decoder.weights.h5"
+# how the INT8 path holds an attention decoder's step-graph weights: as trained, or INT8 per output
+# channel (NNCF's data-free weight compression, applied on load; the INT8 quality gate judged it)
+DECODER_WEIGHT_MODES = ("float32", "int8_asym")
 ENCODER_OUTPUTS = ("pooled", "map")  # what the encoder gives the decoder: global average, or the map
 
 
@@ -96,6 +99,12 @@ class EncoderConfig:
     resize: str | None = None
     int8: Mapping[str, Any] | None = field(default=None, compare=False)
 
+    @property
+    def decoder_weights(self) -> str:
+        """How the INT8 path stores the decoder's weights (``DECODER_WEIGHT_MODES``): ``float32``, or
+        the mode its quality gate passed with (``int8["decoder_weights"]["mode"]``)."""
+        return str(((self.int8 or {}).get("decoder_weights") or {}).get("mode", "float32"))
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON block (fields that are None are left out)."""
         d: dict[str, Any] = {"name": self.name, "weights": self.weights, "image_size": list(self.image_size)}
@@ -115,6 +124,11 @@ class EncoderConfig:
         int8 = d.get("int8")
         if int8 is not None and not isinstance(int8, dict):
             raise ValueError("encoder.int8 must be an object")
+        weights = ((int8 or {}).get("decoder_weights") or {}).get("mode", "float32")
+        if weights not in DECODER_WEIGHT_MODES:
+            raise ValueError(
+                f"encoder.int8.decoder_weights.mode must be one of {DECODER_WEIGHT_MODES}, not {weights!r}"
+            )
         feature_dim = d.get("feature_dim")
         return cls(
             name=name,

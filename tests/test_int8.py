@@ -309,3 +309,47 @@ def test_pipeline_runs_int8_and_refuses_int8_on_tensorflow(int8_artifact, tiny_a
         run_pipeline(
             ["--input", images, "--output", str(tmp_path / "none"), "--model", tiny_artifact, "--precision", "int8"]
         )
+
+
+def test_int8_path_of_an_attention_decoder_may_compress_its_step_weights(
+    tiny_attention_artifact, tiny_artifact, photo_tables, tmp_path, monkeypatch
+):
+    """--decoder-weights int8_asym: the gate compares the whole INT8 path (INT8 map and the
+    compressed step graphs) and the record says so; --precision int8 then builds INT8-weight step
+    graphs (cached under their own key), float32 keeps the float32 ones; a worker that would have
+    to compress without NNCF is refused at the start with what to install."""
+    from model import openvino_runtime as ovr
+    from model.artifact import ArtifactError, read_artifact
+    from model.captioner import check_decoders, decoder_weights, load_caption_model
+    from model.image_loading import decode_image
+
+    out = str(tmp_path / "model")
+    gate = ("--max-bleu-drop", "1", "--min-identical", "0", "--max-cider-drop", "9", "--max-r5-drop", "1")
+    args = ("--output", out, *gate, "--max-distinct-drop", "1", "--decoder-weights", "int8_asym")
+    assert _quantize(tiny_attention_artifact, photo_tables, tmp_path / "features", *args) == 0
+    contents = read_artifact(out)
+    block = contents.config.encoder.int8
+    assert block["decoder_weights"]["mode"] == "int8_asym" and block["decoder_weights"]["versions"]["nncf"]
+    assert block["quality_gate"]["decoder_weights"] == "int8_asym" and block["quality_gate"]["gate"]["passed"]
+    assert decoder_weights(contents, "int8") == "int8_asym" and decoder_weights(contents, "float32") == "float32"
+
+    images = np.stack(
+        [decode_image((photo_tables / "images" / f"dev{i}.jpg").read_bytes(), (64, 64)).pixels for i in range(3)]
+    )
+    caches = {}
+    for precision in ("int8", "float32"):
+        caches[precision] = tmp_path / f"graphs-{precision}"
+        _, captions = load_caption_model(out, precision=precision, cache=str(caches[precision])).caption_images(images)
+        assert len(captions) == 3
+    xml = {
+        p: b"".join(f.read_bytes() for f in caches[p].rglob("*.xml") if b"attention" in f.read_bytes()) for p in caches
+    }
+    assert re.search(rb'element_type="u8"', xml["int8"])  # the step graphs' compressed weights
+    assert not re.search(rb'element_type="u8"', xml["float32"])
+
+    monkeypatch.setattr(ovr, "package_version", lambda *names: None if "nncf" in names else "1")
+    with pytest.raises(ArtifactError, match=r"pip install 'batch-image-captioning\[int8\]'"):
+        check_decoders(contents, str(tmp_path / "empty-cache"), "int8")
+    check_decoders(contents, str(tmp_path / "empty-cache"), "float32")  # float32 needs no NNCF
+    with pytest.raises(SystemExit, match="attention decoder"):
+        _quantize(tiny_artifact, photo_tables, tmp_path / "features", "--decoder-weights", "int8_asym")

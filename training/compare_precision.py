@@ -1,5 +1,6 @@
 """Quality gate of a quantised encoder: captions from its features against captions from its
-float32 source's features, on a split the calibration never saw (dev).
+float32 source's features, on a split the calibration never saw (dev); for an attention decoder
+whose INT8 path also compresses the decoder's weights, the INT8 captions come from those graphs.
 
 Reports identical captions, corpus BLEU-1..4, CIDEr-D, the share of distinct captions and
 findability (R@5) of both and their differences, and the cosine between the two feature vectors
@@ -164,9 +165,16 @@ def int8_split_features(
 
 
 def compare_int8(
-    args: argparse.Namespace, contents: Any, ir: tuple[bytes, bytes], split: str, limit: int | None = None
+    args: argparse.Namespace,
+    contents: Any,
+    ir: tuple[bytes, bytes],
+    split: str,
+    limit: int | None = None,
+    decoder_weights: str = "float32",
 ) -> dict[str, Any]:
-    """Compare the artifact's decoder on float32 features and on INT8 features of ``split``."""
+    """Compare the float32 path (float32 features, the decoder as trained) with the INT8 path on
+    ``split``: INT8 features, and the decoder's step graphs with ``decoder_weights`` (an attention
+    decoder's INT8 path may compress them: ``model.captioner.decoder_weights``)."""
     from model.captioner import build_step_model
     from training.evaluate import generate_captions
     from training.splits import load_split_features
@@ -184,13 +192,15 @@ def compare_int8(
     feats8 = np.stack([by_id[it.image_id] for it in items]).astype(np.float16 if spatial else np.float32)
     settings = contents.decode_settings()
     step = build_step_model(contents)
+    step8 = step if decoder_weights == "float32" else build_step_model(contents, "openvino", "none", decoder_weights)
     captions32 = generate_captions(step, contents.vocab, feats32, settings)
-    captions8 = generate_captions(step, contents.vocab, feats8, settings)
+    captions8 = generate_captions(step8, contents.vocab, feats8, settings)
     pooled = (lambda f: f.reshape(len(f), -1, f.shape[-1]).mean(axis=1, dtype=np.float32)) if spatial else (lambda f: f)
     cos = feature_cosines(pooled(feats32), pooled(feats8))  # of the embeddings the pipeline emits
     result = {
         "split": split,
         "decode": settings.describe(),
+        "decoder_weights": decoder_weights,
         "model_id": contents.model_id,
         **caption_agreement(captions32, captions8, [it.captions for it in items]),
         "feature_cosine": {"median": float(np.median(cos)), "min": float(np.min(cos)), "mean": float(np.mean(cos))},
@@ -251,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if contents.int8_encoder is None:
         print(f"model artifact {args.model} has no INT8 encoder (build one with training.quantize)", file=sys.stderr)
         return 2
-    report = compare_int8(args, contents, contents.int8_encoder, args.split, args.gate_images)
+    weights = contents.config.encoder.decoder_weights
+    report = compare_int8(args, contents, contents.int8_encoder, args.split, args.gate_images, weights)
     margins = gate_margins(args, contents.config.encoder_output)
     failures = gate_failures(report, **margins)
     report["gate"] = {"passed": not failures, "failures": failures, **margins}

@@ -9,6 +9,11 @@ copies the IR of another artifact whose encoder (name, image size, weights hash)
 so a retrained decoder gets its INT8 encoder back without quantising again (the gate still
 runs, with the new decoder).
 
+``--decoder-weights int8_asym`` (attention decoders): the INT8 path also keeps the decoder's
+step-graph weights in INT8 (NNCF's data-free weight compression, applied when a worker builds
+the graphs and kept in the graph cache; nothing more is stored in the artifact). The gate then
+judges the INT8 path as a whole: INT8 features and compressed step graphs against float32.
+
 CLI::
 
     python -m training.quantize --model models/flickr8k-xception --flickr8k ../shared/data/flickr8k \\
@@ -32,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from model.artifact import ArtifactContents, read_artifact
+from model.artifact_config import DECODER_WEIGHT_MODES
 from model.artifact_writer import with_int8_encoder
 from model.cli import StrictArgumentParser
 from training.compare_precision import add_gate_arguments, compare_int8, gate_failures, gate_margins
@@ -204,6 +210,18 @@ def build_int8(
     return ir, block
 
 
+def decoder_weights_record(mode: str) -> dict[str, Any]:
+    """The INT8 record's entry for a decoder whose step graphs the INT8 path compresses on load."""
+    import nncf
+
+    return {
+        "mode": mode,
+        "method": "nncf.compress_weights (data-free: weights INT8 per output channel, activations float32)",
+        "applied": "on load, to the OpenVINO step graphs (kept in the graph cache)",
+        "versions": {"nncf": nncf.__version__},
+    }
+
+
 def reuse_int8(other_uri: str, identity: dict[str, Any]) -> tuple[tuple[bytes, bytes], dict[str, Any]]:
     """The INT8 IR of another artifact, if it was built from the same encoder (else refused)."""
     other = read_artifact(other_uri)
@@ -245,6 +263,13 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--full-bias-correction", action="store_true", help="NNCF's slower, exact bias correction")
     parser.add_argument("--gate-split", default="dev", help="split the quality gate compares on (not calibration)")
+    parser.add_argument(
+        "--decoder-weights",
+        choices=DECODER_WEIGHT_MODES,
+        default="float32",
+        help="an attention decoder's step-graph weights on the INT8 path: as trained, or int8_asym (INT8 per "
+        "output channel, NNCF's data-free weight compression); the gate judges the INT8 path as a whole",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,9 +297,14 @@ def quantize_artifact(args: argparse.Namespace) -> int:
     if args.gate_split == args.calibration_split:
         raise SystemExit("the quality gate must run on another split than the calibration (e.g. --gate-split dev)")
     contents = read_artifact(args.model, encoder_weights=args.encoder_weights)
+    if args.decoder_weights != "float32" and not contents.config.is_attention:
+        raise SystemExit("--decoder-weights compresses an attention decoder's step graphs; this model has none")
     identity = encoder_identity(contents)
     ir, block = reuse_int8(args.from_artifact, identity) if args.from_artifact else build_int8(args, contents, identity)
-    report = compare_int8(args, contents, ir, args.gate_split, args.gate_images)
+    block.pop("decoder_weights", None)
+    if args.decoder_weights != "float32":
+        block["decoder_weights"] = decoder_weights_record(args.decoder_weights)
+    report = compare_int8(args, contents, ir, args.gate_split, args.gate_images, args.decoder_weights)
     margins = gate_margins(args, contents.config.encoder_output)
     failures = gate_failures(report, **margins)
     report["gate"] = {"passed": not failures, "failures": failures, **margins}
