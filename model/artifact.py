@@ -11,6 +11,10 @@
 * ``encoder.int8.xml`` + ``encoder.int8.bin``  optional INT8 encoder (OpenVINO IR, built by
   ``training.quantize``; config ``encoder.int8`` records its source weights, calibration and
   ``output``: the pooled vector, or the spatial map an attention decoder needs);
+* ``decoder_image.int8.xml``/``.bin`` + ``decoder_step.int8.xml``/``.bin``  optional, with the
+  INT8 encoder of an attention artifact: its decoder's two OpenVINO graphs (the per-image
+  projection, the step) with INT8 weights, which ``--precision int8`` runs (config
+  ``encoder.int8.decoder_weights``; judged by the same quality gate as the INT8 encoder);
 * ``manifest.json``  size and SHA-256 of every file and the ``model_id`` (a hash of them).
 
 Loading never executes code from the artifact: no pickle, no Keras model deserialisation, only
@@ -44,6 +48,11 @@ ENCODER_WEIGHTS = "encoder.weights.h5"
 MANIFEST = "manifest.json"
 INT8_ENCODER_XML = "encoder.int8.xml"
 INT8_ENCODER_BIN = "encoder.int8.bin"
+# the INT8 path's attention graphs, in model.attention_runtime.ATTENTION_GRAPHS order: projection, step
+INT8_DECODER_FILES = (
+    ("decoder_image.int8.xml", "decoder_image.int8.bin"),
+    ("decoder_step.int8.xml", "decoder_step.int8.bin"),
+)
 ENCODER_WEIGHTS_IN_ARTIFACT = "artifact"
 REQUIRED_FILES = (CONFIG, VOCAB, DECODER_WEIGHTS)
 
@@ -70,6 +79,7 @@ class ArtifactContents:
     decoder_weights_paths: list[str]  # one per ensemble member, member 0 first
     encoder_weights: str | None  # resolved weights setting for the encoder
     int8_encoder: tuple[bytes, bytes] | None = None  # verified OpenVINO IR (xml, bin), if the artifact has one
+    int8_decoder: tuple[tuple[bytes, bytes], ...] | None = None  # the INT8 path's attention graphs (IR), if any
     _tmp: Any = field(default=None, repr=False)
 
     @property
@@ -203,6 +213,7 @@ def _checked_contents(
         )
 
     int8 = _int8_encoder(uri, config, contents)
+    int8_decoder = _int8_decoder(uri, config, contents) if int8 is not None else None
     tmp = tempfile.TemporaryDirectory(prefix="caption-artifact-")
     local: dict[str, str] = {}
     for name in (*members, ENCODER_WEIGHTS):
@@ -228,6 +239,7 @@ def _checked_contents(
         decoder_weights_paths=[local[m] for m in members],
         encoder_weights=weights,
         int8_encoder=int8,
+        int8_decoder=int8_decoder,
         _tmp=tmp,
     )
 
@@ -266,9 +278,7 @@ def _int8_encoder(uri: str, config: ArtifactConfig, contents: dict[str, bytes]) 
             raise ArtifactError(
                 f"{CONFIG} of model artifact {uri} announces an INT8 encoder but {name} is not listed in its manifest"
             )
-    xml = contents[INT8_ENCODER_XML]
-    if not xml.lstrip().startswith(b"<?xml") or b"<net " not in xml[:4096]:
-        raise ArtifactError(f"{INT8_ENCODER_XML} of model artifact {uri} is not an OpenVINO IR graph (refused)")
+    xml = _ir_graph(uri, INT8_ENCODER_XML, contents)
     encoder = config.encoder
     if block.get("output", "pooled") != config.encoder_output:
         raise ArtifactError(
@@ -281,6 +291,31 @@ def _int8_encoder(uri: str, config: ArtifactConfig, contents: dict[str, bytes]) 
             f"{block.get('image_size')}, not {encoder.name} at {list(encoder.image_size)}"
         )
     return xml, contents[INT8_ENCODER_BIN]
+
+
+def _int8_decoder(
+    uri: str, config: ArtifactConfig, contents: dict[str, bytes]
+) -> tuple[tuple[bytes, bytes], ...] | None:
+    """The verified INT8 decoder graphs (xml, bin each: ``INT8_DECODER_FILES``) that
+    ``encoder.int8.decoder_weights`` announces (attention decoders only), else None."""
+    if config.encoder.decoder_weights == "float32":
+        return None
+    if not config.is_attention:
+        raise ArtifactError(f"{CONFIG} of model artifact {uri} announces INT8 decoder graphs for a merge decoder")
+    for name in (name for pair in INT8_DECODER_FILES for name in pair):
+        if name not in contents:
+            raise ArtifactError(
+                f"{CONFIG} of model artifact {uri} announces INT8 decoder graphs but {name} "
+                "is not listed in its manifest"
+            )
+    return tuple((_ir_graph(uri, xml, contents), contents[weights]) for xml, weights in INT8_DECODER_FILES)
+
+
+def _ir_graph(uri: str, name: str, contents: dict[str, bytes]) -> bytes:
+    xml = contents[name]
+    if not xml.lstrip().startswith(b"<?xml") or b"<net " not in xml[:4096]:
+        raise ArtifactError(f"{name} of model artifact {uri} is not an OpenVINO IR graph (refused)")
+    return xml
 
 
 def artifact_files(uri: str) -> dict[str, bytes]:

@@ -39,7 +39,7 @@ ATTENTION_FORMAT = "image-caption-model/3"  # attention decoder(s) over the spat
 READABLE_FORMATS = (MERGE_FORMAT, ENSEMBLE_FORMAT, ATTENTION_FORMAT)
 DECODER_WEIGHTS = "decoder.weights.h5"
 # how the INT8 path holds an attention decoder's step-graph weights: as trained, or INT8 per output
-# channel (NNCF's data-free weight compression, applied on load; the INT8 quality gate judged it)
+# channel (NNCF's data-free weight compression; the graph is in the artifact, judged by the INT8 gate)
 DECODER_WEIGHT_MODES = ("float32", "int8_asym")
 ENCODER_OUTPUTS = ("pooled", "map")  # what the encoder gives the decoder: global average, or the map
 

@@ -18,6 +18,7 @@ from model.artifact import (
     CONFIG,
     ENCODER_WEIGHTS,
     ENCODER_WEIGHTS_IN_ARTIFACT,
+    INT8_DECODER_FILES,
     INT8_ENCODER_BIN,
     INT8_ENCODER_XML,
     MANIFEST,
@@ -153,14 +154,28 @@ def write_files(uri: str, files: dict[str, bytes]) -> str:
     return model_id
 
 
-def with_int8_encoder(source: str, target: str, xml: bytes, weights: bytes, block: dict[str, Any]) -> str:
+def with_int8_encoder(
+    source: str,
+    target: str,
+    xml: bytes,
+    weights: bytes,
+    block: dict[str, Any],
+    decoder_graphs: tuple[tuple[bytes, bytes], ...] | None = None,
+) -> str:
     """Write a copy of artifact ``source`` to ``target`` (may be the same place) holding the
-    INT8 encoder IR and its ``encoder.int8`` config block; returns the new ``model_id``. The
-    manifest is written last, so an interrupted write is refused on load, never half-trusted."""
+    INT8 encoder IR and its ``encoder.int8`` config block, and the INT8 path's attention decoder
+    graphs when given (``INT8_DECODER_FILES`` order; ``block["decoder_weights"]`` describes them;
+    earlier ones are dropped when not given); returns the new ``model_id``. The manifest is
+    written last, so an interrupted write is refused on load, never half-trusted."""
     files = artifact_files(source)
     config = json.loads(files[CONFIG])
     config["encoder"]["int8"] = block
     files[CONFIG] = json.dumps(config, indent=2, sort_keys=True).encode()
     files[INT8_ENCODER_XML] = xml
     files[INT8_ENCODER_BIN] = weights
+    for names in INT8_DECODER_FILES:
+        for name in names:
+            files.pop(name, None)
+    for names, ir in zip(INT8_DECODER_FILES, decoder_graphs or ()):
+        files.update(zip(names, ir))
     return write_files(target, files)

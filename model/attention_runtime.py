@@ -35,18 +35,12 @@ def spatial_maps(features: np.ndarray, config: AttentionConfig) -> np.ndarray:
     return maps.reshape(len(maps), config.regions, config.feature_dim)
 
 
-def attention_graph_key(
-    graph: str, cache_identity: str, combine: str, kinds: Sequence[str], weights: str = "float32"
-) -> str:
+def attention_graph_key(graph: str, cache_identity: str, combine: str, kinds: Sequence[str]) -> str:
     """The OpenVINO cache key of one of the step graphs (``ATTENTION_GRAPHS``) of the members
-    ``kinds`` of artifact ``cache_identity`` (its model_id: a hash of its files, weights included),
-    with its weights stored as ``weights`` (compressed ones also name the NNCF that made them)."""
+    ``kinds`` of artifact ``cache_identity`` (its model_id: a hash of its files, weights included)."""
     from model import openvino_runtime as ovr
 
-    identity = {"graph": graph, "model_id": cache_identity, "combine": combine, "kinds": list(kinds)}
-    if weights != "float32":
-        identity.update(weights=weights, nncf=ovr.package_version("nncf"))
-    return ovr.compiled_graph_key(**identity)
+    return ovr.compiled_graph_key(graph=graph, model_id=cache_identity, combine=combine, kinds=list(kinds))
 
 
 class OpenVinoAttentionStepModel:
@@ -55,9 +49,9 @@ class OpenVinoAttentionStepModel:
 
     ``tensorflow_model`` builds the TensorFlow step model (members and combination); it is called
     only when a graph is not in the cache. ``configs`` are the members' configs (their kinds),
-    ``cache_identity`` keys the converted graphs (``None``: converted on every load); ``weights``:
-    how they hold their weights (``model.artifact_config.DECODER_WEIGHT_MODES``; the INT8 path of
-    an artifact whose quality gate passed with ``int8_asym`` compresses them)."""
+    ``cache_identity`` keys the converted graphs (``None``: converted on every load); ``graph_irs``:
+    the graphs as OpenVINO IR instead (the INT8 path's, with INT8 weights, from the artifact), in
+    ``ATTENTION_GRAPHS`` order: then nothing is traced."""
 
     def __init__(
         self,
@@ -66,7 +60,7 @@ class OpenVinoAttentionStepModel:
         combine: str = "mean_logprob",
         cache_identity: str | None = None,
         cache: str | None = None,
-        weights: str = "float32",
+        graph_irs: Sequence[tuple[bytes, bytes]] | None = None,
     ) -> None:
         from model import openvino_runtime as ovr
 
@@ -83,15 +77,18 @@ class OpenVinoAttentionStepModel:
         graphs = functools.cache(lambda: tensorflow_model().folded_graphs())
 
         def key(graph: str) -> str | None:
-            if cache_identity is None:
-                return None
-            return attention_graph_key(graph, cache_identity, combine, kinds, weights)
+            return None if cache_identity is None else attention_graph_key(graph, cache_identity, combine, kinds)
 
         def compiled(i: int) -> Any:
             trace = lambda: graphs()[i].get_concrete_function()  # noqa: E731 - called on a cache miss only
-            return ovr.compile_traced(trace, "float32", key(ATTENTION_GRAPHS[i]), folder, weights=weights)
+            return ovr.compile_traced(trace, "float32", key(ATTENTION_GRAPHS[i]), folder)
 
-        self._run = ovr.ThreadLocalRequests([compiled(i) for i in range(len(ATTENTION_GRAPHS))])
+        if graph_irs is not None and len(graph_irs) != len(ATTENTION_GRAPHS):
+            raise ValueError(f"expected {len(ATTENTION_GRAPHS)} attention graphs, got {len(graph_irs)}")
+        if graph_irs is not None:
+            self._run = ovr.ThreadLocalRequests([ovr.compile_ir(*ir) for ir in graph_irs])
+        else:
+            self._run = ovr.ThreadLocalRequests([compiled(i) for i in range(len(ATTENTION_GRAPHS))])
         self._live = threading.local()  # the per-image entries of the images last stepped
 
     def initial_state(self, features: np.ndarray) -> tuple[Any, ...]:

@@ -106,42 +106,33 @@ def build_decoders(contents: ArtifactContents) -> list[Any]:
     return decoders
 
 
-def decoder_weights(contents: ArtifactContents, precision: str) -> str:
-    """How the step graphs of ``precision`` hold their weights: the INT8 path of an attention
-    artifact as its INT8 record says (``EncoderConfig.decoder_weights``), everything else float32."""
-    if precision == "int8" and contents.config.is_attention:
-        return contents.config.encoder.decoder_weights
-    return "float32"
+def int8_decoder_graphs(contents: ArtifactContents, precision: str) -> tuple[tuple[bytes, bytes], ...] | None:
+    """The attention graphs (IR) that ``precision`` runs instead of traced ones: the INT8 path's,
+    with INT8 weights, when the artifact has them; else None."""
+    return contents.int8_decoder if precision == "int8" else None
 
 
 def check_decoders(contents: ArtifactContents, cache: str | None = None, precision: str = "float32") -> None:
     """Refuse early (``ArtifactError``) decoder weights that do not fit the config, by building
-    the decoders; skipped when this artifact's OpenVINO step graphs (of ``precision``) are in the
-    cache (``cache``: see ``load_caption_model``): they were converted from these very weights (the
+    the decoders; skipped when the OpenVINO step graphs that ``precision`` traces are in the cache
+    (``cache``: see ``load_caption_model``): they were converted from these very weights (the
     cache key holds the artifact's content hash), so the weights fit, and the check would import
-    TensorFlow. Graphs to compress (``decoder_weights``) and not cached need NNCF installed."""
+    TensorFlow; and when ``precision`` runs the artifact's own graphs (``int8_decoder_graphs``),
+    which do not read the weights files."""
     from model import openvino_runtime as ovr
 
     folder = ovr.cache_dir(cache)
-    weights = decoder_weights(contents, precision)
     if contents.config.is_attention:
         from model.attention_runtime import ATTENTION_GRAPHS, attention_graph_key
 
         kinds = contents.config.member_kinds
-        keys = [
-            attention_graph_key(g, contents.model_id, contents.ensemble_combine, kinds, weights)
-            for g in ATTENTION_GRAPHS
-        ]
+        if int8_decoder_graphs(contents, precision) is not None:
+            return
+        keys = [attention_graph_key(g, contents.model_id, contents.ensemble_combine, kinds) for g in ATTENTION_GRAPHS]
     else:
         keys = [step_graph_key(graph, contents.model_id, contents.ensemble_combine) for graph in STEP_GRAPHS]
-    if all(ovr.is_cached(folder, key) for key in keys):
-        return
-    if weights != "float32" and ovr.package_version("nncf") is None:
-        raise ArtifactError(
-            f"the INT8 path of model artifact {contents.uri} keeps its decoder's weights in {weights}, "
-            "compressed by NNCF when the graphs are first built: pip install 'batch-image-captioning[int8]'"
-        )
-    build_decoders(contents)
+    if not all(ovr.is_cached(folder, key) for key in keys):
+        build_decoders(contents)
 
 
 def build_decoder(contents: ArtifactContents) -> MergeDecoder:
@@ -150,14 +141,16 @@ def build_decoder(contents: ArtifactContents) -> MergeDecoder:
 
 
 def build_step_model(
-    contents: ArtifactContents, runtime: str = "tensorflow", cache: str | None = None, weights: str = "float32"
+    contents: ArtifactContents,
+    runtime: str = "tensorflow",
+    cache: str | None = None,
+    graph_irs: tuple[tuple[bytes, bytes], ...] | None = None,
 ) -> Any:
     """The artifact's step-wise decoder: its one decoder, or all members combined as it says.
     For an attention artifact on OpenVINO the decoders are built only when a graph is not cached;
-    ``weights``: how its graphs hold their weights (only an attention decoder on OpenVINO
-    compresses them: ``decoder_weights``)."""
-    if weights != "float32" and not (contents.config.is_attention and runtime == "openvino"):
-        raise ValueError(f"{weights} decoder weights need an attention decoder on OpenVINO")
+    ``graph_irs``: its graphs as IR instead (``int8_decoder_graphs``; OpenVINO only)."""
+    if graph_irs is not None and not (contents.config.is_attention and runtime == "openvino"):
+        raise ValueError("decoder graphs given as IR need an attention decoder on OpenVINO")
     if contents.config.is_attention:
         from model.attention_runtime import OpenVinoAttentionStepModel
 
@@ -173,7 +166,7 @@ def build_step_model(
                 contents.ensemble_combine,
                 contents.model_id,
                 cache,
-                weights,
+                graph_irs,
             )
         if runtime != "tensorflow":
             raise ValueError(f"decoder runtime must be tensorflow or openvino, not {runtime!r}")
@@ -256,11 +249,11 @@ def _load_attention_model(
 ) -> CaptionModel:
     """An attention artifact's CaptionModel: the encoder returns the map; the decoder runs on the
     encoder's runtime (OpenVINO graphs from the cache need no TensorFlow), the INT8 path with the
-    decoder weights its record names."""
+    artifact's INT8 decoder graphs when it has them."""
     encoder = _encoder(contents, precision, runtime, cache) if with_encoder else None
     step_runtime = encoder.runtime if encoder is not None else "tensorflow"
-    weights = decoder_weights(contents, precision) if step_runtime == "openvino" else "float32"
-    step = build_step_model(contents, step_runtime, cache, weights)
+    graph_irs = int8_decoder_graphs(contents, precision) if step_runtime == "openvino" else None
+    step = build_step_model(contents, step_runtime, cache, graph_irs)
     return CaptionModel(
         encoder,
         None,

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +44,7 @@ def cache_dir(setting: str | None = None) -> str | None:
     return setting
 
 
-def package_version(*distributions: str) -> str | None:
+def _version(*distributions: str) -> str | None:
     """The installed version of the first of ``distributions`` that is installed (read from the
     package metadata, without importing it: TensorFlow takes seconds to import)."""
     from importlib import metadata
@@ -61,9 +62,9 @@ def compiled_graph_key(**identity: Any) -> str:
     that shape the conversion."""
     full = {
         "format": CACHE_FORMAT,
-        "openvino": package_version("openvino"),
-        "tensorflow": package_version("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tf-nightly"),
-        "keras": package_version("keras"),
+        "openvino": _version("openvino"),
+        "tensorflow": _version("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tf-nightly"),
+        "keras": _version("keras"),
         **identity,
     }
     return hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()[:32]
@@ -175,35 +176,11 @@ def convert_traced(function: Any) -> Any:
     return ov.convert_model(function, share_weights=False)
 
 
-def compress_weights(model: Any, mode: str) -> Any:
-    """``model`` with its weights stored in ``mode`` (``int8_asym``: INT8 per output channel with a
-    zero point, NNCF's data-free weight compression; activations stay float32), or unchanged for
-    ``float32``. NNCF is needed only here, when such a graph is not in the cache yet."""
-    if mode == "float32":
-        return model
-    if mode != "int8_asym":
-        raise ValueError(f"weight compression must be float32 or int8_asym, not {mode!r}")
-    try:
-        import nncf
-    except ImportError as exc:
-        raise RuntimeError(
-            "this model's INT8 path keeps its decoder's weights in INT8, compressed by NNCF when a worker "
-            "first builds the graph: pip install 'batch-image-captioning[int8]'"
-        ) from exc
-    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
-
-
 def compile_traced(
-    trace: Callable[[], Any],
-    precision: str,
-    key: str | None,
-    cache: str | None,
-    throughput: bool = False,
-    weights: str = "float32",
+    trace: Callable[[], Any], precision: str, key: str | None, cache: str | None, throughput: bool = False
 ) -> Any:
     """Compile a graph for the CPU: read from the cache under ``key`` when present, else call
-    ``trace()`` (a tf ConcreteFunction), convert it (its weights stored as ``weights``: see
-    ``compress_weights``; ``key`` must name them) and store it. ``precision`` is float32 or
+    ``trace()`` (a tf ConcreteFunction), convert it and store it. ``precision`` is float32 or
     bfloat16 (OpenVINO's inference precision hint; it is not part of the stored graph);
     ``throughput``: see ``compile_options``."""
     import openvino as ov
@@ -214,10 +191,24 @@ def compile_traced(
     if folder:
         model = _read_cached(core, folder)
     if model is None:
-        model = compress_weights(convert_traced(trace()), weights)
+        model = convert_traced(trace())
         if folder:
             _write_cached(model, cache, key)
     return core.compile_model(model, "CPU", compile_options(precision, throughput))
+
+
+def ir_bytes(model: Any) -> tuple[bytes, bytes]:
+    """An OpenVINO model as IR bytes (the XML graph, the raw weights), as a model artifact holds
+    them (``compile_ir`` reads them back); weights are written as they are (no float16)."""
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory(prefix="caption-ir-") as folder:
+        path = os.path.join(folder, "graph.xml")
+        ov.save_model(model, path, compress_to_fp16=False)
+        with open(path, "rb") as f:
+            xml = f.read()
+        with open(os.path.join(folder, "graph.bin"), "rb") as f:
+            return xml, f.read()
 
 
 def compile_ir(xml: bytes, weights: bytes, throughput: bool = False) -> Any:

@@ -311,45 +311,79 @@ def test_pipeline_runs_int8_and_refuses_int8_on_tensorflow(int8_artifact, tiny_a
         )
 
 
-def test_int8_path_of_an_attention_decoder_may_compress_its_step_weights(
-    tiny_attention_artifact, tiny_artifact, photo_tables, tmp_path, monkeypatch
+def test_int8_path_of_an_attention_decoder_may_carry_its_graphs_with_int8_weights(
+    tiny_attention_artifact, tiny_artifact, photo_tables, tmp_path
 ):
-    """--decoder-weights int8_asym: the gate compares the whole INT8 path (INT8 map and the
-    compressed step graphs) and the record says so; --precision int8 then builds INT8-weight step
-    graphs (cached under their own key), float32 keeps the float32 ones; a worker that would have
-    to compress without NNCF is refused at the start with what to install."""
+    """--decoder-weights int8_asym: the artifact carries the decoder's projection and step graphs
+    with INT8 weights (listed in the manifest, recorded in encoder.int8), the gate compares the
+    whole INT8 path (INT8 map and those graphs) against float32, --precision int8 runs them
+    (float32 traces its own), quantising again without the flag drops them, a manifest without one
+    of them is refused, and a pooled (merge) decoder has no such graphs to give."""
     from model import openvino_runtime as ovr
-    from model.artifact import ArtifactError, read_artifact
-    from model.captioner import check_decoders, decoder_weights, load_caption_model
+    from model.artifact import (
+        INT8_DECODER_FILES,
+        ArtifactError,
+        compute_model_id,
+        read_artifact,
+    )
+    from model.captioner import int8_decoder_graphs, load_caption_model
     from model.image_loading import decode_image
 
     out = str(tmp_path / "model")
     gate = ("--max-bleu-drop", "1", "--min-identical", "0", "--max-cider-drop", "9", "--max-r5-drop", "1")
-    args = ("--output", out, *gate, "--max-distinct-drop", "1", "--decoder-weights", "int8_asym")
-    assert _quantize(tiny_attention_artifact, photo_tables, tmp_path / "features", *args) == 0
+    gate = (*gate, "--max-distinct-drop", "1")
+    assert (
+        _quantize(
+            tiny_attention_artifact,
+            photo_tables,
+            tmp_path / "f",
+            "--output",
+            out,
+            *gate,
+            "--decoder-weights",
+            "int8_asym",
+        )
+        == 0
+    )
     contents = read_artifact(out)
     block = contents.config.encoder.int8
+    manifest = json.loads((Path(out) / "manifest.json").read_text())
+    decoder_files = {name for pair in INT8_DECODER_FILES for name in pair}
+    assert decoder_files <= set(manifest["files"])
     assert block["decoder_weights"]["mode"] == "int8_asym" and block["decoder_weights"]["versions"]["nncf"]
-    assert block["quality_gate"]["decoder_weights"] == "int8_asym" and block["quality_gate"]["gate"]["passed"]
-    assert decoder_weights(contents, "int8") == "int8_asym" and decoder_weights(contents, "float32") == "float32"
+    assert block["quality_gate"]["int8_decoder_graphs"] and block["quality_gate"]["gate"]["passed"]
+    (image_xml, _), (step_xml, _) = contents.int8_decoder
+    assert re.search(rb'element_type="u8"', step_xml) and b"attention_score" in step_xml  # INT8 weights
+    assert re.search(rb'element_type="u8"', image_xml) and b"region_dense" in image_xml
+    assert int8_decoder_graphs(contents, "int8") is contents.int8_decoder
+    assert int8_decoder_graphs(contents, "float32") is None
 
     images = np.stack(
         [decode_image((photo_tables / "images" / f"dev{i}.jpg").read_bytes(), (64, 64)).pixels for i in range(3)]
     )
-    caches = {}
-    for precision in ("int8", "float32"):
-        caches[precision] = tmp_path / f"graphs-{precision}"
-        _, captions = load_caption_model(out, precision=precision, cache=str(caches[precision])).caption_images(images)
-        assert len(captions) == 3
-    xml = {
-        p: b"".join(f.read_bytes() for f in caches[p].rglob("*.xml") if b"attention" in f.read_bytes()) for p in caches
-    }
-    assert re.search(rb'element_type="u8"', xml["int8"])  # the step graphs' compressed weights
-    assert not re.search(rb'element_type="u8"', xml["float32"])
+    compiled_irs = []
+    real_compile_ir = ovr.compile_ir
+    try:
+        ovr.compile_ir = lambda xml, weights, throughput=False: (
+            compiled_irs.append(xml) or real_compile_ir(xml, weights, throughput)
+        )
+        for precision in ("int8", "float32"):
+            _, captions = load_caption_model(out, precision=precision, cache="none").caption_images(images)
+            assert len(captions) == 3
+    finally:
+        ovr.compile_ir = real_compile_ir
+    assert compiled_irs == [contents.int8_encoder[0], image_xml, step_xml]  # int8's IRs; float32 traces
 
-    monkeypatch.setattr(ovr, "package_version", lambda *names: None if "nncf" in names else "1")
-    with pytest.raises(ArtifactError, match=r"pip install 'batch-image-captioning\[int8\]'"):
-        check_decoders(contents, str(tmp_path / "empty-cache"), "int8")
-    check_decoders(contents, str(tmp_path / "empty-cache"), "float32")  # float32 needs no NNCF
+    again = str(tmp_path / "again")
+    assert _quantize(out, photo_tables, tmp_path / "f", "--output", again, *gate) == 0
+    assert read_artifact(again).int8_decoder is None
+    assert not decoder_files & set(json.loads((Path(again) / "manifest.json").read_text())["files"])
     with pytest.raises(SystemExit, match="attention decoder"):
-        _quantize(tiny_artifact, photo_tables, tmp_path / "features", "--decoder-weights", "int8_asym")
+        _quantize(tiny_artifact, photo_tables, tmp_path / "f", "--decoder-weights", "int8_asym")
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    manifest["files"].pop("decoder_step.int8.bin")  # a consistent manifest that lacks an announced file
+    manifest["model_id"] = compute_model_id({name: f["sha256"] for name, f in manifest["files"].items()})
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="announces INT8 decoder graphs but decoder_step.int8.bin"):
+        read_artifact(str(broken))

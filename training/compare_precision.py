@@ -170,11 +170,11 @@ def compare_int8(
     ir: tuple[bytes, bytes],
     split: str,
     limit: int | None = None,
-    decoder_weights: str = "float32",
+    decoder_irs: tuple[tuple[bytes, bytes], ...] | None = None,
 ) -> dict[str, Any]:
     """Compare the float32 path (float32 features, the decoder as trained) with the INT8 path on
-    ``split``: INT8 features, and the decoder's step graphs with ``decoder_weights`` (an attention
-    decoder's INT8 path may compress them: ``model.captioner.decoder_weights``)."""
+    ``split``: INT8 features, and an attention decoder's INT8 graphs ``decoder_irs`` when given
+    (their weights in INT8: ``training.quantize --decoder-weights``)."""
     from model.captioner import build_step_model
     from training.evaluate import generate_captions
     from training.splits import load_split_features
@@ -192,7 +192,7 @@ def compare_int8(
     feats8 = np.stack([by_id[it.image_id] for it in items]).astype(np.float16 if spatial else np.float32)
     settings = contents.decode_settings()
     step = build_step_model(contents)
-    step8 = step if decoder_weights == "float32" else build_step_model(contents, "openvino", "none", decoder_weights)
+    step8 = step if decoder_irs is None else build_step_model(contents, "openvino", "none", decoder_irs)
     captions32 = generate_captions(step, contents.vocab, feats32, settings)
     captions8 = generate_captions(step8, contents.vocab, feats8, settings)
     pooled = (lambda f: f.reshape(len(f), -1, f.shape[-1]).mean(axis=1, dtype=np.float32)) if spatial else (lambda f: f)
@@ -200,7 +200,7 @@ def compare_int8(
     result = {
         "split": split,
         "decode": settings.describe(),
-        "decoder_weights": decoder_weights,
+        "int8_decoder_graphs": decoder_irs is not None,
         "model_id": contents.model_id,
         **caption_agreement(captions32, captions8, [it.captions for it in items]),
         "feature_cosine": {"median": float(np.median(cos)), "min": float(np.min(cos)), "mean": float(np.mean(cos))},
@@ -261,8 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if contents.int8_encoder is None:
         print(f"model artifact {args.model} has no INT8 encoder (build one with training.quantize)", file=sys.stderr)
         return 2
-    weights = contents.config.encoder.decoder_weights
-    report = compare_int8(args, contents, contents.int8_encoder, args.split, args.gate_images, weights)
+    decoder_irs = contents.int8_decoder
+    report = compare_int8(args, contents, contents.int8_encoder, args.split, args.gate_images, decoder_irs)
     margins = gate_margins(args, contents.config.encoder_output)
     failures = gate_failures(report, **margins)
     report["gate"] = {"passed": not failures, "failures": failures, **margins}

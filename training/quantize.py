@@ -9,10 +9,11 @@ copies the IR of another artifact whose encoder (name, image size, weights hash)
 so a retrained decoder gets its INT8 encoder back without quantising again (the gate still
 runs, with the new decoder).
 
-``--decoder-weights int8_asym`` (attention decoders): the INT8 path also keeps the decoder's
-step-graph weights in INT8 (NNCF's data-free weight compression, applied when a worker builds
-the graphs and kept in the graph cache; nothing more is stored in the artifact). The gate then
-judges the INT8 path as a whole: INT8 features and compressed step graphs against float32.
+``--decoder-weights int8_asym`` (attention decoders): the INT8 path also runs the decoder's two
+OpenVINO graphs (per-image projection, step) with INT8 weights (NNCF's data-free weight
+compression), stored in the artifact as ``decoder_image.int8.*`` and ``decoder_step.int8.*``
+(workers only load them: running needs neither NNCF nor TensorFlow). The gate then judges the INT8
+path as a whole: INT8 features and the INT8-weight decoder graphs against float32.
 
 CLI::
 
@@ -26,20 +27,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from model.artifact import ArtifactContents, read_artifact
+from model.artifact import INT8_DECODER_FILES, ArtifactContents, read_artifact
 from model.artifact_config import DECODER_WEIGHT_MODES
 from model.artifact_writer import with_int8_encoder
 from model.cli import StrictArgumentParser
+from model.openvino_runtime import convert_traced, ir_bytes
 from training.compare_precision import add_gate_arguments, compare_int8, gate_failures, gate_margins
 from training.datasets import CaptionedImage
 from training.features import load_image
@@ -115,7 +115,6 @@ def quantize_graph(
     """NNCF post-training quantisation of an OpenVINO model (uint8 images in) -> IR (xml, bin);
     the nodes ``ignored_names`` and those of ``ignored_types`` stay float32."""
     import nncf
-    import openvino as ov
 
     dataset = nncf.Dataset([images[i : i + 1] for i in range(len(images))])
     scope = (
@@ -132,14 +131,7 @@ def quantize_graph(
         fast_bias_correction=fast_bias_correction,
         **kwargs,
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "encoder.int8.xml")
-        ov.save_model(quantised, path, compress_to_fp16=False)
-        with open(path, "rb") as f:
-            xml = f.read()
-        with open(os.path.join(tmp, "encoder.int8.bin"), "rb") as f:
-            weights = f.read()
-    return xml, weights
+    return ir_bytes(quantised)
 
 
 def encoder_identity(contents: ArtifactContents) -> dict[str, Any]:
@@ -210,16 +202,28 @@ def build_int8(
     return ir, block
 
 
-def decoder_weights_record(mode: str) -> dict[str, Any]:
-    """The INT8 record's entry for a decoder whose step graphs the INT8 path compresses on load."""
+def build_int8_decoder(contents: ArtifactContents, mode: str) -> tuple[tuple[tuple[bytes, bytes], ...], dict[str, Any]]:
+    """An attention decoder's two OpenVINO graphs (the per-image projection, the step) with INT8
+    weights (``mode`` int8_asym: NNCF's data-free weight compression, per output channel with a
+    zero point; activations stay float32), as IR, and their record."""
     import nncf
+    import openvino
 
-    return {
+    from model.attention_decoder import AttentionStepModel
+    from model.captioner import build_decoders
+
+    if mode != "int8_asym":
+        raise SystemExit(f"--decoder-weights {mode}: nothing to build")
+    graphs = AttentionStepModel(build_decoders(contents), contents.ensemble_combine).folded_graphs()
+    int8 = nncf.CompressWeightsMode.INT8_ASYM
+    irs = tuple(ir_bytes(nncf.compress_weights(convert_traced(g.get_concrete_function()), mode=int8)) for g in graphs)
+    record = {
         "mode": mode,
         "method": "nncf.compress_weights (data-free: weights INT8 per output channel, activations float32)",
-        "applied": "on load, to the OpenVINO step graphs (kept in the graph cache)",
-        "versions": {"nncf": nncf.__version__},
+        "files": [name for pair in INT8_DECODER_FILES for name in pair],
+        "versions": {"nncf": nncf.__version__, "openvino": openvino.__version__},
     }
+    return irs, record
 
 
 def reuse_int8(other_uri: str, identity: dict[str, Any]) -> tuple[tuple[bytes, bytes], dict[str, Any]]:
@@ -302,9 +306,10 @@ def quantize_artifact(args: argparse.Namespace) -> int:
     identity = encoder_identity(contents)
     ir, block = reuse_int8(args.from_artifact, identity) if args.from_artifact else build_int8(args, contents, identity)
     block.pop("decoder_weights", None)
+    decoder_irs = None
     if args.decoder_weights != "float32":
-        block["decoder_weights"] = decoder_weights_record(args.decoder_weights)
-    report = compare_int8(args, contents, ir, args.gate_split, args.gate_images, args.decoder_weights)
+        decoder_irs, block["decoder_weights"] = build_int8_decoder(contents, args.decoder_weights)
+    report = compare_int8(args, contents, ir, args.gate_split, args.gate_images, decoder_irs)
     margins = gate_margins(args, contents.config.encoder_output)
     failures = gate_failures(report, **margins)
     report["gate"] = {"passed": not failures, "failures": failures, **margins}
@@ -314,7 +319,7 @@ def quantize_artifact(args: argparse.Namespace) -> int:
         return 3
     block["quality_gate"] = report
     target = args.output or args.model
-    model_id = with_int8_encoder(args.model, target, ir[0], ir[1], block)
+    model_id = with_int8_encoder(args.model, target, ir[0], ir[1], block, decoder_irs)
     print(json.dumps({"written": target, "model_id": model_id, "int8_bytes": len(ir[1])}))
     return 0
 
