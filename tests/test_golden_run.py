@@ -2,7 +2,9 @@
 inputs gives the rows, error rows and summary fields kept in tests/data/golden_run.json, made by
 ``tests/golden_run.py`` from the code before the re-layout of issue #12 (commit b75b23a) with the
 shipped model, and regenerated on purpose when the default model changed (issue 27: the attention
-decoder, model 7ad28bc258f2ec17; see its docstring to regenerate it)."""
+decoder, model 7ad28bc258f2ec17; then issue 31: its INT8 path's decoder graphs with INT8 weights,
+model 773a1c4c2a4e4e54, which changed only the model id of these float32 rows; see its docstring
+to regenerate it)."""
 
 from __future__ import annotations
 
