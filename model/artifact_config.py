@@ -38,8 +38,8 @@ ENSEMBLE_FORMAT = "image-caption-model/2"  # several merge decoders
 ATTENTION_FORMAT = "image-caption-model/3"  # attention decoder(s) over the spatial map
 READABLE_FORMATS = (MERGE_FORMAT, ENSEMBLE_FORMAT, ATTENTION_FORMAT)
 DECODER_WEIGHTS = "decoder.weights.h5"
-# how the INT8 path holds an attention decoder's step-graph weights: as trained, or INT8 per output
-# channel (NNCF's data-free weight compression; the graph is in the artifact, judged by the INT8 gate)
+# how the INT8 path holds an attention decoder's graph weights: as trained, or INT8 per output
+# channel (NNCF's data-free weight compression; the graphs are in the artifact, judged by the INT8 gate)
 DECODER_WEIGHT_MODES = ("float32", "int8_asym")
 ENCODER_OUTPUTS = ("pooled", "map")  # what the encoder gives the decoder: global average, or the map
 
@@ -124,13 +124,8 @@ class EncoderConfig:
         int8 = d.get("int8")
         if int8 is not None and not isinstance(int8, dict):
             raise ValueError("encoder.int8 must be an object")
-        weights = ((int8 or {}).get("decoder_weights") or {}).get("mode", "float32")
-        if weights not in DECODER_WEIGHT_MODES:
-            raise ValueError(
-                f"encoder.int8.decoder_weights.mode must be one of {DECODER_WEIGHT_MODES}, not {weights!r}"
-            )
         feature_dim = d.get("feature_dim")
-        return cls(
+        config = cls(
             name=name,
             image_size=(int(size[0]), int(size[1])),
             weights=d.get("weights", DEFAULT_ENCODER_WEIGHTS),
@@ -139,6 +134,10 @@ class EncoderConfig:
             resize=d.get("resize"),
             int8=int8,
         )
+        mode = config.decoder_weights
+        if mode not in DECODER_WEIGHT_MODES:
+            raise ValueError(f"encoder.int8.decoder_weights.mode must be one of {DECODER_WEIGHT_MODES}, not {mode!r}")
+        return config
 
 
 def decode_settings_from_dict(d: Mapping[str, Any], max_length: int) -> DecodeSettings:

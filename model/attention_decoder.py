@@ -280,15 +280,13 @@ class AttentionStepModel:
             gates = [net.image_gates(g) for net, g in zip(self._networks, tf.split(image, n, axis=-1))]
             return (values, keys, tf.concat(gates, axis=-1), *((image,) if adaptive else ()))
 
-        def step_of(word_ids, h, m, values, keys, gates, image=None) -> tuple[tf.Tensor, ...]:
-            values, keys, gates = (tf.split(x, n, axis=-1) for x in (values, keys, gates))
-            image = tf.split(image, n, axis=-1) if adaptive else [None] * n
+        def step(word_ids, h, m, values, keys, gates, image=None) -> tuple[tf.Tensor, ...]:
+            rows_per_image = tf.shape(h)[0] // tf.shape(values)[0]  # the image gates and vector go per row
+            gates = tf.split(tf.repeat(gates, rows_per_image, axis=0), n, axis=-1)
+            image = tf.split(tf.repeat(image, rows_per_image, axis=0), n, axis=-1) if adaptive else [None] * n
+            values, keys = tf.split(values, n, axis=-1), tf.split(keys, n, axis=-1)
             parts = zip(self._networks, tf.split(h, n, axis=-1), tf.split(m, n, axis=-1), values, keys, image, gates)
             return self._combined([net.step_from_gates(word_ids, *p) for net, *p in parts])
-
-        def step(word_ids, h, m, values, keys, *per_row) -> tuple[tf.Tensor, ...]:
-            rows_per_image = tf.shape(h)[0] // tf.shape(values)[0]
-            return step_of(word_ids, h, m, values, keys, *(tf.repeat(x, rows_per_image, axis=0) for x in per_row))
 
         per_image = [
             tf.TensorSpec([None, c.regions, n * c.units], f32),

@@ -121,13 +121,13 @@ def check_decoders(contents: ArtifactContents, cache: str | None = None, precisi
     which do not read the weights files."""
     from model import openvino_runtime as ovr
 
+    if int8_decoder_graphs(contents, precision) is not None:
+        return
     folder = ovr.cache_dir(cache)
     if contents.config.is_attention:
         from model.attention_runtime import ATTENTION_GRAPHS, attention_graph_key
 
         kinds = contents.config.member_kinds
-        if int8_decoder_graphs(contents, precision) is not None:
-            return
         keys = [attention_graph_key(g, contents.model_id, contents.ensemble_combine, kinds) for g in ATTENTION_GRAPHS]
     else:
         keys = [step_graph_key(graph, contents.model_id, contents.ensemble_combine) for graph in STEP_GRAPHS]

@@ -271,7 +271,7 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
         "--decoder-weights",
         choices=DECODER_WEIGHT_MODES,
         default="float32",
-        help="an attention decoder's step-graph weights on the INT8 path: as trained, or int8_asym (INT8 per "
+        help="an attention decoder's graph weights on the INT8 path: as trained, or int8_asym (INT8 per "
         "output channel, NNCF's data-free weight compression); the gate judges the INT8 path as a whole",
     )
 
@@ -302,7 +302,7 @@ def quantize_artifact(args: argparse.Namespace) -> int:
         raise SystemExit("the quality gate must run on another split than the calibration (e.g. --gate-split dev)")
     contents = read_artifact(args.model, encoder_weights=args.encoder_weights)
     if args.decoder_weights != "float32" and not contents.config.is_attention:
-        raise SystemExit("--decoder-weights compresses an attention decoder's step graphs; this model has none")
+        raise SystemExit("--decoder-weights compresses an attention decoder's graphs; this model has none")
     identity = encoder_identity(contents)
     ir, block = reuse_int8(args.from_artifact, identity) if args.from_artifact else build_int8(args, contents, identity)
     block.pop("decoder_weights", None)
