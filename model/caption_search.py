@@ -144,6 +144,27 @@ def _normalised(h: Hypothesis, length_alpha: float, logprob: float | None = None
     return (h.logprob if logprob is None else logprob) / max(1, len(h.token_ids)) ** length_alpha
 
 
+def largest_first(values: np.ndarray, take: int) -> tuple[np.ndarray, np.ndarray]:
+    """The column indices and values of each row's ``take`` largest ``values``, largest first, the
+    lower index first among equals (-inf ranks last but is kept; no NaN).
+
+    A few rounds of ``argmax`` when ``take`` is small and the picks are finite (NumPy's
+    ``argpartition`` was most of the search's Python time: docs/PERFORMANCE.md §13d), else a
+    stable sort of the whole rows."""
+    rows = np.arange(len(values))
+    if take <= 16:
+        left = values.copy()
+        picks = np.empty((len(values), take), np.intp)
+        for j in range(take):
+            picks[:, j] = left.argmax(axis=1)
+            left[rows, picks[:, j]] = -np.inf
+        picked = np.take_along_axis(values, picks, 1)
+        if np.isfinite(picked).all():  # a -inf pick could repeat an earlier one: sort instead
+            return picks, picked
+    picks = np.argsort(-values, axis=1, kind="stable")[:, :take]
+    return picks, np.take_along_axis(values, picks, 1)
+
+
 def _top_extensions(
     row_image: np.ndarray, row_logp: np.ndarray, logp: np.ndarray, take: int
 ) -> tuple[np.ndarray, list[list[int]], list[list[int]], list[list[float]]]:
@@ -155,17 +176,15 @@ def _top_extensions(
     images, starts, counts = np.unique(row_image, return_index=True, return_counts=True)
     vocab = logp.shape[1]
     width = int(counts.max())
-    group = np.repeat(np.arange(len(images)), counts)
-    slot = np.arange(len(row_image)) - starts[group]
-    # (images, beams, vocab); padding is NaN, which sorts after every real extension (-inf included)
-    total = np.full((len(images), width, vocab), np.nan)
-    total[group, slot] = row_logp[:, None] + logp
-    flat = total.reshape(len(images), width * vocab)
-    take = min(take, flat.shape[1])
-    part = np.argpartition(-flat, take - 1, axis=1)[:, :take]
-    values = np.take_along_axis(flat, part, 1)
-    order = np.argsort(-values, axis=1, kind="stable")
-    part, values = np.take_along_axis(part, order, 1), np.take_along_axis(values, order, 1)
+    totals_of_rows = row_logp[:, None] + logp
+    if counts.min() == width:  # the usual layout: as many rows per image, no padding
+        flat = totals_of_rows.reshape(len(images), width * vocab)
+    else:  # (images, beams, vocab); padding (-inf at the end of an image's row) ranks after its rows'
+        group = np.repeat(np.arange(len(images)), counts)
+        total = np.full((len(images), width, vocab), -np.inf)
+        total[group, np.arange(len(row_image)) - starts[group]] = totals_of_rows
+        flat = total.reshape(len(images), width * vocab)
+    part, values = largest_first(flat, min(take, flat.shape[1]))
     beam, word = np.divmod(part, vocab)
     real = beam < counts[:, None]  # padding rows of images with fewer beams are not candidates
     rows, words, totals = [], [], []

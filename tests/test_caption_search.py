@@ -310,3 +310,18 @@ def test_grouped_images_names_each_images_rows_only_when_every_image_has_as_many
     assert grouped_images(np.array([0, 1, 1])) is None
     assert grouped_images(np.array([0, 0, 1, 1, 1, 2])) is None
     assert grouped_images(np.array([], np.int32)) is None
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_largest_first_ranks_like_a_plain_sort_ties_and_minus_infinity_included(seed):
+    from model.caption_search import largest_first
+
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 4, (5, int(rng.integers(1, 30)))).astype(np.float64)  # many ties
+    values[rng.random(values.shape) < 0.3] = -np.inf
+    take = int(rng.integers(1, values.shape[1] + 1)) if seed % 2 else min(3, values.shape[1])
+    picks, picked = largest_first(values, take)
+    for row, got, got_values in zip(values, picks, picked):
+        want = sorted(range(len(row)), key=lambda i: (-row[i], i))[:take]
+        assert got.tolist() == want
+        assert got_values.tolist() == row[want].tolist()
