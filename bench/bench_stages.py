@@ -16,7 +16,10 @@ The whole pipeline (``run_pipeline.py`` on the DirectRunner, a subprocess) is ch
 (default N/4; issue 31 states its ratio over 1,000 vs 100), so that start-up and model loading
 cancel out; "Beam and the rest" is the pipeline's marginal CPU per image minus the sum of the
 stages. The last table puts the pipeline's marginal images/s next to the bare encoder's (wall,
-pixels decoded beforehand): issue 31's ratio.
+pixels decoded beforehand): issue 31's ratio. The bare encoder is timed before each round's two
+pipeline runs and again after them, and each round's ratio is taken against the mean of the two:
+this machine's speed drifts by several per cent within minutes (docs/PERFORMANCE.md §13d), and
+a bracket cancels a drift that is linear over the round.
 
     python -m bench.bench_stages --images 400 --precision int8 --runs 3
     python -m bench.bench_stages --images 1000 --small 100 --precision int8 --runs 3   # issue 31's ratio
@@ -51,6 +54,27 @@ def cpu_seconds(fn: Callable[[], Any]) -> tuple[float, float, Any]:
     return time.process_time() - cpu, time.perf_counter() - wall, result
 
 
+def timed_encoder(model: Any, pixels: np.ndarray, batch_size: int) -> tuple[float, float, list[np.ndarray]]:
+    """(CPU s, wall s, features per batch) of the encoder over ``pixels`` in batches, after one
+    untimed batch (the first call compiles and warms the request). The features stay per batch,
+    as the pipeline keeps them (one array of every image's map would be a copy of hundreds of MB
+    that the pipeline never makes)."""
+    batches = [pixels[i : i + batch_size] for i in range(0, len(pixels), batch_size)]
+    model.encode(batches[0])
+    return cpu_seconds(lambda: [model.encode(b) for b in batches])
+
+
+def bare_encoder_rate(photos: list[Path], precision: str, batch_size: int, cache: str, model_dir: str) -> float:
+    """The bare encoder's wall images/s over ``photos`` (decoded beforehand), in this process."""
+    from model.captioner import load_caption_model
+    from model.image_loading import decode_image
+
+    model = load_caption_model(model_dir, encoder_weights=str(XCEPTION_WEIGHTS), precision=precision, cache=cache)
+    pixels = np.stack([decode_image(p.read_bytes(), model.image_size).pixels for p in photos])
+    _, wall, _ = timed_encoder(model, pixels, batch_size)
+    return len(photos) / wall
+
+
 def stage_costs(
     photos: list[Path], precision: str, batch_size: int, commit_every: int, cache: str, model_dir: str
 ) -> dict[str, Any]:
@@ -76,11 +100,7 @@ def stage_costs(
     cost["sha256"], _, hashes = cpu_seconds(lambda: [hashlib.sha256(b).hexdigest() for b in blobs])
     cost["decode"], _, decoded = cpu_seconds(lambda: [decode_image(b, model.image_size) for b in blobs])
     pixels = np.stack([d.pixels for d in decoded])
-    batches = [pixels[i : i + batch_size] for i in range(0, n, batch_size)]
-    model.encode(batches[0])  # first call compiles/warms the request
-    # per batch, as the pipeline keeps them (one array of every image's map would be a copy of
-    # hundreds of MB that the pipeline never makes)
-    cost["encoder"], encoder_wall, features = cpu_seconds(lambda: [model.encode(b) for b in batches])
+    cost["encoder"], encoder_wall, features = timed_encoder(model, pixels, batch_size)
     model.caption_features(features[0])
     cost["search"], _, results = cpu_seconds(lambda: [r for f in features for r in model.caption_features(f)])
     records = [
@@ -162,14 +182,17 @@ def main() -> None:
     cache = str(work / "graph-cache")
     pipeline_run(small, args.precision, work, cache, args.model)  # fills the graph cache: later runs start warm
     stage_runs: list[dict[str, Any]] = []
-    marginal_cpu, marginal_rate = [], []
+    marginal_cpu, marginal_rate, bracketed = [], [], []
     for _ in range(args.runs):
         stage_runs.append(stage_costs(photos, args.precision, args.batch_size, args.commit_every, cache, args.model))
         cpu_big, wall_big = pipeline_run(photos, args.precision, work, cache, args.model)
         cpu_small, wall_small = pipeline_run(small, args.precision, work, cache, args.model)
+        bare_after = bare_encoder_rate(photos, args.precision, args.batch_size, cache, args.model)
         extra = len(photos) - len(small)
         marginal_cpu.append(1000 * (cpu_big - cpu_small) / extra)
         marginal_rate.append(extra / (wall_big - wall_small))
+        bare = (stage_runs[-1]["encoder_images_per_s"] + bare_after) / 2
+        bracketed.append((bare, marginal_rate[-1] / bare))
     ms = {stage: statistics.median(r["ms"][stage] for r in stage_runs) for stage in STAGES}
     pipeline_ms = statistics.median(marginal_cpu)
     rest = pipeline_ms - sum(ms.values())
@@ -199,6 +222,13 @@ def main() -> None:
                     ", ".join(f"{r:.1f}" for r in marginal_rate),
                 ]
             ],
+        )
+    )
+    print(
+        table(
+            ["round", "bare encoder images/s, mean of before and after", "pipeline marginal images/s", "ratio"],
+            [[i + 1, f"{b:.1f}", f"{r:.1f}", f"{q:.3f}"] for i, ((b, q), r) in enumerate(zip(bracketed, marginal_rate))]
+            + [["median", "", "", f"{statistics.median(q for _, q in bracketed):.3f}"]],
         )
     )
 
