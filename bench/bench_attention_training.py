@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -23,16 +22,32 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from bench.common import machine, table
+from bench.common import machine, median_time, table
+
+
+def add_batch_arguments(p: argparse.ArgumentParser) -> None:
+    """The batch and timing flags of the training-step benches."""
+    p.add_argument("--batch-images", type=int, default=16)
+    p.add_argument("--vocab-size", type=int, default=2534)
+    p.add_argument("--repeats", type=int, default=5)
+
+
+def random_batch(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(maps float16 as cached, input words, target words) of ``--batch-images`` images with 5
+    captions of 18 tokens each: the real shapes, random values (the time does not depend on them)."""
+    rng = np.random.default_rng(0)
+    b = args.batch_images
+    maps = rng.normal(size=(b, 100, 2048)).astype(np.float16)
+    words = rng.integers(1, args.vocab_size, size=(b, 5, 18)).astype(np.int32)
+    target = rng.integers(1, args.vocab_size, size=(b, 5, 18)).astype(np.int32)
+    return maps, words, target
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=["512:256", "256:128"], help="UNITS:ATTENTION_DIM")
     p.add_argument("--kinds", nargs="+", default=["adaptive", "soft"])
-    p.add_argument("--batch-images", type=int, default=16)
-    p.add_argument("--vocab-size", type=int, default=2534)
-    p.add_argument("--repeats", type=int, default=5)
+    add_batch_arguments(p)
     args = p.parse_args()
 
     import keras
@@ -42,11 +57,8 @@ def main() -> int:
     from training.scst import limit_threads_from_env
 
     limit_threads_from_env()
-    rng = np.random.default_rng(0)
     b = args.batch_images
-    maps = rng.normal(size=(b, 100, 2048)).astype(np.float16)
-    words = rng.integers(1, args.vocab_size, size=(b, 5, 18)).astype(np.int32)
-    target = rng.integers(1, args.vocab_size, size=(b, 5, 18)).astype(np.int32)
+    maps, words, target = random_batch(args)
     rows = []
     for size in args.sizes:
         units, attention = (int(x) for x in size.split(":"))
@@ -58,12 +70,7 @@ def main() -> int:
             model.compile(optimizer=keras.optimizers.Adam(5e-4), loss=keras.losses.SparseCategoricalCrossentropy())
             for _ in range(2):  # tracing, then the first run of the traced graph (slower: allocations)
                 model.train_on_batch((maps, words), target)
-            times = []
-            for _ in range(args.repeats):
-                started = time.perf_counter()
-                model.train_on_batch((maps, words), target)
-                times.append(time.perf_counter() - started)
-            per = float(np.median(times))
+            per, _ = median_time(lambda m=model: m.train_on_batch((maps, words), target), args.repeats)
             rows.append([kind, units, attention, decoder.count_params(), round(per, 3), round(per * 6000 / b / 60, 1)])
     print(
         f"machine: {machine()}; TF threads: {os.environ.get('CAPTION_TF_THREADS', 'default')}; "

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,7 +34,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from bench.common import XCEPTION_WEIGHTS, machine, table
+from bench.bench_attention_training import add_batch_arguments, random_batch
+from bench.common import XCEPTION_WEIGHTS, machine, median_time, table
 
 BLOCK14 = (
     "block14_sepconv1",
@@ -65,9 +65,7 @@ def main() -> int:
     p.add_argument("--units", type=int, default=512)
     p.add_argument("--attention-dim", type=int, default=256)
     p.add_argument("--kind", default="soft", choices=["soft", "adaptive"])
-    p.add_argument("--batch-images", type=int, default=16)
-    p.add_argument("--vocab-size", type=int, default=2534)
-    p.add_argument("--repeats", type=int, default=5)
+    add_batch_arguments(p)
     args = p.parse_args()
 
     import keras
@@ -78,12 +76,10 @@ def main() -> int:
     from training.scst import limit_threads_from_env
 
     limit_threads_from_env()
-    rng = np.random.default_rng(0)
     b = args.batch_images
-    maps = tf.constant(rng.normal(size=(b, 100, 2048)).astype(np.float32))
-    block13_out = tf.constant(rng.normal(size=(b, 10, 10, 1024)).astype(np.float32))
-    words = tf.constant(rng.integers(1, args.vocab_size, size=(b, 5, 18)).astype(np.int32))
-    target = tf.constant(rng.integers(1, args.vocab_size, size=(b, 5, 18)).astype(np.int32))
+    maps, words, target = (tf.constant(x) for x in random_batch(args))
+    maps = tf.cast(maps, tf.float32)
+    block13_out = tf.constant(np.random.default_rng(1).normal(size=(b, 10, 10, 1024)).astype(np.float32))
     decoder = AttentionDecoder(
         AttentionConfig(
             args.vocab_size, 24, units=args.units, attention_dim=args.attention_dim, dropout=0.3, kind=args.kind
@@ -111,12 +107,7 @@ def main() -> int:
         step = step_fn(with_block)
         for _ in range(2):
             step()
-        times = []
-        for _ in range(args.repeats):
-            started = time.perf_counter()
-            step().numpy()
-            times.append(time.perf_counter() - started)
-        per = float(np.median(times))
+        per, _ = median_time(lambda s=step: s().numpy(), args.repeats)
         trained = decoder.count_params() + (tail.count_params() if with_block else 0)
         rows.append([label, trained, round(per, 3), round(per * 6000 / b / 60, 1)])
     print(
