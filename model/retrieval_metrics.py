@@ -47,7 +47,7 @@ class BM25Index:
         tokenized = [tokenize(d) for d in documents]
         self.num_documents = len(tokenized)
         lengths = np.array([len(t) for t in tokenized], dtype=np.float64)
-        avgdl = float(lengths.mean()) if len(lengths) else 0.0
+        self.avgdl = avgdl = float(lengths.mean()) if len(lengths) else 0.0
         # k1 * (1 - b + b * |D| / avgdl): the length normaliser of each document
         norm = self.k1 * (1.0 - self.b + self.b * (lengths / avgdl if avgdl > 0 else 0.0))
         postings: dict[str, tuple[list[int], list[int]]] = {}
@@ -64,6 +64,7 @@ class BM25Index:
             n = len(docs)
             idf = np.log1p((self.num_documents - n + 0.5) / (n + 0.5))
             self._weights[term] = (ids, idf * tf * (self.k1 + 1.0) / (tf + norm[ids]))
+        self._document_frequency = {term: len(docs) for term, (docs, _) in postings.items()}
 
     def scores(self, query: str) -> np.ndarray:
         """One BM25 score per document (float64, length ``num_documents``); all zero when no
@@ -74,6 +75,34 @@ class BM25Index:
             if hit is not None:
                 out[hit[0]] += hit[1]
         return out
+
+    def score_outside(self, query: str, document: str) -> float:
+        """BM25 score of a ``document`` that is not in the index, with the index's statistics
+        (N, document frequencies, avgdl) left as they are: how it would rank if added to a large
+        index (what the SCST findability reward asks of a sampled caption). A term the index lacks
+        gets the idf of a term in no document."""
+        tokens = tokenize(document)
+        if not tokens:
+            return 0.0
+        counts = Counter(tokens)
+        ratio = len(tokens) / self.avgdl if self.avgdl > 0 else 0.0
+        norm = self.k1 * (1.0 - self.b + self.b * ratio)
+        score = 0.0
+        for term in tokenize(query):
+            tf = counts.get(term, 0)
+            if tf:
+                n = self._document_frequency.get(term, 0)
+                idf = np.log1p((self.num_documents - n + 0.5) / (n + 0.5))
+                score += float(idf * tf * (self.k1 + 1.0) / (tf + norm))
+        return score
+
+
+def expected_reciprocal_rank(above: int, tied: int) -> float:
+    """E[1/rank] of a document with ``above`` documents scoring higher and ``tied`` equal to
+    it (itself included), its position uniform over the tie group."""
+    if above < 0 or tied < 1:
+        raise ValueError("need above >= 0 and a tie group of at least the document itself")
+    return float(np.mean(1.0 / np.arange(above + 1, above + tied + 1)))
 
 
 def _above_and_tied(scores: np.ndarray, target: int) -> tuple[int, int]:
@@ -115,7 +144,7 @@ def _report(above: np.ndarray, tied: np.ndarray) -> FindabilityReport:
     if np.any(above < 0) or np.any(tied < 1):
         raise ValueError("each query needs above >= 0 and a tie group of at least its target")
     recall = [float(np.mean(np.clip((k - above) / tied, 0.0, 1.0))) for k in RECALL_AT]
-    reciprocal = [float(np.mean(1.0 / np.arange(g + 1, g + t + 1))) for g, t in zip(above, tied)]
+    reciprocal = [expected_reciprocal_rank(int(g), int(t)) for g, t in zip(above, tied)]
     ranks = above + (tied + 1.0) / 2.0
     return FindabilityReport(
         r_at_1=recall[0],

@@ -341,6 +341,37 @@ def test_train_attention_cli_trains_resumes_and_evaluates(tmp_path: Path, capsys
     assert scst["settings"]["discriminability"] == 0.5 and [h["epoch"] for h in scst["history"]] == [0, 1]
     assert 0 < scst["history"][1]["findability"] <= 1 and "r_at_5" in scst["history"][1]["dev"]
 
+    # A released artifact seeds a new work folder (its vocabulary and decoder as a finished fit),
+    # and SCST with the pooled findability reward continues from its weights.
+    from model.artifact import read_artifact
+    from training import export_attention
+
+    released = tmp_path / "released"
+    export = ["--work-dir", str(work), "--out", str(released), "--decode", "greedy", "--encoder", "mobilenet_v3_small"]
+    assert export_attention.main([*export, "--image-size", "64", "--record-encoder-weights", "none"]) == 0
+    capsys.readouterr()
+    seeded = tmp_path / "seeded"
+    pooled = [a if a != str(work) else str(seeded) for a in args]
+    scst_flags = ["--scst-epochs", "1", "--scst-discriminability", "1", "--scst-findability-pool", "5"]
+    with pytest.raises(SystemExit, match="--kind adaptive"):  # the flags must ask for the released decoder
+        train_attention.main([*pooled, "--image-size", "64", "--kind", "soft", "--init-from-model", str(released)])
+    init = [*pooled, "--image-size", "64", "--init-from-model", str(released), "--scst-beam-width", "1"]
+    assert train_attention.main([*init, *scst_flags]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["epochs"] == 0 and result["scst"]["settings"]["findability_pool"] == 5
+    start = result["scst"]["history"][0]["dev"]
+    assert 0 <= result["scst"]["history"][1]["findability"] <= 1
+    member = json.loads((seeded / "member-1" / "state.json").read_text())
+    assert member["done"] and member["initialised_from"] == read_artifact(str(released)).model_id
+    assert (
+        json.loads((seeded / "vocabulary.json").read_text())["vocabulary"]
+        == json.loads((work / "vocabulary.json").read_text())["vocabulary"]
+    )
+    # SCST's epoch 0 is the released decoder: the same dev scores as the work folder it came from
+    assert train_attention.main([*args, "--image-size", "64", "--evaluate-only", "--decode", "greedy"]) == 0
+    original = json.loads(capsys.readouterr().out)
+    assert {k: start[k] for k in ("bleu4", "r_at_5")} == {k: original[k] for k in ("bleu4", "r_at_5")}
+
 
 @pytest.mark.parametrize("kinds", [("soft", "soft"), ("adaptive", "adaptive"), ("soft", "adaptive")])
 def test_openvino_step_graphs_give_tensorflows_captions(kinds: tuple[str, str]):
@@ -385,6 +416,38 @@ def test_findability_reward_prefers_captions_that_tell_the_batch_apart():
     assert ScstSettings(discriminability=0.5).identity()["discriminability"] == 0.5
     with pytest.raises(ValueError, match="discriminability"):
         ScstSettings(discriminability=-1)
+
+
+def test_pooled_findability_reward_ranks_each_sample_among_other_images_captions():
+    from training.scst import ScstSettings
+    from training.scst_rewards import FindabilityReward
+
+    captions = ["a red dog", "a dog", "a blue cat", "a red ball", "a cat"]
+    vocab = Vocabulary.build(captions, min_count=1)
+    refs = [("a red dog", "red dog"), ("a blue cat",), ("a red ball",)]
+    reward = FindabilityReward(vocab, refs, pool_size=3)
+
+    def row(text: str) -> list[int]:
+        ids = vocab.encode(text, 6)
+        return ids + [0] * (6 - len(ids))
+
+    with pytest.raises(RuntimeError, match="set_pool"):
+        reward([0], np.array([row("a red dog")]), 1)
+    # the pool: every image's caption; image 0's own ("a dog") never competes with its samples
+    reward.set_pool([0, 1, 2], np.array([row("a dog"), row("a blue cat"), row("a red ball")]))
+    got = reward([0, 0, 0], np.array([row("a red dog"), row("a red ball"), row("a cat")]), 3)
+    # "a red dog" beats both distractors for both queries; "a red ball" ties with image 2's caption
+    # (positions 1 or 2: E[1/rank] 0.75); "a cat": query "red dog" finds it tied with "a blue cat"
+    # behind "a red ball" (positions 2 or 3), query "a red dog" ranks it second (the shorter "a" match)
+    np.testing.assert_allclose(got, [1.0, 0.75, ((1 / 2 + 1 / 3) / 2 + 1 / 2) / 2])
+    assert ScstSettings(discriminability=0.5).identity() == ScstSettings(discriminability=0.5).identity()
+    assert "findability_pool" not in ScstSettings(discriminability=0.5).identity()
+    assert (
+        ScstSettings(discriminability=0.5, findability_pool=1000).run_folder()
+        != ScstSettings(discriminability=0.5).run_folder()
+    )
+    with pytest.raises(ValueError, match="pool"):
+        ScstSettings(findability_pool=-1)
 
 
 class _MapCopiedPerRow:

@@ -13,6 +13,7 @@ from model.retrieval_metrics import (
     BM25Index,
     FindabilityReport,
     expected_rank,
+    expected_reciprocal_rank,
     findability,
     findability_of_ranks,
     tokenize,
@@ -168,3 +169,23 @@ def test_bad_input_is_refused_clearly():
         findability_of_ranks([0, 1])
     with pytest.raises(ValueError, match="k1"):
         BM25Index(["a dog"], k1=-1.0)
+
+
+def test_a_document_outside_the_index_scores_as_it_would_inside():
+    docs = ["a red dog runs", "a blue cat sits on a mat", "two dogs play in the snow", "a man rides a bike", ""]
+    index = BM25Index(docs)
+    for query in ["red dog", "a dog in the snow", "a man on a bike", "cat cat", "zebra"]:
+        # the same statistics (each document is counted in them): the same scores
+        np.testing.assert_allclose([index.score_outside(query, d) for d in docs], index.scores(query), atol=1e-12)
+    # outside: only "red" matches (in 1 of 5 documents); avgdl (4 + 7 + 6 + 5 + 0) / 5 = 4.4; |D| = 3
+    by_hand = math.log(1 + 4.5 / 1.5) * 2.2 / (1 + 1.2 * (0.25 + 0.75 * 3 / 4.4))
+    assert index.score_outside("red dog", "a red zebra") == pytest.approx(by_hand)
+    assert index.score_outside("zebra", "a zebra") > index.score_outside("dog", "a dog")  # unseen: the largest idf
+    assert index.score_outside("red dog", "") == 0.0
+
+
+def test_expected_reciprocal_rank_averages_the_tie_groups_positions():
+    assert expected_reciprocal_rank(0, 1) == 1.0
+    assert expected_reciprocal_rank(1, 2) == pytest.approx((1 / 2 + 1 / 3) / 2)
+    with pytest.raises(ValueError):
+        expected_reciprocal_rank(0, 0)

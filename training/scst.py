@@ -7,7 +7,8 @@ of it is its step model (``project_image``, ``step_tensors``, ``width``) and ``c
 Starting from a cross-entropy member, every update samples ``samples`` captions per image from
 the decoder's own step-wise graph (no dropout), rewards each with its CIDEr-D against the
 image's references (document frequencies from the *training* references) plus, with
-``discriminability`` > 0, that weight times its findability among the batch's captions
+``discriminability`` > 0, that weight times its findability among the batch's captions or, with
+``findability_pool`` N, among N other training images' greedy captions refreshed every epoch
 (``FindabilityReward``, after Luo et al. 2018), subtracts a baseline
 (the mean reward of the image's other samples, or its greedy caption's reward) and minimises
 ``-(advantage * sum log p(sampled tokens))`` with Adam; the log-probabilities come from the
@@ -67,6 +68,7 @@ class ScstSettings:
     length_alpha: float = 0.5
     seed: int = 0
     discriminability: float = 0.0  # weight of FindabilityReward added to the CIDEr-D reward
+    findability_pool: int = 0  # 0: rank among the batch's captions; N: among N other images' greedy captions
 
     def __post_init__(self) -> None:
         if self.baseline not in BASELINES:
@@ -77,11 +79,15 @@ class ScstSettings:
             raise ValueError("samples and batch_images must be >= 1")
         if self.discriminability < 0:
             raise ValueError("the discriminability weight must be >= 0")
+        if self.findability_pool < 0:
+            raise ValueError("the findability pool size must be >= 0")
 
     def identity(self) -> dict[str, Any]:
         """Everything but ``epochs``: a run asked for more epochs continues the same one (and no
-        ``discriminability`` when it is 0, so runs from before it existed still resume)."""
-        return {k: v for k, v in asdict(self).items() if k != "epochs" and not (k == "discriminability" and v == 0)}
+        ``discriminability`` or ``findability_pool`` when 0, so runs from before they existed
+        still resume)."""
+        optional = ("discriminability", "findability_pool")
+        return {k: v for k, v in asdict(self).items() if k != "epochs" and not (k in optional and v == 0)}
 
     def run_folder(self) -> str:
         """The folder name of this SCST run inside a member's folder: ``scst-`` and a hash of
@@ -102,6 +108,7 @@ class ScstSettings:
             args.scst_length_alpha,
             args.seed,
             args.scst_discriminability,
+            args.scst_findability_pool,
         )
 
 
@@ -195,6 +202,8 @@ def scst_epoch(
     order = np.random.default_rng([settings.seed, epoch]).permutation(len(features))
     k = settings.samples
     weight = settings.discriminability if findable is not None else 0.0
+    if weight and findable.pool_size:
+        set_findability_pool(findable, sampler, features, settings, epoch)
     sums = {"reward": 0.0, "baseline": 0.0, "loss": 0.0, "findability": 0.0}
     for b, start in enumerate(range(0, len(order), settings.batch_images)):
         idx = order[start : start + settings.batch_images]
@@ -220,6 +229,18 @@ def scst_epoch(
     if weight:
         stats["findability"] = sums["findability"] / (n * k)
     return stats
+
+
+def set_findability_pool(
+    findable: FindabilityReward, sampler: Sampler, features: np.ndarray, settings: ScstSettings, epoch: int
+) -> None:
+    """Give ``findable`` this epoch's distractors: the decoder's greedy captions of
+    ``findable.pool_size`` training images drawn by the seed and the epoch."""
+    rng = np.random.default_rng([settings.seed, epoch, 1])
+    pool = np.sort(rng.choice(len(features), min(findable.pool_size, len(features)), replace=False))
+    chunk = 64
+    captions = [sampler(features[pool[i : i + chunk]], greedy=True) for i in range(0, len(pool), chunk)]
+    findable.set_pool(pool, np.concatenate(captions) if captions else np.zeros((0, 1), np.int32))
 
 
 def scst_member(
@@ -292,7 +313,11 @@ def scst_member(
         _atomic_json(state_path, state)
 
     reward = CiderReward(vocab, [it.captions for it in train_items])
-    findable = FindabilityReward(vocab, [it.captions for it in train_items]) if settings.discriminability else None
+    findable = (
+        FindabilityReward(vocab, [it.captions for it in train_items], settings.findability_pool)
+        if settings.discriminability
+        else None
+    )
     train_step = make_train_step(decoder, optimizer)
     tf.random.set_seed(settings.seed)
     while state["epoch"] < settings.epochs:

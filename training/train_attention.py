@@ -78,12 +78,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of the findability reward (BM25 among the batch's captions) added to CIDEr-D",
     )
     g.add_argument(
+        "--scst-findability-pool",
+        type=int,
+        default=0,
+        help="with --scst-discriminability: rank each sample among the greedy captions of this many "
+        "other training images (redrawn every epoch) instead of the batch's captions; 0 = the batch",
+    )
+    g.add_argument(
         "--scst-select",
         default="cider_d+r_at_5",
         help="dev metric (or sum) choosing the SCST epoch (0 = the cross-entropy weights)",
     )
     g.add_argument("--scst-beam-width", type=int, default=3)
     g.add_argument("--scst-length-alpha", type=float, default=0.5)
+    p.add_argument(
+        "--init-from-model",
+        default=None,
+        metavar="ARTIFACT",
+        help="start from a released artifact's attention decoder (training.attention_seed): its vocabulary "
+        "and weights become the work folder's finished cross-entropy fit, so --scst-* continues from them",
+    )
     p.add_argument("--evaluate-only", action="store_true", help="score a work folder's weights, do not train")
     p.add_argument(
         "--select",
@@ -211,6 +225,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         train_items, train_maps, _ = load_split_features(
             args, "train", args.encoder, weights, (size, size), spatial=True
         )
+    if args.init_from_model:
+        from training.attention_seed import seed_vocabulary
+
+        seed_vocabulary(args.init_from_model, args.work_dir)
     vocab, max_length = _vocabulary(args, train_items)
     config = AttentionConfig(
         vocab_size=len(vocab),
@@ -223,10 +241,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         dropout=args.dropout,
         kind=args.kind,
     )
+    member_dir = os.path.join(args.work_dir, "member-1")
+    fit_settings = FitSettings(args.epochs, args.patience, args.batch_images, args.learning_rate, 0.0, args.seed)
+    if args.init_from_model and not args.evaluate_only:  # checks the released decoder before writing anything
+        from training.attention_seed import seed_member
+
+        if seed_member(args.init_from_model, member_dir, config, fit_settings.__dict__):
+            log.info("work folder seeded with the decoder of %s", args.init_from_model)
     _check_config(args.work_dir, config)
     keras.utils.set_random_seed(args.seed)
     decoder = AttentionDecoder(config)
-    member_dir = os.path.join(args.work_dir, "member-1")
 
     def evaluate(settings: Any, step: Any = None) -> dict[str, float]:
         return dev_quality(
@@ -291,13 +315,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             time.time() - started,
         )
 
-    settings = FitSettings(args.epochs, args.patience, args.batch_images, args.learning_rate, 0.0, args.seed)
     train_ds = make_image_dataset(
         train_maps, caption_table(train_items, vocab, max_length), args.batch_images, True, args.seed
     )
     dev_ds = make_image_dataset(dev_maps, caption_table(dev_items, vocab, max_length), 50, False, args.seed)
     record = fit_member(
-        decoder, train_ds, dev_ds, settings, member_dir, on_epoch=on_epoch, verbose=0 if args.no_progress else 2
+        decoder, train_ds, dev_ds, fit_settings, member_dir, on_epoch=on_epoch, verbose=0 if args.no_progress else 2
     )
     result = {
         "config": config.to_dict(),

@@ -34,6 +34,7 @@ NOT_IDENTITY = (
     "scst_beam_width",
     "scst_length_alpha",
     "scst_discriminability",
+    "scst_findability_pool",
 )
 
 
@@ -131,6 +132,13 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         default=0.0,
         help="weight of the findability reward (BM25 among the batch's captions, training.scst) added "
         "to CIDEr-D; 0 = off",
+    )
+    p.add_argument(
+        "--scst-findability-pool",
+        type=int,
+        default=0,
+        help="with --scst-discriminability: rank each sample among the greedy captions of this many "
+        "other training images (redrawn every epoch) instead of the batch's captions; 0 = the batch",
     )
     p.add_argument(
         "--work-dir",
