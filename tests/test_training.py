@@ -937,6 +937,7 @@ def test_scst_continues_the_cross_entropy_members_and_is_recorded(
         "length_alpha": 0.5,
         "seed": 0,
         "discriminability": 0.0,
+        "findability_pool": 0,
     }
     (member,) = t["scst"]["members"]
     assert [h["epoch"] for h in member["history"]] == [0, 1] and member["history"][1]["reward"] >= 0
