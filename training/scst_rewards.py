@@ -46,8 +46,8 @@ class FindabilityReward:
 
     Two sets of documents to rank against:
 
-    * ``pool_size`` 0: the captions of the same sample slot of all the batch's images (with 16
-      images the samples' mean reward was 0.85-0.95 in training: it barely tells them apart);
+    * ``pool_size`` 0: the captions of the same sample slot of all the batch's images (16 images:
+      an easier search than the 1,000 images of the dev metric);
     * ``pool_size`` N: N distractor captions of other training images set by :meth:`set_pool`
       (the decoder's greedy captions, refreshed each epoch by ``training.scst``), the sample scored
       as if added to their index: the harder search of the dev metric (1,000 images).
