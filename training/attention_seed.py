@@ -36,15 +36,20 @@ def seed_vocabulary(model_uri: str, work_dir: str) -> None:
         json.dump({"vocabulary": contents.vocab.to_json(), "max_length": contents.config.decoder.max_length}, f)
 
 
-def seed_member(model_uri: str, member_dir: str, config: AttentionConfig, fit_settings: dict[str, Any]) -> bool:
+def seed_member(
+    model_uri: str, member_dir: str, config: AttentionConfig, fit_settings: dict[str, Any], tokens: list[str]
+) -> bool:
     """Make ``member_dir`` a finished fit holding the artifact's decoder weights, unless it
     already holds a fit (then nothing changes and False is returned). Raises SystemExit when the
-    artifact's decoder is not ``config`` (other sizes, kind or vocabulary size)."""
+    artifact's decoder is not ``config`` (other sizes or kind) or its vocabulary is not the work
+    folder's ``tokens``."""
     from training.fit import BEST, LAST, STATE, _atomic_json
 
     if os.path.exists(os.path.join(member_dir, STATE)):
         return False
     contents = _attention_artifact(model_uri)
+    if list(contents.vocab.tokens) != list(tokens):
+        raise SystemExit(f"{model_uri} was trained with another vocabulary than the work folder's")
     (released,) = contents.config.member_configs()
     if released != config:
         raise SystemExit(

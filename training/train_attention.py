@@ -246,8 +246,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.init_from_model and not args.evaluate_only:  # checks the released decoder before writing anything
         from training.attention_seed import seed_member
 
-        if seed_member(args.init_from_model, member_dir, config, fit_settings.__dict__):
+        if seed_member(args.init_from_model, member_dir, config, fit_settings.__dict__, vocab.tokens):
             log.info("work folder seeded with the decoder of %s", args.init_from_model)
+        else:
+            log.warning("%s already holds a fit: --init-from-model is not applied again", member_dir)
     _check_config(args.work_dir, config)
     keras.utils.set_random_seed(args.seed)
     decoder = AttentionDecoder(config)
