@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -56,15 +57,21 @@ class BM25Index:
                 docs, tfs = postings.setdefault(term, ([], []))
                 docs.append(doc)
                 tfs.append(tf)
-        # Per term: (document ids, precomputed idf * tf * (k1 + 1) / (tf + norm)).
+        # Per term: its idf, and (document ids, precomputed idf * tf * (k1 + 1) / (tf + norm)).
+        self._idf: dict[str, float] = {}
         self._weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for term, (docs, tfs) in postings.items():
             ids = np.array(docs, dtype=np.int64)
-            tf = np.array(tfs, dtype=np.float64)
-            n = len(docs)
-            idf = np.log1p((self.num_documents - n + 0.5) / (n + 0.5))
-            self._weights[term] = (ids, idf * tf * (self.k1 + 1.0) / (tf + norm[ids]))
-        self._document_frequency = {term: len(docs) for term, (docs, _) in postings.items()}
+            self._idf[term] = self._idf_of(len(docs))
+            self._weights[term] = (ids, self._weight(self._idf[term], np.array(tfs, dtype=np.float64), norm[ids]))
+
+    def _idf_of(self, n: int) -> float:
+        """Lucene's non-negative idf of a term in ``n`` of the index's documents."""
+        return float(np.log1p((self.num_documents - n + 0.5) / (n + 0.5)))
+
+    def _weight(self, idf: float, tf: Any, norm: Any) -> Any:
+        """idf * tf * (k1 + 1) / (tf + norm): a term's score in a document (scalars or arrays)."""
+        return idf * tf * (self.k1 + 1.0) / (tf + norm)
 
     def scores(self, query: str) -> np.ndarray:
         """One BM25 score per document (float64, length ``num_documents``); all zero when no
@@ -87,14 +94,8 @@ class BM25Index:
         counts = Counter(tokens)
         ratio = len(tokens) / self.avgdl if self.avgdl > 0 else 0.0
         norm = self.k1 * (1.0 - self.b + self.b * ratio)
-        score = 0.0
-        for term in tokenize(query):
-            tf = counts.get(term, 0)
-            if tf:
-                n = self._document_frequency.get(term, 0)
-                idf = np.log1p((self.num_documents - n + 0.5) / (n + 0.5))
-                score += float(idf * tf * (self.k1 + 1.0) / (tf + norm))
-        return score
+        unseen = self._idf_of(0)
+        return float(sum(self._weight(self._idf.get(t, unseen), counts[t], norm) for t in tokenize(query) if counts[t]))
 
 
 def expected_reciprocal_rank(above: int, tied: int) -> float:
@@ -105,13 +106,24 @@ def expected_reciprocal_rank(above: int, tied: int) -> float:
     return float(np.mean(1.0 / np.arange(above + 1, above + tied + 1)))
 
 
+def reciprocal_rank_among(others: np.ndarray, score: float) -> float:
+    """E[1/rank] of a document scoring ``score`` among documents scoring ``others`` (itself not
+    among them), ties in expectation."""
+    above, tied = _above_and_tied_score(np.asarray(others), score)
+    return expected_reciprocal_rank(above, tied + 1)
+
+
+def _above_and_tied_score(scores: np.ndarray, score: float) -> tuple[int, int]:
+    """(how many ``scores`` are above ``score``, how many equal it)."""
+    return int(np.count_nonzero(scores > score)), int(np.count_nonzero(scores == score))
+
+
 def _above_and_tied(scores: np.ndarray, target: int) -> tuple[int, int]:
     """(documents scoring above the target, documents tied with it including the target)."""
     scores = np.asarray(scores)
     if not 0 <= target < len(scores):
         raise ValueError(f"target {target} is not a document index (0..{len(scores) - 1})")
-    s_t = scores[target]
-    return int(np.count_nonzero(scores > s_t)), int(np.count_nonzero(scores == s_t))
+    return _above_and_tied_score(scores, scores[target])
 
 
 def expected_rank(scores: np.ndarray, target: int) -> float:

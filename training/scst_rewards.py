@@ -11,7 +11,7 @@ import numpy as np
 
 from model.bleu import bleu_tokens
 from model.caption_metrics import CiderD
-from model.retrieval_metrics import BM25Index, expected_reciprocal_rank
+from model.retrieval_metrics import BM25Index, reciprocal_rank_among
 from model.vocabulary import Vocabulary
 
 
@@ -105,12 +105,14 @@ class FindabilityReward:
                 others = self._pool_images != image
                 pool_scores[image] = [index.scores(ref)[others] for ref in refs]
             text = self.text(row)
-            ranks = []
-            for ref, scores in zip(refs, pool_scores[image]):
-                own = index.score_outside(ref, text)
-                above = int(np.count_nonzero(scores > own))
-                ranks.append(expected_reciprocal_rank(above, int(np.count_nonzero(scores == own)) + 1))
-            out[r] = float(np.mean(ranks))
+            out[r] = float(
+                np.mean(
+                    [
+                        reciprocal_rank_among(scores, index.score_outside(ref, text))
+                        for ref, scores in zip(refs, pool_scores[image])
+                    ]
+                )
+            )
         return out
 
 
