@@ -402,28 +402,32 @@ def test_export_with_int8_quantises_the_map_encoder_through_the_gate(tmp_path: P
 
 
 def test_a_released_decoder_seeds_only_a_work_folder_of_its_vocabulary_and_sizes(tmp_path: Path):
-    from training import export_attention
-    from training.attention_seed import seed_member, seed_vocabulary
-    from training.fit import BEST
+    from argparse import Namespace
+
+    from training import export_attention, train_attention
+    from training.attention_seed import released_decoder, seed_member
+    from training.fit import BEST, FitSettings
 
     soft, decoder = work_dir(tmp_path, "soft", 4)
     released = tmp_path / "released"
     assert export_attention.main(["--work-dir", str(soft), "--out", str(released), "--decode", "greedy"]) == 0
     target = tmp_path / "seeded"
-    seed_vocabulary(str(released), str(target))
+    target.mkdir()
+    contents = released_decoder(str(released))
+    train_attention._vocabulary(Namespace(work_dir=str(target)), [], contents)
     saved = json.loads((target / "vocabulary.json").read_text())
     assert saved["vocabulary"] == VOCAB.to_json() and saved["max_length"] == 10
     member = target / "member-1"
     with pytest.raises(SystemExit, match="another vocabulary"):
-        seed_member(str(released), str(member), decoder.config, {}, list(VOCAB.tokens)[:-1] + ["zebra"])
+        seed_member(contents, str(member), decoder.config, FitSettings(), list(VOCAB.tokens)[:-1] + ["zebra"])
     with pytest.raises(SystemExit, match="--kind soft"):
-        seed_member(str(released), str(member), replace(decoder.config, kind="adaptive"), {}, VOCAB.tokens)
+        seed_member(contents, str(member), replace(decoder.config, kind="adaptive"), FitSettings(), VOCAB.tokens)
     assert not member.exists()  # refused before anything was written
-    assert seed_member(str(released), str(member), decoder.config, {"epochs": 3}, VOCAB.tokens)
+    assert seed_member(contents, str(member), decoder.config, FitSettings(epochs=3), VOCAB.tokens)
     state = json.loads((member / "state.json").read_text())
-    assert state["done"] and state["settings"] == {"epochs": 3} and state["epoch"] == 0
+    assert state["done"] and state["settings"] == FitSettings(epochs=3).__dict__ and state["epoch"] == 0
     seeded = AttentionDecoder(decoder.config)
     seeded.load_weights(str(member / BEST))
     for a, b in zip(decoder.training_model.get_weights(), seeded.training_model.get_weights()):
         np.testing.assert_array_equal(a, b)
-    assert not seed_member(str(released), str(member), decoder.config, {}, VOCAB.tokens)  # a fit is kept
+    assert not seed_member(contents, str(member), decoder.config, FitSettings(), VOCAB.tokens)  # a fit is kept

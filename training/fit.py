@@ -111,6 +111,20 @@ def _load_weights(decoder: Any, path: str) -> None:
     decoder.training_model.set_weights(twin.training_model.get_weights())
 
 
+def new_fit_state(settings: FitSettings) -> dict[str, Any]:
+    """The resumable state of a fit that has not finished an epoch (``fit_member``'s JSON)."""
+    return {
+        "epoch": 0,
+        "history": {},
+        "best_loss": None,
+        "best_epoch": 0,
+        "wait": 0,
+        "done": False,
+        "seconds": 0.0,
+        "settings": settings.__dict__,
+    }
+
+
 def fit_member(
     decoder: Any,
     train_ds: Any,
@@ -128,16 +142,7 @@ def fit_member(
 
     os.makedirs(work_dir, exist_ok=True)
     state_path = os.path.join(work_dir, STATE)
-    state = {
-        "epoch": 0,
-        "history": {},
-        "best_loss": None,
-        "best_epoch": 0,
-        "wait": 0,
-        "done": False,
-        "seconds": 0.0,
-        "settings": settings.__dict__,
-    }
+    state = new_fit_state(settings)
     model = decoder.training_model
     model.compile(
         optimizer=keras.optimizers.Adam(settings.learning_rate),

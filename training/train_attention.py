@@ -132,8 +132,11 @@ def _settings(spec: str, max_length: int) -> Any:
     return DecodeSettings.parse(spec, max_length)
 
 
-def _vocabulary(args: argparse.Namespace, train_items: Sequence[CaptionedImage]) -> tuple[Vocabulary, int]:
-    """The run's vocabulary and max length, fixed in the work folder on the first run."""
+def _vocabulary(
+    args: argparse.Namespace, train_items: Sequence[CaptionedImage], released: Any = None
+) -> tuple[Vocabulary, int]:
+    """The run's vocabulary and max length, fixed in the work folder on the first run: built from
+    the training captions, or the ``released`` artifact's (``--init-from-model``)."""
     from training.train import choose_max_length
 
     path = os.path.join(args.work_dir, "vocabulary.json")
@@ -141,8 +144,11 @@ def _vocabulary(args: argparse.Namespace, train_items: Sequence[CaptionedImage])
         with open(path) as f:
             saved = json.load(f)
         return Vocabulary.from_json(saved["vocabulary"]), int(saved["max_length"])
-    vocab = Vocabulary.build((c for it in train_items for c in it.captions), min_count=args.min_count)
-    max_length = args.max_length or choose_max_length(train_items)
+    if released is not None:
+        vocab, max_length = released.vocab, released.config.decoder.max_length
+    else:
+        vocab = Vocabulary.build((c for it in train_items for c in it.captions), min_count=args.min_count)
+        max_length = args.max_length or choose_max_length(train_items)
     from training.fit import _atomic_json
 
     _atomic_json(path, {"vocabulary": vocab.to_json(), "max_length": max_length})
@@ -225,11 +231,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         train_items, train_maps, _ = load_split_features(
             args, "train", args.encoder, weights, (size, size), spatial=True
         )
-    if args.init_from_model:
-        from training.attention_seed import seed_vocabulary
+    released = None
+    if args.init_from_model and not args.evaluate_only:
+        from training.attention_seed import released_decoder
 
-        seed_vocabulary(args.init_from_model, args.work_dir)
-    vocab, max_length = _vocabulary(args, train_items)
+        released = released_decoder(args.init_from_model)  # read and verified once
+    vocab, max_length = _vocabulary(args, train_items, released)
     config = AttentionConfig(
         vocab_size=len(vocab),
         max_length=max_length,
@@ -243,10 +250,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     member_dir = os.path.join(args.work_dir, "member-1")
     fit_settings = FitSettings(args.epochs, args.patience, args.batch_images, args.learning_rate, 0.0, args.seed)
-    if args.init_from_model and not args.evaluate_only:  # checks the released decoder before writing anything
+    if released is not None:  # checks the released decoder before writing anything
         from training.attention_seed import seed_member
 
-        if seed_member(args.init_from_model, member_dir, config, fit_settings.__dict__, vocab.tokens):
+        if seed_member(released, member_dir, config, fit_settings, vocab.tokens):
             log.info("work folder seeded with the decoder of %s", args.init_from_model)
         else:
             log.warning("%s already holds a fit: --init-from-model is not applied again", member_dir)
