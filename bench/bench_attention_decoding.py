@@ -18,7 +18,6 @@ the maps' means) for a comparison under the same load.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -58,7 +57,7 @@ def main() -> int:
     from model.caption_search import DecodeSettings, caption_features
     from model.encoder import ImageEncoder
     from model.image_loading import decode_image
-    from model.vocabulary import Vocabulary
+    from training.attention_work import checkpoint_file, read_vocabulary
     from training.splits import DEFAULT_CACHE, load_split_features
     from training.train_attention import build_parser
 
@@ -80,9 +79,7 @@ def main() -> int:
     # float32 as the pipeline's encoder returns them (the cache holds float16: converting inside the
     # timed decode would add a cost the pipeline does not have)
     items, maps = items[: args.images], np.asarray(maps[: args.images], np.float32)
-    with open(os.path.join(args.work_dir, "vocabulary.json")) as f:
-        saved = json.load(f)
-    vocab, max_length = Vocabulary.from_json(saved["vocabulary"]), int(saved["max_length"])
+    vocab, max_length = read_vocabulary(args.work_dir)
     config = AttentionConfig(
         len(vocab),
         max_length,
@@ -95,7 +92,7 @@ def main() -> int:
         args.kind,
     )
     decoder = AttentionDecoder(config)
-    decoder.load_weights(os.path.join(args.work_dir, "member-1", "best.weights.h5"))
+    decoder.load_weights(checkpoint_file(args.work_dir, "best"))
 
     contents = read_artifact(args.model)
     spatial = contents.config.encoder_output == "map"  # what the pipeline runs for this artifact

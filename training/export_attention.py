@@ -28,7 +28,6 @@ changed when the gate passes (exit 3 otherwise, the float32 artifact stays).
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
 import os
@@ -38,82 +37,18 @@ from typing import Any
 
 from model.cli import StrictArgumentParser
 from model.vocabulary import Vocabulary
+from training.attention_work import (
+    CHECKPOINTS,
+    checkpoint_epoch,
+    load_member,
+    read_json,
+    read_vocabulary,
+    scst_folder,
+)
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = ("best", "last", "selected", "scst")
 DEFAULT_SELECT = "cider_d+r_at_5"
-
-
-def read_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise SystemExit(f"{path} is missing: not a finished training work folder?") from None
-
-
-def work_vocabulary(work_dir: str) -> Vocabulary:
-    return Vocabulary.from_json(read_json(os.path.join(work_dir, "vocabulary.json"))["vocabulary"])
-
-
-def scst_folder(work_dir: str, run: str | None = None) -> str:
-    """The SCST run ``run`` (a ``scst-<settings hash>`` folder name) of a work folder, or its only one."""
-    if run:
-        path = os.path.join(work_dir, "member-1", run)
-        if not os.path.isfile(os.path.join(path, "state.json")):
-            raise SystemExit(f"{path} is not an SCST run (no state.json)")
-        return path
-    found = sorted(glob.glob(os.path.join(work_dir, "member-1", "scst-*", "state.json")))
-    if len(found) != 1:
-        raise SystemExit(
-            f"{work_dir} holds {len(found)} SCST runs ({[os.path.dirname(f) for f in found]}); name one with --scst-run"
-        )
-    return os.path.dirname(found[0])
-
-
-def checkpoint_file(work_dir: str, checkpoint: str, scst_run: str | None = None) -> str:
-    """The weights file of ``checkpoint`` (``CHECKPOINTS``) in a work folder (refused when missing
-    or, for ``scst``, unfinished)."""
-    from training.fit import BEST, LAST
-    from training.train_attention import SELECTED
-
-    if checkpoint == "scst":
-        folder = scst_folder(work_dir, scst_run)
-        if not read_json(os.path.join(folder, "state.json")).get("done"):
-            log.warning("the SCST run in %s is not finished: exporting its best epoch so far", folder)
-        path = os.path.join(folder, BEST)
-    else:
-        path = os.path.join(work_dir, "member-1", {"best": BEST, "last": LAST, "selected": SELECTED}[checkpoint])
-    if not os.path.isfile(path):
-        raise SystemExit(f"{path} is missing (checkpoint {checkpoint} of {work_dir})")
-    return path
-
-
-def checkpoint_epoch(work_dir: str, checkpoint: str, scst_run: str | None = None) -> int:
-    """The training epoch whose weights ``checkpoint`` holds (``scst``: the SCST run's chosen epoch)."""
-    from training.train_attention import SELECTION
-
-    member = os.path.join(work_dir, "member-1")
-    if checkpoint == "scst":
-        return int(read_json(os.path.join(scst_folder(work_dir, scst_run), "state.json"))["best_epoch"])
-    if checkpoint == "selected":
-        return int(read_json(os.path.join(member, SELECTION))["epoch"])
-    state = read_json(os.path.join(member, "state.json"))
-    return int(state["best_epoch"] if checkpoint == "best" else state["epoch"])
-
-
-def load_member(work_dir: str, checkpoint: str, vocab: Vocabulary, scst_run: str | None = None) -> Any:
-    """The decoder of a work folder with the checkpoint's weights (the vocabulary must be ``vocab``)."""
-    from model.artifact_config import AttentionConfig
-    from model.attention_decoder import AttentionDecoder
-    from training.train_attention import CONFIG_FILE
-
-    if work_vocabulary(work_dir).tokens != vocab.tokens:
-        raise SystemExit(f"{work_dir} was trained with another vocabulary than the first member")
-    decoder = AttentionDecoder(AttentionConfig.from_dict(read_json(os.path.join(work_dir, CONFIG_FILE))))
-    decoder.load_weights(checkpoint_file(work_dir, checkpoint, scst_run))
-    return decoder
 
 
 def parse_decode(spec: str, max_length: int) -> Any:
@@ -266,8 +201,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     from model.artifact_writer import save_artifact
     from model.encoder import get_backbone
 
-    vocab = work_vocabulary(args.work_dir)
-    max_length = int(read_json(os.path.join(args.work_dir, "vocabulary.json"))["max_length"])
+    vocab, max_length = read_vocabulary(args.work_dir)
     members = [
         load_member(args.work_dir, args.checkpoint, vocab, args.scst_run),
         *(load_member(d, args.ensemble_checkpoint, vocab) for d in args.ensemble_with),

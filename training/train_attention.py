@@ -36,6 +36,17 @@ import numpy as np
 
 from model.vocabulary import Vocabulary
 from training.attention_data import caption_table, dev_quality, make_image_dataset
+from training.attention_work import (
+    CONFIG_FILE,
+    SELECTED,
+    SELECTION,
+    checkpoint_epoch,
+    checkpoint_file,
+    has_vocabulary,
+    load_member,
+    read_vocabulary,
+    write_vocabulary,
+)
 from training.datasets import CaptionedImage
 from training.splits import add_data_arguments, load_split_features
 
@@ -139,25 +150,15 @@ def _vocabulary(
     the training captions, or the ``released`` artifact's (``--init-from-model``)."""
     from training.train import choose_max_length
 
-    path = os.path.join(args.work_dir, "vocabulary.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        return Vocabulary.from_json(saved["vocabulary"]), int(saved["max_length"])
+    if has_vocabulary(args.work_dir):
+        return read_vocabulary(args.work_dir)
     if released is not None:
         vocab, max_length = released.vocab, released.config.decoder.max_length
     else:
         vocab = Vocabulary.build((c for it in train_items for c in it.captions), min_count=args.min_count)
         max_length = args.max_length or choose_max_length(train_items)
-    from training.fit import _atomic_json
-
-    _atomic_json(path, {"vocabulary": vocab.to_json(), "max_length": max_length})
+    write_vocabulary(args.work_dir, vocab, max_length)
     return vocab, max_length
-
-
-CONFIG_FILE = "attention_config.json"
-SELECTED = "selected.weights.h5"
-SELECTION = "selected.json"
 
 
 def _keep_selected(decoder: Any, member_dir: str, epoch: int, metric: str, scores: dict[str, float]) -> None:
@@ -195,21 +196,6 @@ def _check_config(work_dir: str, config: Any) -> None:
         )
 
 
-def _ensemble_member(work_dir: str, vocab: Vocabulary) -> Any:
-    """The best weights of another run's decoder, after checking it shares the vocabulary."""
-    from model.artifact_config import AttentionConfig
-    from model.attention_decoder import AttentionDecoder
-    from training.fit import BEST
-
-    with open(os.path.join(work_dir, "vocabulary.json")) as f:
-        if Vocabulary.from_json(json.load(f)["vocabulary"]).tokens != vocab.tokens:
-            raise SystemExit(f"{work_dir} was trained with another vocabulary")
-    with open(os.path.join(work_dir, CONFIG_FILE)) as f:
-        member = AttentionDecoder(AttentionConfig.from_dict(json.load(f)))
-    member.load_weights(os.path.join(work_dir, "member-1", BEST))
-    return member
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or with ``--evaluate-only`` score) one attention decoder; returns the record."""
     import keras
@@ -218,7 +204,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from model.attention_decoder import AttentionDecoder
     from model.encoder import get_backbone
     from training.evaluate import generate_captions
-    from training.fit import BEST, LAST, FitSettings, fit_member
+    from training.fit import FitSettings, fit_member
 
     if args.evaluate_only and not os.path.exists(os.path.join(args.work_dir, "member-1", "state.json")):
         raise SystemExit(f"{args.work_dir} holds no trained decoder yet (no finished epoch)")
@@ -227,7 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     weights = args.encoder_weights or "imagenet"
     dev_items, dev_maps, _ = load_split_features(args, "dev", args.encoder, weights, (size, size), spatial=True)
     train_items: list[CaptionedImage] = []
-    if not args.evaluate_only or not os.path.exists(os.path.join(args.work_dir, "vocabulary.json")):
+    if not args.evaluate_only or not has_vocabulary(args.work_dir):
         train_items, train_maps, _ = load_split_features(
             args, "train", args.encoder, weights, (size, size), spatial=True
         )
@@ -270,22 +256,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.evaluate_only:
         from model.attention_decoder import AttentionStepModel
 
-        decoder.load_weights(
-            os.path.join(member_dir, {"best": BEST, "last": LAST, "selected": SELECTED}[args.checkpoint])
-        )
-        members = [decoder, *(_ensemble_member(d, vocab) for d in args.ensemble_with)]
+        decoder.load_weights(checkpoint_file(args.work_dir, args.checkpoint))
+        members = [decoder, *(load_member(d, "best", vocab) for d in args.ensemble_with)]
         settings = _settings(args.decode, max_length)
-        with open(os.path.join(member_dir, "state.json")) as f:
-            state = json.load(f)
-        epochs = {"best": state["best_epoch"], "last": state["epoch"]}
-        if args.checkpoint == "selected":
-            with open(os.path.join(member_dir, SELECTION)) as f:
-                epochs["selected"] = json.load(f)["epoch"]
-        others = [json.load(open(os.path.join(d, "member-1", "state.json")))["best_epoch"] for d in args.ensemble_with]
+        epochs = [
+            checkpoint_epoch(d, c)
+            for d, c in [(args.work_dir, args.checkpoint), *((d, "best") for d in args.ensemble_with)]
+        ]
         result = {
             "checkpoint": args.checkpoint,
-            "epoch": epochs[args.checkpoint],
-            "member_epochs": [epochs[args.checkpoint], *others],
+            "epoch": epochs[0],
+            "member_epochs": epochs,
             "combine": args.ensemble_combine,
             "decode": settings.describe(),
             "members": [args.work_dir, *args.ensemble_with],
