@@ -5,8 +5,8 @@ Reproduce (after ``python -m training.spatial_features`` and some epochs of
 
     python bench/bench_attention_decoding.py --work-dir WORK --images 256 --repeats 3
 
-It loads the work folder's best weights and vocabulary (the sizes are given by the same flags as
-training: ``--kind --units --embedding-dim --attention-dim``), captions ``--images`` dev maps from
+It loads the work folder's decoder (``--checkpoint``, default ``best``; ``scst``: its SCST run's
+chosen epoch) with its vocabulary and sizes (``training.attention_work``), captions ``--images`` dev maps from
 the spatial feature cache in batches of ``--batch-size`` with greedy and beam search on OpenVINO
 and TensorFlow (median of ``--repeats`` passes after a warm-up), and times the shipped model's
 INT8 encoder on the same photos (one process, the pipeline's batch), printing a Markdown table with
@@ -28,15 +28,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from bench.common import REPO, SHARED, XCEPTION_WEIGHTS, machine, median_time, table
+from training.attention_work import CHECKPOINTS
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work-dir", required=True)
-    p.add_argument("--kind", default="adaptive")
-    p.add_argument("--units", type=int, default=512)
-    p.add_argument("--embedding-dim", type=int, default=256)
-    p.add_argument("--attention-dim", type=int, default=256)
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
+    p.add_argument("--scst-run", default=None, help="the member-1/scst-* run of --checkpoint scst, when several")
+    # the sizes are read from the work folder; given (as in older commands), they must agree with it
+    p.add_argument("--kind", default=None)
+    p.add_argument("--units", type=int, default=None)
+    p.add_argument("--embedding-dim", type=int, default=None)
+    p.add_argument("--attention-dim", type=int, default=None)
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
@@ -52,12 +56,11 @@ def main() -> int:
     args = p.parse_args()
 
     from model.artifact import read_artifact
-    from model.artifact_config import AttentionConfig
-    from model.attention_decoder import AttentionDecoder, make_attention_step_model
+    from model.attention_decoder import make_attention_step_model
     from model.caption_search import DecodeSettings, caption_features
     from model.encoder import ImageEncoder
     from model.image_loading import decode_image
-    from training.attention_work import checkpoint_file, read_vocabulary
+    from training.attention_work import load_member, read_vocabulary
     from training.splits import DEFAULT_CACHE, load_split_features
     from training.train_attention import build_parser
 
@@ -79,20 +82,13 @@ def main() -> int:
     # float32 as the pipeline's encoder returns them (the cache holds float16: converting inside the
     # timed decode would add a cost the pipeline does not have)
     items, maps = items[: args.images], np.asarray(maps[: args.images], np.float32)
-    vocab, max_length = read_vocabulary(args.work_dir)
-    config = AttentionConfig(
-        len(vocab),
-        max_length,
-        maps.shape[-1],
-        int(np.prod(maps.shape[1:-1])),
-        args.embedding_dim,
-        args.units,
-        args.attention_dim,
-        0.0,
-        args.kind,
-    )
-    decoder = AttentionDecoder(config)
-    decoder.load_weights(checkpoint_file(args.work_dir, "best"))
+    vocab, _ = read_vocabulary(args.work_dir)
+    decoder = load_member(args.work_dir, args.checkpoint, vocab, args.scst_run)
+    sizes = decoder.config.to_dict()
+    for flag in ("kind", "units", "embedding_dim", "attention_dim"):
+        if getattr(args, flag) not in (None, sizes[flag]):
+            raise SystemExit(f"--{flag.replace('_', '-')} {getattr(args, flag)}: {args.work_dir} holds {sizes[flag]}")
+    max_length = decoder.config.max_length
 
     contents = read_artifact(args.model)
     spatial = contents.config.encoder_output == "map"  # what the pipeline runs for this artifact
@@ -148,7 +144,7 @@ def main() -> int:
                 ]
             )
     print(
-        f"machine: {machine()}; {args.kind} attention decoder ({decoder.count_params()} parameters), "
+        f"machine: {machine()}; {decoder.config.kind} attention decoder ({decoder.count_params()} parameters), "
         f"{len(maps)} dev images, batch {args.batch_size}, median of {args.repeats}"
     )
     print(table(["decoding", "ms / image", "INT8 encoder ms / image", "share of encoder"], rows))
