@@ -372,6 +372,19 @@ def test_train_attention_cli_trains_resumes_and_evaluates(tmp_path: Path, capsys
     original = json.loads(capsys.readouterr().out)
     assert {k: start[k] for k in ("bleu4", "r_at_5")} == {k: original[k] for k in ("bleu4", "r_at_5")}
 
+    # An SCST run joins an ensemble by its folder (its chosen epoch), when scored and when exported.
+    run = next((work / "member-1").glob("scst-*"))
+    pair = ["--evaluate-only", "--decode", "greedy", "--ensemble-with", str(run)]
+    assert train_attention.main([*args, "--image-size", "64", *pair]) == 0
+    paired = json.loads(capsys.readouterr().out)
+    assert paired["member_epochs"] == [original["epoch"], json.loads((run / "state.json").read_text())["best_epoch"]]
+    both = tmp_path / "both"
+    export[3] = str(both)
+    flags = ["--image-size", "64", "--record-encoder-weights", "none", "--ensemble-with", str(run)]
+    assert export_attention.main([*export, *flags]) == 0
+    members = json.loads((both / "config.json").read_text())["training"]["members"]
+    assert [(m["checkpoint"], m["scst_run"]) for m in members] == [("best", None), ("scst", run.name)]
+
 
 @pytest.mark.parametrize("kinds", [("soft", "soft"), ("adaptive", "adaptive"), ("soft", "adaptive")])
 def test_openvino_step_graphs_give_tensorflows_captions(kinds: tuple[str, str]):

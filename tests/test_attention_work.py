@@ -72,3 +72,12 @@ def test_an_unfinished_scst_run_gives_its_best_epoch_so_far_with_a_warning(
     (run / "best.weights.h5").write_bytes(b"w")
     assert work.checkpoint_file(str(tmp_path), "scst") == str(run / "best.weights.h5")
     assert "not finished" in caplog.text
+
+
+def test_an_ensemble_member_is_a_work_folder_or_one_of_its_scst_runs(tmp_path: Path) -> None:
+    _state(tmp_path / "member-1" / "scst-aaa", best_epoch=1)
+    assert work.member_ref(str(tmp_path), "last") == work.MemberRef(str(tmp_path), "last")
+    run = work.member_ref(str(tmp_path / "member-1" / "scst-aaa") + "/", "best")
+    assert run == work.MemberRef(str(tmp_path), "scst", "scst-aaa")
+    with pytest.raises(SystemExit, match="not an SCST run"):
+        work.member_ref(str(tmp_path / "member-1" / "scst-zzz"), "best")

@@ -14,6 +14,7 @@ import glob
 import json
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from model.vocabulary import Vocabulary
@@ -65,6 +66,27 @@ def scst_folder(work_dir: str, run: str | None = None) -> str:
             f"{work_dir} holds {len(found)} SCST runs ({[os.path.dirname(f) for f in found]}); name one with --scst-run"
         )
     return os.path.dirname(found[0])
+
+
+@dataclass(frozen=True)
+class MemberRef:
+    """One decoder of an ensemble: a work folder's checkpoint (``scst``: of the run ``scst_run``)."""
+
+    work_dir: str
+    checkpoint: str
+    scst_run: str | None = None
+
+
+def member_ref(path: str, checkpoint: str) -> MemberRef:
+    """An ``--ensemble-with`` path: a work folder (its ``checkpoint``), or one SCST run of one
+    (``WORK/member-1/scst-<hash>``: that run's chosen epoch, whatever ``checkpoint`` says)."""
+    path = os.path.normpath(path)
+    run, member = os.path.basename(path), os.path.dirname(path)
+    if run.startswith("scst-") and os.path.basename(member) == "member-1":
+        work_dir = os.path.dirname(member)
+        scst_folder(work_dir, run)  # refuses a folder that is not a run
+        return MemberRef(work_dir, "scst", run)
+    return MemberRef(path, checkpoint)
 
 
 def checkpoint_file(work_dir: str, checkpoint: str, scst_run: str | None = None) -> str:

@@ -11,7 +11,8 @@ CLI (the work folders of ``python -m training.train_attention``)::
 Members: the work folder's decoder (``--checkpoint``: ``best`` dev loss, ``last`` epoch, the
 ``selected`` epoch of the dev objective, or ``scst``: the chosen epoch of its SCST run in
 ``member-1/scst-*/``, named by ``--scst-run`` when there are several), then each ``--ensemble-with``
-folder's (``--ensemble-checkpoint``). They must
+folder's (``--ensemble-checkpoint``; a path ``WORK/member-1/scst-HASH`` names that SCST run's chosen
+epoch). They must
 share the vocabulary and the decoder sizes (kinds may differ).
 
 Decoding (``--decode auto``, the default): the search chosen on dev. For ``scst``, the search the
@@ -39,8 +40,10 @@ from model.cli import StrictArgumentParser
 from model.vocabulary import Vocabulary
 from training.attention_work import (
     CHECKPOINTS,
+    MemberRef,
     checkpoint_epoch,
     load_member,
+    member_ref,
     read_json,
     read_vocabulary,
     scst_folder,
@@ -85,9 +88,10 @@ def chosen_on_dev(args: argparse.Namespace, max_length: int) -> tuple[Any, dict[
     if os.path.exists(path):
         with open(path) as f:
             records = [json.loads(line) for line in f if line.strip()]
+    refs = [member_ref(d, args.ensemble_checkpoint) for d in args.ensemble_with]
     epochs = [
-        checkpoint_epoch(d, c)
-        for d, c in zip(members, [args.checkpoint] + [args.ensemble_checkpoint] * len(args.ensemble_with))
+        checkpoint_epoch(args.work_dir, args.checkpoint, args.scst_run),
+        *(checkpoint_epoch(r.work_dir, r.checkpoint, r.scst_run) for r in refs),
     ]
     matching = [
         r
@@ -169,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="WORK_DIR",
-        help="another work folder whose decoder joins the ensemble (repeatable)",
+        help="another work folder whose decoder joins the ensemble (repeatable); WORK_DIR/member-1/scst-HASH: "
+        "that SCST run's chosen epoch",
     )
     p.add_argument("--ensemble-checkpoint", choices=CHECKPOINTS, default="best")
     p.add_argument("--ensemble-combine", choices=["mean_logprob", "mean_prob"], default="mean_logprob")
@@ -202,9 +207,10 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     from model.encoder import get_backbone
 
     vocab, max_length = read_vocabulary(args.work_dir)
+    refs = [member_ref(d, args.ensemble_checkpoint) for d in args.ensemble_with]
     members = [
         load_member(args.work_dir, args.checkpoint, vocab, args.scst_run),
-        *(load_member(d, args.ensemble_checkpoint, vocab) for d in args.ensemble_with),
+        *(load_member(r.work_dir, r.checkpoint, vocab, r.scst_run) for r in refs),
     ]
     size = args.image_size or get_backbone(args.encoder).default_size
     if args.decode == "auto":
@@ -214,12 +220,9 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         dev = scored_on_dev(args, members, vocab, search, (size, size))
     training = {
         "members": [
-            {"work_dir": os.path.abspath(d), "checkpoint": c, "kind": m.config.kind}
-            for d, c, m in zip(
-                [args.work_dir, *args.ensemble_with],
-                [args.checkpoint] + [args.ensemble_checkpoint] * len(args.ensemble_with),
-                members,
-            )
+            {"work_dir": os.path.abspath(r.work_dir), "checkpoint": r.checkpoint, "scst_run": r.scst_run}
+            | {"kind": m.config.kind}
+            for r, m in zip([MemberRef(args.work_dir, args.checkpoint, args.scst_run), *refs], members)
         ],
         "dev": dev,
         "command": "python -m training.export_attention " + " ".join(sys.argv[1:]),

@@ -44,6 +44,7 @@ from training.attention_work import (
     checkpoint_file,
     has_vocabulary,
     load_member,
+    member_ref,
     read_vocabulary,
     write_vocabulary,
 )
@@ -127,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="WORK_DIR",
-        help="with --evaluate-only: also the best weights of another run (same vocabulary and sizes; "
-        "the kind may differ), all members combined in one step graph",
+        help="with --evaluate-only: also the best weights of another run, or an SCST run's chosen epoch "
+        "(WORK_DIR/member-1/scst-HASH); same vocabulary and sizes, the kind may differ; all members "
+        "combined in one step graph",
     )
     p.add_argument("--ensemble-combine", choices=["mean_logprob", "mean_prob"], default="mean_logprob")
     p.add_argument(
@@ -257,11 +259,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from model.attention_decoder import AttentionStepModel
 
         decoder.load_weights(checkpoint_file(args.work_dir, args.checkpoint))
-        members = [decoder, *(load_member(d, "best", vocab) for d in args.ensemble_with)]
+        refs = [member_ref(d, "best") for d in args.ensemble_with]
+        members = [decoder, *(load_member(r.work_dir, r.checkpoint, vocab, r.scst_run) for r in refs)]
         settings = _settings(args.decode, max_length)
         epochs = [
-            checkpoint_epoch(d, c)
-            for d, c in [(args.work_dir, args.checkpoint), *((d, "best") for d in args.ensemble_with)]
+            checkpoint_epoch(args.work_dir, args.checkpoint),
+            *(checkpoint_epoch(r.work_dir, r.checkpoint, r.scst_run) for r in refs),
         ]
         result = {
             "checkpoint": args.checkpoint,
