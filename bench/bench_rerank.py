@@ -27,15 +27,18 @@ Float32 maps from training's spatial feature cache; prints one Markdown table.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import REPO, machine, table  # noqa: E402
+from bench.common import REPO, machine, table
 
 COLUMNS = ("bleu1", "bleu4", "cider_d", "rouge_l", "distinct", "r_at_1", "r_at_5", "mrr", "median_rank")
 
@@ -53,7 +56,7 @@ def pooled(maps: np.ndarray) -> np.ndarray:
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
-def candidates(contents, step, maps: np.ndarray, width: int) -> list[list[tuple[str, float]]]:
+def candidates(contents: Any, step: Any, maps: np.ndarray, width: int) -> list[list[tuple[str, float]]]:
     """Per image: (caption, length-normalised log-probability) of its beam's distinct finished
     captions, best first."""
     from model.caption_search import beam_candidates, strip_end
@@ -77,6 +80,8 @@ def candidates(contents, step, maps: np.ndarray, width: int) -> list[list[tuple[
 
 
 def oracle_findability(cands: Sequence[Sequence[tuple[str, float]]], refs: Sequence[Sequence[str]]) -> list[str]:
+    """Per image, the candidate its own queries (references #2-#5) find best (E[1/rank]), the other
+    images' documents being the search's choices: an oracle that reads the dev answers."""
     from model.retrieval_metrics import BM25Index, reciprocal_rank_among
 
     top = [c[0][0] for c in cands]
