@@ -63,12 +63,10 @@ def pooled(maps: np.ndarray) -> np.ndarray:
 def candidates(contents: Any, step: Any, maps: np.ndarray, width: int) -> list[list[tuple[str, float]]]:
     """Per image: (caption, length-normalised log-probability) of its beam's distinct finished
     captions, best first."""
-    from model.caption_search import beam_candidates, strip_end
-    from model.step_filters import BannedWords, NoRepeat
+    from model.caption_search import beam_candidates, filtered_decoder, normalised_score, strip_end
 
     vocab, search = contents.vocab, contents.decode_settings()
-    decoder = BannedWords(step, sorted(vocab.never_generated))
-    decoder = NoRepeat(decoder) if search.no_repeat else decoder
+    decoder = filtered_decoder(step, search, vocab.never_generated)
     out = []
     for s in range(0, len(maps), 50):
         for found in beam_candidates(
@@ -77,7 +75,7 @@ def candidates(contents: Any, step: Any, maps: np.ndarray, width: int) -> list[l
             scored: dict[str, float] = {}
             for h in found:
                 text = " ".join(vocab.decode(strip_end(h.token_ids, vocab.end_id)))
-                norm = h.logprob / max(1, len(h.token_ids)) ** search.length_alpha
+                norm = normalised_score(h, search.length_alpha)
                 scored[text] = max(norm, scored.get(text, -np.inf))
             out.append(sorted(scored.items(), key=lambda kv: -kv[1]))
     return out

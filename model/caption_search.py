@@ -137,10 +137,12 @@ def beam_search(
     exactly greedy); an image stops when its best finished caption scores at least as well as
     its best live beam would at the current length."""
     candidates = beam_candidates(decoder, features, start_id, end_id, max_length, beam_width, length_alpha)
-    return [max(found, key=lambda h: _normalised(h, length_alpha)) for found in candidates]
+    return [max(found, key=lambda h: normalised_score(h, length_alpha)) for found in candidates]
 
 
-def _normalised(h: Hypothesis, length_alpha: float, logprob: float | None = None) -> float:
+def normalised_score(h: Hypothesis, length_alpha: float, logprob: float | None = None) -> float:
+    """The beam search's ranking score of a finished caption: its log-probability (or
+    ``logprob``) divided by ``len ** length_alpha``."""
     return (h.logprob if logprob is None else logprob) / max(1, len(h.token_ids)) ** length_alpha
 
 
@@ -240,7 +242,9 @@ def beam_candidates(
                     # Like HF/im2txt: an ending only counts if it ranks among the top k.
                     if rank < k:
                         finished[image].append(Hypothesis(hyp_tokens, total))
-                        best_finished[image] = max(best_finished[image], _normalised(finished[image][-1], length_alpha))
+                        best_finished[image] = max(
+                            best_finished[image], normalised_score(finished[image][-1], length_alpha)
+                        )
                     continue
                 keep_rows.append(row)
                 keep_words.append(word)
@@ -272,11 +276,21 @@ def mmi_rerank(
     for found in candidates:
         best, best_value = None, -np.inf
         for h in found:
-            value = _normalised(h, length_alpha, h.logprob - mmi_lambda * float(next(prior_lp)))
+            value = normalised_score(h, length_alpha, h.logprob - mmi_lambda * float(next(prior_lp)))
             if best is None or value > best_value:
                 best, best_value = h, value
         out.append(best)
     return out
+
+
+def filtered_decoder(decoder: StepModel, settings: DecodeSettings, banned_ids: Sequence[int] = ()) -> StepModel:
+    """``decoder`` behind the search's step filters: ``banned_ids`` never generated and, with
+    ``settings.no_repeat``, no word repeated straight away and no trigram twice."""
+    if len(banned_ids):
+        decoder = BannedWords(decoder, banned_ids)
+    if settings.no_repeat:
+        decoder = NoRepeat(decoder)
+    return decoder
 
 
 def decode_batch(
@@ -295,10 +309,7 @@ def decode_batch(
         raise ValueError("MMI reranking (mmi_lambda > 0) needs a caption prior")
     if len(features) == 0:
         return []
-    if len(banned_ids):
-        decoder = BannedWords(decoder, banned_ids)
-    if settings.no_repeat:
-        decoder = NoRepeat(decoder)
+    decoder = filtered_decoder(decoder, settings, banned_ids)
     if settings.mmi_lambda and settings.mmi_mode == "step":
         return _step_mmi(decoder, features, start_id, end_id, settings, prior)
     if settings.method == "greedy":
