@@ -53,6 +53,13 @@ def write_vocabulary(work_dir: str, vocab: Vocabulary, max_length: int) -> None:
     _atomic_json(os.path.join(work_dir, VOCABULARY_FILE), {"vocabulary": vocab.to_json(), "max_length": max_length})
 
 
+def read_config(work_dir: str) -> Any:
+    """The decoder's sizes (``model.artifact_config.AttentionConfig``) recorded in a work folder."""
+    from model.artifact_config import AttentionConfig
+
+    return AttentionConfig.from_dict(read_json(os.path.join(work_dir, CONFIG_FILE)))
+
+
 def scst_folder(work_dir: str, run: str | None = None) -> str:
     """The SCST run ``run`` (a ``scst-<settings hash>`` folder name) of a work folder, or its only one."""
     if run:
@@ -119,11 +126,10 @@ def checkpoint_epoch(work_dir: str, checkpoint: str, scst_run: str | None = None
 
 def load_member(work_dir: str, checkpoint: str, vocab: Vocabulary, scst_run: str | None = None) -> Any:
     """The decoder of a work folder with the checkpoint's weights (the vocabulary must be ``vocab``)."""
-    from model.artifact_config import AttentionConfig
     from model.attention_decoder import AttentionDecoder
 
     if read_vocabulary(work_dir)[0].tokens != vocab.tokens:
         raise SystemExit(f"{work_dir} was trained with another vocabulary than the first member")
-    decoder = AttentionDecoder(AttentionConfig.from_dict(read_json(os.path.join(work_dir, CONFIG_FILE))))
+    decoder = AttentionDecoder(read_config(work_dir))
     decoder.load_weights(checkpoint_file(work_dir, checkpoint, scst_run))
     return decoder

@@ -45,6 +45,8 @@ from training.attention_work import (
     has_vocabulary,
     load_member,
     member_ref,
+    read_config,
+    read_json,
     read_vocabulary,
     write_vocabulary,
 )
@@ -171,8 +173,7 @@ def _keep_selected(decoder: Any, member_dir: str, epoch: int, metric: str, score
     path = os.path.join(member_dir, SELECTION)
     score = objective(scores, metric)
     if os.path.exists(path):
-        with open(path) as f:
-            kept = json.load(f)
+        kept = read_json(path)
         if kept["metric"] == metric and kept["epoch"] != epoch and kept["score"] >= score:
             return
     os.makedirs(member_dir, exist_ok=True)
@@ -182,15 +183,13 @@ def _keep_selected(decoder: Any, member_dir: str, epoch: int, metric: str, score
 
 def _check_config(work_dir: str, config: Any) -> None:
     """Record the decoder's config in the work folder, or refuse flags that ask for another one."""
-    from model.artifact_config import AttentionConfig
     from training.fit import _atomic_json
 
     path = os.path.join(work_dir, CONFIG_FILE)
     if not os.path.exists(path):
         _atomic_json(path, config.to_dict())
         return
-    with open(path) as f:
-        saved = AttentionConfig.from_dict(json.load(f))
+    saved = read_config(work_dir)
     if saved != config:
         raise SystemExit(
             f"{work_dir} holds a decoder of config {saved.to_dict()}; these flags ask for "
