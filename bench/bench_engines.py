@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from bench.common import FLICKR8K, XCEPTION_WEIGHTS, machine, table
-from tests.engine_services import beam_job_service, dask_cluster
+from tests.engine_services import beam_job_service, dask_cluster, dask_runner_flags, portable_runner_flags
 from tests.pipeline_helpers import read_rows, run_pipeline
 
 
@@ -58,18 +58,7 @@ def scaling(work: Path, photos: Path, count: int, rounds: int, npartitions: int,
         for workers in (1, 2):
             out = work / f"out-{workers}-{r}"
             with dask_cluster(work / "logs", workers=workers, pin_cores=pin_cores) as address:
-                summary, captions, _, wall = _run(
-                    photos,
-                    out,
-                    [
-                        "--runner",
-                        "DaskRunner",
-                        "--dask_client_address",
-                        address,
-                        "--dask_npartitions",
-                        str(npartitions),
-                    ],
-                )
+                summary, captions, _, wall = _run(photos, out, dask_runner_flags(address, npartitions))
             assert summary["captioned"] == len(captions) == count, summary
             rates[workers].append(summary["images_per_second"])
             shares = sorted(summary["captioned_per_process"].values(), reverse=True)
@@ -126,25 +115,10 @@ def main() -> None:
             results[engine] = _run(photos, out, [])
         elif engine == "dask":
             with dask_cluster(work / "logs", workers=2) as address:
-                results[engine] = _run(
-                    photos, out, ["--runner", "DaskRunner", "--dask_client_address", address, "--dask_npartitions", "4"]
-                )
+                results[engine] = _run(photos, out, dask_runner_flags(address, 4))
         elif engine == "portable":
             with beam_job_service(work / "logs") as (job_endpoint, pool):
-                results[engine] = _run(
-                    photos,
-                    out,
-                    [
-                        "--runner",
-                        "PortableRunner",
-                        "--job_endpoint",
-                        job_endpoint,
-                        "--environment_type",
-                        "EXTERNAL",
-                        "--environment_config",
-                        pool,
-                    ],
-                )
+                results[engine] = _run(photos, out, portable_runner_flags(job_endpoint, pool))
     reference = results.get("direct")
     rows = []
     for engine, (summary, captions, errors, wall) in results.items():

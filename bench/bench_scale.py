@@ -208,18 +208,11 @@ def main() -> int:
         return 0
     with contextlib.ExitStack() as stack:
         if args.dask:
-            from tests.engine_services import dask_cluster
+            from tests.engine_services import dask_cluster, dask_runner_flags
 
             logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-scale-dask-")))
             address = stack.enter_context(dask_cluster(logs, workers=args.dask))
-            args.extra += [
-                "--runner",
-                "DaskRunner",
-                "--dask_client_address",
-                address,
-                "--dask_npartitions",
-                str(2 * args.dask),
-            ]
+            args.extra += dask_runner_flags(address, 2 * args.dask)
         return run_all(args)
 
 

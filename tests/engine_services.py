@@ -88,6 +88,27 @@ def dask_cluster(logs: Path, workers: int = 2, pin_cores: bool = False) -> Itera
             yield address
 
 
+def dask_runner_flags(address: str, partitions: int) -> list[str]:
+    """``run_pipeline.py`` flags that run on the Dask cluster at ``address`` (``dask_cluster``) in
+    ``partitions`` partitions."""
+    return ["--runner", "DaskRunner", "--dask_client_address", address, "--dask_npartitions", str(partitions)]
+
+
+def portable_runner_flags(job_endpoint: str, pool: str) -> list[str]:
+    """``run_pipeline.py`` flags that run on Beam's PortableRunner with ``beam_job_service``'s job
+    endpoint and EXTERNAL worker pool."""
+    return [
+        "--runner",
+        "PortableRunner",
+        "--job_endpoint",
+        job_endpoint,
+        "--environment_type",
+        "EXTERNAL",
+        "--environment_config",
+        pool,
+    ]
+
+
 @contextlib.contextmanager
 def beam_job_service(logs: Path) -> Iterator[tuple[str, str]]:
     """Beam's Python job service + an EXTERNAL worker pool; yields (job endpoint, pool address)."""

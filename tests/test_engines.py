@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.engine_services import beam_job_service, dask_cluster
+from tests.engine_services import beam_job_service, dask_cluster, dask_runner_flags, portable_runner_flags
 from tests.pipeline_helpers import read_rows, run_pipeline
 
 pytestmark = [
@@ -79,10 +79,7 @@ def _check_same_as_direct(
 def test_dask_cluster_gives_the_direct_runner_rows(photos, tiny_artifact, direct, tmp_path):
     out = tmp_path / "out"
     with dask_cluster(tmp_path / "logs", workers=2) as address:
-        summary = run_pipeline(
-            _args(photos, out, tiny_artifact)
-            + ["--runner", "DaskRunner", "--dask_client_address", address, "--dask_npartitions", "2"]
-        )
+        summary = run_pipeline(_args(photos, out, tiny_artifact) + dask_runner_flags(address, 2))
     _check_same_as_direct(summary, out, direct, photos, processes=2)
     assert summary["runner"] == "DaskRunner"
     # The work spreads: each of the two worker processes captioned at least a quarter of the photos.
@@ -98,19 +95,7 @@ def test_portable_runner_with_external_worker_pool_gives_the_direct_runner_rows(
 ):
     out = tmp_path / "out"
     with beam_job_service(tmp_path / "logs") as (job_endpoint, pool):
-        summary = run_pipeline(
-            _args(photos, out, tiny_artifact)
-            + [
-                "--runner",
-                "PortableRunner",
-                "--job_endpoint",
-                job_endpoint,
-                "--environment_type",
-                "EXTERNAL",
-                "--environment_config",
-                pool,
-            ]
-        )
+        summary = run_pipeline(_args(photos, out, tiny_artifact) + portable_runner_flags(job_endpoint, pool))
     _check_same_as_direct(summary, out, direct, photos, processes=1)
     assert summary["counters"]["model_loads"] == summary["model_loads"]
     assert list(summary["captioned_per_process"].values()) == [PHOTOS]

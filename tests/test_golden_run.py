@@ -58,7 +58,7 @@ ENGINE_FIELDS = {"runner", "direct_running_mode", "counters", "model_loads"}
 def test_the_golden_run_is_the_same_on_distributed_engines(engine, tmp_path, flickr8k, xception_weights):
     """The same inputs on a Dask cluster (2 worker processes) and through Beam's job service with
     an EXTERNAL worker pool give the golden rows and summary."""
-    from tests.engine_services import beam_job_service, dask_cluster
+    from tests.engine_services import beam_job_service, dask_cluster, dask_runner_flags, portable_runner_flags
 
     expected = json.loads(GOLDEN.read_text())
     if engine == "dask":
@@ -67,7 +67,7 @@ def test_the_golden_run_is_the_same_on_distributed_engines(engine, tmp_path, fli
                 tmp_path,
                 flickr8k,
                 xception_weights,
-                extra=["--runner", "DaskRunner", "--dask_client_address", address, "--dask_npartitions", "2"],
+                extra=dask_runner_flags(address, 2),
             )
         assert actual["summary"]["runner"] == "DaskRunner" and actual["summary"]["model_loads"] in (1, 2)
     else:
@@ -76,16 +76,7 @@ def test_the_golden_run_is_the_same_on_distributed_engines(engine, tmp_path, fli
                 tmp_path,
                 flickr8k,
                 xception_weights,
-                extra=[
-                    "--runner",
-                    "PortableRunner",
-                    "--job_endpoint",
-                    job_endpoint,
-                    "--environment_type",
-                    "EXTERNAL",
-                    "--environment_config",
-                    pool,
-                ],
+                extra=portable_runner_flags(job_endpoint, pool),
             )
         _assert_same(actual["summary"]["counters"], expected["summary"]["counters"], "counters")
         assert actual["summary"]["model_loads"] == expected["summary"]["model_loads"]

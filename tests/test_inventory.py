@@ -108,15 +108,12 @@ def test_inventory_counts_every_input_without_the_model(lake, tmp_path):
 
 def test_inventory_on_a_dask_cluster(lake, tmp_path):
     pytest.importorskip("dask.distributed")
-    from tests.engine_services import dask_cluster
+    from tests.engine_services import dask_cluster, dask_runner_flags
 
     folder, photos = lake
     out = tmp_path / "out"
     with dask_cluster(tmp_path / "logs", workers=2) as address:
-        summary = run_pipeline(
-            _args(folder, out, photos)
-            + ["--runner", "DaskRunner", "--dask_client_address", address, "--dask_npartitions", "2"]
-        )
+        summary = run_pipeline(_args(folder, out, photos) + dask_runner_flags(address, 2))
     assert summary["runner"] == "DaskRunner"
     _check(summary, out, folder, photos)
 
