@@ -150,17 +150,19 @@ def largest_first(values: np.ndarray, take: int) -> tuple[np.ndarray, np.ndarray
     """The column indices and values of each row's ``take`` largest ``values``, largest first, the
     lower index first among equals (-inf ranks last but is kept; no NaN).
 
-    A few rounds of ``argmax`` when ``take`` is small and the picks are finite (NumPy's
-    ``argpartition`` was most of the search's Python time: docs/PERFORMANCE.md §13d), else a
-    stable sort of the whole rows."""
+    Rounds of ``argmax`` when ``take`` is at most 64 and the picks are finite (NumPy's
+    ``argpartition`` was most of the search's Python time, and a whole-row sort costs ~10x 40
+    rounds at beam 20's shape: docs/PERFORMANCE.md §13d, §13e), else a stable sort of the whole
+    rows."""
     rows = np.arange(len(values))
-    if take <= 16:
+    if take <= 64:
         left = values.copy()
         picks = np.empty((len(values), take), np.intp)
+        picked = np.empty((len(values), take), values.dtype)
         for j in range(take):
             picks[:, j] = left.argmax(axis=1)
+            picked[:, j] = left[rows, picks[:, j]]  # -inf once a row has no finite value left
             left[rows, picks[:, j]] = -np.inf
-        picked = np.take_along_axis(values, picks, 1)
         if np.isfinite(picked).all():  # a -inf pick could repeat an earlier one: sort instead
             return picks, picked
     picks = np.argsort(-values, axis=1, kind="stable")[:, :take]

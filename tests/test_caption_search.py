@@ -312,14 +312,28 @@ def test_grouped_images_names_each_images_rows_only_when_every_image_has_as_many
     assert grouped_images(np.array([], np.int32)) is None
 
 
-@pytest.mark.parametrize("seed", range(20))
+def test_largest_first_never_repeats_a_pick_when_a_row_has_fewer_finite_values_than_asked():
+    from model.caption_search import largest_first
+
+    # The argmax rounds once took index 0 twice here (its value is finite, so the check passed).
+    picks, picked = largest_first(np.array([[3.0, -np.inf, 1.0, -np.inf]]), 3)
+    assert picks.tolist() == [[0, 2, 1]]
+    assert picked.tolist() == [[3.0, 1.0, -np.inf]]
+
+
+@pytest.mark.parametrize("seed", range(30))
 def test_largest_first_ranks_like_a_plain_sort_ties_and_minus_infinity_included(seed):
     from model.caption_search import largest_first
 
     rng = np.random.default_rng(seed)
-    values = rng.integers(0, 4, (5, int(rng.integers(1, 30)))).astype(np.float64)  # many ties
+    # seeds 20-29: wide rows and takes past 64 (the whole-row sort), or up to 64 (argmax rounds)
+    width = int(rng.integers(1, 30)) if seed < 20 else int(rng.integers(65, 200))
+    values = rng.integers(0, 4, (5, width)).astype(np.float64)  # many ties
     values[rng.random(values.shape) < 0.3] = -np.inf
-    take = int(rng.integers(1, values.shape[1] + 1)) if seed % 2 else min(3, values.shape[1])
+    if seed < 20:
+        take = int(rng.integers(1, values.shape[1] + 1)) if seed % 2 else min(3, values.shape[1])
+    else:
+        take = int(rng.integers(65, width + 1)) if seed % 2 else int(rng.integers(17, 65))
     picks, picked = largest_first(values, take)
     for row, got, got_values in zip(values, picks, picked):
         want = sorted(range(len(row)), key=lambda i: (-row[i], i))[:take]
