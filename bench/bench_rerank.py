@@ -137,7 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_refs = [[bleu_tokens(c) for c in it.captions] for it in train]
     cider = CiderD(train_refs)
     refs = [it.captions for it in items]
-    dev_cider = CiderD([[bleu_tokens(c) for c in r] for r in refs])
+    ref_tokens = [[bleu_tokens(c) for c in r] for r in refs]
+    # the two CIDEr-D oracles' references, prepared once for every width: all five, and #1 alone
+    dev_cider, first = CiderD(ref_tokens), CiderD([r[:1] for r in ref_tokens])
+    all_prepared = [dev_cider.prepare(r) for r in ref_tokens]
+    first_prepared = [first.prepare(r[:1]) for r in ref_tokens]
     step = make_attention_step_model(build_decoders(contents))
 
     rows = []
@@ -154,20 +158,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         cands = candidates(contents, step, maps, width)
         mean = float(np.mean([len(c) for c in cands]))
         row(f"beam {width}: the search's choice ({mean:.2f} candidates per image)", [c[0][0] for c in cands])
-        truth = []
-        for i, c in enumerate(cands):
-            prepared = dev_cider.prepare([bleu_tokens(r) for r in refs[i]])
-            truth.append([dev_cider.score(bleu_tokens(t), prepared) for t, _ in c])
+        truth = [[dev_cider.score(bleu_tokens(t), all_prepared[i]) for t, _ in c] for i, c in enumerate(cands)]
         row(
             f"beam {width}: oracle, best CIDEr-D against the references",
             [c[int(np.argmax(s))][0] for c, s in zip(cands, truth)],
         )
         row(f"beam {width}: oracle, best findability for its own queries", oracle_findability(cands, refs))
-        first = CiderD([[bleu_tokens(r[0])] for r in refs])
-        one = [
-            [first.score(bleu_tokens(t), first.prepare([bleu_tokens(refs[i][0])])) for t, _ in c]
-            for i, c in enumerate(cands)
-        ]
+        one = [[first.score(bleu_tokens(t), first_prepared[i]) for t, _ in c] for i, c in enumerate(cands)]
         row(
             f"beam {width}: oracle, best CIDEr-D against reference #1 alone",
             [c[int(np.argmax(s))][0] for c, s in zip(cands, one)],
