@@ -151,9 +151,9 @@ def largest_first(values: np.ndarray, take: int) -> tuple[np.ndarray, np.ndarray
     lower index first among equals (-inf ranks last but is kept; no NaN).
 
     Rounds of ``argmax`` when ``take`` is at most 64 and the picks are finite (NumPy's
-    ``argpartition`` was most of the search's Python time, and a whole-row sort costs ~10x 40
-    rounds at beam 20's shape: docs/PERFORMANCE.md §13d, §13e), else a stable sort of the whole
-    rows."""
+    ``argpartition`` was most of the search's Python time, and a whole-row sort costs far more than
+    the rounds at wide beams' shapes: docs/PERFORMANCE.md §13d, §13e), else a stable sort of the
+    whole rows."""
     rows = np.arange(len(values))
     if take <= 64:
         left = values.copy()
